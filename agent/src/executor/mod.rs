@@ -1,0 +1,221 @@
+//! The executor process (`cairn executor`): hosts one framework's wasm tasks on this
+//! agent as wasmtime instances, one thread each, and speaks the executor API to its
+//! agent. It outlives its agent: when the socket drops it keeps its tasks running
+//! and re-subscribes, giving up only after the recovery timeout.
+
+mod task;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use cairn_api::internal::{
+    ExecutorCall, ExecutorEvent, ExecutorSubscribe, ExecutorUpdate, executor_call, executor_event,
+};
+use cairn_api::v1::{ExecutorId, FrameworkId, TaskStatus};
+use cairn_sandbox::{CancelHandle, Sandbox, SandboxConfig};
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::mpsc;
+
+use crate::framing::{read_frame, write_frame};
+
+#[derive(Debug, Clone)]
+pub struct ExecutorArgs {
+    pub agent_socket: PathBuf,
+    pub framework_id: String,
+    pub executor_id: String,
+    pub directory: PathBuf,
+    pub recovery_timeout: Duration,
+}
+
+/// How long a shut-down executor waits for its killed tasks to report.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+struct Executor {
+    args: ExecutorArgs,
+    sandbox: Arc<Sandbox>,
+    running: HashMap<String, CancelHandle>,
+    /// Updates sent but not yet acknowledged, resent after a re-subscription.
+    unacked: Vec<TaskStatus>,
+    statuses: mpsc::UnboundedSender<TaskStatus>,
+}
+
+pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
+    let sandbox = Sandbox::new(SandboxConfig::default()).context("setting up the wasm sandbox")?;
+    let (statuses, mut status_rx) = mpsc::unbounded_channel();
+    let mut executor = Executor {
+        args,
+        sandbox,
+        running: HashMap::new(),
+        unacked: Vec::new(),
+        statuses,
+    };
+    let mut shutting_down: Option<Instant> = None;
+    loop {
+        let (mut writer, mut events) = executor.connect().await?;
+        for status in executor.unacked.clone() {
+            send_update(&mut writer, status).await?;
+        }
+        loop {
+            if let Some(since) = shutting_down {
+                if executor.running.is_empty() || since.elapsed() > SHUTDOWN_GRACE {
+                    return Ok(());
+                }
+            }
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => {
+                        if executor.on_event(event) {
+                            shutting_down.get_or_insert_with(Instant::now);
+                        }
+                    }
+                    None => break,
+                },
+                Some(status) = status_rx.recv() => {
+                    executor.on_status(&status);
+                    if send_update(&mut writer, status).await.is_err() {
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_millis(200)), if shutting_down.is_some() => {}
+            }
+        }
+        if executor.running.is_empty() {
+            tracing::info!("agent connection closed and no tasks are running; exiting");
+            return Ok(());
+        }
+        tracing::warn!("lost the agent; tasks keep running while it recovers");
+    }
+}
+
+async fn send_update(writer: &mut OwnedWriteHalf, status: TaskStatus) -> anyhow::Result<()> {
+    let call = ExecutorCall {
+        call: Some(executor_call::Call::Update(ExecutorUpdate {
+            status: Some(status),
+        })),
+    };
+    write_frame(writer, &call).await?;
+    Ok(())
+}
+
+impl Executor {
+    /// Connects and subscribes, retrying until the recovery timeout.
+    async fn connect(&self) -> anyhow::Result<(OwnedWriteHalf, mpsc::Receiver<ExecutorEvent>)> {
+        let deadline = Instant::now() + self.args.recovery_timeout;
+        loop {
+            match self.try_connect().await {
+                Ok(c) => return Ok(c),
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "agent not reachable yet");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    for cancel in self.running.values() {
+                        cancel.cancel();
+                    }
+                    return Err(e.context(format!(
+                        "the agent did not come back within {}",
+                        humantime::format_duration(self.args.recovery_timeout)
+                    )));
+                }
+            }
+        }
+    }
+
+    async fn try_connect(&self) -> anyhow::Result<(OwnedWriteHalf, mpsc::Receiver<ExecutorEvent>)> {
+        let stream = UnixStream::connect(&self.args.agent_socket)
+            .await
+            .with_context(|| format!("connecting to {}", self.args.agent_socket.display()))?;
+        let (mut reader, mut writer) = stream.into_split();
+        let subscribe = ExecutorCall {
+            call: Some(executor_call::Call::Subscribe(ExecutorSubscribe {
+                framework_id: Some(FrameworkId {
+                    value: self.args.framework_id.clone(),
+                }),
+                executor_id: Some(ExecutorId {
+                    value: self.args.executor_id.clone(),
+                }),
+                pid: std::process::id(),
+            })),
+        };
+        write_frame(&mut writer, &subscribe).await?;
+        let (tx, rx) = mpsc::channel(1024);
+        // Reading has its own task: a frame half-read must never be abandoned by a select.
+        tokio::spawn(async move {
+            loop {
+                match read_frame::<_, ExecutorEvent>(&mut reader).await {
+                    Ok(Some(event)) => {
+                        if tx.send(event).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "agent connection broken");
+                        return;
+                    }
+                }
+            }
+        });
+        Ok((writer, rx))
+    }
+
+    /// Handles one event from the agent; returns true when asked to shut down.
+    fn on_event(&mut self, event: ExecutorEvent) -> bool {
+        match event.event {
+            Some(executor_event::Event::Subscribed(_)) => {
+                tracing::info!("subscribed to the agent");
+            }
+            Some(executor_event::Event::Launch(launch)) => {
+                let Some(task) = launch.task else {
+                    return false;
+                };
+                let task_id = task.task_id.clone().unwrap_or_default().value;
+                if self.running.contains_key(&task_id) {
+                    tracing::warn!(task_id, "duplicate launch ignored");
+                    return false;
+                }
+                let cancel = CancelHandle::default();
+                self.running.insert(task_id, cancel.clone());
+                task::launch(
+                    self.sandbox.clone(),
+                    task,
+                    PathBuf::from(launch.sandbox_directory),
+                    self.statuses.clone(),
+                    cancel,
+                );
+            }
+            Some(executor_event::Event::Kill(kill)) => {
+                let task_id = kill.task_id.unwrap_or_default().value;
+                if let Some(cancel) = self.running.get(&task_id) {
+                    cancel.cancel();
+                }
+            }
+            Some(executor_event::Event::Acknowledged(ack)) => {
+                self.unacked.retain(|s| s.uuid != ack.uuid);
+            }
+            Some(executor_event::Event::Shutdown(_)) => {
+                tracing::info!("shutdown requested; killing all tasks");
+                for cancel in self.running.values() {
+                    cancel.cancel();
+                }
+                return true;
+            }
+            None => {}
+        }
+        false
+    }
+
+    fn on_status(&mut self, status: &TaskStatus) {
+        let state = cairn_api::v1::TaskState::try_from(status.state)
+            .unwrap_or(cairn_api::v1::TaskState::TaskUnknown);
+        if state.is_terminal() {
+            let task_id = status.task_id.clone().unwrap_or_default().value;
+            self.running.remove(&task_id);
+        }
+        self.unacked.push(status.clone());
+    }
+}

@@ -1,0 +1,246 @@
+//! One wasm task: load its module from the sandbox, run it under its limits, and
+//! report STARTING, RUNNING and a terminal state with what it used.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_api::Resources;
+use cairn_api::v1::{Label, Labels, TaskInfo, TaskState, TaskStatus, task_status::Reason};
+use cairn_sandbox::{CancelHandle, Exit, Limit, RunOutcome, RunSpec, Sandbox};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Linear memory for a task that names no `mem`.
+const DEFAULT_MEM_MB: f64 = 64.0;
+/// No task module may be larger than this.
+const MAX_MODULE_BYTES: u64 = 256 << 20;
+
+#[derive(Clone)]
+struct Reporter {
+    task: TaskInfo,
+    tx: UnboundedSender<TaskStatus>,
+}
+
+impl Reporter {
+    fn send(&self, state: TaskState, message: String, reason: Option<Reason>, labels: Vec<Label>) {
+        let status = TaskStatus {
+            task_id: self.task.task_id.clone(),
+            state: state as i32,
+            message,
+            reason: reason.map(|r| r as i32),
+            uuid: cairn_api::ids::new_update_uuid(),
+            timestamp: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or_default(),
+            labels: (!labels.is_empty()).then_some(Labels { labels }),
+            ..Default::default()
+        };
+        let _ = self.tx.send(status);
+    }
+}
+
+pub(super) fn launch(
+    sandbox: Arc<Sandbox>,
+    task: TaskInfo,
+    dir: PathBuf,
+    tx: UnboundedSender<TaskStatus>,
+    cancel: CancelHandle,
+) {
+    let reporter = Reporter { task, tx };
+    let for_thread = reporter.clone();
+    let spawned = std::thread::Builder::new()
+        .name("cairn-task".into())
+        .spawn(move || run(&sandbox, &for_thread, &dir, &cancel));
+    if let Err(e) = spawned {
+        reporter.send(
+            TaskState::TaskFailed,
+            format!("cannot start a thread for the task: {e}"),
+            Some(Reason::ReasonContainerLaunchFailed),
+            Vec::new(),
+        );
+    }
+}
+
+fn run(sandbox: &Sandbox, reporter: &Reporter, dir: &Path, cancel: &CancelHandle) {
+    reporter.send(TaskState::TaskStarting, String::new(), None, Vec::new());
+    let prepared = prepare(sandbox, &reporter.task, dir);
+    let (program, spec) = match prepared {
+        Ok(p) => p,
+        Err(message) => {
+            reporter.send(
+                TaskState::TaskFailed,
+                message,
+                Some(Reason::ReasonContainerLaunchFailed),
+                Vec::new(),
+            );
+            return;
+        }
+    };
+    reporter.send(TaskState::TaskRunning, String::new(), None, Vec::new());
+    match sandbox.run(&program, &spec, cancel) {
+        Ok(outcome) => report(reporter, &spec, outcome),
+        Err(e) => reporter.send(
+            TaskState::TaskFailed,
+            e.to_string(),
+            Some(Reason::ReasonContainerLaunchFailed),
+            Vec::new(),
+        ),
+    }
+}
+
+/// Reads and compiles the module and turns the task into a [`RunSpec`]; every error
+/// is a message for the task's TASK_FAILED.
+fn prepare(
+    sandbox: &Sandbox,
+    task: &TaskInfo,
+    dir: &Path,
+) -> Result<(cairn_sandbox::Program, RunSpec), String> {
+    let command = task
+        .command
+        .as_ref()
+        .ok_or("a wasm task needs `command.value` naming its module")?;
+    let value = command.value.clone().unwrap_or_default();
+    let relative = Path::new(&value);
+    if value.is_empty()
+        || !relative
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+    {
+        return Err(format!(
+            "command.value {value:?} must name a module inside the sandbox (fetch it with command.uris)"
+        ));
+    }
+    let module_path = dir.join(relative);
+    let size = std::fs::metadata(&module_path)
+        .map_err(|e| format!("cannot read module {value}: {e}"))?
+        .len();
+    if size > MAX_MODULE_BYTES {
+        return Err(format!(
+            "module {value} is {size} bytes; the limit is {MAX_MODULE_BYTES}"
+        ));
+    }
+    let bytes =
+        std::fs::read(&module_path).map_err(|e| format!("cannot read module {value}: {e}"))?;
+    let program = sandbox
+        .compile(&bytes)
+        .map_err(|e| format!("{value}: {e}"))?;
+    let resources = Resources::from_proto(&task.resources).map_err(|e| e.to_string())?;
+    let mem_mb = if resources.mem() > 0.0 {
+        resources.mem()
+    } else {
+        DEFAULT_MEM_MB
+    };
+    let args = if command.arguments.is_empty() {
+        vec![value.clone()]
+    } else {
+        command.arguments.clone()
+    };
+    // What Mesos' executors set, as seen from inside the sandbox.
+    let mut env = vec![
+        ("MESOS_SANDBOX".to_owned(), "/".to_owned()),
+        (
+            "MESOS_TASK_ID".to_owned(),
+            task.task_id.clone().unwrap_or_default().value,
+        ),
+    ];
+    if let Some(e) = command.environment.as_ref() {
+        env.extend(
+            e.variables
+                .iter()
+                .map(|v| (v.name.clone(), v.value.clone())),
+        );
+    }
+    let timeout = task
+        .max_completion_time
+        .as_ref()
+        .filter(|d| d.nanoseconds > 0)
+        .map(|d| Duration::from_nanos(d.nanoseconds as u64));
+    let fuel = task
+        .container
+        .as_ref()
+        .and_then(|c| c.wasm.as_ref())
+        .and_then(|w| w.fuel);
+    let spec = RunSpec {
+        args,
+        env,
+        sandbox_dir: dir.to_path_buf(),
+        stdout: dir.join("stdout"),
+        stderr: dir.join("stderr"),
+        memory_bytes: (mem_mb * 1024.0 * 1024.0) as usize,
+        fuel,
+        timeout,
+    };
+    Ok((program, spec))
+}
+
+fn label(key: &str, value: impl ToString) -> Label {
+    Label {
+        key: key.to_owned(),
+        value: value.to_string(),
+    }
+}
+
+/// Maps how the run ended onto a Mesos state, reason and message, with usage as labels.
+fn report(reporter: &Reporter, spec: &RunSpec, outcome: RunOutcome) {
+    let mut labels = vec![
+        label("cairn.usage.fuel_consumed", outcome.usage.fuel_consumed),
+        label(
+            "cairn.usage.peak_memory_bytes",
+            outcome.usage.peak_memory_bytes,
+        ),
+        label(
+            "cairn.usage.wall_time_ms",
+            outcome.usage.wall_time.as_millis(),
+        ),
+    ];
+    let (state, message, reason) = match outcome.exit {
+        Exit::Code(0) => {
+            labels.push(label("cairn.exit_code", 0));
+            (
+                TaskState::TaskFinished,
+                "Command exited with status 0".to_owned(),
+                None,
+            )
+        }
+        Exit::Code(code) => {
+            labels.push(label("cairn.exit_code", code));
+            (
+                TaskState::TaskFailed,
+                format!("Command exited with status {code}"),
+                Some(Reason::ReasonCommandExecutorFailed),
+            )
+        }
+        Exit::Limit(Limit::Memory) => (
+            TaskState::TaskFailed,
+            format!(
+                "Memory limit exceeded: the task may use {} bytes of linear memory",
+                spec.memory_bytes
+            ),
+            Some(Reason::ReasonContainerLimitationMemory),
+        ),
+        Exit::Limit(Limit::Fuel) => (
+            TaskState::TaskFailed,
+            format!(
+                "Fuel exhausted: the task's budget was {}",
+                spec.fuel.unwrap_or_default()
+            ),
+            Some(Reason::ReasonContainerLimitationFuel),
+        ),
+        Exit::Limit(Limit::Time) => (
+            TaskState::TaskFailed,
+            format!(
+                "Task exceeded its max_completion_time of {}",
+                humantime::format_duration(spec.timeout.unwrap_or_default())
+            ),
+            Some(Reason::ReasonMaxCompletionTimeReached),
+        ),
+        Exit::Killed => (TaskState::TaskKilled, "Task killed".to_owned(), None),
+        Exit::Trap(trap) => (
+            TaskState::TaskFailed,
+            format!("wasm trap: {trap}"),
+            Some(Reason::ReasonCommandExecutorFailed),
+        ),
+    };
+    reporter.send(state, message, reason, labels);
+}

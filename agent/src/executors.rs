@@ -1,0 +1,175 @@
+//! Executor processes: started by the agent (one per framework on this agent), each in
+//! its own process group so it outlives an agent restart, speaking the executor API
+//! on the agent's Unix socket.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use cairn_api::internal::{ExecutorCall, ExecutorEvent, executor_call};
+use cairn_api::v1::command_info::Uri;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+
+use crate::core::Input;
+use crate::framing::{read_frame, write_frame};
+use crate::paths::Paths;
+
+/// Starts executors and fetches sandboxes, reporting back to the core.
+pub struct Launcher {
+    pub(crate) paths: Paths,
+    pub(crate) binary: PathBuf,
+    pub(crate) recovery_timeout: Duration,
+    pub(crate) core: mpsc::Sender<Input>,
+}
+
+impl Launcher {
+    /// Spawns `cairn executor` for a framework; returns its pid.
+    pub fn spawn(&self, framework_id: &str, executor_id: &str) -> std::io::Result<u32> {
+        let dir = self.paths.executor_dir(framework_id, executor_id);
+        std::fs::create_dir_all(&dir)?;
+        // Executors log to a file, never to a pipe they would inherit from the agent.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("executor.log"))?;
+        let mut cmd = tokio::process::Command::new(&self.binary);
+        cmd.arg("executor")
+            .arg("--agent-socket")
+            .arg(self.paths.socket())
+            .arg("--framework-id")
+            .arg(framework_id)
+            .arg("--executor-id")
+            .arg(executor_id)
+            .arg("--directory")
+            .arg(&dir)
+            .arg("--recovery-timeout")
+            .arg(humantime::format_duration(self.recovery_timeout).to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = cmd.spawn()?;
+        let pid = child
+            .id()
+            .ok_or_else(|| std::io::Error::other("executor exited at once"))?;
+        crate::core::write_atomic(&dir.join("pid"), pid.to_string().as_bytes())?;
+        let core = self.core.clone();
+        let framework_id = framework_id.to_owned();
+        tokio::spawn(async move {
+            let status = match child.wait().await {
+                Ok(s) => s.to_string(),
+                Err(e) => format!("wait failed: {e}"),
+            };
+            let _ = core
+                .send(Input::ExecutorExited {
+                    framework_id,
+                    pid,
+                    status,
+                })
+                .await;
+        });
+        tracing::info!(framework_id = %executor_id, pid, "executor started");
+        Ok(pid)
+    }
+
+    /// Fetches a task's URIs into its sandbox off the core's thread.
+    pub fn fetch(&self, framework_id: String, task_id: String, sandbox: PathBuf, uris: Vec<Uri>) {
+        let core = self.core.clone();
+        tokio::spawn(async move {
+            let result = async {
+                tokio::fs::create_dir_all(&sandbox)
+                    .await
+                    .map_err(|e| format!("cannot create sandbox {}: {e}", sandbox.display()))?;
+                crate::fetcher::fetch_all(&uris, &sandbox)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            .await;
+            let _ = core
+                .send(Input::Fetched {
+                    framework_id,
+                    task_id,
+                    result,
+                })
+                .await;
+        });
+    }
+}
+
+/// Accepts executor connections on the agent's socket for as long as the agent runs.
+pub async fn serve_socket(listener: UnixListener, core: mpsc::Sender<Input>) {
+    let mut next_conn = 0u64;
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "executor socket accept failed");
+                continue;
+            }
+        };
+        next_conn += 1;
+        tokio::spawn(executor_connection(stream, next_conn, core.clone()));
+    }
+}
+
+async fn executor_connection(stream: UnixStream, conn: u64, core: mpsc::Sender<Input>) {
+    let pid = stream.peer_cred().ok().and_then(|c| c.pid());
+    let (mut reader, mut writer) = stream.into_split();
+    let first: Option<ExecutorCall> = match read_frame(&mut reader).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "bad first message on the executor socket");
+            return;
+        }
+    };
+    let Some(ExecutorCall {
+        call: Some(executor_call::Call::Subscribe(subscribe)),
+    }) = first
+    else {
+        tracing::warn!("executor connection did not start with SUBSCRIBE");
+        return;
+    };
+    let framework_id = subscribe.framework_id.unwrap_or_default().value;
+    let (tx, mut rx) = mpsc::channel::<ExecutorEvent>(1024);
+    let writer_task = tokio::spawn(async move {
+        while let Some(event) = rx.recv().await {
+            if write_frame(&mut writer, &event).await.is_err() {
+                return;
+            }
+        }
+    });
+    let _ = core
+        .send(Input::ExecutorSubscribed {
+            framework_id: framework_id.clone(),
+            conn,
+            pid,
+            to_executor: tx,
+        })
+        .await;
+    loop {
+        match read_frame::<_, ExecutorCall>(&mut reader).await {
+            Ok(Some(ExecutorCall { call: Some(call) })) => {
+                let input = Input::FromExecutor {
+                    framework_id: framework_id.clone(),
+                    conn,
+                    call,
+                };
+                if core.send(input).await.is_err() {
+                    break;
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(framework_id, error = %e, "executor connection dropped");
+                break;
+            }
+        }
+    }
+    writer_task.abort();
+    let _ = core
+        .send(Input::ExecutorDisconnected { framework_id, conn })
+        .await;
+}

@@ -1,0 +1,88 @@
+//! The executor API's wire format: protobuf messages, each behind a 4-byte
+//! big-endian length, on the agent's Unix socket.
+
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// No executor message comes near this; a larger length means a broken or hostile peer.
+pub const MAX_FRAME_BYTES: u32 = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("executor socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")]
+    TooLarge(u32),
+    #[error("malformed executor message: {0}")]
+    Decode(#[from] prost::DecodeError),
+}
+
+pub async fn write_frame<W, M>(w: &mut W, message: &M) -> Result<(), FrameError>
+where
+    W: AsyncWriteExt + Unpin,
+    M: Message,
+{
+    let bytes = message.encode_to_vec();
+    let len = u32::try_from(bytes.len()).map_err(|_| FrameError::TooLarge(u32::MAX))?;
+    if len > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut buf = Vec::with_capacity(4 + bytes.len());
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(&bytes);
+    w.write_all(&buf).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// Reads one frame; `Ok(None)` is a clean end of stream between frames.
+pub async fn read_frame<R, M>(r: &mut R) -> Result<Option<M>, FrameError>
+where
+    R: AsyncReadExt + Unpin,
+    M: Message + Default,
+{
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len);
+    if len > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut buf = vec![0u8; len as usize];
+    r.read_exact(&mut buf).await?;
+    Ok(Some(M::decode(buf.as_slice())?))
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_api::internal::{ExecutorCall, ExecutorHeartbeat, executor_call};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_oversized_lengths_are_refused() {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        let call = ExecutorCall {
+            call: Some(executor_call::Call::Heartbeat(ExecutorHeartbeat {})),
+        };
+        write_frame(&mut a, &call).await.unwrap();
+        let got: Option<ExecutorCall> = read_frame(&mut b).await.unwrap();
+        assert_eq!(got, Some(call));
+
+        a.write_all(&(MAX_FRAME_BYTES + 1).to_be_bytes())
+            .await
+            .unwrap();
+        let err = read_frame::<_, ExecutorCall>(&mut b).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "frame of {} bytes exceeds the {MAX_FRAME_BYTES}-byte limit",
+                MAX_FRAME_BYTES + 1
+            )
+        );
+        drop(a);
+    }
+}

@@ -1,0 +1,110 @@
+//! The agent's HTTP API: `/health`, `/state`, and `/files/read` for task sandboxes.
+
+use std::path::{Component, Path};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::watch;
+
+use crate::core::AgentSnapshot;
+
+/// The most one `/files/read` returns, as Mesos pages its sandbox reads.
+const MAX_READ: u64 = 1 << 20;
+
+#[derive(Clone)]
+struct HttpState {
+    snapshot: watch::Receiver<Arc<AgentSnapshot>>,
+    paths: crate::paths::Paths,
+}
+
+pub fn router(snapshot: watch::Receiver<Arc<AgentSnapshot>>, paths: crate::paths::Paths) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/state", get(state))
+        .route("/files/read", get(read))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "no such endpoint\n") })
+        .with_state(HttpState { snapshot, paths })
+}
+
+async fn state(State(s): State<HttpState>) -> Json<serde_json::Value> {
+    let snap = s.snapshot.borrow().clone();
+    Json(json!({
+        "version": cairn_api::VERSION,
+        "id": snap.agent_id,
+        "master_connected": snap.master_connected,
+        "tasks": snap.tasks,
+        "pending_updates": snap.pending_updates,
+    }))
+}
+
+#[derive(Deserialize)]
+struct ReadQuery {
+    framework_id: String,
+    task_id: String,
+    /// A path relative to the task's sandbox, e.g. `stdout`.
+    path: String,
+    #[serde(default)]
+    offset: u64,
+    length: Option<u64>,
+}
+
+fn bad(status: StatusCode, message: String) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// Reads part of a file in a task's sandbox; answers `{"data", "offset"}` like Mesos.
+async fn read(State(s): State<HttpState>, Query(q): Query<ReadQuery>) -> Response {
+    if !cairn_api::ids::is_safe_id(&q.framework_id) || !cairn_api::ids::is_safe_id(&q.task_id) {
+        return bad(
+            StatusCode::BAD_REQUEST,
+            "framework_id and task_id must be valid ids".into(),
+        );
+    }
+    let relative = Path::new(&q.path);
+    if q.path.is_empty()
+        || !relative
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+    {
+        return bad(
+            StatusCode::BAD_REQUEST,
+            format!("path {:?} must stay inside the sandbox", q.path),
+        );
+    }
+    let executor_id = cairn_api::ids::executor_id_for(&cairn_api::v1::FrameworkId {
+        value: q.framework_id.clone(),
+    })
+    .value;
+    let file = s
+        .paths
+        .sandbox(&q.framework_id, &executor_id, &q.task_id)
+        .join(relative);
+    let mut f = match tokio::fs::File::open(&file).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return bad(
+                StatusCode::NOT_FOUND,
+                format!("no file {} in task {}'s sandbox", q.path, q.task_id),
+            );
+        }
+        Err(e) => return bad(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let length = q.length.unwrap_or(MAX_READ).min(MAX_READ);
+    let mut data = Vec::new();
+    let result = async {
+        f.seek(std::io::SeekFrom::Start(q.offset)).await?;
+        f.take(length).read_to_end(&mut data).await
+    }
+    .await;
+    if let Err(e) = result {
+        return bad(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    Json(json!({ "data": String::from_utf8_lossy(&data), "offset": q.offset })).into_response()
+}

@@ -1,0 +1,131 @@
+//! The Cairn agent: offers this machine's resources to the master, runs each
+//! framework's tasks in an executor process of its own, and carries status updates
+//! back until they are acknowledged.
+
+mod core;
+mod executor;
+mod executors;
+mod fetcher;
+mod framing;
+mod http;
+mod master_link;
+mod paths;
+mod resources;
+mod updates;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use cairn_api::v1::AgentInfo;
+use tokio::sync::mpsc;
+
+pub use executor::{ExecutorArgs, run_executor};
+pub use resources::{agent_resources, parse_attributes};
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The master's HOST:PORT.
+    pub master: String,
+    pub listen: SocketAddr,
+    pub work_dir: PathBuf,
+    /// `--resources` text; what it leaves out is detected.
+    pub resources: Option<String>,
+    /// `--attributes` text.
+    pub attributes: Option<String>,
+    /// The name the agent registers under; its HTTP API must be reachable there.
+    pub hostname: String,
+    /// The `cairn` binary executors are started from.
+    pub executor_binary: PathBuf,
+    /// How long an executor waits for a restarted agent before giving up its tasks.
+    pub executor_recovery_timeout: Duration,
+    pub heartbeat_interval: Duration,
+}
+
+/// A configured agent whose HTTP port is bound, not yet running.
+pub struct Agent {
+    config: AgentConfig,
+    info: AgentInfo,
+    http: tokio::net::TcpListener,
+}
+
+impl Agent {
+    /// Checks the configuration (resources, attributes, work dir) and binds the HTTP
+    /// port, so every configuration error surfaces before the agent starts.
+    pub async fn bind(config: AgentConfig) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.work_dir)
+            .with_context(|| format!("creating work dir {}", config.work_dir.display()))?;
+        let resources = agent_resources(config.resources.as_deref(), &config.work_dir)
+            .map_err(anyhow::Error::msg)?;
+        let attributes = match &config.attributes {
+            Some(text) => parse_attributes(text).map_err(anyhow::Error::msg)?,
+            None => Vec::new(),
+        };
+        let http = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let port = http.local_addr()?.port();
+        let paths = paths::Paths::new(config.work_dir.clone());
+        let id = std::fs::read_to_string(paths.agent_id_file())
+            .ok()
+            .filter(|_| same_boot(&paths))
+            .map(|v| cairn_api::v1::AgentId {
+                value: v.trim().to_owned(),
+            });
+        let info = AgentInfo {
+            hostname: config.hostname.clone(),
+            port: i32::from(port),
+            resources: resources.to_proto(),
+            attributes,
+            id,
+        };
+        Ok(Self { config, info, http })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.http.local_addr()
+    }
+
+    /// Runs the agent until the process stops.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let paths = paths::Paths::new(self.config.work_dir.clone());
+        let socket = paths.socket();
+        let _ = std::fs::remove_file(&socket);
+        let listener = tokio::net::UnixListener::bind(&socket)
+            .with_context(|| format!("binding executor socket {}", socket.display()))?;
+        std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .context("restricting the executor socket")?;
+        let (tx, rx) = mpsc::channel(4096);
+        let launcher = executors::Launcher {
+            paths: paths.clone(),
+            binary: self.config.executor_binary.clone(),
+            recovery_timeout: self.config.executor_recovery_timeout,
+            core: tx.clone(),
+        };
+        let (core, snapshot) = core::Core::new(paths.clone(), self.info, launcher);
+        tokio::spawn(core.run(rx, self.config.heartbeat_interval));
+        tokio::spawn(executors::serve_socket(listener, tx.clone()));
+        tokio::spawn(master_link::run(self.config.master.clone(), tx));
+        tracing::info!(
+            http = %self.http.local_addr()?,
+            work_dir = %self.config.work_dir.display(),
+            "agent running"
+        );
+        axum::serve(self.http, http::router(snapshot, paths))
+            .await
+            .context("serving the agent API")
+    }
+}
+
+/// Whether the machine has not rebooted since the agent id was recorded: after a
+/// reboot an agent registers as a new agent, as in Mesos.
+fn same_boot(paths: &paths::Paths) -> bool {
+    let current = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let recorded = std::fs::read_to_string(paths.boot_id_file()).unwrap_or_default();
+    if recorded == current {
+        return true;
+    }
+    let _ = core::write_atomic(&paths.boot_id_file(), current.as_bytes());
+    recorded.is_empty()
+}

@@ -1,0 +1,124 @@
+//! The status update manager: one ordered stream of updates per task. Only the head
+//! of a stream is in flight; it is resent until the framework's acknowledgement comes
+//! back through the master, then the next one goes. Duplicates are harmless: an
+//! acknowledgement that does not match the head is ignored.
+//!
+//! Streams live in memory for now; checkpointing them to the work dir is what makes
+//! them survive an agent restart.
+
+use std::collections::{HashMap, VecDeque};
+
+use cairn_api::internal::StatusUpdate;
+
+type TaskKey = (String, String);
+
+#[derive(Default)]
+pub struct StatusUpdates {
+    streams: HashMap<TaskKey, VecDeque<StatusUpdate>>,
+}
+
+impl StatusUpdates {
+    /// Queues an update; returns it if it became the head and should be sent now.
+    pub fn push(&mut self, framework_id: &str, update: StatusUpdate) -> Option<StatusUpdate> {
+        let task_id = task_of(&update);
+        let stream = self
+            .streams
+            .entry((framework_id.to_owned(), task_id))
+            .or_default();
+        stream.push_back(update);
+        (stream.len() == 1).then(|| stream[0].clone())
+    }
+
+    /// Applies an acknowledgement. On a match, returns the acknowledged update and the
+    /// next one to send, if any.
+    pub fn acknowledge(
+        &mut self,
+        framework_id: &str,
+        task_id: &str,
+        uuid: &[u8],
+    ) -> Option<(StatusUpdate, Option<StatusUpdate>)> {
+        let key = (framework_id.to_owned(), task_id.to_owned());
+        let stream = self.streams.get_mut(&key)?;
+        let head_uuid = stream.front()?.status.as_ref()?.uuid.as_slice();
+        if head_uuid != uuid {
+            return None;
+        }
+        let acked = stream.pop_front()?;
+        let next = stream.front().cloned();
+        if stream.is_empty() {
+            self.streams.remove(&key);
+        }
+        Some((acked, next))
+    }
+
+    /// The in-flight head of every stream, for resending.
+    pub fn heads(&self) -> Vec<StatusUpdate> {
+        self.streams
+            .values()
+            .filter_map(|s| s.front().cloned())
+            .collect()
+    }
+
+    pub fn pending(&self) -> usize {
+        self.streams.values().map(VecDeque::len).sum()
+    }
+}
+
+fn task_of(update: &StatusUpdate) -> String {
+    update
+        .status
+        .as_ref()
+        .and_then(|s| s.task_id.as_ref())
+        .map(|t| t.value.clone())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_api::v1::{TaskId, TaskState, TaskStatus};
+
+    use super::*;
+
+    fn update(task: &str, state: TaskState, uuid: u8) -> StatusUpdate {
+        StatusUpdate {
+            framework_id: None,
+            status: Some(TaskStatus {
+                task_id: Some(TaskId { value: task.into() }),
+                state: state as i32,
+                uuid: vec![uuid; 16],
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn only_the_head_is_in_flight_and_acks_advance_in_order() {
+        let mut m = StatusUpdates::default();
+        assert!(
+            m.push("f", update("t", TaskState::TaskStarting, 1))
+                .is_some()
+        );
+        assert!(
+            m.push("f", update("t", TaskState::TaskRunning, 2))
+                .is_none()
+        );
+        assert!(
+            m.push("f", update("t", TaskState::TaskFinished, 3))
+                .is_none()
+        );
+        assert_eq!(m.heads().len(), 1);
+        // A stale or duplicate acknowledgement changes nothing.
+        assert!(m.acknowledge("f", "t", &[2; 16]).is_none());
+        let (acked, next) = m.acknowledge("f", "t", &[1; 16]).unwrap();
+        assert_eq!(acked.status.unwrap().state, TaskState::TaskStarting as i32);
+        assert_eq!(
+            next.unwrap().status.unwrap().state,
+            TaskState::TaskRunning as i32
+        );
+        assert!(m.acknowledge("f", "t", &[1; 16]).is_none());
+        m.acknowledge("f", "t", &[2; 16]).unwrap();
+        let (_, next) = m.acknowledge("f", "t", &[3; 16]).unwrap();
+        assert!(next.is_none());
+        assert_eq!(m.pending(), 0);
+    }
+}

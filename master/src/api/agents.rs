@@ -1,0 +1,79 @@
+use cairn_api::internal::agent_registry_server::AgentRegistry;
+use cairn_api::internal::{AgentMessage, MasterMessage, agent_message};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::leader::{Input, LeaderHandle};
+
+/// Agents register over one long-lived bidirectional stream: the first message is
+/// the registration, then heartbeats and status updates flow up while tasks, kills
+/// and acknowledgements flow down.
+pub(crate) struct AgentService {
+    leader: LeaderHandle,
+}
+
+impl AgentService {
+    pub(crate) fn new(leader: LeaderHandle) -> Self {
+        Self { leader }
+    }
+}
+
+#[tonic::async_trait]
+impl AgentRegistry for AgentService {
+    type RegisterStream = ReceiverStream<Result<MasterMessage, Status>>;
+
+    async fn register(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::RegisterStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("stream ended before the agent registered"))?;
+        let Some(agent_message::Message::Register(register)) = first.message else {
+            return Err(Status::invalid_argument(
+                "the first message on an agent stream must be a registration",
+            ));
+        };
+        if register.version != cairn_api::VERSION {
+            return Err(Status::failed_precondition(format!(
+                "agent version {} does not match master version {}",
+                register.version,
+                cairn_api::VERSION
+            )));
+        }
+        let info = register
+            .info
+            .ok_or_else(|| Status::invalid_argument("registration without agent info"))?;
+        let (tx, rx) = mpsc::channel(1024);
+        let (agent_id, conn) = self
+            .leader
+            .ask(|reply| Input::RegisterAgent {
+                info,
+                tasks: register.tasks,
+                sender: tx,
+                reply,
+            })
+            .await?;
+        let inputs = self.leader.inputs.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = inbound.message().await {
+                let Some(message) = m.message else { continue };
+                let input = Input::AgentMessage {
+                    agent_id: agent_id.clone(),
+                    conn,
+                    message,
+                };
+                if inputs.send(input).await.is_err() {
+                    return;
+                }
+            }
+            let _ = inputs
+                .send(Input::AgentDisconnected { agent_id, conn })
+                .await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

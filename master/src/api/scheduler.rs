@@ -1,0 +1,89 @@
+use cairn_api::v1::scheduler_server::Scheduler;
+use cairn_api::v1::{Call, CallAccepted, Event, call};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::leader::{Input, LeaderHandle};
+
+/// The metadata key carrying a subscription's stream id, as Mesos' HTTP header.
+pub const STREAM_ID: &str = "mesos-stream-id";
+
+/// The Mesos v1 scheduler API over gRPC: SUBSCRIBE opens the event stream, every
+/// other call is a unary `Send` carrying the stream id.
+pub(crate) struct SchedulerService {
+    leader: LeaderHandle,
+}
+
+impl SchedulerService {
+    pub(crate) fn new(leader: LeaderHandle) -> Self {
+        Self { leader }
+    }
+}
+
+#[tonic::async_trait]
+impl Scheduler for SchedulerService {
+    type SubscribeStream = ReceiverStream<Result<Event, Status>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<Call>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let call = request.into_inner();
+        if call.r#type != call::Type::Subscribe as i32 {
+            return Err(Status::invalid_argument("Subscribe takes a SUBSCRIBE call"));
+        }
+        let mut info = call
+            .subscribe
+            .and_then(|s| s.framework_info)
+            .ok_or_else(|| {
+                Status::invalid_argument("SUBSCRIBE without subscribe.framework_info")
+            })?;
+        match (&call.framework_id, &info.id) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(Status::invalid_argument(
+                    "framework_id and subscribe.framework_info.id differ",
+                ));
+            }
+            (Some(a), None) => info.id = Some(a.clone()),
+            _ => {}
+        }
+        let (tx, rx) = mpsc::channel(1024);
+        let stream_id = self
+            .leader
+            .ask(|reply| Input::Subscribe {
+                info,
+                events: tx,
+                reply,
+            })
+            .await?;
+        let mut response = Response::new(ReceiverStream::new(rx));
+        let value = stream_id
+            .parse()
+            .map_err(|_| Status::internal("stream id is not valid metadata"))?;
+        response.metadata_mut().insert(STREAM_ID, value);
+        Ok(response)
+    }
+
+    async fn send(&self, request: Request<Call>) -> Result<Response<CallAccepted>, Status> {
+        let stream_id = request
+            .metadata()
+            .get(STREAM_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let call = request.into_inner();
+        if call.r#type == call::Type::Subscribe as i32 {
+            return Err(Status::invalid_argument(
+                "SUBSCRIBE goes to Subscribe, not Send",
+            ));
+        }
+        self.leader
+            .ask(|reply| Input::Call {
+                call,
+                stream_id,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(CallAccepted {}))
+    }
+}

@@ -1,0 +1,211 @@
+//! Agents: admission through the registry, re-registration with their tasks, status
+//! updates and disconnection.
+
+use cairn_api::Resources;
+use cairn_api::internal::{
+    AgentRegistered, MasterMessage, StatusUpdate, StatusUpdateAcknowledgement, TaskRecord,
+    agent_message, master_message, registry_operation::Operation,
+};
+use cairn_api::v1::{AgentId, AgentInfo, Event, TaskState, event};
+
+use super::{AgentEntry, AgentSender, Leader, MAX_COMPLETED_TASKS, TaskEntry};
+use crate::error::CallError;
+
+impl Leader {
+    /// Admits a new agent (a registry write) or re-registers a known one, and rebuilds
+    /// the master's view of its tasks from what it reports.
+    pub(super) async fn register_agent(
+        &mut self,
+        mut info: AgentInfo,
+        tasks: Vec<TaskRecord>,
+        sender: AgentSender,
+    ) -> Result<(String, u64), CallError> {
+        let total = Resources::from_proto(&info.resources)
+            .map_err(|e| CallError::Invalid(format!("agent resources: {e}")))?;
+        if info.hostname.is_empty() {
+            return Err(CallError::Invalid(
+                "agent registered without a hostname".into(),
+            ));
+        }
+        let agent_id = match info.id.as_ref().map(|i| i.value.clone()) {
+            Some(id) if !id.is_empty() => {
+                if !cairn_api::ids::is_safe_id(&id) {
+                    return Err(CallError::Invalid(format!(
+                        "agent id {id:?} is not a valid id"
+                    )));
+                }
+                id
+            }
+            _ => cairn_api::ids::new_agent_id().value,
+        };
+        info.id = Some(AgentId {
+            value: agent_id.clone(),
+        });
+        let known = self.registry.state().agents.get(&agent_id) == Some(&info);
+        if !known {
+            self.registry
+                .propose(Operation::AdmitAgent(info.clone()))
+                .await?;
+        }
+        let conn = self.next_conn_id();
+        let mut used = Resources::new();
+        for record in tasks {
+            let (Some(fw), Some(task)) = (record.framework_id, record.task) else {
+                continue;
+            };
+            let state = TaskState::try_from(record.state).unwrap_or(TaskState::TaskUnknown);
+            let task_id = task.task_id.clone().unwrap_or_default().value;
+            let resources = Resources::from_proto(&task.resources).unwrap_or_default();
+            if !state.is_terminal() {
+                used = used.add(&resources);
+            }
+            self.tasks.insert(
+                (fw.value.clone(), task_id),
+                TaskEntry {
+                    framework_id: fw.value,
+                    agent_id: agent_id.clone(),
+                    info: task,
+                    resources,
+                    state,
+                    status: None,
+                },
+            );
+        }
+        if self.agents.contains_key(&agent_id) {
+            // A re-registration replaces the old stream; its offers are void.
+            self.rescind_offers_of_agent(&agent_id);
+        }
+        let heartbeat = self.config.agent_heartbeat_interval.as_secs_f64();
+        let registered = MasterMessage {
+            message: Some(master_message::Message::Registered(AgentRegistered {
+                agent_id: info.id.clone(),
+                heartbeat_interval_seconds: heartbeat,
+            })),
+        };
+        sender.try_send(Ok(registered)).map_err(|_| {
+            CallError::Unavailable("agent stream closed during registration".into())
+        })?;
+        tracing::info!(agent_id, hostname = %info.hostname, resources = %total, "agent registered");
+        self.agents.insert(
+            agent_id.clone(),
+            AgentEntry {
+                info,
+                total,
+                used,
+                offered: Resources::new(),
+                conn: Some((conn, sender)),
+            },
+        );
+        Ok((agent_id, conn))
+    }
+
+    pub(super) fn agent_message(
+        &mut self,
+        agent_id: &str,
+        conn: u64,
+        message: agent_message::Message,
+    ) {
+        let current = self
+            .agents
+            .get(agent_id)
+            .and_then(|a| a.conn.as_ref())
+            .is_some_and(|(c, _)| *c == conn);
+        if !current {
+            return; // from a replaced or closed stream
+        }
+        match message {
+            agent_message::Message::Heartbeat(_) => {}
+            agent_message::Message::StatusUpdate(update) => self.status_update(agent_id, update),
+            agent_message::Message::Register(_) => {
+                tracing::warn!(
+                    agent_id,
+                    "agent sent a second registration on one stream; ignored"
+                );
+            }
+        }
+    }
+
+    pub(super) fn agent_disconnected(&mut self, agent_id: &str, conn: u64) {
+        let Some(agent) = self.agents.get_mut(agent_id) else {
+            return;
+        };
+        if agent.conn.as_ref().is_some_and(|(c, _)| *c == conn) {
+            tracing::info!(agent_id, "agent disconnected");
+            agent.conn = None;
+            self.rescind_offers_of_agent(agent_id);
+        }
+    }
+
+    /// Records a task's new state, frees its resources once on a terminal state and
+    /// forwards the update to its framework.
+    fn status_update(&mut self, agent_id: &str, update: StatusUpdate) {
+        let Some(status) = update.status else { return };
+        let framework_id = update.framework_id.unwrap_or_default().value;
+        let task_id = status.task_id.clone().unwrap_or_default().value;
+        let state = TaskState::try_from(status.state).unwrap_or(TaskState::TaskUnknown);
+        let key = (framework_id.clone(), task_id.clone());
+        if let Some(task) = self.tasks.get_mut(&key) {
+            let was_terminal = task.state.is_terminal();
+            task.state = state;
+            task.status = Some(status.clone());
+            if state.is_terminal() && !was_terminal {
+                let resources = task.resources.clone();
+                if let Some(agent) = self.agents.get_mut(agent_id) {
+                    agent.used = agent.used.checked_sub(&resources).unwrap_or_else(|| {
+                        tracing::error!(agent_id, task_id, "freed more than the agent had in use");
+                        agent.used.clone()
+                    });
+                }
+                let done = self.tasks.remove(&key).expect("task present");
+                self.completed.push_back(done);
+                if self.completed.len() > MAX_COMPLETED_TASKS {
+                    self.completed.pop_front();
+                }
+                self.allocate();
+            }
+        }
+        tracing::debug!(
+            agent_id,
+            framework_id,
+            task_id,
+            state = state.as_str_name(),
+            "status update"
+        );
+        let delivered = self.send_event(
+            &framework_id,
+            Event {
+                r#type: event::Type::Update as i32,
+                update: Some(event::Update {
+                    status: Some(status.clone()),
+                }),
+                ..Default::default()
+            },
+        );
+        if !delivered && !self.frameworks.contains_key(&framework_id) {
+            // Nobody will ever acknowledge an update for a removed framework: do it
+            // here so the agent can let it go.
+            self.acknowledge_to_agent(agent_id, &framework_id, &task_id, status.uuid);
+        }
+    }
+
+    pub(super) fn acknowledge_to_agent(
+        &mut self,
+        agent_id: &str,
+        framework_id: &str,
+        task_id: &str,
+        uuid: Vec<u8>,
+    ) {
+        let ack = MasterMessage {
+            message: Some(master_message::Message::Ack(StatusUpdateAcknowledgement {
+                framework_id: Some(cairn_api::v1::FrameworkId {
+                    value: framework_id.to_owned(),
+                }),
+                task_id: Some(cairn_api::v1::TaskId {
+                    value: task_id.to_owned(),
+                }),
+                uuid,
+            })),
+        };
+        self.send_to_agent(agent_id, ack);
+    }
+}

@@ -1,0 +1,538 @@
+//! Frameworks: SUBSCRIBE and the scheduler calls of the Mesos v1 API.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use cairn_api::Resources;
+use cairn_api::internal::registry_operation::Operation;
+use cairn_api::internal::{KillTask, MasterMessage, RunTask, ShutdownFramework, master_message};
+use cairn_api::v1::{
+    Call, Event, FrameworkId, FrameworkInfo, TaskInfo, TaskState, TaskStatus, call, event,
+    offer::operation, task_status,
+};
+
+use super::{EventSender, FrameworkEntry, Leader, TaskEntry, now_secs};
+use crate::error::CallError;
+
+impl Leader {
+    /// SUBSCRIBE: a new framework is recorded in the registry; one that names its id
+    /// fails over onto this new stream.
+    pub(super) async fn subscribe(
+        &mut self,
+        mut info: FrameworkInfo,
+        events: EventSender,
+    ) -> Result<String, CallError> {
+        if info.name.is_empty() {
+            return Err(CallError::Invalid(
+                "framework_info.name must not be empty".into(),
+            ));
+        }
+        if info.role.is_empty() && info.roles.is_empty() {
+            info.role = "*".into();
+        }
+        let framework_id = match info.id.as_ref().map(|i| i.value.clone()) {
+            Some(id) if !id.is_empty() => {
+                let known = self.frameworks.contains_key(&id)
+                    || self.registry.state().frameworks.contains_key(&id);
+                if !known {
+                    return Err(CallError::NotFound(format!(
+                        "framework {id} is unknown to this master: subscribe without an id"
+                    )));
+                }
+                id
+            }
+            _ => cairn_api::ids::new_framework_id().value,
+        };
+        info.id = Some(FrameworkId {
+            value: framework_id.clone(),
+        });
+        if self.registry.state().frameworks.get(&framework_id) != Some(&info) {
+            self.registry
+                .propose(Operation::AddFramework(info.clone()))
+                .await?;
+        }
+        let stream_id = uuid::Uuid::new_v4().to_string();
+        let subscribed = Event {
+            r#type: event::Type::Subscribed as i32,
+            subscribed: Some(event::Subscribed {
+                framework_id: info.id.clone(),
+                heartbeat_interval_seconds: self.config.framework_heartbeat_interval.as_secs_f64(),
+            }),
+            ..Default::default()
+        };
+        events
+            .try_send(Ok(subscribed))
+            .map_err(|_| CallError::Unavailable("subscription stream closed".into()))?;
+        if let Some(old) = self.frameworks.get_mut(&framework_id) {
+            if let Some((_, old_tx)) = old.stream.take() {
+                let _ = old_tx.try_send(Ok(error_event("framework failed over")));
+            }
+            old.info = info;
+            old.stream = Some((stream_id.clone(), events));
+        } else {
+            self.frameworks.insert(
+                framework_id.clone(),
+                FrameworkEntry {
+                    info,
+                    stream: Some((stream_id.clone(), events)),
+                    suppressed: false,
+                    filters: HashMap::new(),
+                },
+            );
+        }
+        self.rescind_offers_of_framework(&framework_id);
+        tracing::info!(framework_id, "framework subscribed");
+        Ok(stream_id)
+    }
+
+    /// Every call other than SUBSCRIBE, from a subscribed framework on its current stream.
+    pub(super) async fn call(
+        &mut self,
+        call: Call,
+        stream_id: Option<String>,
+    ) -> Result<(), CallError> {
+        let framework_id = call
+            .framework_id
+            .as_ref()
+            .map(|f| f.value.clone())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| CallError::Invalid("call has no framework_id".into()))?;
+        let framework = self.frameworks.get(&framework_id).ok_or_else(|| {
+            CallError::NotFound(format!("framework {framework_id} is not subscribed"))
+        })?;
+        match (&framework.stream, stream_id) {
+            (Some((current, _)), Some(given)) if *current == given => {}
+            (Some(_), Some(given)) => {
+                return Err(CallError::Forbidden(format!(
+                    "stream id {given} is not framework {framework_id}'s current stream"
+                )));
+            }
+            (_, None) => {
+                return Err(CallError::Invalid("call has no Mesos-Stream-Id".into()));
+            }
+            (None, Some(_)) => {
+                return Err(CallError::Forbidden(format!(
+                    "framework {framework_id} is not connected"
+                )));
+            }
+        }
+        let kind = call::Type::try_from(call.r#type).unwrap_or(call::Type::Unknown);
+        match kind {
+            call::Type::Teardown => self.teardown(&framework_id).await,
+            call::Type::Accept => {
+                let accept = call
+                    .accept
+                    .ok_or_else(|| CallError::Invalid("ACCEPT without `accept`".into()))?;
+                self.accept(&framework_id, accept);
+                Ok(())
+            }
+            call::Type::Decline => {
+                let decline = call
+                    .decline
+                    .ok_or_else(|| CallError::Invalid("DECLINE without `decline`".into()))?;
+                let refuse = self.refuse_for(decline.filters.as_ref());
+                for id in decline.offer_ids {
+                    self.decline_offer(&framework_id, &id.value, refuse);
+                }
+                Ok(())
+            }
+            call::Type::Revive => {
+                let fw = self
+                    .frameworks
+                    .get_mut(&framework_id)
+                    .expect("checked above");
+                fw.filters.clear();
+                fw.suppressed = false;
+                self.allocate();
+                Ok(())
+            }
+            call::Type::Suppress => {
+                self.frameworks
+                    .get_mut(&framework_id)
+                    .expect("checked above")
+                    .suppressed = true;
+                self.rescind_offers_of_framework(&framework_id);
+                Ok(())
+            }
+            call::Type::Kill => {
+                let kill = call
+                    .kill
+                    .ok_or_else(|| CallError::Invalid("KILL without `kill`".into()))?;
+                self.kill(&framework_id, &kill.task_id.unwrap_or_default().value);
+                Ok(())
+            }
+            call::Type::Acknowledge => {
+                let ack = call.acknowledge.ok_or_else(|| {
+                    CallError::Invalid("ACKNOWLEDGE without `acknowledge`".into())
+                })?;
+                let agent_id = ack.agent_id.unwrap_or_default().value;
+                let task_id = ack.task_id.unwrap_or_default().value;
+                if ack.uuid.len() != 16 {
+                    return Err(CallError::Invalid(
+                        "acknowledge.uuid must be 16 bytes".into(),
+                    ));
+                }
+                self.acknowledge_to_agent(&agent_id, &framework_id, &task_id, ack.uuid);
+                Ok(())
+            }
+            call::Type::Reconcile => {
+                let tasks = call.reconcile.map(|r| r.tasks).unwrap_or_default();
+                self.reconcile(&framework_id, tasks);
+                Ok(())
+            }
+            other => Err(CallError::Invalid(format!(
+                "call type {} is not supported",
+                other.as_str_name()
+            ))),
+        }
+    }
+
+    fn refuse_for(&self, filters: Option<&cairn_api::v1::Filters>) -> Duration {
+        filters
+            .and_then(|f| f.refuse_seconds)
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(|s| Duration::from_secs_f64(s.min(31_536_000.0)))
+            .unwrap_or(self.config.default_refuse)
+    }
+
+    fn decline_offer(&mut self, framework_id: &str, offer_id: &str, refuse: Duration) {
+        if self
+            .offers
+            .get(offer_id)
+            .is_none_or(|o| o.framework_id != framework_id)
+        {
+            return; // unknown or rescinded: nothing to give back
+        }
+        if let Some(entry) = self.remove_offer(offer_id) {
+            if let Some(fw) = self.frameworks.get_mut(framework_id) {
+                fw.filters.insert(entry.agent_id, Instant::now() + refuse);
+            }
+        }
+    }
+
+    /// ACCEPT: launch tasks on the offers' agent. The offers are used up whatever
+    /// happens; resources no valid task takes go back to the agent.
+    fn accept(&mut self, framework_id: &str, accept: call::Accept) {
+        let refuse = self.refuse_for(accept.filters.as_ref());
+        let tasks: Vec<TaskInfo> = accept
+            .operations
+            .into_iter()
+            .filter(|op| {
+                matches!(
+                    operation::Type::try_from(op.r#type),
+                    Ok(operation::Type::Launch | operation::Type::LaunchGroup)
+                )
+            })
+            .flat_map(|op| op.launch.map(|l| l.task_infos).unwrap_or_default())
+            .collect();
+        // Validate the offers: present, this framework's, all on one agent.
+        let mut offered = Resources::new();
+        let mut agent_id: Option<String> = None;
+        let mut offer_error = None;
+        for id in &accept.offer_ids {
+            match self.offers.get(&id.value) {
+                Some(o) if o.framework_id == framework_id => {
+                    if agent_id.as_ref().is_some_and(|a| *a != o.agent_id) {
+                        offer_error = Some("offers span more than one agent".to_string());
+                    }
+                    agent_id.get_or_insert_with(|| o.agent_id.clone());
+                    offered = offered.add(&o.resources);
+                }
+                _ => offer_error = Some(format!("offer {} is no longer valid", id.value)),
+            }
+        }
+        if accept.offer_ids.is_empty() {
+            offer_error = Some("ACCEPT names no offers".into());
+        }
+        for id in &accept.offer_ids {
+            if self
+                .offers
+                .get(&id.value)
+                .is_some_and(|o| o.framework_id == framework_id)
+            {
+                self.remove_offer(&id.value);
+            }
+        }
+        if let Some(why) = offer_error {
+            for task in tasks {
+                self.reject_task(
+                    framework_id,
+                    &task,
+                    TaskState::TaskDropped,
+                    task_status::Reason::ReasonInvalidOffers,
+                    &why,
+                );
+            }
+            self.allocate();
+            return;
+        }
+        let agent_id = agent_id.expect("at least one valid offer");
+        let mut remaining = offered;
+        let mut seen = std::collections::HashSet::new();
+        for mut task in tasks {
+            match self.validate_task(framework_id, &agent_id, &task, &remaining, &mut seen) {
+                Ok(resources) => {
+                    remaining = remaining.checked_sub(&resources).expect("validated");
+                    task.agent_id = Some(cairn_api::v1::AgentId {
+                        value: agent_id.clone(),
+                    });
+                    self.launch(framework_id, &agent_id, task, resources);
+                }
+                Err(why) => self.reject_task(
+                    framework_id,
+                    &task,
+                    TaskState::TaskError,
+                    task_status::Reason::ReasonTaskInvalid,
+                    &why,
+                ),
+            }
+        }
+        if let Some(fw) = self.frameworks.get_mut(framework_id) {
+            if !remaining.is_empty() {
+                fw.filters.insert(agent_id, Instant::now() + refuse);
+            }
+        }
+        self.allocate();
+    }
+
+    fn validate_task(
+        &self,
+        framework_id: &str,
+        agent_id: &str,
+        task: &TaskInfo,
+        remaining: &Resources,
+        seen: &mut std::collections::HashSet<String>,
+    ) -> Result<Resources, String> {
+        let task_id = task
+            .task_id
+            .as_ref()
+            .map(|t| t.value.as_str())
+            .unwrap_or("");
+        if !cairn_api::ids::is_safe_id(task_id) {
+            return Err(format!(
+                "task id {task_id:?} must be 1-255 characters of [A-Za-z0-9._-]"
+            ));
+        }
+        if !seen.insert(task_id.to_owned())
+            || self
+                .tasks
+                .contains_key(&(framework_id.to_owned(), task_id.to_owned()))
+        {
+            return Err(format!("task id {task_id} is already in use"));
+        }
+        if let Some(a) = task.agent_id.as_ref().filter(|a| !a.value.is_empty()) {
+            if a.value != agent_id {
+                return Err(format!(
+                    "task {task_id} names agent {} but the offer is for {agent_id}",
+                    a.value
+                ));
+            }
+        }
+        let resources =
+            Resources::from_proto(&task.resources).map_err(|e| format!("task {task_id}: {e}"))?;
+        if resources.cpus() <= 0.0 && resources.mem() <= 0.0 {
+            return Err(format!("task {task_id} asks for no cpus and no mem"));
+        }
+        if !remaining.contains(&resources) {
+            return Err(format!(
+                "task {task_id} asks for {resources}; the offers have {remaining} left"
+            ));
+        }
+        if task.command.is_none() && task.executor.is_none() {
+            return Err(format!(
+                "task {task_id} has neither a command nor an executor"
+            ));
+        }
+        Ok(resources)
+    }
+
+    fn launch(&mut self, framework_id: &str, agent_id: &str, task: TaskInfo, resources: Resources) {
+        let task_id = task.task_id.clone().unwrap_or_default().value;
+        let framework = self.frameworks[framework_id].info.clone();
+        if let Some(agent) = self.agents.get_mut(agent_id) {
+            agent.used = agent.used.add(&resources);
+        }
+        self.tasks.insert(
+            (framework_id.to_owned(), task_id.clone()),
+            TaskEntry {
+                framework_id: framework_id.to_owned(),
+                agent_id: agent_id.to_owned(),
+                info: task.clone(),
+                resources,
+                state: TaskState::TaskStaging,
+                status: None,
+            },
+        );
+        tracing::info!(framework_id, agent_id, task_id, "launching task");
+        let sent = self.send_to_agent(
+            agent_id,
+            MasterMessage {
+                message: Some(master_message::Message::RunTask(RunTask {
+                    framework: Some(framework),
+                    task: Some(task),
+                })),
+            },
+        );
+        if !sent {
+            tracing::warn!(
+                agent_id,
+                task_id,
+                "agent went away before the task reached it"
+            );
+        }
+    }
+
+    /// Tells the framework a task was refused; the master sends such updates itself
+    /// (source MASTER, no uuid, nothing to acknowledge), as Mesos does.
+    fn reject_task(
+        &mut self,
+        framework_id: &str,
+        task: &TaskInfo,
+        state: TaskState,
+        reason: task_status::Reason,
+        why: &str,
+    ) {
+        tracing::info!(framework_id, why, "task refused");
+        let status = TaskStatus {
+            task_id: task.task_id.clone(),
+            state: state as i32,
+            message: why.to_owned(),
+            source: task_status::Source::SourceMaster as i32,
+            reason: Some(reason as i32),
+            agent_id: task.agent_id.clone(),
+            timestamp: now_secs(),
+            ..Default::default()
+        };
+        self.send_event(framework_id, update_event(status));
+    }
+
+    fn kill(&mut self, framework_id: &str, task_id: &str) {
+        let key = (framework_id.to_owned(), task_id.to_owned());
+        let Some(task) = self.tasks.get(&key) else {
+            // Mesos answers a KILL for an unknown task with TASK_LOST.
+            let status = TaskStatus {
+                task_id: Some(cairn_api::v1::TaskId {
+                    value: task_id.to_owned(),
+                }),
+                state: TaskState::TaskLost as i32,
+                message: "task is unknown to the master".into(),
+                source: task_status::Source::SourceMaster as i32,
+                reason: Some(task_status::Reason::ReasonReconciliation as i32),
+                timestamp: now_secs(),
+                ..Default::default()
+            };
+            self.send_event(framework_id, update_event(status));
+            return;
+        };
+        let agent_id = task.agent_id.clone();
+        self.send_to_agent(
+            &agent_id,
+            MasterMessage {
+                message: Some(master_message::Message::KillTask(KillTask {
+                    framework_id: Some(FrameworkId {
+                        value: framework_id.to_owned(),
+                    }),
+                    task_id: Some(cairn_api::v1::TaskId {
+                        value: task_id.to_owned(),
+                    }),
+                })),
+            },
+        );
+    }
+
+    /// RECONCILE: the latest known state of the named tasks, or of all the
+    /// framework's tasks when none are named (implicit reconciliation).
+    fn reconcile(&mut self, framework_id: &str, tasks: Vec<call::reconcile::Task>) {
+        let mut statuses = Vec::new();
+        if tasks.is_empty() {
+            for ((fw, _), t) in &self.tasks {
+                if fw == framework_id {
+                    statuses.push(reconcile_status(t.info.task_id.clone(), Some(t)));
+                }
+            }
+        } else {
+            for t in tasks {
+                let id = t.task_id.unwrap_or_default();
+                let known = self.tasks.get(&(framework_id.to_owned(), id.value.clone()));
+                statuses.push(reconcile_status(Some(id), known));
+            }
+        }
+        for s in statuses {
+            self.send_event(framework_id, update_event(s));
+        }
+    }
+
+    /// TEARDOWN: kill the framework's tasks, drop its offers and remove it from the registry.
+    async fn teardown(&mut self, framework_id: &str) -> Result<(), CallError> {
+        self.registry
+            .propose(Operation::RemoveFramework(FrameworkId {
+                value: framework_id.to_owned(),
+            }))
+            .await?;
+        self.rescind_offers_of_framework(framework_id);
+        let agents: std::collections::BTreeSet<String> = self.agents.keys().cloned().collect();
+        for agent_id in agents {
+            self.send_to_agent(
+                &agent_id,
+                MasterMessage {
+                    message: Some(master_message::Message::ShutdownFramework(
+                        ShutdownFramework {
+                            framework_id: Some(FrameworkId {
+                                value: framework_id.to_owned(),
+                            }),
+                        },
+                    )),
+                },
+            );
+        }
+        if let Some(fw) = self.frameworks.remove(framework_id) {
+            drop(fw.stream);
+        }
+        tracing::info!(framework_id, "framework torn down");
+        Ok(())
+    }
+}
+
+fn reconcile_status(
+    task_id: Option<cairn_api::v1::TaskId>,
+    known: Option<&TaskEntry>,
+) -> TaskStatus {
+    let (state, agent_id) = match known {
+        Some(t) => (
+            t.state,
+            Some(cairn_api::v1::AgentId {
+                value: t.agent_id.clone(),
+            }),
+        ),
+        None => (TaskState::TaskUnknown, None),
+    };
+    TaskStatus {
+        task_id,
+        state: state as i32,
+        source: task_status::Source::SourceMaster as i32,
+        reason: Some(task_status::Reason::ReasonReconciliation as i32),
+        agent_id,
+        timestamp: now_secs(),
+        ..Default::default()
+    }
+}
+
+fn update_event(status: TaskStatus) -> Event {
+    Event {
+        r#type: event::Type::Update as i32,
+        update: Some(event::Update {
+            status: Some(status),
+        }),
+        ..Default::default()
+    }
+}
+
+fn error_event(message: &str) -> Event {
+    Event {
+        r#type: event::Type::Error as i32,
+        error: Some(event::Error {
+            message: message.to_owned(),
+        }),
+        ..Default::default()
+    }
+}

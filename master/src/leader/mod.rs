@@ -1,0 +1,321 @@
+//! The leader's core: one actor owns agents, frameworks, offers and the master's view
+//! of tasks. Every input arrives on one channel; after each one the actor publishes
+//! an immutable snapshot, so `/state` and other readers never wait on allocation.
+
+mod agents;
+mod allocation;
+mod frameworks;
+mod snapshot;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_api::Resources;
+use cairn_api::internal::{MasterMessage, TaskRecord, agent_message};
+use cairn_api::v1::{
+    AgentInfo, Call, Event, FrameworkInfo, Offer, TaskInfo, TaskState, TaskStatus,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::CallError;
+use crate::registry::Registry;
+
+pub use snapshot::MasterSnapshot;
+
+/// Events for one framework's subscription stream.
+pub type EventSender = mpsc::Sender<Result<Event, tonic::Status>>;
+/// Messages for one agent's registration stream.
+pub type AgentSender = mpsc::Sender<Result<MasterMessage, tonic::Status>>;
+
+/// Everything that can happen to the leader.
+pub enum Input {
+    RegisterAgent {
+        info: AgentInfo,
+        tasks: Vec<TaskRecord>,
+        sender: AgentSender,
+        reply: oneshot::Sender<Result<(String, u64), CallError>>,
+    },
+    AgentMessage {
+        agent_id: String,
+        conn: u64,
+        message: agent_message::Message,
+    },
+    AgentDisconnected {
+        agent_id: String,
+        conn: u64,
+    },
+    Subscribe {
+        info: FrameworkInfo,
+        events: EventSender,
+        reply: oneshot::Sender<Result<String, CallError>>,
+    },
+    Call {
+        call: Call,
+        stream_id: Option<String>,
+        reply: oneshot::Sender<Result<(), CallError>>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct LeaderConfig {
+    pub allocation_interval: Duration,
+    pub agent_heartbeat_interval: Duration,
+    pub framework_heartbeat_interval: Duration,
+    /// Default `refuse_seconds` of a DECLINE without filters (Mesos: 5 s).
+    pub default_refuse: Duration,
+}
+
+impl Default for LeaderConfig {
+    fn default() -> Self {
+        Self {
+            allocation_interval: Duration::from_secs(1),
+            agent_heartbeat_interval: Duration::from_secs(5),
+            framework_heartbeat_interval: Duration::from_secs(15),
+            default_refuse: Duration::from_secs(5),
+        }
+    }
+}
+
+struct AgentEntry {
+    info: AgentInfo,
+    total: Resources,
+    /// Held by non-terminal tasks.
+    used: Resources,
+    /// Held by outstanding offers.
+    offered: Resources,
+    /// The live registration stream, if connected.
+    conn: Option<(u64, AgentSender)>,
+}
+
+impl AgentEntry {
+    fn available(&self) -> Resources {
+        // total = used + offered + available holds by construction; a failed
+        // subtraction would mean a bookkeeping bug, so offer nothing rather than lie.
+        self.total
+            .checked_sub(&self.used.add(&self.offered))
+            .unwrap_or_default()
+    }
+}
+
+struct FrameworkEntry {
+    info: FrameworkInfo,
+    stream: Option<(String, EventSender)>,
+    suppressed: bool,
+    /// agent id -> until when this framework declined that agent's resources.
+    filters: HashMap<String, Instant>,
+}
+
+struct OfferEntry {
+    framework_id: String,
+    agent_id: String,
+    resources: Resources,
+}
+
+struct TaskEntry {
+    framework_id: String,
+    agent_id: String,
+    info: TaskInfo,
+    resources: Resources,
+    state: TaskState,
+    status: Option<TaskStatus>,
+}
+
+/// How many finished tasks the leader keeps for `/state` (Mesos keeps 1000 per framework).
+const MAX_COMPLETED_TASKS: usize = 1000;
+
+pub struct Leader {
+    config: LeaderConfig,
+    registry: Registry,
+    agents: HashMap<String, AgentEntry>,
+    frameworks: HashMap<String, FrameworkEntry>,
+    offers: HashMap<String, OfferEntry>,
+    /// Keyed by (framework id, task id): task ids are unique per framework.
+    tasks: HashMap<(String, String), TaskEntry>,
+    completed: VecDeque<TaskEntry>,
+    snapshot: watch::Sender<Arc<MasterSnapshot>>,
+    next_conn: u64,
+    rotation: usize,
+}
+
+/// A handle to send inputs to the leader and read its snapshots.
+#[derive(Clone)]
+pub struct LeaderHandle {
+    pub inputs: mpsc::Sender<Input>,
+    pub snapshot: watch::Receiver<Arc<MasterSnapshot>>,
+}
+
+impl LeaderHandle {
+    /// Sends an input and waits for its reply.
+    pub async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, CallError>>) -> Input,
+    ) -> Result<T, CallError> {
+        let (tx, rx) = oneshot::channel();
+        self.inputs
+            .send(make(tx))
+            .await
+            .map_err(|_| CallError::Unavailable("the master is shutting down".into()))?;
+        rx.await
+            .map_err(|_| CallError::Unavailable("the master is shutting down".into()))?
+    }
+}
+
+impl Leader {
+    /// Starts the actor; it runs until every handle is dropped.
+    pub fn spawn(config: LeaderConfig, registry: Registry) -> LeaderHandle {
+        let (inputs, rx) = mpsc::channel(4096);
+        let (snapshot, snapshot_rx) = watch::channel(Arc::new(MasterSnapshot::default()));
+        let mut leader = Leader {
+            config,
+            registry,
+            agents: HashMap::new(),
+            frameworks: HashMap::new(),
+            offers: HashMap::new(),
+            tasks: HashMap::new(),
+            completed: VecDeque::new(),
+            snapshot,
+            next_conn: 1,
+            rotation: 0,
+        };
+        leader.publish();
+        tokio::spawn(leader.run(rx));
+        LeaderHandle {
+            inputs,
+            snapshot: snapshot_rx,
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Input>) {
+        let mut allocation = tokio::time::interval(self.config.allocation_interval);
+        let mut heartbeat = tokio::time::interval(self.config.framework_heartbeat_interval);
+        loop {
+            tokio::select! {
+                input = rx.recv() => match input {
+                    Some(input) => self.handle(input).await,
+                    None => return,
+                },
+                _ = allocation.tick() => self.allocate(),
+                _ = heartbeat.tick() => self.heartbeat_frameworks(),
+            }
+            self.publish();
+        }
+    }
+
+    async fn handle(&mut self, input: Input) {
+        match input {
+            Input::RegisterAgent {
+                info,
+                tasks,
+                sender,
+                reply,
+            } => {
+                let result = self.register_agent(info, tasks, sender).await;
+                let _ = reply.send(result);
+                self.allocate();
+            }
+            Input::AgentMessage {
+                agent_id,
+                conn,
+                message,
+            } => self.agent_message(&agent_id, conn, message),
+            Input::AgentDisconnected { agent_id, conn } => self.agent_disconnected(&agent_id, conn),
+            Input::Subscribe {
+                info,
+                events,
+                reply,
+            } => {
+                let result = self.subscribe(info, events).await;
+                let _ = reply.send(result);
+                self.allocate();
+            }
+            Input::Call {
+                call,
+                stream_id,
+                reply,
+            } => {
+                let result = self.call(call, stream_id).await;
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let snapshot = snapshot::build(self);
+        let _ = self.snapshot.send(Arc::new(snapshot));
+    }
+
+    fn next_conn_id(&mut self) -> u64 {
+        self.next_conn += 1;
+        self.next_conn
+    }
+
+    /// Sends an event to a framework; a closed or overflowing stream disconnects it.
+    fn send_event(&mut self, framework_id: &str, event: Event) -> bool {
+        let Some(fw) = self.frameworks.get_mut(framework_id) else {
+            return false;
+        };
+        let Some((_, tx)) = &fw.stream else {
+            return false;
+        };
+        if tx.try_send(Ok(event)).is_err() {
+            tracing::info!(
+                framework_id,
+                "framework stream closed or full; framework disconnected"
+            );
+            fw.stream = None;
+            self.rescind_offers_of_framework(framework_id);
+            return false;
+        }
+        true
+    }
+
+    fn send_to_agent(&mut self, agent_id: &str, message: MasterMessage) -> bool {
+        let Some(agent) = self.agents.get_mut(agent_id) else {
+            return false;
+        };
+        let Some((_, tx)) = &agent.conn else {
+            return false;
+        };
+        if tx.try_send(Ok(message)).is_err() {
+            tracing::warn!(agent_id, "agent stream closed or full; agent disconnected");
+            agent.conn = None;
+            self.rescind_offers_of_agent(agent_id);
+            return false;
+        }
+        true
+    }
+
+    fn offer_proto(&self, offer_id: &str, entry: &OfferEntry) -> Offer {
+        let agent = &self.agents[&entry.agent_id];
+        Offer {
+            id: Some(cairn_api::v1::OfferId {
+                value: offer_id.to_owned(),
+            }),
+            framework_id: Some(cairn_api::v1::FrameworkId {
+                value: entry.framework_id.clone(),
+            }),
+            agent_id: agent.info.id.clone(),
+            hostname: agent.info.hostname.clone(),
+            resources: entry.resources.to_proto(),
+            attributes: agent.info.attributes.clone(),
+            url: Some(cairn_api::v1::Url {
+                scheme: "http".into(),
+                address: Some(cairn_api::v1::Address {
+                    hostname: agent.info.hostname.clone(),
+                    ip: String::new(),
+                    port: agent.info.port,
+                }),
+                path: "/".into(),
+            }),
+        }
+    }
+}
+
+/// Seconds since the epoch, as Mesos timestamps its updates.
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}

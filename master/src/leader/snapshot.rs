@@ -1,0 +1,123 @@
+//! The immutable view the leader publishes after every input, read by `/state`.
+
+use serde::Serialize;
+
+use super::Leader;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MasterSnapshot {
+    pub frameworks: Vec<FrameworkView>,
+    pub agents: Vec<AgentView>,
+    pub tasks: Vec<TaskView>,
+    pub completed_tasks: Vec<TaskView>,
+    pub outstanding_offers: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FrameworkView {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    /// Subscribed right now (Mesos' `connected` and `active`).
+    pub active: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentView {
+    pub id: String,
+    pub hostname: String,
+    pub port: i32,
+    pub resources: String,
+    pub used_resources: String,
+    pub offered_resources: String,
+    pub attributes: Vec<(String, String)>,
+    pub active: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskView {
+    pub id: String,
+    pub name: String,
+    pub framework_id: String,
+    pub agent_id: String,
+    pub state: String,
+    pub resources: String,
+    pub message: String,
+    pub reason: Option<String>,
+}
+
+pub(super) fn build(leader: &Leader) -> MasterSnapshot {
+    let registry = leader.registry.state();
+    let mut frameworks: Vec<FrameworkView> = registry
+        .frameworks
+        .iter()
+        .map(|(id, info)| FrameworkView {
+            id: id.clone(),
+            name: info.name.clone(),
+            role: info.role.clone(),
+            active: leader
+                .frameworks
+                .get(id)
+                .is_some_and(|f| f.stream.is_some()),
+        })
+        .collect();
+    frameworks.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut agents: Vec<AgentView> = registry
+        .agents
+        .iter()
+        .map(|(id, info)| {
+            let live = leader.agents.get(id);
+            AgentView {
+                id: id.clone(),
+                hostname: info.hostname.clone(),
+                port: info.port,
+                resources: cairn_api::Resources::from_proto(&info.resources)
+                    .map(|r| r.to_string())
+                    .unwrap_or_default(),
+                used_resources: live.map(|a| a.used.to_string()).unwrap_or_default(),
+                offered_resources: live.map(|a| a.offered.to_string()).unwrap_or_default(),
+                attributes: info
+                    .attributes
+                    .iter()
+                    .map(|a| {
+                        let v = a.text.as_ref().map(|t| t.value.clone()).unwrap_or_default();
+                        (a.name.clone(), v)
+                    })
+                    .collect(),
+                active: live.is_some_and(|a| a.conn.is_some()),
+            }
+        })
+        .collect();
+    agents.sort_by(|a, b| a.id.cmp(&b.id));
+    let view = |t: &super::TaskEntry| TaskView {
+        id: t
+            .info
+            .task_id
+            .as_ref()
+            .map(|i| i.value.clone())
+            .unwrap_or_default(),
+        name: t.info.name.clone(),
+        framework_id: t.framework_id.clone(),
+        agent_id: t.agent_id.clone(),
+        state: t.state.as_str_name().to_owned(),
+        resources: t.resources.to_string(),
+        message: t
+            .status
+            .as_ref()
+            .map(|s| s.message.clone())
+            .unwrap_or_default(),
+        reason: t
+            .status
+            .as_ref()
+            .and_then(|s| s.reason)
+            .and_then(|r| cairn_api::v1::task_status::Reason::try_from(r).ok())
+            .map(|r| r.as_str_name().to_owned()),
+    };
+    MasterSnapshot {
+        frameworks,
+        agents,
+        tasks: leader.tasks.values().map(view).collect(),
+        completed_tasks: leader.completed.iter().map(view).collect(),
+        outstanding_offers: leader.offers.len(),
+    }
+}

@@ -1,0 +1,64 @@
+//! The Cairn master: the registry (raft-rs over RocksDB), the leader's actor that owns
+//! agents, frameworks, offers and tasks, and the APIs in front of them.
+
+mod api;
+mod error;
+mod leader;
+mod registry;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+pub use error::CallError;
+pub use leader::{LeaderConfig, MasterSnapshot};
+pub use registry::{Registry, RegistryError, RegistryState};
+
+#[derive(Debug, Clone)]
+pub struct MasterConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// This master's Raft node id.
+    pub node_id: u64,
+    pub leader: LeaderConfig,
+}
+
+/// A master bound to its port, not yet serving.
+pub struct Master {
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+}
+
+impl Master {
+    /// Opens the registry, elects this master in its group and binds the API port.
+    pub async fn bind(config: MasterConfig) -> anyhow::Result<Self> {
+        let registry = Registry::open(&config.data_dir.join("registry"), config.node_id)
+            .with_context(|| format!("opening the registry in {}", config.data_dir.display()))?;
+        registry
+            .wait_for_leadership(Duration::from_secs(10))
+            .await
+            .context("electing this master")?;
+        let leader = leader::Leader::spawn(config.leader.clone(), registry.clone());
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        Ok(Self {
+            listener,
+            router: api::router(leader, registry),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves HTTP and gRPC on the bound port. Agent and scheduler streams live as
+    /// long as their peers, so this runs until the process is stopped.
+    pub async fn serve(self) -> anyhow::Result<()> {
+        axum::serve(self.listener, self.router)
+            .await
+            .context("serving the master API")
+    }
+}

@@ -1,0 +1,43 @@
+//! The registry: the master's durable state (frameworks and admitted agents),
+//! replicated through Raft even when there is one master, and applied to RocksDB
+//! in the same batch as the applied index it reflects.
+
+mod node;
+mod storage;
+
+use std::collections::BTreeMap;
+
+use cairn_api::v1::{AgentInfo, FrameworkInfo};
+use thiserror::Error;
+
+pub use node::Registry;
+
+#[derive(Debug, Error)]
+pub enum RegistryError {
+    #[error("cannot open the registry at {0}: {1}")]
+    Open(String, String),
+    #[error("data dir {dir} belongs to master node {stored}, not node {asked}")]
+    WrongNode {
+        dir: String,
+        stored: u64,
+        asked: u64,
+    },
+    #[error("registry storage failed: {0}")]
+    Io(String),
+    #[error("registry data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("this master is not the leader")]
+    NotLeader,
+    #[error("the registry is shut down")]
+    Stopped,
+    #[error("registry write rejected: {0}")]
+    Rejected(String),
+}
+
+/// The replicated records, as applied up to `applied`.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryState {
+    pub frameworks: BTreeMap<String, FrameworkInfo>,
+    pub agents: BTreeMap<String, AgentInfo>,
+    pub applied: u64,
+}

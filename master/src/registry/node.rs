@@ -1,0 +1,339 @@
+//! One raft-rs `RawNode`, driven by one thread: tick, step, propose, and the Ready
+//! loop in the order raft-rs documents.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use cairn_api::internal::{RegistryOperation, registry_operation::Operation};
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message};
+use raft::{RawNode, StateRole};
+use rocksdb::WriteBatch;
+use tokio::sync::{oneshot, watch};
+
+use super::storage::{CF_REGISTRY, RaftStorage};
+use super::{RegistryError, RegistryState};
+
+const TICK: Duration = Duration::from_millis(100);
+
+struct Proposal {
+    op: RegistryOperation,
+    reply: oneshot::Sender<Result<(), RegistryError>>,
+}
+
+/// A handle on the replicated registry. Writes go through Raft; reads see the
+/// state as last applied.
+#[derive(Clone)]
+pub struct Registry {
+    proposals: std_mpsc::Sender<Proposal>,
+    state: watch::Receiver<Arc<RegistryState>>,
+    leader: watch::Receiver<bool>,
+}
+
+impl Registry {
+    /// Opens (or bootstraps) the registry in `dir` and starts its Raft thread.
+    pub fn open(dir: &Path, node_id: u64) -> Result<Self, RegistryError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| RegistryError::Open(dir.display().to_string(), e.to_string()))?;
+        let storage = RaftStorage::open(dir, node_id)?;
+        let state = load_state(&storage)?;
+        let applied = storage.applied()?;
+        let config = raft::Config {
+            id: node_id,
+            election_tick: 10,
+            heartbeat_tick: 3,
+            applied,
+            pre_vote: true,
+            check_quorum: true,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            ..Default::default()
+        };
+        config
+            .validate()
+            .map_err(|e| RegistryError::Open(dir.display().to_string(), e.to_string()))?;
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let mut node = RawNode::new(&config, storage.clone(), &logger)
+            .map_err(|e| RegistryError::Open(dir.display().to_string(), e.to_string()))?;
+        // A one-voter group elects itself at once instead of after an election timeout.
+        let voters = node.raft.prs().conf().voters().ids().len();
+        if voters == 1 {
+            node.campaign()
+                .map_err(|e| RegistryError::Open(dir.display().to_string(), e.to_string()))?;
+        }
+        let (proposals, rx) = std_mpsc::channel();
+        let (state_tx, state_rx) = watch::channel(Arc::new(state));
+        let (leader_tx, leader_rx) = watch::channel(false);
+        let driver = Driver {
+            node,
+            storage,
+            state: state_tx,
+            leader: leader_tx,
+            pending: HashMap::new(),
+            next_context: 1,
+        };
+        std::thread::Builder::new()
+            .name("cairn-raft".into())
+            .spawn(move || driver.run(rx))
+            .map_err(|e| RegistryError::Io(format!("spawning the raft thread: {e}")))?;
+        Ok(Self {
+            proposals,
+            state: state_rx,
+            leader: leader_rx,
+        })
+    }
+
+    /// Replicates `op` and returns once it is applied here.
+    pub async fn propose(&self, op: Operation) -> Result<(), RegistryError> {
+        let (reply, rx) = oneshot::channel();
+        let op = RegistryOperation {
+            operation: Some(op),
+        };
+        self.proposals
+            .send(Proposal { op, reply })
+            .map_err(|_| RegistryError::Stopped)?;
+        rx.await.map_err(|_| RegistryError::Stopped)?
+    }
+
+    pub fn state(&self) -> Arc<RegistryState> {
+        self.state.borrow().clone()
+    }
+
+    /// Waits until this master leads its group, or `timeout` passes.
+    pub async fn wait_for_leadership(&self, timeout: Duration) -> Result<(), RegistryError> {
+        let mut leader = self.leader.clone();
+        tokio::time::timeout(timeout, leader.wait_for(|l| *l))
+            .await
+            .map_err(|_| RegistryError::NotLeader)?
+            .map_err(|_| RegistryError::Stopped)?;
+        Ok(())
+    }
+}
+
+fn load_state(storage: &RaftStorage) -> Result<RegistryState, RegistryError> {
+    let mut state = RegistryState {
+        applied: storage.applied()?,
+        ..Default::default()
+    };
+    let iter = storage
+        .db()
+        .iterator_cf(storage.cf(CF_REGISTRY), rocksdb::IteratorMode::Start);
+    for item in iter {
+        let (key, value) = item.map_err(|e| RegistryError::Io(e.to_string()))?;
+        let key = String::from_utf8_lossy(&key).into_owned();
+        let corrupt = |e: prost::DecodeError| RegistryError::Corrupt(format!("record {key}: {e}"));
+        if let Some(id) = key.strip_prefix("framework/") {
+            state.frameworks.insert(
+                id.to_owned(),
+                cairn_api::v1::FrameworkInfo::decode(&*value).map_err(corrupt)?,
+            );
+        } else if let Some(id) = key.strip_prefix("agent/") {
+            state.agents.insert(
+                id.to_owned(),
+                cairn_api::v1::AgentInfo::decode(&*value).map_err(corrupt)?,
+            );
+        }
+    }
+    Ok(state)
+}
+
+struct Driver {
+    node: RawNode<RaftStorage>,
+    storage: RaftStorage,
+    state: watch::Sender<Arc<RegistryState>>,
+    leader: watch::Sender<bool>,
+    pending: HashMap<u64, oneshot::Sender<Result<(), RegistryError>>>,
+    next_context: u64,
+}
+
+impl Driver {
+    fn run(mut self, rx: std_mpsc::Receiver<Proposal>) {
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(p) => {
+                    self.propose(p);
+                    // Batch whatever else is queued into the same Ready.
+                    while let Ok(p) = rx.try_recv() {
+                        self.propose(p);
+                    }
+                }
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            if Instant::now() >= next_tick {
+                self.node.tick();
+                next_tick = Instant::now() + TICK;
+            }
+            if let Err(e) = self.on_ready() {
+                // Storage failing under Raft is not survivable: stop serving writes
+                // rather than acknowledge something that is not durable.
+                tracing::error!(error = %e, "registry storage failed; the registry stops");
+                for (_, reply) in self.pending.drain() {
+                    let _ = reply.send(Err(RegistryError::Io(e.to_string())));
+                }
+                return;
+            }
+        }
+    }
+
+    fn propose(&mut self, p: Proposal) {
+        if self.node.raft.state != StateRole::Leader {
+            let _ = p.reply.send(Err(RegistryError::NotLeader));
+            return;
+        }
+        let context = self.next_context;
+        self.next_context += 1;
+        match self
+            .node
+            .propose(context.to_be_bytes().to_vec(), p.op.encode_to_vec())
+        {
+            Ok(()) => {
+                self.pending.insert(context, p.reply);
+            }
+            Err(e) => {
+                let _ = p.reply.send(Err(RegistryError::Rejected(e.to_string())));
+            }
+        }
+    }
+
+    /// The Ready loop, in raft-rs' documented order.
+    fn on_ready(&mut self) -> Result<(), RegistryError> {
+        if !self.node.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.node.ready();
+        // 1. Messages a leader may send before persisting.
+        self.send(ready.take_messages());
+        // 2. Persist new entries and the hard state in one synced batch.
+        self.storage.persist(ready.entries(), ready.hs())?;
+        // 3. Messages that must wait for persistence.
+        self.send(ready.take_persisted_messages());
+        // 4. Apply what is committed.
+        self.apply(ready.take_committed_entries())?;
+        if let Some(ss) = ready.ss() {
+            let _ = self.leader.send(ss.raft_state == StateRole::Leader);
+        }
+        // 5. Advance, then handle the light ready: in a one-voter group every
+        //    commit arrives here.
+        let mut light = self.node.advance(ready);
+        self.send(light.take_messages());
+        self.apply(light.take_committed_entries())?;
+        self.node.advance_apply();
+        Ok(())
+    }
+
+    fn send(&mut self, messages: Vec<Message>) {
+        for m in messages {
+            // Replication to other masters comes with multi-master support; a
+            // one-voter group addresses no one.
+            tracing::debug!(
+                to = m.to,
+                "dropping raft message: no transport to peers yet"
+            );
+        }
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), RegistryError> {
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return Ok(());
+        };
+        let mut state = (**self.state.borrow()).clone();
+        let mut batch = WriteBatch::default();
+        let mut conf_state: Option<ConfState> = None;
+        let mut replies = Vec::new();
+        for entry in entries {
+            match entry.get_entry_type() {
+                EntryType::EntryNormal => {
+                    let result = if entry.data.is_empty() {
+                        Ok(()) // a new leader's empty entry
+                    } else {
+                        self.apply_operation(&entry.data, &mut state, &mut batch)
+                    };
+                    if let Some(reply) = context_of(&entry).and_then(|c| self.pending.remove(&c)) {
+                        replies.push((reply, result));
+                    }
+                }
+                EntryType::EntryConfChange => {
+                    let cc = ConfChange::parse_from_bytes(&entry.data)
+                        .map_err(|e| RegistryError::Corrupt(format!("conf change: {e}")))?;
+                    conf_state = Some(self.apply_conf_change(&cc)?);
+                }
+                EntryType::EntryConfChangeV2 => {
+                    // Leaving joint consensus is an empty V2 entry: never skip it.
+                    let cc = ConfChangeV2::parse_from_bytes(&entry.data)
+                        .map_err(|e| RegistryError::Corrupt(format!("conf change: {e}")))?;
+                    conf_state = Some(self.apply_conf_change(&cc)?);
+                }
+            }
+        }
+        state.applied = last;
+        self.storage
+            .record_applied(&mut batch, last, conf_state.as_ref())?;
+        self.storage.write(batch)?;
+        self.storage.applied_written(last, conf_state);
+        let _ = self.state.send(Arc::new(state));
+        for (reply, result) in replies {
+            let _ = reply.send(result);
+        }
+        Ok(())
+    }
+
+    fn apply_conf_change(
+        &mut self,
+        cc: &impl raft::eraftpb::ConfChangeI,
+    ) -> Result<ConfState, RegistryError> {
+        self.node
+            .apply_conf_change(cc)
+            .map_err(|e| RegistryError::Rejected(format!("conf change: {e}")))
+    }
+
+    /// Applies one registry operation. A record that does not decode is refused
+    /// (and reported to its proposer), never a reason to stop the master.
+    fn apply_operation(
+        &self,
+        data: &[u8],
+        state: &mut RegistryState,
+        batch: &mut WriteBatch,
+    ) -> Result<(), RegistryError> {
+        let op = RegistryOperation::decode(data)
+            .map_err(|e| RegistryError::Corrupt(format!("registry operation: {e}")))?;
+        let cf = self.storage.cf(CF_REGISTRY);
+        match op.operation {
+            Some(Operation::AddFramework(info)) => {
+                let id = info
+                    .id
+                    .as_ref()
+                    .map(|i| i.value.clone())
+                    .unwrap_or_default();
+                batch.put_cf(cf, format!("framework/{id}"), info.encode_to_vec());
+                state.frameworks.insert(id, info);
+            }
+            Some(Operation::AdmitAgent(info)) => {
+                let id = info
+                    .id
+                    .as_ref()
+                    .map(|i| i.value.clone())
+                    .unwrap_or_default();
+                batch.put_cf(cf, format!("agent/{id}"), info.encode_to_vec());
+                state.agents.insert(id, info);
+            }
+            Some(Operation::RemoveFramework(id)) => {
+                batch.delete_cf(cf, format!("framework/{}", id.value));
+                state.frameworks.remove(&id.value);
+            }
+            None => return Err(RegistryError::Rejected("empty registry operation".into())),
+        }
+        Ok(())
+    }
+}
+
+fn context_of(entry: &Entry) -> Option<u64> {
+    let bytes: [u8; 8] = entry.context.as_slice().try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}

@@ -1,0 +1,17 @@
+use thiserror::Error;
+
+/// Why a module could not be prepared to run. Each message names what was wrong
+/// with the module, so the task's status can carry it to the framework unchanged.
+#[derive(Debug, Error)]
+pub enum SandboxError {
+    #[error("not a WebAssembly module: {0}")]
+    NotWasm(String),
+    #[error("invalid WebAssembly module: {0}")]
+    Invalid(String),
+    #[error("module cannot be linked: {0}")]
+    Link(String),
+    #[error("module has no `_start` export: only WASI command modules can run as tasks")]
+    NotCommand,
+    #[error("sandbox set-up failed: {0}")]
+    Setup(String),
+}

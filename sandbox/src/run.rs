@@ -1,0 +1,205 @@
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime_wasi::cli::OutputFile;
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+
+use crate::engine::{Program, Sandbox};
+use crate::error::SandboxError;
+use crate::limits::MemoryLimiter;
+
+/// Everything one run of a command module needs from its task.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// argv, including argv[0].
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// The task's sandbox: the only directory the guest can see, preopened as both `.` and `/`.
+    pub sandbox_dir: PathBuf,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    /// Cap on linear memory (the task's `mem`).
+    pub memory_bytes: usize,
+    /// Deterministic CPU budget (`container.wasm.fuel`); `None` is unlimited.
+    pub fuel: Option<u64>,
+    /// Wall-clock bound (`max_completion_time`); `None` is unlimited.
+    pub timeout: Option<Duration>,
+}
+
+/// A limit a run hit; each maps onto one Mesos `REASON_*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Memory,
+    Fuel,
+    Time,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// `_start` returned (0) or the guest called `proc_exit`.
+    Code(i32),
+    Limit(Limit),
+    /// Stopped through its [`CancelHandle`].
+    Killed,
+    /// Any other trap, with wasmtime's description.
+    Trap(String),
+}
+
+/// What a run consumed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub fuel_consumed: u64,
+    pub peak_memory_bytes: u64,
+    pub wall_time: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub exit: Exit,
+    pub usage: Usage,
+}
+
+/// Stops a run from another thread at the next epoch tick.
+#[derive(Debug, Clone, Default)]
+pub struct CancelHandle(Arc<AtomicBool>);
+
+impl CancelHandle {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+pub(crate) struct StoreState {
+    pub(crate) wasi: WasiP1Ctx,
+    limiter: MemoryLimiter,
+}
+
+/// Raised from the epoch callback to stop a guest; never seen outside this module.
+#[derive(Debug, thiserror::Error)]
+enum Interrupted {
+    #[error("wall-clock limit reached")]
+    Deadline,
+    #[error("killed")]
+    Cancelled,
+}
+
+impl Sandbox {
+    /// Runs a command module to completion on the calling thread. Blocking: call it
+    /// from a thread of its own, never from an async task.
+    pub fn run(
+        &self,
+        program: &Program,
+        spec: &RunSpec,
+        cancel: &CancelHandle,
+    ) -> Result<RunOutcome, SandboxError> {
+        let started = Instant::now();
+        let memory_bytes = spec.memory_bytes.min(self.config.max_memory_bytes);
+        let wasi = wasi_ctx(spec)?;
+        let mut store = Store::new(
+            &self.engine,
+            StoreState {
+                wasi,
+                limiter: MemoryLimiter::new(memory_bytes),
+            },
+        );
+        store.limiter(|s| &mut s.limiter);
+        let fuel = spec.fuel.unwrap_or(u64::MAX);
+        store
+            .set_fuel(fuel)
+            .map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
+        let deadline = spec.timeout.map(|t| started + t);
+        let cancel_flag = cancel.clone();
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if cancel_flag.is_cancelled() {
+                return Err(Interrupted::Cancelled.into());
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Interrupted::Deadline.into());
+            }
+            Ok(UpdateDeadline::Continue(1))
+        });
+
+        let result = program
+            .pre
+            .instantiate(&mut store)
+            .and_then(|instance| instance.get_typed_func::<(), ()>(&mut store, "_start"))
+            .and_then(|start| start.call(&mut store, ()));
+
+        let state = store.data();
+        let refused_memory = state.limiter.refused;
+        let usage = Usage {
+            fuel_consumed: fuel.saturating_sub(store.get_fuel().unwrap_or(0)),
+            peak_memory_bytes: state.limiter.peak_bytes as u64,
+            wall_time: started.elapsed(),
+        };
+        let exit = match result {
+            Ok(()) => Exit::Code(0),
+            Err(e) => classify(&e, refused_memory),
+        };
+        Ok(RunOutcome { exit, usage })
+    }
+}
+
+fn classify(e: &wasmtime::Error, refused_memory: bool) -> Exit {
+    if let Some(I32Exit(code)) = e.downcast_ref::<I32Exit>() {
+        return if *code != 0 && refused_memory {
+            Exit::Limit(Limit::Memory)
+        } else {
+            Exit::Code(*code)
+        };
+    }
+    if let Some(interrupted) = e.downcast_ref::<Interrupted>() {
+        return match interrupted {
+            Interrupted::Deadline => Exit::Limit(Limit::Time),
+            Interrupted::Cancelled => Exit::Killed,
+        };
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => Exit::Limit(Limit::Fuel),
+        _ if refused_memory => Exit::Limit(Limit::Memory),
+        Some(trap) => Exit::Trap(trap.to_string()),
+        None => Exit::Trap(format!("{e:#}")),
+    }
+}
+
+fn wasi_ctx(spec: &RunSpec) -> Result<WasiP1Ctx, SandboxError> {
+    let open = |path: &PathBuf| {
+        File::options()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| SandboxError::Setup(format!("opening {}: {e}", path.display())))
+    };
+    let mut builder = WasiCtxBuilder::new();
+    builder
+        .args(&spec.args)
+        .envs(&spec.env)
+        .stdout(OutputFile::new(open(&spec.stdout)?))
+        .stderr(OutputFile::new(open(&spec.stderr)?))
+        // Deny by default: no sockets unless a later grant says so.
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    for guest in [".", "/"] {
+        builder
+            .preopened_dir(&spec.sandbox_dir, guest, FsPerms::ReadWrite)
+            .map_err(|e| {
+                SandboxError::Setup(format!(
+                    "preopening sandbox {}: {e:#}",
+                    spec.sandbox_dir.display()
+                ))
+            })?;
+    }
+    Ok(builder.build_p1())
+}

@@ -1,0 +1,201 @@
+//! `cairn`: one binary for every role — master, agent, the executor processes agents
+//! start, a one-machine dev cluster, and the clients.
+
+mod dev;
+mod run;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "A datacenter resource manager in the line of Apache Mesos"
+)]
+struct Cli {
+    /// Log filter (tracing's env-filter syntax), e.g. `info` or `cairn_master=debug`.
+    #[arg(long, global = true, env = "CAIRN_LOG")]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a master (the control plane: registry, offers, APIs).
+    Master(MasterArgs),
+    /// Run an agent (offers this machine's resources and runs tasks).
+    Agent(AgentArgs),
+    /// Run a master and an agent on this machine with embedded defaults.
+    Dev(dev::DevArgs),
+    /// Run one WebAssembly task on the cluster and show its output.
+    Run(run::RunArgs),
+    /// An executor process; started by agents, not by hand.
+    #[command(hide = true)]
+    Executor(ExecutorArgs),
+}
+
+#[derive(Args)]
+struct MasterArgs {
+    /// Address for the HTTP and gRPC APIs.
+    #[arg(long, default_value = "0.0.0.0:5050")]
+    listen: SocketAddr,
+    /// Where the registry (Raft log and records, in RocksDB) lives.
+    #[arg(long, default_value = "/var/lib/cairn/master")]
+    data_dir: PathBuf,
+    /// This master's Raft node id.
+    #[arg(long, default_value_t = 1)]
+    node_id: u64,
+    /// How often the allocator runs a full offer cycle.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    allocation_interval: Duration,
+    /// How often agents must send a heartbeat.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    agent_heartbeat_interval: Duration,
+}
+
+#[derive(Args)]
+pub(crate) struct AgentArgs {
+    /// The master's HOST:PORT.
+    #[arg(long, env = "CAIRN_MASTER", default_value = "127.0.0.1:5050")]
+    master: String,
+    /// Address for the agent's HTTP API.
+    #[arg(long, default_value = "0.0.0.0:5051")]
+    listen: SocketAddr,
+    /// Where sandboxes, executor logs and checkpoints live.
+    #[arg(long, default_value = "/var/lib/cairn/agent")]
+    work_dir: PathBuf,
+    /// Resources to offer, e.g. 'cpus:4;mem:8192;disk:40960;ports:[31000-32000]';
+    /// whatever is left out is detected.
+    #[arg(long)]
+    resources: Option<String>,
+    /// Attributes for placement, e.g. 'rack:r1;zone:a'.
+    #[arg(long)]
+    attributes: Option<String>,
+    /// The name other machines reach this agent's API by (default: the listen
+    /// address if it is specific, else the host name).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// How long executors keep their tasks while waiting for a restarted agent.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    executor_recovery_timeout: Duration,
+    /// How often the agent heartbeats to the master.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    heartbeat_interval: Duration,
+}
+
+#[derive(Args)]
+struct ExecutorArgs {
+    #[arg(long)]
+    agent_socket: PathBuf,
+    #[arg(long)]
+    framework_id: String,
+    #[arg(long)]
+    executor_id: String,
+    #[arg(long)]
+    directory: PathBuf,
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    recovery_timeout: Duration,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_log = match cli.command {
+        Command::Run(_) => "warn",
+        _ => "info",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(cli.log.as_deref().unwrap_or(default_log)))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<u8> {
+    match command {
+        Command::Master(args) => {
+            let master = cairn_master::Master::bind(cairn_master::MasterConfig {
+                listen: args.listen,
+                data_dir: args.data_dir,
+                node_id: args.node_id,
+                leader: cairn_master::LeaderConfig {
+                    allocation_interval: args.allocation_interval,
+                    agent_heartbeat_interval: args.agent_heartbeat_interval,
+                    ..Default::default()
+                },
+            })
+            .await?;
+            tracing::info!(address = %master.local_addr()?, "master listening");
+            until_stopped(master.serve()).await?;
+            Ok(0)
+        }
+        Command::Agent(args) => {
+            let agent = cairn_agent::Agent::bind(agent_config(args)?).await?;
+            until_stopped(agent.run()).await?;
+            Ok(0)
+        }
+        Command::Dev(args) => dev::run(args).await,
+        Command::Run(args) => run::run(args).await,
+        Command::Executor(args) => {
+            cairn_agent::run_executor(cairn_agent::ExecutorArgs {
+                agent_socket: args.agent_socket,
+                framework_id: args.framework_id,
+                executor_id: args.executor_id,
+                directory: args.directory,
+                recovery_timeout: args.recovery_timeout,
+            })
+            .await?;
+            Ok(0)
+        }
+    }
+}
+
+pub(crate) fn agent_config(args: AgentArgs) -> anyhow::Result<cairn_agent::AgentConfig> {
+    let hostname = match args.hostname {
+        Some(h) => h,
+        None if !args.listen.ip().is_unspecified() => args.listen.ip().to_string(),
+        None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
+    };
+    Ok(cairn_agent::AgentConfig {
+        master: args.master,
+        listen: args.listen,
+        work_dir: args.work_dir,
+        resources: args.resources,
+        attributes: args.attributes,
+        hostname,
+        executor_binary: std::env::current_exe()?,
+        executor_recovery_timeout: args.executor_recovery_timeout,
+        heartbeat_interval: args.heartbeat_interval,
+    })
+}
+
+/// Runs a daemon until it fails or the process is asked to stop (SIGINT/SIGTERM).
+async fn until_stopped(
+    daemon: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = daemon => result,
+        _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; stopping"); Ok(()) }
+        _ = term.recv() => { tracing::info!("terminated; stopping"); Ok(()) }
+    }
+}

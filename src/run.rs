@@ -1,0 +1,428 @@
+//! `cairn run`: Mesos' `mesos-execute`, as a framework on the scheduler API. It
+//! subscribes, takes the first offer that fits, launches one wasm task, prints its
+//! state changes and output, tears the framework down and exits with the task's status.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use cairn_api::Resources;
+use cairn_api::v1::scheduler_client::SchedulerClient;
+use cairn_api::v1::{
+    Call, CommandInfo, ContainerInfo, DurationInfo, Environment, Event, Filters, FrameworkId,
+    FrameworkInfo, Offer, OfferId, TaskId, TaskInfo, TaskState, TaskStatus, call, command_info,
+    container_info, environment, event, offer,
+};
+use clap::Args;
+use tonic::transport::Channel;
+
+#[derive(Args, Clone)]
+pub struct RunArgs {
+    /// The WebAssembly module (a WASI command) to run.
+    pub file: PathBuf,
+    /// Arguments passed to the module (after `--`).
+    #[arg(last = true)]
+    pub args: Vec<String>,
+    /// The master's HOST:PORT.
+    #[arg(long, env = "CAIRN_MASTER", default_value = "127.0.0.1:5050")]
+    pub master: String,
+    #[arg(long, default_value_t = 0.1)]
+    pub cpus: f64,
+    /// Memory in MB; also the cap on the module's linear memory.
+    #[arg(long, default_value_t = 64.0)]
+    pub mem: f64,
+    /// Environment variables for the task, KEY=VALUE (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// The task's name (default: the module's file name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Wall-clock limit (`max_completion_time`), e.g. 30s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Deterministic CPU budget for the module, in wasmtime fuel units.
+    #[arg(long)]
+    pub fuel: Option<u64>,
+    /// How long to wait for an offer that fits.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub offer_timeout: Duration,
+}
+
+const STREAM_ID: &str = "mesos-stream-id";
+
+struct Framework {
+    client: SchedulerClient<Channel>,
+    framework_id: FrameworkId,
+    stream_id: String,
+}
+
+impl Framework {
+    async fn send(&mut self, mut call: Call) -> anyhow::Result<()> {
+        call.framework_id = Some(self.framework_id.clone());
+        let mut request = tonic::Request::new(call);
+        request
+            .metadata_mut()
+            .insert(STREAM_ID, self.stream_id.parse().context("stream id")?);
+        self.client
+            .send(request)
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        Ok(())
+    }
+}
+
+/// Runs the task and returns the exit code `cairn` itself should exit with.
+pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let module = std::fs::canonicalize(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let file_name = module
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("the module's file name is not UTF-8")?
+        .to_owned();
+    let env = parse_env(&args.env)?;
+    let wanted = Resources::new()
+        .with_scalar("cpus", args.cpus)
+        .with_scalar("mem", args.mem);
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", args.master))
+        .with_context(|| format!("{:?} is not HOST:PORT", args.master))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach master at {}", args.master))?;
+    let mut client = SchedulerClient::new(channel);
+    let subscribe = Call {
+        r#type: call::Type::Subscribe as i32,
+        subscribe: Some(call::Subscribe {
+            framework_info: Some(FrameworkInfo {
+                user: std::env::var("USER").unwrap_or_else(|_| "root".into()),
+                name: "cairn-run".into(),
+                role: "*".into(),
+                ..Default::default()
+            }),
+        }),
+        ..Default::default()
+    };
+    let response = client
+        .subscribe(subscribe)
+        .await
+        .map_err(|s| anyhow::anyhow!("subscription refused: {}", s.message()))?;
+    let stream_id = response
+        .metadata()
+        .get(STREAM_ID)
+        .and_then(|v| v.to_str().ok())
+        .context("the master sent no stream id")?
+        .to_owned();
+    let mut events = response.into_inner();
+    let mut framework: Option<Framework> = None;
+    let task_name = args.name.clone().unwrap_or_else(|| file_name.clone());
+    let task_id = format!(
+        "{}-{}",
+        sanitize(&task_name),
+        &uuid::Uuid::new_v4().to_string()[..8]
+    );
+    let mut launched_on: Option<Offer> = None;
+    let offer_deadline = tokio::time::Instant::now() + args.offer_timeout;
+
+    loop {
+        let next = if launched_on.is_none() {
+            match tokio::time::timeout_at(offer_deadline, events.message()).await {
+                Ok(m) => m,
+                Err(_) => bail!(
+                    "no offer with {wanted} arrived within {}",
+                    humantime::format_duration(args.offer_timeout)
+                ),
+            }
+        } else {
+            events.message().await
+        };
+        let event: Event = next
+            .map_err(|s| anyhow::anyhow!("event stream failed: {}", s.message()))?
+            .context("the master closed the event stream")?;
+        match event::Type::try_from(event.r#type).unwrap_or(event::Type::Unknown) {
+            event::Type::Subscribed => {
+                let id = event
+                    .subscribed
+                    .and_then(|s| s.framework_id)
+                    .context("SUBSCRIBED without an id")?;
+                eprintln!("cairn: framework {} subscribed", id.value);
+                framework = Some(Framework {
+                    client: client.clone(),
+                    framework_id: id,
+                    stream_id: stream_id.clone(),
+                });
+            }
+            event::Type::Offers => {
+                let fw = framework.as_mut().context("OFFERS before SUBSCRIBED")?;
+                let offers = event.offers.map(|o| o.offers).unwrap_or_default();
+                let mut decline = Vec::new();
+                for offer in offers {
+                    let fits = Resources::from_proto(&offer.resources)
+                        .map(|r| r.contains(&wanted))
+                        .unwrap_or(false);
+                    if launched_on.is_none() && fits {
+                        let task = task_info(
+                            &task_id, &task_name, &module, &file_name, &args, &env, &wanted, &offer,
+                        );
+                        fw.send(accept(&offer, task)).await?;
+                        eprintln!(
+                            "cairn: task {task_id} launched on agent {}",
+                            agent_of(&offer)
+                        );
+                        launched_on = Some(offer);
+                    } else if let Some(id) = offer.id {
+                        decline.push(id);
+                    }
+                }
+                if !decline.is_empty() {
+                    fw.send(decline_call(decline)).await?;
+                }
+            }
+            event::Type::Update => {
+                let fw = framework.as_mut().context("UPDATE before SUBSCRIBED")?;
+                let Some(status) = event.update.and_then(|u| u.status) else {
+                    continue;
+                };
+                let state = TaskState::try_from(status.state).unwrap_or(TaskState::TaskUnknown);
+                print_status(&status, state);
+                if !status.uuid.is_empty() {
+                    fw.send(acknowledge(&status)).await?;
+                }
+                if state.is_terminal() {
+                    if let Some(offer) = &launched_on {
+                        print_sandbox_files(offer, &fw.framework_id.value, &task_id).await;
+                    }
+                    let _ = fw
+                        .send(Call {
+                            r#type: call::Type::Teardown as i32,
+                            ..Default::default()
+                        })
+                        .await;
+                    return Ok(exit_code(&status, state));
+                }
+            }
+            event::Type::Error => {
+                bail!(
+                    "the master reported an error: {}",
+                    event.error.map(|e| e.message).unwrap_or_default()
+                )
+            }
+            _ => {}
+        }
+    }
+}
+
+fn parse_env(pairs: &[String]) -> anyhow::Result<Vec<environment::Variable>> {
+    pairs
+        .iter()
+        .map(|p| {
+            let (name, value) = p
+                .split_once('=')
+                .with_context(|| format!("--env {p:?} is not KEY=VALUE"))?;
+            Ok(environment::Variable {
+                name: name.to_owned(),
+                value: value.to_owned(),
+            })
+        })
+        .collect()
+}
+
+fn sanitize(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    if s.is_empty() { "task".into() } else { s }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn task_info(
+    task_id: &str,
+    name: &str,
+    module: &std::path::Path,
+    file_name: &str,
+    args: &RunArgs,
+    env: &[environment::Variable],
+    wanted: &Resources,
+    offer: &Offer,
+) -> TaskInfo {
+    let mut argv = vec![file_name.to_owned()];
+    argv.extend(args.args.iter().cloned());
+    TaskInfo {
+        name: name.to_owned(),
+        task_id: Some(TaskId {
+            value: task_id.to_owned(),
+        }),
+        agent_id: offer.agent_id.clone(),
+        resources: wanted.to_proto(),
+        command: Some(CommandInfo {
+            uris: vec![command_info::Uri {
+                value: format!("file://{}", module.display()),
+                ..Default::default()
+            }],
+            environment: Some(Environment {
+                variables: env.to_vec(),
+            }),
+            shell: Some(false),
+            value: Some(file_name.to_owned()),
+            arguments: argv,
+            user: None,
+        }),
+        container: Some(ContainerInfo {
+            r#type: container_info::Type::Wasm as i32,
+            wasm: Some(container_info::WasmInfo { fuel: args.fuel }),
+            ..Default::default()
+        }),
+        max_completion_time: args.timeout.map(|t| DurationInfo {
+            nanoseconds: t.as_nanos() as i64,
+        }),
+        ..Default::default()
+    }
+}
+
+fn accept(offer: &Offer, task: TaskInfo) -> Call {
+    Call {
+        r#type: call::Type::Accept as i32,
+        accept: Some(call::Accept {
+            offer_ids: offer.id.iter().cloned().collect(),
+            operations: vec![offer::Operation {
+                r#type: offer::operation::Type::Launch as i32,
+                launch: Some(offer::operation::Launch {
+                    task_infos: vec![task],
+                }),
+            }],
+            filters: None,
+        }),
+        ..Default::default()
+    }
+}
+
+fn decline_call(offer_ids: Vec<OfferId>) -> Call {
+    Call {
+        r#type: call::Type::Decline as i32,
+        decline: Some(call::Decline {
+            offer_ids,
+            filters: Some(Filters {
+                refuse_seconds: Some(60.0),
+            }),
+        }),
+        ..Default::default()
+    }
+}
+
+fn acknowledge(status: &TaskStatus) -> Call {
+    Call {
+        r#type: call::Type::Acknowledge as i32,
+        acknowledge: Some(call::Acknowledge {
+            agent_id: status.agent_id.clone(),
+            task_id: status.task_id.clone(),
+            uuid: status.uuid.clone(),
+        }),
+        ..Default::default()
+    }
+}
+
+fn agent_of(offer: &Offer) -> String {
+    format!(
+        "{} ({})",
+        offer
+            .agent_id
+            .as_ref()
+            .map(|a| a.value.as_str())
+            .unwrap_or("?"),
+        offer.hostname
+    )
+}
+
+fn print_status(status: &TaskStatus, state: TaskState) {
+    let task_id = status
+        .task_id
+        .as_ref()
+        .map(|t| t.value.as_str())
+        .unwrap_or("?");
+    let mut line = format!("cairn: task {task_id} is {}", state.as_str_name());
+    if let Some(reason) = status
+        .reason
+        .and_then(|r| cairn_api::v1::task_status::Reason::try_from(r).ok())
+    {
+        line.push_str(&format!(" ({})", reason.as_str_name()));
+    }
+    if !status.message.is_empty() {
+        line.push_str(&format!(": {}", status.message));
+    }
+    eprintln!("{line}");
+}
+
+fn exit_code(status: &TaskStatus, state: TaskState) -> u8 {
+    if state == TaskState::TaskFinished {
+        return 0;
+    }
+    let code = status
+        .labels
+        .as_ref()
+        .and_then(|l| l.labels.iter().find(|l| l.key == "cairn.exit_code"))
+        .and_then(|l| l.value.parse::<i32>().ok());
+    match code {
+        Some(c) if (1..=255).contains(&c) => c as u8,
+        _ => 1,
+    }
+}
+
+/// Prints the task's stdout to stdout and its stderr to stderr, read from the agent.
+async fn print_sandbox_files(offer: &Offer, framework_id: &str, task_id: &str) {
+    let Some(address) = offer.url.as_ref().and_then(|u| u.address.as_ref()) else {
+        return;
+    };
+    let base = format!("http://{}:{}", address.hostname, address.port);
+    for (file, to_stdout) in [("stdout", true), ("stderr", false)] {
+        match read_sandbox_file(&base, framework_id, task_id, file).await {
+            Ok(data) if to_stdout => print!("{data}"),
+            Ok(data) => eprint!("{data}"),
+            Err(e) => eprintln!("cairn: cannot read the task's {file}: {e:#}"),
+        }
+    }
+}
+
+async fn read_sandbox_file(
+    base: &str,
+    framework_id: &str,
+    task_id: &str,
+    file: &str,
+) -> anyhow::Result<String> {
+    #[derive(serde::Deserialize)]
+    struct Page {
+        data: String,
+    }
+    let client = reqwest::Client::new();
+    let mut out = String::new();
+    let mut offset = 0usize;
+    loop {
+        let response = client
+            .get(format!("{base}/files/read"))
+            .query(&[
+                ("framework_id", framework_id),
+                ("task_id", task_id),
+                ("path", file),
+                ("offset", &offset.to_string()),
+            ])
+            .send()
+            .await?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(out);
+        }
+        let page: Page = response.error_for_status()?.json().await?;
+        if page.data.is_empty() {
+            return Ok(out);
+        }
+        offset += page.data.len();
+        out.push_str(&page.data);
+    }
+}

@@ -1,0 +1,113 @@
+//! Bad input gets a clear one-line error and no daemon panics.
+
+use std::process::Command;
+
+use crate::harness::{Cluster, DEADLINE, Daemon, cairn_bin, output_within, text};
+
+#[test]
+fn a_file_that_is_not_wasm_fails_its_task_with_a_clear_message() {
+    let cluster = Cluster::start();
+    let file = cluster.dir.path().join("notes.wasm");
+    std::fs::write(&file, "just some text\n").unwrap();
+    let out = cluster.run(&file, &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let failed = stderr
+        .lines()
+        .find(|l| l.contains("TASK_FAILED"))
+        .expect(&stderr);
+    assert!(
+        failed.ends_with(
+            "(REASON_CONTAINER_LAUNCH_FAILED): notes.wasm: not a WebAssembly module: \
+             the file does not start with the wasm magic bytes"
+        ),
+        "{failed}"
+    );
+    cluster.assert_no_panics();
+}
+
+#[test]
+fn a_module_importing_an_unknown_function_fails_at_link_time() {
+    let cluster = Cluster::start();
+    let module = wat::parse_str(
+        r#"(module
+             (import "env" "launch_missiles" (func))
+             (func (export "_start") call 0))"#,
+    )
+    .unwrap();
+    let file = cluster.dir.path().join("missiles.wasm");
+    std::fs::write(&file, module).unwrap();
+    let out = cluster.run(&file, &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let failed = stderr
+        .lines()
+        .find(|l| l.contains("TASK_FAILED"))
+        .expect(&stderr);
+    assert!(
+        failed.contains("missiles.wasm: module cannot be linked: "),
+        "{failed}"
+    );
+    assert!(failed.contains("env::launch_missiles"), "{failed}");
+    // The executor that refused it still serves the next task.
+    let again = cluster.run(&crate::harness::guest("hello"), &["still", "here"]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    cluster.assert_no_panics();
+}
+
+#[test]
+fn resources_that_do_not_parse_stop_the_agent_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(cairn_bin());
+    cmd.args([
+        "agent",
+        "--master",
+        "127.0.0.1:9",
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .arg("--work-dir")
+    .arg(dir.path())
+    .args(["--resources", "cpus:lots;mem:1024"]);
+    let out = output_within(cmd, DEADLINE);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "error: cannot parse resources \"cpus:lots;mem:1024\": cpus value \"lots\" is not a number\n"
+    );
+}
+
+#[test]
+fn an_agent_with_no_master_says_so_in_one_line_and_keeps_retrying() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on: bind one, then let it go.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let master = format!("127.0.0.1:{port}");
+    let mut agent = Daemon::start(
+        &[
+            "agent",
+            "--master",
+            &master,
+            "--listen",
+            "127.0.0.1:0",
+            "--work-dir",
+            dir.path().join("work").to_str().unwrap(),
+        ],
+        dir.path().join("agent.log"),
+    );
+    let line = agent.wait_for_log("cannot reach master");
+    assert!(
+        line.contains(&format!("cannot reach master at {master}: connect")),
+        "{line}"
+    );
+    assert!(
+        agent.is_running(),
+        "the agent gave up:\n{}",
+        agent.log_text()
+    );
+    assert!(!agent.log_text().contains("panicked"));
+}

@@ -1,0 +1,278 @@
+//! Starting and stopping real `cairn` processes, and waiting on what they log.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+
+/// How long any single wait in these tests may take before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub fn cairn_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cairn")
+}
+
+/// A guest module built by `scripts/build-guests`.
+pub fn guest(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/build")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/build-guests first",
+        path.display()
+    );
+    path
+}
+
+/// Polls `check` until it returns `Some`, failing the test at the deadline.
+pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A daemon process logging to a file; killed with its process group on drop.
+pub struct Daemon {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(args: &[&str], log: PathBuf) -> Daemon {
+        let file = std::fs::File::create(&log).expect("creating the log file");
+        let child = Command::new(cairn_bin())
+            .args(args)
+            .env("CAIRN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .process_group(0)
+            .spawn()
+            .expect("starting cairn");
+        Daemon { child, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for a log line containing `needle` and returns it.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        wait_for(&format!("{needle:?} in {}", self.log.display()), || {
+            self.log_text()
+                .lines()
+                .find(|l| l.contains(needle))
+                .map(str::to_owned)
+        })
+    }
+
+    /// The address a daemon logged after `key=`, e.g. `address=127.0.0.1:4321`.
+    pub fn wait_for_address(&self, key: &str) -> String {
+        let line = self.wait_for_log(&format!("{key}="));
+        let start = line.find(&format!("{key}=")).unwrap() + key.len() + 1;
+        line[start..].split_whitespace().next().unwrap().to_owned()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("polling the daemon").is_none()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A master and an agent on loopback, each with its own directory.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub master: Daemon,
+    pub master_addr: String,
+    pub agent: Daemon,
+    pub agent_addr: String,
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let (master, master_addr) = start_master(dir.path(), "127.0.0.1:0");
+        let agent = start_agent(dir.path(), &master_addr);
+        let agent_addr = agent.wait_for_address("http");
+        agent.wait_for_log("registered with the master");
+        Cluster {
+            dir,
+            master,
+            master_addr,
+            agent,
+            agent_addr,
+        }
+    }
+
+    pub fn work_dir(&self) -> PathBuf {
+        self.dir.path().join("agent")
+    }
+
+    /// Runs `cairn run` against this cluster.
+    pub fn run(&self, module: &Path, args: &[&str]) -> Output {
+        let mut cmd = Command::new(cairn_bin());
+        cmd.arg("run")
+            .arg("--master")
+            .arg(&self.master_addr)
+            .arg("--timeout")
+            .arg("30s")
+            .arg(module)
+            .arg("--")
+            .args(args);
+        output_within(cmd, DEADLINE)
+    }
+
+    /// Asserts that neither daemon logged a panic.
+    pub fn assert_no_panics(&self) {
+        for d in [&self.master, &self.agent] {
+            assert!(
+                !d.log_text().contains("panicked"),
+                "a daemon panicked:\n{}",
+                d.log_text()
+            );
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        kill_executors(&self.work_dir());
+    }
+}
+
+pub fn start_master(dir: &Path, listen: &str) -> (Daemon, String) {
+    let master = Daemon::start(
+        &[
+            "master",
+            "--listen",
+            listen,
+            "--data-dir",
+            dir.join("master").to_str().unwrap(),
+            "--allocation-interval",
+            "200ms",
+        ],
+        next_log(dir, "master"),
+    );
+    let addr = master.wait_for_address("address");
+    (master, addr)
+}
+
+pub fn start_agent(dir: &Path, master: &str) -> Daemon {
+    Daemon::start(
+        &[
+            "agent",
+            "--master",
+            master,
+            "--listen",
+            "127.0.0.1:0",
+            "--hostname",
+            "127.0.0.1",
+            "--work-dir",
+            dir.join("agent").to_str().unwrap(),
+            "--resources",
+            "cpus:2;mem:1024;disk:1024;ports:[31000-31100]",
+            "--executor-recovery-timeout",
+            "5s",
+        ],
+        next_log(dir, "agent"),
+    )
+}
+
+/// `<name>-1.log`, `<name>-2.log`, ...: a restarted daemon gets a log of its own.
+fn next_log(dir: &Path, name: &str) -> PathBuf {
+    (1..)
+        .map(|n| dir.join(format!("{name}-{n}.log")))
+        .find(|p| !p.exists())
+        .unwrap()
+}
+
+/// Kills every executor an agent started, found through the pid files it keeps.
+pub fn kill_executors(work_dir: &Path) {
+    for pid_file in find_files(work_dir, "pid") {
+        if let Ok(pid) = std::fs::read_to_string(&pid_file)
+            .unwrap_or_default()
+            .trim()
+            .parse::<i32>()
+        {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Every file called `name` under `dir`.
+pub fn find_files(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(find_files(&path, name));
+        } else if path.file_name().is_some_and(|n| n == name) {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Runs a command to completion, killing it if it outlives `limit`.
+pub fn output_within(mut cmd: Command, limit: Duration) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting cairn");
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("waiting for cairn"),
+        Err(_) => {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            panic!("`cairn` did not finish within {limit:?}");
+        }
+    }
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// GETs a JSON document from a daemon's HTTP API.
+pub fn get_json(addr: &str, path: &str) -> serde_json::Value {
+    let url = format!("http://{addr}{path}");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        reqwest::get(&url)
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
+    })
+}

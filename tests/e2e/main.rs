@@ -1,0 +1,8 @@
+//! End-to-end tests: each starts real `cairn` processes on loopback, in temporary
+//! directories, and owns them through guards that kill them (and the executors they
+//! started) when the test ends.
+
+mod bad_input;
+mod harness;
+mod restart;
+mod wasm_tasks;

@@ -1,0 +1,73 @@
+//! Wasm tasks from `cairn run` to a terminal state, through a real master, agent and
+//! executor process.
+
+use crate::harness::{Cluster, find_files, guest, text};
+
+#[test]
+fn hello_finishes_with_its_args_in_stdout_and_its_file_in_the_sandbox() {
+    let cluster = Cluster::start();
+    let out = cluster.run(&guest("hello"), &["a", "b"]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "cairn run failed:\n{stderr}");
+    assert!(stdout.contains("args: a b"), "stdout: {stdout}");
+    // The states arrive in Mesos' order.
+    let order = ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"];
+    let positions: Vec<usize> = order
+        .iter()
+        .map(|s| {
+            stderr
+                .find(s)
+                .unwrap_or_else(|| panic!("no {s} in:\n{stderr}"))
+        })
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "out of order:\n{stderr}"
+    );
+    let written = find_files(&cluster.work_dir(), "hello.txt");
+    assert_eq!(
+        written.len(),
+        1,
+        "expected one hello.txt in the sandbox: {written:?}"
+    );
+    let content = std::fs::read_to_string(&written[0]).unwrap();
+    assert_eq!(content, "written by hello with args: a b\n");
+    assert!(written[0].parent().unwrap().join("stdout").exists());
+    cluster.assert_no_panics();
+}
+
+#[test]
+fn a_module_exiting_3_fails_with_the_status_in_the_message() {
+    let cluster = Cluster::start();
+    let out = cluster.run(&guest("exit"), &["3"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "stderr:\n{stderr}");
+    let failed = stderr
+        .lines()
+        .find(|l| l.contains("TASK_FAILED"))
+        .unwrap_or_else(|| panic!("no TASK_FAILED in:\n{stderr}"));
+    assert!(
+        failed.ends_with(": Command exited with status 3"),
+        "{failed}"
+    );
+    assert!(text(&out.stdout).contains("exiting with status 3"));
+    cluster.assert_no_panics();
+}
+
+#[test]
+fn the_master_frees_resources_when_tasks_end() {
+    let cluster = Cluster::start();
+    for _ in 0..2 {
+        let out = cluster.run(&guest("hello"), &["again"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let state = crate::harness::get_json(&cluster.master_addr, "/state");
+    let agent = &state["agents"][0];
+    assert_eq!(agent["used_resources"], "", "resources still held: {state}");
+    assert_eq!(
+        state["completed_tasks"].as_array().unwrap().len(),
+        2,
+        "{state}"
+    );
+    assert_eq!(state["tasks"].as_array().unwrap().len(), 0, "{state}");
+}
