@@ -113,6 +113,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(cli.log.as_deref().unwrap_or(default_log)))
         .with_writer(std::io::stderr)
+        // Daemons log to files: colour codes only for a terminal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

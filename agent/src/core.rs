@@ -294,7 +294,7 @@ impl Core {
                 &fw,
                 &task_id,
                 TaskState::TaskFailed,
-                task_status::Reason::ReasonContainerLaunchFailed,
+                task_status::Reason::ContainerLaunchFailed,
                 format!(
                     "container type {name} is not supported by this agent: only WASM tasks run here"
                 ),
@@ -320,7 +320,7 @@ impl Core {
                         &fw,
                         &task_id,
                         TaskState::TaskFailed,
-                        task_status::Reason::ReasonContainerLaunchFailed,
+                        task_status::Reason::ContainerLaunchFailed,
                         format!("cannot start the executor: {e}"),
                     );
                     return;
@@ -345,7 +345,7 @@ impl Core {
                 fw,
                 task_id,
                 TaskState::TaskFailed,
-                task_status::Reason::ReasonContainerLaunchFailed,
+                task_status::Reason::ContainerLaunchFailed,
                 why,
             );
             return;
@@ -355,7 +355,7 @@ impl Core {
                 fw,
                 task_id,
                 TaskState::TaskFailed,
-                task_status::Reason::ReasonExecutorTerminated,
+                task_status::Reason::ExecutorTerminated,
                 "the executor exited before the task could be launched".into(),
             );
             return;
@@ -432,7 +432,7 @@ impl Core {
                         );
                         return;
                     }
-                    status.source = task_status::Source::SourceExecutor as i32;
+                    status.source = task_status::Source::Executor as i32;
                     status.executor_id = Some(ExecutorId {
                         value: self.executors[fw].id.clone(),
                     });
@@ -460,7 +460,7 @@ impl Core {
                 fw,
                 &task_id,
                 TaskState::TaskFailed,
-                task_status::Reason::ReasonExecutorTerminated,
+                task_status::Reason::ExecutorTerminated,
                 format!("executor exited ({status}) while the task was running"),
             );
         }
@@ -487,7 +487,7 @@ impl Core {
             }),
             state: state as i32,
             message,
-            source: task_status::Source::SourceAgent as i32,
+            source: task_status::Source::Agent as i32,
             reason: Some(reason as i32),
             uuid: cairn_api::ids::new_update_uuid(),
             timestamp: now_secs(),

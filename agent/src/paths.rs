@@ -9,7 +9,7 @@
 //!
 //! Every id used as a path component has passed `cairn_api::ids::is_safe_id`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Debug, Clone)]
 pub struct Paths {
@@ -19,10 +19,6 @@ pub struct Paths {
 impl Paths {
     pub fn new(root: PathBuf) -> Self {
         Self { root }
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 
     pub fn socket(&self) -> PathBuf {

@@ -18,7 +18,8 @@ pub struct SandboxConfig {
     /// Instances the pooling allocator reserves slots for: the most tasks one
     /// executor process runs at once.
     pub max_instances: u32,
-    /// The largest linear memory any one task may ask for.
+    /// The largest linear memory any one task may ask for (the pooling allocator's
+    /// per-memory reservation, 4 GiB, is the ceiling).
     pub max_memory_bytes: usize,
 }
 
@@ -50,8 +51,7 @@ impl Sandbox {
         pooling
             .total_core_instances(config.max_instances)
             .total_memories(config.max_instances)
-            .total_tables(config.max_instances)
-            .max_memory_size(config.max_memory_bytes);
+            .total_tables(config.max_instances);
         let mut wasm = Config::new();
         wasm.epoch_interruption(true)
             // Every store gets fuel; tasks without a budget get u64::MAX.

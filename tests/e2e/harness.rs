@@ -1,5 +1,6 @@
 //! Starting and stopping real `cairn` processes, and waiting on what they log.
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -33,6 +33,13 @@ fn hello_finishes_with_its_args_in_stdout_and_its_file_in_the_sandbox() {
     let content = std::fs::read_to_string(&written[0]).unwrap();
     assert_eq!(content, "written by hello with args: a b\n");
     assert!(written[0].parent().unwrap().join("stdout").exists());
+    // The agent and the master agree on who the agent is.
+    let agent = crate::harness::get_json(&cluster.agent_addr, "/state");
+    let master = crate::harness::get_json(&cluster.master_addr, "/state");
+    assert_eq!(
+        agent["id"], master["agents"][0]["id"],
+        "{agent} vs {master}"
+    );
     cluster.assert_no_panics();
 }
 

@@ -56,7 +56,7 @@ pub(super) fn launch(
         reporter.send(
             TaskState::TaskFailed,
             format!("cannot start a thread for the task: {e}"),
-            Some(Reason::ReasonContainerLaunchFailed),
+            Some(Reason::ContainerLaunchFailed),
             Vec::new(),
         );
     }
@@ -71,7 +71,7 @@ fn run(sandbox: &Sandbox, reporter: &Reporter, dir: &Path, cancel: &CancelHandle
             reporter.send(
                 TaskState::TaskFailed,
                 message,
-                Some(Reason::ReasonContainerLaunchFailed),
+                Some(Reason::ContainerLaunchFailed),
                 Vec::new(),
             );
             return;
@@ -83,7 +83,7 @@ fn run(sandbox: &Sandbox, reporter: &Reporter, dir: &Path, cancel: &CancelHandle
         Err(e) => reporter.send(
             TaskState::TaskFailed,
             e.to_string(),
-            Some(Reason::ReasonContainerLaunchFailed),
+            Some(Reason::ContainerLaunchFailed),
             Vec::new(),
         ),
     }
@@ -208,7 +208,7 @@ fn report(reporter: &Reporter, spec: &RunSpec, outcome: RunOutcome) {
             (
                 TaskState::TaskFailed,
                 format!("Command exited with status {code}"),
-                Some(Reason::ReasonCommandExecutorFailed),
+                Some(Reason::CommandExecutorFailed),
             )
         }
         Exit::Limit(Limit::Memory) => (
@@ -217,7 +217,7 @@ fn report(reporter: &Reporter, spec: &RunSpec, outcome: RunOutcome) {
                 "Memory limit exceeded: the task may use {} bytes of linear memory",
                 spec.memory_bytes
             ),
-            Some(Reason::ReasonContainerLimitationMemory),
+            Some(Reason::ContainerLimitationMemory),
         ),
         Exit::Limit(Limit::Fuel) => (
             TaskState::TaskFailed,
@@ -225,7 +225,7 @@ fn report(reporter: &Reporter, spec: &RunSpec, outcome: RunOutcome) {
                 "Fuel exhausted: the task's budget was {}",
                 spec.fuel.unwrap_or_default()
             ),
-            Some(Reason::ReasonContainerLimitationFuel),
+            Some(Reason::ContainerLimitationFuel),
         ),
         Exit::Limit(Limit::Time) => (
             TaskState::TaskFailed,
@@ -233,13 +233,13 @@ fn report(reporter: &Reporter, spec: &RunSpec, outcome: RunOutcome) {
                 "Task exceeded its max_completion_time of {}",
                 humantime::format_duration(spec.timeout.unwrap_or_default())
             ),
-            Some(Reason::ReasonMaxCompletionTimeReached),
+            Some(Reason::MaxCompletionTimeReached),
         ),
         Exit::Killed => (TaskState::TaskKilled, "Task killed".to_owned(), None),
         Exit::Trap(trap) => (
             TaskState::TaskFailed,
             format!("wasm trap: {trap}"),
-            Some(Reason::ReasonCommandExecutorFailed),
+            Some(Reason::CommandExecutorFailed),
         ),
     };
     reporter.send(state, message, reason, labels);

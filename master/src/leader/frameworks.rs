@@ -259,7 +259,7 @@ impl Leader {
                     framework_id,
                     &task,
                     TaskState::TaskDropped,
-                    task_status::Reason::ReasonInvalidOffers,
+                    task_status::Reason::InvalidOffers,
                     &why,
                 );
             }
@@ -282,7 +282,7 @@ impl Leader {
                     framework_id,
                     &task,
                     TaskState::TaskError,
-                    task_status::Reason::ReasonTaskInvalid,
+                    task_status::Reason::TaskInvalid,
                     &why,
                 ),
             }
@@ -397,7 +397,7 @@ impl Leader {
             task_id: task.task_id.clone(),
             state: state as i32,
             message: why.to_owned(),
-            source: task_status::Source::SourceMaster as i32,
+            source: task_status::Source::Master as i32,
             reason: Some(reason as i32),
             agent_id: task.agent_id.clone(),
             timestamp: now_secs(),
@@ -416,8 +416,8 @@ impl Leader {
                 }),
                 state: TaskState::TaskLost as i32,
                 message: "task is unknown to the master".into(),
-                source: task_status::Source::SourceMaster as i32,
-                reason: Some(task_status::Reason::ReasonReconciliation as i32),
+                source: task_status::Source::Master as i32,
+                reason: Some(task_status::Reason::Reconciliation as i32),
                 timestamp: now_secs(),
                 ..Default::default()
             };
@@ -485,9 +485,7 @@ impl Leader {
                 },
             );
         }
-        if let Some(fw) = self.frameworks.remove(framework_id) {
-            drop(fw.stream);
-        }
+        self.frameworks.remove(framework_id);
         tracing::info!(framework_id, "framework torn down");
         Ok(())
     }
@@ -509,8 +507,8 @@ fn reconcile_status(
     TaskStatus {
         task_id,
         state: state as i32,
-        source: task_status::Source::SourceMaster as i32,
-        reason: Some(task_status::Reason::ReasonReconciliation as i32),
+        source: task_status::Source::Master as i32,
+        reason: Some(task_status::Reason::Reconciliation as i32),
         agent_id,
         timestamp: now_secs(),
         ..Default::default()

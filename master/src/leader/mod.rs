@@ -166,7 +166,7 @@ impl Leader {
     pub fn spawn(config: LeaderConfig, registry: Registry) -> LeaderHandle {
         let (inputs, rx) = mpsc::channel(4096);
         let (snapshot, snapshot_rx) = watch::channel(Arc::new(MasterSnapshot::default()));
-        let mut leader = Leader {
+        let leader = Leader {
             config,
             registry,
             agents: HashMap::new(),

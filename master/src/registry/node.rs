@@ -262,13 +262,21 @@ impl Driver {
                 EntryType::EntryConfChange => {
                     let cc = ConfChange::parse_from_bytes(&entry.data)
                         .map_err(|e| RegistryError::Corrupt(format!("conf change: {e}")))?;
-                    conf_state = Some(self.apply_conf_change(&cc)?);
+                    conf_state = Some(
+                        self.node
+                            .apply_conf_change(&cc)
+                            .map_err(|e| RegistryError::Rejected(format!("conf change: {e}")))?,
+                    );
                 }
                 EntryType::EntryConfChangeV2 => {
                     // Leaving joint consensus is an empty V2 entry: never skip it.
                     let cc = ConfChangeV2::parse_from_bytes(&entry.data)
                         .map_err(|e| RegistryError::Corrupt(format!("conf change: {e}")))?;
-                    conf_state = Some(self.apply_conf_change(&cc)?);
+                    conf_state = Some(
+                        self.node
+                            .apply_conf_change(&cc)
+                            .map_err(|e| RegistryError::Rejected(format!("conf change: {e}")))?,
+                    );
                 }
             }
         }
@@ -282,15 +290,6 @@ impl Driver {
             let _ = reply.send(result);
         }
         Ok(())
-    }
-
-    fn apply_conf_change(
-        &mut self,
-        cc: &impl raft::eraftpb::ConfChangeI,
-    ) -> Result<ConfState, RegistryError> {
-        self.node
-            .apply_conf_change(cc)
-            .map_err(|e| RegistryError::Rejected(format!("conf change: {e}")))
     }
 
     /// Applies one registry operation. A record that does not decode is refused
@@ -334,6 +333,6 @@ impl Driver {
 }
 
 fn context_of(entry: &Entry) -> Option<u64> {
-    let bytes: [u8; 8] = entry.context.as_slice().try_into().ok()?;
+    let bytes: [u8; 8] = entry.context[..].try_into().ok()?;
     Some(u64::from_be_bytes(bytes))
 }

@@ -1,0 +1,175 @@
+//! Each limit a task can hit, with inline modules: the run ends the way the task's
+//! status will report it, and the sandbox keeps serving the next run.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_sandbox::{CancelHandle, Exit, Limit, RunSpec, Sandbox, SandboxConfig, SandboxError};
+
+fn sandbox() -> Arc<Sandbox> {
+    Sandbox::new(SandboxConfig {
+        max_instances: 16,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn spec(dir: &tempfile::TempDir) -> RunSpec {
+    RunSpec {
+        args: vec!["t.wasm".into()],
+        env: vec![],
+        sandbox_dir: dir.path().to_path_buf(),
+        stdout: dir.path().join("stdout"),
+        stderr: dir.path().join("stderr"),
+        memory_bytes: 2 << 20,
+        fuel: None,
+        timeout: Some(Duration::from_secs(20)),
+    }
+}
+
+fn run(sandbox: &Sandbox, wat: &str, spec: &RunSpec) -> cairn_sandbox::RunOutcome {
+    let program = sandbox.compile(&wat::parse_str(wat).unwrap()).unwrap();
+    sandbox
+        .run(&program, spec, &CancelHandle::default())
+        .unwrap()
+}
+
+const EXIT_WITH: &str = r#"(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "_start") (call $exit (i32.const 3))))"#;
+
+const SPIN: &str = r#"(module (func (export "_start") (loop (br 0))))"#;
+
+const GROW_FOREVER: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (loop
+      (if (i32.eq (memory.grow (i32.const 1)) (i32.const -1)) (then unreachable))
+      (br 0))))"#;
+
+const WRITE_STDOUT: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "hi from wasm\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 13))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
+
+#[test]
+fn exit_status_and_stdout_reach_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = sandbox();
+    assert_eq!(run(&sb, EXIT_WITH, &spec(&dir)).exit, Exit::Code(3));
+    let out = run(&sb, WRITE_STDOUT, &spec(&dir));
+    assert_eq!(out.exit, Exit::Code(0));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("stdout")).unwrap(),
+        "hi from wasm\n"
+    );
+}
+
+#[test]
+fn an_infinite_loop_runs_out_of_fuel() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = sandbox();
+    let mut s = spec(&dir);
+    s.fuel = Some(1_000_000);
+    let out = run(&sb, SPIN, &s);
+    assert_eq!(out.exit, Exit::Limit(Limit::Fuel));
+    assert_eq!(out.usage.fuel_consumed, 1_000_000);
+    // The sandbox still runs the next module.
+    assert_eq!(run(&sb, EXIT_WITH, &spec(&dir)).exit, Exit::Code(3));
+}
+
+#[test]
+fn an_infinite_loop_without_fuel_meets_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = sandbox();
+    let mut s = spec(&dir);
+    s.timeout = Some(Duration::from_millis(200));
+    let out = run(&sb, SPIN, &s);
+    assert_eq!(out.exit, Exit::Limit(Limit::Time));
+    assert!(out.usage.wall_time >= Duration::from_millis(200));
+}
+
+#[test]
+fn unbounded_memory_growth_is_a_memory_limitation() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = sandbox();
+    let out = run(&sb, GROW_FOREVER, &spec(&dir));
+    assert_eq!(out.exit, Exit::Limit(Limit::Memory));
+    assert_eq!(out.usage.peak_memory_bytes, 2 << 20);
+}
+
+#[test]
+fn a_cancelled_run_reports_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = sandbox();
+    let program = sb.compile(&wat::parse_str(SPIN).unwrap()).unwrap();
+    let cancel = CancelHandle::default();
+    let killer = cancel.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let s = spec(&dir);
+    let runner = {
+        let sb = sb.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(());
+            sb.run(&program, &s, &cancel).unwrap()
+        })
+    };
+    rx.recv().unwrap();
+    killer.cancel();
+    assert_eq!(runner.join().unwrap().exit, Exit::Killed);
+}
+
+#[test]
+fn bad_modules_are_refused_before_they_run() {
+    let sb = sandbox();
+    let not_wasm = sb.compile(b"(module)").err().unwrap();
+    assert_eq!(
+        not_wasm.to_string(),
+        "not a WebAssembly module: the file does not start with the wasm magic bytes"
+    );
+    let truncated = sb.compile(b"\0asm\x01\0\0\0\x01").err().unwrap();
+    assert!(matches!(truncated, SandboxError::Invalid(_)), "{truncated}");
+    let unknown = wat::parse_str(
+        r#"(module (import "env" "launch_missiles" (func)) (func (export "_start")))"#,
+    )
+    .unwrap();
+    let err = sb.compile(&unknown).err().unwrap();
+    assert!(matches!(err, SandboxError::Link(_)), "{err}");
+    assert!(err.to_string().contains("env::launch_missiles"), "{err}");
+    let reactor = wat::parse_str(r#"(module (func (export "_initialize")))"#).unwrap();
+    assert!(matches!(
+        sb.compile(&reactor).err().unwrap(),
+        SandboxError::NotCommand
+    ));
+}
+
+#[test]
+fn the_guest_cannot_open_files_outside_its_sandbox() {
+    // path_open on "../escape" relative to the preopened sandbox (fd 3) must fail.
+    let wat = r#"(module
+      (import "wasi_snapshot_preview1" "path_open"
+        (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 64) "../escape")
+      (func (export "_start")
+        (call $exit (call $open (i32.const 3) (i32.const 0) (i32.const 64) (i32.const 9)
+                                (i32.const 1) (i64.const 0) (i64.const 0) (i32.const 0)
+                                (i32.const 0)))))"#;
+    let dir = tempfile::tempdir().unwrap();
+    let sb = sandbox();
+    let out = run(&sb, wat, &spec(&dir));
+    // path_open's errno becomes the exit status; 0 would mean the file was created.
+    assert!(
+        matches!(out.exit, Exit::Code(errno) if errno != 0),
+        "{:?}",
+        out.exit
+    );
+    assert!(!dir.path().parent().unwrap().join("escape").exists());
+}
