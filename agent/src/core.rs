@@ -29,7 +29,7 @@ pub enum Input {
         to_master: mpsc::Sender<AgentMessage>,
     },
     MasterDisconnected,
-    FromMaster(master_message::Message),
+    FromMaster(Box<master_message::Message>),
     ExecutorSubscribed {
         framework_id: String,
         conn: u64,
@@ -133,7 +133,7 @@ impl Core {
                     Some(input) => self.handle(input),
                     None => return,
                 },
-                _ = heartbeat.tick() => self.to_master(agent_message::Message::Heartbeat(AgentHeartbeat {})),
+                _ = heartbeat.tick() => self.send_to_master(agent_message::Message::Heartbeat(AgentHeartbeat {})),
                 _ = retry.tick() => self.resend_updates(),
             }
             self.publish();
@@ -158,7 +158,7 @@ impl Core {
                 self.resend_updates();
             }
             Input::MasterDisconnected => self.master = None,
-            Input::FromMaster(message) => self.from_master(message),
+            Input::FromMaster(message) => self.on_master_message(*message),
             Input::ExecutorSubscribed {
                 framework_id,
                 conn,
@@ -169,12 +169,12 @@ impl Core {
                 framework_id,
                 conn,
                 call,
-            } => self.from_executor(&framework_id, conn, call),
+            } => self.on_executor_call(&framework_id, conn, call),
             Input::ExecutorDisconnected { framework_id, conn } => {
-                if let Some(ex) = self.executors.get_mut(&framework_id) {
-                    if ex.conn.as_ref().is_some_and(|(c, _)| *c == conn) {
-                        ex.conn = None;
-                    }
+                if let Some(ex) = self.executors.get_mut(&framework_id)
+                    && ex.conn.as_ref().is_some_and(|(c, _)| *c == conn)
+                {
+                    ex.conn = None;
                 }
             }
             Input::ExecutorExited {
@@ -207,20 +207,19 @@ impl Core {
         }
     }
 
-    fn to_master(&mut self, message: agent_message::Message) {
-        if let Some(tx) = &self.master {
-            if tx
+    fn send_to_master(&mut self, message: agent_message::Message) {
+        if let Some(tx) = &self.master
+            && tx
                 .try_send(AgentMessage {
                     message: Some(message),
                 })
                 .is_err()
-            {
-                self.master = None;
-            }
+        {
+            self.master = None;
         }
     }
 
-    fn from_master(&mut self, message: master_message::Message) {
+    fn on_master_message(&mut self, message: master_message::Message) {
         match message {
             master_message::Message::Registered(_) => {}
             master_message::Message::RunTask(run) => {
@@ -235,7 +234,7 @@ impl Core {
                     .tasks
                     .contains_key(&(fw.clone(), task_id.value.clone()))
                 {
-                    self.to_executor(
+                    self.send_to_executor(
                         &fw,
                         executor_event::Event::Kill(ExecutorKill {
                             task_id: Some(task_id),
@@ -251,7 +250,7 @@ impl Core {
             master_message::Message::ShutdownFramework(s) => {
                 let fw = s.framework_id.unwrap_or_default().value;
                 tracing::info!(framework_id = fw, "shutting down framework");
-                self.to_executor(&fw, executor_event::Event::Shutdown(ExecutorShutdown {}));
+                self.send_to_executor(&fw, executor_event::Event::Shutdown(ExecutorShutdown {}));
                 self.frameworks.remove(&fw);
             }
         }
@@ -413,7 +412,7 @@ impl Core {
         executor.conn = Some((conn, tx));
     }
 
-    fn from_executor(&mut self, fw: &str, conn: u64, call: executor_call::Call) {
+    fn on_executor_call(&mut self, fw: &str, conn: u64, call: executor_call::Call) {
         let current = self
             .executors
             .get(fw)
@@ -526,7 +525,7 @@ impl Core {
             status: Some(status),
         };
         if let Some(head) = self.updates.push(fw, update) {
-            self.to_master(agent_message::Message::StatusUpdate(head));
+            self.send_to_master(agent_message::Message::StatusUpdate(head));
         }
     }
 
@@ -534,7 +533,7 @@ impl Core {
         let Some((acked, next)) = self.updates.acknowledge(fw, task_id, uuid) else {
             return; // a duplicate or stale acknowledgement
         };
-        self.to_executor(
+        self.send_to_executor(
             fw,
             executor_event::Event::Acknowledged(ExecutorAcknowledged {
                 task_id: Some(cairn_api::v1::TaskId {
@@ -544,7 +543,7 @@ impl Core {
             }),
         );
         if let Some(next) = next {
-            self.to_master(agent_message::Message::StatusUpdate(next));
+            self.send_to_master(agent_message::Message::StatusUpdate(next));
         }
         let terminal = acked
             .status
@@ -557,11 +556,11 @@ impl Core {
 
     fn resend_updates(&mut self) {
         for head in self.updates.heads() {
-            self.to_master(agent_message::Message::StatusUpdate(head));
+            self.send_to_master(agent_message::Message::StatusUpdate(head));
         }
     }
 
-    fn to_executor(&mut self, fw: &str, event: executor_event::Event) {
+    fn send_to_executor(&mut self, fw: &str, event: executor_event::Event) {
         if let Some(ex) = self.executors.get_mut(fw) {
             let event = ExecutorEvent { event: Some(event) };
             match &ex.conn {

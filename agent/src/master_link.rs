@@ -25,7 +25,7 @@ pub async fn run(master: String, core: mpsc::Sender<Input>) {
             }
             Err(e) => {
                 // One line per failure streak start, then one every ten attempts.
-                if failures % 10 == 0 {
+                if failures.is_multiple_of(10) {
                     tracing::warn!(
                         "cannot reach master at {master}: {e:#}; retrying every {}",
                         humantime::format_duration(backoff)
@@ -82,7 +82,7 @@ async fn connect_once(master: &str, core: &mpsc::Sender<Input>) -> anyhow::Resul
     .context("agent stopping")?;
     while let Ok(Some(m)) = inbound.message().await {
         if let Some(message) = m.message {
-            core.send(Input::FromMaster(message))
+            core.send(Input::FromMaster(Box::new(message)))
                 .await
                 .context("agent stopping")?;
         }

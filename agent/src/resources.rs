@@ -32,10 +32,10 @@ pub fn agent_resources(flag: Option<&str>, work_dir: &Path) -> Result<Resources,
         let total = total_memory_mb().unwrap_or(1024.0);
         detected = detected.with_scalar("mem", (total - reserved_mem_mb(total)).floor());
     }
-    if given.scalar("disk") == 0.0 {
-        if let Some(total) = disk_mb(work_dir) {
-            detected = detected.with_scalar("disk", (total - reserved_disk_mb(total)).floor());
-        }
+    if given.scalar("disk") == 0.0
+        && let Some(total) = disk_mb(work_dir)
+    {
+        detected = detected.with_scalar("disk", (total - reserved_disk_mb(total)).floor());
     }
     if given.ranges("ports").is_none() {
         detected = detected.with_ranges("ports", [(31000, 32000)]);

@@ -375,7 +375,7 @@ fn check_name(name: &str) -> Result<(), String> {
 
 fn check_scalar(v: f64) -> Result<(), String> {
     // 2^53 thousandths: beyond it the fixed-point form loses exactness.
-    if !v.is_finite() || v < 0.0 || v > 9.0e12 {
+    if !v.is_finite() || !(0.0..=9.0e12).contains(&v) {
         return Err(format!(
             "scalar {v} must be finite, non-negative and below 9e12"
         ));

@@ -60,10 +60,10 @@ pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
             send_update(&mut writer, status).await?;
         }
         loop {
-            if let Some(since) = shutting_down {
-                if executor.running.is_empty() || since.elapsed() > SHUTDOWN_GRACE {
-                    return Ok(());
-                }
+            if let Some(since) = shutting_down
+                && (executor.running.is_empty() || since.elapsed() > SHUTDOWN_GRACE)
+            {
+                return Ok(());
             }
             tokio::select! {
                 event = events.recv() => match event {

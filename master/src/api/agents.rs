@@ -51,7 +51,7 @@ impl AgentRegistry for AgentService {
         let (agent_id, conn) = self
             .leader
             .ask(|reply| Input::RegisterAgent {
-                info,
+                info: Box::new(info),
                 tasks: register.tasks,
                 sender: tx,
                 reply,

@@ -52,7 +52,7 @@ impl Scheduler for SchedulerService {
         let stream_id = self
             .leader
             .ask(|reply| Input::Subscribe {
-                info,
+                info: Box::new(info),
                 events: tx,
                 reply,
             })
@@ -79,7 +79,7 @@ impl Scheduler for SchedulerService {
         }
         self.leader
             .ask(|reply| Input::Call {
-                call,
+                call: Box::new(call),
                 stream_id,
                 reply,
             })

@@ -203,10 +203,10 @@ impl Leader {
         {
             return; // unknown or rescinded: nothing to give back
         }
-        if let Some(entry) = self.remove_offer(offer_id) {
-            if let Some(fw) = self.frameworks.get_mut(framework_id) {
-                fw.filters.insert(entry.agent_id, Instant::now() + refuse);
-            }
+        if let Some(entry) = self.remove_offer(offer_id)
+            && let Some(fw) = self.frameworks.get_mut(framework_id)
+        {
+            fw.filters.insert(entry.agent_id, Instant::now() + refuse);
         }
     }
 
@@ -287,10 +287,10 @@ impl Leader {
                 ),
             }
         }
-        if let Some(fw) = self.frameworks.get_mut(framework_id) {
-            if !remaining.is_empty() {
-                fw.filters.insert(agent_id, Instant::now() + refuse);
-            }
+        if let Some(fw) = self.frameworks.get_mut(framework_id)
+            && !remaining.is_empty()
+        {
+            fw.filters.insert(agent_id, Instant::now() + refuse);
         }
         self.allocate();
     }
@@ -320,13 +320,13 @@ impl Leader {
         {
             return Err(format!("task id {task_id} is already in use"));
         }
-        if let Some(a) = task.agent_id.as_ref().filter(|a| !a.value.is_empty()) {
-            if a.value != agent_id {
-                return Err(format!(
-                    "task {task_id} names agent {} but the offer is for {agent_id}",
-                    a.value
-                ));
-            }
+        if let Some(a) = task.agent_id.as_ref().filter(|a| !a.value.is_empty())
+            && a.value != agent_id
+        {
+            return Err(format!(
+                "task {task_id} names agent {} but the offer is for {agent_id}",
+                a.value
+            ));
         }
         let resources =
             Resources::from_proto(&task.resources).map_err(|e| format!("task {task_id}: {e}"))?;

@@ -31,7 +31,7 @@ pub type AgentSender = mpsc::Sender<Result<MasterMessage, tonic::Status>>;
 /// Everything that can happen to the leader.
 pub enum Input {
     RegisterAgent {
-        info: AgentInfo,
+        info: Box<AgentInfo>,
         tasks: Vec<TaskRecord>,
         sender: AgentSender,
         reply: oneshot::Sender<Result<(String, u64), CallError>>,
@@ -46,12 +46,12 @@ pub enum Input {
         conn: u64,
     },
     Subscribe {
-        info: FrameworkInfo,
+        info: Box<FrameworkInfo>,
         events: EventSender,
         reply: oneshot::Sender<Result<String, CallError>>,
     },
     Call {
-        call: Call,
+        call: Box<Call>,
         stream_id: Option<String>,
         reply: oneshot::Sender<Result<(), CallError>>,
     },
@@ -210,7 +210,7 @@ impl Leader {
                 sender,
                 reply,
             } => {
-                let result = self.register_agent(info, tasks, sender).await;
+                let result = self.register_agent(*info, tasks, sender).await;
                 let _ = reply.send(result);
                 self.allocate();
             }
@@ -225,7 +225,7 @@ impl Leader {
                 events,
                 reply,
             } => {
-                let result = self.subscribe(info, events).await;
+                let result = self.subscribe(*info, events).await;
                 let _ = reply.send(result);
                 self.allocate();
             }
@@ -234,7 +234,7 @@ impl Leader {
                 stream_id,
                 reply,
             } => {
-                let result = self.call(call, stream_id).await;
+                let result = self.call(*call, stream_id).await;
                 let _ = reply.send(result);
             }
         }

@@ -97,8 +97,10 @@ impl RaftStorage {
     }
 
     fn bootstrap(&self, node_id: u64) -> Result<(), RegistryError> {
-        let mut conf = ConfState::default();
-        conf.voters = vec![node_id];
+        let conf = ConfState {
+            voters: vec![node_id],
+            ..Default::default()
+        };
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_STATE), KEY_NODE_ID, node_id.to_be_bytes());
         batch.put_cf(self.cf(CF_STATE), KEY_CONF_STATE, encode(&conf)?);
