@@ -107,7 +107,8 @@ struct ExecutorArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_log = match cli.command {
-        Command::Run(_) => "warn",
+        // `run` and `dev` talk to a person: only warnings interleave with their output.
+        Command::Run(_) | Command::Dev(_) => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()

@@ -55,6 +55,7 @@ impl Launcher {
             .id()
             .ok_or_else(|| std::io::Error::other("executor exited at once"))?;
         crate::core::write_atomic(&dir.join("pid"), pid.to_string().as_bytes())?;
+        tracing::info!(framework_id, executor_id, pid, "executor started");
         let core = self.core.clone();
         let framework_id = framework_id.to_owned();
         tokio::spawn(async move {
@@ -70,7 +71,6 @@ impl Launcher {
                 })
                 .await;
         });
-        tracing::info!(framework_id = %executor_id, pid, "executor started");
         Ok(pid)
     }
 

@@ -129,16 +129,27 @@ impl Cluster {
 
     /// Runs `cairn run` against this cluster.
     pub fn run(&self, module: &Path, args: &[&str]) -> Output {
+        self.run_with(module, &["--timeout", "30s"], args)
+    }
+
+    /// Runs `cairn run` with extra flags (`--mem`, `--timeout`, `--fuel`...).
+    pub fn run_with(&self, module: &Path, flags: &[&str], args: &[&str]) -> Output {
         let mut cmd = Command::new(cairn_bin());
         cmd.arg("run")
             .arg("--master")
             .arg(&self.master_addr)
-            .arg("--timeout")
-            .arg("30s")
+            .args(flags)
             .arg(module)
             .arg("--")
             .args(args);
         output_within(cmd, DEADLINE)
+    }
+
+    /// Writes a module given in WAT into the cluster's directory.
+    pub fn module(&self, name: &str, wat: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, wat::parse_str(wat).unwrap()).unwrap();
+        path
     }
 
     /// Asserts that neither daemon logged a panic.

@@ -78,3 +78,55 @@ fn the_master_frees_resources_when_tasks_end() {
     );
     assert_eq!(state["tasks"].as_array().unwrap().len(), 0, "{state}");
 }
+
+/// The line of `cairn run`'s output that reports the terminal state.
+fn terminal_line(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .find(|l| l.contains("TASK_FAILED") || l.contains("TASK_FINISHED"))
+        .unwrap_or_else(|| panic!("no terminal state in:\n{stderr}"))
+}
+
+#[test]
+fn limits_end_tasks_with_mesos_reasons() {
+    let cluster = Cluster::start();
+    let spin = cluster.module(
+        "spin.wasm",
+        r#"(module (func (export "_start") (loop (br 0))))"#,
+    );
+    let grow = cluster.module(
+        "grow.wasm",
+        r#"(module (memory (export "memory") 1)
+             (func (export "_start")
+               (loop (if (i32.eq (memory.grow (i32.const 1)) (i32.const -1)) (then unreachable))
+                     (br 0))))"#,
+    );
+    let cases: [(&std::path::Path, &[&str], &str); 3] = [
+        (
+            &spin,
+            &["--timeout", "300ms"],
+            "(REASON_MAX_COMPLETION_TIME_REACHED): Task exceeded its max_completion_time of 300ms",
+        ),
+        (
+            &spin,
+            &["--fuel", "5000000"],
+            "(REASON_CONTAINER_LIMITATION_FUEL): Fuel exhausted: the task's budget was 5000000",
+        ),
+        (
+            &grow,
+            &["--mem", "4"],
+            "(REASON_CONTAINER_LIMITATION_MEMORY): Memory limit exceeded: the task may use 4194304 bytes of linear memory",
+        ),
+    ];
+    for (module, flags, expected) in cases {
+        let out = cluster.run_with(module, flags, &[]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let line = terminal_line(&stderr);
+        assert!(
+            line.contains("TASK_FAILED") && line.ends_with(expected),
+            "{line}"
+        );
+    }
+    cluster.assert_no_panics();
+}
