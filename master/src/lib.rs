@@ -1,6 +1,7 @@
 //! The Cairn master: the registry (raft-rs over RocksDB), the leader's actor that owns
 //! agents, frameworks, offers and tasks, and the APIs in front of them.
 
+pub mod allocator;
 mod api;
 mod error;
 mod leader;

@@ -49,6 +49,7 @@ impl Leader {
         }
         let conn = self.next_conn_id();
         let mut used = Resources::new();
+        let mut allocations = Vec::new();
         for record in tasks {
             let (Some(fw), Some(task)) = (record.framework_id, record.task) else {
                 continue;
@@ -56,14 +57,17 @@ impl Leader {
             let state = TaskState::try_from(record.state).unwrap_or(TaskState::TaskUnknown);
             let task_id = task.task_id.clone().unwrap_or_default().value;
             let resources = Resources::from_proto(&task.resources).unwrap_or_default();
+            let role = self.role_of(&fw.value);
             if !state.is_terminal() {
                 used = used.add(&resources);
+                allocations.push((fw.value.clone(), role.clone(), resources.clone()));
             }
             self.tasks.insert(
                 (fw.value.clone(), task_id),
                 TaskEntry {
                     framework_id: fw.value,
                     agent_id: agent_id.clone(),
+                    role,
                     info: task,
                     resources,
                     state,
@@ -86,11 +90,11 @@ impl Leader {
             CallError::Unavailable("agent stream closed during registration".into())
         })?;
         tracing::info!(agent_id, hostname = %info.hostname, resources = %total, "agent registered");
+        self.allocator.add_agent(&agent_id, total, allocations);
         self.agents.insert(
             agent_id.clone(),
             AgentEntry {
                 info,
-                total,
                 used,
                 offered: Resources::new(),
                 conn: Some((conn, sender)),
@@ -132,6 +136,7 @@ impl Leader {
         if agent.conn.as_ref().is_some_and(|(c, _)| *c == conn) {
             tracing::info!(agent_id, "agent disconnected");
             agent.conn = None;
+            self.allocator.set_agent_active(agent_id, false);
             self.rescind_offers_of_agent(agent_id);
         }
     }
@@ -150,6 +155,9 @@ impl Leader {
             task.status = Some(status.clone());
             if state.is_terminal() && !was_terminal {
                 let resources = task.resources.clone();
+                let role = task.role.clone();
+                self.allocator
+                    .recover(&framework_id, agent_id, &role, &resources, None);
                 if let Some(agent) = self.agents.get_mut(agent_id) {
                     agent.used = agent.used.checked_sub(&resources).unwrap_or_else(|| {
                         tracing::error!(agent_id, task_id, "freed more than the agent had in use");
@@ -207,5 +215,19 @@ impl Leader {
             })),
         };
         self.send_to_agent(agent_id, ack);
+    }
+}
+
+impl Leader {
+    /// The role a framework's resources are accounted to: its first role, or `*`.
+    pub(super) fn role_of(&self, framework_id: &str) -> String {
+        let info = self
+            .frameworks
+            .get(framework_id)
+            .map(|f| f.info.clone())
+            .or_else(|| self.registry.state().frameworks.get(framework_id).cloned());
+        info.and_then(|i| i.roles.first().cloned().or(Some(i.role)))
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| "*".to_owned())
     }
 }

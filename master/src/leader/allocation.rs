@@ -1,8 +1,6 @@
-//! Offers. A deliberately plain policy for now: each agent's available resources go
-//! whole to one framework at a time, frameworks taken in turn, honouring DECLINE
-//! filters and SUPPRESS. The DRF allocator replaces this module behind the same calls.
+//! Turning the allocator's grants into offers, and giving resources back to it.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cairn_api::Resources;
 use cairn_api::v1::{Event, OfferId, event};
@@ -10,56 +8,26 @@ use cairn_api::v1::{Event, OfferId, event};
 use super::{Leader, OfferEntry};
 
 impl Leader {
+    /// One allocation cycle: every grant becomes an offer, batched per framework.
     pub(super) fn allocate(&mut self) {
-        let now = Instant::now();
-        let mut frameworks: Vec<String> = self
-            .frameworks
-            .iter()
-            .filter(|(_, f)| f.stream.is_some() && !f.suppressed)
-            .map(|(id, _)| id.clone())
-            .collect();
-        if frameworks.is_empty() {
-            return;
-        }
-        frameworks.sort();
-        let mut agents: Vec<String> = self
-            .agents
-            .iter()
-            .filter(|(_, a)| a.conn.is_some())
-            .map(|(id, _)| id.clone())
-            .collect();
-        agents.sort();
+        let grants = self.allocator.allocate(Instant::now());
         let mut batches: Vec<(String, Vec<cairn_api::v1::Offer>)> = Vec::new();
-        for agent_id in agents {
-            let available = self.agents[&agent_id].available();
-            if available.cpus() <= 0.0 && available.mem() <= 0.0 {
-                continue;
-            }
-            let count = frameworks.len();
-            let chosen = (0..count)
-                .map(|i| &frameworks[(self.rotation + i) % count])
-                .find(|fw| {
-                    self.frameworks[*fw]
-                        .filters
-                        .get(&agent_id)
-                        .is_none_or(|until| *until <= now)
-                })
-                .cloned();
-            let Some(framework_id) = chosen else { continue };
-            self.rotation = self.rotation.wrapping_add(1);
+        for grant in grants {
             let offer_id = cairn_api::ids::new_offer_id().value;
             let entry = OfferEntry {
-                framework_id: framework_id.clone(),
-                agent_id: agent_id.clone(),
-                resources: available.clone(),
+                framework_id: grant.framework_id.clone(),
+                agent_id: grant.agent_id.clone(),
+                role: grant.role,
+                resources: grant.resources,
             };
             let proto = self.offer_proto(&offer_id, &entry);
-            let agent = self.agents.get_mut(&agent_id).expect("agent listed above");
-            agent.offered = agent.offered.add(&available);
+            if let Some(agent) = self.agents.get_mut(&entry.agent_id) {
+                agent.offered = agent.offered.add(&entry.resources);
+            }
             self.offers.insert(offer_id, entry);
-            match batches.iter_mut().find(|(f, _)| *f == framework_id) {
+            match batches.iter_mut().find(|(f, _)| *f == grant.framework_id) {
                 Some((_, offers)) => offers.push(proto),
-                None => batches.push((framework_id, vec![proto])),
+                None => batches.push((grant.framework_id, vec![proto])),
             }
         }
         for (framework_id, offers) in batches {
@@ -74,21 +42,45 @@ impl Leader {
         }
     }
 
-    /// Takes an offer out of circulation and returns its resources to its agent.
-    pub(super) fn remove_offer(&mut self, offer_id: &str) -> Option<OfferEntry> {
+    /// Takes an offer out of circulation and gives its resources back to the
+    /// allocator, filtered from its framework for `refuse` if given.
+    pub(super) fn remove_offer(
+        &mut self,
+        offer_id: &str,
+        refuse: Option<Duration>,
+    ) -> Option<OfferEntry> {
         let entry = self.offers.remove(offer_id)?;
+        self.release_offer(&entry, &entry.resources, refuse);
+        Some(entry)
+    }
+
+    /// Gives back `unused` of an offer that is leaving circulation.
+    pub(super) fn release_offer(
+        &mut self,
+        entry: &OfferEntry,
+        unused: &Resources,
+        refuse: Option<Duration>,
+    ) {
         if let Some(agent) = self.agents.get_mut(&entry.agent_id) {
             agent.offered = agent
                 .offered
                 .checked_sub(&entry.resources)
                 .unwrap_or_else(Resources::new);
         }
-        Some(entry)
+        if !unused.is_empty() {
+            self.allocator.recover(
+                &entry.framework_id,
+                &entry.agent_id,
+                &entry.role,
+                unused,
+                refuse.map(|d| (d, Instant::now())),
+            );
+        }
     }
 
     fn rescind(&mut self, offer_ids: Vec<String>) {
         for offer_id in offer_ids {
-            if let Some(entry) = self.remove_offer(&offer_id) {
+            if let Some(entry) = self.remove_offer(&offer_id, None) {
                 self.send_event(
                     &entry.framework_id,
                     Event {
@@ -122,7 +114,7 @@ impl Leader {
             .collect();
         // The framework is gone or going: no RESCIND to send, just reclaim.
         for id in ids {
-            self.remove_offer(&id);
+            self.remove_offer(&id, None);
         }
     }
 

@@ -1,6 +1,5 @@
 //! Frameworks: SUBSCRIBE and the scheduler calls of the Mesos v1 API.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use cairn_api::Resources;
@@ -11,7 +10,7 @@ use cairn_api::v1::{
     offer::operation, task_status,
 };
 
-use super::{EventSender, FrameworkEntry, Leader, TaskEntry, now_secs};
+use super::{EventSender, FrameworkEntry, Leader, OfferEntry, TaskEntry, now_secs};
 use crate::error::CallError;
 
 impl Leader {
@@ -67,20 +66,24 @@ impl Leader {
             if let Some((_, old_tx)) = old.stream.take() {
                 let _ = old_tx.try_send(Ok(error_event("framework failed over")));
             }
-            old.info = info;
+            old.info = info.clone();
             old.stream = Some((stream_id.clone(), events));
         } else {
             self.frameworks.insert(
                 framework_id.clone(),
                 FrameworkEntry {
-                    info,
+                    info: info.clone(),
                     stream: Some((stream_id.clone(), events)),
-                    suppressed: false,
-                    filters: HashMap::new(),
                 },
             );
         }
         self.rescind_offers_of_framework(&framework_id);
+        let roles = if info.roles.is_empty() {
+            vec![info.role.clone()]
+        } else {
+            info.roles.clone()
+        };
+        self.allocator.add_framework(&framework_id, &roles);
         tracing::info!(framework_id, "framework subscribed");
         Ok(stream_id)
     }
@@ -137,21 +140,12 @@ impl Leader {
                 Ok(())
             }
             call::Type::Revive => {
-                let fw = self
-                    .frameworks
-                    .get_mut(&framework_id)
-                    .expect("checked above");
-                fw.filters.clear();
-                fw.suppressed = false;
+                self.allocator.revive(&framework_id);
                 self.allocate();
                 Ok(())
             }
             call::Type::Suppress => {
-                self.frameworks
-                    .get_mut(&framework_id)
-                    .expect("checked above")
-                    .suppressed = true;
-                self.rescind_offers_of_framework(&framework_id);
+                self.allocator.suppress(&framework_id);
                 Ok(())
             }
             call::Type::Kill => {
@@ -203,11 +197,7 @@ impl Leader {
         {
             return; // unknown or rescinded: nothing to give back
         }
-        if let Some(entry) = self.remove_offer(offer_id)
-            && let Some(fw) = self.frameworks.get_mut(framework_id)
-        {
-            fw.filters.insert(entry.agent_id, Instant::now() + refuse);
-        }
+        self.remove_offer(offer_id, Some(refuse));
     }
 
     /// ACCEPT: launch tasks on the offers' agent. The offers are used up whatever
@@ -225,35 +215,32 @@ impl Leader {
             })
             .flat_map(|op| op.launch.map(|l| l.task_infos).unwrap_or_default())
             .collect();
-        // Validate the offers: present, this framework's, all on one agent.
-        let mut offered = Resources::new();
-        let mut agent_id: Option<String> = None;
+        // Take the offers out of circulation; validate them: present, this
+        // framework's, all on one agent under one role.
+        let mut entries = Vec::new();
         let mut offer_error = None;
         for id in &accept.offer_ids {
             match self.offers.get(&id.value) {
                 Some(o) if o.framework_id == framework_id => {
-                    if agent_id.as_ref().is_some_and(|a| *a != o.agent_id) {
-                        offer_error = Some("offers span more than one agent".to_string());
+                    let entry = self.offers.remove(&id.value).expect("just found");
+                    if entries.first().is_some_and(|f: &OfferEntry| {
+                        f.agent_id != entry.agent_id || f.role != entry.role
+                    }) {
+                        offer_error = Some("offers span more than one agent or role".to_string());
                     }
-                    agent_id.get_or_insert_with(|| o.agent_id.clone());
-                    offered = offered.add(&o.resources);
+                    entries.push(entry);
                 }
                 _ => offer_error = Some(format!("offer {} is no longer valid", id.value)),
             }
         }
-        if accept.offer_ids.is_empty() {
+        if entries.is_empty() && offer_error.is_none() {
             offer_error = Some("ACCEPT names no offers".into());
         }
-        for id in &accept.offer_ids {
-            if self
-                .offers
-                .get(&id.value)
-                .is_some_and(|o| o.framework_id == framework_id)
-            {
-                self.remove_offer(&id.value);
-            }
-        }
         if let Some(why) = offer_error {
+            // Mesos drops the whole ACCEPT and recovers its offers.
+            for entry in &entries {
+                self.release_offer(entry, &entry.resources, None);
+            }
             for task in tasks {
                 self.reject_task(
                     framework_id,
@@ -266,7 +253,13 @@ impl Leader {
             self.allocate();
             return;
         }
-        let agent_id = agent_id.expect("at least one valid offer");
+        let mut offered = Resources::new();
+        for entry in &entries {
+            offered = offered.add(&entry.resources);
+            self.release_offer(entry, &Resources::new(), None);
+        }
+        let agent_id = entries[0].agent_id.clone();
+        let role = entries[0].role.clone();
         let mut remaining = offered;
         let mut seen = std::collections::HashSet::new();
         for mut task in tasks {
@@ -276,7 +269,7 @@ impl Leader {
                     task.agent_id = Some(cairn_api::v1::AgentId {
                         value: agent_id.clone(),
                     });
-                    self.launch(framework_id, &agent_id, task, resources);
+                    self.launch(framework_id, &agent_id, &role, task, resources);
                 }
                 Err(why) => self.reject_task(
                     framework_id,
@@ -287,10 +280,15 @@ impl Leader {
                 ),
             }
         }
-        if let Some(fw) = self.frameworks.get_mut(framework_id)
-            && !remaining.is_empty()
-        {
-            fw.filters.insert(agent_id, Instant::now() + refuse);
+        if !remaining.is_empty() {
+            // What no task took goes back, filtered from this framework for a while.
+            self.allocator.recover(
+                framework_id,
+                &agent_id,
+                &role,
+                &remaining,
+                Some((refuse, Instant::now())),
+            );
         }
         self.allocate();
     }
@@ -346,7 +344,14 @@ impl Leader {
         Ok(resources)
     }
 
-    fn launch(&mut self, framework_id: &str, agent_id: &str, task: TaskInfo, resources: Resources) {
+    fn launch(
+        &mut self,
+        framework_id: &str,
+        agent_id: &str,
+        role: &str,
+        task: TaskInfo,
+        resources: Resources,
+    ) {
         let task_id = task.task_id.clone().unwrap_or_default().value;
         let framework = self.frameworks[framework_id].info.clone();
         if let Some(agent) = self.agents.get_mut(agent_id) {
@@ -357,6 +362,7 @@ impl Leader {
             TaskEntry {
                 framework_id: framework_id.to_owned(),
                 agent_id: agent_id.to_owned(),
+                role: role.to_owned(),
                 info: task.clone(),
                 resources,
                 state: TaskState::TaskStaging,
@@ -486,6 +492,23 @@ impl Leader {
             );
         }
         self.frameworks.remove(framework_id);
+        // Its allocations (offers and tasks) go back at once; the tasks' own terminal
+        // updates will find nothing left to free.
+        self.allocator.remove_framework(framework_id);
+        let keys: Vec<(String, String)> = self
+            .tasks
+            .keys()
+            .filter(|(fw, _)| fw == framework_id)
+            .cloned()
+            .collect();
+        for key in keys {
+            let mut task = self.tasks.remove(&key).expect("listed above");
+            if let Some(agent) = self.agents.get_mut(&task.agent_id) {
+                agent.used = agent.used.checked_sub(&task.resources).unwrap_or_default();
+            }
+            task.state = TaskState::TaskKilled;
+            self.completed.push_back(task);
+        }
         tracing::info!(framework_id, "framework torn down");
         Ok(())
     }

@@ -9,7 +9,7 @@ mod snapshot;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cairn_api::Resources;
 use cairn_api::internal::{MasterMessage, TaskRecord, agent_message};
@@ -18,6 +18,7 @@ use cairn_api::v1::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::allocator::Allocator;
 use crate::error::CallError;
 use crate::registry::Registry;
 
@@ -79,7 +80,6 @@ impl Default for LeaderConfig {
 
 struct AgentEntry {
     info: AgentInfo,
-    total: Resources,
     /// Held by non-terminal tasks.
     used: Resources,
     /// Held by outstanding offers.
@@ -88,33 +88,23 @@ struct AgentEntry {
     conn: Option<(u64, AgentSender)>,
 }
 
-impl AgentEntry {
-    fn available(&self) -> Resources {
-        // total = used + offered + available holds by construction; a failed
-        // subtraction would mean a bookkeeping bug, so offer nothing rather than lie.
-        self.total
-            .checked_sub(&self.used.add(&self.offered))
-            .unwrap_or_default()
-    }
-}
-
 struct FrameworkEntry {
     info: FrameworkInfo,
     stream: Option<(String, EventSender)>,
-    suppressed: bool,
-    /// agent id -> until when this framework declined that agent's resources.
-    filters: HashMap<String, Instant>,
 }
 
 struct OfferEntry {
     framework_id: String,
     agent_id: String,
+    /// The role the resources are allocated under (Mesos' `allocation_info.role`).
+    role: String,
     resources: Resources,
 }
 
 struct TaskEntry {
     framework_id: String,
     agent_id: String,
+    role: String,
     info: TaskInfo,
     resources: Resources,
     state: TaskState,
@@ -127,6 +117,7 @@ const MAX_COMPLETED_TASKS: usize = 1000;
 pub struct Leader {
     config: LeaderConfig,
     registry: Registry,
+    allocator: Allocator,
     agents: HashMap<String, AgentEntry>,
     frameworks: HashMap<String, FrameworkEntry>,
     offers: HashMap<String, OfferEntry>,
@@ -135,7 +126,6 @@ pub struct Leader {
     completed: VecDeque<TaskEntry>,
     snapshot: watch::Sender<Arc<MasterSnapshot>>,
     next_conn: u64,
-    rotation: usize,
 }
 
 /// A handle to send inputs to the leader and read its snapshots.
@@ -169,6 +159,7 @@ impl Leader {
         let leader = Leader {
             config,
             registry,
+            allocator: Allocator::default(),
             agents: HashMap::new(),
             frameworks: HashMap::new(),
             offers: HashMap::new(),
@@ -176,7 +167,6 @@ impl Leader {
             completed: VecDeque::new(),
             snapshot,
             next_conn: 1,
-            rotation: 0,
         };
         leader.publish();
         tokio::spawn(leader.run(rx));
@@ -280,6 +270,7 @@ impl Leader {
         if tx.try_send(Ok(message)).is_err() {
             tracing::warn!(agent_id, "agent stream closed or full; agent disconnected");
             agent.conn = None;
+            self.allocator.set_agent_active(agent_id, false);
             self.rescind_offers_of_agent(agent_id);
             return false;
         }

@@ -1,0 +1,540 @@
+//! The allocator: hierarchical weighted DRF over roles, with quota (guarantees and
+//! limits), offer filters and suppression. It is a plain struct fed events with an
+//! explicit `now`: it owns no clock, no I/O and no offers, only the accounting of what
+//! each agent has allocated to which framework and role, and `allocate` returns the
+//! grants the leader turns into offers.
+//!
+//! As in Mesos, "allocated" means offered or in use by tasks: resources stay allocated
+//! to a framework until [`Allocator::recover`] gives them back (offer declined,
+//! rescinded or partly unused, task terminal).
+
+mod quantities;
+mod roles;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use cairn_api::Resources;
+
+pub use quantities::Quantities;
+use roles::{Entry, RoleTree};
+
+/// A role's quota: what it is guaranteed, and what it may never exceed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Quota {
+    pub guarantee: Resources,
+    pub limit: Option<Resources>,
+}
+
+/// Resources of one agent, allocated to one framework under one role.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grant {
+    pub framework_id: String,
+    pub agent_id: String,
+    pub role: String,
+    pub resources: Resources,
+}
+
+struct AgentSlot {
+    id: String,
+    total: Resources,
+    available: Resources,
+    active: bool,
+    /// (framework slot, role node) -> what is allocated to it here.
+    allocations: HashMap<(u32, u32), Resources>,
+}
+
+struct FrameworkSlot {
+    id: String,
+    roles: Vec<u32>,
+    active: bool,
+    suppressed: bool,
+    /// agent slot -> no offers of it to this framework until then.
+    filters: HashMap<u32, Instant>,
+    /// role node -> allocated to this framework under that role.
+    allocated: HashMap<u32, Quantities>,
+}
+
+pub struct Allocator {
+    agents: Vec<Option<AgentSlot>>,
+    free_agent_slots: Vec<u32>,
+    agent_index: HashMap<String, u32>,
+    frameworks: Vec<Option<FrameworkSlot>>,
+    free_framework_slots: Vec<u32>,
+    framework_index: HashMap<String, u32>,
+    roles: RoleTree,
+    /// Sum of active agents' totals: the denominator of every share.
+    total: Quantities,
+    rng: u64,
+}
+
+impl Default for Allocator {
+    fn default() -> Self {
+        Self::new(0x9e37_79b9_7f4a_7c15)
+    }
+}
+
+impl Allocator {
+    /// `seed` fixes the order agents are visited in (shuffled every cycle, as in Mesos).
+    pub fn new(seed: u64) -> Self {
+        Self {
+            agents: Vec::new(),
+            free_agent_slots: Vec::new(),
+            agent_index: HashMap::new(),
+            frameworks: Vec::new(),
+            free_framework_slots: Vec::new(),
+            framework_index: HashMap::new(),
+            roles: RoleTree::new(),
+            total: Quantities::default(),
+            rng: seed | 1,
+        }
+    }
+
+    // ---- agents ----
+
+    /// Adds an agent with what its running tasks already use, as (framework, role,
+    /// resources). A known agent is replaced.
+    pub fn add_agent(
+        &mut self,
+        id: &str,
+        total: Resources,
+        used: Vec<(String, String, Resources)>,
+    ) {
+        self.remove_agent(id);
+        let slot = free_slot(&mut self.agents, &mut self.free_agent_slots);
+        self.agent_index.insert(id.to_owned(), slot);
+        self.agents[slot as usize] = Some(AgentSlot {
+            id: id.to_owned(),
+            available: total.clone(),
+            total: total.clone(),
+            active: true,
+            allocations: HashMap::new(),
+        });
+        self.total.add(&Quantities::of(&total));
+        for (framework_id, role, resources) in used {
+            self.track(slot, &framework_id, &role, resources);
+        }
+    }
+
+    pub fn remove_agent(&mut self, id: &str) {
+        let Some(slot) = self.agent_index.remove(id) else {
+            return;
+        };
+        let agent = self.agents[slot as usize].take().expect("indexed agent");
+        self.free_agent_slots.push(slot);
+        if agent.active {
+            self.total.sub(&Quantities::of(&agent.total));
+        }
+        for ((fw, role), resources) in agent.allocations {
+            self.untrack_quantities(fw, role, &Quantities::of(&resources));
+        }
+        for fw in self.frameworks.iter_mut().flatten() {
+            fw.filters.remove(&slot);
+        }
+    }
+
+    /// An inactive agent (disconnected) is offered to no one and counts toward no total.
+    pub fn set_agent_active(&mut self, id: &str, active: bool) {
+        let Some(&slot) = self.agent_index.get(id) else {
+            return;
+        };
+        let agent = self.agents[slot as usize].as_mut().expect("indexed agent");
+        if agent.active != active {
+            agent.active = active;
+            let q = Quantities::of(&agent.total);
+            if active {
+                self.total.add(&q)
+            } else {
+                self.total.sub(&q)
+            }
+        }
+    }
+
+    // ---- frameworks ----
+
+    pub fn add_framework(&mut self, id: &str, roles: &[String]) {
+        let role_nodes: Vec<u32> = roles.iter().map(|r| self.roles.node(r)).collect();
+        if let Some(&slot) = self.framework_index.get(id) {
+            let fw = self.frameworks[slot as usize]
+                .as_mut()
+                .expect("indexed framework");
+            for r in &role_nodes {
+                if !fw.roles.contains(r) {
+                    fw.roles.push(*r);
+                }
+            }
+            fw.active = true;
+            for r in role_nodes {
+                self.roles.subscribe(r, slot);
+            }
+            return;
+        }
+        let slot = free_slot(&mut self.frameworks, &mut self.free_framework_slots);
+        self.framework_index.insert(id.to_owned(), slot);
+        for r in &role_nodes {
+            self.roles.subscribe(*r, slot);
+        }
+        self.frameworks[slot as usize] = Some(FrameworkSlot {
+            id: id.to_owned(),
+            roles: role_nodes,
+            active: true,
+            suppressed: false,
+            filters: HashMap::new(),
+            allocated: HashMap::new(),
+        });
+    }
+
+    /// Removes a framework and gives back everything allocated to it.
+    pub fn remove_framework(&mut self, id: &str) {
+        let Some(slot) = self.framework_index.remove(id) else {
+            return;
+        };
+        for agent in self.agents.iter_mut().flatten() {
+            let mine: Vec<(u32, u32)> = agent
+                .allocations
+                .keys()
+                .filter(|(f, _)| *f == slot)
+                .copied()
+                .collect();
+            for key in mine {
+                let r = agent.allocations.remove(&key).expect("listed above");
+                agent.available = agent.available.add(&r);
+                self.roles.release(key.1, &Quantities::of(&r));
+            }
+        }
+        let fw = self.frameworks[slot as usize]
+            .take()
+            .expect("indexed framework");
+        self.free_framework_slots.push(slot);
+        for r in fw.roles {
+            self.roles.unsubscribe(r, slot);
+        }
+    }
+
+    /// An inactive framework (disconnected) gets no offers but keeps its allocations.
+    pub fn set_framework_active(&mut self, id: &str, active: bool) {
+        if let Some(fw) = self.framework_mut(id) {
+            fw.active = active;
+        }
+    }
+
+    pub fn suppress(&mut self, id: &str) {
+        if let Some(fw) = self.framework_mut(id) {
+            fw.suppressed = true;
+        }
+    }
+
+    /// Undoes SUPPRESS and clears every offer filter, as Mesos' REVIVE does.
+    pub fn revive(&mut self, id: &str) {
+        if let Some(fw) = self.framework_mut(id) {
+            fw.suppressed = false;
+            fw.filters.clear();
+        }
+    }
+
+    // ---- roles ----
+
+    pub fn set_weight(&mut self, role: &str, weight: f64) {
+        let node = self.roles.node(role);
+        self.roles.set_weight(node, weight);
+    }
+
+    pub fn set_quota(&mut self, role: &str, quota: Quota) {
+        let node = self.roles.node(role);
+        self.roles.set_quota(
+            node,
+            Quantities::of(&quota.guarantee),
+            quota.limit.as_ref().map(Quantities::of),
+        );
+    }
+
+    // ---- allocations ----
+
+    /// Gives resources back: an offer declined, rescinded or partly used, or a task
+    /// ended. With `refuse`, the framework is not offered this agent again until then.
+    pub fn recover(
+        &mut self,
+        framework_id: &str,
+        agent_id: &str,
+        role: &str,
+        resources: &Resources,
+        refuse: Option<(Duration, Instant)>,
+    ) {
+        let (Some(&fw), Some(&slot)) = (
+            self.framework_index.get(framework_id),
+            self.agent_index.get(agent_id),
+        ) else {
+            // The agent is gone (its allocations went with it) or the framework is
+            // (its allocations were returned on removal).
+            return;
+        };
+        let Some(role) = self.roles.find(role) else {
+            return;
+        };
+        let agent = self.agents[slot as usize].as_mut().expect("indexed agent");
+        let Some(held) = agent.allocations.get_mut(&(fw, role)) else {
+            return;
+        };
+        // Never give back more than was allocated: the rest was never ours.
+        let back = match held.checked_sub(resources) {
+            Some(left) => {
+                *held = left;
+                resources.clone()
+            }
+            None => std::mem::take(held),
+        };
+        if held.is_empty() {
+            agent.allocations.remove(&(fw, role));
+        }
+        agent.available = agent.available.add(&back);
+        self.untrack_quantities(fw, role, &Quantities::of(&back));
+        if let Some((duration, now)) = refuse {
+            let f = self.frameworks[fw as usize]
+                .as_mut()
+                .expect("indexed framework");
+            f.filters.insert(slot, now + duration);
+        }
+    }
+
+    /// One allocation cycle over every agent: first roles below their guarantee, then
+    /// weighted DRF for the rest, holding back what unmet guarantees still need.
+    pub fn allocate(&mut self, now: Instant) -> Vec<Grant> {
+        self.expire_filters(now);
+        self.roles.sort(&self.frameworks_shares(), &self.total);
+        let mut order: Vec<u32> = self
+            .agents
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| {
+                a.as_ref()
+                    .is_some_and(|a| a.active && !a.available.is_empty())
+            })
+            .map(|(i, _)| i as u32)
+            .collect();
+        self.shuffle(&mut order);
+        let mut grants = Vec::new();
+        // Stage 1: guarantees.
+        for &slot in &order {
+            for role in self.roles.unsatisfied_quota_roles() {
+                if let Some((fw, r)) = self.pick(role, slot, now) {
+                    if let Some(g) = self.grant(slot, fw, r, None) {
+                        grants.push(g);
+                    }
+                    break;
+                }
+            }
+        }
+        // Stage 2: weighted DRF, keeping headroom for unmet guarantees.
+        for &slot in &order {
+            if self.agents[slot as usize]
+                .as_ref()
+                .is_none_or(|a| a.available.is_empty())
+            {
+                continue;
+            }
+            if let Some((fw, r)) = self.pick(RoleTree::ROOT, slot, now) {
+                let headroom = self.roles.headroom_excluding(r);
+                if let Some(g) = self.grant(slot, fw, r, Some(headroom)) {
+                    grants.push(g);
+                }
+            }
+        }
+        grants
+    }
+
+    /// What is allocated on each agent, for invariant checks: (agent, allocated).
+    pub fn agent_allocations(&self) -> Vec<(String, Resources, Resources, Resources)> {
+        self.agents
+            .iter()
+            .flatten()
+            .map(|a| {
+                let allocated = a
+                    .allocations
+                    .values()
+                    .fold(Resources::new(), |acc, r| acc.add(r));
+                (
+                    a.id.clone(),
+                    a.total.clone(),
+                    allocated,
+                    a.available.clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// What each framework holds under each role, summed over agents.
+    pub fn framework_allocation(&self, id: &str) -> Quantities {
+        let mut q = Quantities::default();
+        if let Some(fw) = self
+            .framework_index
+            .get(id)
+            .and_then(|s| self.frameworks[*s as usize].as_ref())
+        {
+            for a in fw.allocated.values() {
+                q.add(a);
+            }
+        }
+        q
+    }
+
+    // ---- internals ----
+
+    fn framework_mut(&mut self, id: &str) -> Option<&mut FrameworkSlot> {
+        let slot = *self.framework_index.get(id)?;
+        self.frameworks[slot as usize].as_mut()
+    }
+
+    fn frameworks_shares(&self) -> Vec<(u32, u32, f64)> {
+        let mut out = Vec::new();
+        for (slot, fw) in self.frameworks.iter().enumerate() {
+            let Some(fw) = fw else { continue };
+            for &role in &fw.roles {
+                let share = fw
+                    .allocated
+                    .get(&role)
+                    .map_or(0.0, |q| q.dominant_share(&self.total));
+                out.push((slot as u32, role, share));
+            }
+        }
+        out
+    }
+
+    fn expire_filters(&mut self, now: Instant) {
+        for fw in self.frameworks.iter_mut().flatten() {
+            fw.filters.retain(|_, until| *until > now);
+        }
+    }
+
+    fn shuffle(&mut self, order: &mut [u32]) {
+        for i in (1..order.len()).rev() {
+            // xorshift64: cheap, deterministic for a given seed.
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            let j = (self.rng % (i as u64 + 1)) as usize;
+            order.swap(i, j);
+        }
+    }
+
+    /// The first framework in fair-share order under `node` that may be offered `agent`.
+    fn pick(&self, node: u32, agent: u32, now: Instant) -> Option<(u32, u32)> {
+        if self.roles.at_limit(node) {
+            return None;
+        }
+        for entry in self.roles.sorted(node) {
+            match entry {
+                Entry::Role(child) => {
+                    if let Some(found) = self.pick(child, agent, now) {
+                        return Some(found);
+                    }
+                }
+                Entry::Framework(fw) => {
+                    let f = self.frameworks[fw as usize]
+                        .as_ref()
+                        .expect("sorted framework");
+                    let filtered = f.filters.get(&agent).is_some_and(|until| *until > now);
+                    if f.active && !f.suppressed && !filtered {
+                        return Some((fw, node));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Allocates the agent's available resources (trimmed to the role's limits) to
+    /// `fw` under `role`, unless doing so would eat into `headroom`.
+    fn grant(
+        &mut self,
+        slot: u32,
+        fw: u32,
+        role: u32,
+        headroom: Option<Quantities>,
+    ) -> Option<Grant> {
+        let agent = self.agents[slot as usize].as_ref().expect("agent in order");
+        let resources = self.roles.trim_to_limits(role, &agent.available);
+        let q = Quantities::of(&resources);
+        if resources.is_empty() {
+            return None;
+        }
+        if let Some(headroom) = headroom {
+            let mut free_after = self.free();
+            free_after.sub(&q);
+            if !free_after.covers(&headroom) {
+                return None;
+            }
+        }
+        let framework_id = self.frameworks[fw as usize]
+            .as_ref()
+            .expect("picked")
+            .id
+            .clone();
+        let role_name = self.roles.name(role).to_owned();
+        let agent_id = agent.id.clone();
+        self.track(slot, &framework_id, &role_name, resources.clone());
+        self.roles
+            .resort_after_grant(role, fw, &self.framework_share(fw, role), &self.total);
+        Some(Grant {
+            framework_id,
+            agent_id,
+            role: role_name,
+            resources,
+        })
+    }
+
+    fn framework_share(&self, fw: u32, role: u32) -> f64 {
+        self.frameworks[fw as usize]
+            .as_ref()
+            .and_then(|f| f.allocated.get(&role))
+            .map_or(0.0, |q| q.dominant_share(&self.total))
+    }
+
+    /// Unallocated quantities on active agents.
+    fn free(&self) -> Quantities {
+        let mut q = self.total;
+        q.sub(&self.roles.allocated(RoleTree::ROOT));
+        q
+    }
+
+    /// Records an allocation (an offer or a running task) on an agent.
+    fn track(&mut self, slot: u32, framework_id: &str, role: &str, resources: Resources) {
+        if !self.framework_index.contains_key(framework_id) {
+            // A task of a framework that has not re-subscribed yet (after a master
+            // failover): account it under a framework entry that is not active.
+            self.add_framework(framework_id, &[role.to_owned()]);
+            self.set_framework_active(framework_id, false);
+        }
+        let fw = self.framework_index[framework_id];
+        let role = self.roles.node(role);
+        let agent = self.agents[slot as usize].as_mut().expect("agent slot");
+        agent.available = agent.available.checked_sub(&resources).unwrap_or_default();
+        let held = agent.allocations.entry((fw, role)).or_default();
+        *held = held.add(&resources);
+        let q = Quantities::of(&resources);
+        let f = self.frameworks[fw as usize]
+            .as_mut()
+            .expect("indexed framework");
+        f.allocated.entry(role).or_default().add(&q);
+        self.roles.allocate(role, &q);
+    }
+
+    fn untrack_quantities(&mut self, fw: u32, role: u32, q: &Quantities) {
+        if let Some(f) = self.frameworks[fw as usize].as_mut() {
+            if let Some(a) = f.allocated.get_mut(&role) {
+                a.sub(q);
+            }
+        }
+        self.roles.release(role, q);
+    }
+}
+
+/// A free slot index: a recycled one, or a new one at the end.
+fn free_slot<T>(slots: &mut Vec<Option<T>>, free: &mut Vec<u32>) -> u32 {
+    free.pop().unwrap_or_else(|| {
+        slots.push(None);
+        (slots.len() - 1) as u32
+    })
+}
