@@ -1,7 +1,9 @@
 //! Cairn's wire types and the vocabulary both sides of every connection share:
-//! the protobuf messages (Mesos v1 names), ids, the [`Resources`] algebra and task states.
+//! the protobuf messages (Mesos v1 names, and [Mesos' JSON](json) for them), ids, the
+//! [`Resources`] algebra and task states.
 
 pub mod ids;
+pub mod json;
 pub mod resources;
 mod state;
 

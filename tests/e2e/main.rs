@@ -4,5 +4,6 @@
 
 mod bad_input;
 mod harness;
+mod mesos_http;
 mod restart;
 mod wasm_tasks;

@@ -522,10 +522,10 @@ impl Allocator {
     }
 
     fn untrack_quantities(&mut self, fw: u32, role: u32, q: &Quantities) {
-        if let Some(f) = self.frameworks[fw as usize].as_mut() {
-            if let Some(a) = f.allocated.get_mut(&role) {
-                a.sub(q);
-            }
+        if let Some(f) = self.frameworks[fw as usize].as_mut()
+            && let Some(a) = f.allocated.get_mut(&role)
+        {
+            a.sub(q);
         }
         self.roles.release(role, q);
     }

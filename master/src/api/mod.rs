@@ -3,6 +3,7 @@
 
 mod agents;
 mod http;
+mod mesos_http;
 mod scheduler;
 
 use axum::Router;
@@ -26,7 +27,14 @@ pub(crate) fn router(leader: LeaderHandle, registry: Registry) -> Router {
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
     )
     .into_axum_router();
+    let mesos = Router::new()
+        .route(
+            "/api/v1/scheduler",
+            axum::routing::post(mesos_http::scheduler),
+        )
+        .with_state(leader.clone());
     http::router(leader, registry)
+        .merge(mesos)
         .merge(grpc)
         .fallback(http::not_found)
 }

@@ -459,7 +459,16 @@ impl Leader {
         } else {
             for t in tasks {
                 let id = t.task_id.unwrap_or_default();
-                let known = self.tasks.get(&(framework_id.to_owned(), id.value.clone()));
+                // Live tasks first, then the latest of the recently completed ones.
+                let known = self
+                    .tasks
+                    .get(&(framework_id.to_owned(), id.value.clone()))
+                    .or_else(|| {
+                        self.completed.iter().rev().find(|c| {
+                            c.framework_id == framework_id
+                                && c.info.task_id.as_ref().is_some_and(|t| t.value == id.value)
+                        })
+                    });
                 statuses.push(reconcile_status(Some(id), known));
             }
         }

@@ -1,0 +1,127 @@
+//! The Mesos v1 scheduler HTTP API, `POST /api/v1/scheduler`: the same calls and events
+//! as the gRPC service, in Mesos' JSON. SUBSCRIBE answers with a RecordIO stream of
+//! events and a `Mesos-Stream-Id` header; every other call must carry that header and
+//! is answered `202 Accepted`, or a 4xx saying why.
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use cairn_api::json::{from_json, to_json};
+use cairn_api::v1::{Call, call};
+use futures::StreamExt as _;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::error::CallError;
+use crate::leader::{Input, LeaderHandle};
+
+const STREAM_ID: &str = "Mesos-Stream-Id";
+
+fn status_of(e: &CallError) -> StatusCode {
+    match e {
+        CallError::Invalid(_) => StatusCode::BAD_REQUEST,
+        CallError::NotFound(_) => StatusCode::NOT_FOUND,
+        CallError::Forbidden(_) => StatusCode::FORBIDDEN,
+        CallError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// Mesos answers a refused call with a plain-text reason.
+fn refuse(e: CallError) -> Response {
+    (status_of(&e), format!("{e}\n")).into_response()
+}
+
+/// One RecordIO record: the length of the JSON in bytes, a newline, the JSON.
+fn record(json: String) -> Bytes {
+    Bytes::from(format!("{}\n{json}", json.len()))
+}
+
+pub(super) async fn scheduler(
+    State(leader): State<LeaderHandle>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    if !content_type.starts_with("application/json") {
+        return (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type {content_type} is not supported: send application/json\n"),
+        )
+            .into_response();
+    }
+    let call: Call = match from_json(&body) {
+        Ok(c) => c,
+        Err(e) => return refuse(CallError::Invalid(format!("cannot parse the call: {e}"))),
+    };
+    if call.r#type == call::Type::Subscribe as i32 {
+        return subscribe(leader, call).await;
+    }
+    let stream_id = headers
+        .get(STREAM_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match leader
+        .ask(|reply| Input::Call {
+            call: Box::new(call),
+            stream_id,
+            reply,
+        })
+        .await
+    {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(e) => refuse(e),
+    }
+}
+
+async fn subscribe(leader: LeaderHandle, call: Call) -> Response {
+    let Some(mut info) = call.subscribe.and_then(|s| s.framework_info) else {
+        return refuse(CallError::Invalid(
+            "SUBSCRIBE without subscribe.framework_info".into(),
+        ));
+    };
+    match (&call.framework_id, &info.id) {
+        (Some(a), Some(b)) if a != b => {
+            return refuse(CallError::Invalid(
+                "framework_id and subscribe.framework_info.id differ".into(),
+            ));
+        }
+        (Some(a), None) => info.id = Some(a.clone()),
+        _ => {}
+    }
+    let (tx, rx) = mpsc::channel(1024);
+    let stream_id = match leader
+        .ask(|reply| Input::Subscribe {
+            info: Box::new(info),
+            events: tx,
+            reply,
+        })
+        .await
+    {
+        Ok(id) => id,
+        Err(e) => return refuse(e),
+    };
+    // The stream ends when the leader drops the framework's sender (teardown, failover
+    // to a newer subscription) or reports an error on it.
+    let events = ReceiverStream::new(rx)
+        .take_while(|e| std::future::ready(e.is_ok()))
+        .filter_map(|e| {
+            std::future::ready(
+                e.ok()
+                    .map(|ev| Ok::<_, std::convert::Infallible>(record(to_json(&ev)))),
+            )
+        });
+    let mut response = Response::new(Body::from_stream(events));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&stream_id) {
+        headers.insert(STREAM_ID, v);
+    }
+    response
+}

@@ -1,0 +1,285 @@
+//! The Mesos v1 scheduler HTTP API driven by a plain HTTP client: JSON calls, the
+//! RecordIO event stream parsed here, `Mesos-Stream-Id`, and Mesos' status codes.
+
+use serde_json::{Value, json};
+
+use crate::harness::{Cluster, DEADLINE, guest};
+
+/// A SUBSCRIBE response body read as RecordIO: `<length>\n<json>` records.
+struct Events {
+    response: reqwest::Response,
+    buf: Vec<u8>,
+}
+
+impl Events {
+    async fn next(&mut self) -> Value {
+        tokio::time::timeout(DEADLINE, self.read())
+            .await
+            .expect("timed out waiting for an event")
+    }
+
+    async fn read(&mut self) -> Value {
+        loop {
+            if let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
+                let len: usize = std::str::from_utf8(&self.buf[..nl])
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                if self.buf.len() >= nl + 1 + len {
+                    let record: Vec<u8> = self.buf.drain(..nl + 1 + len).skip(nl + 1).collect();
+                    return serde_json::from_slice(&record).unwrap();
+                }
+            }
+            let chunk = self
+                .response
+                .chunk()
+                .await
+                .unwrap()
+                .expect("event stream ended");
+            self.buf.extend_from_slice(&chunk);
+        }
+    }
+
+    /// The next event of a type, skipping heartbeats and others.
+    async fn next_of(&mut self, kind: &str) -> Value {
+        loop {
+            let e = self.next().await;
+            if e["type"] == kind {
+                return e;
+            }
+        }
+    }
+}
+
+struct Scheduler {
+    http: reqwest::Client,
+    url: String,
+    framework_id: String,
+    stream_id: String,
+}
+
+impl Scheduler {
+    async fn subscribe(master: &str) -> (Scheduler, Events) {
+        let http = reqwest::Client::new();
+        let url = format!("http://{master}/api/v1/scheduler");
+        let response = http
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .body(json!({"type": "SUBSCRIBE", "subscribe": {"framework_info": {"user": "root", "name": "http-test", "capabilities": [{"type": "PARTITION_AWARE"}]}}}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let stream_id = response.headers()["Mesos-Stream-Id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let mut events = Events {
+            response,
+            buf: Vec::new(),
+        };
+        let subscribed = events.next().await;
+        assert_eq!(subscribed["type"], "SUBSCRIBED", "{subscribed}");
+        let framework_id = subscribed["subscribed"]["framework_id"]["value"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        (
+            Scheduler {
+                http,
+                url,
+                framework_id,
+                stream_id,
+            },
+            events,
+        )
+    }
+
+    /// Sends a call with this framework's id and stream id; returns status and body.
+    async fn call(&self, mut call: Value) -> (u16, String) {
+        call["framework_id"] = json!({"value": self.framework_id});
+        self.raw(&call.to_string(), Some(&self.stream_id)).await
+    }
+
+    async fn raw(&self, body: &str, stream_id: Option<&str>) -> (u16, String) {
+        let mut req = self
+            .http
+            .post(&self.url)
+            .header("Content-Type", "application/json")
+            .body(body.to_owned());
+        if let Some(id) = stream_id {
+            req = req.header("Mesos-Stream-Id", id);
+        }
+        let response = req.send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+}
+
+fn wasm_task(task_id: &str, agent_id: &Value, cpus: f64) -> Value {
+    let module = guest("hello");
+    json!({
+        "name": "hello", "task_id": {"value": task_id}, "agent_id": agent_id,
+        "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": cpus}},
+                      {"name": "mem", "type": "SCALAR", "scalar": {"value": 32}}],
+        "command": {"uris": [{"value": format!("file://{}", module.display())}], "value": "hello.wasm",
+                    "shell": false, "arguments": ["hello.wasm", "over", "http"]},
+        "container": {"type": "WASM"},
+        "max_completion_time": {"nanoseconds": 30_000_000_000u64}
+    })
+}
+
+fn accept(offer: &Value, tasks: Vec<Value>) -> Value {
+    json!({"type": "ACCEPT", "accept": {"offer_ids": [offer["id"]],
+           "operations": [{"type": "LAUNCH", "launch": {"task_infos": tasks}}]}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_http_framework_runs_a_wasm_task_through_the_mesos_api() {
+    let cluster = Cluster::start();
+    let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
+
+    let offers = events.next_of("OFFERS").await;
+    let offer = offers["offers"]["offers"][0].clone();
+    let agent_id = offer["agent_id"].clone();
+    assert!(
+        offer["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "cpus"),
+        "{offer}"
+    );
+
+    assert_eq!(
+        scheduler
+            .call(accept(&offer, vec![wasm_task("t1", &agent_id, 0.5)]))
+            .await
+            .0,
+        202
+    );
+    let mut states = Vec::new();
+    loop {
+        let update = events.next_of("UPDATE").await;
+        let status = &update["update"]["status"];
+        states.push(status["state"].as_str().unwrap().to_owned());
+        if let Some(uuid) = status["uuid"].as_str() {
+            let ack = json!({"type": "ACKNOWLEDGE", "acknowledge": {
+                "agent_id": status["agent_id"], "task_id": status["task_id"], "uuid": uuid}});
+            assert_eq!(scheduler.call(ack).await.0, 202);
+        }
+        if states.last().unwrap() == "TASK_FINISHED" {
+            break;
+        }
+    }
+    assert_eq!(states, ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]);
+
+    // Explicit reconciliation answers from the master's view.
+    let reconcile =
+        json!({"type": "RECONCILE", "reconcile": {"tasks": [{"task_id": {"value": "t1"}}]}});
+    assert_eq!(scheduler.call(reconcile).await.0, 202);
+    let update = events.next_of("UPDATE").await;
+    assert_eq!(
+        update["update"]["status"]["state"], "TASK_FINISHED",
+        "{update}"
+    );
+    assert_eq!(
+        update["update"]["status"]["reason"], "REASON_RECONCILIATION",
+        "{update}"
+    );
+
+    assert_eq!(scheduler.call(json!({"type": "TEARDOWN"})).await.0, 202);
+    cluster.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_calls_get_clear_4xx_and_bad_tasks_get_task_error() {
+    let cluster = Cluster::start();
+    let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
+    let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
+    let agent_id = offer["agent_id"].clone();
+
+    let (code, body) = scheduler.raw("{not json", Some(&scheduler.stream_id)).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.starts_with("cannot parse the call: "), "{body}");
+
+    let foreign =
+        json!({"type": "REVIVE", "framework_id": {"value": "no-such-framework"}}).to_string();
+    let (code, body) = scheduler.raw(&foreign, Some(&scheduler.stream_id)).await;
+    assert_eq!(
+        (code, body.as_str()),
+        (404, "framework no-such-framework is not subscribed\n")
+    );
+
+    let revive =
+        json!({"type": "REVIVE", "framework_id": {"value": scheduler.framework_id}}).to_string();
+    let (code, body) = scheduler.raw(&revive, Some("wrong-stream")).await;
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = scheduler.raw(&revive, None).await;
+    assert_eq!(
+        (code, body.as_str()),
+        (400, "call has no Mesos-Stream-Id\n")
+    );
+
+    // Asking for more than the offer holds: TASK_ERROR, and the offer's resources return.
+    assert_eq!(
+        scheduler
+            .call(accept(&offer, vec![wasm_task("big", &agent_id, 64.0)]))
+            .await
+            .0,
+        202
+    );
+    let update = events.next_of("UPDATE").await;
+    let status = &update["update"]["status"];
+    assert_eq!(status["state"], "TASK_ERROR", "{update}");
+    assert_eq!(status["reason"], "REASON_TASK_INVALID", "{update}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("asks for cpus:64"),
+        "{update}"
+    );
+
+    // Reusing a spent offer: TASK_DROPPED with REASON_INVALID_OFFERS.
+    assert_eq!(
+        scheduler
+            .call(accept(&offer, vec![wasm_task("late", &agent_id, 0.1)]))
+            .await
+            .0,
+        202
+    );
+    let update = events.next_of("UPDATE").await;
+    assert_eq!(
+        update["update"]["status"]["state"], "TASK_DROPPED",
+        "{update}"
+    );
+    assert_eq!(
+        update["update"]["status"]["reason"], "REASON_INVALID_OFFERS",
+        "{update}"
+    );
+
+    // Nothing leaked: once the refusal filter lapses, the agent is offered whole again.
+    let revive = json!({"type": "REVIVE"});
+    assert_eq!(scheduler.call(revive).await.0, 202);
+    let again = events.next_of("OFFERS").await;
+    let cpus = again["offers"]["offers"][0]["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "cpus")
+        .unwrap()["scalar"]["value"]
+        .as_f64()
+        .unwrap();
+    assert_eq!(cpus, 2.0, "{again}");
+    let state: Value = scheduler
+        .http
+        .get(format!("http://{}/state", cluster.master_addr))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state["agents"][0]["used_resources"], "", "{state}");
+    cluster.assert_no_panics();
+}
