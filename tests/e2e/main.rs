@@ -5,5 +5,6 @@
 mod bad_input;
 mod harness;
 mod mesos_http;
+mod operator;
 mod restart;
 mod wasm_tasks;

@@ -216,10 +216,10 @@ impl RoleTree {
             .is_some_and(|l| (0..4).any(|i| l.0[i] > 0 && n.allocated.0[i] >= l.0[i]))
     }
 
-    /// `available` with each scalar capped so no role on the path passes its limit.
-    pub(super) fn trim_to_limits(&self, node: u32, available: &Resources) -> Resources {
-        let have = Quantities::of(available);
-        let mut cap = have;
+    /// `have` with each scalar capped so no role on the path passes its limit. A kind
+    /// a limit does not name (zero) is not capped.
+    pub(super) fn cap_to_limits(&self, node: u32, have: &Quantities) -> Quantities {
+        let mut cap = *have;
         let mut cur = Some(node);
         while let Some(n) = cur {
             let role = &self.nodes[n as usize];
@@ -233,17 +233,7 @@ impl RoleTree {
             }
             cur = role.parent;
         }
-        if cap == have {
-            return available.clone();
-        }
-        let mut excess = Resources::new();
-        for (i, kind) in KINDS.iter().enumerate() {
-            let over = have.0[i] - cap.0[i];
-            if over > 0 {
-                excess = excess.with_scalar(kind, over as f64 / 1000.0);
-            }
-        }
-        available.checked_sub(&excess).unwrap_or_default()
+        cap
     }
 
     /// Roles still below their guarantee, lowest share first.
@@ -311,4 +301,16 @@ impl Node {
             keys: HashMap::new(),
         }
     }
+}
+
+/// `available` with its scalars cut from `have` down to `cap`.
+pub(super) fn trim(available: &Resources, have: &Quantities, cap: &Quantities) -> Resources {
+    let mut excess = Resources::new();
+    for (i, kind) in KINDS.iter().enumerate() {
+        let over = have.0[i].saturating_sub(cap.0[i]);
+        if over > 0 {
+            excess = excess.with_scalar(kind, over as f64 / 1000.0);
+        }
+    }
+    available.checked_sub(&excess).unwrap_or_default()
 }

@@ -4,6 +4,7 @@
 mod agents;
 mod http;
 mod mesos_http;
+mod operator;
 mod scheduler;
 
 use axum::Router;
@@ -32,6 +33,7 @@ pub(crate) fn router(leader: LeaderHandle, registry: Registry) -> Router {
             "/api/v1/scheduler",
             axum::routing::post(mesos_http::scheduler),
         )
+        .route("/api/v1", axum::routing::post(operator::operator))
         .with_state(leader.clone());
     http::router(leader, registry)
         .merge(mesos)

@@ -29,6 +29,11 @@ impl Leader {
         if info.role.is_empty() && info.roles.is_empty() {
             info.role = "*".into();
         }
+        for role in info.roles.iter().chain(std::iter::once(&info.role)) {
+            if !role.is_empty() {
+                super::roles::validate_role(role)?;
+            }
+        }
         let framework_id = match info.id.as_ref().map(|i| i.value.clone()) {
             Some(id) if !id.is_empty() => {
                 let known = self.frameworks.contains_key(&id)
@@ -478,7 +483,7 @@ impl Leader {
     }
 
     /// TEARDOWN: kill the framework's tasks, drop its offers and remove it from the registry.
-    async fn teardown(&mut self, framework_id: &str) -> Result<(), CallError> {
+    pub(super) async fn teardown(&mut self, framework_id: &str) -> Result<(), CallError> {
         self.registry
             .propose(Operation::RemoveFramework(FrameworkId {
                 value: framework_id.to_owned(),

@@ -5,6 +5,7 @@
 mod agents;
 mod allocation;
 mod frameworks;
+mod roles;
 mod snapshot;
 
 use std::collections::{HashMap, VecDeque};
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_api::Resources;
-use cairn_api::internal::{MasterMessage, TaskRecord, agent_message};
+use cairn_api::internal::{MasterMessage, RoleQuota, RoleWeight, TaskRecord, agent_message};
 use cairn_api::v1::{
     AgentInfo, Call, Event, FrameworkInfo, Offer, TaskInfo, TaskState, TaskStatus,
 };
@@ -54,6 +55,19 @@ pub enum Input {
     Call {
         call: Box<Call>,
         stream_id: Option<String>,
+        reply: oneshot::Sender<Result<(), CallError>>,
+    },
+    UpdateWeights {
+        weights: Vec<RoleWeight>,
+        reply: oneshot::Sender<Result<(), CallError>>,
+    },
+    UpdateQuota {
+        quotas: Vec<RoleQuota>,
+        reply: oneshot::Sender<Result<(), CallError>>,
+    },
+    /// An operator's TEARDOWN of any framework.
+    Teardown {
+        framework_id: String,
         reply: oneshot::Sender<Result<(), CallError>>,
     },
 }
@@ -156,7 +170,7 @@ impl Leader {
     pub fn spawn(config: LeaderConfig, registry: Registry) -> LeaderHandle {
         let (inputs, rx) = mpsc::channel(4096);
         let (snapshot, snapshot_rx) = watch::channel(Arc::new(MasterSnapshot::default()));
-        let leader = Leader {
+        let mut leader = Leader {
             config,
             registry,
             allocator: Allocator::default(),
@@ -168,6 +182,7 @@ impl Leader {
             snapshot,
             next_conn: 1,
         };
+        leader.load_roles();
         leader.publish();
         tokio::spawn(leader.run(rx));
         LeaderHandle {
@@ -225,6 +240,25 @@ impl Leader {
                 reply,
             } => {
                 let result = self.call(*call, stream_id).await;
+                let _ = reply.send(result);
+            }
+            Input::UpdateWeights { weights, reply } => {
+                let _ = reply.send(self.update_weights(weights).await);
+            }
+            Input::UpdateQuota { quotas, reply } => {
+                let _ = reply.send(self.update_quota(quotas).await);
+            }
+            Input::Teardown {
+                framework_id,
+                reply,
+            } => {
+                let result = if self.registry.state().frameworks.contains_key(&framework_id) {
+                    self.teardown(&framework_id).await
+                } else {
+                    Err(CallError::NotFound(format!(
+                        "framework {framework_id} is unknown"
+                    )))
+                };
                 let _ = reply.send(result);
             }
         }

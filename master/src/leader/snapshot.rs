@@ -11,6 +11,19 @@ pub struct MasterSnapshot {
     pub tasks: Vec<TaskView>,
     pub completed_tasks: Vec<TaskView>,
     pub outstanding_offers: usize,
+    pub roles: Vec<RoleView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RoleView {
+    pub name: String,
+    pub weight: f64,
+    /// Resources offered or used under the role.
+    pub allocated: String,
+    pub frameworks: Vec<String>,
+    /// Quota guarantee and limit in the resources text format ("" when none).
+    pub guarantee: String,
+    pub limit: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -113,11 +126,68 @@ pub(super) fn build(leader: &Leader) -> MasterSnapshot {
             .and_then(|r| cairn_api::v1::task_status::Reason::try_from(r).ok())
             .map(|r| r.as_str_name().to_owned()),
     };
+    let roles = role_views(leader, &registry);
     MasterSnapshot {
+        roles,
         frameworks,
         agents,
         tasks: leader.tasks.values().map(view).collect(),
         completed_tasks: leader.completed.iter().map(view).collect(),
         outstanding_offers: leader.offers.len(),
     }
+}
+
+/// Every role that has a framework, a weight or a quota.
+fn role_views(leader: &Leader, registry: &crate::registry::RegistryState) -> Vec<RoleView> {
+    use std::collections::BTreeMap;
+    let mut roles: BTreeMap<String, RoleView> = BTreeMap::new();
+    fn entry<'a>(
+        roles: &'a mut BTreeMap<String, RoleView>,
+        registry: &crate::registry::RegistryState,
+        name: &str,
+    ) -> &'a mut RoleView {
+        roles.entry(name.to_owned()).or_insert_with(|| RoleView {
+            name: name.to_owned(),
+            weight: registry.weights.get(name).copied().unwrap_or(1.0),
+            allocated: String::new(),
+            frameworks: Vec::new(),
+            guarantee: registry
+                .quotas
+                .get(name)
+                .map(|q| q.guarantee.clone())
+                .unwrap_or_default(),
+            limit: registry
+                .quotas
+                .get(name)
+                .map(|q| q.limit.clone())
+                .unwrap_or_default(),
+        })
+    }
+    for (id, fw) in &leader.frameworks {
+        let mut names = fw.info.roles.clone();
+        if names.is_empty() {
+            names.push(fw.info.role.clone());
+        }
+        for name in names {
+            entry(&mut roles, registry, &name)
+                .frameworks
+                .push(id.clone());
+        }
+    }
+    for name in registry.weights.keys().chain(registry.quotas.keys()) {
+        entry(&mut roles, registry, name);
+    }
+    let mut allocated: BTreeMap<String, cairn_api::Resources> = BTreeMap::new();
+    for t in leader.tasks.values() {
+        let a = allocated.entry(t.role.clone()).or_default();
+        *a = a.add(&t.resources);
+    }
+    for o in leader.offers.values() {
+        let a = allocated.entry(o.role.clone()).or_default();
+        *a = a.add(&o.resources);
+    }
+    for (name, r) in allocated {
+        entry(&mut roles, registry, &name).allocated = r.to_string();
+    }
+    roles.into_values().collect()
 }

@@ -7,6 +7,7 @@ mod storage;
 
 use std::collections::BTreeMap;
 
+use cairn_api::internal::RoleQuota;
 use cairn_api::v1::{AgentInfo, FrameworkInfo};
 use thiserror::Error;
 
@@ -39,5 +40,8 @@ pub enum RegistryError {
 pub struct RegistryState {
     pub frameworks: BTreeMap<String, FrameworkInfo>,
     pub agents: BTreeMap<String, AgentInfo>,
+    /// Role weights other than the default 1.
+    pub weights: BTreeMap<String, f64>,
+    pub quotas: BTreeMap<String, RoleQuota>,
     pub applied: u64,
 }

@@ -136,6 +136,12 @@ fn load_state(storage: &RaftStorage) -> Result<RegistryState, RegistryError> {
                 id.to_owned(),
                 cairn_api::v1::AgentInfo::decode(&*value).map_err(corrupt)?,
             );
+        } else if let Some(role) = key.strip_prefix("weight/") {
+            let w = cairn_api::internal::RoleWeight::decode(&*value).map_err(corrupt)?;
+            state.weights.insert(role.to_owned(), w.weight);
+        } else if let Some(role) = key.strip_prefix("quota/") {
+            let q = cairn_api::internal::RoleQuota::decode(&*value).map_err(corrupt)?;
+            state.quotas.insert(role.to_owned(), q);
         }
     }
     Ok(state)
@@ -325,6 +331,30 @@ impl Driver {
             Some(Operation::RemoveFramework(id)) => {
                 batch.delete_cf(cf, format!("framework/{}", id.value));
                 state.frameworks.remove(&id.value);
+            }
+            Some(Operation::UpdateWeights(update)) => {
+                for w in update.weights {
+                    let key = format!("weight/{}", w.role);
+                    if w.weight == 1.0 {
+                        batch.delete_cf(cf, key);
+                        state.weights.remove(&w.role);
+                    } else {
+                        batch.put_cf(cf, key, w.encode_to_vec());
+                        state.weights.insert(w.role, w.weight);
+                    }
+                }
+            }
+            Some(Operation::UpdateQuota(update)) => {
+                for q in update.quotas {
+                    let key = format!("quota/{}", q.role);
+                    if q.guarantee.is_empty() && q.limit.is_empty() {
+                        batch.delete_cf(cf, key);
+                        state.quotas.remove(&q.role);
+                    } else {
+                        batch.put_cf(cf, key, q.encode_to_vec());
+                        state.quotas.insert(q.role.clone(), q);
+                    }
+                }
             }
             None => return Err(RegistryError::Rejected("empty registry operation".into())),
         }
