@@ -58,6 +58,13 @@ struct MasterArgs {
     /// How often agents must send a heartbeat.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     agent_heartbeat_interval: Duration,
+    /// Rescind offers outstanding longer than this (default: never, as in Mesos).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    offer_timeout: Option<Duration>,
+    /// How often subscribed frameworks get a HEARTBEAT event (also how soon a vanished
+    /// framework is noticed).
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    framework_heartbeat_interval: Duration,
 }
 
 #[derive(Args)]
@@ -143,6 +150,8 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 leader: cairn_master::LeaderConfig {
                     allocation_interval: args.allocation_interval,
                     agent_heartbeat_interval: args.agent_heartbeat_interval,
+                    framework_heartbeat_interval: args.framework_heartbeat_interval,
+                    offer_timeout: args.offer_timeout,
                     ..Default::default()
                 },
             })

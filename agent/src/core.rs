@@ -86,6 +86,8 @@ struct Executor {
 struct Task {
     info: TaskInfo,
     state: TaskState,
+    /// Handed (or queued) to the executor; before that a kill is the agent's to do.
+    launched: bool,
 }
 
 pub struct Core {
@@ -230,10 +232,21 @@ impl Core {
             master_message::Message::KillTask(kill) => {
                 let fw = kill.framework_id.unwrap_or_default().value;
                 let task_id = kill.task_id.unwrap_or_default();
-                if self
+                let key = (fw.clone(), task_id.value.clone());
+                let unlaunched = self
                     .tasks
-                    .contains_key(&(fw.clone(), task_id.value.clone()))
-                {
+                    .get(&key)
+                    .is_some_and(|t| !t.launched && !t.state.is_terminal());
+                if unlaunched {
+                    // Still fetching: the executor never saw it, so the agent ends it.
+                    self.fail_task(
+                        &fw,
+                        &task_id.value,
+                        TaskState::TaskKilled,
+                        task_status::Reason::TaskKilledDuringLaunch,
+                        "killed before it was launched".into(),
+                    );
+                } else if self.tasks.contains_key(&key) {
                     self.send_to_executor(
                         &fw,
                         executor_event::Event::Kill(ExecutorKill {
@@ -277,6 +290,7 @@ impl Core {
             Task {
                 info: task.clone(),
                 state: TaskState::TaskStaging,
+                launched: false,
             },
         );
         self.frameworks.insert(fw.clone(), framework);
@@ -339,6 +353,9 @@ impl Core {
         let Some(task) = self.tasks.get(&(fw.to_owned(), task_id.to_owned())) else {
             return;
         };
+        if task.state.is_terminal() {
+            return; // killed or failed while its sandbox was being fetched
+        }
         if let Err(why) = result {
             self.fail_task(
                 fw,
@@ -369,6 +386,9 @@ impl Core {
         match &executor.conn {
             Some((_, tx)) if tx.try_send(launch.clone()).is_ok() => {}
             _ => executor.queued.push(launch),
+        }
+        if let Some(t) = self.tasks.get_mut(&(fw.to_owned(), task_id.to_owned())) {
+            t.launched = true;
         }
     }
 

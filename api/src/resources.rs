@@ -103,7 +103,8 @@ impl Resources {
     pub fn with_scalar(mut self, name: &str, value: f64) -> Self {
         let milli = to_milli(value);
         if milli > 0 {
-            *self.scalars.entry(name.to_owned()).or_default() += milli;
+            let v = self.scalars.entry(name.to_owned()).or_default();
+            *v = v.saturating_add(milli);
         }
         self
     }
@@ -151,7 +152,9 @@ impl Resources {
     pub fn add(&self, other: &Resources) -> Resources {
         let mut out = self.clone();
         for (name, m) in &other.scalars {
-            *out.scalars.entry(name.clone()).or_default() += m;
+            // Saturating: sums of hostile inputs must not wrap (or panic) past u64.
+            let v = out.scalars.entry(name.clone()).or_default();
+            *v = v.saturating_add(*m);
         }
         for (name, r) in &other.ranges {
             let merged = out.ranges.get(name).map_or(r.clone(), |old| old.union(r));

@@ -109,8 +109,13 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start() -> Cluster {
+        Self::start_with(&[])
+    }
+
+    /// A cluster whose master gets extra flags.
+    pub fn start_with(master_flags: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let (master, master_addr) = start_master(dir.path(), "127.0.0.1:0");
+        let (master, master_addr) = start_master_with(dir.path(), "127.0.0.1:0", master_flags);
         let agent = start_agent(dir.path(), &master_addr);
         let agent_addr = agent.wait_for_address("http");
         agent.wait_for_log("registered with the master");
@@ -171,18 +176,22 @@ impl Drop for Cluster {
 }
 
 pub fn start_master(dir: &Path, listen: &str) -> (Daemon, String) {
-    let master = Daemon::start(
-        &[
-            "master",
-            "--listen",
-            listen,
-            "--data-dir",
-            dir.join("master").to_str().unwrap(),
-            "--allocation-interval",
-            "200ms",
-        ],
-        next_log(dir, "master"),
-    );
+    start_master_with(dir, listen, &[])
+}
+
+pub fn start_master_with(dir: &Path, listen: &str, flags: &[&str]) -> (Daemon, String) {
+    let data_dir = dir.join("master");
+    let mut args = vec![
+        "master",
+        "--listen",
+        listen,
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--allocation-interval",
+        "200ms",
+    ];
+    args.extend_from_slice(flags);
+    let master = Daemon::start(&args, next_log(dir, "master"));
     let addr = master.wait_for_address("address");
     (master, addr)
 }

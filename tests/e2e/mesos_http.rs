@@ -60,12 +60,19 @@ struct Scheduler {
 
 impl Scheduler {
     async fn subscribe(master: &str) -> (Scheduler, Events) {
+        Self::subscribe_with(master, json!({"user": "root", "name": "http-test", "capabilities": [{"type": "PARTITION_AWARE"}]})).await
+    }
+
+    async fn subscribe_with(master: &str, framework_info: Value) -> (Scheduler, Events) {
         let http = reqwest::Client::new();
         let url = format!("http://{master}/api/v1/scheduler");
         let response = http
             .post(&url)
             .header("Content-Type", "application/json")
-            .body(json!({"type": "SUBSCRIBE", "subscribe": {"framework_info": {"user": "root", "name": "http-test", "capabilities": [{"type": "PARTITION_AWARE"}]}}}).to_string())
+            .body(
+                json!({"type": "SUBSCRIBE", "subscribe": {"framework_info": framework_info}})
+                    .to_string(),
+            )
             .send()
             .await
             .unwrap();
@@ -281,5 +288,51 @@ async fn bad_calls_get_clear_4xx_and_bad_tasks_get_task_error() {
         .await
         .unwrap();
     assert_eq!(state["agents"][0]["used_resources"], "", "{state}");
+    cluster.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_time_out_and_a_vanished_framework_is_removed_after_its_failover_timeout() {
+    let cluster = Cluster::start_with(&[
+        "--offer-timeout",
+        "300ms",
+        "--framework-heartbeat-interval",
+        "100ms",
+    ]);
+    let info = json!({"user": "root", "name": "vanishing", "failover_timeout": 1.0});
+    let (scheduler, mut events) = Scheduler::subscribe_with(&cluster.master_addr, info).await;
+    let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
+    // Nobody answers the offer: it is rescinded after the offer timeout.
+    let rescind = events.next_of("RESCIND").await;
+    assert_eq!(rescind["rescind"]["offer_id"], offer["id"], "{rescind}");
+
+    drop(events);
+    let state_url = format!("http://{}/state", cluster.master_addr);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let state: Value = scheduler
+            .http
+            .get(&state_url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let ids: Vec<&str> = state["frameworks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["id"].as_str().unwrap())
+            .collect();
+        if !ids.contains(&scheduler.framework_id.as_str()) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "framework never removed: {state}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     cluster.assert_no_panics();
 }

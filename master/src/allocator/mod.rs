@@ -283,14 +283,18 @@ impl Allocator {
         let Some(held) = agent.allocations.get_mut(&(fw, role)) else {
             return;
         };
-        // Never give back more than was allocated: the rest was never ours.
-        let back = match held.checked_sub(resources) {
-            Some(left) => {
-                *held = left;
-                resources.clone()
-            }
-            None => std::mem::take(held),
+        // Never give back more than this allocation holds: anything else may be
+        // offered or in use elsewhere, and returning it would offer it twice.
+        let Some(left) = held.checked_sub(resources) else {
+            tracing::error!(
+                framework_id,
+                agent_id,
+                "recovering {resources} that the allocation does not hold; ignored"
+            );
+            return;
         };
+        *held = left;
+        let back = resources.clone();
         if held.is_empty() {
             agent.allocations.remove(&(fw, role));
         }
@@ -326,10 +330,10 @@ impl Allocator {
         // Stage 1: guarantees.
         for &slot in &order {
             for role in self.roles.unsatisfied_quota_roles() {
-                if let Some((fw, r)) = self.pick(role, slot, now) {
-                    if let Some(g) = self.grant(slot, fw, r, None) {
-                        grants.push(g);
-                    }
+                if let Some((fw, r)) = self.pick(role, slot, now)
+                    && let Some(g) = self.grant(slot, fw, r, None)
+                {
+                    grants.push(g);
                     break;
                 }
             }

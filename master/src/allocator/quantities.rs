@@ -21,7 +21,8 @@ impl Quantities {
 
     pub fn add(&mut self, other: &Quantities) {
         for i in 0..4 {
-            self.0[i] += other.0[i];
+            // Saturating: quantities come from the network, and bookkeeping must not panic.
+            self.0[i] = self.0[i].saturating_add(other.0[i]);
         }
     }
 

@@ -62,18 +62,22 @@ impl Leader {
                 used = used.add(&resources);
                 allocations.push((fw.value.clone(), role.clone(), resources.clone()));
             }
-            self.tasks.insert(
-                (fw.value.clone(), task_id),
-                TaskEntry {
-                    framework_id: fw.value,
-                    agent_id: agent_id.clone(),
-                    role,
-                    info: task,
-                    resources,
-                    state,
-                    status: None,
-                },
-            );
+            let key = (fw.value.clone(), task_id);
+            let entry = TaskEntry {
+                framework_id: fw.value,
+                agent_id: agent_id.clone(),
+                role,
+                info: task,
+                resources,
+                state,
+                status: None,
+            };
+            if state.is_terminal() {
+                // Reported only until acknowledged: history, not a live task.
+                self.completed.push_back(entry);
+            } else {
+                self.tasks.insert(key, entry);
+            }
         }
         if self.agents.contains_key(&agent_id) {
             // A re-registration replaces the old stream; its offers are void.
@@ -156,8 +160,9 @@ impl Leader {
             if state.is_terminal() && !was_terminal {
                 let resources = task.resources.clone();
                 let role = task.role.clone();
+                let task_agent = task.agent_id.clone();
                 self.allocator
-                    .recover(&framework_id, agent_id, &role, &resources, None);
+                    .recover(&framework_id, &task_agent, &role, &resources, None);
                 if let Some(agent) = self.agents.get_mut(agent_id) {
                     agent.used = agent.used.checked_sub(&resources).unwrap_or_else(|| {
                         tracing::error!(agent_id, task_id, "freed more than the agent had in use");

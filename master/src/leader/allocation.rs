@@ -15,6 +15,7 @@ impl Leader {
         for grant in grants {
             let offer_id = cairn_api::ids::new_offer_id().value;
             let entry = OfferEntry {
+                created: Instant::now(),
                 framework_id: grant.framework_id.clone(),
                 agent_id: grant.agent_id.clone(),
                 role: grant.role,
@@ -78,7 +79,7 @@ impl Leader {
         }
     }
 
-    fn rescind(&mut self, offer_ids: Vec<String>) {
+    pub(super) fn rescind(&mut self, offer_ids: Vec<String>) {
         for offer_id in offer_ids {
             if let Some(entry) = self.remove_offer(&offer_id, None) {
                 self.send_event(

@@ -73,12 +73,14 @@ impl Leader {
             }
             old.info = info.clone();
             old.stream = Some((stream_id.clone(), events));
+            old.disconnected_at = None;
         } else {
             self.frameworks.insert(
                 framework_id.clone(),
                 FrameworkEntry {
                     info: info.clone(),
                     stream: Some((stream_id.clone(), events)),
+                    disconnected_at: None,
                 },
             );
         }

@@ -10,7 +10,7 @@ mod snapshot;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cairn_api::Resources;
 use cairn_api::internal::{MasterMessage, RoleQuota, RoleWeight, TaskRecord, agent_message};
@@ -79,6 +79,9 @@ pub struct LeaderConfig {
     pub framework_heartbeat_interval: Duration,
     /// Default `refuse_seconds` of a DECLINE without filters (Mesos: 5 s).
     pub default_refuse: Duration,
+    /// Offers outstanding longer than this are rescinded (Mesos' `--offer_timeout`;
+    /// none by default).
+    pub offer_timeout: Option<Duration>,
 }
 
 impl Default for LeaderConfig {
@@ -88,6 +91,7 @@ impl Default for LeaderConfig {
             agent_heartbeat_interval: Duration::from_secs(5),
             framework_heartbeat_interval: Duration::from_secs(15),
             default_refuse: Duration::from_secs(5),
+            offer_timeout: None,
         }
     }
 }
@@ -105,9 +109,12 @@ struct AgentEntry {
 struct FrameworkEntry {
     info: FrameworkInfo,
     stream: Option<(String, EventSender)>,
+    /// When its stream went away; after `failover_timeout` it is torn down.
+    disconnected_at: Option<Instant>,
 }
 
 struct OfferEntry {
+    created: Instant,
     framework_id: String,
     agent_id: String,
     /// The role the resources are allocated under (Mesos' `allocation_info.role`).
@@ -194,6 +201,7 @@ impl Leader {
     async fn run(mut self, mut rx: mpsc::Receiver<Input>) {
         let mut allocation = tokio::time::interval(self.config.allocation_interval);
         let mut heartbeat = tokio::time::interval(self.config.framework_heartbeat_interval);
+        let mut timers = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
                 input = rx.recv() => match input {
@@ -202,6 +210,7 @@ impl Leader {
                 },
                 _ = allocation.tick() => self.allocate(),
                 _ = heartbeat.tick() => self.heartbeat_frameworks(),
+                _ = timers.tick() => self.expire().await,
             }
             self.publish();
         }
@@ -288,6 +297,8 @@ impl Leader {
                 "framework stream closed or full; framework disconnected"
             );
             fw.stream = None;
+            fw.disconnected_at = Some(Instant::now());
+            self.allocator.set_framework_active(framework_id, false);
             self.rescind_offers_of_framework(framework_id);
             return false;
         }
@@ -343,4 +354,45 @@ fn now_secs() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or_default()
+}
+
+impl Leader {
+    /// Time-driven changes: offers past the offer timeout are rescinded, and
+    /// frameworks disconnected past their `failover_timeout` are torn down (their
+    /// tasks killed), as in Mesos.
+    async fn expire(&mut self) {
+        let now = Instant::now();
+        if let Some(timeout) = self.config.offer_timeout {
+            let old: Vec<String> = self
+                .offers
+                .iter()
+                .filter(|(_, o)| now.duration_since(o.created) >= timeout)
+                .map(|(id, _)| id.clone())
+                .collect();
+            if !old.is_empty() {
+                self.rescind(old);
+                self.allocate();
+            }
+        }
+        let expired: Vec<String> = self
+            .frameworks
+            .iter()
+            .filter(|(_, f)| {
+                let timeout = Duration::from_secs_f64(f.info.failover_timeout.clamp(0.0, 1e9));
+                f.stream.is_none()
+                    && f.disconnected_at
+                        .is_some_and(|at| now.duration_since(at) >= timeout)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for framework_id in expired {
+            tracing::info!(
+                framework_id,
+                "framework failover timeout expired; tearing it down"
+            );
+            if let Err(e) = self.teardown(&framework_id).await {
+                tracing::warn!(framework_id, error = %e, "tearing down an expired framework failed");
+            }
+        }
+    }
 }
