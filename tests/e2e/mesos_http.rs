@@ -194,6 +194,32 @@ async fn a_plain_http_framework_runs_a_wasm_task_through_the_mesos_api() {
         "{update}"
     );
 
+    // UPDATE_FRAMEWORK moves it to another role (a registry write).
+    let update = json!({"type": "UPDATE_FRAMEWORK", "update_framework": {"framework_info": {
+        "user": "root", "name": "http-test", "roles": ["eng/batch"]}}});
+    assert_eq!(scheduler.call(update).await.0, 202);
+    let roles: Value = scheduler
+        .http
+        .post(format!("http://{}/api/v1", cluster.master_addr))
+        .body(json!({"type": "GET_ROLES"}).to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let eng = roles["get_roles"]["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "eng/batch")
+        .cloned();
+    assert_eq!(
+        eng.unwrap()["frameworks"][0]["value"],
+        scheduler.framework_id.as_str(),
+        "{roles}"
+    );
+
     assert_eq!(scheduler.call(json!({"type": "TEARDOWN"})).await.0, 202);
     cluster.assert_no_panics();
 }

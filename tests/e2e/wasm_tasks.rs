@@ -77,6 +77,11 @@ fn the_master_frees_resources_when_tasks_end() {
         "{state}"
     );
     assert_eq!(state["tasks"].as_array().unwrap().len(), 0, "{state}");
+    // The same, in Mesos' v0 shape.
+    let v0 = crate::harness::get_json(&cluster.master_addr, "/master/state");
+    assert_eq!(v0["slaves"][0]["resources"]["cpus"], 2.0, "{v0}");
+    assert_eq!(v0["slaves"][0]["used_resources"]["cpus"], 0.0, "{v0}");
+    assert_eq!(v0["activated_slaves"], 1, "{v0}");
 }
 
 /// The line of `cairn run`'s output that reports the terminal state.

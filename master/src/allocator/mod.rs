@@ -190,6 +190,25 @@ impl Allocator {
         });
     }
 
+    /// Replaces the roles a framework is offered under (UPDATE_FRAMEWORK). What it
+    /// holds under a dropped role stays accounted there until recovered.
+    pub fn set_framework_roles(&mut self, id: &str, roles: &[String]) {
+        let Some(&slot) = self.framework_index.get(id) else {
+            return;
+        };
+        let new: Vec<u32> = roles.iter().map(|r| self.roles.node(r)).collect();
+        let fw = self.frameworks[slot as usize]
+            .as_mut()
+            .expect("indexed framework");
+        let old = std::mem::replace(&mut fw.roles, new.clone());
+        for r in old.iter().filter(|r| !new.contains(r)) {
+            self.roles.unsubscribe(*r, slot);
+        }
+        for r in new {
+            self.roles.subscribe(r, slot);
+        }
+    }
+
     /// Removes a framework and gives back everything allocated to it.
     pub fn remove_framework(&mut self, id: &str) {
         let Some(slot) = self.framework_index.remove(id) else {

@@ -19,6 +19,8 @@ pub(super) fn router(leader: LeaderHandle, registry: Registry) -> Router {
         .route("/health", get(health))
         .route("/version", get(version))
         .route("/state", get(state))
+        .route("/master/state", get(master_state))
+        .route("/master/state.json", get(master_state))
         .with_state(HttpState { leader, registry })
 }
 
@@ -47,4 +49,68 @@ async fn state(State(s): State<HttpState>) -> Json<serde_json::Value> {
 
 pub(super) async fn not_found() -> impl IntoResponse {
     (StatusCode::NOT_FOUND, "no such endpoint\n")
+}
+
+/// Mesos' v0 `/master/state` shape, which many Mesos tools and dashboards read:
+/// `slaves` for agents, resources as `{"cpus": 2, "mem": 1024, "ports": "[…]"}`.
+async fn master_state(State(s): State<HttpState>) -> Json<serde_json::Value> {
+    let snap = s.leader.snapshot.borrow().clone();
+    let tasks_of = |fw: &str, tasks: &[crate::leader::TaskView]| -> Vec<serde_json::Value> {
+        tasks
+            .iter()
+            .filter(|t| t.framework_id == fw)
+            .map(|t| {
+                json!({
+                    "id": t.id, "name": t.name, "framework_id": t.framework_id,
+                    "slave_id": t.agent_id, "state": t.state,
+                    "resources": v0_resources(&t.resources),
+                })
+            })
+            .collect()
+    };
+    let frameworks: Vec<serde_json::Value> = snap
+        .frameworks
+        .iter()
+        .map(|f| {
+            json!({
+                "id": f.id, "name": f.name, "role": f.role, "active": f.active,
+                "tasks": tasks_of(&f.id, &snap.tasks),
+                "completed_tasks": tasks_of(&f.id, &snap.completed_tasks),
+            })
+        })
+        .collect();
+    let slaves: Vec<serde_json::Value> = snap
+        .agents
+        .iter()
+        .map(|a| {
+            json!({
+                "id": a.id, "hostname": a.hostname, "port": a.port, "active": a.active,
+                "resources": v0_resources(&a.resources),
+                "used_resources": v0_resources(&a.used_resources),
+                "offered_resources": v0_resources(&a.offered_resources),
+                "attributes": a.attributes.iter().cloned().collect::<serde_json::Map<_, _>>(),
+            })
+        })
+        .collect();
+    Json(json!({
+        "version": cairn_api::VERSION,
+        "activated_slaves": snap.agents.iter().filter(|a| a.active).count(),
+        "frameworks": frameworks,
+        "slaves": slaves,
+    }))
+}
+
+fn v0_resources(text: &str) -> serde_json::Value {
+    let Ok(r) = cairn_api::Resources::parse(text) else {
+        return json!({});
+    };
+    let mut out = serde_json::Map::new();
+    for kind in ["cpus", "mem", "disk", "gpus"] {
+        out.insert(kind.into(), json!(r.scalar(kind)));
+    }
+    if let Some(ports) = r.ranges("ports") {
+        let items: Vec<String> = ports.iter().map(|(b, e)| format!("{b}-{e}")).collect();
+        out.insert("ports".into(), json!(format!("[{}]", items.join(", "))));
+    }
+    serde_json::Value::Object(out)
 }

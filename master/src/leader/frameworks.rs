@@ -181,11 +181,98 @@ impl Leader {
                 self.reconcile(&framework_id, tasks);
                 Ok(())
             }
+            call::Type::UpdateFramework => {
+                let info = call
+                    .update_framework
+                    .and_then(|u| u.framework_info)
+                    .ok_or_else(|| {
+                        CallError::Invalid(
+                            "UPDATE_FRAMEWORK without update_framework.framework_info".into(),
+                        )
+                    })?;
+                self.update_framework(&framework_id, info).await
+            }
+            call::Type::Shutdown => {
+                let shutdown = call
+                    .shutdown
+                    .ok_or_else(|| CallError::Invalid("SHUTDOWN without `shutdown`".into()))?;
+                let executor_id = shutdown.executor_id.unwrap_or_default().value;
+                let agent_id = shutdown.agent_id.unwrap_or_default().value;
+                let ours = cairn_api::ids::executor_id_for(&FrameworkId {
+                    value: framework_id.clone(),
+                })
+                .value;
+                if executor_id != ours || !self.agents.contains_key(&agent_id) {
+                    return Err(CallError::NotFound(format!(
+                        "framework {framework_id} has no executor {executor_id} on agent {agent_id}"
+                    )));
+                }
+                // One executor per framework per agent: shutting it down kills the
+                // framework's tasks there, and the agent reports them.
+                self.send_to_agent(
+                    &agent_id,
+                    MasterMessage {
+                        message: Some(master_message::Message::ShutdownFramework(
+                            ShutdownFramework {
+                                framework_id: Some(FrameworkId {
+                                    value: framework_id.clone(),
+                                }),
+                            },
+                        )),
+                    },
+                );
+                Ok(())
+            }
             other => Err(CallError::Invalid(format!(
                 "call type {} is not supported",
                 other.as_str_name()
             ))),
         }
+    }
+
+    /// UPDATE_FRAMEWORK: a new FrameworkInfo for a subscribed framework (same id),
+    /// recorded in the registry; role changes take effect at the next allocation.
+    async fn update_framework(
+        &mut self,
+        framework_id: &str,
+        mut info: FrameworkInfo,
+    ) -> Result<(), CallError> {
+        if info.id.as_ref().is_some_and(|i| i.value != framework_id) {
+            return Err(CallError::Invalid(
+                "update_framework.framework_info.id differs from framework_id".into(),
+            ));
+        }
+        if info.name.is_empty() {
+            return Err(CallError::Invalid(
+                "framework_info.name must not be empty".into(),
+            ));
+        }
+        if info.role.is_empty() && info.roles.is_empty() {
+            info.role = "*".into();
+        }
+        for role in info.roles.iter().chain(std::iter::once(&info.role)) {
+            if !role.is_empty() {
+                super::roles::validate_role(role)?;
+            }
+        }
+        info.id = Some(FrameworkId {
+            value: framework_id.to_owned(),
+        });
+        self.registry
+            .propose(Operation::AddFramework(info.clone()))
+            .await?;
+        let roles = if info.roles.is_empty() {
+            vec![info.role.clone()]
+        } else {
+            info.roles.clone()
+        };
+        self.allocator.set_framework_roles(framework_id, &roles);
+        if let Some(fw) = self.frameworks.get_mut(framework_id) {
+            fw.info = info;
+        }
+        self.rescind_offers_of_framework(framework_id);
+        self.allocate();
+        Ok(())
     }
 
     fn refuse_for(&self, filters: Option<&cairn_api::v1::Filters>) -> Duration {

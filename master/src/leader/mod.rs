@@ -23,7 +23,7 @@ use crate::allocator::Allocator;
 use crate::error::CallError;
 use crate::registry::Registry;
 
-pub use snapshot::MasterSnapshot;
+pub use snapshot::{MasterSnapshot, TaskView};
 
 /// Events for one framework's subscription stream.
 pub type EventSender = mpsc::Sender<Result<Event, tonic::Status>>;

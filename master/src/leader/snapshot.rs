@@ -43,7 +43,7 @@ pub struct AgentView {
     pub resources: String,
     pub used_resources: String,
     pub offered_resources: String,
-    pub attributes: Vec<(String, String)>,
+    pub attributes: Vec<(String, serde_json::Value)>,
     pub active: bool,
 }
 
@@ -94,7 +94,7 @@ pub(super) fn build(leader: &Leader) -> MasterSnapshot {
                     .iter()
                     .map(|a| {
                         let v = a.text.as_ref().map(|t| t.value.clone()).unwrap_or_default();
-                        (a.name.clone(), v)
+                        (a.name.clone(), serde_json::Value::String(v))
                     })
                     .collect(),
                 active: live.is_some_and(|a| a.conn.is_some()),
