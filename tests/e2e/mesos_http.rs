@@ -362,3 +362,27 @@ async fn offers_time_out_and_a_vanished_framework_is_removed_after_its_failover_
     }
     cluster.assert_no_panics();
 }
+
+/// pymesos, an unmodified Mesos scheduler library from PyPI (installed by
+/// `scripts/setup`), runs a wasm task on Cairn.
+#[test]
+fn pymesos_runs_a_wasm_task() {
+    let cluster = Cluster::start();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pymesos/run_wasm.py");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(script)
+        .arg(&cluster.master_addr)
+        .arg(guest("hello"));
+    let out = crate::harness::output_within(cmd, DEADLINE);
+    let stdout = crate::harness::text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pymesos failed:\n{stdout}\n{}",
+        crate::harness::text(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
+    );
+    cluster.assert_no_panics();
+}
