@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -24,9 +25,11 @@ pub enum ResourcesError {
 /// A bag of resources: what an agent has, what an offer holds, what a task asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resources {
-    scalars: BTreeMap<String, u64>,
-    ranges: BTreeMap<String, Ranges>,
-    sets: BTreeMap<String, BTreeSet<String>>,
+    // Shared until written (copy on write): offers, tasks and the allocator pass the
+    // same resources around far more often than they change them.
+    scalars: Arc<BTreeMap<String, u64>>,
+    ranges: Arc<BTreeMap<String, Ranges>>,
+    sets: Arc<BTreeMap<String, BTreeSet<String>>>,
 }
 
 /// Sorted, disjoint, non-adjacent inclusive ranges.
@@ -103,7 +106,9 @@ impl Resources {
     pub fn with_scalar(mut self, name: &str, value: f64) -> Self {
         let milli = to_milli(value);
         if milli > 0 {
-            let v = self.scalars.entry(name.to_owned()).or_default();
+            let v = Arc::make_mut(&mut self.scalars)
+                .entry(name.to_owned())
+                .or_default();
             *v = v.saturating_add(milli);
         }
         self
@@ -113,7 +118,7 @@ impl Resources {
         let r = Ranges::new(items);
         if !r.is_empty() {
             let merged = self.ranges.get(name).map_or(r.clone(), |old| old.union(&r));
-            self.ranges.insert(name.to_owned(), merged);
+            Arc::make_mut(&mut self.ranges).insert(name.to_owned(), merged);
         }
         self
     }
@@ -121,7 +126,10 @@ impl Resources {
     pub fn with_set(mut self, name: &str, items: impl IntoIterator<Item = String>) -> Self {
         let s: BTreeSet<String> = items.into_iter().collect();
         if !s.is_empty() {
-            self.sets.entry(name.to_owned()).or_default().extend(s);
+            Arc::make_mut(&mut self.sets)
+                .entry(name.to_owned())
+                .or_default()
+                .extend(s);
         }
         self
     }
@@ -150,18 +158,27 @@ impl Resources {
 
     /// `self + other`.
     pub fn add(&self, other: &Resources) -> Resources {
+        // Cheap clones make the common cases free.
+        if other.is_empty() {
+            return self.clone();
+        }
+        if self.is_empty() {
+            return other.clone();
+        }
         let mut out = self.clone();
-        for (name, m) in &other.scalars {
+        for (name, m) in other.scalars.iter() {
             // Saturating: sums of hostile inputs must not wrap (or panic) past u64.
-            let v = out.scalars.entry(name.clone()).or_default();
+            let v = Arc::make_mut(&mut out.scalars)
+                .entry(name.clone())
+                .or_default();
             *v = v.saturating_add(*m);
         }
-        for (name, r) in &other.ranges {
+        for (name, r) in other.ranges.iter() {
             let merged = out.ranges.get(name).map_or(r.clone(), |old| old.union(r));
-            out.ranges.insert(name.clone(), merged);
+            Arc::make_mut(&mut out.ranges).insert(name.clone(), merged);
         }
-        for (name, s) in &other.sets {
-            out.sets
+        for (name, s) in other.sets.iter() {
+            Arc::make_mut(&mut out.sets)
                 .entry(name.clone())
                 .or_default()
                 .extend(s.iter().cloned());
@@ -191,27 +208,29 @@ impl Resources {
             return None;
         }
         let mut out = self.clone();
-        for (name, m) in &other.scalars {
+        for (name, m) in other.scalars.iter() {
             let left = out.scalars[name] - m;
             if left == 0 {
-                out.scalars.remove(name);
+                Arc::make_mut(&mut out.scalars).remove(name);
             } else {
-                out.scalars.insert(name.clone(), left);
+                Arc::make_mut(&mut out.scalars).insert(name.clone(), left);
             }
         }
-        for (name, r) in &other.ranges {
+        for (name, r) in other.ranges.iter() {
             let left = out.ranges[name].subtract(r);
             if left.is_empty() {
-                out.ranges.remove(name);
+                Arc::make_mut(&mut out.ranges).remove(name);
             } else {
-                out.ranges.insert(name.clone(), left);
+                Arc::make_mut(&mut out.ranges).insert(name.clone(), left);
             }
         }
-        for (name, s) in &other.sets {
-            let have = out.sets.get_mut(name).expect("contains() checked the set");
+        for (name, s) in other.sets.iter() {
+            let have = Arc::make_mut(&mut out.sets)
+                .get_mut(name)
+                .expect("contains() checked the set");
             have.retain(|i| !s.contains(i));
             if have.is_empty() {
-                out.sets.remove(name);
+                Arc::make_mut(&mut out.sets).remove(name);
             }
         }
         Some(out)
@@ -284,7 +303,7 @@ impl Resources {
     /// The protobuf form (one `Resource` per name).
     pub fn to_proto(&self) -> Vec<v1::Resource> {
         let mut out = Vec::new();
-        for (name, m) in &self.scalars {
+        for (name, m) in self.scalars.iter() {
             out.push(v1::Resource {
                 name: name.clone(),
                 r#type: value::Type::Scalar as i32,
@@ -294,7 +313,7 @@ impl Resources {
                 ..Default::default()
             });
         }
-        for (name, r) in &self.ranges {
+        for (name, r) in self.ranges.iter() {
             out.push(v1::Resource {
                 name: name.clone(),
                 r#type: value::Type::Ranges as i32,
@@ -307,7 +326,7 @@ impl Resources {
                 ..Default::default()
             });
         }
-        for (name, s) in &self.sets {
+        for (name, s) in self.sets.iter() {
             out.push(v1::Resource {
                 name: name.clone(),
                 r#type: value::Type::Set as i32,
@@ -390,14 +409,14 @@ impl fmt::Display for Resources {
     /// The same text format [`Resources::parse`] reads.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut parts = Vec::new();
-        for (name, m) in &self.scalars {
+        for (name, m) in self.scalars.iter() {
             parts.push(format!("{name}:{}", *m as f64 / SCALE));
         }
-        for (name, r) in &self.ranges {
+        for (name, r) in self.ranges.iter() {
             let items: Vec<String> = r.iter().map(|(b, e)| format!("{b}-{e}")).collect();
             parts.push(format!("{name}:[{}]", items.join(",")));
         }
-        for (name, s) in &self.sets {
+        for (name, s) in self.sets.iter() {
             let items: Vec<&str> = s.iter().map(String::as_str).collect();
             parts.push(format!("{name}:{{{}}}", items.join(",")));
         }
