@@ -47,7 +47,7 @@ impl Master {
             .with_context(|| format!("binding {}", config.listen))?;
         Ok(Self {
             listener,
-            router: api::router(leader, registry),
+            router: api::router(leader, registry, flags(&config)),
         })
     }
 
@@ -62,4 +62,29 @@ impl Master {
             .await
             .context("serving the master API")
     }
+}
+
+/// The master's effective configuration as Mesos' GET_FLAGS reports it: name, value.
+fn flags(config: &MasterConfig) -> Vec<(String, String)> {
+    let d = |d: std::time::Duration| humantime::format_duration(d).to_string();
+    let l = &config.leader;
+    vec![
+        ("listen".into(), config.listen.to_string()),
+        ("data_dir".into(), config.data_dir.display().to_string()),
+        ("node_id".into(), config.node_id.to_string()),
+        ("allocation_interval".into(), d(l.allocation_interval)),
+        (
+            "agent_heartbeat_interval".into(),
+            d(l.agent_heartbeat_interval),
+        ),
+        (
+            "framework_heartbeat_interval".into(),
+            d(l.framework_heartbeat_interval),
+        ),
+        ("default_refuse_seconds".into(), d(l.default_refuse)),
+        (
+            "offer_timeout".into(),
+            l.offer_timeout.map(d).unwrap_or_else(|| "none".into()),
+        ),
+    ]
 }

@@ -273,6 +273,28 @@ async fn bad_calls_get_clear_4xx_and_bad_tasks_get_task_error() {
         "{update}"
     );
 
+    // One task id twice in one ACCEPT: the first launches, the second is TASK_ERROR.
+    let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
+    let twins = vec![
+        wasm_task("twin", &agent_id, 0.1),
+        wasm_task("twin", &agent_id, 0.1),
+    ];
+    assert_eq!(scheduler.call(accept(&offer, twins)).await.0, 202);
+    let (mut errors, mut finished) = (Vec::new(), false);
+    while errors.is_empty() || !finished {
+        let update = events.next_of("UPDATE").await;
+        let status = &update["update"]["status"];
+        finished |= status["state"] == "TASK_FINISHED";
+        if status["state"] == "TASK_ERROR" {
+            errors.push(status["message"].as_str().unwrap().to_owned());
+        } else if let Some(uuid) = status["uuid"].as_str() {
+            let ack = json!({"type": "ACKNOWLEDGE", "acknowledge": {
+                "agent_id": status["agent_id"], "task_id": status["task_id"], "uuid": uuid}});
+            assert_eq!(scheduler.call(ack).await.0, 202);
+        }
+    }
+    assert_eq!(errors, ["task id twin is already in use"]);
+
     // Reusing a spent offer: TASK_DROPPED with REASON_INVALID_OFFERS.
     assert_eq!(
         scheduler

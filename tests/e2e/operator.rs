@@ -33,6 +33,14 @@ fn weights_and_quota_are_registry_writes_that_survive_a_restart() {
     let mut cluster = Cluster::start();
     let master = cluster.master_addr.clone();
     assert_eq!(get(&master, "GET_HEALTH")["get_health"]["healthy"], true);
+    let flags = get(&master, "GET_FLAGS");
+    let interval = flags["get_flags"]["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "allocation_interval")
+        .cloned();
+    assert_eq!(interval.unwrap()["value"], "200ms", "{flags}");
 
     let weights = json!({"type": "UPDATE_WEIGHTS", "update_weights": {"weight_infos": [
         {"role": "eng", "weight": 3.0}, {"role": "eng/batch", "weight": 0.5}]}});

@@ -18,7 +18,11 @@ use crate::registry::Registry;
 /// cannot make the master buffer without limit.
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
-pub(crate) fn router(leader: LeaderHandle, registry: Registry) -> Router {
+pub(crate) fn router(
+    leader: LeaderHandle,
+    registry: Registry,
+    flags: Vec<(String, String)>,
+) -> Router {
     let grpc = tonic::service::Routes::new(
         AgentRegistryServer::new(agents::AgentService::new(leader.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
@@ -33,8 +37,12 @@ pub(crate) fn router(leader: LeaderHandle, registry: Registry) -> Router {
             "/api/v1/scheduler",
             axum::routing::post(mesos_http::scheduler),
         )
+        .with_state(leader.clone())
         .route("/api/v1", axum::routing::post(operator::operator))
-        .with_state(leader.clone());
+        .with_state(operator::OperatorState {
+            leader: leader.clone(),
+            flags: std::sync::Arc::new(flags),
+        });
     http::router(leader, registry)
         .merge(mesos)
         .merge(grpc)

@@ -58,7 +58,14 @@ fn text_to_quantities(text: &str) -> Value {
     Value::Object(map)
 }
 
-pub(super) async fn operator(State(leader): State<LeaderHandle>, body: Bytes) -> Response {
+#[derive(Clone)]
+pub(crate) struct OperatorState {
+    pub(crate) leader: LeaderHandle,
+    pub(crate) flags: std::sync::Arc<Vec<(String, String)>>,
+}
+
+pub(super) async fn operator(State(state): State<OperatorState>, body: Bytes) -> Response {
+    let leader = state.leader;
     let call: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return invalid(format!("cannot parse the call: invalid JSON: {e}")),
@@ -102,6 +109,9 @@ pub(super) async fn operator(State(leader): State<LeaderHandle>, body: Bytes) ->
             .filter(|r| !r.guarantee.is_empty() || !r.limit.is_empty())
             .map(|r| json!({"role": r.name, "guarantees": text_to_quantities(&r.guarantee), "limits": text_to_quantities(&r.limit)}))
             .collect::<Vec<_>>()}}}))
+        .into_response(),
+        "GET_FLAGS" => Json(json!({"type": kind, "get_flags": {"flags": state.flags.iter()
+            .map(|(name, value)| json!({"name": name, "value": value})).collect::<Vec<_>>()}}))
         .into_response(),
         "GET_MASTER" => Json(json!({"type": kind, "get_master": {"master_info": {"version": cairn_api::VERSION}}})).into_response(),
         "UPDATE_WEIGHTS" => {
