@@ -260,6 +260,15 @@ impl Core {
                 let task_id = ack.task_id.unwrap_or_default().value;
                 self.acknowledge(&fw, &task_id, &ack.uuid);
             }
+            master_message::Message::FrameworkMessage(m) => {
+                let fw = m.framework_id.unwrap_or_default().value;
+                self.send_to_executor(
+                    &fw,
+                    executor_event::Event::Message(cairn_api::internal::ExecutorMessage {
+                        data: m.data,
+                    }),
+                );
+            }
             master_message::Message::ShutdownFramework(s) => {
                 let fw = s.framework_id.unwrap_or_default().value;
                 tracing::info!(framework_id = fw, "shutting down framework");
@@ -458,6 +467,18 @@ impl Core {
                     self.record_update(fw, status);
                 }
             }
+            executor_call::Call::Message(m) => {
+                let executor_id = self.executors[fw].id.clone();
+                self.send_to_master(agent_message::Message::ExecutorMessage(
+                    cairn_api::internal::FrameworkMessage {
+                        framework_id: Some(FrameworkId {
+                            value: fw.to_owned(),
+                        }),
+                        executor_id: Some(ExecutorId { value: executor_id }),
+                        data: m.data,
+                    },
+                ));
+            }
             executor_call::Call::Heartbeat(_) | executor_call::Call::Subscribe(_) => {}
         }
     }
@@ -466,8 +487,21 @@ impl Core {
         if self.executors.get(fw).is_none_or(|e| e.pid != Some(pid)) {
             return;
         }
-        self.executors.remove(fw);
+        let executor = self.executors.remove(fw).expect("checked above");
         tracing::info!(framework_id = fw, pid, status, "executor exited");
+        let code = status
+            .strip_prefix("exit status: ")
+            .and_then(|c| c.trim().parse::<i32>().ok());
+        self.send_to_master(agent_message::Message::ExecutorExited(
+            cairn_api::internal::ExecutorExited {
+                framework_id: Some(FrameworkId {
+                    value: fw.to_owned(),
+                }),
+                executor_id: Some(ExecutorId { value: executor.id }),
+                status: code,
+                message: status.to_owned(),
+            },
+        ));
         let orphans: Vec<String> = self
             .tasks
             .iter()

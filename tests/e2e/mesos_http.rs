@@ -408,3 +408,81 @@ fn pymesos_runs_a_wasm_task() {
     );
     cluster.assert_no_panics();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_reach_the_executor_and_its_death_is_a_failure_event() {
+    let cluster = Cluster::start();
+    let spin = cluster.module(
+        "spin.wasm",
+        r#"(module (func (export "_start") (loop (br 0))))"#,
+    );
+    let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
+    let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
+    let agent_id = offer["agent_id"].clone();
+    let task = json!({
+        "name": "spin", "task_id": {"value": "spin"}, "agent_id": agent_id,
+        "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}}],
+        "command": {"uris": [{"value": format!("file://{}", spin.display())}], "value": "spin.wasm", "shell": false},
+        "container": {"type": "WASM"}
+    });
+    assert_eq!(scheduler.call(accept(&offer, vec![task])).await.0, 202);
+    loop {
+        let update = events.next_of("UPDATE").await;
+        let status = &update["update"]["status"];
+        let ack = json!({"type": "ACKNOWLEDGE", "acknowledge": {
+            "agent_id": status["agent_id"], "task_id": status["task_id"], "uuid": status["uuid"]}});
+        assert_eq!(scheduler.call(ack).await.0, 202);
+        if status["state"] == "TASK_RUNNING" {
+            break;
+        }
+    }
+    let executor_id = format!("cairn-executor-{}", scheduler.framework_id);
+    let message = json!({"type": "MESSAGE", "message": {
+        "agent_id": agent_id, "executor_id": {"value": executor_id}, "data": "aGVsbG8="}});
+    assert_eq!(scheduler.call(message).await.0, 202);
+    let stranger = json!({"type": "MESSAGE", "message": {
+        "agent_id": agent_id, "executor_id": {"value": "nobody"}, "data": ""}});
+    assert_eq!(scheduler.call(stranger).await.0, 404);
+    let executor_dir = cluster
+        .work_dir()
+        .join("frameworks")
+        .join(&scheduler.framework_id)
+        .join("executors")
+        .join(&executor_id);
+    crate::harness::wait_for("the message in the executor's log", || {
+        let log = std::fs::read_to_string(executor_dir.join("executor.log")).unwrap_or_default();
+        log.contains("framework message received bytes=5")
+            .then_some(())
+    });
+
+    // kill -9 the executor: its task fails and the framework hears of the executor.
+    let pid: i32 = std::fs::read_to_string(executor_dir.join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let (mut failure, mut failed) = (None, None);
+    while failure.is_none() || failed.is_none() {
+        let e = events.next().await;
+        match e["type"].as_str() {
+            Some("FAILURE") => failure = Some(e),
+            Some("UPDATE") => failed = Some(e["update"]["status"].clone()),
+            _ => {}
+        }
+    }
+    let failure = failure.unwrap();
+    assert_eq!(
+        failure["failure"]["executor_id"]["value"],
+        executor_id.as_str(),
+        "{failure}"
+    );
+    let failed = failed.unwrap();
+    assert_eq!(failed["state"], "TASK_FAILED", "{failed}");
+    assert_eq!(failed["reason"], "REASON_EXECUTOR_TERMINATED", "{failed}");
+    cluster.assert_no_panics();
+}

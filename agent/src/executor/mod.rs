@@ -197,6 +197,11 @@ impl Executor {
             Some(executor_event::Event::Acknowledged(ack)) => {
                 self.unacked.retain(|s| s.uuid != ack.uuid);
             }
+            Some(executor_event::Event::Message(m)) => {
+                // Plain WASI commands have no way to receive it; custom executors
+                // (the cairn:executor world) will.
+                tracing::info!(bytes = m.data.len(), "framework message received");
+            }
             Some(executor_event::Event::Shutdown(_)) => {
                 tracing::info!("shutdown requested; killing all tasks");
                 for cancel in self.running.values() {

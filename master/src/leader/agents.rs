@@ -124,6 +124,40 @@ impl Leader {
         match message {
             agent_message::Message::Heartbeat(_) => {}
             agent_message::Message::StatusUpdate(update) => self.status_update(agent_id, update),
+            agent_message::Message::ExecutorExited(exited) => {
+                let framework_id = exited.framework_id.clone().unwrap_or_default().value;
+                self.send_event(
+                    &framework_id,
+                    Event {
+                        r#type: event::Type::Failure as i32,
+                        failure: Some(event::Failure {
+                            agent_id: Some(AgentId {
+                                value: agent_id.to_owned(),
+                            }),
+                            executor_id: exited.executor_id,
+                            status: exited.status,
+                        }),
+                        ..Default::default()
+                    },
+                );
+            }
+            agent_message::Message::ExecutorMessage(m) => {
+                let framework_id = m.framework_id.clone().unwrap_or_default().value;
+                self.send_event(
+                    &framework_id,
+                    Event {
+                        r#type: event::Type::Message as i32,
+                        message: Some(event::Message {
+                            agent_id: Some(AgentId {
+                                value: agent_id.to_owned(),
+                            }),
+                            executor_id: m.executor_id,
+                            data: m.data,
+                        }),
+                        ..Default::default()
+                    },
+                );
+            }
             agent_message::Message::Register(_) => {
                 tracing::warn!(
                     agent_id,

@@ -13,6 +13,9 @@ use cairn_api::v1::{
 use super::{EventSender, FrameworkEntry, Leader, OfferEntry, TaskEntry, now_secs};
 use crate::error::CallError;
 
+/// Framework messages are for small coordination data, as in Mesos.
+const MAX_FRAMEWORK_MESSAGE: usize = 1 << 20;
+
 impl Leader {
     /// SUBSCRIBE: a new framework is recorded in the registry; one that names its id
     /// fails over onto this new stream.
@@ -191,6 +194,43 @@ impl Leader {
                         )
                     })?;
                 self.update_framework(&framework_id, info).await
+            }
+            call::Type::Message => {
+                let m = call
+                    .message
+                    .ok_or_else(|| CallError::Invalid("MESSAGE without `message`".into()))?;
+                let executor_id = m.executor_id.clone().unwrap_or_default().value;
+                let agent_id = m.agent_id.unwrap_or_default().value;
+                let ours = cairn_api::ids::executor_id_for(&FrameworkId {
+                    value: framework_id.clone(),
+                })
+                .value;
+                if executor_id != ours || !self.agents.contains_key(&agent_id) {
+                    return Err(CallError::NotFound(format!(
+                        "framework {framework_id} has no executor {executor_id} on agent {agent_id}"
+                    )));
+                }
+                if m.data.len() > MAX_FRAMEWORK_MESSAGE {
+                    return Err(CallError::Invalid(format!(
+                        "message of {} bytes exceeds the {MAX_FRAMEWORK_MESSAGE}-byte limit",
+                        m.data.len()
+                    )));
+                }
+                self.send_to_agent(
+                    &agent_id,
+                    MasterMessage {
+                        message: Some(master_message::Message::FrameworkMessage(
+                            cairn_api::internal::FrameworkMessage {
+                                framework_id: Some(FrameworkId {
+                                    value: framework_id.clone(),
+                                }),
+                                executor_id: m.executor_id,
+                                data: m.data,
+                            },
+                        )),
+                    },
+                );
+                Ok(())
             }
             call::Type::Shutdown => {
                 let shutdown = call
