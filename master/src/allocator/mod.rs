@@ -53,7 +53,8 @@ struct FrameworkSlot {
     id: String,
     roles: Vec<u32>,
     active: bool,
-    suppressed: bool,
+    /// Roles (nodes) this framework wants no offers for.
+    suppressed: std::collections::HashSet<u32>,
     /// agent slot -> no offers of it to this framework until then.
     filters: HashMap<u32, Instant>,
     /// role node -> allocated to this framework under that role.
@@ -184,7 +185,7 @@ impl Allocator {
             id: id.to_owned(),
             roles: role_nodes,
             active: true,
-            suppressed: false,
+            suppressed: Default::default(),
             filters: HashMap::new(),
             allocated: HashMap::new(),
         });
@@ -245,16 +246,29 @@ impl Allocator {
         }
     }
 
-    pub fn suppress(&mut self, id: &str) {
+    /// SUPPRESS: no offers for the given roles, or for all the framework's roles
+    /// when none are given (Mesos' `suppress.roles`).
+    pub fn suppress(&mut self, id: &str, roles: &[String]) {
+        let nodes: Vec<u32> = roles.iter().filter_map(|r| self.roles.find(r)).collect();
         if let Some(fw) = self.framework_mut(id) {
-            fw.suppressed = true;
+            if roles.is_empty() {
+                fw.suppressed = fw.roles.iter().copied().collect();
+            } else {
+                fw.suppressed.extend(nodes);
+            }
         }
     }
 
-    /// Undoes SUPPRESS and clears every offer filter, as Mesos' REVIVE does.
-    pub fn revive(&mut self, id: &str) {
+    /// REVIVE: undoes SUPPRESS for the given roles (all when none are given) and
+    /// clears the framework's offer filters, as Mesos' REVIVE does.
+    pub fn revive(&mut self, id: &str, roles: &[String]) {
+        let nodes: Vec<u32> = roles.iter().filter_map(|r| self.roles.find(r)).collect();
         if let Some(fw) = self.framework_mut(id) {
-            fw.suppressed = false;
+            if roles.is_empty() {
+                fw.suppressed.clear();
+            } else {
+                fw.suppressed.retain(|r| !nodes.contains(r));
+            }
             fw.filters.clear();
         }
     }
@@ -466,7 +480,7 @@ impl Allocator {
                         .as_ref()
                         .expect("sorted framework");
                     let filtered = f.filters.get(&agent).is_some_and(|until| *until > now);
-                    if f.active && !f.suppressed && !filtered {
+                    if f.active && !f.suppressed.contains(&node) && !filtered {
                         return Some((fw, node));
                     }
                 }

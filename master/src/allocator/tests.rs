@@ -171,8 +171,8 @@ proptest! {
                     outstanding.retain(|g| g.framework_id != id);
                     a.remove_framework(&id);
                 }
-                Op::Suppress(i) => a.suppress(&format!("fw-{i}")),
-                Op::Revive(i) => a.revive(&format!("fw-{i}")),
+                Op::Suppress(i) => a.suppress(&format!("fw-{i}"), &[]),
+                Op::Revive(i) => a.revive(&format!("fw-{i}"), &[]),
                 Op::Advance(s) => now += Duration::from_secs(s as u64),
             }
             for (agent, total, allocated, available) in a.agent_allocations() {
@@ -206,10 +206,30 @@ fn a_declined_agent_is_not_offered_again_until_the_filter_expires() {
 #[test]
 fn a_suppressed_framework_gets_nothing_until_revived() {
     let mut a = cluster(3, &[("r", 1.0)]);
-    a.suppress("fw-0");
+    a.suppress("fw-0", &[]);
     assert!(a.allocate(Instant::now()).is_empty());
-    a.revive("fw-0");
+    a.revive("fw-0", &[]);
     assert_eq!(a.allocate(Instant::now()).len(), 3);
+}
+
+#[test]
+fn suppress_and_revive_apply_per_role() {
+    let mut a = Allocator::new(1);
+    for i in 0..4 {
+        a.add_agent(&format!("agent-{i}"), small_agent(), vec![]);
+    }
+    a.add_framework("fw", &["web".to_string(), "batch".to_string()]);
+    a.suppress("fw", &["web".to_string()]);
+    let grants = a.allocate(Instant::now());
+    assert_eq!(grants.len(), 4);
+    assert!(grants.iter().all(|g| g.role == "batch"), "{grants:?}");
+    for g in grants {
+        a.recover(&g.framework_id, &g.agent_id, &g.role, &g.resources, None);
+    }
+    a.suppress("fw", &["batch".to_string()]);
+    assert!(a.allocate(Instant::now()).is_empty());
+    a.revive("fw", &["web".to_string()]);
+    assert!(a.allocate(Instant::now()).iter().all(|g| g.role == "web"));
 }
 
 #[test]
@@ -224,7 +244,7 @@ fn unmet_guarantees_hold_resources_back_from_other_roles() {
             limit: None,
         },
     );
-    a.suppress("fw-0");
+    a.suppress("fw-0", &[]);
     let grants = a.allocate(Instant::now());
     assert_eq!(grants.len(), 1, "{grants:?}");
     assert_eq!(grants[0].role, "other");

@@ -150,12 +150,14 @@ impl Leader {
                 Ok(())
             }
             call::Type::Revive => {
-                self.allocator.revive(&framework_id);
+                let roles = call.revive.map(|r| r.roles).unwrap_or_default();
+                self.allocator.revive(&framework_id, &roles);
                 self.allocate();
                 Ok(())
             }
             call::Type::Suppress => {
-                self.allocator.suppress(&framework_id);
+                let roles = call.suppress.map(|r| r.roles).unwrap_or_default();
+                self.allocator.suppress(&framework_id, &roles);
                 Ok(())
             }
             call::Type::Kill => {
