@@ -108,6 +108,15 @@ impl Scheduler {
         self.raw(&call.to_string(), Some(&self.stream_id)).await
     }
 
+    /// Acknowledges an update that carries a uuid (the master's own updates do not).
+    async fn acknowledge(&self, status: &Value) {
+        if let Some(uuid) = status["uuid"].as_str() {
+            let ack = json!({"type": "ACKNOWLEDGE", "acknowledge": {
+                "agent_id": status["agent_id"], "task_id": status["task_id"], "uuid": uuid}});
+            assert_eq!(self.call(ack).await.0, 202);
+        }
+    }
+
     async fn raw(&self, body: &str, stream_id: Option<&str>) -> (u16, String) {
         let mut req = self
             .http
@@ -169,11 +178,7 @@ async fn a_plain_http_framework_runs_a_wasm_task_through_the_mesos_api() {
         let update = events.next_of("UPDATE").await;
         let status = &update["update"]["status"];
         states.push(status["state"].as_str().unwrap().to_owned());
-        if let Some(uuid) = status["uuid"].as_str() {
-            let ack = json!({"type": "ACKNOWLEDGE", "acknowledge": {
-                "agent_id": status["agent_id"], "task_id": status["task_id"], "uuid": uuid}});
-            assert_eq!(scheduler.call(ack).await.0, 202);
-        }
+        scheduler.acknowledge(status).await;
         if states.last().unwrap() == "TASK_FINISHED" {
             break;
         }
@@ -287,10 +292,8 @@ async fn bad_calls_get_clear_4xx_and_bad_tasks_get_task_error() {
         finished |= status["state"] == "TASK_FINISHED";
         if status["state"] == "TASK_ERROR" {
             errors.push(status["message"].as_str().unwrap().to_owned());
-        } else if let Some(uuid) = status["uuid"].as_str() {
-            let ack = json!({"type": "ACKNOWLEDGE", "acknowledge": {
-                "agent_id": status["agent_id"], "task_id": status["task_id"], "uuid": uuid}});
-            assert_eq!(scheduler.call(ack).await.0, 202);
+        } else {
+            scheduler.acknowledge(status).await;
         }
     }
     assert_eq!(errors, ["task id twin is already in use"]);
@@ -429,9 +432,7 @@ async fn messages_reach_the_executor_and_its_death_is_a_failure_event() {
     loop {
         let update = events.next_of("UPDATE").await;
         let status = &update["update"]["status"];
-        let ack = json!({"type": "ACKNOWLEDGE", "acknowledge": {
-            "agent_id": status["agent_id"], "task_id": status["task_id"], "uuid": status["uuid"]}});
-        assert_eq!(scheduler.call(ack).await.0, 202);
+        scheduler.acknowledge(status).await;
         if status["state"] == "TASK_RUNNING" {
             break;
         }

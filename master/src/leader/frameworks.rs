@@ -24,19 +24,7 @@ impl Leader {
         mut info: FrameworkInfo,
         events: EventSender,
     ) -> Result<String, CallError> {
-        if info.name.is_empty() {
-            return Err(CallError::Invalid(
-                "framework_info.name must not be empty".into(),
-            ));
-        }
-        if info.role.is_empty() && info.roles.is_empty() {
-            info.role = "*".into();
-        }
-        for role in info.roles.iter().chain(std::iter::once(&info.role)) {
-            if !role.is_empty() {
-                super::roles::validate_role(role)?;
-            }
-        }
+        check_framework_info(&mut info)?;
         let framework_id = match info.id.as_ref().map(|i| i.value.clone()) {
             Some(id) if !id.is_empty() => {
                 let known = self.frameworks.contains_key(&id)
@@ -88,11 +76,7 @@ impl Leader {
             );
         }
         self.rescind_offers_of_framework(&framework_id);
-        let roles = if info.roles.is_empty() {
-            vec![info.role.clone()]
-        } else {
-            info.roles.clone()
-        };
+        let roles = roles_of(&info);
         self.allocator.add_framework(&framework_id, &roles);
         tracing::info!(framework_id, "framework subscribed");
         Ok(stream_id)
@@ -284,30 +268,14 @@ impl Leader {
                 "update_framework.framework_info.id differs from framework_id".into(),
             ));
         }
-        if info.name.is_empty() {
-            return Err(CallError::Invalid(
-                "framework_info.name must not be empty".into(),
-            ));
-        }
-        if info.role.is_empty() && info.roles.is_empty() {
-            info.role = "*".into();
-        }
-        for role in info.roles.iter().chain(std::iter::once(&info.role)) {
-            if !role.is_empty() {
-                super::roles::validate_role(role)?;
-            }
-        }
+        check_framework_info(&mut info)?;
         info.id = Some(FrameworkId {
             value: framework_id.to_owned(),
         });
         self.registry
             .propose(Operation::AddFramework(info.clone()))
             .await?;
-        let roles = if info.roles.is_empty() {
-            vec![info.role.clone()]
-        } else {
-            info.roles.clone()
-        };
+        let roles = roles_of(&info);
         self.allocator.set_framework_roles(framework_id, &roles);
         if let Some(fw) = self.frameworks.get_mut(framework_id) {
             fw.info = info;
@@ -656,6 +624,34 @@ impl Leader {
         }
         tracing::info!(framework_id, "framework torn down");
         Ok(())
+    }
+}
+
+/// What SUBSCRIBE and UPDATE_FRAMEWORK both require of a FrameworkInfo; a missing
+/// role becomes `*`, as in Mesos.
+fn check_framework_info(info: &mut FrameworkInfo) -> Result<(), CallError> {
+    if info.name.is_empty() {
+        return Err(CallError::Invalid(
+            "framework_info.name must not be empty".into(),
+        ));
+    }
+    if info.role.is_empty() && info.roles.is_empty() {
+        info.role = "*".into();
+    }
+    for role in info.roles.iter().chain(std::iter::once(&info.role)) {
+        if !role.is_empty() {
+            super::roles::validate_role(role)?;
+        }
+    }
+    Ok(())
+}
+
+/// The roles a framework is offered under: `roles` (multi-role) or else `role`.
+fn roles_of(info: &FrameworkInfo) -> Vec<String> {
+    if info.roles.is_empty() {
+        vec![info.role.clone()]
+    } else {
+        info.roles.clone()
     }
 }
 
