@@ -83,6 +83,28 @@ struct Executor {
     queued: Vec<ExecutorEvent>,
 }
 
+impl Executor {
+    /// Sends in order: queued events first, and nothing overtakes the queue.
+    fn send(&mut self, event: ExecutorEvent) {
+        self.queued.push(event);
+        self.flush();
+    }
+
+    /// Sends what is queued until the connection is gone or full; the rest waits for
+    /// the next event or subscription.
+    fn flush(&mut self) {
+        let Some((_, tx)) = &self.conn else { return };
+        let mut sent = 0;
+        for event in &self.queued {
+            if tx.try_send(event.clone()).is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        self.queued.drain(..sent);
+    }
+}
+
 struct Task {
     info: TaskInfo,
     state: TaskState,
@@ -392,10 +414,7 @@ impl Core {
                 sandbox_directory: sandbox.display().to_string(),
             })),
         };
-        match &executor.conn {
-            Some((_, tx)) if tx.try_send(launch.clone()).is_ok() => {}
-            _ => executor.queued.push(launch),
-        }
+        executor.send(launch);
         if let Some(t) = self.tasks.get_mut(&(fw.to_owned(), task_id.to_owned())) {
             t.launched = true;
         }
@@ -435,10 +454,8 @@ impl Core {
             })),
         };
         let _ = tx.try_send(subscribed);
-        for launch in executor.queued.drain(..) {
-            let _ = tx.try_send(launch);
-        }
         executor.conn = Some((conn, tx));
+        executor.flush();
     }
 
     fn on_executor_call(&mut self, fw: &str, conn: u64, call: executor_call::Call) {
@@ -616,11 +633,7 @@ impl Core {
 
     fn send_to_executor(&mut self, fw: &str, event: executor_event::Event) {
         if let Some(ex) = self.executors.get_mut(fw) {
-            let event = ExecutorEvent { event: Some(event) };
-            match &ex.conn {
-                Some((_, tx)) if tx.try_send(event.clone()).is_ok() => {}
-                _ => ex.queued.push(event),
-            }
+            ex.send(ExecutorEvent { event: Some(event) });
         }
     }
 
