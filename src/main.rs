@@ -58,6 +58,10 @@ struct MasterArgs {
     /// How often agents must send a heartbeat.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     agent_heartbeat_interval: Duration,
+    /// An agent silent this long is unreachable: its tasks become TASK_UNREACHABLE
+    /// (partition-aware frameworks) or TASK_LOST.
+    #[arg(long, default_value = "75s", value_parser = humantime::parse_duration)]
+    agent_timeout: Duration,
     /// Rescind offers outstanding longer than this (default: never, as in Mesos).
     #[arg(long, value_parser = humantime::parse_duration)]
     offer_timeout: Option<Duration>,
@@ -152,6 +156,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                     agent_heartbeat_interval: args.agent_heartbeat_interval,
                     framework_heartbeat_interval: args.framework_heartbeat_interval,
                     offer_timeout: args.offer_timeout,
+                    agent_timeout: args.agent_timeout,
                     ..Default::default()
                 },
             })

@@ -94,6 +94,7 @@ proto_enums! {
     v1::offer::operation::Type => "Offer.Operation.Type",
     v1::event::Type => "Event.Type",
     v1::call::Type => "Call.Type",
+    v1::framework_info::capability::Type => "FrameworkInfo.Capability.Type",
 }
 
 /// The `serialize_with`/`deserialize_with`/`skip_serializing_if` helpers named by the

@@ -82,6 +82,10 @@ impl Daemon {
         line[start..].split_whitespace().next().unwrap().to_owned()
     }
 
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).expect("signalling the daemon");
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().expect("polling the daemon").is_none()
     }
@@ -94,6 +98,8 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // A stopped process must be continued before SIGKILL takes it down cleanly.
+        let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGCONT);
         self.kill();
     }
 }
@@ -212,6 +218,8 @@ pub fn start_agent(dir: &Path, master: &str) -> Daemon {
             "cpus:2;mem:1024;disk:1024;ports:[31000-31100]",
             "--executor-recovery-timeout",
             "5s",
+            "--heartbeat-interval",
+            "200ms",
         ],
         next_log(dir, "agent"),
     )

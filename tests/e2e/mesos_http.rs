@@ -487,3 +487,67 @@ async fn messages_reach_the_executor_and_its_death_is_a_failure_event() {
     assert_eq!(failed["reason"], "REASON_EXECUTOR_TERMINATED", "{failed}");
     cluster.assert_no_panics();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_agent_is_unreachable_and_its_tasks_come_back_when_it_does() {
+    let cluster = Cluster::start_with(&["--agent-timeout", "1s"]);
+    let spin = cluster.module(
+        "spin.wasm",
+        r#"(module (func (export "_start") (loop (br 0))))"#,
+    );
+    let info = json!({"user": "root", "name": "partition-aware", "capabilities": [{"type": "PARTITION_AWARE"}]});
+    let (scheduler, mut events) = Scheduler::subscribe_with(&cluster.master_addr, info).await;
+    let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
+    let task = json!({
+        "name": "spin", "task_id": {"value": "spin"}, "agent_id": offer["agent_id"],
+        "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}}],
+        "command": {"uris": [{"value": format!("file://{}", spin.display())}], "value": "spin.wasm", "shell": false},
+        "container": {"type": "WASM"}
+    });
+    assert_eq!(scheduler.call(accept(&offer, vec![task])).await.0, 202);
+    loop {
+        let update = events.next_of("UPDATE").await;
+        scheduler.acknowledge(&update["update"]["status"]).await;
+        if update["update"]["status"]["state"] == "TASK_RUNNING" {
+            break;
+        }
+    }
+
+    // Freeze the agent: no heartbeats. Its executor and task keep running.
+    cluster.agent.signal(nix::sys::signal::Signal::SIGSTOP);
+    let update = events.next_of("UPDATE").await;
+    let status = &update["update"]["status"];
+    assert_eq!(status["state"], "TASK_UNREACHABLE", "{update}");
+    assert_eq!(status["reason"], "REASON_AGENT_REMOVED", "{update}");
+    assert_eq!(status["source"], "SOURCE_MASTER", "{update}");
+
+    // Thawed, it re-registers with its task, and the master's view is rebuilt.
+    cluster.agent.signal(nix::sys::signal::Signal::SIGCONT);
+    let state_url = format!("http://{}/state", cluster.master_addr);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let state: Value = scheduler
+            .http
+            .get(&state_url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let running = state["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"] == "spin" && t["state"] == "TASK_RUNNING");
+        if running && state["agents"][0]["active"] == true {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent never came back: {state}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    cluster.assert_no_panics();
+}

@@ -102,6 +102,7 @@ impl Leader {
                 used,
                 offered: Resources::new(),
                 conn: Some((conn, sender)),
+                last_seen: std::time::Instant::now(),
             },
         );
         Ok((agent_id, conn))
@@ -120,6 +121,9 @@ impl Leader {
             .is_some_and(|(c, _)| *c == conn);
         if !current {
             return; // from a replaced or closed stream
+        }
+        if let Some(agent) = self.agents.get_mut(agent_id) {
+            agent.last_seen = std::time::Instant::now();
         }
         match message {
             agent_message::Message::Heartbeat(_) => {}
@@ -268,5 +272,67 @@ impl Leader {
         info.and_then(|i| i.roles.first().cloned().or(Some(i.role)))
             .filter(|r| !r.is_empty())
             .unwrap_or_else(|| "*".to_owned())
+    }
+}
+
+impl Leader {
+    /// An agent silent past the agent timeout: no more offers of it, its stream is
+    /// closed, and its live tasks are reported TASK_UNREACHABLE to partition-aware
+    /// frameworks and TASK_LOST to the others, as Mesos does. If the agent comes
+    /// back, it re-registers with its tasks and the master's view is rebuilt.
+    pub(super) fn agent_unreachable(&mut self, agent_id: &str) {
+        tracing::warn!(
+            agent_id,
+            "agent missed its heartbeats; marking it unreachable"
+        );
+        if let Some(agent) = self.agents.get_mut(agent_id) {
+            agent.conn = None;
+        }
+        self.allocator.set_agent_active(agent_id, false);
+        self.rescind_offers_of_agent(agent_id);
+        let lost: Vec<(String, String)> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.agent_id == agent_id && !t.state.is_terminal())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in lost {
+            let partition_aware = self.frameworks.get(&key.0).is_some_and(|f| {
+                f.info.capabilities.iter().any(|c| {
+                    c.r#type
+                        == cairn_api::v1::framework_info::capability::Type::PartitionAware as i32
+                })
+            });
+            let state = if partition_aware {
+                TaskState::TaskUnreachable
+            } else {
+                TaskState::TaskLost
+            };
+            let task = self.tasks.get_mut(&key).expect("listed above");
+            task.state = state;
+            let status = cairn_api::v1::TaskStatus {
+                task_id: task.info.task_id.clone(),
+                state: state as i32,
+                message: format!("agent {agent_id} is unreachable"),
+                source: cairn_api::v1::task_status::Source::Master as i32,
+                reason: Some(cairn_api::v1::task_status::Reason::AgentRemoved as i32),
+                agent_id: Some(AgentId {
+                    value: agent_id.to_owned(),
+                }),
+                timestamp: super::now_secs(),
+                ..Default::default()
+            };
+            task.status = Some(status.clone());
+            self.send_event(
+                &key.0,
+                Event {
+                    r#type: event::Type::Update as i32,
+                    update: Some(event::Update {
+                        status: Some(status),
+                    }),
+                    ..Default::default()
+                },
+            );
+        }
     }
 }

@@ -82,6 +82,8 @@ pub struct LeaderConfig {
     /// Offers outstanding longer than this are rescinded (Mesos' `--offer_timeout`;
     /// none by default).
     pub offer_timeout: Option<Duration>,
+    /// An agent silent this long is unreachable (Mesos: 5 pings of 15 s).
+    pub agent_timeout: Duration,
 }
 
 impl Default for LeaderConfig {
@@ -92,6 +94,7 @@ impl Default for LeaderConfig {
             framework_heartbeat_interval: Duration::from_secs(15),
             default_refuse: Duration::from_secs(5),
             offer_timeout: None,
+            agent_timeout: Duration::from_secs(75),
         }
     }
 }
@@ -104,6 +107,8 @@ struct AgentEntry {
     offered: Resources,
     /// The live registration stream, if connected.
     conn: Option<(u64, AgentSender)>,
+    /// When the agent was last heard from.
+    last_seen: Instant,
 }
 
 struct FrameworkEntry {
@@ -385,6 +390,17 @@ impl Leader {
             })
             .map(|(id, _)| id.clone())
             .collect();
+        let silent: Vec<String> = self
+            .agents
+            .iter()
+            .filter(|(_, a)| {
+                a.conn.is_some() && now.duration_since(a.last_seen) >= self.config.agent_timeout
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for agent_id in silent {
+            self.agent_unreachable(&agent_id);
+        }
         for framework_id in expired {
             tracing::info!(
                 framework_id,
