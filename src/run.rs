@@ -298,6 +298,7 @@ fn accept(offer: &Offer, task: TaskInfo) -> Call {
                 launch: Some(offer::operation::Launch {
                     task_infos: vec![task],
                 }),
+                launch_group: None,
             }],
             filters: None,
         }),

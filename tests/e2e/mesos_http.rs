@@ -298,6 +298,19 @@ async fn bad_calls_get_clear_4xx_and_bad_tasks_get_task_error() {
     }
     assert_eq!(errors, ["task id twin is already in use"]);
 
+    // A LAUNCH_GROUP with one bad task: the whole group is refused, nothing launches.
+    let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
+    let group = json!({"type": "ACCEPT", "accept": {"offer_ids": [offer["id"]], "operations": [{
+        "type": "LAUNCH_GROUP", "launch_group": {"task_group": {"tasks": [
+            wasm_task("g1", &agent_id, 0.1), wasm_task("g2", &agent_id, 99.0)]}}}]}});
+    assert_eq!(scheduler.call(group).await.0, 202);
+    for _ in 0..2 {
+        let update = events.next_of("UPDATE").await;
+        let status = &update["update"]["status"];
+        assert_eq!(status["state"], "TASK_ERROR", "{update}");
+        assert_eq!(status["reason"], "REASON_TASK_GROUP_INVALID", "{update}");
+    }
+
     // Reusing a spent offer: TASK_DROPPED with REASON_INVALID_OFFERS.
     assert_eq!(
         scheduler

@@ -308,17 +308,26 @@ impl Leader {
     /// happens; resources no valid task takes go back to the agent.
     fn accept(&mut self, framework_id: &str, accept: call::Accept) {
         let refuse = self.refuse_for(accept.filters.as_ref());
-        let tasks: Vec<TaskInfo> = accept
-            .operations
-            .into_iter()
-            .filter(|op| {
-                matches!(
-                    operation::Type::try_from(op.r#type),
-                    Ok(operation::Type::Launch | operation::Type::LaunchGroup)
-                )
-            })
-            .flat_map(|op| op.launch.map(|l| l.task_infos).unwrap_or_default())
-            .collect();
+        // Each LAUNCH task stands alone; a LAUNCH_GROUP is one all-or-nothing group.
+        let mut groups: Vec<(bool, Vec<TaskInfo>)> = Vec::new();
+        for op in accept.operations {
+            match operation::Type::try_from(op.r#type) {
+                Ok(operation::Type::Launch) => {
+                    let tasks = op.launch.map(|l| l.task_infos).unwrap_or_default();
+                    groups.extend(tasks.into_iter().map(|t| (false, vec![t])));
+                }
+                Ok(operation::Type::LaunchGroup) => {
+                    let tasks = op
+                        .launch_group
+                        .and_then(|g| g.task_group)
+                        .map(|g| g.tasks)
+                        .unwrap_or_default();
+                    groups.push((true, tasks));
+                }
+                _ => {}
+            }
+        }
+        let tasks: Vec<TaskInfo> = groups.iter().flat_map(|(_, g)| g.iter().cloned()).collect();
         // Take the offers out of circulation; validate them: present, this
         // framework's, all on one agent under one role.
         let mut entries = Vec::new();
@@ -366,22 +375,52 @@ impl Leader {
         let role = entries[0].role.clone();
         let mut remaining = offered;
         let mut seen = std::collections::HashSet::new();
-        for mut task in tasks {
-            match self.validate_task(framework_id, &agent_id, &task, &remaining, &mut seen) {
-                Ok(resources) => {
-                    remaining = remaining.checked_sub(&resources).expect("validated");
-                    task.agent_id = Some(cairn_api::v1::AgentId {
-                        value: agent_id.clone(),
-                    });
-                    self.launch(framework_id, &agent_id, &role, task, resources);
+        for (is_group, group) in groups {
+            // Validate the whole group against a scratch copy before launching any.
+            let mut scratch = remaining.clone();
+            let mut checked = Vec::new();
+            let mut first_error = None;
+            for task in &group {
+                match self.validate_task(framework_id, &agent_id, task, &scratch, &mut seen) {
+                    Ok(resources) => {
+                        scratch = scratch.checked_sub(&resources).expect("validated");
+                        checked.push(Ok(resources));
+                    }
+                    Err(why) => {
+                        first_error.get_or_insert(why.clone());
+                        checked.push(Err(why));
+                    }
                 }
-                Err(why) => self.reject_task(
-                    framework_id,
-                    &task,
-                    TaskState::TaskError,
-                    task_status::Reason::TaskInvalid,
-                    &why,
-                ),
+            }
+            if is_group && let Some(why) = first_error {
+                for task in &group {
+                    self.reject_task(
+                        framework_id,
+                        task,
+                        TaskState::TaskError,
+                        task_status::Reason::TaskGroupInvalid,
+                        &format!("task group refused: {why}"),
+                    );
+                }
+                continue;
+            }
+            for (mut task, result) in group.into_iter().zip(checked) {
+                match result {
+                    Ok(resources) => {
+                        remaining = remaining.checked_sub(&resources).expect("validated");
+                        task.agent_id = Some(cairn_api::v1::AgentId {
+                            value: agent_id.clone(),
+                        });
+                        self.launch(framework_id, &agent_id, &role, task, resources);
+                    }
+                    Err(why) => self.reject_task(
+                        framework_id,
+                        &task,
+                        TaskState::TaskError,
+                        task_status::Reason::TaskInvalid,
+                        &why,
+                    ),
+                }
             }
         }
         if !remaining.is_empty() {
