@@ -564,3 +564,38 @@ async fn a_silent_agent_is_unreachable_and_its_tasks_come_back_when_it_does() {
     }
     cluster.assert_no_panics();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_an_agent_forgot_across_a_restart_are_lost() {
+    let mut cluster = Cluster::start();
+    let spin = cluster.module(
+        "spin.wasm",
+        r#"(module (func (export "_start") (loop (br 0))))"#,
+    );
+    let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
+    let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
+    let task = json!({
+        "name": "spin", "task_id": {"value": "spin"}, "agent_id": offer["agent_id"],
+        "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}}],
+        "command": {"uris": [{"value": format!("file://{}", spin.display())}], "value": "spin.wasm", "shell": false},
+        "container": {"type": "WASM"}
+    });
+    assert_eq!(scheduler.call(accept(&offer, vec![task])).await.0, 202);
+    loop {
+        let update = events.next_of("UPDATE").await;
+        scheduler.acknowledge(&update["update"]["status"]).await;
+        if update["update"]["status"]["state"] == "TASK_RUNNING" {
+            break;
+        }
+    }
+    // kill -9 the agent and start a new one on the same work dir: same agent id, and
+    // (with no checkpoints yet) no memory of the task.
+    cluster.agent.kill();
+    cluster.agent = crate::harness::start_agent(cluster.dir.path(), &cluster.master_addr);
+    let update = events.next_of("UPDATE").await;
+    let status = &update["update"]["status"];
+    assert_eq!(status["state"], "TASK_LOST", "{update}");
+    assert_eq!(status["reason"], "REASON_AGENT_REREGISTERED", "{update}");
+    assert_eq!(status["agent_id"], offer["agent_id"], "{update}");
+    cluster.assert_no_panics();
+}

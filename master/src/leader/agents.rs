@@ -48,6 +48,49 @@ impl Leader {
                 .await?;
         }
         let conn = self.next_conn_id();
+        // Tasks the master placed here that the agent no longer knows (it restarted
+        // without them) are lost: say so, as Mesos does on re-registration.
+        let reported: std::collections::HashSet<(String, String)> = tasks
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    r.framework_id.as_ref()?.value.clone(),
+                    r.task.as_ref()?.task_id.as_ref()?.value.clone(),
+                ))
+            })
+            .collect();
+        let forgotten: Vec<(String, String)> = self
+            .tasks
+            .iter()
+            .filter(|(k, t)| t.agent_id == agent_id && !reported.contains(*k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in forgotten {
+            let mut task = self.tasks.remove(&key).expect("listed above");
+            task.state = TaskState::TaskLost;
+            let status = cairn_api::v1::TaskStatus {
+                task_id: task.info.task_id.clone(),
+                state: TaskState::TaskLost as i32,
+                message: format!("agent {agent_id} re-registered without the task"),
+                source: cairn_api::v1::task_status::Source::Master as i32,
+                reason: Some(cairn_api::v1::task_status::Reason::AgentReregistered as i32),
+                agent_id: info.id.clone(),
+                timestamp: super::now_secs(),
+                ..Default::default()
+            };
+            task.status = Some(status.clone());
+            self.completed.push_back(task);
+            self.send_event(
+                &key.0,
+                Event {
+                    r#type: event::Type::Update as i32,
+                    update: Some(event::Update {
+                        status: Some(status),
+                    }),
+                    ..Default::default()
+                },
+            );
+        }
         let mut used = Resources::new();
         let mut allocations = Vec::new();
         for record in tasks {
