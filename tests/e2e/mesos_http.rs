@@ -428,28 +428,9 @@ fn pymesos_runs_a_wasm_task() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_reach_the_executor_and_its_death_is_a_failure_event() {
     let cluster = Cluster::start();
-    let spin = cluster.module(
-        "spin.wasm",
-        r#"(module (func (export "_start") (loop (br 0))))"#,
-    );
     let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
-    let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
+    let offer = launch_spinning_task(&cluster, &scheduler, &mut events).await;
     let agent_id = offer["agent_id"].clone();
-    let task = json!({
-        "name": "spin", "task_id": {"value": "spin"}, "agent_id": agent_id,
-        "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}}],
-        "command": {"uris": [{"value": format!("file://{}", spin.display())}], "value": "spin.wasm", "shell": false},
-        "container": {"type": "WASM"}
-    });
-    assert_eq!(scheduler.call(accept(&offer, vec![task])).await.0, 202);
-    loop {
-        let update = events.next_of("UPDATE").await;
-        let status = &update["update"]["status"];
-        scheduler.acknowledge(status).await;
-        if status["state"] == "TASK_RUNNING" {
-            break;
-        }
-    }
     let executor_id = format!("cairn-executor-{}", scheduler.framework_id);
     let message = json!({"type": "MESSAGE", "message": {
         "agent_id": agent_id, "executor_id": {"value": executor_id}, "data": "aGVsbG8="}});
@@ -504,27 +485,9 @@ async fn messages_reach_the_executor_and_its_death_is_a_failure_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_agent_is_unreachable_and_its_tasks_come_back_when_it_does() {
     let cluster = Cluster::start_with(&["--agent-timeout", "1s"]);
-    let spin = cluster.module(
-        "spin.wasm",
-        r#"(module (func (export "_start") (loop (br 0))))"#,
-    );
     let info = json!({"user": "root", "name": "partition-aware", "capabilities": [{"type": "PARTITION_AWARE"}]});
     let (scheduler, mut events) = Scheduler::subscribe_with(&cluster.master_addr, info).await;
-    let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
-    let task = json!({
-        "name": "spin", "task_id": {"value": "spin"}, "agent_id": offer["agent_id"],
-        "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}}],
-        "command": {"uris": [{"value": format!("file://{}", spin.display())}], "value": "spin.wasm", "shell": false},
-        "container": {"type": "WASM"}
-    });
-    assert_eq!(scheduler.call(accept(&offer, vec![task])).await.0, 202);
-    loop {
-        let update = events.next_of("UPDATE").await;
-        scheduler.acknowledge(&update["update"]["status"]).await;
-        if update["update"]["status"]["state"] == "TASK_RUNNING" {
-            break;
-        }
-    }
+    launch_spinning_task(&cluster, &scheduler, &mut events).await;
 
     // Freeze the agent: no heartbeats. Its executor and task keep running.
     cluster.agent.signal(nix::sys::signal::Signal::SIGSTOP);
@@ -568,11 +531,31 @@ async fn a_silent_agent_is_unreachable_and_its_tasks_come_back_when_it_does() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_an_agent_forgot_across_a_restart_are_lost() {
     let mut cluster = Cluster::start();
+    let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
+    let offer = launch_spinning_task(&cluster, &scheduler, &mut events).await;
+    // kill -9 the agent and start a new one on the same work dir: same agent id, and
+    // (with no checkpoints yet) no memory of the task.
+    cluster.agent.kill();
+    cluster.agent = crate::harness::start_agent(cluster.dir.path(), &cluster.master_addr);
+    let update = events.next_of("UPDATE").await;
+    let status = &update["update"]["status"];
+    assert_eq!(status["state"], "TASK_LOST", "{update}");
+    assert_eq!(status["reason"], "REASON_AGENT_REREGISTERED", "{update}");
+    assert_eq!(status["agent_id"], offer["agent_id"], "{update}");
+    cluster.assert_no_panics();
+}
+
+/// Launches a task that spins forever on the first offer and waits until it runs,
+/// acknowledging its updates; returns the offer it used.
+async fn launch_spinning_task(
+    cluster: &Cluster,
+    scheduler: &Scheduler,
+    events: &mut Events,
+) -> Value {
     let spin = cluster.module(
         "spin.wasm",
         r#"(module (func (export "_start") (loop (br 0))))"#,
     );
-    let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
     let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
     let task = json!({
         "name": "spin", "task_id": {"value": "spin"}, "agent_id": offer["agent_id"],
@@ -585,17 +568,7 @@ async fn tasks_an_agent_forgot_across_a_restart_are_lost() {
         let update = events.next_of("UPDATE").await;
         scheduler.acknowledge(&update["update"]["status"]).await;
         if update["update"]["status"]["state"] == "TASK_RUNNING" {
-            break;
+            return offer;
         }
     }
-    // kill -9 the agent and start a new one on the same work dir: same agent id, and
-    // (with no checkpoints yet) no memory of the task.
-    cluster.agent.kill();
-    cluster.agent = crate::harness::start_agent(cluster.dir.path(), &cluster.master_addr);
-    let update = events.next_of("UPDATE").await;
-    let status = &update["update"]["status"];
-    assert_eq!(status["state"], "TASK_LOST", "{update}");
-    assert_eq!(status["reason"], "REASON_AGENT_REREGISTERED", "{update}");
-    assert_eq!(status["agent_id"], offer["agent_id"], "{update}");
-    cluster.assert_no_panics();
 }

@@ -185,17 +185,8 @@ impl Leader {
                 let m = call
                     .message
                     .ok_or_else(|| CallError::Invalid("MESSAGE without `message`".into()))?;
-                let executor_id = m.executor_id.clone().unwrap_or_default().value;
                 let agent_id = m.agent_id.unwrap_or_default().value;
-                let ours = cairn_api::ids::executor_id_for(&FrameworkId {
-                    value: framework_id.clone(),
-                })
-                .value;
-                if executor_id != ours || !self.agents.contains_key(&agent_id) {
-                    return Err(CallError::NotFound(format!(
-                        "framework {framework_id} has no executor {executor_id} on agent {agent_id}"
-                    )));
-                }
+                self.check_executor(&framework_id, m.executor_id.as_ref(), &agent_id)?;
                 if m.data.len() > MAX_FRAMEWORK_MESSAGE {
                     return Err(CallError::Invalid(format!(
                         "message of {} bytes exceeds the {MAX_FRAMEWORK_MESSAGE}-byte limit",
@@ -222,17 +213,8 @@ impl Leader {
                 let shutdown = call
                     .shutdown
                     .ok_or_else(|| CallError::Invalid("SHUTDOWN without `shutdown`".into()))?;
-                let executor_id = shutdown.executor_id.unwrap_or_default().value;
                 let agent_id = shutdown.agent_id.unwrap_or_default().value;
-                let ours = cairn_api::ids::executor_id_for(&FrameworkId {
-                    value: framework_id.clone(),
-                })
-                .value;
-                if executor_id != ours || !self.agents.contains_key(&agent_id) {
-                    return Err(CallError::NotFound(format!(
-                        "framework {framework_id} has no executor {executor_id} on agent {agent_id}"
-                    )));
-                }
+                self.check_executor(&framework_id, shutdown.executor_id.as_ref(), &agent_id)?;
                 // One executor per framework per agent: shutting it down kills the
                 // framework's tasks there, and the agent reports them.
                 self.send_to_agent(
@@ -282,6 +264,26 @@ impl Leader {
         }
         self.rescind_offers_of_framework(framework_id);
         self.allocate();
+        Ok(())
+    }
+
+    /// A framework has one executor per agent, `cairn-executor-<framework id>`: a call
+    /// naming another, or an unknown agent, is a 404.
+    fn check_executor(
+        &self,
+        framework_id: &str,
+        executor_id: Option<&cairn_api::v1::ExecutorId>,
+        agent_id: &str,
+    ) -> Result<(), CallError> {
+        let executor_id = executor_id.map(|e| e.value.as_str()).unwrap_or("");
+        let ours = cairn_api::ids::executor_id_for(&FrameworkId {
+            value: framework_id.to_owned(),
+        });
+        if executor_id != ours.value || !self.agents.contains_key(agent_id) {
+            return Err(CallError::NotFound(format!(
+                "framework {framework_id} has no executor {executor_id} on agent {agent_id}"
+            )));
+        }
         Ok(())
     }
 
