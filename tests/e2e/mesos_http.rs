@@ -117,6 +117,35 @@ impl Scheduler {
         }
     }
 
+    /// The master's `/state`.
+    async fn master_state(&self, master: &str) -> Value {
+        let url = format!("http://{master}/state");
+        self.http
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Reads the master's `/state` until `done` holds for it, failing at the deadline.
+    async fn state_until(&self, master: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let mut poll = tokio::time::interval(std::time::Duration::from_millis(100));
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                poll.tick().await;
+                let state = self.master_state(master).await;
+                if done(&state) {
+                    return state;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    }
+
     async fn raw(&self, body: &str, stream_id: Option<&str>) -> (u16, String) {
         let mut req = self
             .http
@@ -342,15 +371,7 @@ async fn bad_calls_get_clear_4xx_and_bad_tasks_get_task_error() {
         .as_f64()
         .unwrap();
     assert_eq!(cpus, 2.0, "{again}");
-    let state: Value = scheduler
-        .http
-        .get(format!("http://{}/state", cluster.master_addr))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let state = scheduler.master_state(&cluster.master_addr).await;
     assert_eq!(state["agents"][0]["used_resources"], "", "{state}");
     cluster.assert_no_panics();
 }
@@ -371,33 +392,16 @@ async fn offers_time_out_and_a_vanished_framework_is_removed_after_its_failover_
     assert_eq!(rescind["rescind"]["offer_id"], offer["id"], "{rescind}");
 
     drop(events);
-    let state_url = format!("http://{}/state", cluster.master_addr);
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let state: Value = scheduler
-            .http
-            .get(&state_url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let ids: Vec<&str> = state["frameworks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| f["id"].as_str().unwrap())
-            .collect();
-        if !ids.contains(&scheduler.framework_id.as_str()) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "framework never removed: {state}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let framework_id = scheduler.framework_id.clone();
+    scheduler
+        .state_until(&cluster.master_addr, "the framework's removal", |state| {
+            !state["frameworks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["id"] == framework_id.as_str())
+        })
+        .await;
     cluster.assert_no_panics();
 }
 
@@ -499,32 +503,20 @@ async fn a_silent_agent_is_unreachable_and_its_tasks_come_back_when_it_does() {
 
     // Thawed, it re-registers with its task, and the master's view is rebuilt.
     cluster.agent.signal(nix::sys::signal::Signal::SIGCONT);
-    let state_url = format!("http://{}/state", cluster.master_addr);
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let state: Value = scheduler
-            .http
-            .get(&state_url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let running = state["tasks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|t| t["id"] == "spin" && t["state"] == "TASK_RUNNING");
-        if running && state["agents"][0]["active"] == true {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the agent never came back: {state}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    scheduler
+        .state_until(
+            &cluster.master_addr,
+            "the agent and its task to come back",
+            |state| {
+                let running = state["tasks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|t| t["id"] == "spin" && t["state"] == "TASK_RUNNING");
+                running && state["agents"][0]["active"] == true
+            },
+        )
+        .await;
     cluster.assert_no_panics();
 }
 
