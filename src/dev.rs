@@ -56,6 +56,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
         hostname: None,
         executor_recovery_timeout: Duration::from_secs(60),
         heartbeat_interval: Duration::from_secs(5),
+        status_update_retry_interval: Duration::from_secs(10),
+        executor_reregistration_timeout: Duration::from_secs(5),
+        executor_shutdown_grace_period: Duration::from_secs(10),
     })?)
     .await?;
     let agent_addr = agent.local_addr()?;

@@ -99,6 +99,18 @@ pub(crate) struct AgentArgs {
     /// How often the agent heartbeats to the master.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     heartbeat_interval: Duration,
+    /// The first resend of an unacknowledged status update; each resend doubles it,
+    /// up to 10 minutes.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    status_update_retry_interval: Duration,
+    /// How long an executor that outlived an agent restart has to re-subscribe
+    /// before it is killed and its tasks reported lost.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    executor_reregistration_timeout: Duration,
+    /// How long a shut-down executor has to end its tasks before its process group
+    /// is killed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    executor_shutdown_grace_period: Duration,
 }
 
 #[derive(Args)]
@@ -202,6 +214,9 @@ pub(crate) fn agent_config(args: AgentArgs) -> anyhow::Result<cairn_agent::Agent
         executor_binary: std::env::current_exe()?,
         executor_recovery_timeout: args.executor_recovery_timeout,
         heartbeat_interval: args.heartbeat_interval,
+        update_retry: args.status_update_retry_interval,
+        executor_reregistration_timeout: args.executor_reregistration_timeout,
+        executor_shutdown_grace: args.executor_shutdown_grace_period,
     })
 }
 

@@ -24,8 +24,8 @@ pub struct Launcher {
 }
 
 impl Launcher {
-    /// Spawns `cairn executor` for a framework; returns its pid.
-    pub fn spawn(&self, framework_id: &str, executor_id: &str) -> std::io::Result<u32> {
+    /// Spawns `cairn executor` for a framework; returns its pid and start time.
+    pub fn spawn(&self, framework_id: &str, executor_id: &str) -> std::io::Result<(u32, u64)> {
         let dir = self.paths.executor_dir(framework_id, executor_id);
         std::fs::create_dir_all(&dir)?;
         // Executors log to a file, never to a pipe they would inherit from the agent.
@@ -54,7 +54,8 @@ impl Launcher {
         let pid = child
             .id()
             .ok_or_else(|| std::io::Error::other("executor exited at once"))?;
-        crate::core::write_atomic(&dir.join("pid"), pid.to_string().as_bytes())?;
+        let start_time = start_time(pid).unwrap_or_default();
+        crate::paths::write_atomic(&dir.join("pid"), pid.to_string().as_bytes())?;
         tracing::info!(framework_id, executor_id, pid, "executor started");
         let core = self.core.clone();
         let framework_id = framework_id.to_owned();
@@ -71,7 +72,28 @@ impl Launcher {
                 })
                 .await;
         });
-        Ok(pid)
+        Ok((pid, start_time))
+    }
+
+    /// Watches an executor this agent did not start (it was re-attached after a
+    /// restart), reporting its exit. Not being its parent, the agent cannot wait for
+    /// it, so it polls, as Mesos' reaper does for processes that are not its children.
+    pub fn watch(&self, framework_id: &str, pid: u32, start: u64) {
+        let core = self.core.clone();
+        let framework_id = framework_id.to_owned();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            while is_alive(pid, start) {
+                tick.tick().await;
+            }
+            let _ = core
+                .send(Input::ExecutorExited {
+                    framework_id,
+                    pid,
+                    status: "terminated (not a child of this agent: exit status unknown)".into(),
+                })
+                .await;
+        });
     }
 
     /// Fetches a task's URIs into its sandbox off the core's thread.
@@ -95,6 +117,36 @@ impl Launcher {
                 })
                 .await;
         });
+    }
+}
+
+/// The process's start time in clock ticks since boot (`/proc/<pid>/stat` field 22),
+/// which tells a process from a later one that reuses its pid.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields follow the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None; // a zombie has exited
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// Whether the process that was `pid` at `start` still runs.
+pub fn is_alive(pid: u32, start: u64) -> bool {
+    start_time(pid).is_some_and(|s| s == start)
+}
+
+/// Kills an executor's whole process group (it leads its own), if it is still the
+/// process the agent knows.
+pub fn kill_group(pid: u32, start: u64) {
+    if !is_alive(pid, start) {
+        return;
+    }
+    let Ok(pid) = i32::try_from(pid) else { return };
+    let group = nix::unistd::Pid::from_raw(pid);
+    if let Err(e) = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL) {
+        tracing::warn!(pid, error = %e, "cannot kill the executor's process group");
     }
 }
 
@@ -131,7 +183,7 @@ async fn executor_connection(stream: UnixStream, conn: u64, core: mpsc::Sender<I
         tracing::warn!("executor connection did not start with SUBSCRIBE");
         return;
     };
-    let framework_id = subscribe.framework_id.unwrap_or_default().value;
+    let framework_id = subscribe.framework_id.clone().unwrap_or_default().value;
     let (tx, mut rx) = mpsc::channel::<ExecutorEvent>(1024);
     let writer_task = tokio::spawn(async move {
         while let Some(event) = rx.recv().await {
@@ -145,6 +197,7 @@ async fn executor_connection(stream: UnixStream, conn: u64, core: mpsc::Sender<I
             framework_id: framework_id.clone(),
             conn,
             pid,
+            subscribe,
             to_executor: tx,
         })
         .await;

@@ -42,11 +42,11 @@ where
     M: Message + Default,
 {
     let mut len = [0u8; 4];
-    match r.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
+    // End of stream is clean only before a frame's first byte; a cut length is not.
+    if r.read(&mut len[..1]).await? == 0 {
+        return Ok(None);
     }
+    r.read_exact(&mut len[1..]).await?;
     let len = u32::from_be_bytes(len);
     if len > MAX_FRAME_BYTES {
         return Err(FrameError::TooLarge(len));
@@ -84,5 +84,25 @@ mod tests {
             )
         );
         drop(a);
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_inside_a_frame_is_an_error_not_a_clean_end() {
+        for cut in [0usize, 1, 3, 4, 5, 10] {
+            let (mut a, mut b) = tokio::io::duplex(1024);
+            let mut frame = 20u32.to_be_bytes().to_vec();
+            frame.resize(24, 0);
+            a.write_all(&frame[..cut]).await.unwrap();
+            drop(a);
+            let got = read_frame::<_, ExecutorCall>(&mut b).await;
+            if cut == 0 {
+                assert!(matches!(got, Ok(None)), "cut at {cut}: {got:?}");
+            } else {
+                assert!(
+                    matches!(got, Err(FrameError::Io(_))),
+                    "cut at {cut}: {got:?}"
+                );
+            }
+        }
     }
 }

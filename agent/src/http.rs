@@ -26,11 +26,25 @@ struct HttpState {
 
 pub fn router(snapshot: watch::Receiver<Arc<AgentSnapshot>>, paths: crate::paths::Paths) -> Router {
     Router::new()
-        .route("/health", get(|| async { "ok\n" }))
+        .route("/health", get(health))
         .route("/state", get(state))
         .route("/files/read", get(read))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such endpoint\n") })
         .with_state(HttpState { snapshot, paths })
+}
+
+/// Healthy while the agent can keep its promises: an unwritable checkpoint holds
+/// every update and launch back, and says so here.
+async fn health(State(s): State<HttpState>) -> Response {
+    let snap = s.snapshot.borrow().clone();
+    match &snap.checkpoint_error {
+        None => "ok\n".into_response(),
+        Some(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot write the checkpoint: {e}\n"),
+        )
+            .into_response(),
+    }
 }
 
 async fn state(State(s): State<HttpState>) -> Json<serde_json::Value> {
@@ -41,6 +55,8 @@ async fn state(State(s): State<HttpState>) -> Json<serde_json::Value> {
         "master_connected": snap.master_connected,
         "tasks": snap.tasks,
         "pending_updates": snap.pending_updates,
+        "executors": snap.executors,
+        "checkpoint_error": snap.checkpoint_error,
     }))
 }
 

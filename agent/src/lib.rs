@@ -2,6 +2,7 @@
 //! framework's tasks in an executor process of its own, and carries status updates
 //! back until they are acknowledged.
 
+pub mod checkpoint;
 mod core;
 mod executor;
 mod executors;
@@ -41,12 +42,19 @@ pub struct AgentConfig {
     /// How long an executor waits for a restarted agent before giving up its tasks.
     pub executor_recovery_timeout: Duration,
     pub heartbeat_interval: Duration,
+    /// The first resend of an unacknowledged status update (then doubled, to 10 min).
+    pub update_retry: Duration,
+    /// How long an executor that outlived an agent restart has to re-subscribe.
+    pub executor_reregistration_timeout: Duration,
+    /// How long a shut-down executor has to end its tasks before it is killed.
+    pub executor_shutdown_grace: Duration,
 }
 
 /// A configured agent whose HTTP port is bound, not yet running.
 pub struct Agent {
     config: AgentConfig,
     info: AgentInfo,
+    checkpoint: checkpoint::Checkpoint,
     http: tokio::net::TcpListener,
 }
 
@@ -67,20 +75,29 @@ impl Agent {
             .with_context(|| format!("binding {}", config.listen))?;
         let port = http.local_addr()?.port();
         let paths = paths::Paths::new(config.work_dir.clone());
-        let id = std::fs::read_to_string(paths.agent_id_file())
-            .ok()
-            .filter(|_| same_boot(&paths))
-            .map(|v| cairn_api::v1::AgentId {
-                value: v.trim().to_owned(),
-            });
+        let boot = Boot::read(&paths);
+        if boot.rebooted() {
+            tracing::info!(
+                "the machine rebooted since the last checkpoint: starting as a new agent"
+            );
+        }
+        // A corrupt checkpoint stops the agent here: its tasks are not silently dropped.
+        let checkpoint = checkpoint::Checkpoint::open(&paths.checkpoint(), boot.rebooted())
+            .context("recovering the agent's checkpoint (move the work dir's meta/ away to start as a new agent; the master will then report its tasks lost)")?;
+        boot.record(&paths).context("recording the boot id")?;
         let info = AgentInfo {
             hostname: config.hostname.clone(),
             port: i32::from(port),
             resources: resources.to_proto(),
             attributes,
-            id,
+            id: None,
         };
-        Ok(Self { config, info, http })
+        Ok(Self {
+            config,
+            info,
+            checkpoint,
+            http,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -103,8 +120,15 @@ impl Agent {
             recovery_timeout: self.config.executor_recovery_timeout,
             core: tx.clone(),
         };
-        let (core, snapshot) = core::Core::new(paths.clone(), self.info, launcher);
-        tokio::spawn(core.run(rx, self.config.heartbeat_interval));
+        let config = core::CoreConfig {
+            heartbeat_interval: self.config.heartbeat_interval,
+            update_retry: self.config.update_retry,
+            executor_reregistration_timeout: self.config.executor_reregistration_timeout,
+            executor_shutdown_grace: self.config.executor_shutdown_grace,
+        };
+        let (core, snapshot) =
+            core::Core::recover(paths.clone(), config, self.info, launcher, self.checkpoint);
+        tokio::spawn(core.run(rx));
         tokio::spawn(executors::serve_socket(listener, tx.clone()));
         tokio::spawn(master_link::run(self.config.master.clone(), tx));
         tracing::info!(
@@ -118,14 +142,30 @@ impl Agent {
     }
 }
 
-/// Whether the machine has not rebooted since the agent id was recorded: after a
-/// reboot an agent registers as a new agent, as in Mesos.
-fn same_boot(paths: &paths::Paths) -> bool {
-    let current = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let recorded = std::fs::read_to_string(paths.boot_id_file()).unwrap_or_default();
-    if recorded == current {
-        return true;
+/// The machine's boot and the one the checkpoint belongs to: after a reboot nothing
+/// the checkpoint describes still runs, and the agent registers as a new agent, as
+/// in Mesos.
+struct Boot {
+    current: String,
+    recorded: String,
+}
+
+impl Boot {
+    fn read(paths: &paths::Paths) -> Self {
+        Self {
+            current: std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default(),
+            recorded: std::fs::read_to_string(paths.boot_id_file()).unwrap_or_default(),
+        }
     }
-    let _ = core::write_atomic(&paths.boot_id_file(), current.as_bytes());
-    recorded.is_empty()
+
+    fn rebooted(&self) -> bool {
+        !self.recorded.is_empty() && self.recorded != self.current
+    }
+
+    fn record(&self, paths: &paths::Paths) -> std::io::Result<()> {
+        if self.recorded == self.current {
+            return Ok(());
+        }
+        paths::write_atomic(&paths.boot_id_file(), self.current.as_bytes())
+    }
 }

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! <work_dir>/agent.sock                                   executor API socket
-//! <work_dir>/meta/agent_id                                the id this agent registered with
+//! <work_dir>/meta/checkpoint.log                          the checkpoint (see `checkpoint`)
+//! <work_dir>/meta/boot_id                                 the boot the checkpoint belongs to
 //! <work_dir>/frameworks/<fw>/executors/<ex>/              executor dir: executor.log, pid
 //! <work_dir>/frameworks/<fw>/executors/<ex>/tasks/<task>/ task sandbox: stdout, stderr, files
 //! ```
@@ -25,8 +26,8 @@ impl Paths {
         self.root.join("agent.sock")
     }
 
-    pub fn agent_id_file(&self) -> PathBuf {
-        self.root.join("meta").join("agent_id")
+    pub fn checkpoint(&self) -> PathBuf {
+        self.root.join("meta").join("checkpoint.log")
     }
 
     pub fn boot_id_file(&self) -> PathBuf {
@@ -46,4 +47,17 @@ impl Paths {
             .join("tasks")
             .join(task)
     }
+}
+
+/// Writes a small file crash-safely: a temp file, fsync, rename.
+pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }

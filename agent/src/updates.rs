@@ -3,8 +3,8 @@
 //! back through the master, then the next one goes. Duplicates are harmless: an
 //! acknowledgement that does not match the head is ignored.
 //!
-//! Streams live in memory for now; checkpointing them to the work dir is what makes
-//! them survive an agent restart.
+//! The streams are part of the checkpointed agent state: they change only through
+//! checkpoint records, so they survive an agent restart.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -12,7 +12,7 @@ use cairn_api::internal::StatusUpdate;
 
 type TaskKey = (String, String);
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct StatusUpdates {
     streams: HashMap<TaskKey, VecDeque<StatusUpdate>>,
 }
@@ -57,6 +57,18 @@ impl StatusUpdates {
             .values()
             .filter_map(|s| s.front().cloned())
             .collect()
+    }
+
+    /// The in-flight head of one task's stream.
+    pub fn head(&self, framework_id: &str, task_id: &str) -> Option<&StatusUpdate> {
+        self.streams
+            .get(&(framework_id.to_owned(), task_id.to_owned()))?
+            .front()
+    }
+
+    /// Every queued update, each stream in order.
+    pub fn all(&self) -> Vec<StatusUpdate> {
+        self.streams.values().flatten().cloned().collect()
     }
 
     pub fn pending(&self) -> usize {

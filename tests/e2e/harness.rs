@@ -203,26 +203,33 @@ pub fn start_master_with(dir: &Path, listen: &str, flags: &[&str]) -> (Daemon, S
 }
 
 pub fn start_agent(dir: &Path, master: &str) -> Daemon {
-    Daemon::start(
-        &[
-            "agent",
-            "--master",
-            master,
-            "--listen",
-            "127.0.0.1:0",
-            "--hostname",
-            "127.0.0.1",
-            "--work-dir",
-            dir.join("agent").to_str().unwrap(),
-            "--resources",
-            "cpus:2;mem:1024;disk:1024;ports:[31000-31100]",
-            "--executor-recovery-timeout",
-            "5s",
-            "--heartbeat-interval",
-            "200ms",
-        ],
-        next_log(dir, "agent"),
-    )
+    start_agent_with(dir, master, &[])
+}
+
+/// An agent with extra flags after the test defaults.
+pub fn start_agent_with(dir: &Path, master: &str, flags: &[&str]) -> Daemon {
+    let work_dir = dir.join("agent");
+    let mut args = vec![
+        "agent",
+        "--master",
+        master,
+        "--listen",
+        "127.0.0.1:0",
+        "--hostname",
+        "127.0.0.1",
+        "--work-dir",
+        work_dir.to_str().unwrap(),
+        "--resources",
+        "cpus:2;mem:1024;disk:1024;ports:[31000-31100]",
+        "--executor-recovery-timeout",
+        "5s",
+        "--heartbeat-interval",
+        "200ms",
+        "--status-update-retry-interval",
+        "500ms",
+    ];
+    args.extend_from_slice(flags);
+    Daemon::start(&args, next_log(dir, "agent"))
 }
 
 /// `<name>-1.log`, `<name>-2.log`, ...: a restarted daemon gets a log of its own.

@@ -3,8 +3,11 @@
 //! started) when the test ends.
 
 mod bad_input;
+mod faults;
+mod framework;
 mod harness;
 mod mesos_http;
 mod operator;
+mod recovery;
 mod restart;
 mod wasm_tasks;

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{Cluster, start_master};
 
-fn operator(master: &str, call: Value) -> (u16, String) {
+pub fn operator(master: &str, call: Value) -> (u16, String) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

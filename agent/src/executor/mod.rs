@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use cairn_api::internal::{
-    ExecutorCall, ExecutorEvent, ExecutorSubscribe, ExecutorUpdate, executor_call, executor_event,
+    ExecutorCall, ExecutorEvent, ExecutorHeartbeat, ExecutorSubscribe, ExecutorUpdate,
+    executor_call, executor_event,
 };
-use cairn_api::v1::{ExecutorId, FrameworkId, TaskStatus};
+use cairn_api::v1::{ExecutorId, FrameworkId, TaskId, TaskStatus};
 use cairn_sandbox::{CancelHandle, Sandbox, SandboxConfig};
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
@@ -33,6 +34,8 @@ pub struct ExecutorArgs {
 
 /// How long a shut-down executor waits for its killed tasks to report.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often the executor tells the agent it is alive.
+const HEARTBEAT: Duration = Duration::from_secs(5);
 
 struct Executor {
     args: ExecutorArgs,
@@ -54,11 +57,11 @@ pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
         statuses,
     };
     let mut shutting_down: Option<Instant> = None;
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
     loop {
+        // The subscription carries our tasks and unacknowledged updates: the agent
+        // records what it lost and relaunches what we never received.
         let (mut writer, mut events) = executor.connect().await?;
-        for status in executor.unacked.clone() {
-            send_update(&mut writer, status).await?;
-        }
         loop {
             if let Some(since) = shutting_down
                 && (executor.running.is_empty() || since.elapsed() > SHUTDOWN_GRACE)
@@ -77,6 +80,14 @@ pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
                 Some(status) = status_rx.recv() => {
                     executor.on_status(&status);
                     if send_update(&mut writer, status).await.is_err() {
+                        break;
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    let call = ExecutorCall {
+                        call: Some(executor_call::Call::Heartbeat(ExecutorHeartbeat {})),
+                    };
+                    if write_frame(&mut writer, &call).await.is_err() {
                         break;
                     }
                 }
@@ -139,6 +150,12 @@ impl Executor {
                     value: self.args.executor_id.clone(),
                 }),
                 pid: std::process::id(),
+                tasks: self
+                    .running
+                    .keys()
+                    .map(|id| TaskId { value: id.clone() })
+                    .collect(),
+                unacknowledged_updates: self.unacked.clone(),
             })),
         };
         write_frame(&mut writer, &subscribe).await?;
@@ -189,6 +206,9 @@ impl Executor {
                 );
             }
             Some(executor_event::Event::Kill(kill)) => {
+                // A WASI command has no signal to catch, so there is nothing to give
+                // a grace period to: the kill policy's grace applies to tasks that
+                // can be asked to stop, and a wasm task is interrupted at once.
                 let task_id = kill.task_id.unwrap_or_default().value;
                 if let Some(cancel) = self.running.get(&task_id) {
                     cancel.cancel();

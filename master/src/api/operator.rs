@@ -144,6 +144,13 @@ pub(super) async fn operator(State(state): State<OperatorState>, body: Bytes) ->
             }
             done(leader.ask(|reply| Input::UpdateQuota { quotas, reply }).await)
         }
+        "MARK_AGENT_GONE" => {
+            let Some(id) = call["mark_agent_gone"]["agent_id"]["value"].as_str() else {
+                return invalid("MARK_AGENT_GONE needs mark_agent_gone.agent_id.value");
+            };
+            let agent_id = id.to_owned();
+            done(leader.ask(|reply| Input::MarkAgentGone { agent_id, reply }).await)
+        }
         "TEARDOWN" => {
             let Some(id) = call["teardown"]["framework_id"]["value"].as_str() else {
                 return invalid("TEARDOWN needs teardown.framework_id.value");

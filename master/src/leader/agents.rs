@@ -34,6 +34,12 @@ impl Leader {
                         "agent id {id:?} is not a valid id"
                     )));
                 }
+                if self.registry.state().gone_agents.contains(&id) {
+                    return Err(CallError::Forbidden(format!(
+                        "agent {id} was marked gone by the operator and may not register again; \
+                         start it on a fresh work dir to join as a new agent"
+                    )));
+                }
                 id
             }
             _ => cairn_api::ids::new_agent_id().value,
@@ -67,30 +73,26 @@ impl Leader {
             .collect();
         for key in forgotten {
             let mut task = self.tasks.remove(&key).expect("listed above");
-            task.state = TaskState::TaskLost;
-            let status = cairn_api::v1::TaskStatus {
-                task_id: task.info.task_id.clone(),
-                state: TaskState::TaskLost as i32,
-                message: format!("agent {agent_id} re-registered without the task"),
-                source: cairn_api::v1::task_status::Source::Master as i32,
-                reason: Some(cairn_api::v1::task_status::Reason::AgentReregistered as i32),
-                agent_id: info.id.clone(),
-                timestamp: super::now_secs(),
-                ..Default::default()
-            };
-            task.status = Some(status.clone());
-            self.completed.push_back(task);
-            self.send_event(
-                &key.0,
-                Event {
-                    r#type: event::Type::Update as i32,
-                    update: Some(event::Update {
-                        status: Some(status),
-                    }),
-                    ..Default::default()
-                },
+            let status = master_status(
+                &mut task,
+                TaskState::TaskLost,
+                cairn_api::v1::task_status::Reason::AgentReregistered,
+                format!("agent {agent_id} re-registered without the task"),
             );
+            self.completed.push_back(task);
+            self.send_event(&key.0, update_event(status));
         }
+        // Frameworks torn down while the agent was away: it must shut them down now.
+        let mut removed: Vec<String> = tasks
+            .iter()
+            .filter_map(|r| r.framework_id.as_ref().map(|f| f.value.clone()))
+            .filter(|fw| {
+                !self.frameworks.contains_key(fw)
+                    && !self.registry.state().frameworks.contains_key(fw)
+            })
+            .collect();
+        removed.sort();
+        removed.dedup();
         let mut used = Resources::new();
         let mut allocations = Vec::new();
         for record in tasks {
@@ -136,6 +138,21 @@ impl Leader {
         sender.try_send(Ok(registered)).map_err(|_| {
             CallError::Unavailable("agent stream closed during registration".into())
         })?;
+        for fw in removed {
+            tracing::info!(
+                agent_id,
+                framework_id = fw,
+                "the agent runs tasks of a removed framework; shutting it down there"
+            );
+            let shutdown = MasterMessage {
+                message: Some(master_message::Message::ShutdownFramework(
+                    cairn_api::internal::ShutdownFramework {
+                        framework_id: Some(cairn_api::v1::FrameworkId { value: fw }),
+                    },
+                )),
+            };
+            let _ = sender.try_send(Ok(shutdown));
+        }
         tracing::info!(agent_id, hostname = %info.hostname, resources = %total, "agent registered");
         self.allocator.add_agent(&agent_id, total, allocations);
         self.agents.insert(
@@ -352,30 +369,94 @@ impl Leader {
                 TaskState::TaskLost
             };
             let task = self.tasks.get_mut(&key).expect("listed above");
-            task.state = state;
-            let status = cairn_api::v1::TaskStatus {
-                task_id: task.info.task_id.clone(),
-                state: state as i32,
-                message: format!("agent {agent_id} is unreachable"),
-                source: cairn_api::v1::task_status::Source::Master as i32,
-                reason: Some(cairn_api::v1::task_status::Reason::AgentRemoved as i32),
-                agent_id: Some(AgentId {
-                    value: agent_id.to_owned(),
-                }),
-                timestamp: super::now_secs(),
-                ..Default::default()
-            };
-            task.status = Some(status.clone());
-            self.send_event(
-                &key.0,
-                Event {
-                    r#type: event::Type::Update as i32,
-                    update: Some(event::Update {
-                        status: Some(status),
-                    }),
-                    ..Default::default()
-                },
+            let status = master_status(
+                task,
+                state,
+                cairn_api::v1::task_status::Reason::AgentRemoved,
+                format!("agent {agent_id} is unreachable"),
             );
+            self.send_event(&key.0, update_event(status));
         }
+    }
+}
+
+impl Leader {
+    /// MARK_AGENT_GONE: the operator says the agent is gone for good (decommissioned,
+    /// its disk wiped). Its tasks are TASK_GONE_BY_OPERATOR, its resources leave the
+    /// cluster, and the registry refuses the agent if it ever comes back.
+    pub(super) async fn mark_agent_gone(&mut self, agent_id: &str) -> Result<(), CallError> {
+        if self.registry.state().gone_agents.contains(agent_id) {
+            return Ok(()); // already gone: the call is idempotent, as in Mesos
+        }
+        if !self.registry.state().agents.contains_key(agent_id) {
+            return Err(CallError::NotFound(format!("agent {agent_id} is unknown")));
+        }
+        self.registry
+            .propose(Operation::MarkAgentGone(AgentId {
+                value: agent_id.to_owned(),
+            }))
+            .await?;
+        tracing::warn!(agent_id, "agent marked gone by the operator");
+        self.rescind_offers_of_agent(agent_id);
+        self.allocator.remove_agent(agent_id);
+        // Dropping its stream disconnects the agent; it is refused when it retries.
+        self.agents.remove(agent_id);
+        let gone: Vec<(String, String)> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.agent_id == agent_id)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in gone {
+            let mut task = self.tasks.remove(&key).expect("listed above");
+            let status = master_status(
+                &mut task,
+                TaskState::TaskGoneByOperator,
+                cairn_api::v1::task_status::Reason::AgentRemovedByOperator,
+                format!("agent {agent_id} was marked gone by the operator"),
+            );
+            self.completed.push_back(task);
+            if self.completed.len() > MAX_COMPLETED_TASKS {
+                self.completed.pop_front();
+            }
+            self.send_event(&key.0, update_event(status));
+        }
+        self.allocate();
+        Ok(())
+    }
+}
+
+/// An update the master itself reports for a task (source MASTER, no uuid: nothing to
+/// acknowledge), recorded as the task's latest status.
+fn master_status(
+    task: &mut TaskEntry,
+    state: TaskState,
+    reason: cairn_api::v1::task_status::Reason,
+    message: String,
+) -> cairn_api::v1::TaskStatus {
+    let status = cairn_api::v1::TaskStatus {
+        task_id: task.info.task_id.clone(),
+        state: state as i32,
+        message,
+        source: cairn_api::v1::task_status::Source::Master as i32,
+        reason: Some(reason as i32),
+        agent_id: Some(AgentId {
+            value: task.agent_id.clone(),
+        }),
+        timestamp: super::now_secs(),
+        ..Default::default()
+    };
+    task.state = state;
+    task.status = Some(status.clone());
+    status
+}
+
+fn update_event(status: cairn_api::v1::TaskStatus) -> Event {
+    Event {
+        r#type: event::Type::Update as i32,
+        update: Some(event::Update {
+            status: Some(status),
+        }),
+        ..Default::default()
     }
 }

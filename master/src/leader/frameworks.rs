@@ -148,7 +148,11 @@ impl Leader {
                 let kill = call
                     .kill
                     .ok_or_else(|| CallError::Invalid("KILL without `kill`".into()))?;
-                self.kill(&framework_id, &kill.task_id.unwrap_or_default().value);
+                self.kill(
+                    &framework_id,
+                    &kill.task_id.unwrap_or_default().value,
+                    kill.kill_policy,
+                );
                 Ok(())
             }
             call::Type::Acknowledge => {
@@ -557,7 +561,12 @@ impl Leader {
         self.send_event(framework_id, update_event(status));
     }
 
-    fn kill(&mut self, framework_id: &str, task_id: &str) {
+    fn kill(
+        &mut self,
+        framework_id: &str,
+        task_id: &str,
+        kill_policy: Option<cairn_api::v1::KillPolicy>,
+    ) {
         let key = (framework_id.to_owned(), task_id.to_owned());
         let Some(task) = self.tasks.get(&key) else {
             // Mesos answers a KILL for an unknown task with TASK_LOST.
@@ -586,6 +595,7 @@ impl Leader {
                     task_id: Some(cairn_api::v1::TaskId {
                         value: task_id.to_owned(),
                     }),
+                    kill_policy,
                 })),
             },
         );

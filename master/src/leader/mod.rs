@@ -70,6 +70,10 @@ pub enum Input {
         framework_id: String,
         reply: oneshot::Sender<Result<(), CallError>>,
     },
+    MarkAgentGone {
+        agent_id: String,
+        reply: oneshot::Sender<Result<(), CallError>>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -274,6 +278,9 @@ impl Leader {
                     )))
                 };
                 let _ = reply.send(result);
+            }
+            Input::MarkAgentGone { agent_id, reply } => {
+                let _ = reply.send(self.mark_agent_gone(&agent_id).await);
             }
         }
     }

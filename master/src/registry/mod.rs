@@ -43,5 +43,7 @@ pub struct RegistryState {
     /// Role weights other than the default 1.
     pub weights: BTreeMap<String, f64>,
     pub quotas: BTreeMap<String, RoleQuota>,
+    /// Agents the operator marked gone: refused if they ever come back.
+    pub gone_agents: std::collections::BTreeSet<String>,
     pub applied: u64,
 }

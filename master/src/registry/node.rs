@@ -139,6 +139,8 @@ fn load_state(storage: &RaftStorage) -> Result<RegistryState, RegistryError> {
         } else if let Some(role) = key.strip_prefix("weight/") {
             let w = cairn_api::internal::RoleWeight::decode(&*value).map_err(corrupt)?;
             state.weights.insert(role.to_owned(), w.weight);
+        } else if let Some(id) = key.strip_prefix("gone/") {
+            state.gone_agents.insert(id.to_owned());
         } else if let Some(role) = key.strip_prefix("quota/") {
             let q = cairn_api::internal::RoleQuota::decode(&*value).map_err(corrupt)?;
             state.quotas.insert(role.to_owned(), q);
@@ -355,6 +357,12 @@ impl Driver {
                         state.quotas.insert(q.role.clone(), q);
                     }
                 }
+            }
+            Some(Operation::MarkAgentGone(id)) => {
+                batch.delete_cf(cf, format!("agent/{}", id.value));
+                batch.put_cf(cf, format!("gone/{}", id.value), []);
+                state.agents.remove(&id.value);
+                state.gone_agents.insert(id.value);
             }
             None => return Err(RegistryError::Rejected("empty registry operation".into())),
         }

@@ -1,0 +1,187 @@
+//! The agent's durable state and the one function that changes it. Live changes and
+//! recovery both go through [`AgentState::apply`], so what the agent rebuilds after a
+//! crash is exactly what it had.
+
+use std::collections::{HashMap, HashSet};
+
+use cairn_api::internal::checkpoint_record::Record;
+use cairn_api::internal::{CheckpointRecord, CheckpointedExecutor, RunTask, TaskRecord};
+use cairn_api::v1::{FrameworkId, FrameworkInfo, TaskInfo, TaskState};
+
+use crate::updates::StatusUpdates;
+
+pub type TaskKey = (String, String);
+
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub info: TaskInfo,
+    pub state: TaskState,
+    /// Handed to the executor; before that a kill is the agent's to do.
+    pub launched: bool,
+    /// Uuids of the updates recorded for this task: a resent update is a duplicate.
+    pub seen: HashSet<Vec<u8>>,
+}
+
+#[derive(Debug, Default)]
+pub struct AgentState {
+    pub agent_id: Option<String>,
+    pub frameworks: HashMap<String, FrameworkInfo>,
+    /// One executor per framework on this agent.
+    pub executors: HashMap<String, CheckpointedExecutor>,
+    pub tasks: HashMap<TaskKey, Task>,
+    pub updates: StatusUpdates,
+}
+
+impl AgentState {
+    pub fn apply(&mut self, record: &CheckpointRecord) {
+        let Some(record) = &record.record else { return };
+        match record {
+            Record::AgentId(id) => self.agent_id = Some(id.value.clone()),
+            Record::Framework(info) => {
+                let id = info.id.clone().unwrap_or_default().value;
+                self.frameworks.insert(id, info.clone());
+            }
+            Record::Executor(executor) => {
+                let fw = executor.framework_id.clone().unwrap_or_default().value;
+                self.executors.insert(fw, executor.clone());
+            }
+            Record::ExecutorExited(executor) => {
+                let fw = executor.framework_id.clone().unwrap_or_default().value;
+                if self
+                    .executors
+                    .get(&fw)
+                    .is_some_and(|e| e.pid == executor.pid)
+                {
+                    self.executors.remove(&fw);
+                }
+            }
+            Record::Task(run) => {
+                let (Some(framework), Some(task)) = (&run.framework, &run.task) else {
+                    return;
+                };
+                let fw = framework.id.clone().unwrap_or_default().value;
+                let task_id = task.task_id.clone().unwrap_or_default().value;
+                self.frameworks.insert(fw.clone(), framework.clone());
+                self.tasks.entry((fw, task_id)).or_insert_with(|| Task {
+                    info: task.clone(),
+                    state: TaskState::TaskStaging,
+                    launched: false,
+                    seen: HashSet::new(),
+                });
+            }
+            Record::Launched(launched) => {
+                if let Some(task) = self.tasks.get_mut(&record_key(launched)) {
+                    task.launched = true;
+                }
+            }
+            Record::Update(update) => {
+                let Some(status) = &update.status else { return };
+                let fw = update.framework_id.clone().unwrap_or_default().value;
+                let task_id = status.task_id.clone().unwrap_or_default().value;
+                let Some(task) = self.tasks.get_mut(&(fw.clone(), task_id)) else {
+                    return;
+                };
+                if task.state.is_terminal() || !task.seen.insert(status.uuid.clone()) {
+                    return;
+                }
+                task.state = TaskState::try_from(status.state).unwrap_or(TaskState::TaskUnknown);
+                self.updates.push(&fw, update.clone());
+            }
+            Record::Ack(ack) => {
+                let fw = ack.framework_id.clone().unwrap_or_default().value;
+                let task_id = ack.task_id.clone().unwrap_or_default().value;
+                let Some((acked, next)) = self.updates.acknowledge(&fw, &task_id, &ack.uuid) else {
+                    return;
+                };
+                let terminal = acked
+                    .status
+                    .and_then(|s| TaskState::try_from(s.state).ok())
+                    .is_some_and(TaskState::is_terminal);
+                if terminal && next.is_none() {
+                    self.tasks.remove(&(fw, task_id));
+                }
+            }
+            Record::FrameworkRemoved(id) => {
+                self.frameworks.remove(&id.value);
+            }
+        }
+    }
+
+    /// The live state as records, for compaction: replaying them gives this state
+    /// back (less the memory of acknowledged update uuids).
+    pub fn to_records(&self) -> Vec<CheckpointRecord> {
+        let mut records = Vec::new();
+        let mut push = |r: Record| records.push(CheckpointRecord { record: Some(r) });
+        if let Some(id) = &self.agent_id {
+            push(Record::AgentId(cairn_api::v1::AgentId {
+                value: id.clone(),
+            }));
+        }
+        for info in self.frameworks.values() {
+            push(Record::Framework(info.clone()));
+        }
+        for executor in self.executors.values() {
+            push(Record::Executor(executor.clone()));
+        }
+        for ((fw, _), task) in &self.tasks {
+            let framework = self.frameworks.get(fw).cloned().unwrap_or(FrameworkInfo {
+                id: Some(FrameworkId { value: fw.clone() }),
+                ..Default::default()
+            });
+            push(Record::Task(RunTask {
+                framework: Some(framework),
+                task: Some(task.info.clone()),
+            }));
+            if task.launched {
+                push(Record::Launched(task_record(fw, &task.info)));
+            }
+        }
+        for update in self.updates.all() {
+            push(Record::Update(update));
+        }
+        // Frameworks were re-added by their tasks' records; those shut down stay gone.
+        for fw in self.tasks.keys().map(|(fw, _)| fw) {
+            if !self.frameworks.contains_key(fw) {
+                push(Record::FrameworkRemoved(FrameworkId { value: fw.clone() }));
+            }
+        }
+        records
+    }
+
+    /// The non-terminal tasks of one framework.
+    pub fn live_tasks_of(&self, fw: &str) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .tasks
+            .iter()
+            .filter(|((f, _), t)| f == fw && !t.state.is_terminal())
+            .map(|((_, id), _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
+pub fn task_record(fw: &str, task: &TaskInfo) -> TaskRecord {
+    TaskRecord {
+        framework_id: Some(FrameworkId {
+            value: fw.to_owned(),
+        }),
+        task: Some(TaskInfo {
+            task_id: task.task_id.clone(),
+            ..Default::default()
+        }),
+        state: 0,
+    }
+}
+
+fn record_key(record: &TaskRecord) -> TaskKey {
+    (
+        record.framework_id.clone().unwrap_or_default().value,
+        record
+            .task
+            .as_ref()
+            .and_then(|t| t.task_id.clone())
+            .unwrap_or_default()
+            .value,
+    )
+}

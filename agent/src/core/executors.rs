@@ -1,0 +1,392 @@
+//! Executors as the core sees them: started or re-attached, subscribed over the
+//! socket (with the tasks and unacknowledged updates they hold), and ended, by
+//! exiting, by missing their re-subscription, or by a shutdown past its grace.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use cairn_api::internal::checkpoint_record::Record;
+use cairn_api::internal::{
+    CheckpointedExecutor, ExecutorAcknowledged, ExecutorEvent, ExecutorKill, ExecutorSubscribe,
+    ExecutorSubscribed, agent_message, executor_call, executor_event,
+};
+use cairn_api::v1::{ExecutorId, FrameworkId, TaskId, TaskState, task_status};
+use tokio::sync::mpsc;
+
+use super::{Core, Effect};
+
+/// A freshly started executor has this long to subscribe (Mesos'
+/// `--executor_registration_timeout` defaults to one minute).
+const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The core's live view of one executor process; what survives a restart is its
+/// checkpointed record.
+pub struct ExecutorLink {
+    pub(super) conn: Option<(u64, mpsc::Sender<ExecutorEvent>)>,
+    /// Events waiting for a subscription (or for room on the connection).
+    queued: Vec<ExecutorEvent>,
+    /// Adopted from the checkpoint after an agent restart, not started by us.
+    pub(super) recovered: bool,
+    /// Until it first subscribes after being started or re-attached.
+    subscribe_deadline: Option<Instant>,
+    pub(super) shutdown_deadline: Option<Instant>,
+    /// Killed by the agent; its exit is expected.
+    killed: bool,
+}
+
+impl ExecutorLink {
+    fn new(recovered: bool, subscribe_within: Duration) -> Self {
+        Self {
+            conn: None,
+            queued: Vec::new(),
+            recovered,
+            subscribe_deadline: Some(Instant::now() + subscribe_within),
+            shutdown_deadline: None,
+            killed: false,
+        }
+    }
+
+    /// Sends in order: queued events first, and nothing overtakes the queue.
+    pub(super) fn send(&mut self, event: ExecutorEvent) {
+        self.queued.push(event);
+        self.flush();
+    }
+
+    /// Sends what is queued until the connection is gone or full; the rest waits for
+    /// the next event or subscription.
+    fn flush(&mut self) {
+        let Some((_, tx)) = &self.conn else { return };
+        let mut sent = 0;
+        for event in &self.queued {
+            if tx.try_send(event.clone()).is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        self.queued.drain(..sent);
+    }
+}
+
+impl Core {
+    /// Starts the framework's executor unless it has a live one.
+    pub(super) fn ensure_executor(&mut self, fw: &str) -> std::io::Result<()> {
+        if self.checkpoint.state.executors.contains_key(fw) && self.links.contains_key(fw) {
+            return Ok(());
+        }
+        let executor_id = cairn_api::ids::executor_id_for(&FrameworkId {
+            value: fw.to_owned(),
+        })
+        .value;
+        let (pid, start_time) = self.launcher.spawn(fw, &executor_id)?;
+        self.checkpoint
+            .record(Record::Executor(CheckpointedExecutor {
+                framework_id: Some(FrameworkId {
+                    value: fw.to_owned(),
+                }),
+                executor_id: Some(ExecutorId { value: executor_id }),
+                pid,
+                start_time,
+            }));
+        self.links.insert(
+            fw.to_owned(),
+            ExecutorLink::new(false, REGISTRATION_TIMEOUT),
+        );
+        Ok(())
+    }
+
+    /// After a restart: executors still running get a grace period to re-subscribe;
+    /// for those that died while the agent was away, their tasks have failed.
+    /// Tasks still staging are staged again.
+    pub(super) fn reattach_executors(&mut self) {
+        let recorded: Vec<CheckpointedExecutor> =
+            self.checkpoint.state.executors.values().cloned().collect();
+        for executor in recorded {
+            let fw = executor.framework_id.clone().unwrap_or_default().value;
+            if crate::executors::is_alive(executor.pid, executor.start_time) {
+                tracing::info!(
+                    framework_id = fw,
+                    pid = executor.pid,
+                    "executor survived the restart; waiting for it to re-subscribe"
+                );
+                self.launcher.watch(&fw, executor.pid, executor.start_time);
+                self.links.insert(
+                    fw,
+                    ExecutorLink::new(true, self.config.executor_reregistration_timeout),
+                );
+            } else {
+                self.executor_gone(
+                    &fw,
+                    TaskState::TaskFailed,
+                    task_status::Reason::ExecutorTerminated,
+                    "the executor terminated while the agent was down",
+                );
+            }
+        }
+        let mut staged: Vec<_> = self
+            .checkpoint
+            .state
+            .tasks
+            .iter()
+            .filter(|(_, t)| !t.launched && !t.state.is_terminal())
+            .map(|(k, _)| k.clone())
+            .collect();
+        staged.sort();
+        for key in staged {
+            self.outbox.push(Effect::Stage(key));
+        }
+    }
+
+    pub(super) fn executor_subscribed(
+        &mut self,
+        fw: &str,
+        conn: u64,
+        pid: Option<i32>,
+        subscribe: ExecutorSubscribe,
+        tx: mpsc::Sender<ExecutorEvent>,
+    ) {
+        let (Some(record), Some(link)) = (
+            self.checkpoint.state.executors.get(fw),
+            self.links.get_mut(fw),
+        ) else {
+            tracing::warn!(
+                framework_id = fw,
+                "an executor subscribed for a framework with no executor here; shutting it down"
+            );
+            let _ = tx.try_send(ExecutorEvent {
+                event: Some(executor_event::Event::Shutdown(
+                    cairn_api::internal::ExecutorShutdown {},
+                )),
+            });
+            return;
+        };
+        // Only the process this agent started may speak for the framework.
+        if pid != Some(record.pid as i32) {
+            tracing::warn!(
+                framework_id = fw,
+                ?pid,
+                expected = record.pid,
+                "executor subscription from the wrong process refused"
+            );
+            return;
+        }
+        let subscribed = ExecutorEvent {
+            event: Some(executor_event::Event::Subscribed(ExecutorSubscribed {
+                agent_id: self.info.id.clone(),
+            })),
+        };
+        let _ = tx.try_send(subscribed);
+        link.conn = Some((conn, tx));
+        link.subscribe_deadline = None;
+        // Launches are recomputed below from what the executor says it holds.
+        link.queued
+            .retain(|e| !matches!(e.event, Some(executor_event::Event::Launch(_))));
+        if link.recovered {
+            tracing::info!(framework_id = fw, "recovered executor re-subscribed");
+        }
+        for status in subscribe.unacknowledged_updates {
+            self.executor_update(fw, status);
+        }
+        let held: HashSet<String> = subscribe.tasks.into_iter().map(|t| t.value).collect();
+        for task_id in self.checkpoint.state.live_tasks_of(fw) {
+            let task = &self.checkpoint.state.tasks[&(fw.to_owned(), task_id.clone())];
+            if task.launched && !held.contains(&task_id) {
+                // Handed over, but the event died with the old agent or connection.
+                let launch = self.launch_event(fw, task.info.clone());
+                self.send_to_executor(fw.to_owned(), launch);
+            }
+        }
+        for task_id in held {
+            let known = self
+                .checkpoint
+                .state
+                .tasks
+                .get(&(fw.to_owned(), task_id.clone()))
+                .is_some_and(|t| !t.state.is_terminal());
+            if !known {
+                tracing::warn!(
+                    framework_id = fw,
+                    task_id,
+                    "executor runs a task this agent does not know; killing it"
+                );
+                self.send_to_executor(
+                    fw.to_owned(),
+                    executor_event::Event::Kill(ExecutorKill {
+                        task_id: Some(TaskId { value: task_id }),
+                        kill_policy: None,
+                    }),
+                );
+            }
+        }
+        if let Some(link) = self.links.get_mut(fw) {
+            link.flush();
+        }
+    }
+
+    pub(super) fn on_executor_call(&mut self, fw: &str, conn: u64, call: executor_call::Call) {
+        let current = self
+            .links
+            .get(fw)
+            .and_then(|l| l.conn.as_ref())
+            .is_some_and(|(c, _)| *c == conn);
+        if !current {
+            return;
+        }
+        match call {
+            executor_call::Call::Update(update) => {
+                if let Some(status) = update.status {
+                    self.executor_update(fw, status);
+                }
+            }
+            executor_call::Call::Message(m) => {
+                let executor_id = cairn_api::ids::executor_id_for(&FrameworkId {
+                    value: fw.to_owned(),
+                });
+                self.send_to_master(agent_message::Message::ExecutorMessage(
+                    cairn_api::internal::FrameworkMessage {
+                        framework_id: Some(FrameworkId {
+                            value: fw.to_owned(),
+                        }),
+                        executor_id: Some(executor_id),
+                        data: m.data,
+                    },
+                ));
+            }
+            executor_call::Call::Heartbeat(_) | executor_call::Call::Subscribe(_) => {}
+        }
+    }
+
+    /// An update from an executor: recorded, and acknowledged to the executor once it
+    /// is durable (a duplicate is acknowledged again: it is durable already).
+    fn executor_update(&mut self, fw: &str, mut status: cairn_api::v1::TaskStatus) {
+        if status.uuid.len() != 16 {
+            tracing::warn!(
+                framework_id = fw,
+                "executor update without a 16-byte uuid dropped"
+            );
+            return;
+        }
+        status.source = task_status::Source::Executor as i32;
+        status.executor_id = Some(cairn_api::ids::executor_id_for(&FrameworkId {
+            value: fw.to_owned(),
+        }));
+        let ack = ExecutorAcknowledged {
+            task_id: status.task_id.clone(),
+            uuid: status.uuid.clone(),
+        };
+        self.record_update(fw, status);
+        self.send_to_executor(fw.to_owned(), executor_event::Event::Acknowledged(ack));
+    }
+
+    pub(super) fn executor_exited(&mut self, fw: &str, pid: u32, status: &str) {
+        let Some(record) = self.checkpoint.state.executors.get(fw) else {
+            return;
+        };
+        if record.pid != pid {
+            return;
+        }
+        tracing::info!(framework_id = fw, pid, status, "executor exited");
+        let executor_id = record.executor_id.clone();
+        let code = status
+            .strip_prefix("exit status: ")
+            .and_then(|c| c.trim().parse::<i32>().ok());
+        self.send_to_master(agent_message::Message::ExecutorExited(
+            cairn_api::internal::ExecutorExited {
+                framework_id: Some(FrameworkId {
+                    value: fw.to_owned(),
+                }),
+                executor_id,
+                status: code,
+                message: status.to_owned(),
+            },
+        ));
+        let shutting_down = self
+            .links
+            .get(fw)
+            .is_some_and(|l| l.shutdown_deadline.is_some());
+        let (state, reason) = if shutting_down {
+            (TaskState::TaskKilled, task_status::Reason::FrameworkRemoved)
+        } else {
+            (
+                TaskState::TaskFailed,
+                task_status::Reason::ExecutorTerminated,
+            )
+        };
+        self.executor_gone(
+            fw,
+            state,
+            reason,
+            &format!("executor exited ({status}) while the task was running"),
+        );
+    }
+
+    /// Forgets an executor and ends the tasks it was running.
+    fn executor_gone(
+        &mut self,
+        fw: &str,
+        state: TaskState,
+        reason: task_status::Reason,
+        message: &str,
+    ) {
+        let Some(record) = self.checkpoint.state.executors.get(fw).cloned() else {
+            return;
+        };
+        self.checkpoint.record(Record::ExecutorExited(record));
+        self.links.remove(fw);
+        for task_id in self.checkpoint.state.live_tasks_of(fw) {
+            let launched = self.checkpoint.state.tasks[&(fw.to_owned(), task_id.clone())].launched;
+            if launched {
+                self.fail_task(fw, &task_id, state, reason, message.to_owned());
+            } else {
+                // Its fetch is still running; it needs a new executor.
+                self.outbox
+                    .push(Effect::Stage((fw.to_owned(), task_id.clone())));
+            }
+        }
+    }
+
+    /// Kills executors that missed their (re-)subscription or outlived their shutdown
+    /// grace. Their exit arrives later and is expected.
+    pub(super) fn check_executor_deadlines(&mut self) {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        for (fw, link) in &mut self.links {
+            if link.killed {
+                continue;
+            }
+            let missed = link.subscribe_deadline.is_some_and(|d| d <= now);
+            let overdue = link.shutdown_deadline.is_some_and(|d| d <= now);
+            if missed || overdue {
+                link.killed = true;
+                expired.push((fw.clone(), missed, link.recovered));
+            }
+        }
+        for (fw, missed, recovered) in expired {
+            let Some(record) = self.checkpoint.state.executors.get(&fw).cloned() else {
+                continue;
+            };
+            tracing::warn!(
+                framework_id = fw,
+                pid = record.pid,
+                missed_subscription = missed,
+                "killing the executor's process group"
+            );
+            crate::executors::kill_group(record.pid, record.start_time);
+            if missed {
+                let (state, reason, message) = if recovered {
+                    (
+                        TaskState::TaskLost,
+                        task_status::Reason::ExecutorReregistrationTimeout,
+                        "the executor did not re-subscribe after the agent restarted",
+                    )
+                } else {
+                    (
+                        TaskState::TaskFailed,
+                        task_status::Reason::ExecutorRegistrationTimeout,
+                        "the executor did not subscribe in time",
+                    )
+                };
+                self.executor_gone(&fw, state, reason, message);
+            }
+        }
+    }
+}

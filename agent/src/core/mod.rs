@@ -1,0 +1,493 @@
+//! The agent's core: one actor owns the agent's frameworks, executors, tasks and
+//! status update streams. The master link, the executor socket and the HTTP API all
+//! talk to it through one channel.
+//!
+//! Every change to durable state is a checkpoint record. The actor handles a batch of
+//! inputs, syncs the records they produced once (group commit), and only then carries
+//! out the effects that depend on them (updates to the master, acknowledgements and
+//! launches to executors). A failed sync holds the effects back and is retried; the
+//! agent never tells anyone something it could forget.
+
+mod executors;
+mod tasks;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_api::internal::checkpoint_record::Record;
+use cairn_api::internal::{
+    AgentHeartbeat, AgentMessage, ExecutorEvent, RegisterAgent, TaskRecord, agent_message,
+    executor_call, executor_event, master_message,
+};
+use cairn_api::v1::{AgentId, AgentInfo, FrameworkId};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::checkpoint::{Checkpoint, TaskKey};
+use crate::executors::Launcher;
+use crate::paths::Paths;
+
+pub use executors::ExecutorLink;
+
+pub enum Input {
+    /// The master link needs the registration to send (it carries our task list).
+    Registration(oneshot::Sender<RegisterAgent>),
+    MasterConnected {
+        agent_id: String,
+        to_master: mpsc::Sender<AgentMessage>,
+    },
+    MasterDisconnected,
+    FromMaster(Box<master_message::Message>),
+    ExecutorSubscribed {
+        framework_id: String,
+        conn: u64,
+        pid: Option<i32>,
+        subscribe: cairn_api::internal::ExecutorSubscribe,
+        to_executor: mpsc::Sender<ExecutorEvent>,
+    },
+    FromExecutor {
+        framework_id: String,
+        conn: u64,
+        call: executor_call::Call,
+    },
+    ExecutorDisconnected {
+        framework_id: String,
+        conn: u64,
+    },
+    ExecutorExited {
+        framework_id: String,
+        pid: u32,
+        status: String,
+    },
+    Fetched {
+        framework_id: String,
+        task_id: String,
+        result: Result<(), String>,
+    },
+}
+
+/// What `/state` and `/files` read, published after every batch.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct AgentSnapshot {
+    pub agent_id: Option<String>,
+    pub master_connected: bool,
+    pub tasks: Vec<TaskView>,
+    pub executors: Vec<ExecutorView>,
+    pub pending_updates: usize,
+    /// Why the checkpoint cannot be written, while it cannot.
+    pub checkpoint_error: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TaskView {
+    pub framework_id: String,
+    pub task_id: String,
+    pub executor_id: String,
+    pub state: String,
+    pub directory: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExecutorView {
+    pub framework_id: String,
+    pub executor_id: String,
+    pub pid: u32,
+    pub subscribed: bool,
+    /// Recovered from the checkpoint after an agent restart.
+    pub recovered: bool,
+}
+
+/// Timings the core works to; the flags set them.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub heartbeat_interval: Duration,
+    /// The first resend of an unacknowledged update; doubled up to `MAX_UPDATE_RETRY`.
+    pub update_retry: Duration,
+    /// How long a recovered executor has to re-subscribe before it is killed.
+    pub executor_reregistration_timeout: Duration,
+    /// How long a shut-down executor has before its process group is killed.
+    pub executor_shutdown_grace: Duration,
+}
+
+/// Something the core does once the records it depends on are durable.
+enum Effect {
+    ToMaster(Box<agent_message::Message>),
+    ToExecutor(String, Box<executor_event::Event>),
+    /// Start (or restart) a staged task: its executor, then its fetch.
+    Stage(TaskKey),
+}
+
+/// Mesos backs off status update resends from 10 s to 10 min.
+const MAX_UPDATE_RETRY: Duration = Duration::from_secs(600);
+/// Inputs handled per batch, and so per sync at most.
+const MAX_BATCH: usize = 512;
+const TICK: Duration = Duration::from_millis(200);
+
+struct CommitFailure {
+    error: String,
+    retry_at: Instant,
+    backoff: Duration,
+}
+
+pub struct Core {
+    paths: Paths,
+    config: CoreConfig,
+    info: AgentInfo,
+    launcher: Launcher,
+    master: Option<mpsc::Sender<AgentMessage>>,
+    checkpoint: Checkpoint,
+    links: HashMap<String, ExecutorLink>,
+    outbox: Vec<Effect>,
+    /// When each in-flight stream head is next resent, and the interval after that.
+    resend: HashMap<TaskKey, (Instant, Duration)>,
+    commit_failure: Option<CommitFailure>,
+    snapshot: watch::Sender<Arc<AgentSnapshot>>,
+}
+
+impl Core {
+    /// Builds the core from a recovered checkpoint and re-attaches what it describes:
+    /// live executors are awaited, dead ones have their tasks failed, staged tasks
+    /// are staged again.
+    pub fn recover(
+        paths: Paths,
+        config: CoreConfig,
+        mut info: AgentInfo,
+        launcher: Launcher,
+        checkpoint: Checkpoint,
+    ) -> (Self, watch::Receiver<Arc<AgentSnapshot>>) {
+        info.id = checkpoint
+            .state
+            .agent_id
+            .clone()
+            .map(|value| AgentId { value });
+        let (snapshot, rx) = watch::channel(Arc::new(AgentSnapshot::default()));
+        let mut core = Self {
+            paths,
+            config,
+            info,
+            launcher,
+            master: None,
+            checkpoint,
+            links: HashMap::new(),
+            outbox: Vec::new(),
+            resend: HashMap::new(),
+            commit_failure: None,
+            snapshot,
+        };
+        core.reattach_executors();
+        core.settle();
+        core.publish();
+        (core, rx)
+    }
+
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Input>) {
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                input = rx.recv() => {
+                    let Some(input) = input else { return };
+                    self.handle(input);
+                    for _ in 1..MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(input) => self.handle(input),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = heartbeat.tick() => self.send_to_master(agent_message::Message::Heartbeat(AgentHeartbeat {})),
+                _ = tick.tick() => {
+                    self.resend_due_updates();
+                    self.check_executor_deadlines();
+                }
+            }
+            self.settle();
+            self.publish();
+        }
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Registration(reply) => {
+                let _ = reply.send(self.registration());
+            }
+            Input::MasterConnected {
+                agent_id,
+                to_master,
+            } => {
+                tracing::info!(agent_id, "registered with the master");
+                if self.checkpoint.state.agent_id.as_deref() != Some(agent_id.as_str()) {
+                    self.checkpoint.record(Record::AgentId(AgentId {
+                        value: agent_id.clone(),
+                    }));
+                }
+                self.info.id = Some(AgentId { value: agent_id });
+                self.master = Some(to_master);
+                // A new session: every head goes again now, and backoff restarts.
+                self.resend.clear();
+                for update in self.checkpoint.state.updates.heads() {
+                    self.update_to_master(update);
+                }
+            }
+            Input::MasterDisconnected => self.master = None,
+            Input::FromMaster(message) => self.on_master_message(*message),
+            Input::ExecutorSubscribed {
+                framework_id,
+                conn,
+                pid,
+                subscribe,
+                to_executor,
+            } => self.executor_subscribed(&framework_id, conn, pid, subscribe, to_executor),
+            Input::FromExecutor {
+                framework_id,
+                conn,
+                call,
+            } => self.on_executor_call(&framework_id, conn, call),
+            Input::ExecutorDisconnected { framework_id, conn } => {
+                if let Some(link) = self.links.get_mut(&framework_id)
+                    && link.conn.as_ref().is_some_and(|(c, _)| *c == conn)
+                {
+                    link.conn = None;
+                }
+            }
+            Input::ExecutorExited {
+                framework_id,
+                pid,
+                status,
+            } => self.executor_exited(&framework_id, pid, &status),
+            Input::Fetched {
+                framework_id,
+                task_id,
+                result,
+            } => self.fetched(&framework_id, &task_id, result),
+        }
+    }
+
+    fn registration(&self) -> RegisterAgent {
+        let tasks = self
+            .checkpoint
+            .state
+            .tasks
+            .iter()
+            .map(|((fw, _), t)| TaskRecord {
+                framework_id: Some(FrameworkId { value: fw.clone() }),
+                task: Some(t.info.clone()),
+                state: t.state as i32,
+            })
+            .collect();
+        RegisterAgent {
+            info: Some(self.info.clone()),
+            version: cairn_api::VERSION.into(),
+            tasks,
+        }
+    }
+
+    /// Commits what the last inputs recorded, then carries out the effects waiting
+    /// on it. Effects may record more (an executor started, a task failed), so this
+    /// repeats until the outbox is empty.
+    fn settle(&mut self) {
+        loop {
+            if !self.commit() {
+                return;
+            }
+            let effects = std::mem::take(&mut self.outbox);
+            if effects.is_empty() {
+                break;
+            }
+            for effect in effects {
+                self.perform(effect);
+            }
+        }
+        if let Err(e) = self.checkpoint.maybe_compact() {
+            tracing::warn!(error = %e, "cannot compact the checkpoint; it keeps growing");
+        }
+    }
+
+    /// Syncs pending records; false while the checkpoint cannot be written.
+    fn commit(&mut self) -> bool {
+        if !self.checkpoint.has_pending() {
+            return true;
+        }
+        if let Some(failure) = &self.commit_failure
+            && Instant::now() < failure.retry_at
+        {
+            return false;
+        }
+        match self.checkpoint.commit() {
+            Ok(_) => {
+                if let Some(failure) = self.commit_failure.take() {
+                    tracing::info!(
+                        previous_error = failure.error,
+                        "the checkpoint is writable again; releasing held updates"
+                    );
+                }
+                true
+            }
+            Err(e) => {
+                let backoff = self
+                    .commit_failure
+                    .as_ref()
+                    .map_or(Duration::from_millis(100), |f| {
+                        (f.backoff * 2).min(Duration::from_secs(5))
+                    });
+                if self.commit_failure.is_none() {
+                    tracing::error!(
+                        error = %e,
+                        held_records = self.checkpoint.pending_records(),
+                        "cannot write the checkpoint; holding updates and launches until it can be written"
+                    );
+                }
+                self.commit_failure = Some(CommitFailure {
+                    error: e.to_string(),
+                    retry_at: Instant::now() + backoff,
+                    backoff,
+                });
+                false
+            }
+        }
+    }
+
+    fn perform(&mut self, effect: Effect) {
+        match effect {
+            Effect::ToMaster(message) => {
+                let message = *message;
+                if let agent_message::Message::StatusUpdate(update) = &message {
+                    let key = update_key(update);
+                    // Only a stream's current head goes out; acks may have moved on.
+                    let is_head = self
+                        .checkpoint
+                        .state
+                        .updates
+                        .head(&key.0, &key.1)
+                        .and_then(|h| h.status.as_ref())
+                        .map(|s| &s.uuid)
+                        == update.status.as_ref().map(|s| &s.uuid);
+                    if !is_head {
+                        return;
+                    }
+                    let interval = self.config.update_retry;
+                    self.resend
+                        .insert(key, (Instant::now() + interval, interval));
+                }
+                self.send_to_master(message);
+            }
+            Effect::ToExecutor(fw, event) => {
+                if let Some(link) = self.links.get_mut(&fw) {
+                    link.send(ExecutorEvent {
+                        event: Some(*event),
+                    });
+                }
+            }
+            Effect::Stage(key) => self.stage(key),
+        }
+    }
+
+    /// Queues a status update for the master, sent once synced if it heads its stream.
+    fn update_to_master(&mut self, update: cairn_api::internal::StatusUpdate) {
+        self.outbox.push(Effect::ToMaster(Box::new(
+            agent_message::Message::StatusUpdate(update),
+        )));
+    }
+
+    /// Queues an event for a framework's executor, sent once what precedes it is synced.
+    fn send_to_executor(&mut self, fw: String, event: executor_event::Event) {
+        self.outbox.push(Effect::ToExecutor(fw, Box::new(event)));
+    }
+
+    fn send_to_master(&mut self, message: agent_message::Message) {
+        if let Some(tx) = &self.master
+            && tx
+                .try_send(AgentMessage {
+                    message: Some(message),
+                })
+                .is_err()
+        {
+            self.master = None;
+        }
+    }
+
+    /// Resends stream heads whose backoff ran out.
+    fn resend_due_updates(&mut self) {
+        if self.master.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let due: Vec<TaskKey> = self
+            .resend
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            let Some(head) = self.checkpoint.state.updates.head(&key.0, &key.1).cloned() else {
+                self.resend.remove(&key);
+                continue;
+            };
+            let (_, interval) = self.resend[&key];
+            let next = (interval * 2).min(MAX_UPDATE_RETRY);
+            self.resend.insert(key, (now + next, next));
+            self.send_to_master(agent_message::Message::StatusUpdate(head));
+        }
+    }
+
+    fn publish(&self) {
+        let state = &self.checkpoint.state;
+        let tasks = state
+            .tasks
+            .iter()
+            .map(|((fw, id), t)| {
+                let executor_id =
+                    cairn_api::ids::executor_id_for(&FrameworkId { value: fw.clone() }).value;
+                TaskView {
+                    framework_id: fw.clone(),
+                    task_id: id.clone(),
+                    directory: self
+                        .paths
+                        .sandbox(fw, &executor_id, id)
+                        .display()
+                        .to_string(),
+                    executor_id,
+                    state: t.state.as_str_name().to_owned(),
+                }
+            })
+            .collect();
+        let executors = state
+            .executors
+            .iter()
+            .map(|(fw, e)| ExecutorView {
+                framework_id: fw.clone(),
+                executor_id: e.executor_id.clone().unwrap_or_default().value,
+                pid: e.pid,
+                subscribed: self.links.get(fw).is_some_and(|l| l.conn.is_some()),
+                recovered: self.links.get(fw).is_some_and(|l| l.recovered),
+            })
+            .collect();
+        let _ = self.snapshot.send(Arc::new(AgentSnapshot {
+            agent_id: self.info.id.as_ref().map(|i| i.value.clone()),
+            master_connected: self.master.is_some(),
+            tasks,
+            executors,
+            pending_updates: state.updates.pending(),
+            checkpoint_error: self.commit_failure.as_ref().map(|f| f.error.clone()),
+        }));
+    }
+}
+
+fn update_key(update: &cairn_api::internal::StatusUpdate) -> TaskKey {
+    (
+        update.framework_id.clone().unwrap_or_default().value,
+        update
+            .status
+            .as_ref()
+            .and_then(|s| s.task_id.clone())
+            .unwrap_or_default()
+            .value,
+    )
+}
+
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
