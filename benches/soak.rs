@@ -58,6 +58,20 @@ fn next_random(state: &mut u64) -> u64 {
     *state
 }
 
+/// How many soak tasks (0.1 cpus, 16 MB each) an offer holds.
+fn fits(offer: &Value) -> usize {
+    let scalar = |name: &str| {
+        offer["resources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["name"] == name)
+            .filter_map(|r| r["scalar"]["value"].as_f64())
+            .sum::<f64>()
+    };
+    ((scalar("cpus") / 0.1 + 1e-9).floor() as usize).min((scalar("mem") / 16.0) as usize)
+}
+
 fn task(id: &str, agent_id: &Value) -> Value {
     let module = harness::guest("hello");
     json!({
@@ -136,7 +150,14 @@ async fn main() {
                     .cloned()
                     .unwrap_or_default()
                 {
-                    let room = (o.tasks - launched).min(8);
+                    let room = (o.tasks - launched).min(8).min(fits(&offer));
+                    if room == 0 {
+                        let decline = json!({"type": "DECLINE", "decline": {
+                            "offer_ids": [offer["id"]], "filters": {"refuse_seconds": 0.2}}});
+                        let (code, body) = scheduler.call(decline).await;
+                        assert_eq!(code, 202, "{body}");
+                        continue;
+                    }
                     let tasks: Vec<Value> = (launched..launched + room)
                         .map(|i| task(&format!("soak-{i}"), &offer["agent_id"]))
                         .collect();

@@ -149,12 +149,13 @@ impl Log {
         file.write_all(&bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, &self.path)?;
+        // From the rename on, the new file is the log: appends must go to it even if
+        // the directory sync below fails.
+        self.file = file;
+        self.committed = bytes.len() as u64;
         if let Some(dir) = self.path.parent() {
             File::open(dir)?.sync_all()?;
         }
-        file.seek(SeekFrom::End(0))?;
-        self.file = file;
-        self.committed = bytes.len() as u64;
         Ok(())
     }
 }

@@ -72,6 +72,10 @@ impl AgentState {
             Record::Launched(launched) => {
                 if let Some(task) = self.tasks.get_mut(&record_key(launched)) {
                     task.launched = true;
+                    // STAGING when live; a compacted record carries the latest state.
+                    if let Ok(state) = TaskState::try_from(launched.state) {
+                        task.state = state;
+                    }
                 }
             }
             Record::Update(update) => {
@@ -133,7 +137,12 @@ impl AgentState {
                 task: Some(task.info.clone()),
             }));
             if task.launched {
-                push(Record::Launched(task_record(fw, &task.info)));
+                let mut launched = task_record(fw, &task.info);
+                // Pending updates replay the state; with none, the record carries it.
+                if self.updates.head(fw, &task_id_of(&task.info)).is_none() {
+                    launched.state = task.state as i32;
+                }
+                push(Record::Launched(launched));
             }
         }
         for update in self.updates.all() {
@@ -170,8 +179,12 @@ pub fn task_record(fw: &str, task: &TaskInfo) -> TaskRecord {
             task_id: task.task_id.clone(),
             ..Default::default()
         }),
-        state: 0,
+        state: TaskState::TaskStaging as i32,
     }
+}
+
+fn task_id_of(task: &TaskInfo) -> String {
+    task.task_id.clone().unwrap_or_default().value
 }
 
 fn record_key(record: &TaskRecord) -> TaskKey {

@@ -112,6 +112,17 @@ fn history() -> Vec<Record> {
         ack("f1", "b", 4), // b is done: forgotten
         ack("f1", "a", 9), // stale: no effect
         Record::FrameworkRemoved(FrameworkId { value: "f2".into() }),
+        // d runs, and every update it sent was acknowledged: nothing pending.
+        run("f1", "d"),
+        Record::Launched(task_record(
+            "f1",
+            &TaskInfo {
+                task_id: Some(TaskId { value: "d".into() }),
+                ..Default::default()
+            },
+        )),
+        update("f1", "d", TaskState::TaskRunning, 5),
+        ack("f1", "d", 5),
     ]
 }
 
@@ -166,6 +177,10 @@ fn compaction_keeps_the_state_and_a_reboot_starts_fresh() {
     }
     live.commit().unwrap();
     let expected = summary(&live.state);
+    assert!(
+        expected.contains("f1/d:TASK_RUNNING:launched"),
+        "{expected}"
+    );
     let size = std::fs::metadata(&path).unwrap().len();
     assert!(
         size < COMPACT_MIN_BYTES * 2,

@@ -32,6 +32,9 @@ pub struct ExecutorLink {
     pub(super) shutdown_deadline: Option<Instant>,
     /// Killed by the agent; its exit is expected.
     killed: bool,
+    /// An exit noticed while its connection was still open: handled once the
+    /// connection closes, so the last updates it wrote are read first.
+    exited: Option<(u32, String)>,
 }
 
 impl ExecutorLink {
@@ -43,6 +46,7 @@ impl ExecutorLink {
             subscribe_deadline: Some(Instant::now() + subscribe_within),
             shutdown_deadline: None,
             killed: false,
+            exited: None,
         }
     }
 
@@ -54,7 +58,7 @@ impl ExecutorLink {
 
     /// Sends what is queued until the connection is gone or full; the rest waits for
     /// the next event or subscription.
-    fn flush(&mut self) {
+    pub(super) fn flush(&mut self) {
         let Some((_, tx)) = &self.conn else { return };
         let mut sent = 0;
         for event in &self.queued {
@@ -177,9 +181,14 @@ impl Core {
         let _ = tx.try_send(subscribed);
         link.conn = Some((conn, tx));
         link.subscribe_deadline = None;
-        // Launches are recomputed below from what the executor says it holds.
+        // Launches are recomputed below from what the executor says it holds: none
+        // queued or waiting on a sync may go as well, or a task could run twice.
         link.queued
             .retain(|e| !matches!(e.event, Some(executor_event::Event::Launch(_))));
+        self.outbox.retain(|e| {
+            !matches!(e, Effect::ToExecutor(f, event)
+                if f == fw && matches!(**event, executor_event::Event::Launch(_)))
+        });
         if link.recovered {
             tracing::info!(framework_id = fw, "recovered executor re-subscribed");
         }
@@ -277,13 +286,33 @@ impl Core {
         self.send_to_executor(fw.to_owned(), executor_event::Event::Acknowledged(ack));
     }
 
-    pub(super) fn executor_exited(&mut self, fw: &str, pid: u32, status: &str) {
+    pub(super) fn executor_disconnected(&mut self, fw: &str, conn: u64) {
+        let Some(link) = self.links.get_mut(fw) else {
+            return;
+        };
+        if link.conn.as_ref().is_some_and(|(c, _)| *c == conn) {
+            link.conn = None;
+            if let Some((pid, status)) = link.exited.take() {
+                self.executor_exited(fw, pid, status);
+            }
+        }
+    }
+
+    pub(super) fn executor_exited(&mut self, fw: &str, pid: u32, status: String) {
         let Some(record) = self.checkpoint.state.executors.get(fw) else {
             return;
         };
         if record.pid != pid {
             return;
         }
+        if let Some(link) = self.links.get_mut(fw)
+            && link.conn.is_some()
+        {
+            // Its socket may still hold its last updates; they are read first.
+            link.exited = Some((pid, status));
+            return;
+        }
+        let status = status.as_str();
         tracing::info!(framework_id = fw, pid, status, "executor exited");
         let executor_id = record.executor_id.clone();
         let code = status

@@ -113,6 +113,8 @@ pub struct CoreConfig {
 enum Effect {
     ToMaster(Box<agent_message::Message>),
     ToExecutor(String, Box<executor_event::Event>),
+    /// The master link's registration, built from durable state only.
+    Registration(oneshot::Sender<RegisterAgent>),
     /// Start (or restart) a staged task: its executor, then its fetch.
     Stage(TaskKey),
 }
@@ -140,6 +142,8 @@ pub struct Core {
     outbox: Vec<Effect>,
     /// When each in-flight stream head is next resent, and the interval after that.
     resend: HashMap<TaskKey, (Instant, Duration)>,
+    /// Tasks whose sandbox is being fetched: one fetch per task at a time.
+    fetching: std::collections::HashSet<TaskKey>,
     commit_failure: Option<CommitFailure>,
     snapshot: watch::Sender<Arc<AgentSnapshot>>,
 }
@@ -171,6 +175,7 @@ impl Core {
             links: HashMap::new(),
             outbox: Vec::new(),
             resend: HashMap::new(),
+            fetching: std::collections::HashSet::new(),
             commit_failure: None,
             snapshot,
         };
@@ -199,6 +204,9 @@ impl Core {
                 _ = tick.tick() => {
                     self.resend_due_updates();
                     self.check_executor_deadlines();
+                    for link in self.links.values_mut() {
+                        link.flush();
+                    }
                 }
             }
             self.settle();
@@ -208,9 +216,7 @@ impl Core {
 
     fn handle(&mut self, input: Input) {
         match input {
-            Input::Registration(reply) => {
-                let _ = reply.send(self.registration());
-            }
+            Input::Registration(reply) => self.outbox.push(Effect::Registration(reply)),
             Input::MasterConnected {
                 agent_id,
                 to_master,
@@ -244,17 +250,13 @@ impl Core {
                 call,
             } => self.on_executor_call(&framework_id, conn, call),
             Input::ExecutorDisconnected { framework_id, conn } => {
-                if let Some(link) = self.links.get_mut(&framework_id)
-                    && link.conn.as_ref().is_some_and(|(c, _)| *c == conn)
-                {
-                    link.conn = None;
-                }
+                self.executor_disconnected(&framework_id, conn)
             }
             Input::ExecutorExited {
                 framework_id,
                 pid,
                 status,
-            } => self.executor_exited(&framework_id, pid, &status),
+            } => self.executor_exited(&framework_id, pid, status),
             Input::Fetched {
                 framework_id,
                 task_id,
@@ -379,6 +381,9 @@ impl Core {
                 }
             }
             Effect::Stage(key) => self.stage(key),
+            Effect::Registration(reply) => {
+                let _ = reply.send(self.registration());
+            }
         }
     }
 
@@ -394,14 +399,14 @@ impl Core {
         self.outbox.push(Effect::ToExecutor(fw, Box::new(event)));
     }
 
+    /// Best effort: a full channel drops the message (updates are resent, heartbeats
+    /// recur); only a closed one ends the session.
     fn send_to_master(&mut self, message: agent_message::Message) {
-        if let Some(tx) = &self.master
-            && tx
-                .try_send(AgentMessage {
-                    message: Some(message),
-                })
-                .is_err()
-        {
+        let Some(tx) = &self.master else { return };
+        let message = AgentMessage {
+            message: Some(message),
+        };
+        if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(message) {
             self.master = None;
         }
     }

@@ -95,7 +95,7 @@ impl Core {
         let Some(task) = self.checkpoint.state.tasks.get(&key) else {
             return;
         };
-        if task.launched || task.state.is_terminal() {
+        if task.launched || task.state.is_terminal() || self.fetching.contains(&key) {
             return;
         }
         let uris = task
@@ -118,10 +118,12 @@ impl Core {
         let sandbox = self.paths.sandbox(fw, &executor_id, task_id);
         self.launcher
             .fetch(fw.clone(), task_id.clone(), sandbox, uris);
+        self.fetching.insert(key);
     }
 
     pub(super) fn fetched(&mut self, fw: &str, task_id: &str, result: Result<(), String>) {
         let key = (fw.to_owned(), task_id.to_owned());
+        self.fetching.remove(&key);
         let Some(task) = self.checkpoint.state.tasks.get(&key) else {
             return;
         };
@@ -138,17 +140,18 @@ impl Core {
             );
             return;
         }
-        if !self.checkpoint.state.executors.contains_key(fw) {
+        let info = task.info.clone();
+        // Its executor may have died during the fetch: the task gets a new one.
+        if let Err(why) = self.ensure_executor(fw) {
             self.fail_task(
                 fw,
                 task_id,
                 TaskState::TaskFailed,
-                task_status::Reason::ExecutorTerminated,
-                "the executor exited before the task could be launched".into(),
+                task_status::Reason::ContainerLaunchFailed,
+                format!("cannot start the executor: {why}"),
             );
             return;
         }
-        let info = task.info.clone();
         self.checkpoint
             .record(Record::Launched(task_record(fw, &info)));
         let launch = self.launch_event(fw, info);

@@ -41,6 +41,9 @@ struct Executor {
     args: ExecutorArgs,
     sandbox: Arc<Sandbox>,
     running: HashMap<String, CancelHandle>,
+    /// Every task this executor ever started: a task runs at most once, whatever
+    /// the agent resends.
+    started: std::collections::HashSet<String>,
     /// Updates sent but not yet acknowledged, resent after a re-subscription.
     unacked: Vec<TaskStatus>,
     statuses: mpsc::UnboundedSender<TaskStatus>,
@@ -53,6 +56,7 @@ pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
         args,
         sandbox,
         running: HashMap::new(),
+        started: std::collections::HashSet::new(),
         unacked: Vec::new(),
         statuses,
     };
@@ -191,7 +195,7 @@ impl Executor {
                     return false;
                 };
                 let task_id = task.task_id.clone().unwrap_or_default().value;
-                if self.running.contains_key(&task_id) {
+                if !self.started.insert(task_id.clone()) {
                     tracing::warn!(task_id, "duplicate launch ignored");
                     return false;
                 }

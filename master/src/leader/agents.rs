@@ -118,7 +118,9 @@ impl Leader {
                 status: None,
             };
             if state.is_terminal() {
-                // Reported only until acknowledged: history, not a live task.
+                // Reported only until acknowledged: history, not a live task. A live
+                // entry from before must go, or its resent update would free it twice.
+                self.tasks.remove(&key);
                 self.completed.push_back(entry);
             } else {
                 self.tasks.insert(key, entry);
