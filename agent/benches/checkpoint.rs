@@ -44,6 +44,7 @@ fn main() {
                     }),
                     ..Default::default()
                 }),
+                group: Vec::new(),
             }));
         }
         checkpoint.commit().expect("commit");

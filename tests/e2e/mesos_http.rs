@@ -347,3 +347,61 @@ async fn a_silent_agent_is_unreachable_and_its_tasks_come_back_when_it_does() {
         .await;
     cluster.assert_no_panics();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_group_reaches_its_executor_whole_or_not_at_all() {
+    let cluster = Cluster::start();
+    let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
+    let launch_group = |offer: &Value, tasks: Vec<Value>| {
+        json!({"type": "ACCEPT", "accept": {"offer_ids": [offer["id"]], "operations": [{
+            "type": "LAUNCH_GROUP", "launch_group": {"task_group": {"tasks": tasks}}}]}})
+    };
+    let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
+    let agent_id = offer["agent_id"].clone();
+    let group = launch_group(
+        &offer,
+        vec![
+            wasm_task("g1", &agent_id, 0.1),
+            wasm_task("g2", &agent_id, 0.1),
+        ],
+    );
+    assert_eq!(scheduler.call(group).await.0, 202);
+    let mut finished = Vec::new();
+    while finished.len() < 2 {
+        let status = events.next_of("UPDATE").await["update"]["status"].clone();
+        scheduler.acknowledge(&status).await;
+        assert_ne!(status["state"], "TASK_FAILED", "{status}");
+        if status["state"] == "TASK_FINISHED" {
+            finished.push(status["task_id"]["value"].as_str().unwrap().to_owned());
+        }
+    }
+    let log = crate::harness::find_files(&cluster.work_dir(), "executor.log")
+        .pop()
+        .unwrap();
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(text.contains("task group launched tasks=2"), "{text}");
+
+    // One member's module cannot be fetched: the other never starts either.
+    let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
+    let mut broken = wasm_task("h2", &agent_id, 0.1);
+    broken["command"]["uris"][0]["value"] = json!("file:///no/such/module.wasm");
+    let group = launch_group(&offer, vec![wasm_task("h1", &agent_id, 0.1), broken]);
+    assert_eq!(scheduler.call(group).await.0, 202);
+    let mut failed = std::collections::BTreeMap::new();
+    while failed.len() < 2 {
+        let status = events.next_of("UPDATE").await["update"]["status"].clone();
+        scheduler.acknowledge(&status).await;
+        assert_eq!(status["state"], "TASK_FAILED", "never started: {status}");
+        assert_eq!(
+            status["reason"], "REASON_CONTAINER_LAUNCH_FAILED",
+            "{status}"
+        );
+        let id = status["task_id"]["value"].as_str().unwrap().to_owned();
+        failed.insert(id, status["message"].as_str().unwrap().to_owned());
+    }
+    assert!(
+        failed["h1"].contains("task h2 of its group could not launch"),
+        "{failed:?}"
+    );
+    cluster.assert_no_panics();
+}

@@ -20,6 +20,8 @@ pub struct Task {
     pub launched: bool,
     /// Uuids of the updates recorded for this task: a resent update is a duplicate.
     pub seen: HashSet<Vec<u8>>,
+    /// The task group it belongs to (every member's id), empty for a lone task.
+    pub group: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -67,6 +69,7 @@ impl AgentState {
                     state: TaskState::TaskStaging,
                     launched: false,
                     seen: HashSet::new(),
+                    group: run.group.clone(),
                 });
             }
             Record::Launched(launched) => {
@@ -135,6 +138,7 @@ impl AgentState {
             push(Record::Task(RunTask {
                 framework: Some(framework),
                 task: Some(task.info.clone()),
+                group: task.group.clone(),
             }));
             if task.launched {
                 let mut launched = task_record(fw, &task.info);

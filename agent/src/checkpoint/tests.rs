@@ -21,6 +21,7 @@ fn run(f: &str, task: &str) -> Record {
             name: task.into(),
             ..Default::default()
         }),
+        group: Vec::new(),
     })
 }
 

@@ -144,6 +144,8 @@ pub struct Core {
     resend: HashMap<TaskKey, (Instant, Duration)>,
     /// Tasks whose sandbox is being fetched: one fetch per task at a time.
     fetching: std::collections::HashSet<TaskKey>,
+    /// Fetched group members waiting for the rest of their group.
+    fetched: std::collections::HashSet<TaskKey>,
     commit_failure: Option<CommitFailure>,
     snapshot: watch::Sender<Arc<AgentSnapshot>>,
 }
@@ -176,6 +178,7 @@ impl Core {
             outbox: Vec::new(),
             resend: HashMap::new(),
             fetching: std::collections::HashSet::new(),
+            fetched: std::collections::HashSet::new(),
             commit_failure: None,
             snapshot,
         };

@@ -3,7 +3,7 @@
 
 use cairn_api::internal::checkpoint_record::Record;
 use cairn_api::internal::{
-    ExecutorKill, ExecutorLaunch, ExecutorShutdown, RunTask, StatusUpdate,
+    ExecutorKill, ExecutorLaunch, ExecutorLaunchGroup, ExecutorShutdown, RunTask, StatusUpdate,
     StatusUpdateAcknowledgement, executor_event, master_message,
 };
 use cairn_api::v1::{
@@ -20,7 +20,14 @@ impl Core {
             master_message::Message::Registered(_) => {}
             master_message::Message::RunTask(run) => {
                 if let (Some(framework), Some(task)) = (run.framework, run.task) {
-                    self.run_task(framework, task);
+                    self.run_tasks(framework, vec![task], false);
+                }
+            }
+            master_message::Message::RunTaskGroup(run) => {
+                if let Some(framework) = run.framework
+                    && !run.tasks.is_empty()
+                {
+                    self.run_tasks(framework, run.tasks, true);
                 }
             }
             master_message::Message::KillTask(kill) => {
@@ -45,47 +52,67 @@ impl Core {
         }
     }
 
-    fn run_task(&mut self, framework: FrameworkInfo, task: TaskInfo) {
+    /// Accepts tasks from the master: a lone task, or a task group that launches on
+    /// its executor whole or not at all. Each is checkpointed before it is staged.
+    fn run_tasks(&mut self, framework: FrameworkInfo, tasks: Vec<TaskInfo>, is_group: bool) {
         let fw = framework.id.clone().unwrap_or_default().value;
-        let task_id = task.task_id.clone().unwrap_or_default().value;
-        if !cairn_api::ids::is_safe_id(&fw) || !cairn_api::ids::is_safe_id(&task_id) {
+        let ids: Vec<String> = tasks
+            .iter()
+            .map(|t| t.task_id.clone().unwrap_or_default().value)
+            .collect();
+        let refused = ids.iter().find(|id| {
+            !cairn_api::ids::is_safe_id(&fw)
+                || !cairn_api::ids::is_safe_id(id)
+                || self
+                    .checkpoint
+                    .state
+                    .tasks
+                    .contains_key(&(fw.clone(), (*id).clone()))
+        });
+        if let Some(task_id) = refused {
+            // The master validates ids, so this is a replay or a broken master; the
+            // master settles whatever it believes on re-registration.
             tracing::warn!(
                 fw,
                 task_id,
-                "refusing a task with an unsafe framework or task id"
+                "refusing a launch with an unsafe or duplicate framework or task id"
             );
             return;
         }
-        let key = (fw.clone(), task_id.clone());
-        if self.checkpoint.state.tasks.contains_key(&key) {
-            tracing::warn!(fw, task_id, "duplicate task launch ignored");
-            return;
-        }
-        let kind = task
-            .container
-            .as_ref()
-            .map(|c| c.r#type)
-            .unwrap_or(container_info::Type::Unset as i32);
-        self.checkpoint.record(Record::Task(RunTask {
-            framework: Some(framework),
-            task: Some(task),
-        }));
-        if kind != container_info::Type::Wasm as i32 {
-            let name = container_info::Type::try_from(kind)
-                .map(|t| t.as_str_name())
-                .unwrap_or("unknown");
-            self.fail_task(
-                &fw,
-                &task_id,
-                TaskState::TaskFailed,
-                task_status::Reason::ContainerLaunchFailed,
-                format!(
+        let group = if is_group { ids.clone() } else { Vec::new() };
+        let mut unsupported = None;
+        for task in tasks {
+            let kind = task
+                .container
+                .as_ref()
+                .map(|c| c.r#type)
+                .unwrap_or(container_info::Type::Unset as i32);
+            if kind != container_info::Type::Wasm as i32 {
+                let name = container_info::Type::try_from(kind)
+                    .map(|t| t.as_str_name())
+                    .unwrap_or("unknown");
+                unsupported.get_or_insert(format!(
                     "container type {name} is not supported by this agent: only WASM tasks run here"
-                ),
-            );
-            return;
+                ));
+            }
+            self.checkpoint.record(Record::Task(RunTask {
+                framework: Some(framework.clone()),
+                task: Some(task),
+                group: group.clone(),
+            }));
         }
-        self.outbox.push(Effect::Stage(key));
+        for task_id in ids {
+            match &unsupported {
+                Some(why) => self.fail_task(
+                    &fw,
+                    &task_id,
+                    TaskState::TaskFailed,
+                    task_status::Reason::ContainerLaunchFailed,
+                    why.clone(),
+                ),
+                None => self.outbox.push(Effect::Stage((fw.clone(), task_id))),
+            }
+        }
     }
 
     /// Starts a staged task on its way: its executor if there is none, then its fetch.
@@ -130,45 +157,98 @@ impl Core {
         if task.state.is_terminal() || task.launched {
             return; // killed or failed while its sandbox was being fetched
         }
+        let members = if task.group.is_empty() {
+            vec![task_id.to_owned()]
+        } else {
+            task.group.clone()
+        };
+        let reason = task_status::Reason::ContainerLaunchFailed;
         if let Err(why) = result {
-            self.fail_task(
-                fw,
-                task_id,
-                TaskState::TaskFailed,
-                task_status::Reason::ContainerLaunchFailed,
-                why,
-            );
+            self.end_before_launch(fw, task_id, TaskState::TaskFailed, reason, why);
             return;
         }
-        let info = task.info.clone();
         // Its executor may have died during the fetch: the task gets a new one.
         if let Err(why) = self.ensure_executor(fw) {
-            self.fail_task(
-                fw,
-                task_id,
-                TaskState::TaskFailed,
-                task_status::Reason::ContainerLaunchFailed,
-                format!("cannot start the executor: {why}"),
-            );
+            let why = format!("cannot start the executor: {why}");
+            self.end_before_launch(fw, task_id, TaskState::TaskFailed, reason, why);
             return;
         }
-        self.checkpoint
-            .record(Record::Launched(task_record(fw, &info)));
-        let launch = self.launch_event(fw, info);
-        self.send_to_executor(fw.to_owned(), launch);
+        self.fetched.insert(key);
+        // A task group goes to its executor in one event, once all of it is here.
+        let keys: Vec<TaskKey> = members.iter().map(|m| (fw.to_owned(), m.clone())).collect();
+        if !keys.iter().all(|k| self.fetched.contains(k)) {
+            return;
+        }
+        let mut launches = Vec::new();
+        for key in &keys {
+            self.fetched.remove(key);
+            let Some(info) = self.checkpoint.state.tasks.get(key).map(|t| t.info.clone()) else {
+                continue;
+            };
+            self.checkpoint
+                .record(Record::Launched(task_record(fw, &info)));
+            launches.push(self.launch_of(fw, info));
+        }
+        let event = match (members.len(), launches.pop()) {
+            (1, Some(launch)) => executor_event::Event::Launch(launch),
+            (_, Some(last)) => {
+                launches.push(last);
+                executor_event::Event::LaunchGroup(ExecutorLaunchGroup { tasks: launches })
+            }
+            (_, None) => return,
+        };
+        self.send_to_executor(fw.to_owned(), event);
+    }
+
+    /// Ends a task that never reached its executor, and with it the rest of its task
+    /// group: a group launches whole or not at all.
+    fn end_before_launch(
+        &mut self,
+        fw: &str,
+        task_id: &str,
+        state: TaskState,
+        reason: task_status::Reason,
+        message: String,
+    ) {
+        let group = self
+            .checkpoint
+            .state
+            .tasks
+            .get(&(fw.to_owned(), task_id.to_owned()))
+            .map(|t| t.group.clone())
+            .unwrap_or_default();
+        self.fail_task(fw, task_id, state, reason, message.clone());
+        for sibling in group.iter().filter(|s| *s != task_id) {
+            let key = (fw.to_owned(), sibling.clone());
+            self.fetched.remove(&key);
+            let pending = self
+                .checkpoint
+                .state
+                .tasks
+                .get(&key)
+                .is_some_and(|t| !t.launched && !t.state.is_terminal());
+            if pending {
+                let why = format!("task {task_id} of its group could not launch: {message}");
+                self.fail_task(fw, sibling, state, reason, why);
+            }
+        }
     }
 
     pub(super) fn launch_event(&self, fw: &str, task: TaskInfo) -> executor_event::Event {
+        executor_event::Event::Launch(self.launch_of(fw, task))
+    }
+
+    fn launch_of(&self, fw: &str, task: TaskInfo) -> ExecutorLaunch {
         let executor_id = cairn_api::ids::executor_id_for(&FrameworkId {
             value: fw.to_owned(),
         })
         .value;
         let task_id = task.task_id.clone().unwrap_or_default().value;
         let sandbox = self.paths.sandbox(fw, &executor_id, &task_id);
-        executor_event::Event::Launch(ExecutorLaunch {
+        ExecutorLaunch {
             task: Some(task),
             sandbox_directory: sandbox.display().to_string(),
-        })
+        }
     }
 
     fn kill_task(&mut self, fw: &str, task_id: TaskId, policy: Option<cairn_api::v1::KillPolicy>) {
@@ -181,7 +261,7 @@ impl Core {
         }
         if !task.launched {
             // Still staging: the executor never saw it, so the agent ends it.
-            self.fail_task(
+            self.end_before_launch(
                 fw,
                 &task_id.value,
                 TaskState::TaskKilled,

@@ -190,24 +190,12 @@ impl Executor {
             Some(executor_event::Event::Subscribed(_)) => {
                 tracing::info!("subscribed to the agent");
             }
-            Some(executor_event::Event::Launch(launch)) => {
-                let Some(task) = launch.task else {
-                    return false;
-                };
-                let task_id = task.task_id.clone().unwrap_or_default().value;
-                if !self.started.insert(task_id.clone()) {
-                    tracing::warn!(task_id, "duplicate launch ignored");
-                    return false;
+            Some(executor_event::Event::Launch(launch)) => self.launch(launch),
+            Some(executor_event::Event::LaunchGroup(group)) => {
+                tracing::info!(tasks = group.tasks.len(), "task group launched");
+                for launch in group.tasks {
+                    self.launch(launch);
                 }
-                let cancel = CancelHandle::default();
-                self.running.insert(task_id, cancel.clone());
-                task::launch(
-                    self.sandbox.clone(),
-                    task,
-                    PathBuf::from(launch.sandbox_directory),
-                    self.statuses.clone(),
-                    cancel,
-                );
             }
             Some(executor_event::Event::Kill(kill)) => {
                 // A WASI command has no signal to catch, so there is nothing to give
@@ -236,6 +224,26 @@ impl Executor {
             None => {}
         }
         false
+    }
+
+    fn launch(&mut self, launch: cairn_api::internal::ExecutorLaunch) {
+        let Some(task) = launch.task else {
+            return;
+        };
+        let task_id = task.task_id.clone().unwrap_or_default().value;
+        if !self.started.insert(task_id.clone()) {
+            tracing::warn!(task_id, "duplicate launch ignored");
+            return;
+        }
+        let cancel = CancelHandle::default();
+        self.running.insert(task_id, cancel.clone());
+        task::launch(
+            self.sandbox.clone(),
+            task,
+            PathBuf::from(launch.sandbox_directory),
+            self.statuses.clone(),
+            cancel,
+        );
     }
 
     fn on_status(&mut self, status: &TaskStatus) {

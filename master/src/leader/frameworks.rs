@@ -4,7 +4,9 @@ use std::time::{Duration, Instant};
 
 use cairn_api::Resources;
 use cairn_api::internal::registry_operation::Operation;
-use cairn_api::internal::{KillTask, MasterMessage, RunTask, ShutdownFramework, master_message};
+use cairn_api::internal::{
+    KillTask, MasterMessage, RunTask, RunTaskGroup, ShutdownFramework, master_message,
+};
 use cairn_api::v1::{
     Call, Event, FrameworkId, FrameworkInfo, TaskInfo, TaskState, TaskStatus, call, event,
     offer::operation, task_status,
@@ -410,6 +412,25 @@ impl Leader {
                 }
                 continue;
             }
+            if is_group {
+                let mut tasks = Vec::new();
+                for (mut task, result) in group.into_iter().zip(checked) {
+                    let resources = result.expect("a group with an error was refused above");
+                    remaining = remaining.checked_sub(&resources).expect("validated");
+                    task.agent_id = Some(cairn_api::v1::AgentId {
+                        value: agent_id.clone(),
+                    });
+                    self.track_launch(framework_id, &agent_id, &role, &task, resources);
+                    tasks.push(task);
+                }
+                let framework = self.frameworks[framework_id].info.clone();
+                let run = master_message::Message::RunTaskGroup(RunTaskGroup {
+                    framework: Some(framework),
+                    tasks,
+                });
+                self.send_run(&agent_id, run);
+                continue;
+            }
             for (mut task, result) in group.into_iter().zip(checked) {
                 match result {
                     Ok(resources) => {
@@ -501,8 +522,26 @@ impl Leader {
         task: TaskInfo,
         resources: Resources,
     ) {
-        let task_id = task.task_id.clone().unwrap_or_default().value;
+        self.track_launch(framework_id, agent_id, role, &task, resources);
         let framework = self.frameworks[framework_id].info.clone();
+        let run = master_message::Message::RunTask(RunTask {
+            framework: Some(framework),
+            task: Some(task),
+            group: Vec::new(),
+        });
+        self.send_run(agent_id, run);
+    }
+
+    /// Records a task as STAGING on its agent, its resources in use.
+    fn track_launch(
+        &mut self,
+        framework_id: &str,
+        agent_id: &str,
+        role: &str,
+        task: &TaskInfo,
+        resources: Resources,
+    ) {
+        let task_id = task.task_id.clone().unwrap_or_default().value;
         if let Some(agent) = self.agents.get_mut(agent_id) {
             agent.used = agent.used.add(&resources);
         }
@@ -519,21 +558,14 @@ impl Leader {
             },
         );
         tracing::info!(framework_id, agent_id, task_id, "launching task");
-        let sent = self.send_to_agent(
-            agent_id,
-            MasterMessage {
-                message: Some(master_message::Message::RunTask(RunTask {
-                    framework: Some(framework),
-                    task: Some(task),
-                })),
-            },
-        );
+    }
+
+    /// Sends a RunTask or RunTaskGroup; a lost agent's tasks are settled when it
+    /// re-registers or times out.
+    fn send_run(&mut self, agent_id: &str, run: master_message::Message) {
+        let sent = self.send_to_agent(agent_id, MasterMessage { message: Some(run) });
         if !sent {
-            tracing::warn!(
-                agent_id,
-                task_id,
-                "agent went away before the task reached it"
-            );
+            tracing::warn!(agent_id, "agent went away before its tasks reached it");
         }
     }
 
