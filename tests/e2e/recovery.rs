@@ -329,3 +329,81 @@ async fn a_teardown_while_the_agent_was_away_reaches_it_when_it_returns() {
     .unwrap();
     cluster.assert_no_panics();
 }
+
+/// Reconciles one task (with the agent it was on); returns nothing, the answer is an
+/// UPDATE event.
+async fn reconcile(scheduler: &Scheduler, task_id: &str, agent_id: &Value) {
+    let call = json!({"type": "RECONCILE", "reconcile": {"tasks": [
+        {"task_id": {"value": task_id}, "agent_id": agent_id}]}});
+    assert_eq!(scheduler.call(call).await.0, 202);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_answers_from_the_master_and_waits_for_agents_it_has_not_heard_from() {
+    let mut cluster = Cluster::start();
+    let mut info = framework_info(None);
+    info["capabilities"] = json!([{"type": "PARTITION_AWARE"}]);
+    let (scheduler, mut events) =
+        Scheduler::subscribe_with(&cluster.master_addr, info.clone()).await;
+    let (_, agent_id) = launch_gate(&scheduler, &mut events, "live").await;
+    let nowhere = json!({"value": "no-such-agent"});
+    let answer = |e: Value| {
+        let s = &e["update"]["status"];
+        (
+            s["task_id"]["value"].as_str().unwrap().to_owned(),
+            s["state"].as_str().unwrap().to_owned(),
+        )
+    };
+
+    // Unknown to a master whose agent is registered: gone. On an unknown agent: unknown.
+    reconcile(&scheduler, "ghost", &agent_id).await;
+    assert_eq!(
+        answer(events.next_of("UPDATE").await),
+        ("ghost".into(), "TASK_GONE".into())
+    );
+    reconcile(&scheduler, "ghost", &nowhere).await;
+    assert_eq!(
+        answer(events.next_of("UPDATE").await),
+        ("ghost".into(), "TASK_UNKNOWN".into())
+    );
+
+    // A restarted master that has not heard from the agent yet does not guess.
+    cluster.agent.signal(nix::sys::signal::Signal::SIGSTOP);
+    drop(events);
+    cluster.master.kill();
+    let dir = cluster.dir.path().to_owned();
+    let addr = cluster.master_addr.clone();
+    let (master, _) = tokio::task::spawn_blocking(move || start_master(&dir, &addr))
+        .await
+        .unwrap();
+    cluster.master = master;
+    info["id"] = json!({"value": scheduler.framework_id});
+    let (scheduler, mut events) = Scheduler::subscribe_with(&cluster.master_addr, info).await;
+    reconcile(&scheduler, "live", &agent_id).await;
+    reconcile(&scheduler, "marker", &nowhere).await;
+    assert_eq!(
+        answer(events.next_of("UPDATE").await),
+        ("marker".into(), "TASK_UNKNOWN".into()),
+        "no answer for a task on an agent that has not re-registered"
+    );
+    // The agent comes back with its task: the master's view is rebuilt from it.
+    cluster.agent.signal(nix::sys::signal::Signal::SIGCONT);
+    scheduler
+        .state_until(&cluster.master_addr, "the agent to re-register", |s| {
+            s["tasks"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t["id"] == "live"))
+        })
+        .await;
+    reconcile(&scheduler, "live", &agent_id).await;
+    loop {
+        let update = events.next_of("UPDATE").await;
+        let reason = update["update"]["status"]["reason"].clone();
+        if answer(update) == ("live".into(), "TASK_RUNNING".into())
+            && reason == "REASON_RECONCILIATION"
+        {
+            break;
+        }
+    }
+    cluster.assert_no_panics();
+}

@@ -656,7 +656,15 @@ impl Leader {
                                 && c.info.task_id.as_ref().is_some_and(|t| t.value == id.value)
                         })
                     });
-                statuses.push(reconcile_status(Some(id), known));
+                if known.is_some() {
+                    statuses.push(reconcile_status(Some(id), known));
+                    continue;
+                }
+                let agent_id = t.agent_id.map(|a| a.value).unwrap_or_default();
+                if let Some(mut status) = self.reconcile_unknown(framework_id, &agent_id) {
+                    status.task_id = Some(id);
+                    statuses.push(status);
+                }
             }
         }
         for s in statuses {
@@ -665,6 +673,46 @@ impl Leader {
     }
 
     /// TEARDOWN: kill the framework's tasks, drop its offers and remove it from the registry.
+    /// The answer for a task the master does not know, from what it knows of the
+    /// agent named with it (Mesos' rules): on a registered agent the task is gone; on
+    /// an unreachable one, unreachable; on an agent marked gone, gone by operator; on
+    /// an agent the registry admitted that has not re-registered since this master
+    /// started, no answer yet: its re-registration will tell (`None`).
+    fn reconcile_unknown(&self, framework_id: &str, agent_id: &str) -> Option<TaskStatus> {
+        let partition_aware = self.frameworks.get(framework_id).is_some_and(|f| {
+            f.info.capabilities.iter().any(|c| {
+                c.r#type == cairn_api::v1::framework_info::capability::Type::PartitionAware as i32
+            })
+        });
+        let registry = self.registry.state();
+        let state = if registry.gone_agents.contains(agent_id) {
+            TaskState::TaskGoneByOperator
+        } else if let Some(agent) = self.agents.get(agent_id) {
+            match (agent.conn.is_some(), partition_aware) {
+                (true, true) => TaskState::TaskGone,
+                (false, true) => TaskState::TaskUnreachable,
+                (_, false) => TaskState::TaskLost,
+            }
+        } else if registry.agents.contains_key(agent_id) {
+            return None;
+        } else if partition_aware {
+            TaskState::TaskUnknown
+        } else {
+            TaskState::TaskLost
+        };
+        let agent_id = (!agent_id.is_empty()).then(|| cairn_api::v1::AgentId {
+            value: agent_id.to_owned(),
+        });
+        Some(TaskStatus {
+            state: state as i32,
+            source: task_status::Source::Master as i32,
+            reason: Some(task_status::Reason::Reconciliation as i32),
+            agent_id,
+            timestamp: now_secs(),
+            ..Default::default()
+        })
+    }
+
     pub(super) async fn teardown(&mut self, framework_id: &str) -> Result<(), CallError> {
         self.registry
             .propose(Operation::RemoveFramework(FrameworkId {
