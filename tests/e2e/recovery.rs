@@ -407,3 +407,56 @@ async fn reconciliation_answers_from_the_master_and_waits_for_agents_it_has_not_
     }
     cluster.assert_no_panics();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_an_agent_re_registers_without_are_lost() {
+    use cairn_api::internal::agent_registry_client::AgentRegistryClient;
+    use cairn_api::internal::{AgentMessage, RegisterAgent, agent_message, master_message};
+
+    let mut cluster = Cluster::start();
+    let (scheduler, mut events) =
+        Scheduler::subscribe_with(&cluster.master_addr, framework_info(None)).await;
+    let (_, agent_id) = launch_gate(&scheduler, &mut events, "forgotten").await;
+    // A real agent checkpoints every task before acting on it, so it never comes back
+    // without one. Speak the agent protocol directly to make one that does.
+    cluster.agent.kill();
+    let mut client = AgentRegistryClient::connect(format!("http://{}", cluster.master_addr))
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let info = cairn_api::v1::AgentInfo {
+        hostname: "127.0.0.1".into(),
+        port: 1,
+        resources: cairn_api::Resources::parse("cpus:2;mem:1024;disk:1024;ports:[31000-31100]")
+            .unwrap()
+            .to_proto(),
+        attributes: Vec::new(),
+        id: Some(cairn_api::v1::AgentId {
+            value: agent_id["value"].as_str().unwrap().to_owned(),
+        }),
+    };
+    let register = AgentMessage {
+        message: Some(agent_message::Message::Register(RegisterAgent {
+            info: Some(info),
+            version: cairn_api::VERSION.into(),
+            tasks: Vec::new(),
+        })),
+    };
+    tx.send(register).await.unwrap();
+    let mut inbound = client
+        .register(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = inbound.message().await.unwrap().unwrap();
+    assert!(matches!(
+        first.message,
+        Some(master_message::Message::Registered(_))
+    ));
+    let status = next_update(&scheduler, &mut events).await;
+    assert_eq!(status["task_id"]["value"], "forgotten", "{status}");
+    assert_eq!(status["state"], "TASK_LOST", "{status}");
+    assert_eq!(status["reason"], "REASON_AGENT_REREGISTERED", "{status}");
+    drop(tx);
+    cluster.assert_no_panics();
+}
