@@ -11,7 +11,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::core::Input;
 
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Kept short: an agent notices a restarted master within this long.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 pub async fn run(master: String, core: mpsc::Sender<Input>) {
     let mut backoff = Duration::from_millis(500);

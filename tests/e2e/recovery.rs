@@ -460,3 +460,22 @@ async fn tasks_an_agent_re_registers_without_are_lost() {
     drop(tx);
     cluster.assert_no_panics();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_reports_task_killing_to_frameworks_that_understand_it() {
+    let cluster = Cluster::start();
+    let mut info = framework_info(None);
+    info["capabilities"] = json!([{"type": "TASK_KILLING_STATE"}]);
+    let (scheduler, mut events) = Scheduler::subscribe_with(&cluster.master_addr, info).await;
+    let (_, agent_id) = launch_gate(&scheduler, &mut events, "doomed").await;
+    let kill = json!({"type": "KILL", "kill": {"task_id": {"value": "doomed"}, "agent_id": agent_id,
+        "kill_policy": {"grace_period": {"nanoseconds": 1_000_000_000u64}}}});
+    assert_eq!(scheduler.call(kill).await.0, 202);
+    let states = updates_until(&scheduler, &mut events, "TASK_KILLED").await;
+    assert_eq!(
+        distinct(&states),
+        ["TASK_KILLING", "TASK_KILLED"],
+        "{states:?}"
+    );
+    cluster.assert_no_panics();
+}

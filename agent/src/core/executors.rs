@@ -222,6 +222,7 @@ impl Core {
                     executor_event::Event::Kill(ExecutorKill {
                         task_id: Some(TaskId { value: task_id }),
                         kill_policy: None,
+                        report_killing: false,
                     }),
                 );
             }

@@ -271,11 +271,17 @@ impl Core {
             return;
         }
         let kill_policy = policy.or(task.info.kill_policy);
+        let report_killing = self.checkpoint.state.frameworks.get(fw).is_some_and(|f| {
+            f.capabilities.iter().any(|c| {
+                c.r#type == cairn_api::v1::framework_info::capability::Type::TaskKillingState as i32
+            })
+        });
         self.send_to_executor(
             fw.to_owned(),
             executor_event::Event::Kill(ExecutorKill {
                 task_id: Some(task_id),
                 kill_policy,
+                report_killing,
             }),
         );
     }

@@ -203,6 +203,21 @@ impl Executor {
                 // can be asked to stop, and a wasm task is interrupted at once.
                 let task_id = kill.task_id.unwrap_or_default().value;
                 if let Some(cancel) = self.running.get(&task_id) {
+                    if kill.report_killing {
+                        let _ = self.statuses.send(TaskStatus {
+                            task_id: Some(TaskId {
+                                value: task_id.clone(),
+                            }),
+                            state: cairn_api::v1::TaskState::TaskKilling as i32,
+                            message: "killing the task".into(),
+                            uuid: cairn_api::ids::new_update_uuid(),
+                            timestamp: std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map(|d| d.as_secs_f64())
+                                .unwrap_or_default(),
+                            ..Default::default()
+                        });
+                    }
                     cancel.cancel();
                 }
             }
