@@ -82,7 +82,7 @@ impl Agent {
             );
         }
         // A corrupt checkpoint stops the agent here: its tasks are not silently dropped.
-        let checkpoint = checkpoint::Checkpoint::open(&paths.checkpoint(), boot.rebooted())
+        let mut checkpoint = checkpoint::Checkpoint::open(&paths.checkpoint(), boot.rebooted())
             .context("recovering the agent's checkpoint (move the work dir's meta/ away to start as a new agent; the master will then report its tasks lost)")?;
         boot.record(&paths).context("recording the boot id")?;
         let info = AgentInfo {
@@ -92,6 +92,10 @@ impl Agent {
             attributes,
             id: None,
         };
+        checkpoint
+            .reconfigure(&info)
+            .map_err(anyhow::Error::msg)
+            .context("recovering the agent (restore its flags, or start it on a fresh work dir as a new agent)")?;
         Ok(Self {
             config,
             info,

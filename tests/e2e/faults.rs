@@ -221,3 +221,47 @@ async fn after_a_reboot_the_agent_registers_anew_and_old_executors_are_shut_down
     .await;
     cluster.assert_no_panics();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_may_add_resources_but_not_take_any_away() {
+    let mut cluster = Cluster::start();
+    let addr = cluster.agent_addr.clone();
+    let id = blocking(move || get_json(&addr, "/state")["id"].clone()).await;
+    cluster.agent.kill();
+    let dir = cluster.dir.path().to_owned();
+    let master = cluster.master_addr.clone();
+    let fewer = "cpus:1;mem:1024;disk:1024;ports:[31000-31100]";
+    let mut refused =
+        blocking(move || crate::harness::start_agent_with(&dir, &master, &["--resources", fewer]))
+            .await;
+    let line = refused.wait_for_log("resources changed from");
+    assert!(
+        line.contains("may add resources but not remove any"),
+        "{line}"
+    );
+    let refused = blocking(move || {
+        wait_for("the agent to exit", || {
+            (!refused.is_running()).then_some(())
+        });
+        refused
+    })
+    .await;
+    drop(refused);
+
+    let dir = cluster.dir.path().to_owned();
+    let master = cluster.master_addr.clone();
+    let more = "cpus:4;mem:2048;disk:1024;ports:[31000-31100]";
+    let agent = blocking(move || {
+        let a = crate::harness::start_agent_with(&dir, &master, &["--resources", more]);
+        a.wait_for_log("registered with the master");
+        a
+    })
+    .await;
+    let addr = agent.wait_for_address("http");
+    cluster.agent = agent;
+    assert_eq!(
+        blocking(move || get_json(&addr, "/state")["id"].clone()).await,
+        id
+    );
+    cluster.assert_no_panics();
+}

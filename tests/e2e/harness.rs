@@ -228,6 +228,11 @@ pub fn start_agent_with(dir: &Path, master: &str, flags: &[&str]) -> Daemon {
         "--status-update-retry-interval",
         "500ms",
     ];
+    if flags.contains(&"--resources") {
+        // The caller's resources replace the default ones.
+        let at = args.iter().position(|a| *a == "--resources").unwrap();
+        args.drain(at..at + 2);
+    }
     args.extend_from_slice(flags);
     Daemon::start(&args, next_log(dir, "agent"))
 }

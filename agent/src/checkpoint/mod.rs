@@ -73,6 +73,41 @@ impl Checkpoint {
         self.log.commit()
     }
 
+    /// Checks the agent's configured resources and attributes against what it last
+    /// registered with, and records them. A restart may add resources (Mesos'
+    /// additive reconfiguration policy); removing or changing any, or changing an
+    /// attribute, would break what the master and running tasks rely on, so the
+    /// agent refuses to start instead.
+    pub fn reconfigure(&mut self, info: &cairn_api::v1::AgentInfo) -> Result<(), String> {
+        let current = cairn_api::v1::AgentInfo {
+            resources: info.resources.clone(),
+            attributes: info.attributes.clone(),
+            ..Default::default()
+        };
+        if let Some(previous) = &self.state.agent_info {
+            if *previous == current {
+                return Ok(());
+            }
+            let old = cairn_api::Resources::from_proto(&previous.resources)
+                .map_err(|e| format!("the checkpointed resources do not parse: {e}"))?;
+            let new = cairn_api::Resources::from_proto(&current.resources)
+                .map_err(|e| format!("the configured resources do not parse: {e}"))?;
+            if !new.contains(&old) {
+                return Err(format!(
+                    "the agent's resources changed from {old} to {new}; a restarted agent may \
+                     add resources but not remove any"
+                ));
+            }
+            if previous.attributes != current.attributes {
+                return Err("the agent's attributes changed; a restarted agent keeps them".into());
+            }
+        }
+        self.record(Record::AgentInfo(current));
+        self.commit()
+            .map(|_| ())
+            .map_err(|e| format!("cannot write the checkpoint: {e}"))
+    }
+
     /// Rewrites the log as the live state once it has grown enough to be worth it.
     pub fn maybe_compact(&mut self) -> std::io::Result<bool> {
         let size = self.log.committed_bytes();

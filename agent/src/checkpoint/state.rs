@@ -27,6 +27,7 @@ pub struct Task {
 #[derive(Debug, Default)]
 pub struct AgentState {
     pub agent_id: Option<String>,
+    pub agent_info: Option<cairn_api::v1::AgentInfo>,
     pub frameworks: HashMap<String, FrameworkInfo>,
     /// One executor per framework on this agent.
     pub executors: HashMap<String, CheckpointedExecutor>,
@@ -39,6 +40,7 @@ impl AgentState {
         let Some(record) = &record.record else { return };
         match record {
             Record::AgentId(id) => self.agent_id = Some(id.value.clone()),
+            Record::AgentInfo(info) => self.agent_info = Some(info.clone()),
             Record::Framework(info) => {
                 let id = info.id.clone().unwrap_or_default().value;
                 self.frameworks.insert(id, info.clone());
@@ -123,6 +125,9 @@ impl AgentState {
             push(Record::AgentId(cairn_api::v1::AgentId {
                 value: id.clone(),
             }));
+        }
+        if let Some(info) = &self.agent_info {
+            push(Record::AgentInfo(info.clone()));
         }
         for info in self.frameworks.values() {
             push(Record::Framework(info.clone()));
