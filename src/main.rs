@@ -125,6 +125,12 @@ struct ExecutorArgs {
     directory: PathBuf,
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     recovery_timeout: Duration,
+    /// The agent's compile cache, shared by its executors.
+    #[arg(long, requires = "compile_cache_key")]
+    compile_cache: Option<PathBuf>,
+    /// The file holding the key that authenticates the cache's artifacts.
+    #[arg(long)]
+    compile_cache_key: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -191,6 +197,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 executor_id: args.executor_id,
                 directory: args.directory,
                 recovery_timeout: args.recovery_timeout,
+                compile_cache: args.compile_cache.zip(args.compile_cache_key),
             })
             .await?;
             Ok(0)

@@ -85,6 +85,8 @@ impl Agent {
         let mut checkpoint = checkpoint::Checkpoint::open(&paths.checkpoint(), boot.rebooted())
             .context("recovering the agent's checkpoint (move the work dir's meta/ away to start as a new agent; the master will then report its tasks lost)")?;
         boot.record(&paths).context("recording the boot id")?;
+        paths::ensure_cache_key(&paths.compile_cache_key())
+            .context("creating the compile cache key")?;
         let info = AgentInfo {
             hostname: config.hostname.clone(),
             port: i32::from(port),

@@ -4,6 +4,8 @@
 //! <work_dir>/agent.sock                                   executor API socket
 //! <work_dir>/meta/checkpoint.log                          the checkpoint (see `checkpoint`)
 //! <work_dir>/meta/boot_id                                 the boot the checkpoint belongs to
+//! <work_dir>/meta/cache.key                               authenticates compiled artifacts
+//! <work_dir>/cache/wasm/                                  the compile cache (see cairn-sandbox)
 //! <work_dir>/frameworks/<fw>/executors/<ex>/              executor dir: executor.log, pid
 //! <work_dir>/frameworks/<fw>/executors/<ex>/tasks/<task>/ task sandbox: stdout, stderr, files
 //! ```
@@ -30,6 +32,16 @@ impl Paths {
         self.root.join("meta").join("checkpoint.log")
     }
 
+    /// The secret that authenticates compiled artifacts (created on first start).
+    pub fn compile_cache_key(&self) -> PathBuf {
+        self.root.join("meta").join("cache.key")
+    }
+
+    /// Precompiled wasm artifacts shared by the agent's executors.
+    pub fn compile_cache(&self) -> PathBuf {
+        self.root.join("cache").join("wasm")
+    }
+
     pub fn boot_id_file(&self) -> PathBuf {
         self.root.join("meta").join("boot_id")
     }
@@ -47,6 +59,28 @@ impl Paths {
             .join("tasks")
             .join(task)
     }
+}
+
+/// Creates the compile cache's key on first use: 32 random bytes only the agent's
+/// user may read.
+pub(crate) fn ensure_cache_key(path: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.exists() {
+        return Ok(());
+    }
+    let mut key = uuid::Uuid::new_v4().as_bytes().to_vec();
+    key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(&key)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Writes a small file crash-safely: a temp file, fsync, rename.

@@ -1,13 +1,20 @@
-use std::sync::{Arc, Weak};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
+
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
-    PoolingAllocationConfig,
+    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, PoolingAllocationConfig,
 };
 
+use crate::cache::{CacheConfig, CacheStats, CompileCache};
 use crate::error::SandboxError;
 use crate::run::StoreState;
+
+/// Linked programs one process keeps in memory.
+const MAX_PROGRAMS: usize = 256;
 
 /// How often the epoch ticker advances; the granularity of wall-clock limits and kills.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -21,6 +28,8 @@ pub struct SandboxConfig {
     /// The largest linear memory any one task may ask for (the pooling allocator's
     /// per-memory reservation, 4 GiB, is the ceiling).
     pub max_memory_bytes: usize,
+    /// The on-disk compile cache shared with the agent's other executors, if any.
+    pub cache: Option<CacheConfig>,
 }
 
 impl Default for SandboxConfig {
@@ -28,6 +37,7 @@ impl Default for SandboxConfig {
         Self {
             max_instances: 1000,
             max_memory_bytes: 4 << 30,
+            cache: None,
         }
     }
 }
@@ -37,6 +47,10 @@ pub struct Sandbox {
     pub(crate) engine: Engine,
     linker: Linker<StoreState>,
     pub(crate) config: SandboxConfig,
+    cache: CompileCache,
+    /// Linked programs by module sha256: a module runs again without compiling or
+    /// linking (`InstancePre` reuse).
+    programs: Mutex<HashMap<[u8; 32], Program>>,
 }
 
 /// A compiled and linked module, ready to be instantiated many times.
@@ -62,10 +76,13 @@ impl Sandbox {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut StoreState| &mut s.wasi)
             .map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
+        let cache = CompileCache::new(&engine, config.cache.clone());
         let sandbox = Arc::new(Self {
             engine,
             linker,
             config,
+            cache,
+            programs: Mutex::new(HashMap::new()),
         });
         spawn_epoch_ticker(Arc::downgrade(&sandbox));
         Ok(sandbox)
@@ -84,8 +101,15 @@ impl Sandbox {
                 "a component or an unsupported wasm version; only core modules run as tasks".into(),
             ));
         }
-        let module =
-            Module::new(&self.engine, bytes).map_err(|e| SandboxError::Invalid(root_cause(&e)))?;
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        if let Some(program) = self.lock_programs().get(&digest) {
+            self.cache.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(program.clone());
+        }
+        let module = self
+            .cache
+            .module(&self.engine, &digest, bytes)
+            .map_err(|e| SandboxError::Invalid(root_cause(&e)))?;
         if module.get_export("_start").is_none() {
             return Err(SandboxError::NotCommand);
         }
@@ -93,7 +117,23 @@ impl Sandbox {
             .linker
             .instantiate_pre(&module)
             .map_err(|e| SandboxError::Link(root_cause(&e)))?;
-        Ok(Program { pre })
+        let program = Program { pre };
+        let mut programs = self.lock_programs();
+        if programs.len() >= MAX_PROGRAMS {
+            programs.clear(); // a crude bound; the disk cache refills it cheaply
+        }
+        programs.insert(digest, program.clone());
+        Ok(program)
+    }
+
+    /// Where compiled modules came from so far.
+    pub fn cache_stats(&self) -> &CacheStats {
+        &self.cache.stats
+    }
+
+    fn lock_programs(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Program>> {
+        // Entries are inserted whole, so a poisoned map is still consistent.
+        self.programs.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

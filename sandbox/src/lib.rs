@@ -5,11 +5,13 @@
 //! owns the engine, its epoch ticker and the WASI linker; each run gets its own store
 //! with a memory cap, an optional fuel budget and a wall-clock deadline.
 
+mod cache;
 mod engine;
 mod error;
 mod limits;
 mod run;
 
+pub use cache::{CacheConfig, CacheStats};
 pub use engine::{Program, Sandbox, SandboxConfig};
 pub use error::SandboxError;
 pub use run::{CancelHandle, Exit, Limit, RunOutcome, RunSpec, Usage};

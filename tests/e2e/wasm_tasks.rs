@@ -135,3 +135,26 @@ fn limits_end_tasks_with_mesos_reasons() {
     }
     cluster.assert_no_panics();
 }
+
+#[test]
+fn executors_of_an_agent_share_one_compiled_artifact_per_module() {
+    let cluster = Cluster::start();
+    let hello = guest("hello");
+    // Each `cairn run` is a framework of its own, so each gets an executor of its own.
+    for _ in 0..2 {
+        let out = cluster.run(&hello, &["cached"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let cache = cluster.work_dir().join("cache/wasm");
+    let artifacts: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .collect();
+    assert_eq!(artifacts.len(), 1, "{artifacts:?}");
+    let key = cluster.work_dir().join("meta/cache.key");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the cache key is the agent's alone");
+    cluster.assert_no_panics();
+}

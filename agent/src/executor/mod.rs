@@ -30,6 +30,8 @@ pub struct ExecutorArgs {
     pub executor_id: String,
     pub directory: PathBuf,
     pub recovery_timeout: Duration,
+    /// The agent's compile cache directory and the file holding its key.
+    pub compile_cache: Option<(PathBuf, PathBuf)>,
 }
 
 /// How long a shut-down executor waits for its killed tasks to report.
@@ -50,7 +52,22 @@ struct Executor {
 }
 
 pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
-    let sandbox = Sandbox::new(SandboxConfig::default()).context("setting up the wasm sandbox")?;
+    let cache = match &args.compile_cache {
+        Some((dir, key_file)) => {
+            let key = std::fs::read(key_file)
+                .with_context(|| format!("reading the compile cache key {}", key_file.display()))?;
+            Some(cairn_sandbox::CacheConfig {
+                dir: dir.clone(),
+                key,
+            })
+        }
+        None => None,
+    };
+    let config = SandboxConfig {
+        cache,
+        ..SandboxConfig::default()
+    };
+    let sandbox = Sandbox::new(config).context("setting up the wasm sandbox")?;
     let (statuses, mut status_rx) = mpsc::unbounded_channel();
     let mut executor = Executor {
         args,

@@ -1,0 +1,147 @@
+//! The compile cache: each module is compiled once per (sha256 of its bytes, engine
+//! fingerprint) and kept on disk as a precompiled artifact that every executor of the
+//! agent shares; each process also keeps the linked program in memory (see
+//! `Sandbox::compile`).
+//!
+//! Deserializing a precompiled artifact runs whatever machine code it holds, so an
+//! artifact is loaded only if it carries a MAC under the agent's cache key, which
+//! only Cairn holds: an artifact someone else wrote, a corrupt one, or one from
+//! another engine version is compiled again, never trusted.
+//!
+//! ```text
+//! <dir>/<sha256 of the module>-<engine fingerprint>.cwasm := mac: 32 bytes | artifact
+//! ```
+
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use wasmtime::{Engine, Module};
+
+type MacSha256 = Hmac<Sha256>;
+const MAC_BYTES: usize = 32;
+
+/// Where a compiled module came from; counted for the metrics and the tests.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub memory_hits: AtomicU64,
+    pub disk_hits: AtomicU64,
+    pub compiles: AtomicU64,
+    /// Artifacts found on disk but refused (bad MAC, corrupt, incompatible).
+    pub rejected: AtomicU64,
+}
+
+/// Settings for the on-disk half of the cache.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub dir: PathBuf,
+    /// The secret that authenticates artifacts; at least 32 bytes.
+    pub key: Vec<u8>,
+}
+
+pub(crate) struct CompileCache {
+    disk: Option<CacheConfig>,
+    fingerprint: String,
+    pub(crate) stats: CacheStats,
+}
+
+impl CompileCache {
+    pub(crate) fn new(engine: &Engine, disk: Option<CacheConfig>) -> Self {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        Self {
+            disk,
+            fingerprint: format!("{:016x}", hasher.finish()),
+            stats: CacheStats::default(),
+        }
+    }
+
+    /// The module for these bytes (whose sha256 is `digest`): from disk, or compiled
+    /// and stored.
+    pub(crate) fn module(
+        &self,
+        engine: &Engine,
+        digest: &[u8; 32],
+        bytes: &[u8],
+    ) -> wasmtime::Result<Module> {
+        if let Some(module) = self.load(engine, digest) {
+            self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(module);
+        }
+        let module = Module::new(engine, bytes)?;
+        self.stats.compiles.fetch_add(1, Ordering::Relaxed);
+        self.store(digest, &module);
+        Ok(module)
+    }
+
+    fn path(&self, dir: &Path, digest: &[u8; 32]) -> PathBuf {
+        dir.join(format!(
+            "{}-{}.cwasm",
+            hex::encode(digest),
+            self.fingerprint
+        ))
+    }
+
+    fn mac(&self, key: &[u8], digest: &[u8; 32], artifact: &[u8]) -> MacSha256 {
+        let mut mac = MacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
+        mac.update(digest);
+        mac.update(self.fingerprint.as_bytes());
+        mac.update(artifact);
+        mac
+    }
+
+    fn load(&self, engine: &Engine, digest: &[u8; 32]) -> Option<Module> {
+        let disk = self.disk.as_ref()?;
+        let path = self.path(&disk.dir, digest);
+        let bytes = std::fs::read(&path).ok()?;
+        let reject = |why: &str| {
+            tracing::warn!(path = %path.display(), why, "compiled artifact refused; compiling again");
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            None
+        };
+        if bytes.len() < MAC_BYTES {
+            return reject("too short");
+        }
+        let (tag, artifact) = bytes.split_at(MAC_BYTES);
+        if self
+            .mac(&disk.key, digest, artifact)
+            .verify_slice(tag)
+            .is_err()
+        {
+            return reject("not written by this agent (MAC mismatch)");
+        }
+        // SAFETY: the artifact carries a MAC under the agent's secret key over exactly
+        // these bytes, so it is an artifact this process's code serialized from a module
+        // it compiled with a compatible engine; wasmtime checks compatibility again.
+        match unsafe { Module::deserialize(engine, artifact) } {
+            Ok(module) => Some(module),
+            Err(_) => reject("incompatible with this engine"),
+        }
+    }
+
+    /// Writes an artifact crash-safely; a failure only costs a later compile.
+    fn store(&self, digest: &[u8; 32], module: &Module) {
+        let Some(disk) = &self.disk else { return };
+        let result = (|| -> std::io::Result<()> {
+            let artifact = module.serialize().map_err(std::io::Error::other)?;
+            let tag = self
+                .mac(&disk.key, digest, &artifact)
+                .finalize()
+                .into_bytes();
+            std::fs::create_dir_all(&disk.dir)?;
+            let path = self.path(&disk.dir, digest);
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(&tag)?;
+            file.write_all(&artifact)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })();
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "cannot store a compiled artifact");
+        }
+    }
+}
