@@ -1,0 +1,125 @@
+//! How fast a task starts: from "the launch reaches the executor" to the task's exit,
+//! for a task that does nothing, so the time is all start-up and tear-down.
+//!
+//! - wasm: a cached module (the compile cache's in-memory hit), instantiated from its
+//!   `InstancePre` in the pooling allocator, run to `_start`'s return, with its WASI
+//!   context and stdout/stderr files in a sandbox directory, as the executor does;
+//! - native: fork/exec of an equivalent static binary (`int main(){return 0;}`);
+//! - docker: `docker run --rm --network none` of a local image holding that binary.
+//!
+//! ```text
+//! cargo bench --workspace --profile dev --bench start
+//! ```
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cairn_sandbox::{CancelHandle, Exit, RunSpec, Sandbox, SandboxConfig};
+
+const EMPTY: &str = r#"(module (memory (export "memory") 1) (func (export "_start")))"#;
+const IMAGE: &str = "cairn-bench-true:latest";
+
+fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    (at(0.50), at(0.99))
+}
+
+fn row(what: &str, runs: usize, samples: Vec<Duration>) {
+    let (p50, p99) = percentiles(samples);
+    println!(
+        "| {what} | {runs} | {:.1} µs | {:.1} µs |",
+        p50.as_secs_f64() * 1e6,
+        p99.as_secs_f64() * 1e6
+    );
+}
+
+fn main() {
+    let work = tempfile::tempdir().unwrap();
+    println!("| task start to exit | runs | p50 | p99 |");
+    println!("|---|---:|---:|---:|");
+
+    let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
+    let bytes = wat::parse_str(EMPTY).unwrap();
+    sandbox.compile(&bytes).unwrap(); // warm the cache, as a second task finds it
+    let runs = 2000;
+    let samples: Vec<Duration> = (0..runs)
+        .map(|i| {
+            let dir = work.path().join(format!("wasm-{i}"));
+            std::fs::create_dir(&dir).unwrap();
+            let spec = RunSpec {
+                args: vec!["empty.wasm".into()],
+                env: vec![],
+                sandbox_dir: dir.clone(),
+                stdout: dir.join("stdout"),
+                stderr: dir.join("stderr"),
+                memory_bytes: 1 << 20,
+                fuel: None,
+                timeout: Some(Duration::from_secs(10)),
+            };
+            let started = Instant::now();
+            let program = sandbox.compile(&bytes).unwrap();
+            let outcome = sandbox
+                .run(&program, &spec, &CancelHandle::default())
+                .unwrap();
+            let elapsed = started.elapsed();
+            assert_eq!(outcome.exit, Exit::Code(0));
+            elapsed
+        })
+        .collect();
+    row("wasm, cached module", runs, samples);
+
+    let native = work.path().join("true");
+    let source = work.path().join("true.c");
+    std::fs::write(&source, "int main(void) { return 0; }\n").unwrap();
+    let built = Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&native)
+        .arg(&source)
+        .status()
+        .unwrap();
+    assert!(built.success(), "cc -static");
+    let runs = 500;
+    let samples: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let started = Instant::now();
+            let status = Command::new(&native)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap();
+            let elapsed = started.elapsed();
+            assert!(status.success());
+            elapsed
+        })
+        .collect();
+    row("native fork/exec, static binary", runs, samples);
+
+    let dockerfile = "FROM scratch\nCOPY true /true\nENTRYPOINT [\"/true\"]\n";
+    std::fs::write(work.path().join("Dockerfile"), dockerfile).unwrap();
+    let image = Command::new("docker")
+        .args(["build", "-q", "-t", IMAGE])
+        .arg(work.path())
+        .stdout(Stdio::null())
+        .status();
+    if !image.is_ok_and(|s| s.success()) {
+        println!("| docker run | - | docker is not available here | |");
+        return;
+    }
+    let runs = 20;
+    let samples: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let started = Instant::now();
+            let status = Command::new("docker")
+                .args(["run", "--rm", "--network", "none", IMAGE])
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
+            let elapsed = started.elapsed();
+            assert!(status.success());
+            elapsed
+        })
+        .collect();
+    row("docker run --rm, same binary", runs, samples);
+}
