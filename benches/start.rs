@@ -56,6 +56,7 @@ fn main() {
                 memory_bytes: 1 << 20,
                 fuel: None,
                 timeout: Some(Duration::from_secs(10)),
+                disk_bytes: 64 << 20,
             };
             let started = Instant::now();
             let program = sandbox.compile(&bytes).unwrap();

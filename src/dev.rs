@@ -78,6 +78,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
             master: master_addr.to_string(),
             cpus: 0.1,
             mem: 64.0,
+            disk: 64.0,
             env: vec!["GREETING=Hello".into()],
             name: Some("demo".into()),
             timeout: Some(Duration::from_secs(30)),

@@ -31,6 +31,9 @@ pub struct RunArgs {
     /// Memory in MB; also the cap on the module's linear memory.
     #[arg(long, default_value_t = 64.0)]
     pub mem: f64,
+    /// Disk in MB: the sandbox's quota, stdout and stderr included.
+    #[arg(long, default_value_t = 64.0)]
+    pub disk: f64,
     /// Environment variables for the task, KEY=VALUE (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
@@ -83,7 +86,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let env = parse_env(&args.env)?;
     let wanted = Resources::new()
         .with_scalar("cpus", args.cpus)
-        .with_scalar("mem", args.mem);
+        .with_scalar("mem", args.mem)
+        .with_scalar("disk", args.disk);
 
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", args.master))
         .with_context(|| format!("{:?} is not HOST:PORT", args.master))?

@@ -6,6 +6,7 @@
 //! with a memory cap, an optional fuel budget and a wall-clock deadline.
 
 mod cache;
+mod disk;
 mod engine;
 mod error;
 mod limits;

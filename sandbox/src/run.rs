@@ -5,11 +5,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmtime::{Store, Trap, UpdateDeadline};
-use wasmtime_wasi::cli::OutputFile;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
+use crate::disk::{DiskBudget, DiskLimitExceeded, QuotaOutput};
 use crate::engine::{Program, Sandbox};
+
+/// The sandbox's usage is measured every this many epoch ticks (10 ms each).
+const DISK_POLL_TICKS: u32 = 10;
 use crate::error::SandboxError;
 use crate::limits::MemoryLimiter;
 
@@ -29,6 +32,8 @@ pub struct RunSpec {
     pub fuel: Option<u64>,
     /// Wall-clock bound (`max_completion_time`); `None` is unlimited.
     pub timeout: Option<Duration>,
+    /// Bytes the sandbox may hold, stdout and stderr included (the task's `disk`).
+    pub disk_bytes: u64,
 }
 
 /// A limit a run hit; each maps onto one Mesos `REASON_*`.
@@ -37,6 +42,7 @@ pub enum Limit {
     Memory,
     Fuel,
     Time,
+    Disk,
 }
 
 /// How a run ended.
@@ -104,7 +110,8 @@ impl Sandbox {
     ) -> Result<RunOutcome, SandboxError> {
         let started = Instant::now();
         let memory_bytes = spec.memory_bytes.min(self.config.max_memory_bytes);
-        let wasi = wasi_ctx(spec)?;
+        let budget = DiskBudget::new(spec.disk_bytes, &spec.sandbox_dir);
+        let wasi = wasi_ctx(spec, &budget)?;
         let mut store = Store::new(
             &self.engine,
             StoreState {
@@ -119,6 +126,8 @@ impl Sandbox {
             .map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
         let deadline = spec.timeout.map(|t| started + t);
         let cancel_flag = cancel.clone();
+        let disk = budget.clone();
+        let mut ticks = 0u32;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             if cancel_flag.is_cancelled() {
@@ -126,6 +135,10 @@ impl Sandbox {
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(Interrupted::Deadline.into());
+            }
+            ticks = ticks.wrapping_add(1);
+            if ticks.is_multiple_of(DISK_POLL_TICKS) && disk.poll() {
+                return Err(DiskLimitExceeded.into());
             }
             Ok(UpdateDeadline::Continue(1))
         });
@@ -143,7 +156,13 @@ impl Sandbox {
             peak_memory_bytes: state.limiter.peak_bytes as u64,
             wall_time: started.elapsed(),
         };
+        // A run that wrote past its quota and ended (even by its own exit, as a
+        // guest that ignores its write errors may) is a disk limitation; a last poll
+        // catches files written since the previous one.
+        let over_disk = budget.exceeded.load(Ordering::Relaxed) || budget.poll();
         let exit = match result {
+            Err(e) if e.downcast_ref::<DiskLimitExceeded>().is_some() => Exit::Limit(Limit::Disk),
+            _ if over_disk => Exit::Limit(Limit::Disk),
             Ok(()) => Exit::Code(0),
             Err(e) => classify(&e, refused_memory),
         };
@@ -173,7 +192,7 @@ fn classify(e: &wasmtime::Error, refused_memory: bool) -> Exit {
     }
 }
 
-fn wasi_ctx(spec: &RunSpec) -> Result<WasiP1Ctx, SandboxError> {
+fn wasi_ctx(spec: &RunSpec, budget: &Arc<DiskBudget>) -> Result<WasiP1Ctx, SandboxError> {
     let open = |path: &PathBuf| {
         File::options()
             .create(true)
@@ -185,8 +204,8 @@ fn wasi_ctx(spec: &RunSpec) -> Result<WasiP1Ctx, SandboxError> {
     builder
         .args(&spec.args)
         .envs(&spec.env)
-        .stdout(OutputFile::new(open(&spec.stdout)?))
-        .stderr(OutputFile::new(open(&spec.stderr)?))
+        .stdout(QuotaOutput::new(open(&spec.stdout)?, budget.clone()))
+        .stderr(QuotaOutput::new(open(&spec.stderr)?, budget.clone()))
         // Deny by default: no sockets unless a later grant says so.
         .allow_tcp(false)
         .allow_udp(false)

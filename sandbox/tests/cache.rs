@@ -37,6 +37,7 @@ fn run(sandbox: &Sandbox, bytes: &[u8]) -> Exit {
         memory_bytes: 2 << 20,
         fuel: None,
         timeout: Some(Duration::from_secs(20)),
+        disk_bytes: 64 << 20,
     };
     let program = sandbox.compile(bytes).unwrap();
     sandbox

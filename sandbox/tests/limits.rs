@@ -24,6 +24,7 @@ fn spec(dir: &tempfile::TempDir) -> RunSpec {
         memory_bytes: 2 << 20,
         fuel: None,
         timeout: Some(Duration::from_secs(20)),
+        disk_bytes: 64 << 20,
     }
 }
 
@@ -172,4 +173,69 @@ fn the_guest_cannot_open_files_outside_its_sandbox() {
         out.exit
     );
     assert!(!dir.path().parent().unwrap().join("escape").exists());
+}
+
+/// Writes 64 KiB to stdout forever.
+const STDOUT_FLOOD: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 65536))
+    (loop $flood
+      (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (br $flood))))"#;
+
+/// Creates `big` in its sandbox and writes 64 KiB to it forever, ignoring errors.
+const FILE_FLOOD: &str = r#"(module
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 100) "big")
+  (func (export "_start")
+    (drop (call $open (i32.const 3) (i32.const 0) (i32.const 100) (i32.const 3)
+      (i32.const 1) (i64.const 0x1ffffff) (i64.const 0x1ffffff) (i32.const 0) (i32.const 200)))
+    (i32.store (i32.const 0) (i32.const 1024))
+    (i32.store (i32.const 4) (i32.const 65536))
+    (loop $flood
+      (drop (call $write (i32.load (i32.const 200)) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (br $flood))))"#;
+
+#[test]
+fn a_stdout_flood_stops_at_the_disk_quota_exactly() {
+    let sandbox = sandbox();
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = spec(&dir);
+    spec.disk_bytes = 1 << 20;
+    let outcome = run(&sandbox, STDOUT_FLOOD, &spec);
+    assert_eq!(outcome.exit, Exit::Limit(Limit::Disk));
+    let written = std::fs::metadata(&spec.stdout).unwrap().len();
+    assert!(
+        written <= 1 << 20,
+        "stdout holds {written} bytes, past the quota"
+    );
+    assert!(
+        written >= (1 << 20) - 65536,
+        "stdout holds only {written} bytes"
+    );
+    // The sandbox serves the next task.
+    let outcome = run(
+        &sandbox,
+        EXIT_WITH,
+        &crate::spec(&tempfile::tempdir().unwrap()),
+    );
+    assert_eq!(outcome.exit, Exit::Code(3));
+}
+
+#[test]
+fn a_file_flood_in_the_sandbox_is_a_disk_limitation() {
+    let sandbox = sandbox();
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = spec(&dir);
+    spec.disk_bytes = 4 << 20;
+    let outcome = run(&sandbox, FILE_FLOOD, &spec);
+    assert_eq!(outcome.exit, Exit::Limit(Limit::Disk));
+    let big = std::fs::metadata(dir.path().join("big")).unwrap().len();
+    assert!(big > 4 << 20, "the file was written: {big} bytes");
 }

@@ -106,7 +106,22 @@ fn limits_end_tasks_with_mesos_reasons() {
                (loop (if (i32.eq (memory.grow (i32.const 1)) (i32.const -1)) (then unreachable))
                      (br 0))))"#,
     );
-    let cases: [(&std::path::Path, &[&str], &str); 3] = [
+    let flood = cluster.module(
+        "flood.wasm",
+        r#"(module
+             (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+             (memory (export "memory") 2)
+             (func (export "_start")
+               (i32.store (i32.const 0) (i32.const 16))
+               (i32.store (i32.const 4) (i32.const 65536))
+               (loop (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))) (br 0))))"#,
+    );
+    let cases: [(&std::path::Path, &[&str], &str); 4] = [
+        (
+            &flood,
+            &["--disk", "2"],
+            "(REASON_CONTAINER_LIMITATION_DISK): Disk limit exceeded: the sandbox may hold 2097152 bytes, stdout and stderr included",
+        ),
         (
             &spin,
             &["--timeout", "300ms"],

@@ -12,6 +12,8 @@ use tokio::sync::mpsc::UnboundedSender;
 
 /// Linear memory for a task that names no `mem`.
 const DEFAULT_MEM_MB: f64 = 64.0;
+/// The sandbox quota for a task that names no `disk`: never unlimited.
+const DEFAULT_DISK_MB: f64 = 1024.0;
 /// No task module may be larger than this.
 const MAX_MODULE_BYTES: u64 = 256 << 20;
 
@@ -131,6 +133,11 @@ fn prepare(
     } else {
         DEFAULT_MEM_MB
     };
+    let disk_mb = if resources.disk() > 0.0 {
+        resources.disk()
+    } else {
+        DEFAULT_DISK_MB
+    };
     let args = if command.arguments.is_empty() {
         vec![value.clone()]
     } else {
@@ -170,6 +177,7 @@ fn prepare(
         memory_bytes: (mem_mb * 1024.0 * 1024.0) as usize,
         fuel,
         timeout,
+        disk_bytes: (disk_mb * 1024.0 * 1024.0) as u64,
     };
     Ok((program, spec))
 }
@@ -234,6 +242,14 @@ fn report(reporter: &Reporter, spec: &RunSpec, outcome: RunOutcome) {
                 humantime::format_duration(spec.timeout.unwrap_or_default())
             ),
             Some(Reason::MaxCompletionTimeReached),
+        ),
+        Exit::Limit(Limit::Disk) => (
+            TaskState::TaskFailed,
+            format!(
+                "Disk limit exceeded: the sandbox may hold {} bytes, stdout and stderr included",
+                spec.disk_bytes
+            ),
+            Some(Reason::ContainerLimitationDisk),
         ),
         Exit::Killed => (TaskState::TaskKilled, "Task killed".to_owned(), None),
         Exit::Trap(trap) => (

@@ -1,0 +1,175 @@
+//! The sandbox's disk quota, after Mesos' disk/du isolator: stdout and stderr are
+//! counted as they are written (a flood stops at the quota, not when a poll notices),
+//! and the sandbox directory's usage is measured every few epoch ticks. Past the
+//! task's `disk` the run ends with a disk limitation.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
+
+/// Raised when a write would cross the quota; classified as a disk limitation.
+#[derive(Debug, thiserror::Error)]
+#[error("the task's disk quota is exhausted")]
+pub(crate) struct DiskLimitExceeded;
+
+/// One run's disk budget, shared by its output streams and the usage poll.
+#[derive(Debug)]
+pub(crate) struct DiskBudget {
+    quota: u64,
+    /// Bytes written to stdout and stderr.
+    output: AtomicU64,
+    /// The sandbox's usage at the last poll, stdout and stderr included.
+    polled: AtomicU64,
+    pub(crate) exceeded: AtomicBool,
+    dir: PathBuf,
+}
+
+impl DiskBudget {
+    pub(crate) fn new(quota: u64, dir: &Path) -> Arc<Self> {
+        Arc::new(Self {
+            quota,
+            output: AtomicU64::new(0),
+            polled: AtomicU64::new(0),
+            exceeded: AtomicBool::new(false),
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Takes `bytes` of output from the budget, or refuses past the quota.
+    fn take(&self, bytes: usize) -> bool {
+        let after = self.output.fetch_add(bytes as u64, Ordering::Relaxed) + bytes as u64;
+        let within = after.max(self.polled.load(Ordering::Relaxed)) <= self.quota;
+        if !within {
+            self.exceeded.store(true, Ordering::Relaxed);
+        }
+        within
+    }
+
+    /// Measures the sandbox (files the guest wrote through WASI) and notes whether it
+    /// is past the quota.
+    pub(crate) fn poll(&self) -> bool {
+        let used = usage(&self.dir);
+        self.polled.store(used, Ordering::Relaxed);
+        if used > self.quota {
+            self.exceeded.store(true, Ordering::Relaxed);
+        }
+        self.exceeded.load(Ordering::Relaxed)
+    }
+}
+
+/// Bytes used under `dir` (allocated blocks, so sparse files count as what they hold).
+fn usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                total += meta.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
+/// stdout or stderr: a file whose every write is taken from the run's budget first.
+#[derive(Clone)]
+pub(crate) struct QuotaOutput {
+    file: Arc<File>,
+    budget: Arc<DiskBudget>,
+}
+
+impl QuotaOutput {
+    pub(crate) fn new(file: File, budget: Arc<DiskBudget>) -> Self {
+        Self {
+            file: Arc::new(file),
+            budget,
+        }
+    }
+
+    fn write_bytes(&self, bytes: &[u8]) -> std::io::Result<()> {
+        if !self.budget.take(bytes.len()) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                DiskLimitExceeded,
+            ));
+        }
+        (&*self.file).write_all(bytes)
+    }
+}
+
+impl IsTerminal for QuotaOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for QuotaOutput {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for QuotaOutput {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for QuotaOutput {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.write_bytes(&bytes).map_err(|e| {
+            if self.budget.exceeded.load(Ordering::Relaxed) {
+                // Ends the run; the trap is classified as a disk limitation.
+                StreamError::Trap(DiskLimitExceeded.into())
+            } else {
+                StreamError::LastOperationFailed(e.into())
+            }
+        })
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        (&*self.file)
+            .flush()
+            .map_err(|e| StreamError::LastOperationFailed(e.into()))
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 << 10)
+    }
+}
+
+impl tokio::io::AsyncWrite for QuotaOutput {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(self.write_bytes(buf).map(|()| buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready((&*self.file).flush())
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
