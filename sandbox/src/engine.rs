@@ -30,6 +30,12 @@ pub struct SandboxConfig {
     pub max_memory_bytes: usize,
     /// The on-disk compile cache shared with the agent's other executors, if any.
     pub cache: Option<CacheConfig>,
+    /// Fuel metering (a task's `container.wasm.fuel`). Off only to measure its cost:
+    /// without it fuel budgets are not enforced.
+    pub consume_fuel: bool,
+    /// Epoch interruption (deadlines and kills). Off only to measure its cost:
+    /// without it a run can be neither timed out nor killed.
+    pub epoch_interruption: bool,
 }
 
 impl Default for SandboxConfig {
@@ -38,6 +44,8 @@ impl Default for SandboxConfig {
             max_instances: 1000,
             max_memory_bytes: 4 << 30,
             cache: None,
+            consume_fuel: true,
+            epoch_interruption: true,
         }
     }
 }
@@ -67,9 +75,9 @@ impl Sandbox {
             .total_memories(config.max_instances)
             .total_tables(config.max_instances);
         let mut wasm = Config::new();
-        wasm.epoch_interruption(true)
+        wasm.epoch_interruption(config.epoch_interruption)
             // Every store gets fuel; tasks without a budget get u64::MAX.
-            .consume_fuel(true)
+            .consume_fuel(config.consume_fuel)
             .memory_init_cow(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         let engine = Engine::new(&wasm).map_err(|e| SandboxError::Setup(format!("{e:#}")))?;

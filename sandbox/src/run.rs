@@ -121,9 +121,11 @@ impl Sandbox {
         );
         store.limiter(|s| &mut s.limiter);
         let fuel = spec.fuel.unwrap_or(u64::MAX);
-        store
-            .set_fuel(fuel)
-            .map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
+        if self.config.consume_fuel {
+            store
+                .set_fuel(fuel)
+                .map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
+        }
         let deadline = spec.timeout.map(|t| started + t);
         let cancel_flag = cancel.clone();
         let disk = budget.clone();
@@ -152,7 +154,7 @@ impl Sandbox {
         let state = store.data();
         let refused_memory = state.limiter.refused;
         let usage = Usage {
-            fuel_consumed: fuel.saturating_sub(store.get_fuel().unwrap_or(0)),
+            fuel_consumed: fuel.saturating_sub(store.get_fuel().unwrap_or(fuel)),
             peak_memory_bytes: state.limiter.peak_bytes as u64,
             wall_time: started.elapsed(),
         };

@@ -239,3 +239,23 @@ fn a_file_flood_in_the_sandbox_is_a_disk_limitation() {
     let big = std::fs::metadata(dir.path().join("big")).unwrap().len();
     assert!(big > 4 << 20, "the file was written: {big} bytes");
 }
+
+#[test]
+fn infinite_recursion_is_a_trap_not_a_crash() {
+    let sandbox = sandbox();
+    let dir = tempfile::tempdir().unwrap();
+    let recurse = r#"(module (memory (export "memory") 1)
+      (func $down (param i32) (result i32) (call $down (i32.add (local.get 0) (i32.const 1))))
+      (func (export "_start") (drop (call $down (i32.const 0)))))"#;
+    let outcome = run(&sandbox, recurse, &spec(&dir));
+    match &outcome.exit {
+        Exit::Trap(message) => assert!(message.contains("call stack exhausted"), "{message}"),
+        other => panic!("expected a stack overflow trap, got {other:?}"),
+    }
+    let outcome = run(&sandbox, EXIT_WITH, &spec(&tempfile::tempdir().unwrap()));
+    assert_eq!(
+        outcome.exit,
+        Exit::Code(3),
+        "the sandbox serves the next task"
+    );
+}
