@@ -27,6 +27,7 @@ struct HttpState {
 pub fn router(snapshot: watch::Receiver<Arc<AgentSnapshot>>, paths: crate::paths::Paths) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/state", get(state))
         .route("/files/read", get(read))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such endpoint\n") })
@@ -45,6 +46,23 @@ async fn health(State(s): State<HttpState>) -> Response {
         )
             .into_response(),
     }
+}
+
+async fn metrics(State(s): State<HttpState>) -> Response {
+    let snap = s.snapshot.borrow().clone();
+    let gauges = crate::metrics::Gauges {
+        tasks: snap.tasks.len(),
+        executors: snap.executors.len(),
+        pending_updates: snap.pending_updates,
+    };
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(&snap.metrics, &gauges),
+    )
+        .into_response()
 }
 
 async fn state(State(s): State<HttpState>) -> Json<serde_json::Value> {

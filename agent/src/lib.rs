@@ -10,6 +10,7 @@ mod fetcher;
 mod framing;
 mod http;
 mod master_link;
+mod metrics;
 mod paths;
 mod resources;
 mod updates;

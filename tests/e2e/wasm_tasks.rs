@@ -173,3 +173,40 @@ fn executors_of_an_agent_share_one_compiled_artifact_per_module() {
     assert_eq!(mode & 0o777, 0o600, "the cache key is the agent's alone");
     cluster.assert_no_panics();
 }
+
+#[test]
+fn the_agent_accounts_for_what_its_tasks_used_in_its_metrics() {
+    let cluster = Cluster::start();
+    let out = cluster.run(&guest("hello"), &["counted"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let url = format!("http://{}/metrics", cluster.agent_addr);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let body = runtime.block_on(async { reqwest::get(&url).await.unwrap().text().await.unwrap() });
+    let value = |name: &str| -> f64 {
+        body.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{body}"))
+    };
+    assert_eq!(
+        value("cairn_agent_tasks_terminal_total{state=\"TASK_FINISHED\",reason=\"\"}"),
+        1.0
+    );
+    assert!(
+        value("cairn_agent_task_fuel_consumed_total") > 0.0,
+        "{body}"
+    );
+    assert!(
+        value("cairn_agent_task_peak_memory_bytes_max") >= 65536.0,
+        "{body}"
+    );
+    assert!(
+        value("cairn_agent_checkpoint_commits_total") >= 1.0,
+        "{body}"
+    );
+    assert_eq!(value("cairn_agent_checkpoint_failures_total"), 0.0);
+}

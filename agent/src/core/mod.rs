@@ -76,6 +76,8 @@ pub struct AgentSnapshot {
     pub pending_updates: usize,
     /// Why the checkpoint cannot be written, while it cannot.
     pub checkpoint_error: Option<String>,
+    #[serde(skip)]
+    pub metrics: crate::metrics::Metrics,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -147,6 +149,7 @@ pub struct Core {
     /// Fetched group members waiting for the rest of their group.
     fetched: std::collections::HashSet<TaskKey>,
     commit_failure: Option<CommitFailure>,
+    metrics: crate::metrics::Metrics,
     snapshot: watch::Sender<Arc<AgentSnapshot>>,
 }
 
@@ -180,6 +183,7 @@ impl Core {
             fetching: std::collections::HashSet::new(),
             fetched: std::collections::HashSet::new(),
             commit_failure: None,
+            metrics: crate::metrics::Metrics::default(),
             snapshot,
         };
         core.reattach_executors();
@@ -319,7 +323,9 @@ impl Core {
             return false;
         }
         match self.checkpoint.commit() {
-            Ok(_) => {
+            Ok(records) => {
+                self.metrics.checkpoint_commits += 1;
+                self.metrics.checkpoint_records += records as u64;
                 if let Some(failure) = self.commit_failure.take() {
                     tracing::info!(
                         previous_error = failure.error,
@@ -329,6 +335,7 @@ impl Core {
                 true
             }
             Err(e) => {
+                self.metrics.checkpoint_failures += 1;
                 let backoff = self
                     .commit_failure
                     .as_ref()
@@ -477,6 +484,7 @@ impl Core {
             executors,
             pending_updates: state.updates.pending(),
             checkpoint_error: self.commit_failure.as_ref().map(|f| f.error.clone()),
+            metrics: self.metrics.clone(),
         }));
     }
 }

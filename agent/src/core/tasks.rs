@@ -372,6 +372,9 @@ impl Core {
             );
             return false;
         }
+        if TaskState::try_from(status.state).is_ok_and(TaskState::is_terminal) {
+            self.metrics.task_ended(&status);
+        }
         let update = StatusUpdate {
             framework_id: Some(FrameworkId {
                 value: fw.to_owned(),
