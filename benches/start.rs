@@ -41,7 +41,7 @@ fn main() {
 
     let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
     let bytes = wat::parse_str(EMPTY).unwrap();
-    sandbox.compile(&bytes).unwrap(); // warm the cache, as a second task finds it
+    sandbox.compile(&bytes, false).unwrap(); // warm the cache, as a second task finds it
     let runs = 2000;
     let samples: Vec<Duration> = (0..runs)
         .map(|i| {
@@ -59,7 +59,7 @@ fn main() {
                 disk_bytes: 64 << 20,
             };
             let started = Instant::now();
-            let program = sandbox.compile(&bytes).unwrap();
+            let program = sandbox.compile(&bytes, false).unwrap();
             let outcome = sandbox
                 .run(&program, &spec, &CancelHandle::default())
                 .unwrap();

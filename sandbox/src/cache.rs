@@ -49,12 +49,13 @@ pub(crate) struct CompileCache {
 }
 
 impl CompileCache {
-    pub(crate) fn new(engine: &Engine, disk: Option<CacheConfig>) -> Self {
+    /// `flavor` names the engine's settings (metered or not) in the fingerprint too.
+    pub(crate) fn new(engine: &Engine, flavor: &str, disk: Option<CacheConfig>) -> Self {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         Self {
             disk,
-            fingerprint: format!("{:016x}", hasher.finish()),
+            fingerprint: format!("{:016x}-{flavor}", hasher.finish()),
             stats: CacheStats::default(),
         }
     }

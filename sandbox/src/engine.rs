@@ -30,9 +30,6 @@ pub struct SandboxConfig {
     pub max_memory_bytes: usize,
     /// The on-disk compile cache shared with the agent's other executors, if any.
     pub cache: Option<CacheConfig>,
-    /// Fuel metering (a task's `container.wasm.fuel`). Off only to measure its cost:
-    /// without it fuel budgets are not enforced.
-    pub consume_fuel: bool,
     /// Epoch interruption (deadlines and kills). Off only to measure its cost:
     /// without it a run can be neither timed out nor killed.
     pub epoch_interruption: bool,
@@ -44,17 +41,26 @@ impl Default for SandboxConfig {
             max_instances: 1000,
             max_memory_bytes: 4 << 30,
             cache: None,
-            consume_fuel: true,
             epoch_interruption: true,
         }
     }
 }
 
-/// One engine, its epoch ticker and the WASI p1 linker. Create one per process.
+/// The engines, their epoch ticker and WASI p1 linkers. Create one per process.
+///
+/// Fuel metering is compiled into the code, and costs a CPU-bound guest about a third
+/// more (docs/benchmarks.md), so there are two engines: tasks with a fuel budget run
+/// metered, the others do not pay for it.
 pub struct Sandbox {
-    pub(crate) engine: Engine,
-    linker: Linker<StoreState>,
+    metered: Flavor,
+    plain: Flavor,
     pub(crate) config: SandboxConfig,
+}
+
+/// One engine with its linker, compile cache and linked programs.
+struct Flavor {
+    engine: Engine,
+    linker: Linker<StoreState>,
     cache: CompileCache,
     /// Linked programs by module sha256: a module runs again without compiling or
     /// linking (`InstancePre` reuse).
@@ -65,10 +71,12 @@ pub struct Sandbox {
 #[derive(Clone)]
 pub struct Program {
     pub(crate) pre: InstancePre<StoreState>,
+    /// Compiled with fuel metering: runs can have a fuel budget.
+    pub(crate) metered: bool,
 }
 
-impl Sandbox {
-    pub fn new(config: SandboxConfig) -> Result<Arc<Self>, SandboxError> {
+impl Flavor {
+    fn new(config: &SandboxConfig, metered: bool) -> Result<Self, SandboxError> {
         let mut pooling = PoolingAllocationConfig::default();
         pooling
             .total_core_instances(config.max_instances)
@@ -76,29 +84,44 @@ impl Sandbox {
             .total_tables(config.max_instances);
         let mut wasm = Config::new();
         wasm.epoch_interruption(config.epoch_interruption)
-            // Every store gets fuel; tasks without a budget get u64::MAX.
-            .consume_fuel(config.consume_fuel)
+            .consume_fuel(metered)
             .memory_init_cow(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         let engine = Engine::new(&wasm).map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut StoreState| &mut s.wasi)
             .map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
-        let cache = CompileCache::new(&engine, config.cache.clone());
-        let sandbox = Arc::new(Self {
+        let flavor = if metered { "metered" } else { "plain" };
+        let cache = CompileCache::new(&engine, flavor, config.cache.clone());
+        Ok(Self {
             engine,
             linker,
-            config,
             cache,
             programs: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn lock_programs(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Program>> {
+        // Entries are inserted whole, so a poisoned map is still consistent.
+        self.programs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Sandbox {
+    pub fn new(config: SandboxConfig) -> Result<Arc<Self>, SandboxError> {
+        let sandbox = Arc::new(Self {
+            metered: Flavor::new(&config, true)?,
+            plain: Flavor::new(&config, false)?,
+            config,
         });
         spawn_epoch_ticker(Arc::downgrade(&sandbox));
         Ok(sandbox)
     }
 
-    /// Validates, compiles and links a module. Only binary modules are accepted: a
-    /// task's executable must never be parsed as text.
-    pub fn compile(&self, bytes: &[u8]) -> Result<Program, SandboxError> {
+    /// Validates, compiles and links a module, `metered` when its runs have a fuel
+    /// budget. Only binary modules are accepted: a task's executable must never be
+    /// parsed as text.
+    pub fn compile(&self, bytes: &[u8], metered: bool) -> Result<Program, SandboxError> {
         if !bytes.starts_with(b"\0asm") {
             return Err(SandboxError::NotWasm(
                 "the file does not start with the wasm magic bytes".into(),
@@ -109,24 +132,29 @@ impl Sandbox {
                 "a component or an unsupported wasm version; only core modules run as tasks".into(),
             ));
         }
+        let flavor = if metered { &self.metered } else { &self.plain };
         let digest: [u8; 32] = Sha256::digest(bytes).into();
-        if let Some(program) = self.lock_programs().get(&digest) {
-            self.cache.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+        if let Some(program) = flavor.lock_programs().get(&digest) {
+            flavor
+                .cache
+                .stats
+                .memory_hits
+                .fetch_add(1, Ordering::Relaxed);
             return Ok(program.clone());
         }
-        let module = self
+        let module = flavor
             .cache
-            .module(&self.engine, &digest, bytes)
+            .module(&flavor.engine, &digest, bytes)
             .map_err(|e| SandboxError::Invalid(root_cause(&e)))?;
         if module.get_export("_start").is_none() {
             return Err(SandboxError::NotCommand);
         }
-        let pre = self
+        let pre = flavor
             .linker
             .instantiate_pre(&module)
             .map_err(|e| SandboxError::Link(root_cause(&e)))?;
-        let program = Program { pre };
-        let mut programs = self.lock_programs();
+        let program = Program { pre, metered };
+        let mut programs = flavor.lock_programs();
         if programs.len() >= MAX_PROGRAMS {
             programs.clear(); // a crude bound; the disk cache refills it cheaply
         }
@@ -134,14 +162,13 @@ impl Sandbox {
         Ok(program)
     }
 
-    /// Where compiled modules came from so far.
-    pub fn cache_stats(&self) -> &CacheStats {
-        &self.cache.stats
-    }
-
-    fn lock_programs(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Program>> {
-        // Entries are inserted whole, so a poisoned map is still consistent.
-        self.programs.lock().unwrap_or_else(|p| p.into_inner())
+    /// Where compiled modules came from so far (`metered` picks the engine).
+    pub fn cache_stats(&self, metered: bool) -> &CacheStats {
+        if metered {
+            &self.metered.cache.stats
+        } else {
+            &self.plain.cache.stats
+        }
     }
 }
 
@@ -158,7 +185,8 @@ fn spawn_epoch_ticker(sandbox: Weak<Sandbox>) {
         .name("cairn-epoch".into())
         .spawn(move || {
             while let Some(sandbox) = sandbox.upgrade() {
-                sandbox.engine.increment_epoch();
+                sandbox.metered.engine.increment_epoch();
+                sandbox.plain.engine.increment_epoch();
                 drop(sandbox);
                 std::thread::sleep(EPOCH_TICK);
             }

@@ -112,8 +112,13 @@ impl Sandbox {
         let memory_bytes = spec.memory_bytes.min(self.config.max_memory_bytes);
         let budget = DiskBudget::new(spec.disk_bytes, &spec.sandbox_dir);
         let wasi = wasi_ctx(spec, &budget)?;
+        if spec.fuel.is_some() && !program.metered {
+            return Err(SandboxError::Setup(
+                "a fuel budget needs a program compiled with metering".into(),
+            ));
+        }
         let mut store = Store::new(
-            &self.engine,
+            program.pre.module().engine(),
             StoreState {
                 wasi,
                 limiter: MemoryLimiter::new(memory_bytes),
@@ -121,7 +126,7 @@ impl Sandbox {
         );
         store.limiter(|s| &mut s.limiter);
         let fuel = spec.fuel.unwrap_or(u64::MAX);
-        if self.config.consume_fuel {
+        if program.metered {
             store
                 .set_fuel(fuel)
                 .map_err(|e| SandboxError::Setup(format!("{e:#}")))?;

@@ -39,7 +39,7 @@ fn run(sandbox: &Sandbox, bytes: &[u8]) -> Exit {
         timeout: Some(Duration::from_secs(20)),
         disk_bytes: 64 << 20,
     };
-    let program = sandbox.compile(bytes).unwrap();
+    let program = sandbox.compile(bytes, false).unwrap();
     sandbox
         .run(&program, &spec, &CancelHandle::default())
         .unwrap()
@@ -47,7 +47,7 @@ fn run(sandbox: &Sandbox, bytes: &[u8]) -> Exit {
 }
 
 fn counts(sandbox: &Sandbox) -> [u64; 4] {
-    let s = sandbox.cache_stats();
+    let s = sandbox.cache_stats(false);
     [
         s.memory_hits.load(Ordering::Relaxed),
         s.disk_hits.load(Ordering::Relaxed),

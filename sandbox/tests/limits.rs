@@ -29,7 +29,9 @@ fn spec(dir: &tempfile::TempDir) -> RunSpec {
 }
 
 fn run(sandbox: &Sandbox, wat: &str, spec: &RunSpec) -> cairn_sandbox::RunOutcome {
-    let program = sandbox.compile(&wat::parse_str(wat).unwrap()).unwrap();
+    let program = sandbox
+        .compile(&wat::parse_str(wat).unwrap(), spec.fuel.is_some())
+        .unwrap();
     sandbox
         .run(&program, spec, &CancelHandle::default())
         .unwrap()
@@ -109,7 +111,7 @@ fn unbounded_memory_growth_is_a_memory_limitation() {
 fn a_cancelled_run_reports_killed() {
     let dir = tempfile::tempdir().unwrap();
     let sb = sandbox();
-    let program = sb.compile(&wat::parse_str(SPIN).unwrap()).unwrap();
+    let program = sb.compile(&wat::parse_str(SPIN).unwrap(), false).unwrap();
     let cancel = CancelHandle::default();
     let killer = cancel.clone();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -129,23 +131,23 @@ fn a_cancelled_run_reports_killed() {
 #[test]
 fn bad_modules_are_refused_before_they_run() {
     let sb = sandbox();
-    let not_wasm = sb.compile(b"(module)").err().unwrap();
+    let not_wasm = sb.compile(b"(module)", false).err().unwrap();
     assert_eq!(
         not_wasm.to_string(),
         "not a WebAssembly module: the file does not start with the wasm magic bytes"
     );
-    let truncated = sb.compile(b"\0asm\x01\0\0\0\x01").err().unwrap();
+    let truncated = sb.compile(b"\0asm\x01\0\0\0\x01", true).err().unwrap();
     assert!(matches!(truncated, SandboxError::Invalid(_)), "{truncated}");
     let unknown = wat::parse_str(
         r#"(module (import "env" "launch_missiles" (func)) (func (export "_start")))"#,
     )
     .unwrap();
-    let err = sb.compile(&unknown).err().unwrap();
+    let err = sb.compile(&unknown, false).err().unwrap();
     assert!(matches!(err, SandboxError::Link(_)), "{err}");
     assert!(err.to_string().contains("env::launch_missiles"), "{err}");
     let reactor = wat::parse_str(r#"(module (func (export "_initialize")))"#).unwrap();
     assert!(matches!(
-        sb.compile(&reactor).err().unwrap(),
+        sb.compile(&reactor, true).err().unwrap(),
         SandboxError::NotCommand
     ));
 }
@@ -258,4 +260,33 @@ fn infinite_recursion_is_a_trap_not_a_crash() {
         Exit::Code(3),
         "the sandbox serves the next task"
     );
+}
+
+#[test]
+fn a_fuel_budget_needs_a_metered_program_and_others_run_unmetered() {
+    let sb = sandbox();
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = wat::parse_str(EXIT_WITH).unwrap();
+    let plain = sb.compile(&bytes, false).unwrap();
+    let mut budgeted = spec(&dir);
+    budgeted.fuel = Some(1_000_000);
+    let err = sb
+        .run(&plain, &budgeted, &CancelHandle::default())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("metering"), "{err}");
+    let out = sb
+        .run(&plain, &spec(&dir), &CancelHandle::default())
+        .unwrap();
+    assert_eq!(out.exit, Exit::Code(3));
+    assert_eq!(
+        out.usage.fuel_consumed, 0,
+        "nothing metered, nothing counted"
+    );
+    let metered = sb.compile(&bytes, true).unwrap();
+    let out = sb
+        .run(&metered, &budgeted, &CancelHandle::default())
+        .unwrap();
+    assert_eq!(out.exit, Exit::Code(3));
+    assert!(out.usage.fuel_consumed > 0);
 }

@@ -177,7 +177,9 @@ fn executors_of_an_agent_share_one_compiled_artifact_per_module() {
 #[test]
 fn the_agent_accounts_for_what_its_tasks_used_in_its_metrics() {
     let cluster = Cluster::start();
-    let out = cluster.run(&guest("hello"), &["counted"]);
+    // A fuel budget makes the run metered, so its fuel is counted.
+    let flags = ["--timeout", "30s", "--fuel", "10000000000"];
+    let out = cluster.run_with(&guest("hello"), &flags, &["counted"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let url = format!("http://{}/metrics", cluster.agent_addr);
     let runtime = tokio::runtime::Builder::new_current_thread()

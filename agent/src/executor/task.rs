@@ -124,8 +124,14 @@ fn prepare(
     }
     let bytes =
         std::fs::read(&module_path).map_err(|e| format!("cannot read module {value}: {e}"))?;
+    let fuel = task
+        .container
+        .as_ref()
+        .and_then(|c| c.wasm.as_ref())
+        .and_then(|w| w.fuel);
+    // Only a task with a fuel budget pays for metering.
     let program = sandbox
-        .compile(&bytes)
+        .compile(&bytes, fuel.is_some())
         .map_err(|e| format!("{value}: {e}"))?;
     let resources = Resources::from_proto(&task.resources).map_err(|e| e.to_string())?;
     let mem_mb = if resources.mem() > 0.0 {
@@ -163,11 +169,6 @@ fn prepare(
         .as_ref()
         .filter(|d| d.nanoseconds > 0)
         .map(|d| Duration::from_nanos(d.nanoseconds as u64));
-    let fuel = task
-        .container
-        .as_ref()
-        .and_then(|c| c.wasm.as_ref())
-        .and_then(|w| w.fuel);
     let spec = RunSpec {
         args,
         env,
