@@ -138,6 +138,27 @@ fn bad_modules_are_refused_before_they_run() {
     );
     let truncated = sb.compile(b"\0asm\x01\0\0\0\x01", true).err().unwrap();
     assert!(matches!(truncated, SandboxError::Invalid(_)), "{truncated}");
+    // A component (of any world) is not a task module: refused before parsing.
+    let component = sb.compile(b"\0asm\x0d\0\x01\0", false).err().unwrap();
+    assert!(
+        component
+            .to_string()
+            .contains("only core modules run as tasks"),
+        "{component}"
+    );
+    // Random bytes behind a valid header: an error, never a crash.
+    let mut noise = b"\0asm\x01\0\0\0".to_vec();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..4096 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        noise.push(x as u8);
+    }
+    assert!(matches!(
+        sb.compile(&noise, false).err().unwrap(),
+        SandboxError::Invalid(_)
+    ));
     let unknown = wat::parse_str(
         r#"(module (import "env" "launch_missiles" (func)) (func (export "_start")))"#,
     )
