@@ -116,20 +116,43 @@ async fn read(State(s): State<HttpState>, Query(q): Query<ReadQuery>) -> Respons
         value: q.framework_id.clone(),
     })
     .value;
-    let file = s
-        .paths
-        .sandbox(&q.framework_id, &executor_id, &q.task_id)
-        .join(relative);
-    let mut f = match tokio::fs::File::open(&file).await {
+    let sandbox = s.paths.sandbox(&q.framework_id, &executor_id, &q.task_id);
+    let not_found = || {
+        bad(
+            StatusCode::NOT_FOUND,
+            format!("no file {} in task {}'s sandbox", q.path, q.task_id),
+        )
+    };
+    // The guest writes its sandbox and may plant symlinks in it: whatever the path
+    // resolves to must still be inside the sandbox, and a regular file.
+    let (Ok(root), Ok(target)) = (
+        tokio::fs::canonicalize(&sandbox).await,
+        tokio::fs::canonicalize(sandbox.join(relative)).await,
+    ) else {
+        return not_found();
+    };
+    if !target.starts_with(&root) {
+        return bad(
+            StatusCode::FORBIDDEN,
+            format!("{} leads out of the task's sandbox", q.path),
+        );
+    }
+    let opened = tokio::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(&target)
+        .await;
+    let mut f = match opened {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return bad(
-                StatusCode::NOT_FOUND,
-                format!("no file {} in task {}'s sandbox", q.path, q.task_id),
-            );
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return not_found(),
         Err(e) => return bad(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
+    if !f.metadata().await.is_ok_and(|m| m.is_file()) {
+        return bad(
+            StatusCode::BAD_REQUEST,
+            format!("{} is not a regular file", q.path),
+        );
+    }
     let length = q.length.unwrap_or(MAX_READ).min(MAX_READ);
     let mut data = Vec::new();
     let result = async {

@@ -14,6 +14,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -23,6 +24,10 @@ use wasmtime::{Engine, Module};
 
 type MacSha256 = Hmac<Sha256>;
 const MAC_BYTES: usize = 32;
+/// A key this short could be guessed, and then an artifact forged.
+const MIN_KEY_BYTES: usize = 32;
+/// No artifact Cairn writes is this large (modules are capped at 256 MiB).
+const MAX_ARTIFACT_BYTES: u64 = 1 << 30;
 
 /// Where a compiled module came from; counted for the metrics and the tests.
 #[derive(Debug, Default)]
@@ -51,6 +56,15 @@ pub(crate) struct CompileCache {
 impl CompileCache {
     /// `flavor` names the engine's settings (metered or not) in the fingerprint too.
     pub(crate) fn new(engine: &Engine, flavor: &str, disk: Option<CacheConfig>) -> Self {
+        let disk = disk.filter(|d| {
+            let strong = d.key.len() >= MIN_KEY_BYTES;
+            if !strong {
+                tracing::warn!(
+                    "the compile cache key is shorter than {MIN_KEY_BYTES} bytes; not using the disk cache"
+                );
+            }
+            strong
+        });
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         Self {
@@ -97,7 +111,7 @@ impl CompileCache {
     fn load(&self, engine: &Engine, digest: &[u8; 32]) -> Option<Module> {
         let disk = self.disk.as_ref()?;
         let path = self.path(&disk.dir, digest);
-        let bytes = std::fs::read(&path).ok()?;
+        let bytes = read_regular(&path)?;
         let reject = |why: &str| {
             tracing::warn!(path = %path.display(), why, "compiled artifact refused; compiling again");
             self.stats.rejected.fetch_add(1, Ordering::Relaxed);
@@ -132,17 +146,55 @@ impl CompileCache {
                 .mac(&disk.key, digest, &artifact)
                 .finalize()
                 .into_bytes();
-            std::fs::create_dir_all(&disk.dir)?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&disk.dir)?;
             let path = self.path(&disk.dir, digest);
-            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-            let mut file = std::fs::File::create(&tmp)?;
+            // A name of its own per write (two tasks may compile one module at once),
+            // created fresh: never through a file or link someone else put there.
+            let tmp = path.with_extension(format!(
+                "tmp-{}-{}",
+                std::process::id(),
+                TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+            ));
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(O_NOFOLLOW)
+                .open(&tmp)?;
             file.write_all(&tag)?;
             file.write_all(&artifact)?;
             file.sync_all()?;
-            std::fs::rename(&tmp, &path)
+            std::fs::rename(&tmp, &path).inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })
         })();
         if let Err(e) = result {
             tracing::warn!(error = %e, "cannot store a compiled artifact");
         }
     }
+}
+
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Linux's `O_NOFOLLOW`: the last path component must not be a symlink.
+const O_NOFOLLOW: i32 = 0o400_000;
+
+/// Reads an artifact if it is a regular file of a sane size, not through a symlink.
+fn read_regular(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.len() > MAX_ARTIFACT_BYTES {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_ARTIFACT_BYTES).read_to_end(&mut bytes).ok()?;
+    Some(bytes)
 }

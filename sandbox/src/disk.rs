@@ -26,27 +26,30 @@ pub(crate) struct DiskBudget {
     quota: u64,
     /// Bytes written to stdout and stderr.
     output: AtomicU64,
-    /// The sandbox's usage at the last poll, stdout and stderr included.
+    /// The sandbox's usage at the last poll, stdout and stderr left out (they are
+    /// counted as written, even if the guest unlinks them).
     polled: AtomicU64,
     pub(crate) exceeded: AtomicBool,
     dir: PathBuf,
+    outputs: [PathBuf; 2],
 }
 
 impl DiskBudget {
-    pub(crate) fn new(quota: u64, dir: &Path) -> Arc<Self> {
+    pub(crate) fn new(quota: u64, dir: &Path, stdout: &Path, stderr: &Path) -> Arc<Self> {
         Arc::new(Self {
             quota,
             output: AtomicU64::new(0),
             polled: AtomicU64::new(0),
             exceeded: AtomicBool::new(false),
             dir: dir.to_owned(),
+            outputs: [stdout.to_owned(), stderr.to_owned()],
         })
     }
 
     /// Takes `bytes` of output from the budget, or refuses past the quota.
     fn take(&self, bytes: usize) -> bool {
         let after = self.output.fetch_add(bytes as u64, Ordering::Relaxed) + bytes as u64;
-        let within = after.max(self.polled.load(Ordering::Relaxed)) <= self.quota;
+        let within = after.saturating_add(self.polled.load(Ordering::Relaxed)) <= self.quota;
         if !within {
             self.exceeded.store(true, Ordering::Relaxed);
         }
@@ -56,30 +59,45 @@ impl DiskBudget {
     /// Measures the sandbox (files the guest wrote through WASI) and notes whether it
     /// is past the quota.
     pub(crate) fn poll(&self) -> bool {
-        let used = usage(&self.dir);
+        let output = self.output.load(Ordering::Relaxed);
+        let room = self.quota.saturating_sub(output);
+        let used = usage(&self.dir, &self.outputs, room);
         self.polled.store(used, Ordering::Relaxed);
-        if used > self.quota {
+        if used.saturating_add(output) > self.quota {
             self.exceeded.store(true, Ordering::Relaxed);
         }
         self.exceeded.load(Ordering::Relaxed)
     }
 }
 
-/// Bytes used under `dir` (allocated blocks, so sparse files count as what they hold).
-fn usage(dir: &Path) -> u64 {
+/// What one inode costs at least: empty files and directories are not free (each
+/// takes an inode and a directory entry), so millions of them exhaust the quota too.
+const INODE_BYTES: u64 = 4096;
+
+/// Bytes used under `dir`, `skip` left out: allocated blocks (sparse files count as
+/// what they hold), at least one block per file or directory. Stops counting once
+/// past `limit`: the answer is then only "too much".
+fn usage(dir: &Path, skip: &[PathBuf], limit: u64) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
+    let mut total = 0u64;
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else {
             continue;
         };
         for entry in entries.flatten() {
+            let path = entry.path();
+            if skip.contains(&path) {
+                continue;
+            }
+            // `DirEntry::metadata` does not follow symlinks: a link costs itself only.
             let Ok(meta) = entry.metadata() else { continue };
+            total = total.saturating_add((meta.blocks() * 512).max(INODE_BYTES));
+            if total > limit {
+                return total;
+            }
             if meta.is_dir() {
-                stack.push(entry.path());
-            } else {
-                total += meta.blocks() * 512;
+                stack.push(path);
             }
         }
     }

@@ -110,7 +110,12 @@ impl Sandbox {
     ) -> Result<RunOutcome, SandboxError> {
         let started = Instant::now();
         let memory_bytes = spec.memory_bytes.min(self.config.max_memory_bytes);
-        let budget = DiskBudget::new(spec.disk_bytes, &spec.sandbox_dir);
+        let budget = DiskBudget::new(
+            spec.disk_bytes,
+            &spec.sandbox_dir,
+            &spec.stdout,
+            &spec.stderr,
+        );
         let wasi = wasi_ctx(spec, &budget)?;
         if spec.fuel.is_some() && !program.metered {
             return Err(SandboxError::Setup(
@@ -166,10 +171,17 @@ impl Sandbox {
         // A run that wrote past its quota and ended (even by its own exit, as a
         // guest that ignores its write errors may) is a disk limitation; a last poll
         // catches files written since the previous one.
-        let over_disk = budget.exceeded.load(Ordering::Relaxed) || budget.poll();
+        // A kill, deadline or fuel exhaustion is reported as itself even if the
+        // quota was crossed too.
         let exit = match result {
             Err(e) if e.downcast_ref::<DiskLimitExceeded>().is_some() => Exit::Limit(Limit::Disk),
-            _ if over_disk => Exit::Limit(Limit::Disk),
+            Err(e) if e.downcast_ref::<Interrupted>().is_some() => classify(&e, refused_memory),
+            Err(e) if matches!(e.downcast_ref::<Trap>(), Some(Trap::OutOfFuel)) => {
+                Exit::Limit(Limit::Fuel)
+            }
+            _ if budget.exceeded.load(Ordering::Relaxed) || budget.poll() => {
+                Exit::Limit(Limit::Disk)
+            }
             Ok(()) => Exit::Code(0),
             Err(e) => classify(&e, refused_memory),
         };

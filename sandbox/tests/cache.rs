@@ -68,14 +68,14 @@ fn artifacts(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 fn a_module_is_compiled_once_then_reused_from_memory_and_from_disk() {
     let cache = tempfile::tempdir().unwrap();
     let bytes = wat::parse_str(EXIT_WITH_7).unwrap();
-    let first = sandbox(cache.path(), b"agent key");
+    let first = sandbox(cache.path(), b"the agent key, 32 bytes or more..");
     assert_eq!(run(&first, &bytes), Exit::Code(7));
     assert_eq!(run(&first, &bytes), Exit::Code(7));
     // [memory hits, disk hits, compiles, rejected]
     assert_eq!(counts(&first), [1, 0, 1, 0]);
     assert_eq!(artifacts(cache.path()).len(), 1);
     // Another executor of the same agent: straight from disk.
-    let second = sandbox(cache.path(), b"agent key");
+    let second = sandbox(cache.path(), b"the agent key, 32 bytes or more..");
     assert_eq!(run(&second, &bytes), Exit::Code(7));
     assert_eq!(counts(&second), [0, 1, 0, 0]);
 }
@@ -84,29 +84,44 @@ fn a_module_is_compiled_once_then_reused_from_memory_and_from_disk() {
 fn artifacts_not_written_under_the_key_or_damaged_are_compiled_again() {
     let cache = tempfile::tempdir().unwrap();
     let bytes = wat::parse_str(EXIT_WITH_7).unwrap();
-    run(&sandbox(cache.path(), b"agent key"), &bytes);
+    run(
+        &sandbox(cache.path(), b"the agent key, 32 bytes or more.."),
+        &bytes,
+    );
     let path = artifacts(cache.path()).pop().unwrap();
 
     // Someone without the key (another agent, a tenant who found the directory).
-    let stranger = sandbox(cache.path(), b"another key");
+    let stranger = sandbox(cache.path(), b"another key, also 32 bytes long..");
     assert_eq!(run(&stranger, &bytes), Exit::Code(7));
     assert_eq!(counts(&stranger), [0, 0, 1, 1]);
 
     // The stranger's compile replaced the file with one under its key; ours refuses
     // that and writes its own again. Then a flipped bit in the machine code.
-    let ours = sandbox(cache.path(), b"agent key");
+    let ours = sandbox(cache.path(), b"the agent key, 32 bytes or more..");
     assert_eq!(run(&ours, &bytes), Exit::Code(7));
     assert_eq!(counts(&ours), [0, 0, 1, 1]);
     let mut artifact = std::fs::read(&path).unwrap();
     let at = artifact.len() / 2;
     artifact[at] ^= 0x01;
     std::fs::write(&path, &artifact).unwrap();
-    let after = sandbox(cache.path(), b"agent key");
+    let after = sandbox(cache.path(), b"the agent key, 32 bytes or more..");
     assert_eq!(run(&after, &bytes), Exit::Code(7));
     assert_eq!(counts(&after), [0, 0, 1, 1]);
     // A truncated file is refused the same way.
     std::fs::write(&path, b"short").unwrap();
-    let truncated = sandbox(cache.path(), b"agent key");
+    let truncated = sandbox(cache.path(), b"the agent key, 32 bytes or more..");
     assert_eq!(run(&truncated, &bytes), Exit::Code(7));
     assert_eq!(counts(&truncated), [0, 0, 1, 1]);
+}
+
+#[test]
+fn a_short_key_turns_the_disk_cache_off() {
+    let cache = tempfile::tempdir().unwrap();
+    let bytes = wat::parse_str(EXIT_WITH_7).unwrap();
+    let weak = sandbox(cache.path(), b"guessable");
+    assert_eq!(run(&weak, &bytes), Exit::Code(7));
+    assert!(
+        std::fs::read_dir(cache.path()).unwrap().next().is_none(),
+        "nothing is written under a key that could be guessed"
+    );
 }

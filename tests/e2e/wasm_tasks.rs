@@ -212,3 +212,47 @@ fn the_agent_accounts_for_what_its_tasks_used_in_its_metrics() {
     );
     assert_eq!(value("cairn_agent_checkpoint_failures_total"), 0.0);
 }
+
+#[test]
+fn sandbox_reads_never_follow_a_symlink_out_of_the_sandbox() {
+    let cluster = Cluster::start();
+    let out = cluster.run(&guest("hello"), &["linked"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The task is acknowledged and forgotten by now; its sandbox stays on disk.
+    let hello_txt = find_files(&cluster.work_dir(), "hello.txt").pop().unwrap();
+    let sandbox = hello_txt.parent().unwrap();
+    // What a guest can do with WASI's path_symlink: a link to the agent's secrets.
+    std::os::unix::fs::symlink("../../../../../../meta/cache.key", sandbox.join("leak")).unwrap();
+    let task_id = sandbox.file_name().unwrap().to_str().unwrap();
+    let framework_id = sandbox
+        .ancestors()
+        .nth(4)
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap();
+    let url = format!(
+        "http://{}/files/read?framework_id={framework_id}&task_id={task_id}&path=leak",
+        cluster.agent_addr
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (code, body) = runtime.block_on(async {
+        let r = reqwest::get(&url).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    });
+    assert!(cluster.work_dir().join("meta/cache.key").exists());
+    assert!(
+        sandbox.join("leak").exists(),
+        "the link resolves to the key"
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("leads out of the task's sandbox"), "{body}");
+    // The real file next to it still reads.
+    let ok = url.replace("path=leak", "path=hello.txt");
+    let code = runtime.block_on(async { reqwest::get(&ok).await.unwrap().status().as_u16() });
+    assert_eq!(code, 200);
+}
