@@ -91,6 +91,8 @@ impl Flavor {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut StoreState| &mut s.wasi)
             .map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
+        crate::poll::add_to_linker(&mut linker)
+            .map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
         let flavor = if metered { "metered" } else { "plain" };
         let cache = CompileCache::new(&engine, flavor, config.cache.clone());
         Ok(Self {

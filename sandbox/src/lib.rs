@@ -10,6 +10,7 @@ mod disk;
 mod engine;
 mod error;
 mod limits;
+mod poll;
 mod run;
 
 pub use cache::{CacheConfig, CacheStats};

@@ -80,7 +80,7 @@ impl CancelHandle {
         self.0.store(true, Ordering::Relaxed);
     }
 
-    fn is_cancelled(&self) -> bool {
+    pub(crate) fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
 }
@@ -88,11 +88,14 @@ impl CancelHandle {
 pub(crate) struct StoreState {
     pub(crate) wasi: WasiP1Ctx,
     limiter: MemoryLimiter,
+    /// Checked by host calls that block (`poll_oneoff`), where epochs cannot reach.
+    pub(crate) cancel: CancelHandle,
+    pub(crate) deadline: Option<Instant>,
 }
 
 /// Raised from the epoch callback to stop a guest; never seen outside this module.
 #[derive(Debug, thiserror::Error)]
-enum Interrupted {
+pub(crate) enum Interrupted {
     #[error("wall-clock limit reached")]
     Deadline,
     #[error("killed")]
@@ -127,6 +130,8 @@ impl Sandbox {
             StoreState {
                 wasi,
                 limiter: MemoryLimiter::new(memory_bytes),
+                cancel: cancel.clone(),
+                deadline: spec.timeout.map(|t| started + t),
             },
         );
         store.limiter(|s| &mut s.limiter);

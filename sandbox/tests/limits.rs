@@ -311,3 +311,49 @@ fn a_fuel_budget_needs_a_metered_program_and_others_run_unmetered() {
     assert_eq!(out.exit, Exit::Code(3));
     assert!(out.usage.fuel_consumed > 0);
 }
+
+/// Sleeps on one relative clock for `NS` nanoseconds, then exits 0.
+fn sleeper(ns: u64) -> String {
+    format!(
+        r#"(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    ;; subscription at 0: userdata 7, tag clock (0), clock id 1, timeout, relative
+    (i64.store (i32.const 0) (i64.const 7))
+    (i32.store8 (i32.const 8) (i32.const 0))
+    (i32.store (i32.const 16) (i32.const 1))
+    (i64.store (i32.const 24) (i64.const {ns}))
+    (if (i32.ne (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)) (i32.const 0))
+      (then unreachable))
+    ;; one event, for userdata 7
+    (if (i32.ne (i32.load (i32.const 128)) (i32.const 1)) (then unreachable))
+    (if (i64.ne (i64.load (i32.const 64)) (i64.const 7)) (then unreachable))))"#
+    )
+}
+
+#[test]
+fn a_guest_asleep_in_the_host_still_meets_its_deadline_and_its_kill() {
+    let sandbox = sandbox();
+    let dir = tempfile::tempdir().unwrap();
+    // A short sleep wakes with its event.
+    let out = run(&sandbox, &sleeper(20_000_000), &spec(&dir));
+    assert_eq!(out.exit, Exit::Code(0));
+    assert!(out.usage.wall_time >= Duration::from_millis(20));
+    // "Forever" ends at the task's deadline.
+    let mut bounded = spec(&dir);
+    bounded.timeout = Some(Duration::from_millis(200));
+    let out = run(&sandbox, &sleeper(u64::MAX), &bounded);
+    assert_eq!(out.exit, Exit::Limit(Limit::Time));
+    // And at a kill.
+    let program = sandbox
+        .compile(&wat::parse_str(sleeper(u64::MAX)).unwrap(), false)
+        .unwrap();
+    let cancel = CancelHandle::default();
+    let killer = cancel.clone();
+    let s = spec(&dir);
+    let sb = sandbox.clone();
+    let runner = std::thread::spawn(move || sb.run(&program, &s, &cancel).unwrap());
+    killer.cancel();
+    assert_eq!(runner.join().unwrap().exit, Exit::Killed);
+}
