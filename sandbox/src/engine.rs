@@ -15,6 +15,9 @@ use crate::run::StoreState;
 
 /// Linked programs one process keeps in memory.
 const MAX_PROGRAMS: usize = 256;
+/// And no more than this many bytes of modules behind them: a module's data segments
+/// stay in its compiled image, so a few large modules could otherwise pin gigabytes.
+const MAX_PROGRAM_BYTES: usize = 512 << 20;
 
 /// How often the epoch ticker advances; the granularity of wall-clock limits and kills.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -64,7 +67,14 @@ struct Flavor {
     cache: CompileCache,
     /// Linked programs by module sha256: a module runs again without compiling or
     /// linking (`InstancePre` reuse).
-    programs: Mutex<HashMap<[u8; 32], Program>>,
+    programs: Mutex<Programs>,
+}
+
+#[derive(Default)]
+struct Programs {
+    by_digest: HashMap<[u8; 32], Program>,
+    /// Module bytes behind the programs held.
+    bytes: usize,
 }
 
 /// A compiled and linked module, ready to be instantiated many times.
@@ -99,11 +109,11 @@ impl Flavor {
             engine,
             linker,
             cache,
-            programs: Mutex::new(HashMap::new()),
+            programs: Mutex::new(Programs::default()),
         })
     }
 
-    fn lock_programs(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Program>> {
+    fn lock_programs(&self) -> std::sync::MutexGuard<'_, Programs> {
         // Entries are inserted whole, so a poisoned map is still consistent.
         self.programs.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -136,7 +146,7 @@ impl Sandbox {
         }
         let flavor = if metered { &self.metered } else { &self.plain };
         let digest: [u8; 32] = Sha256::digest(bytes).into();
-        if let Some(program) = flavor.lock_programs().get(&digest) {
+        if let Some(program) = flavor.lock_programs().by_digest.get(&digest) {
             flavor
                 .cache
                 .stats
@@ -157,10 +167,16 @@ impl Sandbox {
             .map_err(|e| SandboxError::Link(root_cause(&e)))?;
         let program = Program { pre, metered };
         let mut programs = flavor.lock_programs();
-        if programs.len() >= MAX_PROGRAMS {
-            programs.clear(); // a crude bound; the disk cache refills it cheaply
+        if programs.by_digest.len() >= MAX_PROGRAMS
+            || programs.bytes.saturating_add(bytes.len()) > MAX_PROGRAM_BYTES
+        {
+            // A crude bound (running tasks keep their own references); the disk
+            // cache refills it cheaply.
+            *programs = Programs::default();
         }
-        programs.insert(digest, program.clone());
+        if programs.by_digest.insert(digest, program.clone()).is_none() {
+            programs.bytes += bytes.len();
+        }
         Ok(program)
     }
 
