@@ -160,9 +160,18 @@ impl Sandbox {
             Ok(UpdateDeadline::Continue(1))
         });
 
-        let result = program
-            .pre
-            .instantiate(&mut store)
+        let instance = program.pre.instantiate(&mut store);
+        if let Err(e) = &instance
+            && e.downcast_ref::<Trap>().is_none()
+            && !store.data().limiter.refused
+        {
+            // Not the guest's doing (e.g. every instance slot of the pool is taken):
+            // the task could not be launched.
+            return Err(SandboxError::Setup(format!(
+                "cannot instantiate the module: {e:#}"
+            )));
+        }
+        let result = instance
             .and_then(|instance| instance.get_typed_func::<(), ()>(&mut store, "_start"))
             .and_then(|start| start.call(&mut store, ()));
 

@@ -357,3 +357,39 @@ fn a_guest_asleep_in_the_host_still_meets_its_deadline_and_its_kill() {
     killer.cancel();
     assert_eq!(runner.join().unwrap().exit, Exit::Killed);
 }
+
+#[test]
+fn a_full_instance_pool_is_a_launch_failure_not_a_guest_trap() {
+    let sb = Sandbox::new(SandboxConfig {
+        max_instances: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let asleep = sb
+        .compile(&wat::parse_str(sleeper(u64::MAX)).unwrap(), false)
+        .unwrap();
+    let cancel = CancelHandle::default();
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let holder = {
+        let (sb, s, cancel) = (sb.clone(), spec(&dir), cancel.clone());
+        std::thread::spawn(move || {
+            let _ = started_tx.send(());
+            sb.run(&asleep, &s, &cancel).unwrap()
+        })
+    };
+    started.recv().unwrap();
+    let other = sb
+        .compile(&wat::parse_str(EXIT_WITH).unwrap(), false)
+        .unwrap();
+    // The holder may not have taken its slot yet: try until the pool is full.
+    let err = loop {
+        match sb.run(&other, &spec(&dir), &CancelHandle::default()) {
+            Err(e) => break e,
+            Ok(out) => assert_eq!(out.exit, Exit::Code(3)),
+        }
+    };
+    assert!(err.to_string().contains("cannot instantiate"), "{err}");
+    cancel.cancel();
+    assert_eq!(holder.join().unwrap().exit, Exit::Killed);
+}
