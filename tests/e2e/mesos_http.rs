@@ -250,10 +250,11 @@ fn pymesos_runs_a_wasm_task() {
         "pymesos failed:\n{stdout}\n{}",
         crate::harness::text(&out.stderr)
     );
-    assert_eq!(
-        stdout.lines().collect::<Vec<_>>(),
-        ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
-    );
+    // Delivery is at least once: an update resent while its acknowledgement is still
+    // on its way arrives twice, in place.
+    let mut states: Vec<&str> = stdout.lines().collect();
+    states.dedup();
+    assert_eq!(states, ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]);
     cluster.assert_no_panics();
 }
 
