@@ -34,6 +34,20 @@ fn row(what: &str, runs: usize, samples: Vec<Duration>) {
     );
 }
 
+/// Times `runs` runs of a command to its exit, each of which must succeed.
+fn time_command(runs: usize, command: impl Fn() -> Command) -> Vec<Duration> {
+    (0..runs)
+        .map(|_| {
+            let mut cmd = command();
+            let started = Instant::now();
+            let status = cmd.stdout(Stdio::null()).status().unwrap();
+            let elapsed = started.elapsed();
+            assert!(status.success());
+            elapsed
+        })
+        .collect()
+}
+
 fn main() {
     let work = tempfile::tempdir().unwrap();
     println!("| task start to exit | runs | p50 | p99 |");
@@ -81,20 +95,11 @@ fn main() {
         .unwrap();
     assert!(built.success(), "cc -static");
     let runs = 500;
-    let samples: Vec<Duration> = (0..runs)
-        .map(|_| {
-            let started = Instant::now();
-            let status = Command::new(&native)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .unwrap();
-            let elapsed = started.elapsed();
-            assert!(status.success());
-            elapsed
-        })
-        .collect();
+    let samples = time_command(runs, || {
+        let mut cmd = Command::new(&native);
+        cmd.stdin(Stdio::null()).stderr(Stdio::null());
+        cmd
+    });
     row("native fork/exec, static binary", runs, samples);
 
     let dockerfile = "FROM scratch\nCOPY true /true\nENTRYPOINT [\"/true\"]\n";
@@ -109,18 +114,10 @@ fn main() {
         return;
     }
     let runs = 20;
-    let samples: Vec<Duration> = (0..runs)
-        .map(|_| {
-            let started = Instant::now();
-            let status = Command::new("docker")
-                .args(["run", "--rm", "--network", "none", IMAGE])
-                .stdout(Stdio::null())
-                .status()
-                .unwrap();
-            let elapsed = started.elapsed();
-            assert!(status.success());
-            elapsed
-        })
-        .collect();
+    let samples = time_command(runs, || {
+        let mut cmd = Command::new("docker");
+        cmd.args(["run", "--rm", "--network", "none", IMAGE]);
+        cmd
+    });
     row("docker run --rm, same binary", runs, samples);
 }

@@ -64,33 +64,31 @@ impl Paths {
 /// Creates the compile cache's key on first use: 32 random bytes only the agent's
 /// user may read.
 pub(crate) fn ensure_cache_key(path: &std::path::Path) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     if path.exists() {
         return Ok(());
     }
     let mut key = uuid::Uuid::new_v4().as_bytes().to_vec();
     key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(&key)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    write_atomic(path, &key)
 }
 
-/// Writes a small file crash-safely: a temp file, fsync, rename.
+/// Writes a small file crash-safely (a temp file, fsync, rename), readable by the
+/// agent's user only. The temp file is created fresh, never through a file or link
+/// someone else left there.
 pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
+    let _ = std::fs::remove_file(&tmp); // a leftover of a crash mid-write
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)

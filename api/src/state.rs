@@ -1,4 +1,13 @@
-use crate::v1::TaskState;
+use crate::v1::framework_info::capability;
+use crate::v1::{FrameworkInfo, TaskState};
+
+impl FrameworkInfo {
+    /// Whether the framework declared a capability (PARTITION_AWARE,
+    /// TASK_KILLING_STATE, ...): what Mesos may tell it depends on them.
+    pub fn has_capability(&self, kind: capability::Type) -> bool {
+        self.capabilities.iter().any(|c| c.r#type == kind as i32)
+    }
+}
 
 impl TaskState {
     /// Terminal states end a task: its resources are freed, and no later update

@@ -183,21 +183,21 @@ impl Sandbox {
             wall_time: started.elapsed(),
         };
         // A run that wrote past its quota and ended (even by its own exit, as a
-        // guest that ignores its write errors may) is a disk limitation; a last poll
-        // catches files written since the previous one.
-        // A kill, deadline or fuel exhaustion is reported as itself even if the
-        // quota was crossed too.
-        let exit = match result {
-            Err(e) if e.downcast_ref::<DiskLimitExceeded>().is_some() => Exit::Limit(Limit::Disk),
-            Err(e) if e.downcast_ref::<Interrupted>().is_some() => classify(&e, refused_memory),
-            Err(e) if matches!(e.downcast_ref::<Trap>(), Some(Trap::OutOfFuel)) => {
-                Exit::Limit(Limit::Fuel)
-            }
-            _ if budget.exceeded.load(Ordering::Relaxed) || budget.poll() => {
-                Exit::Limit(Limit::Disk)
-            }
+        // guest that ignores its write errors may) is a disk limitation, unless a
+        // kill, its deadline or its fuel ended it; a last poll catches files written
+        // since the previous one.
+        let refused_write =
+            matches!(&result, Err(e) if e.downcast_ref::<DiskLimitExceeded>().is_some());
+        let exit = match &result {
             Ok(()) => Exit::Code(0),
-            Err(e) => classify(&e, refused_memory),
+            Err(e) => classify(e, refused_memory),
+        };
+        let ended_by_host = matches!(exit, Exit::Killed | Exit::Limit(Limit::Time | Limit::Fuel));
+        let over_quota = || budget.exceeded.load(Ordering::Relaxed) || budget.poll();
+        let exit = if refused_write || (!ended_by_host && over_quota()) {
+            Exit::Limit(Limit::Disk)
+        } else {
+            exit
         };
         Ok(RunOutcome { exit, usage })
     }

@@ -12,7 +12,9 @@ use crate::framework::{Scheduler, accept, wasm_task};
 
 /// Enough tasks that their records cannot all fit in the slack of the log's last page.
 const TASKS: usize = 20;
-use crate::harness::{Cluster, Daemon, find_files, get_json, start_agent, start_master, wait_for};
+use crate::harness::{
+    Cluster, Daemon, blocking, find_files, get_json, start_agent, start_master, wait_for,
+};
 
 /// A small tmpfs mounted over the agent's `meta/` directory, unmounted on drop.
 struct SmallDisk(PathBuf);
@@ -56,10 +58,6 @@ fn health(addr: &str) -> (u16, String) {
         let r = reqwest::get(&url).await.unwrap();
         (r.status().as_u16(), r.text().await.unwrap())
     })
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,9 +140,7 @@ async fn a_corrupt_checkpoint_stops_the_agent_with_a_clear_error() {
     bytes[20] ^= 0xff; // inside the first record
     std::fs::write(&log, &bytes).unwrap();
 
-    let dir = cluster.dir.path().to_owned();
-    let master = cluster.master_addr.clone();
-    let mut agent: Daemon = blocking(move || start_agent(&dir, &master)).await;
+    let mut agent: Daemon = cluster.restart_agent(&[]).await;
     let line = agent.wait_for_log("is corrupt at byte");
     assert!(line.contains("checkpoint.log"), "{line}");
     blocking(move || {
@@ -193,9 +189,7 @@ async fn after_a_reboot_the_agent_registers_anew_and_old_executors_are_shut_down
     cluster.agent.kill();
     // A different boot id is what a reboot looks like to the agent.
     std::fs::write(cluster.work_dir().join("meta/boot_id"), "another-boot\n").unwrap();
-    let dir = cluster.dir.path().to_owned();
-    let master = cluster.master_addr.clone();
-    let agent = blocking(move || start_agent(&dir, &master)).await;
+    let agent = cluster.restart_agent(&[]).await;
     agent.wait_for_log("starting as a new agent");
     let addr = agent.wait_for_address("http");
     cluster.agent = agent;
@@ -228,12 +222,8 @@ async fn a_restarted_agent_may_add_resources_but_not_take_any_away() {
     let addr = cluster.agent_addr.clone();
     let id = blocking(move || get_json(&addr, "/state")["id"].clone()).await;
     cluster.agent.kill();
-    let dir = cluster.dir.path().to_owned();
-    let master = cluster.master_addr.clone();
     let fewer = "cpus:1;mem:1024;disk:1024;ports:[31000-31100]";
-    let mut refused =
-        blocking(move || crate::harness::start_agent_with(&dir, &master, &["--resources", fewer]))
-            .await;
+    let mut refused = cluster.restart_agent(&["--resources", fewer]).await;
     let line = refused.wait_for_log("resources changed from");
     assert!(
         line.contains("may add resources but not remove any"),
@@ -248,13 +238,11 @@ async fn a_restarted_agent_may_add_resources_but_not_take_any_away() {
     .await;
     drop(refused);
 
-    let dir = cluster.dir.path().to_owned();
-    let master = cluster.master_addr.clone();
     let more = "cpus:4;mem:2048;disk:1024;ports:[31000-31100]";
+    let agent = cluster.restart_agent(&["--resources", more]).await;
     let agent = blocking(move || {
-        let a = crate::harness::start_agent_with(&dir, &master, &["--resources", more]);
-        a.wait_for_log("registered with the master");
-        a
+        agent.wait_for_log("registered with the master");
+        agent
     })
     .await;
     let addr = agent.wait_for_address("http");

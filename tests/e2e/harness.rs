@@ -181,6 +181,32 @@ impl Drop for Cluster {
     }
 }
 
+impl Cluster {
+    /// A new agent on this cluster's work dir (after the old one was killed), with
+    /// extra flags; not yet registered.
+    pub async fn restart_agent(&self, flags: &[&str]) -> Daemon {
+        let (dir, master) = (self.dir.path().to_owned(), self.master_addr.clone());
+        let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+        blocking(move || {
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            start_agent_with(&dir, &master, &flags)
+        })
+        .await
+    }
+
+    /// A new master on this cluster's data dir and address (after the old one was
+    /// killed).
+    pub async fn restart_master(&self) -> Daemon {
+        let (dir, addr) = (self.dir.path().to_owned(), self.master_addr.clone());
+        blocking(move || start_master(&dir, &addr).0).await
+    }
+}
+
+/// Runs blocking harness code (waits on logs, HTTP GETs) from an async test.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
 pub fn start_master(dir: &Path, listen: &str) -> (Daemon, String) {
     start_master_with(dir, listen, &[])
 }

@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use crate::framework::{Events, Scheduler, accept};
-use crate::harness::{
-    Cluster, find_files, get_json, kill_executors, start_agent, start_master, wait_for,
-};
+use crate::harness::{Cluster, blocking, find_files, get_json, kill_executors, wait_for};
 
 /// A framework that survives its scheduler's disconnection for an hour.
 pub fn framework_info(id: Option<&str>) -> Value {
@@ -103,34 +101,28 @@ async fn a_task_outlives_an_agent_killed_mid_run_and_every_update_arrives_in_ord
         Scheduler::subscribe_with(&cluster.master_addr, framework_info(None)).await;
     let (mut states, agent_id) = launch_gate(&scheduler, &mut events, "gated").await;
     let addr = cluster.agent_addr.clone();
-    let before = tokio::task::spawn_blocking(move || agent_state(&addr))
-        .await
-        .unwrap();
+    let before = blocking(move || agent_state(&addr)).await;
     let executor_pid = before["executors"][0]["pid"].clone();
     assert!(executor_pid.is_u64(), "{before}");
 
     cluster.agent.kill();
-    let dir = cluster.dir.path().to_owned();
-    let master = cluster.master_addr.clone();
-    let agent = tokio::task::spawn_blocking(move || {
-        let agent = start_agent(&dir, &master);
+    let agent = cluster.restart_agent(&[]).await;
+    let agent = blocking(move || {
         agent.wait_for_log("registered with the master");
         agent
     })
-    .await
-    .unwrap();
+    .await;
     let agent_addr = agent.wait_for_address("http");
     cluster.agent = agent;
 
     // The same executor process, re-attached: it re-subscribed over the socket.
-    let after = tokio::task::spawn_blocking(move || {
+    let after = blocking(move || {
         wait_for("the executor to re-subscribe", || {
             let s = agent_state(&agent_addr);
             (s["executors"][0]["subscribed"] == true).then_some(s)
         })
     })
-    .await
-    .unwrap();
+    .await;
     assert_eq!(after["executors"][0]["pid"], executor_pid, "{after}");
     assert_eq!(after["executors"][0]["recovered"], true, "{after}");
     assert_eq!(after["id"], agent_id["value"], "same agent id: {after}");
@@ -161,11 +153,7 @@ async fn a_task_whose_executor_died_while_the_agent_was_down_fails_with_the_reas
     launch_gate(&scheduler, &mut events, "orphan").await;
     cluster.agent.kill();
     kill_executors(&cluster.work_dir());
-    let dir = cluster.dir.path().to_owned();
-    let master = cluster.master_addr.clone();
-    cluster.agent = tokio::task::spawn_blocking(move || start_agent(&dir, &master))
-        .await
-        .unwrap();
+    cluster.agent = cluster.restart_agent(&[]).await;
     // RUNNING may come again first: the agent died before its acknowledgement was
     // checkpointed, so it resends it (at least once, never lost).
     let mut status = next_update(&scheduler, &mut events).await;
@@ -189,7 +177,7 @@ async fn updates_held_while_the_master_is_down_arrive_when_it_is_back() {
     open_gate(&cluster.work_dir(), "held");
     // The task finishes with no master: its update waits, checkpointed, on the agent.
     let agent_addr = cluster.agent_addr.clone();
-    tokio::task::spawn_blocking(move || {
+    blocking(move || {
         wait_for("the update to be held", || {
             let s = agent_state(&agent_addr);
             // RUNNING may still be pending too, if the master died before its ack
@@ -198,15 +186,9 @@ async fn updates_held_while_the_master_is_down_arrive_when_it_is_back() {
             (held && s["tasks"][0]["state"] == "TASK_FINISHED").then_some(())
         })
     })
-    .await
-    .unwrap();
+    .await;
 
-    let dir = cluster.dir.path().to_owned();
-    let addr = cluster.master_addr.clone();
-    let (master, _) = tokio::task::spawn_blocking(move || start_master(&dir, &addr))
-        .await
-        .unwrap();
-    cluster.master = master;
+    cluster.master = cluster.restart_master().await;
     let info = framework_info(Some(&scheduler.framework_id));
     let (scheduler, mut events) = Scheduler::subscribe_with(&cluster.master_addr, info).await;
     let states = updates_until(&scheduler, &mut events, "TASK_FINISHED").await;
@@ -216,13 +198,12 @@ async fn updates_held_while_the_master_is_down_arrive_when_it_is_back() {
         "{states:?}"
     );
     let agent_addr = cluster.agent_addr.clone();
-    tokio::task::spawn_blocking(move || {
+    blocking(move || {
         wait_for("the acknowledgement to reach the agent", || {
             (agent_state(&agent_addr)["pending_updates"] == 0).then_some(())
         })
     })
-    .await
-    .unwrap();
+    .await;
     cluster.assert_no_panics();
 }
 
@@ -265,9 +246,7 @@ async fn an_agent_marked_gone_loses_its_tasks_and_may_not_come_back() {
     let call = json!({"type": "MARK_AGENT_GONE", "mark_agent_gone": {"agent_id": agent_id}});
     let (code, body) = {
         let (master, call) = (master.clone(), call.clone());
-        tokio::task::spawn_blocking(move || crate::operator::operator(&master, call))
-            .await
-            .unwrap()
+        blocking(move || crate::operator::operator(&master, call)).await
     };
     assert_eq!(code, 200, "{body}");
     let status = next_update(&scheduler, &mut events).await;
@@ -278,14 +257,13 @@ async fn an_agent_marked_gone_loses_its_tasks_and_may_not_come_back() {
     );
     // Idempotent; an unknown agent is a 404; the agent is refused when it retries.
     let unknown = json!({"type": "MARK_AGENT_GONE", "mark_agent_gone": {"agent_id": {"value": "no-such-agent"}}});
-    let (again, unknown) = tokio::task::spawn_blocking(move || {
+    let (again, unknown) = blocking(move || {
         (
             crate::operator::operator(&master, call).0,
             crate::operator::operator(&master, unknown).0,
         )
     })
-    .await
-    .unwrap();
+    .await;
     assert_eq!((again, unknown), (200, 404));
     cluster.agent.wait_for_log("marked gone by the operator");
     let state = scheduler.master_state(&cluster.master_addr).await;
@@ -302,22 +280,15 @@ async fn a_teardown_while_the_agent_was_away_reaches_it_when_it_returns() {
     cluster.agent.kill();
     let master = cluster.master_addr.clone();
     let teardown = json!({"type": "TEARDOWN", "teardown": {"framework_id": {"value": scheduler.framework_id}}});
-    let (code, body) =
-        tokio::task::spawn_blocking(move || crate::operator::operator(&master, teardown))
-            .await
-            .unwrap();
+    let (code, body) = blocking(move || crate::operator::operator(&master, teardown)).await;
     assert_eq!(code, 200, "{body}");
-    let dir = cluster.dir.path().to_owned();
-    let master = cluster.master_addr.clone();
-    let agent = tokio::task::spawn_blocking(move || start_agent(&dir, &master))
-        .await
-        .unwrap();
+    let agent = cluster.restart_agent(&[]).await;
     agent.wait_for_log("shutting down framework");
     let addr = agent.wait_for_address("http");
     cluster.agent = agent;
     // The executor is shut down, the task killed, and its update acknowledged by the
     // master on the removed framework's behalf: the agent forgets it.
-    tokio::task::spawn_blocking(move || {
+    blocking(move || {
         wait_for("the agent to forget the task", || {
             let s = agent_state(&addr);
             (s["tasks"].as_array().unwrap().is_empty()
@@ -325,8 +296,7 @@ async fn a_teardown_while_the_agent_was_away_reaches_it_when_it_returns() {
             .then_some(())
         })
     })
-    .await
-    .unwrap();
+    .await;
     cluster.assert_no_panics();
 }
 
@@ -371,12 +341,7 @@ async fn reconciliation_answers_from_the_master_and_waits_for_agents_it_has_not_
     cluster.agent.signal(nix::sys::signal::Signal::SIGSTOP);
     drop(events);
     cluster.master.kill();
-    let dir = cluster.dir.path().to_owned();
-    let addr = cluster.master_addr.clone();
-    let (master, _) = tokio::task::spawn_blocking(move || start_master(&dir, &addr))
-        .await
-        .unwrap();
-    cluster.master = master;
+    cluster.master = cluster.restart_master().await;
     info["id"] = json!({"value": scheduler.framework_id});
     let (scheduler, mut events) = Scheduler::subscribe_with(&cluster.master_addr, info).await;
     reconcile(&scheduler, "live", &agent_id).await;

@@ -272,9 +272,7 @@ impl Core {
         }
         let kill_policy = policy.or(task.info.kill_policy);
         let report_killing = self.checkpoint.state.frameworks.get(fw).is_some_and(|f| {
-            f.capabilities.iter().any(|c| {
-                c.r#type == cairn_api::v1::framework_info::capability::Type::TaskKillingState as i32
-            })
+            f.has_capability(cairn_api::v1::framework_info::capability::Type::TaskKillingState)
         });
         self.send_to_executor(
             fw.to_owned(),
@@ -347,9 +345,9 @@ impl Core {
         self.record_update(fw, status);
     }
 
-    /// Every update passes here. Returns whether it was new: a duplicate (same uuid)
-    /// or an update after a terminal state changes nothing.
-    pub(super) fn record_update(&mut self, fw: &str, mut status: TaskStatus) -> bool {
+    /// Every update passes here; a duplicate (same uuid) or an update after a
+    /// terminal state changes nothing.
+    pub(super) fn record_update(&mut self, fw: &str, mut status: TaskStatus) {
         status.agent_id = self.info.id.clone();
         let task_id = status.task_id.clone().unwrap_or_default().value;
         let key = (fw.to_owned(), task_id.clone());
@@ -359,10 +357,10 @@ impl Core {
                 task_id,
                 "update for an unknown task dropped"
             );
-            return false;
+            return;
         };
         if task.seen.contains(&status.uuid) {
-            return false;
+            return;
         }
         if task.state.is_terminal() {
             tracing::warn!(
@@ -370,7 +368,7 @@ impl Core {
                 task_id,
                 "update after a terminal state dropped"
             );
-            return false;
+            return;
         }
         if TaskState::try_from(status.state).is_ok_and(TaskState::is_terminal) {
             self.metrics.task_ended(&status);
@@ -384,7 +382,6 @@ impl Core {
         self.checkpoint.record(Record::Update(update.clone()));
         // Sent after the sync, and only if it is its stream's head by then.
         self.update_to_master(update);
-        true
     }
 
     fn acknowledge(&mut self, ack: StatusUpdateAcknowledgement) {

@@ -324,6 +324,15 @@ impl Leader {
 }
 
 impl Leader {
+    /// Partition-aware frameworks hear TASK_UNREACHABLE and TASK_GONE where others
+    /// hear TASK_LOST.
+    pub(super) fn is_partition_aware(&self, framework_id: &str) -> bool {
+        self.frameworks.get(framework_id).is_some_and(|f| {
+            f.info
+                .has_capability(cairn_api::v1::framework_info::capability::Type::PartitionAware)
+        })
+    }
+
     /// The role a framework's resources are accounted to: its first role, or `*`.
     pub(super) fn role_of(&self, framework_id: &str) -> String {
         let info = self
@@ -359,13 +368,7 @@ impl Leader {
             .map(|(k, _)| k.clone())
             .collect();
         for key in lost {
-            let partition_aware = self.frameworks.get(&key.0).is_some_and(|f| {
-                f.info.capabilities.iter().any(|c| {
-                    c.r#type
-                        == cairn_api::v1::framework_info::capability::Type::PartitionAware as i32
-                })
-            });
-            let state = if partition_aware {
+            let state = if self.is_partition_aware(&key.0) {
                 TaskState::TaskUnreachable
             } else {
                 TaskState::TaskLost

@@ -679,11 +679,7 @@ impl Leader {
     /// an agent the registry admitted that has not re-registered since this master
     /// started, no answer yet: its re-registration will tell (`None`).
     fn reconcile_unknown(&self, framework_id: &str, agent_id: &str) -> Option<TaskStatus> {
-        let partition_aware = self.frameworks.get(framework_id).is_some_and(|f| {
-            f.info.capabilities.iter().any(|c| {
-                c.r#type == cairn_api::v1::framework_info::capability::Type::PartitionAware as i32
-            })
-        });
+        let partition_aware = self.is_partition_aware(framework_id);
         let registry = self.registry.state();
         let state = if registry.gone_agents.contains(agent_id) {
             TaskState::TaskGoneByOperator
