@@ -22,6 +22,10 @@ const BUSY: &str = r#"(module
 
 fn best_of(config: SandboxConfig, metered: bool, runs: usize) -> Duration {
     let sandbox = Sandbox::new(config).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let program = sandbox
         .compile(&wat::parse_str(BUSY).unwrap(), metered)
         .unwrap();
@@ -40,8 +44,8 @@ fn best_of(config: SandboxConfig, metered: bool, runs: usize) -> Duration {
                 disk_bytes: 1 << 20,
             };
             let started = Instant::now();
-            let outcome = sandbox
-                .run(&program, &spec, &CancelHandle::default())
+            let outcome = rt
+                .block_on(sandbox.run(&program, &spec, &CancelHandle::default()))
                 .unwrap();
             assert_eq!(outcome.exit, Exit::Code(0));
             started.elapsed()

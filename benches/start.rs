@@ -54,6 +54,10 @@ fn main() {
     println!("|---|---:|---:|---:|");
 
     let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let bytes = wat::parse_str(EMPTY).unwrap();
     sandbox.compile(&bytes, false).unwrap(); // warm the cache, as a second task finds it
     let runs = 2000;
@@ -74,8 +78,8 @@ fn main() {
             };
             let started = Instant::now();
             let program = sandbox.compile(&bytes, false).unwrap();
-            let outcome = sandbox
-                .run(&program, &spec, &CancelHandle::default())
+            let outcome = rt
+                .block_on(sandbox.run(&program, &spec, &CancelHandle::default()))
                 .unwrap();
             let elapsed = started.elapsed();
             assert_eq!(outcome.exit, Exit::Code(0));

@@ -59,6 +59,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
         status_update_retry_interval: Duration::from_secs(10),
         executor_reregistration_timeout: Duration::from_secs(5),
         executor_shutdown_grace_period: Duration::from_secs(10),
+        custom_executor_call_timeout: Duration::from_secs(5),
     })?)
     .await?;
     let agent_addr = agent.local_addr()?;

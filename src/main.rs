@@ -1,6 +1,7 @@
 //! `cairn`: one binary for every role — master, agent, the executor processes agents
 //! start, a one-machine dev cluster, and the clients.
 
+mod component;
 mod dev;
 mod run;
 
@@ -36,6 +37,8 @@ enum Command {
     Dev(dev::DevArgs),
     /// Run one WebAssembly task on the cluster and show its output.
     Run(run::RunArgs),
+    /// Work with WebAssembly components (make one of a wasm32-wasip1 module).
+    Component(component::ComponentArgs),
     /// An executor process; started by agents, not by hand.
     #[command(hide = true)]
     Executor(ExecutorArgs),
@@ -111,6 +114,10 @@ pub(crate) struct AgentArgs {
     /// is killed.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     executor_shutdown_grace_period: Duration,
+    /// How long one call into a custom executor (launch, kill, message, shutdown)
+    /// may run before the executor is deemed broken and its tasks fail.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    custom_executor_call_timeout: Duration,
 }
 
 #[derive(Args)]
@@ -131,13 +138,17 @@ struct ExecutorArgs {
     /// The file holding the key that authenticates the cache's artifacts.
     #[arg(long)]
     compile_cache_key: Option<PathBuf>,
+    /// The bound on each call into a custom executor component.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    custom_executor_call_timeout: Duration,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_log = match cli.command {
-        // `run` and `dev` talk to a person: only warnings interleave with their output.
-        Command::Run(_) | Command::Dev(_) => "warn",
+        // `run`, `dev` and `component` talk to a person: only warnings interleave with
+        // their output.
+        Command::Run(_) | Command::Dev(_) | Command::Component(_) => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -190,6 +201,10 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         }
         Command::Dev(args) => dev::run(args).await,
         Command::Run(args) => run::run(args).await,
+        Command::Component(args) => {
+            component::run(args)?;
+            Ok(0)
+        }
         Command::Executor(args) => {
             cairn_agent::run_executor(cairn_agent::ExecutorArgs {
                 agent_socket: args.agent_socket,
@@ -197,6 +212,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 executor_id: args.executor_id,
                 directory: args.directory,
                 recovery_timeout: args.recovery_timeout,
+                custom_call_timeout: args.custom_executor_call_timeout,
                 compile_cache: args.compile_cache.zip(args.compile_cache_key),
             })
             .await?;
@@ -224,6 +240,7 @@ pub(crate) fn agent_config(args: AgentArgs) -> anyhow::Result<cairn_agent::Agent
         update_retry: args.status_update_retry_interval,
         executor_reregistration_timeout: args.executor_reregistration_timeout,
         executor_shutdown_grace: args.executor_shutdown_grace_period,
+        custom_executor_call_timeout: args.custom_executor_call_timeout,
     })
 }
 

@@ -20,6 +20,7 @@ pub struct Launcher {
     pub(crate) paths: Paths,
     pub(crate) binary: PathBuf,
     pub(crate) recovery_timeout: Duration,
+    pub(crate) custom_call_timeout: Duration,
     pub(crate) core: mpsc::Sender<Input>,
 }
 
@@ -45,6 +46,8 @@ impl Launcher {
             .arg(&dir)
             .arg("--recovery-timeout")
             .arg(humantime::format_duration(self.recovery_timeout).to_string())
+            .arg("--custom-executor-call-timeout")
+            .arg(humantime::format_duration(self.custom_call_timeout).to_string())
             .arg("--compile-cache")
             .arg(self.paths.compile_cache())
             .arg("--compile-cache-key")

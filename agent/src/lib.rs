@@ -49,6 +49,8 @@ pub struct AgentConfig {
     pub executor_reregistration_timeout: Duration,
     /// How long a shut-down executor has to end its tasks before it is killed.
     pub executor_shutdown_grace: Duration,
+    /// The bound on each call into a custom executor component.
+    pub custom_executor_call_timeout: Duration,
 }
 
 /// A configured agent whose HTTP port is bound, not yet running.
@@ -125,6 +127,7 @@ impl Agent {
             paths: paths.clone(),
             binary: self.config.executor_binary.clone(),
             recovery_timeout: self.config.executor_recovery_timeout,
+            custom_call_timeout: self.config.custom_executor_call_timeout,
             core: tx.clone(),
         };
         let config = core::CoreConfig {

@@ -9,7 +9,7 @@
 //! another engine version is compiled again, never trusted.
 //!
 //! ```text
-//! <dir>/<sha256 of the module>-<engine fingerprint>.cwasm := mac: 32 bytes | artifact
+//! <dir>/<sha256 of the wasm>-<engine fingerprint>.<cwasm|ccomp> := mac: 32 bytes | artifact
 //! ```
 
 use std::hash::{Hash, Hasher};
@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use wasmtime::component::Component;
 use wasmtime::{Engine, Module};
 
 type MacSha256 = Hmac<Sha256>;
@@ -82,21 +83,41 @@ impl CompileCache {
         digest: &[u8; 32],
         bytes: &[u8],
     ) -> wasmtime::Result<Module> {
-        if let Some(module) = self.load(engine, digest) {
-            self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(module);
-        }
-        let module = Module::new(engine, bytes)?;
-        self.stats.compiles.fetch_add(1, Ordering::Relaxed);
-        self.store(digest, &module);
-        Ok(module)
+        self.artifact(engine, digest, bytes)
     }
 
-    fn path(&self, dir: &Path, digest: &[u8; 32]) -> PathBuf {
+    /// The component for these bytes, as [`module`](Self::module) does for modules.
+    pub(crate) fn component(
+        &self,
+        engine: &Engine,
+        digest: &[u8; 32],
+        bytes: &[u8],
+    ) -> wasmtime::Result<Component> {
+        self.artifact(engine, digest, bytes)
+    }
+
+    fn artifact<A: Artifact>(
+        &self,
+        engine: &Engine,
+        digest: &[u8; 32],
+        bytes: &[u8],
+    ) -> wasmtime::Result<A> {
+        if let Some(artifact) = self.load::<A>(engine, digest) {
+            self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(artifact);
+        }
+        let artifact = A::compile(engine, bytes)?;
+        self.stats.compiles.fetch_add(1, Ordering::Relaxed);
+        self.store(digest, &artifact);
+        Ok(artifact)
+    }
+
+    fn path<A: Artifact>(&self, dir: &Path, digest: &[u8; 32]) -> PathBuf {
         dir.join(format!(
-            "{}-{}.cwasm",
+            "{}-{}.{}",
             hex::encode(digest),
-            self.fingerprint
+            self.fingerprint,
+            A::EXTENSION
         ))
     }
 
@@ -108,9 +129,9 @@ impl CompileCache {
         mac
     }
 
-    fn load(&self, engine: &Engine, digest: &[u8; 32]) -> Option<Module> {
+    fn load<A: Artifact>(&self, engine: &Engine, digest: &[u8; 32]) -> Option<A> {
         let disk = self.disk.as_ref()?;
-        let path = self.path(&disk.dir, digest);
+        let path = self.path::<A>(&disk.dir, digest);
         let bytes = read_regular(&path)?;
         let reject = |why: &str| {
             tracing::warn!(path = %path.display(), why, "compiled artifact refused; compiling again");
@@ -131,17 +152,17 @@ impl CompileCache {
         // SAFETY: the artifact carries a MAC under the agent's secret key over exactly
         // these bytes, so it is an artifact this process's code serialized from a module
         // it compiled with a compatible engine; wasmtime checks compatibility again.
-        match unsafe { Module::deserialize(engine, artifact) } {
-            Ok(module) => Some(module),
+        match unsafe { A::deserialize(engine, artifact) } {
+            Ok(artifact) => Some(artifact),
             Err(_) => reject("incompatible with this engine"),
         }
     }
 
     /// Writes an artifact crash-safely; a failure only costs a later compile.
-    fn store(&self, digest: &[u8; 32], module: &Module) {
+    fn store<A: Artifact>(&self, digest: &[u8; 32], compiled: &A) {
         let Some(disk) = &self.disk else { return };
         let result = (|| -> std::io::Result<()> {
-            let artifact = module.serialize().map_err(std::io::Error::other)?;
+            let artifact = compiled.serialize().map_err(std::io::Error::other)?;
             let tag = self
                 .mac(&disk.key, digest, &artifact)
                 .finalize()
@@ -150,7 +171,7 @@ impl CompileCache {
                 .recursive(true)
                 .mode(0o700)
                 .create(&disk.dir)?;
-            let path = self.path(&disk.dir, digest);
+            let path = self.path::<A>(&disk.dir, digest);
             // A name of its own per write (two tasks may compile one module at once),
             // created fresh: never through a file or link someone else put there.
             let tmp = path.with_extension(format!(
@@ -174,6 +195,44 @@ impl CompileCache {
         if let Err(e) = result {
             tracing::warn!(error = %e, "cannot store a compiled artifact");
         }
+    }
+}
+
+/// What the cache holds: compiled modules and compiled components.
+trait Artifact: Sized {
+    const EXTENSION: &'static str;
+    fn compile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Self>;
+    /// # Safety
+    /// `bytes` must be an artifact `serialize` produced with a compatible engine.
+    unsafe fn deserialize(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Self>;
+    fn serialize(&self) -> wasmtime::Result<Vec<u8>>;
+}
+
+impl Artifact for Module {
+    const EXTENSION: &'static str = "cwasm";
+    fn compile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Self> {
+        Module::new(engine, bytes)
+    }
+    unsafe fn deserialize(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Self> {
+        // SAFETY: the caller's contract is Module::deserialize's.
+        unsafe { Module::deserialize(engine, bytes) }
+    }
+    fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
+        Module::serialize(self)
+    }
+}
+
+impl Artifact for Component {
+    const EXTENSION: &'static str = "ccomp";
+    fn compile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Self> {
+        Component::new(engine, bytes)
+    }
+    unsafe fn deserialize(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Self> {
+        // SAFETY: the caller's contract is Component::deserialize's.
+        unsafe { Component::deserialize(engine, bytes) }
+    }
+    fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
+        Component::serialize(self)
     }
 }
 

@@ -7,8 +7,8 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -104,17 +104,23 @@ fn usage(dir: &Path, skip: &[PathBuf], limit: u64) -> u64 {
     total
 }
 
+/// Linux's `O_NOFOLLOW`: the last path component must not be a symlink.
+const O_NOFOLLOW: i32 = 0o400_000;
+
 /// stdout or stderr: a file whose every write is taken from the run's budget first.
+/// It is opened on the first write, so an idle task holds no descriptor for it.
 #[derive(Clone)]
 pub(crate) struct QuotaOutput {
-    file: Arc<File>,
+    path: Arc<PathBuf>,
+    file: Arc<Mutex<Option<File>>>,
     budget: Arc<DiskBudget>,
 }
 
 impl QuotaOutput {
-    pub(crate) fn new(file: File, budget: Arc<DiskBudget>) -> Self {
+    pub(crate) fn new(path: PathBuf, budget: Arc<DiskBudget>) -> Self {
         Self {
-            file: Arc::new(file),
+            path: Arc::new(path),
+            file: Arc::new(Mutex::new(None)),
             budget,
         }
     }
@@ -126,7 +132,31 @@ impl QuotaOutput {
                 DiskLimitExceeded,
             ));
         }
-        (&*self.file).write_all(bytes)
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if file.is_none() {
+            // The guest can replace the file before its first write: never follow
+            // a link it may have put there.
+            use std::os::unix::fs::OpenOptionsExt;
+            *file = Some(
+                File::options()
+                    .create(true)
+                    .append(true)
+                    .custom_flags(O_NOFOLLOW)
+                    .open(&*self.path)?,
+            );
+        }
+        match file.as_mut() {
+            Some(f) => f.write_all(bytes),
+            None => Ok(()),
+        }
+    }
+
+    fn flush_file(&self) -> std::io::Result<()> {
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        match file.as_mut() {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -164,8 +194,7 @@ impl OutputStream for QuotaOutput {
     }
 
     fn flush(&mut self) -> StreamResult<()> {
-        (&*self.file)
-            .flush()
+        self.flush_file()
             .map_err(|e| StreamError::LastOperationFailed(e.into()))
     }
 
@@ -184,7 +213,7 @@ impl tokio::io::AsyncWrite for QuotaOutput {
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready((&*self.file).flush())
+        Poll::Ready(self.flush_file())
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

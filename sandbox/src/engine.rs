@@ -8,10 +8,14 @@ use sha2::{Digest, Sha256};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, PoolingAllocationConfig,
 };
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::bindings::CommandPre;
 
 use crate::cache::{CacheConfig, CacheStats, CompileCache};
 use crate::error::SandboxError;
+use crate::executor::{ExecutorHost, ExecutorPre};
 use crate::run::StoreState;
+use crate::wasi::WasiP2;
 
 /// Linked programs one process keeps in memory.
 const MAX_PROGRAMS: usize = 256;
@@ -49,7 +53,9 @@ impl Default for SandboxConfig {
     }
 }
 
-/// The engines, their epoch ticker and WASI p1 linkers. Create one per process.
+/// The engines, their epoch ticker and linkers (WASI p1 for modules, WASI p2 for
+/// components, plus Cairn's host interface for custom executors). Create one per
+/// process.
 ///
 /// Fuel metering is compiled into the code, and costs a CPU-bound guest about a third
 /// more (docs/benchmarks.md), so there are two engines: tasks with a fuel budget run
@@ -60,10 +66,12 @@ pub struct Sandbox {
     pub(crate) config: SandboxConfig,
 }
 
-/// One engine with its linker, compile cache and linked programs.
+/// One engine with its linkers, compile cache and linked programs.
 struct Flavor {
     engine: Engine,
-    linker: Linker<StoreState>,
+    linker: Linker<StoreState<WasiP1Ctx>>,
+    command_linker: wasmtime::component::Linker<StoreState<WasiP2>>,
+    executor_linker: wasmtime::component::Linker<StoreState<ExecutorHost>>,
     cache: CompileCache,
     /// Linked programs by module sha256: a module runs again without compiling or
     /// linking (`InstancePre` reuse).
@@ -77,40 +85,134 @@ struct Programs {
     bytes: usize,
 }
 
-/// A compiled and linked module, ready to be instantiated many times.
+/// A compiled and linked program, ready to be instantiated many times.
 #[derive(Clone)]
 pub struct Program {
-    pub(crate) pre: InstancePre<StoreState>,
+    pub(crate) kind: Kind,
     /// Compiled with fuel metering: runs can have a fuel budget.
     pub(crate) metered: bool,
 }
 
+#[derive(Clone)]
+pub(crate) enum Kind {
+    /// A WASI p1 command module.
+    Core(InstancePre<StoreState<WasiP1Ctx>>),
+    /// A WASI p2 component exporting `wasi:cli/run`.
+    Command(CommandPre<StoreState<WasiP2>>),
+    /// A component of the `cairn:executor` world.
+    Executor(ExecutorPre<StoreState<ExecutorHost>>),
+}
+
+/// What a program is, as far as its host is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgramKind {
+    /// Runs to its end as a task: a p1 module or a p2 `wasi:cli/run` component.
+    Command,
+    /// A custom executor (the `cairn:executor` world) that hosts tasks.
+    Executor,
+}
+
+impl Program {
+    pub fn kind(&self) -> ProgramKind {
+        match self.kind {
+            Kind::Core(_) | Kind::Command(_) => ProgramKind::Command,
+            Kind::Executor(_) => ProgramKind::Executor,
+        }
+    }
+}
+
 impl Flavor {
     fn new(config: &SandboxConfig, metered: bool) -> Result<Self, SandboxError> {
+        let n = config.max_instances;
+        // A component instance holds a few core instances and tables (its module,
+        // the WASI adapter, shims) but one memory.
         let mut pooling = PoolingAllocationConfig::default();
         pooling
-            .total_core_instances(config.max_instances)
-            .total_memories(config.max_instances)
-            .total_tables(config.max_instances);
+            .total_component_instances(n)
+            .total_core_instances(n.saturating_mul(4))
+            .total_memories(n)
+            .total_tables(n.saturating_mul(4))
+            .total_stacks(n);
         let mut wasm = Config::new();
         wasm.epoch_interruption(config.epoch_interruption)
             .consume_fuel(metered)
             .memory_init_cow(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         let engine = Engine::new(&wasm).map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
+        let setup = |e: wasmtime::Error| SandboxError::Setup(format!("{e:#}"));
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut StoreState| &mut s.wasi)
-            .map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
-        crate::poll::add_to_linker(&mut linker)
-            .map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut StoreState<WasiP1Ctx>| {
+            &mut s.wasi
+        })
+        .map_err(setup)?;
+        crate::poll::add_to_linker(&mut linker).map_err(setup)?;
+        let mut command_linker = wasmtime::component::Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut command_linker).map_err(setup)?;
+        let mut executor_linker = wasmtime::component::Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut executor_linker).map_err(setup)?;
+        crate::executor::add_to_linker(&mut executor_linker).map_err(setup)?;
         let flavor = if metered { "metered" } else { "plain" };
         let cache = CompileCache::new(&engine, flavor, config.cache.clone());
         Ok(Self {
             engine,
             linker,
+            command_linker,
+            executor_linker,
             cache,
             programs: Mutex::new(Programs::default()),
         })
+    }
+
+    fn link_module(&self, digest: &[u8; 32], bytes: &[u8]) -> Result<Kind, SandboxError> {
+        let module = self
+            .cache
+            .module(&self.engine, digest, bytes)
+            .map_err(|e| SandboxError::Invalid(root_cause(&e)))?;
+        if module.get_export("_start").is_none() {
+            return Err(SandboxError::NotCommand);
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| SandboxError::Link(root_cause(&e)))?;
+        Ok(Kind::Core(pre))
+    }
+
+    /// A component is a command if it exports `wasi:cli/run`, an executor if it
+    /// exports the `cairn:executor` world's functions, and refused otherwise.
+    fn link_component(&self, digest: &[u8; 32], bytes: &[u8]) -> Result<Kind, SandboxError> {
+        let component = self
+            .cache
+            .component(&self.engine, digest, bytes)
+            .map_err(|e| SandboxError::Invalid(root_cause(&e)))?;
+        let ty = component.component_type();
+        let exports: Vec<&str> = ty.exports(&self.engine).map(|(name, _)| name).collect();
+        let link = |e: wasmtime::Error| SandboxError::Link(root_cause(&e));
+        if exports
+            .iter()
+            .any(|name| name.starts_with("wasi:cli/run@0.2"))
+        {
+            let pre = self
+                .command_linker
+                .instantiate_pre(&component)
+                .map_err(link)?;
+            return Ok(Kind::Command(CommandPre::new(pre).map_err(link)?));
+        }
+        if ["launch", "kill", "message", "shutdown"]
+            .iter()
+            .all(|f| exports.contains(f))
+        {
+            let pre = self
+                .executor_linker
+                .instantiate_pre(&component)
+                .map_err(link)?;
+            return Ok(Kind::Executor(ExecutorPre::new(pre).map_err(link)?));
+        }
+        Err(SandboxError::WrongWorld(format!(
+            "it exports [{}], neither `wasi:cli/run` (a command) nor the `cairn:executor` \
+             world's launch, kill, message and shutdown (a custom executor)",
+            exports.join(", ")
+        )))
     }
 
     fn lock_programs(&self) -> std::sync::MutexGuard<'_, Programs> {
@@ -130,20 +232,25 @@ impl Sandbox {
         Ok(sandbox)
     }
 
-    /// Validates, compiles and links a module, `metered` when its runs have a fuel
-    /// budget. Only binary modules are accepted: a task's executable must never be
-    /// parsed as text.
+    /// Validates, compiles and links a program, `metered` when its runs have a fuel
+    /// budget: a p1 command module, a p2 component exporting `wasi:cli/run`, or a
+    /// custom executor component. Only binary wasm is accepted: a task's executable
+    /// must never be parsed as text.
     pub fn compile(&self, bytes: &[u8], metered: bool) -> Result<Program, SandboxError> {
-        if !bytes.starts_with(b"\0asm") {
+        if !bytes.starts_with(b"\0asm") || bytes.len() < 8 {
             return Err(SandboxError::NotWasm(
                 "the file does not start with the wasm magic bytes".into(),
             ));
         }
-        if bytes.len() >= 8 && bytes[4..8] != [1, 0, 0, 0] {
-            return Err(SandboxError::NotWasm(
-                "a component or an unsupported wasm version; only core modules run as tasks".into(),
-            ));
-        }
+        let component = match bytes[4..8] {
+            [1, 0, 0, 0] => false,
+            [0x0d, 0, 1, 0] => true,
+            _ => {
+                return Err(SandboxError::NotWasm(
+                    "an unsupported wasm version (neither a core module nor a component)".into(),
+                ));
+            }
+        };
         let flavor = if metered { &self.metered } else { &self.plain };
         let digest: [u8; 32] = Sha256::digest(bytes).into();
         if let Some(program) = flavor.lock_programs().by_digest.get(&digest) {
@@ -154,18 +261,12 @@ impl Sandbox {
                 .fetch_add(1, Ordering::Relaxed);
             return Ok(program.clone());
         }
-        let module = flavor
-            .cache
-            .module(&flavor.engine, &digest, bytes)
-            .map_err(|e| SandboxError::Invalid(root_cause(&e)))?;
-        if module.get_export("_start").is_none() {
-            return Err(SandboxError::NotCommand);
-        }
-        let pre = flavor
-            .linker
-            .instantiate_pre(&module)
-            .map_err(|e| SandboxError::Link(root_cause(&e)))?;
-        let program = Program { pre, metered };
+        let kind = if component {
+            flavor.link_component(&digest, bytes)?
+        } else {
+            flavor.link_module(&digest, bytes)?
+        };
+        let program = Program { kind, metered };
         let mut programs = flavor.lock_programs();
         if programs.by_digest.len() >= MAX_PROGRAMS
             || programs.bytes.saturating_add(bytes.len()) > MAX_PROGRAM_BYTES

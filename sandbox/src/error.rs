@@ -4,12 +4,14 @@ use thiserror::Error;
 /// with the module, so the task's status can carry it to the framework unchanged.
 #[derive(Debug, Error)]
 pub enum SandboxError {
-    #[error("not a WebAssembly module: {0}")]
+    #[error("not a WebAssembly module or component: {0}")]
     NotWasm(String),
-    #[error("invalid WebAssembly module: {0}")]
+    #[error("invalid WebAssembly: {0}")]
     Invalid(String),
-    #[error("module cannot be linked: {0}")]
+    #[error("cannot be linked: {0}")]
     Link(String),
+    #[error("a component of the wrong world: {0}")]
+    WrongWorld(String),
     #[error("module has no `_start` export: only WASI command modules can run as tasks")]
     NotCommand,
     #[error("sandbox set-up failed: {0}")]

@@ -4,16 +4,31 @@ use wasmtime::ResourceLimiter;
 /// fails after a refused growth is reported as a memory limitation, not a crash.
 pub(crate) struct MemoryLimiter {
     max_bytes: usize,
+    /// Linear memory held by all the store's memories (they never shrink).
+    used_bytes: usize,
     pub(crate) peak_bytes: usize,
     pub(crate) refused: bool,
+    /// How many instances, tables and memories the store may hold: one of each for
+    /// a module, a few for a component (its core module, the WASI adapter, shims).
+    counts: (usize, usize, usize),
 }
 
 impl MemoryLimiter {
-    pub(crate) fn new(max_bytes: usize) -> Self {
+    pub(crate) fn for_module(max_bytes: usize) -> Self {
+        Self::new(max_bytes, (1, 4, 1))
+    }
+
+    pub(crate) fn for_component(max_bytes: usize) -> Self {
+        Self::new(max_bytes, (16, 16, 4))
+    }
+
+    fn new(max_bytes: usize, counts: (usize, usize, usize)) -> Self {
         Self {
             max_bytes,
+            used_bytes: 0,
             peak_bytes: 0,
             refused: false,
+            counts,
         }
     }
 }
@@ -24,15 +39,21 @@ const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
+        // The cap is on all of the store's memories together: a component may have
+        // several.
+        let after = self
+            .used_bytes
+            .saturating_add(desired.saturating_sub(current));
+        if after > self.max_bytes {
             self.refused = true;
             return Ok(false);
         }
-        self.peak_bytes = self.peak_bytes.max(desired);
+        self.used_bytes = after;
+        self.peak_bytes = self.peak_bytes.max(after);
         Ok(true)
     }
 
@@ -46,14 +67,14 @@ impl ResourceLimiter for MemoryLimiter {
     }
 
     fn instances(&self) -> usize {
-        1
+        self.counts.0
     }
 
     fn tables(&self) -> usize {
-        4
+        self.counts.1
     }
 
     fn memories(&self) -> usize {
-        1
+        self.counts.2
     }
 }

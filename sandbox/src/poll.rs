@@ -1,9 +1,9 @@
-//! `poll_oneoff` that a kill or a deadline can interrupt.
+//! `poll_oneoff` for p1 guests that a kill or a deadline can interrupt at once.
 //!
-//! wasmtime-wasi's own implementation blocks the task's thread for as long as the guest
-//! asks (a sleep of `u64::MAX` ns is a hang), and epoch interruption only runs while
-//! wasm code runs, so such a guest would ignore KILL and `max_completion_time`. This
-//! one sleeps in slices of at most one epoch tick and checks both between them.
+//! The run's future is dropped on a kill or a deadline (see `run::guarded`), so a
+//! guest asleep here stops at once, whatever it asked for; wasmtime-wasi's own
+//! implementation would also do, but a sleep of `u64::MAX` ns must not overflow the
+//! clock, and a guest that polls only clocks must not tie up a thread.
 //!
 //! The sandbox gives a guest only regular files (no sockets, no pipes), which are
 //! always ready, so fd subscriptions are answered at once; clock subscriptions
@@ -13,11 +13,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use wasmtime::{Caller, Linker};
 
-use crate::run::{Interrupted, StoreState};
+use wasmtime_wasi::p1::WasiP1Ctx;
+
+use crate::run::StoreState;
+
+type P1 = StoreState<WasiP1Ctx>;
 
 const SUBSCRIPTION_BYTES: usize = 48;
 const EVENT_BYTES: usize = 32;
-const SLICE: Duration = Duration::from_millis(10);
+/// Long waits are slept in steps no longer than this (the timer wheel's range is finite).
+const STEP: Duration = Duration::from_secs(3600);
 
 // WASI preview 1 numbers.
 const ERRNO_SUCCESS: i32 = 0;
@@ -36,24 +41,21 @@ enum Wait {
 }
 
 /// Replaces `wasi_snapshot_preview1::poll_oneoff` in a linker that has WASI p1.
-pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker(linker: &mut Linker<P1>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
-    linker.func_wrap(
+    linker.func_wrap_async(
         "wasi_snapshot_preview1",
         "poll_oneoff",
-        |mut caller: Caller<'_, StoreState>,
-         subs: i32,
-         events: i32,
-         n: i32,
-         nevents: i32|
-         -> wasmtime::Result<i32> { poll_oneoff(&mut caller, subs, events, n, nevents) },
+        |mut caller: Caller<'_, P1>, (subs, events, n, nevents): (i32, i32, i32, i32)| {
+            Box::new(async move { poll_oneoff(&mut caller, subs, events, n, nevents).await })
+        },
     )?;
     linker.allow_shadowing(false);
     Ok(())
 }
 
-fn poll_oneoff(
-    caller: &mut Caller<'_, StoreState>,
+async fn poll_oneoff(
+    caller: &mut Caller<'_, P1>,
     subs: i32,
     events: i32,
     n: i32,
@@ -126,17 +128,11 @@ fn poll_oneoff(
             .min()
             .expect("n > 0 and no fd subscriptions");
         loop {
-            if caller.data().cancel.is_cancelled() {
-                return Err(Interrupted::Cancelled.into());
-            }
             let now = Instant::now();
-            if caller.data().deadline.is_some_and(|d| now >= d) {
-                return Err(Interrupted::Deadline.into());
-            }
             if now >= earliest {
                 break;
             }
-            std::thread::sleep((earliest - now).min(SLICE));
+            tokio::time::sleep((earliest - now).min(STEP)).await;
         }
     }
     let now = Instant::now();

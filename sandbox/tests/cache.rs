@@ -2,11 +2,14 @@
 //! disk, and an artifact that was not written under the agent's key (or is corrupt) is
 //! compiled again, never loaded.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use cairn_sandbox::{CacheConfig, CancelHandle, Exit, RunSpec, Sandbox, SandboxConfig};
+use common::RunBlocking;
 
 const EXIT_WITH_7: &str = r#"(module
   (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
@@ -41,7 +44,7 @@ fn run(sandbox: &Sandbox, bytes: &[u8]) -> Exit {
     };
     let program = sandbox.compile(bytes, false).unwrap();
     sandbox
-        .run(&program, &spec, &CancelHandle::default())
+        .run_blocking(&program, &spec, &CancelHandle::default())
         .unwrap()
         .exit
 }

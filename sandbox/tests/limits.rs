@@ -1,10 +1,13 @@
 //! Each limit a task can hit, with inline modules: the run ends the way the task's
 //! status will report it, and the sandbox keeps serving the next run.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_sandbox::{CancelHandle, Exit, Limit, RunSpec, Sandbox, SandboxConfig, SandboxError};
+use common::RunBlocking;
 
 fn sandbox() -> Arc<Sandbox> {
     Sandbox::new(SandboxConfig {
@@ -33,7 +36,7 @@ fn run(sandbox: &Sandbox, wat: &str, spec: &RunSpec) -> cairn_sandbox::RunOutcom
         .compile(&wat::parse_str(wat).unwrap(), spec.fuel.is_some())
         .unwrap();
     sandbox
-        .run(&program, spec, &CancelHandle::default())
+        .run_blocking(&program, spec, &CancelHandle::default())
         .unwrap()
 }
 
@@ -120,7 +123,7 @@ fn a_cancelled_run_reports_killed() {
         let sb = sb.clone();
         std::thread::spawn(move || {
             let _ = tx.send(());
-            sb.run(&program, &s, &cancel).unwrap()
+            sb.run_blocking(&program, &s, &cancel).unwrap()
         })
     };
     rx.recv().unwrap();
@@ -134,18 +137,40 @@ fn bad_modules_are_refused_before_they_run() {
     let not_wasm = sb.compile(b"(module)", false).err().unwrap();
     assert_eq!(
         not_wasm.to_string(),
-        "not a WebAssembly module: the file does not start with the wasm magic bytes"
+        "not a WebAssembly module or component: the file does not start with the wasm magic bytes"
     );
     let truncated = sb.compile(b"\0asm\x01\0\0\0\x01", true).err().unwrap();
     assert!(matches!(truncated, SandboxError::Invalid(_)), "{truncated}");
-    // A component (of any world) is not a task module: refused before parsing.
-    let component = sb.compile(b"\0asm\x0d\0\x01\0", false).err().unwrap();
-    assert!(
-        component
-            .to_string()
-            .contains("only core modules run as tasks"),
-        "{component}"
-    );
+    // A truncated component is invalid; an unknown wasm version is not wasm.
+    let component = sb.compile(b"\0asm\x0d\0\x01\0\x07", false).err().unwrap();
+    assert!(matches!(component, SandboxError::Invalid(_)), "{component}");
+    let future = sb.compile(b"\0asm\x02\0\0\0", false).err().unwrap();
+    assert!(matches!(future, SandboxError::NotWasm(_)), "{future}");
+    // A component of the wrong world: neither a command nor a custom executor.
+    let greeter = wat::parse_str(
+        r#"(component
+             (core module $m (func (export "greet")))
+             (core instance $i (instantiate $m))
+             (func (export "greet") (canon lift (core func $i "greet"))))"#,
+    )
+    .unwrap();
+    let err = sb.compile(&greeter, false).err().unwrap();
+    assert!(matches!(err, SandboxError::WrongWorld(_)), "{err}");
+    assert!(err.to_string().contains("[greet]"), "{err}");
+    // A component importing what the host does not provide cannot be linked.
+    let importer = wat::parse_str(
+        r#"(component
+             (import "cairn:missiles/launch@1.0.0" (instance (export "fire" (func))))
+             (core module $m (func (export "run")))
+             (core instance $i (instantiate $m))
+             (func (export "launch") (canon lift (core func $i "run")))
+             (func (export "kill") (canon lift (core func $i "run")))
+             (func (export "message") (canon lift (core func $i "run")))
+             (func (export "shutdown") (canon lift (core func $i "run"))))"#,
+    )
+    .unwrap();
+    let err = sb.compile(&importer, false).err().unwrap();
+    assert!(matches!(err, SandboxError::Link(_)), "{err}");
     // Random bytes behind a valid header: an error, never a crash.
     let mut noise = b"\0asm\x01\0\0\0".to_vec();
     let mut x = 0x2545_f491_4f6c_dd1du64;
@@ -292,12 +317,12 @@ fn a_fuel_budget_needs_a_metered_program_and_others_run_unmetered() {
     let mut budgeted = spec(&dir);
     budgeted.fuel = Some(1_000_000);
     let err = sb
-        .run(&plain, &budgeted, &CancelHandle::default())
+        .run_blocking(&plain, &budgeted, &CancelHandle::default())
         .err()
         .unwrap();
     assert!(err.to_string().contains("metering"), "{err}");
     let out = sb
-        .run(&plain, &spec(&dir), &CancelHandle::default())
+        .run_blocking(&plain, &spec(&dir), &CancelHandle::default())
         .unwrap();
     assert_eq!(out.exit, Exit::Code(3));
     assert_eq!(
@@ -306,7 +331,7 @@ fn a_fuel_budget_needs_a_metered_program_and_others_run_unmetered() {
     );
     let metered = sb.compile(&bytes, true).unwrap();
     let out = sb
-        .run(&metered, &budgeted, &CancelHandle::default())
+        .run_blocking(&metered, &budgeted, &CancelHandle::default())
         .unwrap();
     assert_eq!(out.exit, Exit::Code(3));
     assert!(out.usage.fuel_consumed > 0);
@@ -353,7 +378,7 @@ fn a_guest_asleep_in_the_host_still_meets_its_deadline_and_its_kill() {
     let killer = cancel.clone();
     let s = spec(&dir);
     let sb = sandbox.clone();
-    let runner = std::thread::spawn(move || sb.run(&program, &s, &cancel).unwrap());
+    let runner = std::thread::spawn(move || sb.run_blocking(&program, &s, &cancel).unwrap());
     killer.cancel();
     assert_eq!(runner.join().unwrap().exit, Exit::Killed);
 }
@@ -375,7 +400,7 @@ fn a_full_instance_pool_is_a_launch_failure_not_a_guest_trap() {
         let (sb, s, cancel) = (sb.clone(), spec(&dir), cancel.clone());
         std::thread::spawn(move || {
             let _ = started_tx.send(());
-            sb.run(&asleep, &s, &cancel).unwrap()
+            sb.run_blocking(&asleep, &s, &cancel).unwrap()
         })
     };
     started.recv().unwrap();
@@ -384,7 +409,7 @@ fn a_full_instance_pool_is_a_launch_failure_not_a_guest_trap() {
         .unwrap();
     // The holder may not have taken its slot yet: try until the pool is full.
     let err = loop {
-        match sb.run(&other, &spec(&dir), &CancelHandle::default()) {
+        match sb.run_blocking(&other, &spec(&dir), &CancelHandle::default()) {
             Err(e) => break e,
             Ok(out) => assert_eq!(out.exit, Exit::Code(3)),
         }

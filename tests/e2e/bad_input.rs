@@ -18,7 +18,7 @@ fn a_file_that_is_not_wasm_fails_its_task_with_a_clear_message() {
         .expect(&stderr);
     assert!(
         failed.ends_with(
-            "(REASON_CONTAINER_LAUNCH_FAILED): notes.wasm: not a WebAssembly module: \
+            "(REASON_CONTAINER_LAUNCH_FAILED): notes.wasm: not a WebAssembly module or component: \
              the file does not start with the wasm magic bytes"
         ),
         "{failed}"
@@ -45,7 +45,7 @@ fn a_module_importing_an_unknown_function_fails_at_link_time() {
         .find(|l| l.contains("TASK_FAILED"))
         .expect(&stderr);
     assert!(
-        failed.contains("missiles.wasm: module cannot be linked: "),
+        failed.contains("missiles.wasm: cannot be linked: "),
         "{failed}"
     );
     assert!(failed.contains("env::launch_missiles"), "{failed}");

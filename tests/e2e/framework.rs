@@ -51,6 +51,7 @@ impl Events {
     }
 }
 
+#[derive(Clone)]
 pub struct Scheduler {
     pub http: reqwest::Client,
     url: String,

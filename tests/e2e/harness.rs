@@ -61,6 +61,12 @@ impl Daemon {
         Daemon { child, log }
     }
 
+    /// Used by the capacity benchmark, which shares this harness.
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -120,9 +126,14 @@ impl Cluster {
 
     /// A cluster whose master gets extra flags.
     pub fn start_with(master_flags: &[&str]) -> Cluster {
+        Self::start_with_flags(master_flags, &[])
+    }
+
+    /// A cluster whose master and agent get extra flags.
+    pub fn start_with_flags(master_flags: &[&str], agent_flags: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let (master, master_addr) = start_master_with(dir.path(), "127.0.0.1:0", master_flags);
-        let agent = start_agent(dir.path(), &master_addr);
+        let agent = start_agent_with(dir.path(), &master_addr, agent_flags);
         let agent_addr = agent.wait_for_address("http");
         agent.wait_for_log("registered with the master");
         Cluster {

@@ -248,8 +248,10 @@ impl Core {
                 }
             }
             executor_call::Call::Message(m) => {
-                let executor_id = cairn_api::ids::executor_id_for(&FrameworkId {
-                    value: fw.to_owned(),
+                let executor_id = m.executor_id.unwrap_or_else(|| {
+                    cairn_api::ids::executor_id_for(&FrameworkId {
+                        value: fw.to_owned(),
+                    })
                 });
                 self.send_to_master(agent_message::Message::ExecutorMessage(
                     cairn_api::internal::FrameworkMessage {

@@ -42,6 +42,7 @@ impl Core {
                     fw,
                     executor_event::Event::Message(cairn_api::internal::ExecutorMessage {
                         data: m.data,
+                        executor_id: m.executor_id,
                     }),
                 );
             }
@@ -82,9 +83,11 @@ impl Core {
         let group = if is_group { ids.clone() } else { Vec::new() };
         let mut unsupported = None;
         for task in tasks {
+            // A task for a custom executor runs in the executor's container.
             let kind = task
                 .container
                 .as_ref()
+                .or(task.executor.as_ref().and_then(|e| e.container.as_ref()))
                 .map(|c| c.r#type)
                 .unwrap_or(container_info::Type::Unset as i32);
             if kind != container_info::Type::Wasm as i32 {
@@ -125,12 +128,15 @@ impl Core {
         if task.launched || task.state.is_terminal() || self.fetching.contains(&key) {
             return;
         }
-        let uris = task
-            .info
-            .command
-            .as_ref()
-            .map(|c| c.uris.clone())
-            .unwrap_or_default();
+        // A custom executor's own URIs (its component) are fetched with the task.
+        let uris = [
+            task.info.command.as_ref(),
+            task.info.executor.as_ref().and_then(|e| e.command.as_ref()),
+        ]
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c.uris.clone())
+        .collect();
         if let Err(why) = self.ensure_executor(fw) {
             self.fail_task(
                 fw,

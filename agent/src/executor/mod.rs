@@ -1,8 +1,10 @@
 //! The executor process (`cairn executor`): hosts one framework's wasm tasks on this
-//! agent as wasmtime instances, one thread each, and speaks the executor API to its
+//! agent as wasmtime instances on one async runtime (thousands at once), plus the
+//! framework's custom executors (`custom`), and speaks the executor API to its
 //! agent. It outlives its agent: when the socket drops it keeps its tasks running
 //! and re-subscribes, giving up only after the recovery timeout.
 
+mod custom;
 mod task;
 
 use std::collections::HashMap;
@@ -12,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use cairn_api::internal::{
-    ExecutorCall, ExecutorEvent, ExecutorHeartbeat, ExecutorSubscribe, ExecutorUpdate,
-    executor_call, executor_event,
+    ExecutorCall, ExecutorEvent, ExecutorHeartbeat, ExecutorMessage, ExecutorSubscribe,
+    ExecutorUpdate, executor_call, executor_event,
 };
 use cairn_api::v1::{ExecutorId, FrameworkId, TaskId, TaskStatus};
 use cairn_sandbox::{CancelHandle, Sandbox, SandboxConfig};
@@ -32,17 +34,32 @@ pub struct ExecutorArgs {
     pub recovery_timeout: Duration,
     /// The agent's compile cache directory and the file holding its key.
     pub compile_cache: Option<(PathBuf, PathBuf)>,
+    /// The bound on each call into a custom executor.
+    pub custom_call_timeout: Duration,
 }
 
 /// How long a shut-down executor waits for its killed tasks to report.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How often the executor tells the agent it is alive.
 const HEARTBEAT: Duration = Duration::from_secs(5);
+/// A kill's grace period when the task's kill policy names none (Mesos' default).
+const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(3);
+/// Tasks one executor process may run at once (instance slots it reserves).
+const MAX_TASKS: u32 = 10_000;
+
+/// Who runs a task: the process itself (a command) or one of its custom executors.
+enum Running {
+    Command(CancelHandle),
+    Custom(String),
+}
 
 struct Executor {
     args: ExecutorArgs,
     sandbox: Arc<Sandbox>,
-    running: HashMap<String, CancelHandle>,
+    running: HashMap<String, Running>,
+    /// Custom executors by executor id.
+    customs: HashMap<String, custom::CustomExecutor>,
+    messages: mpsc::UnboundedSender<(String, Vec<u8>)>,
     /// Every task this executor ever started: a task runs at most once, whatever
     /// the agent resends.
     started: std::collections::HashSet<String>,
@@ -65,14 +82,18 @@ pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
     };
     let config = SandboxConfig {
         cache,
+        max_instances: MAX_TASKS,
         ..SandboxConfig::default()
     };
     let sandbox = Sandbox::new(config).context("setting up the wasm sandbox")?;
     let (statuses, mut status_rx) = mpsc::unbounded_channel();
+    let (messages, mut message_rx) = mpsc::unbounded_channel();
     let mut executor = Executor {
         args,
         sandbox,
         running: HashMap::new(),
+        customs: HashMap::new(),
+        messages,
         started: std::collections::HashSet::new(),
         unacked: Vec::new(),
         statuses,
@@ -101,6 +122,17 @@ pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
                 Some(status) = status_rx.recv() => {
                     executor.on_status(&status);
                     if send_update(&mut writer, status).await.is_err() {
+                        break;
+                    }
+                }
+                Some((executor_id, data)) = message_rx.recv() => {
+                    let call = ExecutorCall {
+                        call: Some(executor_call::Call::Message(ExecutorMessage {
+                            data,
+                            executor_id: Some(ExecutorId { value: executor_id }),
+                        })),
+                    };
+                    if write_frame(&mut writer, &call).await.is_err() {
                         break;
                     }
                 }
@@ -145,9 +177,7 @@ impl Executor {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Err(e) => {
-                    for cancel in self.running.values() {
-                        cancel.cancel();
-                    }
+                    self.kill_all();
                     return Err(e.context(format!(
                         "the agent did not come back within {}",
                         humantime::format_duration(self.args.recovery_timeout)
@@ -215,47 +245,79 @@ impl Executor {
                 }
             }
             Some(executor_event::Event::Kill(kill)) => {
-                // A WASI command has no signal to catch, so there is nothing to give
-                // a grace period to: the kill policy's grace applies to tasks that
-                // can be asked to stop, and a wasm task is interrupted at once.
                 let task_id = kill.task_id.unwrap_or_default().value;
-                if let Some(cancel) = self.running.get(&task_id) {
-                    if kill.report_killing {
-                        let _ = self.statuses.send(TaskStatus {
-                            task_id: Some(TaskId {
-                                value: task_id.clone(),
-                            }),
-                            state: cairn_api::v1::TaskState::TaskKilling as i32,
-                            message: "killing the task".into(),
-                            uuid: cairn_api::ids::new_update_uuid(),
-                            timestamp: std::time::SystemTime::now()
-                                .duration_since(std::time::UNIX_EPOCH)
-                                .map(|d| d.as_secs_f64())
-                                .unwrap_or_default(),
-                            ..Default::default()
-                        });
+                let Some(running) = self.running.get(&task_id) else {
+                    return false;
+                };
+                if kill.report_killing {
+                    let _ = self.statuses.send(TaskStatus {
+                        task_id: Some(TaskId {
+                            value: task_id.clone(),
+                        }),
+                        state: cairn_api::v1::TaskState::TaskKilling as i32,
+                        message: "killing the task".into(),
+                        uuid: cairn_api::ids::new_update_uuid(),
+                        timestamp: std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_secs_f64())
+                            .unwrap_or_default(),
+                        ..Default::default()
+                    });
+                }
+                match running {
+                    // A WASI command has no signal to catch, so there is nothing to
+                    // give a grace period to: it is interrupted at once.
+                    Running::Command(cancel) => cancel.cancel(),
+                    // A custom executor is asked, and given the grace period.
+                    Running::Custom(executor_id) => {
+                        let grace = kill
+                            .kill_policy
+                            .and_then(|p| p.grace_period)
+                            .filter(|d| d.nanoseconds >= 0)
+                            .map(|d| Duration::from_nanos(d.nanoseconds as u64))
+                            .unwrap_or(DEFAULT_KILL_GRACE);
+                        if let Some(custom) = self.customs.get(executor_id) {
+                            custom.send(custom::CustomCall::Kill { task_id, grace });
+                        }
                     }
-                    cancel.cancel();
                 }
             }
             Some(executor_event::Event::Acknowledged(ack)) => {
                 self.unacked.retain(|s| s.uuid != ack.uuid);
             }
             Some(executor_event::Event::Message(m)) => {
-                // Plain WASI commands have no way to receive it; custom executors
-                // (the cairn:executor world) will.
-                tracing::info!(bytes = m.data.len(), "framework message received");
+                let target = m.executor_id.as_ref().map(|e| e.value.as_str());
+                match target.and_then(|id| self.customs.get(id)) {
+                    Some(custom) => custom.send(custom::CustomCall::Message(m.data)),
+                    // Plain WASI commands have no way to receive one.
+                    None => tracing::info!(
+                        bytes = m.data.len(),
+                        executor_id = target.unwrap_or(""),
+                        taken = false,
+                        "framework message received"
+                    ),
+                }
             }
             Some(executor_event::Event::Shutdown(_)) => {
                 tracing::info!("shutdown requested; killing all tasks");
-                for cancel in self.running.values() {
-                    cancel.cancel();
-                }
+                self.kill_all();
                 return true;
             }
             None => {}
         }
         false
+    }
+
+    /// Kills every command task and shuts every custom executor down.
+    fn kill_all(&self) {
+        for running in self.running.values() {
+            if let Running::Command(cancel) = running {
+                cancel.cancel();
+            }
+        }
+        for custom in self.customs.values() {
+            custom.send(custom::CustomCall::Shutdown);
+        }
     }
 
     fn launch(&mut self, launch: cairn_api::internal::ExecutorLaunch) {
@@ -267,12 +329,34 @@ impl Executor {
             tracing::warn!(task_id, "duplicate launch ignored");
             return;
         }
+        let sandbox = PathBuf::from(launch.sandbox_directory);
+        if let Some(executor_id) = task
+            .executor
+            .as_ref()
+            .and_then(|e| e.executor_id.as_ref())
+            .map(|e| e.value.clone())
+        {
+            let custom = self.customs.entry(executor_id.clone()).or_insert_with(|| {
+                custom::start(custom::Context {
+                    sandbox: self.sandbox.clone(),
+                    executor_id: executor_id.clone(),
+                    directory: self.args.directory.clone(),
+                    statuses: self.statuses.clone(),
+                    messages: self.messages.clone(),
+                    call_timeout: self.args.custom_call_timeout,
+                })
+            });
+            custom.send(custom::CustomCall::Launch { task, sandbox });
+            self.running.insert(task_id, Running::Custom(executor_id));
+            return;
+        }
         let cancel = CancelHandle::default();
-        self.running.insert(task_id, cancel.clone());
+        self.running
+            .insert(task_id, Running::Command(cancel.clone()));
         task::launch(
             self.sandbox.clone(),
             task,
-            PathBuf::from(launch.sandbox_directory),
+            sandbox,
             self.statuses.clone(),
             cancel,
         );

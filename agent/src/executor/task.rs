@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cairn_api::Resources;
 use cairn_api::v1::{Label, Labels, TaskInfo, TaskState, TaskStatus, task_status::Reason};
-use cairn_sandbox::{CancelHandle, Exit, Limit, RunOutcome, RunSpec, Sandbox};
+use cairn_sandbox::{CancelHandle, Exit, Limit, ProgramKind, RunOutcome, RunSpec, Sandbox};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// Linear memory for a task that names no `mem`.
@@ -17,14 +17,21 @@ const DEFAULT_DISK_MB: f64 = 1024.0;
 /// No task module may be larger than this.
 const MAX_MODULE_BYTES: u64 = 256 << 20;
 
+/// Sends one task's status updates to the executor's connection.
 #[derive(Clone)]
-struct Reporter {
-    task: TaskInfo,
-    tx: UnboundedSender<TaskStatus>,
+pub(super) struct Reporter {
+    pub(super) task: TaskInfo,
+    pub(super) tx: UnboundedSender<TaskStatus>,
 }
 
 impl Reporter {
-    fn send(&self, state: TaskState, message: String, reason: Option<Reason>, labels: Vec<Label>) {
+    pub(super) fn send(
+        &self,
+        state: TaskState,
+        message: String,
+        reason: Option<Reason>,
+        labels: Vec<Label>,
+    ) {
         let status = TaskStatus {
             task_id: self.task.task_id.clone(),
             state: state as i32,
@@ -42,6 +49,8 @@ impl Reporter {
     }
 }
 
+/// Runs the task on the executor's async runtime: thousands of tasks share its
+/// threads, each guest yielding at every epoch tick.
 pub(super) fn launch(
     sandbox: Arc<Sandbox>,
     task: TaskInfo,
@@ -50,26 +59,19 @@ pub(super) fn launch(
     cancel: CancelHandle,
 ) {
     let reporter = Reporter { task, tx };
-    let for_thread = reporter.clone();
-    let spawned = std::thread::Builder::new()
-        .name("cairn-task".into())
-        .spawn(move || run(&sandbox, &for_thread, &dir, &cancel));
-    if let Err(e) = spawned {
-        reporter.send(
-            TaskState::TaskFailed,
-            format!("cannot start a thread for the task: {e}"),
-            Some(Reason::ContainerLaunchFailed),
-            Vec::new(),
-        );
-    }
+    tokio::spawn(async move { run(sandbox, &reporter, dir, &cancel).await });
 }
 
-fn run(sandbox: &Sandbox, reporter: &Reporter, dir: &Path, cancel: &CancelHandle) {
+async fn run(sandbox: Arc<Sandbox>, reporter: &Reporter, dir: PathBuf, cancel: &CancelHandle) {
     reporter.send(TaskState::TaskStarting, String::new(), None, Vec::new());
-    let prepared = prepare(sandbox, &reporter.task, dir);
+    // Reading, hashing and (on a cache miss) compiling the module block.
+    let prepared = {
+        let (sandbox, task, dir) = (sandbox.clone(), reporter.task.clone(), dir.clone());
+        tokio::task::spawn_blocking(move || prepare(&sandbox, &task, &dir)).await
+    };
     let (program, spec) = match prepared {
-        Ok(p) => p,
-        Err(message) => {
+        Ok(Ok(p)) => p,
+        Ok(Err(message)) => {
             reporter.send(
                 TaskState::TaskFailed,
                 message,
@@ -78,9 +80,27 @@ fn run(sandbox: &Sandbox, reporter: &Reporter, dir: &Path, cancel: &CancelHandle
             );
             return;
         }
+        Err(e) => {
+            reporter.send(
+                TaskState::TaskFailed,
+                format!("preparing the task failed: {e}"),
+                Some(Reason::ContainerLaunchFailed),
+                Vec::new(),
+            );
+            return;
+        }
     };
+    if cancel.is_cancelled() {
+        reporter.send(
+            TaskState::TaskKilled,
+            "Task killed".into(),
+            None,
+            Vec::new(),
+        );
+        return;
+    }
     reporter.send(TaskState::TaskRunning, String::new(), None, Vec::new());
-    match sandbox.run(&program, &spec, cancel) {
+    match sandbox.run(&program, &spec, cancel).await {
         Ok(outcome) => report(reporter, &spec, outcome),
         Err(e) => reporter.send(
             TaskState::TaskFailed,
@@ -133,6 +153,11 @@ fn prepare(
     let program = sandbox
         .compile(&bytes, fuel.is_some())
         .map_err(|e| format!("{value}: {e}"))?;
+    if program.kind() != ProgramKind::Command {
+        return Err(format!(
+            "{value} is a custom executor, not a command: name it in the task's `executor`"
+        ));
+    }
     let resources = Resources::from_proto(&task.resources).map_err(|e| e.to_string())?;
     let mem_mb = if resources.mem() > 0.0 {
         resources.mem()
@@ -183,7 +208,7 @@ fn prepare(
     Ok((program, spec))
 }
 
-fn label(key: &str, value: impl ToString) -> Label {
+pub(super) fn label(key: &str, value: impl ToString) -> Label {
     Label {
         key: key.to_owned(),
         value: value.to_string(),

@@ -192,7 +192,7 @@ impl Leader {
                     .message
                     .ok_or_else(|| CallError::Invalid("MESSAGE without `message`".into()))?;
                 let agent_id = m.agent_id.unwrap_or_default().value;
-                self.check_executor(&framework_id, m.executor_id.as_ref(), &agent_id)?;
+                self.check_executor(&framework_id, m.executor_id.as_ref(), &agent_id, true)?;
                 if m.data.len() > MAX_FRAMEWORK_MESSAGE {
                     return Err(CallError::Invalid(format!(
                         "message of {} bytes exceeds the {MAX_FRAMEWORK_MESSAGE}-byte limit",
@@ -220,7 +220,12 @@ impl Leader {
                     .shutdown
                     .ok_or_else(|| CallError::Invalid("SHUTDOWN without `shutdown`".into()))?;
                 let agent_id = shutdown.agent_id.unwrap_or_default().value;
-                self.check_executor(&framework_id, shutdown.executor_id.as_ref(), &agent_id)?;
+                self.check_executor(
+                    &framework_id,
+                    shutdown.executor_id.as_ref(),
+                    &agent_id,
+                    false,
+                )?;
                 // One executor per framework per agent: shutting it down kills the
                 // framework's tasks there, and the agent reports them.
                 self.send_to_agent(
@@ -273,19 +278,33 @@ impl Leader {
         Ok(())
     }
 
-    /// A framework has one executor per agent, `cairn-executor-<framework id>`: a call
-    /// naming another, or an unknown agent, is a 404.
+    /// A framework has one executor process per agent, `cairn-executor-<framework
+    /// id>`; with `custom`, also the custom executors its live tasks there name
+    /// (hosted by that process). A call naming another, or an unknown agent, is a 404.
     fn check_executor(
         &self,
         framework_id: &str,
         executor_id: Option<&cairn_api::v1::ExecutorId>,
         agent_id: &str,
+        custom: bool,
     ) -> Result<(), CallError> {
         let executor_id = executor_id.map(|e| e.value.as_str()).unwrap_or("");
         let ours = cairn_api::ids::executor_id_for(&FrameworkId {
             value: framework_id.to_owned(),
         });
-        if executor_id != ours.value || !self.agents.contains_key(agent_id) {
+        let custom_here = || {
+            self.tasks.values().any(|t| {
+                t.framework_id == framework_id
+                    && t.agent_id == agent_id
+                    && t.info
+                        .executor
+                        .as_ref()
+                        .and_then(|e| e.executor_id.as_ref())
+                        .is_some_and(|e| e.value == executor_id)
+            })
+        };
+        let known = executor_id == ours.value || (custom && custom_here());
+        if !known || !self.agents.contains_key(agent_id) {
             return Err(CallError::NotFound(format!(
                 "framework {framework_id} has no executor {executor_id} on agent {agent_id}"
             )));
@@ -506,10 +525,35 @@ impl Leader {
                 "task {task_id} asks for {resources}; the offers have {remaining} left"
             ));
         }
-        if task.command.is_none() && task.executor.is_none() {
-            return Err(format!(
-                "task {task_id} has neither a command nor an executor"
-            ));
+        match (&task.command, &task.executor) {
+            (None, None) => {
+                return Err(format!(
+                    "task {task_id} has neither a command nor an executor"
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "task {task_id} has both a command and an executor; give exactly one"
+                ));
+            }
+            (None, Some(executor)) => {
+                let id = executor
+                    .executor_id
+                    .as_ref()
+                    .map(|e| e.value.as_str())
+                    .unwrap_or("");
+                if !cairn_api::ids::is_safe_id(id) {
+                    return Err(format!(
+                        "task {task_id}: executor id {id:?} is empty or not a safe id"
+                    ));
+                }
+                if executor.command.is_none() {
+                    return Err(format!(
+                        "task {task_id}: executor {id} has no command naming its component"
+                    ));
+                }
+            }
+            (Some(_), None) => {}
         }
         Ok(resources)
     }

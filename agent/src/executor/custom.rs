@@ -1,0 +1,400 @@
+//! Custom executors: components of the `cairn:executor` world, one instance per
+//! executor id, hosted inside the framework's executor process.
+//!
+//! Each runs as its own actor: calls (launch, kill, message, shutdown) are made one
+//! at a time, in order. The actor holds the executor to its contract: it only
+//! reports on the tasks it was given, a kill it ignores is reported for it after the
+//! task's grace period, and when a call traps or overruns its timeout the executor
+//! is dropped and its tasks fail with `REASON_EXECUTOR_TERMINATED` (the next task
+//! for that executor id starts a fresh instance, as Mesos starts a new executor).
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_api::Resources;
+use cairn_api::v1::{TaskInfo, TaskState, TaskStatus, task_status::Reason};
+use cairn_sandbox::{
+    CancelHandle, ExecutorInstance, ExecutorOutput, ExecutorTask, ExecutorTaskState, Exit, Limit,
+    ProgramKind, RunSpec, Sandbox,
+};
+use tokio::sync::mpsc;
+
+use super::task::Reporter;
+
+/// Linear memory for an executor whose ExecutorInfo names no `mem`.
+const DEFAULT_MEM_MB: f64 = 64.0;
+/// Its sandbox quota when it names no `disk`.
+const DEFAULT_DISK_MB: f64 = 1024.0;
+const MAX_COMPONENT_BYTES: u64 = 256 << 20;
+
+pub(super) enum CustomCall {
+    Launch { task: TaskInfo, sandbox: PathBuf },
+    Kill { task_id: String, grace: Duration },
+    Message(Vec<u8>),
+    Shutdown,
+}
+
+/// The executor process's handle on one custom executor.
+pub(super) struct CustomExecutor {
+    calls: mpsc::UnboundedSender<CustomCall>,
+}
+
+impl CustomExecutor {
+    pub(super) fn send(&self, call: CustomCall) {
+        let _ = self.calls.send(call);
+    }
+}
+
+/// What a custom executor's actor needs from the executor process.
+pub(super) struct Context {
+    pub(super) sandbox: Arc<Sandbox>,
+    pub(super) executor_id: String,
+    /// The executor process's directory; the custom executor gets a subdirectory.
+    pub(super) directory: PathBuf,
+    pub(super) statuses: mpsc::UnboundedSender<TaskStatus>,
+    /// Framework messages it sends: (its executor id, data).
+    pub(super) messages: mpsc::UnboundedSender<(String, Vec<u8>)>,
+    pub(super) call_timeout: Duration,
+}
+
+pub(super) fn start(context: Context) -> CustomExecutor {
+    let (calls, rx) = mpsc::unbounded_channel();
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let actor = Actor {
+        context,
+        instance: None,
+        cancel: CancelHandle::default(),
+        out_tx,
+        out_rx,
+        live: HashMap::new(),
+        kill_deadlines: HashMap::new(),
+    };
+    tokio::spawn(actor.run(rx));
+    CustomExecutor { calls }
+}
+
+struct Actor {
+    context: Context,
+    instance: Option<ExecutorInstance>,
+    cancel: CancelHandle,
+    out_tx: mpsc::UnboundedSender<ExecutorOutput>,
+    out_rx: mpsc::UnboundedReceiver<ExecutorOutput>,
+    /// Tasks given to the executor and not yet terminal.
+    live: HashMap<String, Reporter>,
+    /// Tasks asked to die, and when they are reported killed if the executor has not.
+    kill_deadlines: HashMap<String, Instant>,
+}
+
+impl Actor {
+    async fn run(mut self, mut calls: mpsc::UnboundedReceiver<CustomCall>) {
+        loop {
+            let next_expiry = self.kill_deadlines.values().min().copied();
+            let expiry = async {
+                match next_expiry {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                call = calls.recv() => match call {
+                    Some(CustomCall::Launch { task, sandbox }) => self.launch(task, &sandbox).await,
+                    Some(CustomCall::Kill { task_id, grace }) => self.kill(task_id, grace).await,
+                    Some(CustomCall::Message(data)) => self.message(data).await,
+                    Some(CustomCall::Shutdown) | None => {
+                        self.shutdown().await;
+                        return;
+                    }
+                },
+                () = expiry => self.expire_kills(),
+            }
+        }
+    }
+
+    async fn launch(&mut self, task: TaskInfo, sandbox: &Path) {
+        let reporter = Reporter {
+            task,
+            tx: self.context.statuses.clone(),
+        };
+        if self.instance.is_none() {
+            let started = instantiate(
+                &self.context,
+                &self.cancel,
+                &self.out_tx,
+                &reporter.task,
+                sandbox,
+            )
+            .await;
+            match started {
+                Ok(instance) => self.instance = Some(instance),
+                Err(why) => {
+                    reporter.send(
+                        TaskState::TaskFailed,
+                        format!("cannot start executor {}: {why}", self.context.executor_id),
+                        Some(Reason::ContainerLaunchFailed),
+                        Vec::new(),
+                    );
+                    return;
+                }
+            }
+        }
+        let task_id = reporter.task.task_id.clone().unwrap_or_default().value;
+        let command = reporter.task.command.clone().unwrap_or_default();
+        let arguments = command.arguments.clone();
+        let environment = command
+            .environment
+            .map(|e| e.variables.into_iter().map(|v| (v.name, v.value)).collect())
+            .unwrap_or_default();
+        let guest_task = ExecutorTask {
+            task_id: task_id.clone(),
+            name: reporter.task.name.clone(),
+            arguments,
+            environment,
+            data: reporter.task.data.clone(),
+        };
+        self.live.insert(task_id.clone(), reporter);
+        let result = match self.instance.as_mut() {
+            Some(instance) => instance.launch(guest_task).await,
+            None => return,
+        };
+        self.drain();
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => {
+                if let Some(reporter) = self.live.remove(&task_id) {
+                    reporter.send(
+                        TaskState::TaskFailed,
+                        format!("the executor refused the task: {why}"),
+                        None,
+                        Vec::new(),
+                    );
+                }
+            }
+            Err(exit) => self.terminated(exit),
+        }
+    }
+
+    async fn kill(&mut self, task_id: String, grace: Duration) {
+        if !self.live.contains_key(&task_id) {
+            return;
+        }
+        let result = match self.instance.as_mut() {
+            Some(instance) => instance.kill(&task_id).await,
+            None => return,
+        };
+        self.drain();
+        if let Err(exit) = result {
+            self.terminated(exit);
+            return;
+        }
+        if self.live.contains_key(&task_id) {
+            self.kill_deadlines
+                .entry(task_id)
+                .or_insert_with(|| Instant::now() + grace);
+        }
+    }
+
+    async fn message(&mut self, data: Vec<u8>) {
+        let result = match self.instance.as_mut() {
+            Some(instance) => instance.message(&data).await,
+            None => {
+                tracing::warn!(executor_id = %self.context.executor_id, "message for an executor that is not running; dropped");
+                return;
+            }
+        };
+        self.drain();
+        if let Err(exit) = result {
+            self.terminated(exit);
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(mut instance) = self.instance.take() {
+            let _ = instance.shutdown().await;
+            self.drain();
+        }
+        self.cancel.cancel();
+        for (_, reporter) in self.live.drain() {
+            reporter.send(
+                TaskState::TaskKilled,
+                "the executor was shut down".into(),
+                Some(Reason::ExecutorTerminated),
+                Vec::new(),
+            );
+        }
+    }
+
+    fn expire_kills(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .kill_deadlines
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for task_id in due {
+            self.kill_deadlines.remove(&task_id);
+            if let Some(reporter) = self.live.remove(&task_id) {
+                reporter.send(
+                    TaskState::TaskKilled,
+                    "the executor did not end the task within its kill grace period".into(),
+                    None,
+                    Vec::new(),
+                );
+            }
+        }
+    }
+
+    /// The executor broke: every task it held fails, and the instance is dropped.
+    fn terminated(&mut self, exit: Exit) {
+        let why = match exit {
+            Exit::Limit(Limit::Time) => format!(
+                "a call ran longer than {}",
+                humantime::format_duration(self.context.call_timeout)
+            ),
+            Exit::Limit(Limit::Memory) => "it exceeded its memory limit".into(),
+            Exit::Limit(Limit::Disk) => "it exceeded its disk quota".into(),
+            Exit::Limit(Limit::Fuel) => "it ran out of fuel".into(),
+            Exit::Killed => "it was killed".into(),
+            Exit::Code(code) => format!("it exited with status {code}"),
+            Exit::Trap(trap) => format!("wasm trap: {trap}"),
+        };
+        tracing::warn!(executor_id = %self.context.executor_id, why, "custom executor terminated");
+        self.instance = None;
+        self.kill_deadlines.clear();
+        for (_, reporter) in self.live.drain() {
+            reporter.send(
+                TaskState::TaskFailed,
+                format!("executor {} terminated: {why}", self.context.executor_id),
+                Some(Reason::ExecutorTerminated),
+                Vec::new(),
+            );
+        }
+        // A fresh handle: the next instance must not start out killed.
+        self.cancel = CancelHandle::default();
+    }
+
+    /// Forwards what the executor sent during the last call.
+    fn drain(&mut self) {
+        while let Ok(output) = self.out_rx.try_recv() {
+            match output {
+                ExecutorOutput::Status {
+                    task_id,
+                    state,
+                    message,
+                } => self.status(task_id, state, message),
+                ExecutorOutput::Message(data) => {
+                    let _ = self
+                        .context
+                        .messages
+                        .send((self.context.executor_id.clone(), data));
+                }
+                ExecutorOutput::Log(line) => {
+                    tracing::info!(executor_id = %self.context.executor_id, "{line}");
+                }
+            }
+        }
+    }
+
+    fn status(&mut self, task_id: String, state: ExecutorTaskState, message: String) {
+        let state = match state {
+            ExecutorTaskState::Starting => TaskState::TaskStarting,
+            ExecutorTaskState::Running => TaskState::TaskRunning,
+            ExecutorTaskState::Finished => TaskState::TaskFinished,
+            ExecutorTaskState::Failed => TaskState::TaskFailed,
+            ExecutorTaskState::Killed => TaskState::TaskKilled,
+            ExecutorTaskState::Error => TaskState::TaskError,
+        };
+        let Some(reporter) = self.live.get(&task_id) else {
+            tracing::warn!(executor_id = %self.context.executor_id, task_id, "status for a task this executor does not hold; dropped");
+            return;
+        };
+        reporter.send(state, message, None, Vec::new());
+        if state.is_terminal() {
+            self.live.remove(&task_id);
+            self.kill_deadlines.remove(&task_id);
+        }
+    }
+}
+
+/// Loads the executor's component from the task's sandbox (it came with the
+/// task's URIs) and starts it in a directory of its own.
+async fn instantiate(
+    context: &Context,
+    cancel: &CancelHandle,
+    out: &mpsc::UnboundedSender<ExecutorOutput>,
+    task: &TaskInfo,
+    sandbox: &Path,
+) -> Result<ExecutorInstance, String> {
+    let info = task.executor.clone().unwrap_or_default();
+    let value = info
+        .command
+        .as_ref()
+        .and_then(|c| c.value.clone())
+        .unwrap_or_default();
+    let relative = Path::new(&value);
+    if value.is_empty()
+        || !relative
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+    {
+        return Err(format!(
+            "executor command.value {value:?} must name a component fetched with its command.uris"
+        ));
+    }
+    let path = sandbox.join(relative);
+    let sandbox_handle = context.sandbox.clone();
+    let compiled = tokio::task::spawn_blocking(move || {
+        let size = std::fs::metadata(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            .len();
+        if size > MAX_COMPONENT_BYTES {
+            return Err(format!("{size} bytes; the limit is {MAX_COMPONENT_BYTES}"));
+        }
+        let bytes =
+            std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        sandbox_handle
+            .compile(&bytes, false)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    if compiled.kind() != ProgramKind::Executor {
+        return Err(format!(
+            "{value} is a command, not a custom executor (the cairn:executor world)"
+        ));
+    }
+    let resources = Resources::from_proto(&info.resources).map_err(|e| e.to_string())?;
+    let mem_mb = if resources.mem() > 0.0 {
+        resources.mem()
+    } else {
+        DEFAULT_MEM_MB
+    };
+    let disk_mb = if resources.disk() > 0.0 {
+        resources.disk()
+    } else {
+        DEFAULT_DISK_MB
+    };
+    let dir = context.directory.join("custom").join(&context.executor_id);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let spec = RunSpec {
+        args: vec![value.clone()],
+        env: vec![
+            ("MESOS_SANDBOX".into(), "/".into()),
+            ("MESOS_EXECUTOR_ID".into(), context.executor_id.clone()),
+        ],
+        stdout: dir.join("stdout"),
+        stderr: dir.join("stderr"),
+        sandbox_dir: dir,
+        memory_bytes: (mem_mb * 1024.0 * 1024.0) as usize,
+        fuel: None,
+        timeout: Some(context.call_timeout),
+        disk_bytes: (disk_mb * 1024.0 * 1024.0) as u64,
+    };
+    context
+        .sandbox
+        .start_executor(&compiled, &spec, cancel, out.clone())
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,334 @@
+//! How much one agent does: short tasks completed per second, and idle tasks held at
+//! once with the memory each costs. Real `cairn` master and agent, a framework over
+//! the Mesos v1 HTTP API; plus the executor's own rate, in process, without the
+//! control plane.
+//!
+//! ```text
+//! cargo bench --workspace --profile dev --bench capacity -- throughput [--tasks 5000] [--inflight 1000]
+//! cargo bench --workspace --profile dev --bench capacity -- idle [--tasks 10000]
+//! cargo bench --workspace --profile dev --bench capacity -- executor [--tasks 20000] [--inflight 1000]
+//! ```
+
+#[allow(dead_code)]
+#[path = "../tests/e2e/harness.rs"]
+mod harness;
+
+#[allow(dead_code)]
+#[path = "../tests/e2e/framework.rs"]
+mod framework;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_sandbox::{CancelHandle, Exit, RunSpec, Sandbox, SandboxConfig};
+use serde_json::{Value, json};
+
+struct Options {
+    mode: String,
+    tasks: usize,
+    inflight: usize,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        mode: String::new(),
+        tasks: 0,
+        inflight: 1000,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().cloned().unwrap_or_default();
+        match arg.as_str() {
+            "--tasks" => o.tasks = value().parse().expect("--tasks N"),
+            "--inflight" => o.inflight = value().parse().expect("--inflight N"),
+            "throughput" | "idle" | "executor" => o.mode = arg.clone(),
+            _ => {} // cargo bench passes --bench
+        }
+    }
+    o
+}
+
+/// Resident memory of a process, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The agent's executors, from the pid files it keeps.
+fn executor_pids(work_dir: &std::path::Path) -> Vec<u32> {
+    harness::find_files(work_dir, "pid")
+        .into_iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok()?.trim().parse().ok())
+        .collect()
+}
+
+fn task(id: &str, agent_id: &Value, module: &str, args: &[&str]) -> Value {
+    let path = harness::guest(module);
+    let file = format!("{module}.wasm");
+    let mut argv = vec![file.clone()];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    json!({
+        "name": "capacity", "task_id": {"value": id}, "agent_id": agent_id,
+        "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.01}},
+                      {"name": "mem", "type": "SCALAR", "scalar": {"value": 2}}],
+        "command": {"uris": [{"value": format!("file://{}", path.display())}],
+                    "value": file, "shell": false, "arguments": argv},
+        "container": {"type": "WASM"}
+    })
+}
+
+fn is_terminal(state: &str) -> bool {
+    !matches!(
+        state,
+        "TASK_STAGING" | "TASK_STARTING" | "TASK_RUNNING" | "TASK_KILLING"
+    )
+}
+
+/// A master and one agent big enough (in declared resources) for every task.
+fn cluster(dir: &std::path::Path) -> (harness::Daemon, harness::Daemon, String) {
+    let (master, addr) =
+        harness::start_master_with(dir, "127.0.0.1:0", &["--allocation-interval", "20ms"]);
+    let agent = harness::start_agent_with(
+        dir,
+        &addr,
+        &[
+            "--resources",
+            "cpus:100000;mem:10000000;disk:100000000",
+            "--status-update-retry-interval",
+            "60s",
+        ],
+    );
+    agent.wait_for_log("registered with the master");
+    (master, agent, addr)
+}
+
+/// Launches `total` tasks (`make(i)`) as offers allow, at most `inflight` not yet
+/// `done`; calls `on_update` for every update, acknowledging each concurrently.
+async fn drive(
+    scheduler: &framework::Scheduler,
+    events: &mut framework::Events,
+    total: usize,
+    inflight: usize,
+    make: impl Fn(usize, &Value) -> Value,
+    mut done: impl FnMut(&Value) -> bool,
+) -> (Instant, Instant) {
+    let mut launched = 0usize;
+    let mut finished = HashSet::new();
+    let started = Instant::now();
+    let acks = Arc::new(tokio::sync::Semaphore::new(64));
+    while finished.len() < total {
+        let event = events.next().await;
+        match event["type"].as_str().unwrap_or_default() {
+            "OFFERS" => {
+                for offer in event["offers"]["offers"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                {
+                    let room = (total - launched).min(inflight - (launched - finished.len()));
+                    if room == 0 {
+                        let decline = json!({"type": "DECLINE", "decline": {
+                            "offer_ids": [offer["id"]], "filters": {"refuse_seconds": 0.01}}});
+                        scheduler.call(decline).await;
+                        continue;
+                    }
+                    let tasks: Vec<Value> = (launched..launched + room)
+                        .map(|i| make(i, &offer["agent_id"]))
+                        .collect();
+                    launched += room;
+                    let (code, body) = scheduler.call(framework::accept(&offer, tasks)).await;
+                    assert_eq!(code, 202, "{body}");
+                }
+            }
+            "UPDATE" => {
+                let status = event["update"]["status"].clone();
+                let id = status["task_id"]["value"].as_str().unwrap_or("").to_owned();
+                if done(&status) {
+                    finished.insert(id);
+                }
+                let permit = acks.clone().acquire_owned().await.unwrap();
+                let scheduler = scheduler.clone();
+                tokio::spawn(async move {
+                    scheduler.acknowledge(&status).await;
+                    drop(permit);
+                });
+            }
+            _ => {}
+        }
+    }
+    (started, Instant::now())
+}
+
+async fn throughput(o: &Options) {
+    let total = if o.tasks == 0 { 5000 } else { o.tasks };
+    let dir = tempfile::tempdir().unwrap();
+    let (_master, _agent, addr) = cluster(dir.path());
+    let info = json!({"user": "root", "name": "capacity"});
+    let (scheduler, mut events) = framework::Scheduler::subscribe_with(&addr, info).await;
+    let mut failed = 0usize;
+    let (started, ended) = drive(
+        &scheduler,
+        &mut events,
+        total,
+        o.inflight,
+        |i, agent| task(&format!("short-{i}"), agent, "exit", &["0"]),
+        |status| {
+            let state = status["state"].as_str().unwrap_or_default();
+            if is_terminal(state) && state != "TASK_FINISHED" {
+                failed += 1;
+            }
+            is_terminal(state)
+        },
+    )
+    .await;
+    let secs = (ended - started).as_secs_f64();
+    println!(
+        "| short tasks through master and agent | {total} | {} in flight | {:.0} tasks/s | {failed} not FINISHED |",
+        o.inflight,
+        total as f64 / secs
+    );
+    harness::kill_executors(&dir.path().join("agent"));
+}
+
+async fn idle(o: &Options) {
+    let total = if o.tasks == 0 { 10_000 } else { o.tasks };
+    let dir = tempfile::tempdir().unwrap();
+    let (_master, agent, addr) = cluster(dir.path());
+    let info = json!({"user": "root", "name": "capacity"});
+    let (scheduler, mut events) = framework::Scheduler::subscribe_with(&addr, info).await;
+    // One task first, so the executor exists and its baseline can be measured.
+    drive(
+        &scheduler,
+        &mut events,
+        1,
+        1,
+        |_, agent| task("idle-first", agent, "sleep", &["36000"]),
+        |s| s["state"] == "TASK_RUNNING",
+    )
+    .await;
+    let work_dir = dir.path().join("agent");
+    let base: u64 = rss_bytes(agent.pid())
+        + executor_pids(&work_dir)
+            .into_iter()
+            .map(rss_bytes)
+            .sum::<u64>();
+    let mut failed = Vec::new();
+    let (started, ended) = drive(
+        &scheduler,
+        &mut events,
+        total - 1,
+        total,
+        |i, agent| task(&format!("idle-{i}"), agent, "sleep", &["36000"]),
+        |s| {
+            let state = s["state"].as_str().unwrap_or_default();
+            if is_terminal(state) && failed.len() < 3 {
+                failed.push(s.to_string());
+            }
+            state == "TASK_RUNNING" || is_terminal(state)
+        },
+    )
+    .await;
+    assert!(
+        failed.is_empty(),
+        "tasks ended instead of idling: {failed:?}"
+    );
+    let agent_rss = rss_bytes(agent.pid());
+    let executor_rss: u64 = executor_pids(&work_dir).into_iter().map(rss_bytes).sum();
+    let per_task = (agent_rss + executor_rss).saturating_sub(base) / (total as u64 - 1);
+    println!(
+        "| idle wasm tasks running at once on one agent | {total} | launched in {:.1} s | agent {} MiB + executor {} MiB RSS | {:.0} KiB per task |",
+        (ended - started).as_secs_f64(),
+        agent_rss >> 20,
+        executor_rss >> 20,
+        per_task as f64 / 1024.0
+    );
+    harness::kill_executors(&work_dir);
+}
+
+/// The executor alone: cached module, a fresh sandbox directory per task, runs on a
+/// two-thread runtime as the executor process has.
+fn executor(o: &Options) {
+    let total = if o.tasks == 0 { 20_000 } else { o.tasks };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sandbox = Sandbox::new(SandboxConfig {
+        max_instances: o.inflight as u32,
+        ..Default::default()
+    })
+    .unwrap();
+    let bytes = std::fs::read(harness::guest("exit")).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let limit = Arc::new(tokio::sync::Semaphore::new(o.inflight));
+    let elapsed = rt.block_on(async {
+        let started = Instant::now();
+        let mut handles = Vec::with_capacity(total);
+        for i in 0..total {
+            let permit = limit.clone().acquire_owned().await.unwrap();
+            let (sandbox, bytes) = (sandbox.clone(), bytes.clone());
+            let dir = work.path().join(format!("t{i}"));
+            handles.push(tokio::spawn(async move {
+                std::fs::create_dir(&dir).unwrap();
+                let program = sandbox.compile(&bytes, false).unwrap();
+                let spec = RunSpec {
+                    args: vec!["exit.wasm".into(), "0".into()],
+                    env: vec![],
+                    sandbox_dir: dir.clone(),
+                    stdout: dir.join("stdout"),
+                    stderr: dir.join("stderr"),
+                    memory_bytes: 2 << 20,
+                    fuel: None,
+                    timeout: Some(Duration::from_secs(60)),
+                    disk_bytes: 1 << 20,
+                };
+                let out = sandbox
+                    .run(&program, &spec, &CancelHandle::default())
+                    .await
+                    .unwrap();
+                assert_eq!(out.exit, Exit::Code(0));
+                drop(permit);
+            }));
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+        started.elapsed()
+    });
+    println!(
+        "| short tasks, executor alone (2 threads) | {total} | {} in flight | {:.0} tasks/s | |",
+        o.inflight,
+        total as f64 / elapsed.as_secs_f64()
+    );
+}
+
+fn main() {
+    let o = options();
+    println!("| measure | tasks | setting | result | notes |");
+    println!("|---|---:|---|---:|---|");
+    match o.mode.as_str() {
+        "executor" => executor(&o),
+        mode => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            match mode {
+                "idle" => rt.block_on(idle(&o)),
+                "throughput" => rt.block_on(throughput(&o)),
+                _ => {
+                    rt.block_on(throughput(&o));
+                    executor(&o);
+                }
+            }
+        }
+    }
+}

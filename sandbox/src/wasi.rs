@@ -1,0 +1,66 @@
+//! The WASI context every guest gets: its arguments and environment, stdout and
+//! stderr counted against its disk quota, its sandbox as the only directory, and no
+//! network. One builder serves p1 modules and p2 components alike.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::disk::{DiskBudget, QuotaOutput};
+use crate::error::SandboxError;
+use crate::run::{RunSpec, StoreState};
+
+/// A p2 component's WASI state: its context and the table of its resources.
+pub(crate) struct WasiP2 {
+    pub(crate) ctx: WasiCtx,
+    pub(crate) table: ResourceTable,
+}
+
+impl WasiView for StoreState<WasiP2> {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi.ctx,
+            table: &mut self.wasi.table,
+        }
+    }
+}
+
+/// Creates the output file now, so a silent task still has one to read, but keeps
+/// no descriptor open: an idle task costs no file descriptors for its output.
+fn touch(path: &Path) -> Result<PathBuf, SandboxError> {
+    std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| SandboxError::Setup(format!("creating {}: {e}", path.display())))?;
+    Ok(path.to_owned())
+}
+
+pub(crate) fn builder(
+    spec: &RunSpec,
+    budget: &Arc<DiskBudget>,
+) -> Result<WasiCtxBuilder, SandboxError> {
+    let mut builder = WasiCtxBuilder::new();
+    builder
+        .args(&spec.args)
+        .envs(&spec.env)
+        .stdout(QuotaOutput::new(touch(&spec.stdout)?, budget.clone()))
+        .stderr(QuotaOutput::new(touch(&spec.stderr)?, budget.clone()))
+        // Deny by default: no sockets unless a later grant says so.
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    // The sandbox is `/`; relative paths resolve against it too (wasi-libc and the
+    // p1 adapter start in `/`), so one preopened descriptor serves both.
+    builder
+        .preopened_dir(&spec.sandbox_dir, "/", FsPerms::ReadWrite)
+        .map_err(|e| {
+            SandboxError::Setup(format!(
+                "preopening sandbox {}: {e:#}",
+                spec.sandbox_dir.display()
+            ))
+        })?;
+    Ok(builder)
+}
