@@ -23,6 +23,10 @@ const MAX_PROGRAMS: usize = 256;
 /// stay in its compiled image, so a few large modules could otherwise pin gigabytes.
 const MAX_PROGRAM_BYTES: usize = 512 << 20;
 
+/// Bytes of each memory, table and stack slot kept resident between the tasks that
+/// use it.
+const KEEP_RESIDENT: usize = 64 << 10;
+
 /// How often the epoch ticker advances; the granularity of wall-clock limits and kills.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -132,7 +136,13 @@ impl Flavor {
             .total_core_instances(n.saturating_mul(4))
             .total_memories(n)
             .total_tables(n.saturating_mul(4))
-            .total_stacks(n);
+            .total_stacks(n)
+            // A reused slot's first pages are zeroed in place rather than returned
+            // to the kernel: releasing them costs a TLB shootdown on every core per
+            // task, which dominated short tasks.
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(KEEP_RESIDENT)
+            .async_stack_keep_resident(KEEP_RESIDENT);
         let mut wasm = Config::new();
         wasm.epoch_interruption(config.epoch_interruption)
             .consume_fuel(metered)

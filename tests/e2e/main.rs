@@ -3,6 +3,7 @@
 //! started) when the test ends.
 
 mod bad_input;
+mod components;
 mod faults;
 mod framework;
 mod harness;

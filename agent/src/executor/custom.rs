@@ -30,8 +30,14 @@ const DEFAULT_DISK_MB: f64 = 1024.0;
 const MAX_COMPONENT_BYTES: u64 = 256 << 20;
 
 pub(super) enum CustomCall {
-    Launch { task: TaskInfo, sandbox: PathBuf },
-    Kill { task_id: String, grace: Duration },
+    Launch {
+        task: Box<TaskInfo>,
+        sandbox: PathBuf,
+    },
+    Kill {
+        task_id: String,
+        grace: Duration,
+    },
     Message(Vec<u8>),
     Shutdown,
 }
@@ -99,7 +105,7 @@ impl Actor {
             };
             tokio::select! {
                 call = calls.recv() => match call {
-                    Some(CustomCall::Launch { task, sandbox }) => self.launch(task, &sandbox).await,
+                    Some(CustomCall::Launch { task, sandbox }) => self.launch(*task, &sandbox).await,
                     Some(CustomCall::Kill { task_id, grace }) => self.kill(task_id, grace).await,
                     Some(CustomCall::Message(data)) => self.message(data).await,
                     Some(CustomCall::Shutdown) | None => {

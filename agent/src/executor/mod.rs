@@ -346,7 +346,10 @@ impl Executor {
                     call_timeout: self.args.custom_call_timeout,
                 })
             });
-            custom.send(custom::CustomCall::Launch { task, sandbox });
+            custom.send(custom::CustomCall::Launch {
+                task: Box::new(task),
+                sandbox,
+            });
             self.running.insert(task_id, Running::Custom(executor_id));
             return;
         }
