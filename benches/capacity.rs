@@ -83,6 +83,35 @@ fn task(id: &str, agent_id: &Value, module: &str, args: &[&str]) -> Value {
     })
 }
 
+/// Set by the panic hook: a panic on any thread keeps the logs.
+static PANICKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Keeps a run's directory (its daemons' logs) if the run panics.
+struct Kept(Option<tempfile::TempDir>);
+
+impl Kept {
+    fn path(&self) -> &std::path::Path {
+        self.0
+            .as_ref()
+            .map(|d| d.path())
+            .unwrap_or(std::path::Path::new("/"))
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        if (std::thread::panicking() || PANICKED.load(std::sync::atomic::Ordering::Relaxed))
+            && let Some(dir) = self.0.take()
+        {
+            let _ = dir.keep();
+        }
+    }
+}
+
+fn scopeguard_keep(dir: tempfile::TempDir) -> Kept {
+    Kept(Some(dir))
+}
+
 fn is_terminal(state: &str) -> bool {
     !matches!(
         state,
@@ -131,7 +160,11 @@ async fn drive(
                     .cloned()
                     .unwrap_or_default()
                 {
-                    let room = (total - launched).min(inflight - (launched - finished.len()));
+                    // One ACCEPT carries at most this many (the API's body limit); the
+                    // rest of the offer comes back in the next cycle.
+                    let room = (total - launched)
+                        .min(inflight - (launched - finished.len()))
+                        .min(500);
                     if room == 0 {
                         let decline = json!({"type": "DECLINE", "decline": {
                             "offer_ids": [offer["id"]], "filters": {"refuse_seconds": 0.01}}});
@@ -168,6 +201,8 @@ async fn drive(
 async fn throughput(o: &Options) {
     let total = if o.tasks == 0 { 5000 } else { o.tasks };
     let dir = tempfile::tempdir().unwrap();
+    eprintln!("logs in {}", dir.path().display());
+    let dir = scopeguard_keep(dir);
     let (_master, _agent, addr) = cluster(dir.path());
     let info = json!({"user": "root", "name": "capacity"});
     let (scheduler, mut events) = framework::Scheduler::subscribe_with(&addr, info).await;
@@ -199,6 +234,8 @@ async fn throughput(o: &Options) {
 async fn idle(o: &Options) {
     let total = if o.tasks == 0 { 10_000 } else { o.tasks };
     let dir = tempfile::tempdir().unwrap();
+    eprintln!("logs in {}", dir.path().display());
+    let dir = scopeguard_keep(dir);
     let (_master, agent, addr) = cluster(dir.path());
     let info = json!({"user": "root", "name": "capacity"});
     let (scheduler, mut events) = framework::Scheduler::subscribe_with(&addr, info).await;
@@ -310,6 +347,11 @@ fn executor(o: &Options) {
 }
 
 fn main() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICKED.store(true, std::sync::atomic::Ordering::Relaxed);
+        default_hook(info);
+    }));
     let o = options();
     println!("| measure | tasks | setting | result | notes |");
     println!("|---|---:|---|---:|---|");

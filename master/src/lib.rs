@@ -14,6 +14,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 pub use error::CallError;
+
+/// Messages queued for one agent or framework stream. A stream that falls this far
+/// behind is disconnected, to bound the master's memory; it is large because one
+/// ACCEPT may launch thousands of tasks on one agent, and their updates come back
+/// as fast.
+pub(crate) const STREAM_BUFFER: usize = 1 << 16;
 pub use leader::{LeaderConfig, MasterSnapshot};
 pub use registry::{Registry, RegistryError, RegistryState};
 

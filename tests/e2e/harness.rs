@@ -233,7 +233,7 @@ pub fn start_master_with(dir: &Path, listen: &str, flags: &[&str]) -> (Daemon, S
         "--allocation-interval",
         "200ms",
     ];
-    args.extend_from_slice(flags);
+    override_defaults(&mut args, flags);
     let master = Daemon::start(&args, next_log(dir, "master"));
     let addr = master.wait_for_address("address");
     (master, addr)
@@ -265,13 +265,19 @@ pub fn start_agent_with(dir: &Path, master: &str, flags: &[&str]) -> Daemon {
         "--status-update-retry-interval",
         "500ms",
     ];
-    if flags.contains(&"--resources") {
-        // The caller's resources replace the default ones.
-        let at = args.iter().position(|a| *a == "--resources").unwrap();
-        args.drain(at..at + 2);
+    override_defaults(&mut args, flags);
+    Daemon::start(&args, next_log(dir, "agent"))
+}
+
+/// Appends the caller's flags; each one the defaults also set (a flag and its value)
+/// replaces the default.
+fn override_defaults<'a>(args: &mut Vec<&'a str>, flags: &[&'a str]) {
+    for flag in flags.iter().filter(|f| f.starts_with("--")) {
+        if let Some(at) = args.iter().position(|a| a == flag) {
+            args.drain(at..at + 2);
+        }
     }
     args.extend_from_slice(flags);
-    Daemon::start(&args, next_log(dir, "agent"))
 }
 
 /// `<name>-1.log`, `<name>-2.log`, ...: a restarted daemon gets a log of its own.

@@ -9,11 +9,10 @@
 //! for that executor id starts a fresh instance, as Mesos starts a new executor).
 
 use std::collections::HashMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn_api::Resources;
 use cairn_api::v1::{TaskInfo, TaskState, TaskStatus, task_status::Reason};
 use cairn_sandbox::{
     CancelHandle, ExecutorInstance, ExecutorOutput, ExecutorTask, ExecutorTaskState, Exit, Limit,
@@ -21,13 +20,7 @@ use cairn_sandbox::{
 };
 use tokio::sync::mpsc;
 
-use super::task::Reporter;
-
-/// Linear memory for an executor whose ExecutorInfo names no `mem`.
-const DEFAULT_MEM_MB: f64 = 64.0;
-/// Its sandbox quota when it names no `disk`.
-const DEFAULT_DISK_MB: f64 = 1024.0;
-const MAX_COMPONENT_BYTES: u64 = 256 << 20;
+use super::task::{Reporter, caps, read_program};
 
 pub(super) enum CustomCall {
     Launch {
@@ -339,30 +332,13 @@ async fn instantiate(
         .as_ref()
         .and_then(|c| c.value.clone())
         .unwrap_or_default();
-    let relative = Path::new(&value);
-    if value.is_empty()
-        || !relative
-            .components()
-            .all(|c| matches!(c, Component::Normal(_)))
-    {
-        return Err(format!(
-            "executor command.value {value:?} must name a component fetched with its command.uris"
-        ));
-    }
-    let path = sandbox.join(relative);
-    let sandbox_handle = context.sandbox.clone();
+    let (dir_of_task, sandbox_handle) = (sandbox.to_path_buf(), context.sandbox.clone());
+    let name = value.clone();
     let compiled = tokio::task::spawn_blocking(move || {
-        let size = std::fs::metadata(&path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-            .len();
-        if size > MAX_COMPONENT_BYTES {
-            return Err(format!("{size} bytes; the limit is {MAX_COMPONENT_BYTES}"));
-        }
-        let bytes =
-            std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let bytes = read_program(&dir_of_task, &name)?;
         sandbox_handle
             .compile(&bytes, false)
-            .map_err(|e| e.to_string())
+            .map_err(|e| format!("{name}: {e}"))
     })
     .await
     .map_err(|e| e.to_string())??;
@@ -371,17 +347,7 @@ async fn instantiate(
             "{value} is a command, not a custom executor (the cairn:executor world)"
         ));
     }
-    let resources = Resources::from_proto(&info.resources).map_err(|e| e.to_string())?;
-    let mem_mb = if resources.mem() > 0.0 {
-        resources.mem()
-    } else {
-        DEFAULT_MEM_MB
-    };
-    let disk_mb = if resources.disk() > 0.0 {
-        resources.disk()
-    } else {
-        DEFAULT_DISK_MB
-    };
+    let (memory_bytes, disk_bytes) = caps(&info.resources)?;
     let dir = context.directory.join("custom").join(&context.executor_id);
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let spec = RunSpec {
@@ -393,10 +359,10 @@ async fn instantiate(
         stdout: dir.join("stdout"),
         stderr: dir.join("stderr"),
         sandbox_dir: dir,
-        memory_bytes: (mem_mb * 1024.0 * 1024.0) as usize,
+        memory_bytes,
         fuel: None,
         timeout: Some(context.call_timeout),
-        disk_bytes: (disk_mb * 1024.0 * 1024.0) as u64,
+        disk_bytes,
     };
     context
         .sandbox

@@ -111,6 +111,51 @@ async fn run(sandbox: Arc<Sandbox>, reporter: &Reporter, dir: PathBuf, cancel: &
     }
 }
 
+/// Reads the module or component `value` names in a sandbox: a relative path that
+/// stays inside it, and no larger than any program may be.
+pub(super) fn read_program(dir: &Path, value: &str) -> Result<Vec<u8>, String> {
+    let relative = Path::new(value);
+    if value.is_empty()
+        || !relative
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+    {
+        return Err(format!(
+            "command.value {value:?} must name a file inside the sandbox (fetch it with command.uris)"
+        ));
+    }
+    let path = dir.join(relative);
+    let size = std::fs::metadata(&path)
+        .map_err(|e| format!("cannot read {value}: {e}"))?
+        .len();
+    if size > MAX_MODULE_BYTES {
+        return Err(format!(
+            "{value} is {size} bytes; the limit is {MAX_MODULE_BYTES}"
+        ));
+    }
+    std::fs::read(&path).map_err(|e| format!("cannot read {value}: {e}"))
+}
+
+/// The linear memory and sandbox bytes a task's (or executor's) resources allow,
+/// with defaults for what they do not name: never unlimited.
+pub(super) fn caps(resources: &[cairn_api::v1::Resource]) -> Result<(usize, u64), String> {
+    let resources = Resources::from_proto(resources).map_err(|e| e.to_string())?;
+    let mem_mb = if resources.mem() > 0.0 {
+        resources.mem()
+    } else {
+        DEFAULT_MEM_MB
+    };
+    let disk_mb = if resources.disk() > 0.0 {
+        resources.disk()
+    } else {
+        DEFAULT_DISK_MB
+    };
+    Ok((
+        (mem_mb * 1024.0 * 1024.0) as usize,
+        (disk_mb * 1024.0 * 1024.0) as u64,
+    ))
+}
+
 /// Reads and compiles the module and turns the task into a [`RunSpec`]; every error
 /// is a message for the task's TASK_FAILED.
 fn prepare(
@@ -123,27 +168,7 @@ fn prepare(
         .as_ref()
         .ok_or("a wasm task needs `command.value` naming its module")?;
     let value = command.value.clone().unwrap_or_default();
-    let relative = Path::new(&value);
-    if value.is_empty()
-        || !relative
-            .components()
-            .all(|c| matches!(c, Component::Normal(_)))
-    {
-        return Err(format!(
-            "command.value {value:?} must name a module inside the sandbox (fetch it with command.uris)"
-        ));
-    }
-    let module_path = dir.join(relative);
-    let size = std::fs::metadata(&module_path)
-        .map_err(|e| format!("cannot read module {value}: {e}"))?
-        .len();
-    if size > MAX_MODULE_BYTES {
-        return Err(format!(
-            "module {value} is {size} bytes; the limit is {MAX_MODULE_BYTES}"
-        ));
-    }
-    let bytes =
-        std::fs::read(&module_path).map_err(|e| format!("cannot read module {value}: {e}"))?;
+    let bytes = read_program(dir, &value)?;
     let fuel = task
         .container
         .as_ref()
@@ -158,17 +183,7 @@ fn prepare(
             "{value} is a custom executor, not a command: name it in the task's `executor`"
         ));
     }
-    let resources = Resources::from_proto(&task.resources).map_err(|e| e.to_string())?;
-    let mem_mb = if resources.mem() > 0.0 {
-        resources.mem()
-    } else {
-        DEFAULT_MEM_MB
-    };
-    let disk_mb = if resources.disk() > 0.0 {
-        resources.disk()
-    } else {
-        DEFAULT_DISK_MB
-    };
+    let (memory_bytes, disk_bytes) = caps(&task.resources)?;
     let args = if command.arguments.is_empty() {
         vec![value.clone()]
     } else {
@@ -200,10 +215,10 @@ fn prepare(
         sandbox_dir: dir.to_path_buf(),
         stdout: dir.join("stdout"),
         stderr: dir.join("stderr"),
-        memory_bytes: (mem_mb * 1024.0 * 1024.0) as usize,
+        memory_bytes,
         fuel,
         timeout,
-        disk_bytes: (disk_mb * 1024.0 * 1024.0) as u64,
+        disk_bytes,
     };
     Ok((program, spec))
 }

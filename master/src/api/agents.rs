@@ -47,7 +47,7 @@ impl AgentRegistry for AgentService {
         let info = register
             .info
             .ok_or_else(|| Status::invalid_argument("registration without agent info"))?;
-        let (tx, rx) = mpsc::channel(1024);
+        let (tx, rx) = mpsc::channel(crate::STREAM_BUFFER);
         let (agent_id, conn) = self
             .leader
             .ask(|reply| Input::RegisterAgent {

@@ -92,7 +92,7 @@ async fn subscribe(leader: LeaderHandle, call: Call) -> Response {
         (Some(a), None) => info.id = Some(a.clone()),
         _ => {}
     }
-    let (tx, rx) = mpsc::channel(1024);
+    let (tx, rx) = mpsc::channel(crate::STREAM_BUFFER);
     let stream_id = match leader
         .ask(|reply| Input::Subscribe {
             info: Box::new(info),

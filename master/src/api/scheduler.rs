@@ -48,7 +48,7 @@ impl Scheduler for SchedulerService {
             (Some(a), None) => info.id = Some(a.clone()),
             _ => {}
         }
-        let (tx, rx) = mpsc::channel(1024);
+        let (tx, rx) = mpsc::channel(crate::STREAM_BUFFER);
         let stream_id = self
             .leader
             .ask(|reply| Input::Subscribe {

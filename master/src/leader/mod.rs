@@ -141,6 +141,9 @@ struct TaskEntry {
     status: Option<TaskStatus>,
 }
 
+/// The longest a busy leader goes without publishing a fresh snapshot for `/state`.
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+
 /// How many finished tasks the leader keeps for `/state` (Mesos keeps 1000 per framework).
 const MAX_COMPLETED_TASKS: usize = 1000;
 
@@ -211,6 +214,7 @@ impl Leader {
         let mut allocation = tokio::time::interval(self.config.allocation_interval);
         let mut heartbeat = tokio::time::interval(self.config.framework_heartbeat_interval);
         let mut timers = tokio::time::interval(Duration::from_millis(250));
+        let mut last_publish = Instant::now();
         loop {
             tokio::select! {
                 input = rx.recv() => match input {
@@ -221,7 +225,12 @@ impl Leader {
                 _ = heartbeat.tick() => self.heartbeat_frameworks(),
                 _ = timers.tick() => self.expire().await,
             }
-            self.publish();
+            // Building the snapshot walks every task: under a burst of inputs it is
+            // published when the burst ends, or every PUBLISH_EVERY, not per input.
+            if rx.is_empty() || last_publish.elapsed() >= PUBLISH_EVERY {
+                self.publish();
+                last_publish = Instant::now();
+            }
         }
     }
 
