@@ -100,7 +100,8 @@ impl Kept {
 
 impl Drop for Kept {
     fn drop(&mut self) {
-        if (std::thread::panicking() || PANICKED.load(std::sync::atomic::Ordering::Relaxed))
+        let keep = std::env::var_os("CAIRN_KEEP_LOGS").is_some();
+        if (keep || std::thread::panicking() || PANICKED.load(std::sync::atomic::Ordering::Relaxed))
             && let Some(dir) = self.0.take()
         {
             let _ = dir.keep();
@@ -150,7 +151,8 @@ async fn drive(
     let mut launched = 0usize;
     let mut finished = HashSet::new();
     let started = Instant::now();
-    let acks = Arc::new(tokio::sync::Semaphore::new(64));
+    let acks = Arc::new(tokio::sync::Semaphore::new(1024));
+    let ack_times = Arc::new(std::sync::Mutex::new(Vec::<Duration>::new()));
     while finished.len() < total {
         let event = events.next().await;
         match event["type"].as_str().unwrap_or_default() {
@@ -175,7 +177,11 @@ async fn drive(
                         .map(|i| make(i, &offer["agent_id"]))
                         .collect();
                     launched += room;
-                    let (code, body) = scheduler.call(framework::accept(&offer, tasks)).await;
+                    // What the tasks leave of the offer comes back at once, not after
+                    // the default 5 s refusal.
+                    let mut accept = framework::accept(&offer, tasks);
+                    accept["accept"]["filters"] = json!({"refuse_seconds": 0.0});
+                    let (code, body) = scheduler.call(accept).await;
                     assert_eq!(code, 202, "{body}");
                 }
             }
@@ -187,13 +193,25 @@ async fn drive(
                 }
                 let permit = acks.clone().acquire_owned().await.unwrap();
                 let scheduler = scheduler.clone();
+                let ack_times = ack_times.clone();
                 tokio::spawn(async move {
+                    let sent = Instant::now();
                     scheduler.acknowledge(&status).await;
+                    ack_times.lock().unwrap().push(sent.elapsed());
                     drop(permit);
                 });
             }
             _ => {}
         }
+    }
+    let mut times = ack_times.lock().unwrap().clone();
+    times.sort();
+    if !times.is_empty() {
+        eprintln!(
+            "acknowledgement round trips: p50 {:?}, p99 {:?}",
+            times[times.len() / 2],
+            times[times.len() * 99 / 100]
+        );
     }
     (started, Instant::now())
 }

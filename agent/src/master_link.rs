@@ -55,7 +55,8 @@ async fn connect_once(master: &str, core: &mpsc::Sender<Input>) -> anyhow::Resul
         .await
         .context("agent stopping")?;
     let registration = registration.await.context("agent stopping")?;
-    let (tx, rx) = mpsc::channel(1024);
+    // Deep enough for a burst of updates from thousands of short tasks.
+    let (tx, rx) = mpsc::channel(8192);
     tx.send(AgentMessage {
         message: Some(agent_message::Message::Register(registration)),
     })

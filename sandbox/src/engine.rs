@@ -80,6 +80,8 @@ struct Flavor {
     /// Linked programs by module sha256: a module runs again without compiling or
     /// linking (`InstancePre` reuse).
     programs: Mutex<Programs>,
+    /// Held while compiling (see `Sandbox::compile`).
+    compiling: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -170,6 +172,7 @@ impl Flavor {
             executor_linker,
             cache,
             programs: Mutex::new(Programs::default()),
+            compiling: Mutex::new(()),
         })
     }
 
@@ -263,6 +266,17 @@ impl Sandbox {
         };
         let flavor = if metered { &self.metered } else { &self.plain };
         let digest: [u8; 32] = Sha256::digest(bytes).into();
+        if let Some(program) = flavor.lock_programs().by_digest.get(&digest) {
+            flavor
+                .cache
+                .stats
+                .memory_hits
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(program.clone());
+        }
+        // One compile at a time per engine: a thousand tasks launched at once with
+        // the same new module compile it once, the rest wait and find it here.
+        let _compiling = flavor.compiling.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(program) = flavor.lock_programs().by_digest.get(&digest) {
             flavor
                 .cache

@@ -139,6 +139,10 @@ pub struct Core {
     info: AgentInfo,
     launcher: Launcher,
     master: Option<mpsc::Sender<AgentMessage>>,
+    /// Messages for the master that did not fit its connection's buffer: sent, in
+    /// order, as it drains. Dropping them would leave updates to the (much slower)
+    /// resend timer under a burst.
+    to_master: std::collections::VecDeque<AgentMessage>,
     checkpoint: Checkpoint,
     links: HashMap<String, ExecutorLink>,
     outbox: Vec<Effect>,
@@ -176,6 +180,7 @@ impl Core {
             info,
             launcher,
             master: None,
+            to_master: Default::default(),
             checkpoint,
             links: HashMap::new(),
             outbox: Vec::new(),
@@ -209,6 +214,7 @@ impl Core {
                 }
                 _ = heartbeat.tick() => self.send_to_master(agent_message::Message::Heartbeat(AgentHeartbeat {})),
                 _ = tick.tick() => {
+                    self.flush_to_master();
                     self.resend_due_updates();
                     self.check_executor_deadlines();
                     for link in self.links.values_mut() {
@@ -217,6 +223,7 @@ impl Core {
                 }
             }
             self.settle();
+            self.flush_to_master();
             self.publish();
         }
     }
@@ -236,13 +243,17 @@ impl Core {
                 }
                 self.info.id = Some(AgentId { value: agent_id });
                 self.master = Some(to_master);
+                self.to_master.clear();
                 // A new session: every head goes again now, and backoff restarts.
                 self.resend.clear();
                 for update in self.checkpoint.state.updates.heads() {
                     self.update_to_master(update);
                 }
             }
-            Input::MasterDisconnected => self.master = None,
+            Input::MasterDisconnected => {
+                self.master = None;
+                self.to_master.clear();
+            }
             Input::FromMaster(message) => self.on_master_message(*message),
             Input::ExecutorSubscribed {
                 framework_id,
@@ -412,12 +423,35 @@ impl Core {
     /// Best effort: a full channel drops the message (updates are resent, heartbeats
     /// recur); only a closed one ends the session.
     fn send_to_master(&mut self, message: agent_message::Message) {
-        let Some(tx) = &self.master else { return };
-        let message = AgentMessage {
+        if self.master.is_none() {
+            return;
+        }
+        self.to_master.push_back(AgentMessage {
             message: Some(message),
+        });
+        self.flush_to_master();
+    }
+
+    /// Sends queued messages until the connection's buffer is full.
+    fn flush_to_master(&mut self) {
+        let Some(tx) = &self.master else {
+            // A new session resends every stream head; the rest is stale.
+            self.to_master.clear();
+            return;
         };
-        if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(message) {
-            self.master = None;
+        while let Some(message) = self.to_master.pop_front() {
+            match tx.try_send(message) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(message)) => {
+                    self.to_master.push_front(message);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.master = None;
+                    self.to_master.clear();
+                    return;
+                }
+            }
         }
     }
 

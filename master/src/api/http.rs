@@ -32,10 +32,11 @@ async fn version() -> Json<serde_json::Value> {
     Json(json!({ "version": cairn_api::VERSION }))
 }
 
-/// The master's state as JSON: the leader's last published snapshot (never a
-/// query against the actor) plus the registry's applied index.
+/// The master's state as JSON: the leader's snapshot, published for this request
+/// (or its last one if the leader is too busy to answer), plus the registry's
+/// applied index.
 async fn state(State(s): State<HttpState>) -> Json<serde_json::Value> {
-    let snapshot = s.leader.snapshot.borrow().clone();
+    let snapshot = s.leader.fresh_snapshot().await;
     Json(json!({
         "version": cairn_api::VERSION,
         "registry_applied_index": s.registry.state().applied,
@@ -54,7 +55,7 @@ pub(super) async fn not_found() -> impl IntoResponse {
 /// Mesos' v0 `/master/state` shape, which many Mesos tools and dashboards read:
 /// `slaves` for agents, resources as `{"cpus": 2, "mem": 1024, "ports": "[…]"}`.
 async fn master_state(State(s): State<HttpState>) -> Json<serde_json::Value> {
-    let snap = s.leader.snapshot.borrow().clone();
+    let snap = s.leader.fresh_snapshot().await;
     let tasks_of = |fw: &str, tasks: &[crate::leader::TaskView]| -> Vec<serde_json::Value> {
         tasks
             .iter()

@@ -73,7 +73,7 @@ pub(super) async fn operator(State(state): State<OperatorState>, body: Bytes) ->
     let Some(kind) = call["type"].as_str() else {
         return invalid("the call has no \"type\"");
     };
-    let snap = leader.snapshot.borrow().clone();
+    let snap = leader.fresh_snapshot().await;
     match kind {
         "GET_HEALTH" => Json(json!({"type": kind, "get_health": {"healthy": true}})).into_response(),
         "GET_VERSION" => Json(json!({"type": kind, "get_version": {"version_info": {"version": cairn_api::VERSION}}}))

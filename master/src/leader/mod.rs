@@ -32,6 +32,11 @@ pub type AgentSender = mpsc::Sender<Result<MasterMessage, tonic::Status>>;
 
 /// Everything that can happen to the leader.
 pub enum Input {
+    /// Publish a fresh snapshot (if anything changed) before replying: `/state`
+    /// reflects every input handled before it.
+    Publish {
+        reply: oneshot::Sender<()>,
+    },
     RegisterAgent {
         info: Box<AgentInfo>,
         tasks: Vec<TaskRecord>,
@@ -143,6 +148,8 @@ struct TaskEntry {
 
 /// The longest a busy leader goes without publishing a fresh snapshot for `/state`.
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+/// How long a reader waits for a busy leader to publish before taking the last one.
+const PUBLISH_WAIT: Duration = Duration::from_secs(1);
 
 /// How many finished tasks the leader keeps for `/state` (Mesos keeps 1000 per framework).
 const MAX_COMPLETED_TASKS: usize = 1000;
@@ -159,6 +166,8 @@ pub struct Leader {
     completed: VecDeque<TaskEntry>,
     snapshot: watch::Sender<Arc<MasterSnapshot>>,
     next_conn: u64,
+    /// Something changed since the last published snapshot.
+    dirty: bool,
 }
 
 /// A handle to send inputs to the leader and read its snapshots.
@@ -169,6 +178,16 @@ pub struct LeaderHandle {
 }
 
 impl LeaderHandle {
+    /// The state as of every input the leader handled before this call, or, if the
+    /// leader is too busy to answer within PUBLISH_WAIT, its last published one.
+    pub async fn fresh_snapshot(&self) -> Arc<MasterSnapshot> {
+        let (reply, done) = oneshot::channel();
+        if self.inputs.send(Input::Publish { reply }).await.is_ok() {
+            let _ = tokio::time::timeout(PUBLISH_WAIT, done).await;
+        }
+        self.snapshot.borrow().clone()
+    }
+
     /// Sends an input and waits for its reply.
     pub async fn ask<T>(
         &self,
@@ -200,6 +219,7 @@ impl Leader {
             completed: VecDeque::new(),
             snapshot,
             next_conn: 1,
+            dirty: true,
         };
         leader.load_roles();
         leader.publish();
@@ -218,6 +238,14 @@ impl Leader {
         loop {
             tokio::select! {
                 input = rx.recv() => match input {
+                    Some(Input::Publish { reply }) => {
+                        if self.dirty {
+                            self.publish();
+                            last_publish = Instant::now();
+                        }
+                        let _ = reply.send(());
+                        continue;
+                    }
                     Some(input) => self.handle(input).await,
                     None => return,
                 },
@@ -225,9 +253,10 @@ impl Leader {
                 _ = heartbeat.tick() => self.heartbeat_frameworks(),
                 _ = timers.tick() => self.expire().await,
             }
-            // Building the snapshot walks every task: under a burst of inputs it is
-            // published when the burst ends, or every PUBLISH_EVERY, not per input.
-            if rx.is_empty() || last_publish.elapsed() >= PUBLISH_EVERY {
+            self.dirty = true;
+            // Building the snapshot walks every task: it is built when a reader asks
+            // for it (Input::Publish) or every PUBLISH_EVERY, never per input.
+            if self.dirty && last_publish.elapsed() >= PUBLISH_EVERY {
                 self.publish();
                 last_publish = Instant::now();
             }
@@ -236,6 +265,11 @@ impl Leader {
 
     async fn handle(&mut self, input: Input) {
         match input {
+            // Answered by the run loop; here only for completeness.
+            Input::Publish { reply } => {
+                self.publish();
+                let _ = reply.send(());
+            }
             Input::RegisterAgent {
                 info,
                 tasks,
@@ -294,7 +328,8 @@ impl Leader {
         }
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
+        self.dirty = false;
         let snapshot = snapshot::build(self);
         let _ = self.snapshot.send(Arc::new(snapshot));
     }
