@@ -106,6 +106,10 @@ fn usage(dir: &Path, skip: &[PathBuf], limit: u64) -> u64 {
 
 /// Linux's `O_NOFOLLOW`: the last path component must not be a symlink.
 const O_NOFOLLOW: i32 = 0o400_000;
+/// Linux's `O_NONBLOCK`: a FIFO the guest left in place of its output fails the
+/// open instead of blocking a runtime thread (a guest cannot make one through WASI,
+/// but the directory may hold anything).
+const O_NONBLOCK: i32 = 0o4_000;
 
 /// stdout or stderr: a file whose every write is taken from the run's budget first.
 /// It is opened on the first write, so an idle task holds no descriptor for it.
@@ -141,7 +145,7 @@ impl QuotaOutput {
                 File::options()
                     .create(true)
                     .append(true)
-                    .custom_flags(O_NOFOLLOW)
+                    .custom_flags(O_NOFOLLOW | O_NONBLOCK)
                     .open(&*self.path)?,
             );
         }

@@ -35,9 +35,11 @@ use bindings::cairn::executor::host::Host;
 use bindings::cairn::executor::types::{TaskInfo as WitTaskInfo, TaskState as WitTaskState};
 
 /// Most outputs (status updates, messages, log lines) one call may send.
-const MAX_OUTPUTS_PER_CALL: usize = 10_000;
-/// Largest framework message an executor may send (Mesos' default max is larger,
-/// but a message travels through the agent's checkpoint-free path and the master).
+const MAX_OUTPUTS_PER_CALL: usize = 1_000;
+/// And no more bytes than this in all of them together: the guest could otherwise
+/// send one large buffer many times and have the host copy it each time.
+const MAX_OUTPUT_BYTES_PER_CALL: usize = 4 << 20;
+/// Largest framework message an executor may send.
 const MAX_MESSAGE_BYTES: usize = 1 << 20;
 /// Log lines are cut to this length.
 const MAX_LOG_LINE: usize = 4096;
@@ -79,8 +81,10 @@ pub enum ExecutorOutput {
 pub(crate) struct ExecutorHost {
     p2: WasiP2,
     out: UnboundedSender<ExecutorOutput>,
-    /// Outputs sent during the current call.
+    /// Outputs sent during the current call, and their bytes.
     sent: usize,
+    sent_bytes: usize,
+    over_budget: bool,
 }
 
 impl WasiView for StoreState<ExecutorHost> {
@@ -93,16 +97,23 @@ impl WasiView for StoreState<ExecutorHost> {
 }
 
 impl ExecutorHost {
-    fn emit(&mut self, output: ExecutorOutput) {
+    /// Passes an output on within the call's budgets; past them, drops it (outputs
+    /// are best effort: a status the executor fails to send leaves its task to the
+    /// kill grace period or the executor's end).
+    fn emit(&mut self, output: ExecutorOutput, bytes: usize) {
         self.sent += 1;
-        if self.sent == MAX_OUTPUTS_PER_CALL + 1 {
-            tracing::warn!(
-                "custom executor sent more than {MAX_OUTPUTS_PER_CALL} outputs in one call; dropping the rest"
-            );
+        self.sent_bytes = self.sent_bytes.saturating_add(bytes);
+        if self.sent > MAX_OUTPUTS_PER_CALL || self.sent_bytes > MAX_OUTPUT_BYTES_PER_CALL {
+            if !self.over_budget {
+                self.over_budget = true;
+                tracing::warn!(
+                    "custom executor sent more than {MAX_OUTPUTS_PER_CALL} outputs or \
+                     {MAX_OUTPUT_BYTES_PER_CALL} bytes in one call; dropping the rest"
+                );
+            }
+            return;
         }
-        if self.sent <= MAX_OUTPUTS_PER_CALL {
-            let _ = self.out.send(output);
-        }
+        let _ = self.out.send(output);
     }
 }
 
@@ -119,11 +130,15 @@ impl Host for StoreState<ExecutorHost> {
             WitTaskState::TaskError => ExecutorTaskState::Error,
         };
         let message = truncate(message, MAX_LOG_LINE);
-        self.wasi.emit(ExecutorOutput::Status {
-            task_id,
-            state,
-            message,
-        });
+        let bytes = task_id.len() + message.len();
+        self.wasi.emit(
+            ExecutorOutput::Status {
+                task_id,
+                state,
+                message,
+            },
+            bytes,
+        );
     }
 
     fn send_message(&mut self, data: Vec<u8>) {
@@ -134,12 +149,14 @@ impl Host for StoreState<ExecutorHost> {
             );
             return;
         }
-        self.wasi.emit(ExecutorOutput::Message(data));
+        let bytes = data.len();
+        self.wasi.emit(ExecutorOutput::Message(data), bytes);
     }
 
     fn log(&mut self, line: String) {
-        self.wasi
-            .emit(ExecutorOutput::Log(truncate(line, MAX_LOG_LINE)));
+        let line = truncate(line, MAX_LOG_LINE);
+        let bytes = line.len();
+        self.wasi.emit(ExecutorOutput::Log(line), bytes);
     }
 }
 
@@ -200,6 +217,8 @@ impl Sandbox {
             },
             out,
             sent: 0,
+            sent_bytes: 0,
+            over_budget: false,
         };
         let memory_bytes = spec.memory_bytes.min(self.config.max_memory_bytes);
         let engine = pre.instance_pre().component().engine().clone();
@@ -279,7 +298,10 @@ impl ExecutorInstance {
             Box<dyn std::future::Future<Output = wasmtime::Result<R>> + Send + 'a>,
         >,
     ) -> Result<R, Exit> {
-        self.store.data_mut().wasi.sent = 0;
+        let host = &mut self.store.data_mut().wasi;
+        host.sent = 0;
+        host.sent_bytes = 0;
+        host.over_budget = false;
         let deadline = self.spec.timeout.map(|t| Instant::now() + t);
         let result = guarded(f(&self.bindings, &mut self.store), &self.cancel, deadline).await;
         let refused = self.store.data().limiter.refused;

@@ -28,13 +28,25 @@ impl WasiView for StoreState<WasiP2> {
 }
 
 /// Creates the output file now, so a silent task still has one to read, but keeps
-/// no descriptor open: an idle task costs no file descriptors for its output.
+/// no descriptor open: an idle task costs no file descriptors for its output. A
+/// custom executor's directory outlives its instances, so the name may be anything
+/// a guest left there: never follow a link, never block on a FIFO, and accept a
+/// regular file only.
 fn touch(path: &Path) -> Result<PathBuf, SandboxError> {
-    std::fs::File::options()
+    use std::os::unix::fs::OpenOptionsExt;
+    const O_NOFOLLOW: i32 = 0o400_000;
+    const O_NONBLOCK: i32 = 0o4_000;
+    let setup = |why: String| SandboxError::Setup(format!("creating {}: {why}", path.display()));
+    let file = std::fs::File::options()
         .create(true)
         .append(true)
+        .custom_flags(O_NOFOLLOW | O_NONBLOCK)
         .open(path)
-        .map_err(|e| SandboxError::Setup(format!("creating {}: {e}", path.display())))?;
+        .map_err(|e| setup(e.to_string()))?;
+    let regular = file.metadata().map(|m| m.is_file()).unwrap_or(false);
+    if !regular {
+        return Err(setup("not a regular file".into()));
+    }
     Ok(path.to_owned())
 }
 

@@ -418,3 +418,21 @@ fn a_full_instance_pool_is_a_launch_failure_not_a_guest_trap() {
     cancel.cancel();
     assert_eq!(holder.join().unwrap().exit, Exit::Killed);
 }
+
+#[test]
+fn a_link_left_in_place_of_stdout_is_never_followed() {
+    let sb = sandbox();
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("created-by-the-host");
+    std::os::unix::fs::symlink(&target, dir.path().join("stdout")).unwrap();
+    let program = sb
+        .compile(&wat::parse_str(WRITE_STDOUT).unwrap(), false)
+        .unwrap();
+    let err = sb
+        .run_blocking(&program, &spec(&dir), &CancelHandle::default())
+        .err()
+        .unwrap();
+    assert!(matches!(err, SandboxError::Setup(_)), "{err}");
+    assert!(!target.exists(), "the host followed the guest's link");
+}

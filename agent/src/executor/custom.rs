@@ -22,6 +22,10 @@ use tokio::sync::mpsc;
 
 use super::task::{Reporter, caps, read_program};
 
+/// Caps on a custom executor's own memory and sandbox (see `instantiate`).
+const MAX_EXECUTOR_MEMORY: usize = 256 << 20;
+const MAX_EXECUTOR_DISK: u64 = 1 << 30;
+
 pub(super) enum CustomCall {
     Launch {
         task: Box<TaskInfo>,
@@ -69,6 +73,7 @@ pub(super) fn start(context: Context) -> CustomExecutor {
         out_rx,
         live: HashMap::new(),
         kill_deadlines: HashMap::new(),
+        last_state: HashMap::new(),
     };
     tokio::spawn(actor.run(rx));
     CustomExecutor { calls }
@@ -84,6 +89,8 @@ struct Actor {
     live: HashMap<String, Reporter>,
     /// Tasks asked to die, and when they are reported killed if the executor has not.
     kill_deadlines: HashMap<String, Instant>,
+    /// The last state each live task reported.
+    last_state: HashMap<String, TaskState>,
 }
 
 impl Actor {
@@ -234,6 +241,7 @@ impl Actor {
             .collect();
         for task_id in due {
             self.kill_deadlines.remove(&task_id);
+            self.last_state.remove(&task_id);
             if let Some(reporter) = self.live.remove(&task_id) {
                 reporter.send(
                     TaskState::TaskKilled,
@@ -262,6 +270,7 @@ impl Actor {
         tracing::warn!(executor_id = %self.context.executor_id, why, "custom executor terminated");
         self.instance = None;
         self.kill_deadlines.clear();
+        self.last_state.clear();
         for (_, reporter) in self.live.drain() {
             reporter.send(
                 TaskState::TaskFailed,
@@ -305,6 +314,11 @@ impl Actor {
             ExecutorTaskState::Killed => TaskState::TaskKilled,
             ExecutorTaskState::Error => TaskState::TaskError,
         };
+        // A repeated non-terminal state adds nothing but another checkpointed,
+        // acknowledged update: dropped.
+        if !state.is_terminal() && self.last_state.get(&task_id) == Some(&state) {
+            return;
+        }
         let Some(reporter) = self.live.get(&task_id) else {
             tracing::warn!(executor_id = %self.context.executor_id, task_id, "status for a task this executor does not hold; dropped");
             return;
@@ -313,6 +327,9 @@ impl Actor {
         if state.is_terminal() {
             self.live.remove(&task_id);
             self.kill_deadlines.remove(&task_id);
+            self.last_state.remove(&task_id);
+        } else {
+            self.last_state.insert(task_id, state);
         }
     }
 }
@@ -347,7 +364,11 @@ async fn instantiate(
             "{value} is a command, not a custom executor (the cairn:executor world)"
         ));
     }
+    // ExecutorInfo resources are not yet charged against the framework's offers, so
+    // what an executor may take is capped here.
     let (memory_bytes, disk_bytes) = caps(&info.resources)?;
+    let memory_bytes = memory_bytes.min(MAX_EXECUTOR_MEMORY);
+    let disk_bytes = disk_bytes.min(MAX_EXECUTOR_DISK);
     let dir = context.directory.join("custom").join(&context.executor_id);
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let spec = RunSpec {

@@ -182,7 +182,9 @@ impl LeaderHandle {
     /// leader is too busy to answer within PUBLISH_WAIT, its last published one.
     pub async fn fresh_snapshot(&self) -> Arc<MasterSnapshot> {
         let (reply, done) = oneshot::channel();
-        if self.inputs.send(Input::Publish { reply }).await.is_ok() {
+        // A full input queue means a busy leader: take the last snapshot rather than
+        // queue behind (or ahead of) the work.
+        if self.inputs.try_send(Input::Publish { reply }).is_ok() {
             let _ = tokio::time::timeout(PUBLISH_WAIT, done).await;
         }
         self.snapshot.borrow().clone()
