@@ -39,14 +39,21 @@ pub(super) enum CustomCall {
     Shutdown,
 }
 
-/// The executor process's handle on one custom executor.
+/// The executor process's handle on one custom executor. Kills and the shutdown go
+/// on a queue of their own, served first: a framework flooding its executor with
+/// messages cannot hold a kill back behind them.
 pub(super) struct CustomExecutor {
     calls: mpsc::UnboundedSender<CustomCall>,
+    urgent: mpsc::UnboundedSender<CustomCall>,
 }
 
 impl CustomExecutor {
     pub(super) fn send(&self, call: CustomCall) {
-        let _ = self.calls.send(call);
+        let queue = match call {
+            CustomCall::Kill { .. } | CustomCall::Shutdown => &self.urgent,
+            CustomCall::Launch { .. } | CustomCall::Message(_) => &self.calls,
+        };
+        let _ = queue.send(call);
     }
 }
 
@@ -64,6 +71,7 @@ pub(super) struct Context {
 
 pub(super) fn start(context: Context) -> CustomExecutor {
     let (calls, rx) = mpsc::unbounded_channel();
+    let (urgent, urgent_rx) = mpsc::unbounded_channel();
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let actor = Actor {
         context,
@@ -74,9 +82,10 @@ pub(super) fn start(context: Context) -> CustomExecutor {
         live: HashMap::new(),
         kill_deadlines: HashMap::new(),
         last_state: HashMap::new(),
+        killed_early: Default::default(),
     };
-    tokio::spawn(actor.run(rx));
-    CustomExecutor { calls }
+    tokio::spawn(actor.run(urgent_rx, rx));
+    CustomExecutor { calls, urgent }
 }
 
 struct Actor {
@@ -91,10 +100,16 @@ struct Actor {
     kill_deadlines: HashMap<String, Instant>,
     /// The last state each live task reported.
     last_state: HashMap<String, TaskState>,
+    /// Tasks killed before their launch was handled.
+    killed_early: std::collections::HashSet<String>,
 }
 
 impl Actor {
-    async fn run(mut self, mut calls: mpsc::UnboundedReceiver<CustomCall>) {
+    async fn run(
+        mut self,
+        mut urgent: mpsc::UnboundedReceiver<CustomCall>,
+        mut calls: mpsc::UnboundedReceiver<CustomCall>,
+    ) {
         loop {
             let next_expiry = self.kill_deadlines.values().min().copied();
             let expiry = async {
@@ -103,17 +118,23 @@ impl Actor {
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                call = calls.recv() => match call {
-                    Some(CustomCall::Launch { task, sandbox }) => self.launch(*task, &sandbox).await,
-                    Some(CustomCall::Kill { task_id, grace }) => self.kill(task_id, grace).await,
-                    Some(CustomCall::Message(data)) => self.message(data).await,
-                    Some(CustomCall::Shutdown) | None => {
-                        self.shutdown().await;
-                        return;
-                    }
-                },
-                () = expiry => self.expire_kills(),
+            let call = tokio::select! {
+                biased;
+                () = expiry => {
+                    self.expire_kills();
+                    continue;
+                }
+                Some(call) = urgent.recv() => Some(call),
+                call = calls.recv() => call,
+            };
+            match call {
+                Some(CustomCall::Launch { task, sandbox }) => self.launch(*task, &sandbox).await,
+                Some(CustomCall::Kill { task_id, grace }) => self.kill(task_id, grace).await,
+                Some(CustomCall::Message(data)) => self.message(data).await,
+                Some(CustomCall::Shutdown) | None => {
+                    self.shutdown().await;
+                    return;
+                }
             }
         }
     }
@@ -123,6 +144,16 @@ impl Actor {
             task,
             tx: self.context.statuses.clone(),
         };
+        let task_id = reporter.task.task_id.clone().unwrap_or_default().value;
+        if self.killed_early.remove(&task_id) {
+            reporter.send(
+                TaskState::TaskKilled,
+                "killed before it reached the executor".into(),
+                None,
+                Vec::new(),
+            );
+            return;
+        }
         if self.instance.is_none() {
             let started = instantiate(
                 &self.context,
@@ -145,7 +176,6 @@ impl Actor {
                 }
             }
         }
-        let task_id = reporter.task.task_id.clone().unwrap_or_default().value;
         let command = reporter.task.command.clone().unwrap_or_default();
         let arguments = command.arguments.clone();
         let environment = command
@@ -183,6 +213,8 @@ impl Actor {
 
     async fn kill(&mut self, task_id: String, grace: Duration) {
         if !self.live.contains_key(&task_id) {
+            // Kills overtake launches (see `CustomExecutor`): this one may be queued.
+            self.killed_early.insert(task_id);
             return;
         }
         let result = match self.instance.as_mut() {
