@@ -181,6 +181,15 @@ async fn a_custom_executor_runs_several_tasks_and_talks_to_its_framework() {
         "{:?}",
         seen.last("stubborn")
     );
+    // The executor holds no live task now, and still takes messages: the stubborn
+    // task it never let go of is still in its count.
+    let count = message_to(&agent, "kv", "count");
+    assert_eq!(scheduler.call(count).await.0, 202);
+    until(&scheduler, &mut events, &mut seen, |s| {
+        s.messages.len() == 2
+    })
+    .await;
+    assert_eq!(seen.messages[1], base64_encode(b"waiting 1"));
     // A message to a custom executor the framework does not have is a 404.
     let stranger = message_to(&agent, "nobody", "count");
     assert_eq!(scheduler.call(stranger).await.0, 404);

@@ -157,6 +157,15 @@ impl Leader {
         }
         tracing::info!(agent_id, hostname = %info.hostname, resources = %total, "agent registered");
         self.allocator.add_agent(&agent_id, total, allocations);
+        let custom_executors = self
+            .tasks
+            .values()
+            .filter(|t| t.agent_id == agent_id)
+            .filter_map(|t| {
+                let id = t.info.executor.as_ref()?.executor_id.as_ref()?;
+                Some((t.framework_id.clone(), id.value.clone()))
+            })
+            .collect();
         self.agents.insert(
             agent_id.clone(),
             AgentEntry {
@@ -165,6 +174,7 @@ impl Leader {
                 offered: Resources::new(),
                 conn: Some((conn, sender)),
                 last_seen: std::time::Instant::now(),
+                custom_executors,
             },
         );
         Ok((agent_id, conn))

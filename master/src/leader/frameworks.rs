@@ -279,7 +279,7 @@ impl Leader {
     }
 
     /// A framework has one executor process per agent, `cairn-executor-<framework
-    /// id>`; with `custom`, also the custom executors its live tasks there name
+    /// id>`; with `custom`, also the custom executors its tasks there have named
     /// (hosted by that process). A call naming another, or an unknown agent, is a 404.
     fn check_executor(
         &self,
@@ -293,14 +293,9 @@ impl Leader {
             value: framework_id.to_owned(),
         });
         let custom_here = || {
-            self.tasks.values().any(|t| {
-                t.framework_id == framework_id
-                    && t.agent_id == agent_id
-                    && t.info
-                        .executor
-                        .as_ref()
-                        .and_then(|e| e.executor_id.as_ref())
-                        .is_some_and(|e| e.value == executor_id)
+            self.agents.get(agent_id).is_some_and(|a| {
+                a.custom_executors
+                    .contains(&(framework_id.to_owned(), executor_id.to_owned()))
             })
         };
         let known = executor_id == ours.value || (custom && custom_here());
@@ -588,6 +583,11 @@ impl Leader {
         let task_id = task.task_id.clone().unwrap_or_default().value;
         if let Some(agent) = self.agents.get_mut(agent_id) {
             agent.used = agent.used.add(&resources);
+            if let Some(id) = task.executor.as_ref().and_then(|e| e.executor_id.as_ref()) {
+                agent
+                    .custom_executors
+                    .insert((framework_id.to_owned(), id.value.clone()));
+            }
         }
         self.tasks.insert(
             (framework_id.to_owned(), task_id.clone()),

@@ -118,6 +118,9 @@ struct AgentEntry {
     conn: Option<(u64, AgentSender)>,
     /// When the agent was last heard from.
     last_seen: Instant,
+    /// (framework id, executor id) of the custom executors tasks here have named: a
+    /// MESSAGE may reach them even when they hold no task.
+    custom_executors: std::collections::HashSet<(String, String)>,
 }
 
 struct FrameworkEntry {
