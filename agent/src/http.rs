@@ -21,23 +21,48 @@ const MAX_READ: u64 = 1 << 20;
 #[derive(Clone)]
 struct HttpState {
     snapshot: watch::Receiver<Arc<AgentSnapshot>>,
+    core: tokio::sync::mpsc::Sender<crate::core::Input>,
     paths: crate::paths::Paths,
 }
 
-pub fn router(snapshot: watch::Receiver<Arc<AgentSnapshot>>, paths: crate::paths::Paths) -> Router {
+impl HttpState {
+    /// The agent's state as of every input its core handled before this call, or
+    /// the last published one if the core is too busy to answer within a second.
+    async fn snapshot(&self) -> Arc<AgentSnapshot> {
+        let (reply, done) = tokio::sync::oneshot::channel();
+        if self
+            .core
+            .try_send(crate::core::Input::Publish(reply))
+            .is_ok()
+        {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), done).await;
+        }
+        self.snapshot.borrow().clone()
+    }
+}
+
+pub fn router(
+    snapshot: watch::Receiver<Arc<AgentSnapshot>>,
+    core: tokio::sync::mpsc::Sender<crate::core::Input>,
+    paths: crate::paths::Paths,
+) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/state", get(state))
         .route("/files/read", get(read))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such endpoint\n") })
-        .with_state(HttpState { snapshot, paths })
+        .with_state(HttpState {
+            snapshot,
+            core,
+            paths,
+        })
 }
 
 /// Healthy while the agent can keep its promises: an unwritable checkpoint holds
 /// every update and launch back, and says so here.
 async fn health(State(s): State<HttpState>) -> Response {
-    let snap = s.snapshot.borrow().clone();
+    let snap = s.snapshot().await;
     match &snap.checkpoint_error {
         None => "ok\n".into_response(),
         Some(e) => (
@@ -49,7 +74,7 @@ async fn health(State(s): State<HttpState>) -> Response {
 }
 
 async fn metrics(State(s): State<HttpState>) -> Response {
-    let snap = s.snapshot.borrow().clone();
+    let snap = s.snapshot().await;
     let gauges = crate::metrics::Gauges {
         tasks: snap.tasks.len(),
         executors: snap.executors.len(),
@@ -66,7 +91,7 @@ async fn metrics(State(s): State<HttpState>) -> Response {
 }
 
 async fn state(State(s): State<HttpState>) -> Json<serde_json::Value> {
-    let snap = s.snapshot.borrow().clone();
+    let snap = s.snapshot().await;
     Json(json!({
         "version": cairn_api::VERSION,
         "id": snap.agent_id,

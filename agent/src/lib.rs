@@ -140,13 +140,13 @@ impl Agent {
             core::Core::recover(paths.clone(), config, self.info, launcher, self.checkpoint);
         tokio::spawn(core.run(rx));
         tokio::spawn(executors::serve_socket(listener, tx.clone()));
-        tokio::spawn(master_link::run(self.config.master.clone(), tx));
+        tokio::spawn(master_link::run(self.config.master.clone(), tx.clone()));
         tracing::info!(
             http = %self.http.local_addr()?,
             work_dir = %self.config.work_dir.display(),
             "agent running"
         );
-        axum::serve(self.http, http::router(snapshot, paths))
+        axum::serve(self.http, http::router(snapshot, tx, paths))
             .await
             .context("serving the agent API")
     }

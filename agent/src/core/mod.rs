@@ -30,6 +30,9 @@ use crate::paths::Paths;
 pub use executors::ExecutorLink;
 
 pub enum Input {
+    /// Publish a fresh snapshot (if anything changed) before replying: the agent's
+    /// HTTP API reflects every input handled before a request.
+    Publish(oneshot::Sender<()>),
     /// The master link needs the registration to send (it carries our task list).
     Registration(oneshot::Sender<RegisterAgent>),
     MasterConnected {
@@ -126,6 +129,8 @@ const MAX_UPDATE_RETRY: Duration = Duration::from_secs(600);
 /// Inputs handled per batch, and so per sync at most.
 const MAX_BATCH: usize = 512;
 const TICK: Duration = Duration::from_millis(200);
+/// The longest a busy agent goes without publishing its snapshot unasked.
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
 struct CommitFailure {
     error: String,
@@ -143,6 +148,8 @@ pub struct Core {
     /// order, as it drains. Dropping them would leave updates to the (much slower)
     /// resend timer under a burst.
     to_master: std::collections::VecDeque<AgentMessage>,
+    /// Something changed since the last published snapshot.
+    dirty: bool,
     checkpoint: Checkpoint,
     links: HashMap<String, ExecutorLink>,
     outbox: Vec<Effect>,
@@ -181,6 +188,7 @@ impl Core {
             launcher,
             master: None,
             to_master: Default::default(),
+            dirty: true,
             checkpoint,
             links: HashMap::new(),
             outbox: Vec::new(),
@@ -200,10 +208,19 @@ impl Core {
     pub async fn run(mut self, mut rx: mpsc::Receiver<Input>) {
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
         let mut tick = tokio::time::interval(TICK);
+        let mut last_publish = Instant::now();
         loop {
             tokio::select! {
                 input = rx.recv() => {
                     let Some(input) = input else { return };
+                    if let Input::Publish(reply) = input {
+                        if self.dirty {
+                            self.publish();
+                            last_publish = Instant::now();
+                        }
+                        let _ = reply.send(());
+                        continue;
+                    }
                     self.handle(input);
                     for _ in 1..MAX_BATCH {
                         match rx.try_recv() {
@@ -224,12 +241,22 @@ impl Core {
             }
             self.settle();
             self.flush_to_master();
-            self.publish();
+            // The snapshot walks every task: built when the API asks (Input::Publish)
+            // or once a second, never per input.
+            self.dirty = true;
+            if last_publish.elapsed() >= PUBLISH_EVERY {
+                self.publish();
+                last_publish = Instant::now();
+            }
         }
     }
 
     fn handle(&mut self, input: Input) {
         match input {
+            Input::Publish(reply) => {
+                self.publish();
+                let _ = reply.send(());
+            }
             Input::Registration(reply) => self.outbox.push(Effect::Registration(reply)),
             Input::MasterConnected {
                 agent_id,
@@ -479,7 +506,8 @@ impl Core {
         }
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
+        self.dirty = false;
         let state = &self.checkpoint.state;
         let tasks = state
             .tasks
