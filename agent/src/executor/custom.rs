@@ -66,6 +66,8 @@ pub(super) struct Context {
     pub(super) statuses: mpsc::UnboundedSender<TaskStatus>,
     /// Framework messages it sends: (its executor id, data).
     pub(super) messages: mpsc::UnboundedSender<(String, Vec<u8>)>,
+    /// Told the executor id if the actor dies of a bug, so its tasks can be failed.
+    pub(super) died: mpsc::UnboundedSender<String>,
     pub(super) call_timeout: Duration,
 }
 
@@ -84,7 +86,19 @@ pub(super) fn start(context: Context) -> CustomExecutor {
         last_state: HashMap::new(),
         killed_early: Default::default(),
     };
-    tokio::spawn(actor.run(urgent_rx, rx));
+    let (executor_id, died) = (
+        actor.context.executor_id.clone(),
+        actor.context.died.clone(),
+    );
+    let running = tokio::spawn(actor.run(urgent_rx, rx));
+    tokio::spawn(async move {
+        if let Err(e) = running.await
+            && e.is_panic()
+        {
+            tracing::error!(executor_id, "a custom executor's actor panicked");
+            let _ = died.send(executor_id);
+        }
+    });
     CustomExecutor { calls, urgent }
 }
 

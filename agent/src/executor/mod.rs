@@ -60,6 +60,7 @@ struct Executor {
     /// Custom executors by executor id.
     customs: HashMap<String, custom::CustomExecutor>,
     messages: mpsc::UnboundedSender<(String, Vec<u8>)>,
+    died: mpsc::UnboundedSender<String>,
     /// Every task this executor ever started: a task runs at most once, whatever
     /// the agent resends.
     started: std::collections::HashSet<String>,
@@ -88,12 +89,14 @@ pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
     let sandbox = Sandbox::new(config).context("setting up the wasm sandbox")?;
     let (statuses, mut status_rx) = mpsc::unbounded_channel();
     let (messages, mut message_rx) = mpsc::unbounded_channel();
+    let (died, mut died_rx) = mpsc::unbounded_channel();
     let mut executor = Executor {
         args,
         sandbox,
         running: HashMap::new(),
         customs: HashMap::new(),
         messages,
+        died,
         started: std::collections::HashSet::new(),
         unacked: Vec::new(),
         statuses,
@@ -125,6 +128,7 @@ pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
                         break;
                     }
                 }
+                Some(executor_id) = died_rx.recv() => executor.custom_died(&executor_id),
                 Some((executor_id, data)) = message_rx.recv() => {
                     let call = ExecutorCall {
                         call: Some(executor_call::Call::Message(ExecutorMessage {
@@ -152,6 +156,29 @@ pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
             return Ok(());
         }
         tracing::warn!("lost the agent; tasks keep running while it recovers");
+    }
+}
+
+/// A status update the executor process itself reports for a task.
+fn status(
+    task_id: &str,
+    state: cairn_api::v1::TaskState,
+    message: String,
+    reason: Option<cairn_api::v1::task_status::Reason>,
+) -> TaskStatus {
+    TaskStatus {
+        task_id: Some(TaskId {
+            value: task_id.to_owned(),
+        }),
+        state: state as i32,
+        message,
+        reason: reason.map(|r| r as i32),
+        uuid: cairn_api::ids::new_update_uuid(),
+        timestamp: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default(),
+        ..Default::default()
     }
 }
 
@@ -250,19 +277,12 @@ impl Executor {
                     return false;
                 };
                 if kill.report_killing {
-                    let _ = self.statuses.send(TaskStatus {
-                        task_id: Some(TaskId {
-                            value: task_id.clone(),
-                        }),
-                        state: cairn_api::v1::TaskState::TaskKilling as i32,
-                        message: "killing the task".into(),
-                        uuid: cairn_api::ids::new_update_uuid(),
-                        timestamp: std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map(|d| d.as_secs_f64())
-                            .unwrap_or_default(),
-                        ..Default::default()
-                    });
+                    let _ = self.statuses.send(status(
+                        &task_id,
+                        cairn_api::v1::TaskState::TaskKilling,
+                        "killing the task".into(),
+                        None,
+                    ));
                 }
                 match running {
                     // A WASI command has no signal to catch, so there is nothing to
@@ -308,6 +328,22 @@ impl Executor {
         false
     }
 
+    /// A custom executor's actor died of a bug: its tasks fail, and the next task for
+    /// it starts a new one.
+    fn custom_died(&mut self, executor_id: &str) {
+        self.customs.remove(executor_id);
+        for (task_id, running) in &self.running {
+            if matches!(running, Running::Custom(id) if id == executor_id) {
+                let _ = self.statuses.send(status(
+                    task_id,
+                    cairn_api::v1::TaskState::TaskFailed,
+                    format!("executor {executor_id} failed"),
+                    Some(cairn_api::v1::task_status::Reason::ExecutorTerminated),
+                ));
+            }
+        }
+    }
+
     /// Kills every command task and shuts every custom executor down.
     fn kill_all(&self) {
         for running in self.running.values() {
@@ -343,6 +379,7 @@ impl Executor {
                     directory: self.args.directory.clone(),
                     statuses: self.statuses.clone(),
                     messages: self.messages.clone(),
+                    died: self.died.clone(),
                     call_timeout: self.args.custom_call_timeout,
                 })
             });

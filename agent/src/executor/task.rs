@@ -32,18 +32,10 @@ impl Reporter {
         reason: Option<Reason>,
         labels: Vec<Label>,
     ) {
+        let task_id = self.task.task_id.clone().unwrap_or_default().value;
         let status = TaskStatus {
-            task_id: self.task.task_id.clone(),
-            state: state as i32,
-            message,
-            reason: reason.map(|r| r as i32),
-            uuid: cairn_api::ids::new_update_uuid(),
-            timestamp: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or_default(),
             labels: (!labels.is_empty()).then_some(Labels { labels }),
-            ..Default::default()
+            ..super::status(&task_id, state, message, reason)
         };
         let _ = self.tx.send(status);
     }
@@ -59,7 +51,22 @@ pub(super) fn launch(
     cancel: CancelHandle,
 ) {
     let reporter = Reporter { task, tx };
-    tokio::spawn(async move { run(sandbox, &reporter, dir, &cancel).await });
+    let watcher = reporter.clone();
+    let running = tokio::spawn(async move { run(sandbox, &reporter, dir, &cancel).await });
+    // A bug that panics the run must not leave its task non-terminal forever.
+    tokio::spawn(async move {
+        if let Err(e) = running.await
+            && e.is_panic()
+        {
+            tracing::error!("a task's run panicked; failing the task");
+            watcher.send(
+                TaskState::TaskFailed,
+                "the executor failed while running the task".into(),
+                Some(Reason::ExecutorTerminated),
+                Vec::new(),
+            );
+        }
+    });
 }
 
 async fn run(sandbox: Arc<Sandbox>, reporter: &Reporter, dir: PathBuf, cancel: &CancelHandle) {
