@@ -30,6 +30,8 @@ pub(crate) struct DiskBudget {
     /// counted as written, even if the guest unlinks them).
     polled: AtomicU64,
     pub(crate) exceeded: AtomicBool,
+    /// A background measurement is under way.
+    polling: AtomicBool,
     dir: PathBuf,
     outputs: [PathBuf; 2],
 }
@@ -41,6 +43,7 @@ impl DiskBudget {
             output: AtomicU64::new(0),
             polled: AtomicU64::new(0),
             exceeded: AtomicBool::new(false),
+            polling: AtomicBool::new(false),
             dir: dir.to_owned(),
             outputs: [stdout.to_owned(), stderr.to_owned()],
         })
@@ -54,6 +57,28 @@ impl DiskBudget {
             self.exceeded.store(true, Ordering::Relaxed);
         }
         within
+    }
+
+    /// Starts a measurement on tokio's blocking pool unless one is under way, and
+    /// says whether the quota is already known to be exceeded. The walk can take a
+    /// while (a guest may make many small files) and must not hold up the runtime
+    /// threads other tasks run on.
+    pub(crate) fn poll_in_background(self: &Arc<Self>) -> bool {
+        if !self.polling.swap(true, Ordering::AcqRel) {
+            let budget = self.clone();
+            let started = tokio::runtime::Handle::try_current().map(|rt| {
+                rt.spawn_blocking(move || {
+                    budget.poll();
+                    budget.polling.store(false, Ordering::Release);
+                })
+            });
+            if started.is_err() {
+                // No runtime (a caller outside tokio): measure here.
+                self.poll();
+                self.polling.store(false, Ordering::Release);
+            }
+        }
+        self.exceeded.load(Ordering::Relaxed)
     }
 
     /// Measures the sandbox (files the guest wrote through WASI) and notes whether it

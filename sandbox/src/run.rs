@@ -151,7 +151,7 @@ pub(crate) fn new_store<W: Send + 'static>(
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
         ticks = ticks.wrapping_add(1);
-        if ticks.is_multiple_of(DISK_POLL_TICKS) && disk.poll() {
+        if ticks.is_multiple_of(DISK_POLL_TICKS) && disk.poll_in_background() {
             return Err(DiskLimitExceeded.into());
         }
         Ok(UpdateDeadline::YieldCustom(
