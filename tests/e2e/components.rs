@@ -275,5 +275,27 @@ async fn components_of_the_wrong_kind_fail_their_tasks_with_a_reason() {
         );
         assert!(message.contains(needle), "{task}: {message}");
     }
+    // Tasks of one executor id must describe the same executor.
+    for (task, component, words) in [
+        ("dup-first", "executor", "wait"),
+        ("dup-second", "hello-p2", "sum 1"),
+    ] {
+        let offer = loop {
+            let offers = events.next_of("OFFERS").await;
+            if let Some(o) = offers["offers"]["offers"].get(0) {
+                break o.clone();
+            }
+        };
+        let t = executor_task_of(task, &agent, "dup", component, words);
+        assert_eq!(scheduler.call(accept(&offer, vec![t])).await.0, 202);
+        until(&scheduler, &mut events, &mut seen, |s| {
+            matches!(s.state(task), "TASK_RUNNING" | "TASK_FAILED")
+        })
+        .await;
+    }
+    assert_eq!(seen.state("dup-first"), "TASK_RUNNING");
+    let (state, message, _) = seen.last("dup-second").unwrap();
+    assert_eq!(state, "TASK_FAILED");
+    assert!(message.contains("different ExecutorInfo"), "{message}");
     cluster.assert_no_panics();
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn_api::v1::{TaskInfo, TaskState, TaskStatus, task_status::Reason};
+use cairn_api::v1::{ExecutorInfo, TaskInfo, TaskState, TaskStatus, task_status::Reason};
 use cairn_sandbox::{
     CancelHandle, ExecutorInstance, ExecutorOutput, ExecutorTask, ExecutorTaskState, Exit, Limit,
     ProgramKind, RunSpec, Sandbox,
@@ -85,6 +85,7 @@ pub(super) fn start(context: Context) -> CustomExecutor {
         kill_deadlines: HashMap::new(),
         last_state: HashMap::new(),
         killed_early: Default::default(),
+        info: None,
     };
     let (executor_id, died) = (
         actor.context.executor_id.clone(),
@@ -116,6 +117,8 @@ struct Actor {
     last_state: HashMap<String, TaskState>,
     /// Tasks killed before their launch was handled.
     killed_early: std::collections::HashSet<String>,
+    /// The ExecutorInfo the running instance was started from.
+    info: Option<ExecutorInfo>,
 }
 
 impl Actor {
@@ -168,6 +171,26 @@ impl Actor {
             );
             return;
         }
+        // Every task of one executor id must describe the same executor, as Mesos
+        // requires: the instance was started from the first one.
+        let info = reporter.task.executor.clone().unwrap_or_default();
+        match &self.info {
+            Some(first) if !same_executor(first, &info) => {
+                reporter.send(
+                    TaskState::TaskFailed,
+                    format!(
+                        "executor {} is running with a different ExecutorInfo (component, \
+                         URIs, resources or container); tasks of one executor id must \
+                         describe the same executor",
+                        self.context.executor_id
+                    ),
+                    Some(Reason::ContainerLaunchFailed),
+                    Vec::new(),
+                );
+                return;
+            }
+            _ => {}
+        }
         if self.instance.is_none() {
             let started = instantiate(
                 &self.context,
@@ -178,7 +201,10 @@ impl Actor {
             )
             .await;
             match started {
-                Ok(instance) => self.instance = Some(instance),
+                Ok(instance) => {
+                    self.instance = Some(instance);
+                    self.info = Some(info);
+                }
                 Err(why) => {
                     reporter.send(
                         TaskState::TaskFailed,
@@ -315,6 +341,7 @@ impl Actor {
         };
         tracing::warn!(executor_id = %self.context.executor_id, why, "custom executor terminated");
         self.instance = None;
+        self.info = None;
         self.kill_deadlines.clear();
         self.last_state.clear();
         for (_, reporter) in self.live.drain() {
@@ -436,4 +463,12 @@ async fn instantiate(
         .start_executor(&compiled, &spec, cancel, out.clone())
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Whether two ExecutorInfos describe the same executor (its name aside).
+fn same_executor(a: &ExecutorInfo, b: &ExecutorInfo) -> bool {
+    a.executor_id == b.executor_id
+        && a.command == b.command
+        && a.resources == b.resources
+        && a.container == b.container
 }
