@@ -193,6 +193,29 @@ async fn a_custom_executor_runs_several_tasks_and_talks_to_its_framework() {
     // A message to a custom executor the framework does not have is a 404.
     let stranger = message_to(&agent, "nobody", "count");
     assert_eq!(scheduler.call(stranger).await.0, 404);
+    // SHUTDOWN naming the custom executor ends it alone, killing its tasks; it is
+    // then unknown.
+    let offer = loop {
+        let offers = events.next_of("OFFERS").await;
+        if let Some(o) = offers["offers"]["offers"].get(0) {
+            break o.clone();
+        }
+    };
+    let wait_c = executor_task("wait-c", &agent, "kv", "wait");
+    assert_eq!(scheduler.call(accept(&offer, vec![wait_c])).await.0, 202);
+    until(&scheduler, &mut events, &mut seen, |s| {
+        s.state("wait-c") == "TASK_RUNNING"
+    })
+    .await;
+    let shutdown = json!({"type": "SHUTDOWN", "shutdown": {
+        "agent_id": agent, "executor_id": {"value": "kv"}}});
+    assert_eq!(scheduler.call(shutdown).await.0, 202);
+    until(&scheduler, &mut events, &mut seen, |s| {
+        s.state("wait-c") == "TASK_KILLED"
+    })
+    .await;
+    let after = message_to(&agent, "kv", "count");
+    assert_eq!(scheduler.call(after).await.0, 404);
     cluster.assert_no_panics();
 }
 

@@ -158,7 +158,7 @@ impl Core {
             );
             let _ = tx.try_send(ExecutorEvent {
                 event: Some(executor_event::Event::Shutdown(
-                    cairn_api::internal::ExecutorShutdown {},
+                    cairn_api::internal::ExecutorShutdown { executor_id: None },
                 )),
             });
             return;

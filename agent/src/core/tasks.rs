@@ -50,6 +50,17 @@ impl Core {
                 let fw = s.framework_id.unwrap_or_default().value;
                 self.shutdown_framework(&fw);
             }
+            master_message::Message::ShutdownExecutor(s) => {
+                let fw = s.framework_id.unwrap_or_default().value;
+                // Hosted by the framework's executor process, which kills its tasks
+                // and reports them.
+                self.send_to_executor(
+                    fw,
+                    executor_event::Event::Shutdown(ExecutorShutdown {
+                        executor_id: s.executor_id,
+                    }),
+                );
+            }
         }
     }
 
@@ -315,7 +326,7 @@ impl Core {
                 .get_or_insert(std::time::Instant::now() + self.config.executor_shutdown_grace);
             self.send_to_executor(
                 fw.to_owned(),
-                executor_event::Event::Shutdown(ExecutorShutdown {}),
+                executor_event::Event::Shutdown(ExecutorShutdown { executor_id: None }),
             );
         }
     }

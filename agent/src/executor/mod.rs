@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use cairn_api::internal::{
-    ExecutorCall, ExecutorEvent, ExecutorHeartbeat, ExecutorMessage, ExecutorSubscribe,
-    ExecutorUpdate, executor_call, executor_event,
+    ExecutorCall, ExecutorEvent, ExecutorHeartbeat, ExecutorMessage, ExecutorShutdown,
+    ExecutorSubscribe, ExecutorUpdate, executor_call, executor_event,
 };
 use cairn_api::v1::{ExecutorId, FrameworkId, TaskId, TaskStatus};
 use cairn_sandbox::{CancelHandle, Sandbox, SandboxConfig};
@@ -316,6 +316,14 @@ impl Executor {
                         taken = false,
                         "framework message received"
                     ),
+                }
+            }
+            Some(executor_event::Event::Shutdown(ExecutorShutdown {
+                executor_id: Some(id),
+            })) => {
+                tracing::info!(executor_id = id.value, "custom executor shutdown requested");
+                if let Some(custom) = self.customs.remove(&id.value) {
+                    custom.send(custom::CustomCall::Shutdown);
                 }
             }
             Some(executor_event::Event::Shutdown(_)) => {

@@ -224,20 +224,39 @@ impl Leader {
                     &framework_id,
                     shutdown.executor_id.as_ref(),
                     &agent_id,
-                    false,
+                    true,
                 )?;
-                // One executor per framework per agent: shutting it down kills the
-                // framework's tasks there, and the agent reports them.
+                let ours = cairn_api::ids::executor_id_for(&FrameworkId {
+                    value: framework_id.clone(),
+                });
+                let executor_id = shutdown.executor_id.unwrap_or_default();
+                // The framework's executor process: shutting it down kills all the
+                // framework's tasks there. A custom executor: only its own tasks.
+                let message = if executor_id == ours {
+                    master_message::Message::ShutdownFramework(ShutdownFramework {
+                        framework_id: Some(FrameworkId {
+                            value: framework_id.clone(),
+                        }),
+                    })
+                } else {
+                    if let Some(agent) = self.agents.get_mut(&agent_id) {
+                        agent
+                            .custom_executors
+                            .remove(&(framework_id.clone(), executor_id.value.clone()));
+                    }
+                    master_message::Message::ShutdownExecutor(
+                        cairn_api::internal::ShutdownExecutor {
+                            framework_id: Some(FrameworkId {
+                                value: framework_id.clone(),
+                            }),
+                            executor_id: Some(executor_id),
+                        },
+                    )
+                };
                 self.send_to_agent(
                     &agent_id,
                     MasterMessage {
-                        message: Some(master_message::Message::ShutdownFramework(
-                            ShutdownFramework {
-                                framework_id: Some(FrameworkId {
-                                    value: framework_id.clone(),
-                                }),
-                            },
-                        )),
+                        message: Some(message),
                     },
                 );
                 Ok(())
