@@ -228,6 +228,13 @@ impl Flavor {
         )))
     }
 
+    /// The program already linked for this digest, counted as a memory hit.
+    fn linked(&self, digest: &[u8; 32]) -> Option<Program> {
+        let program = self.lock_programs().by_digest.get(digest).cloned()?;
+        self.cache.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+        Some(program)
+    }
+
     fn lock_programs(&self) -> std::sync::MutexGuard<'_, Programs> {
         // Entries are inserted whole, so a poisoned map is still consistent.
         self.programs.lock().unwrap_or_else(|p| p.into_inner())
@@ -266,24 +273,14 @@ impl Sandbox {
         };
         let flavor = if metered { &self.metered } else { &self.plain };
         let digest: [u8; 32] = Sha256::digest(bytes).into();
-        if let Some(program) = flavor.lock_programs().by_digest.get(&digest) {
-            flavor
-                .cache
-                .stats
-                .memory_hits
-                .fetch_add(1, Ordering::Relaxed);
-            return Ok(program.clone());
+        if let Some(program) = flavor.linked(&digest) {
+            return Ok(program);
         }
         // One compile at a time per engine: a thousand tasks launched at once with
         // the same new module compile it once, the rest wait and find it here.
         let _compiling = flavor.compiling.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(program) = flavor.lock_programs().by_digest.get(&digest) {
-            flavor
-                .cache
-                .stats
-                .memory_hits
-                .fetch_add(1, Ordering::Relaxed);
-            return Ok(program.clone());
+        if let Some(program) = flavor.linked(&digest) {
+            return Ok(program);
         }
         let kind = if component {
             flavor.link_component(&digest, bytes)?

@@ -6,9 +6,8 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use cairn_sandbox::{CacheConfig, CancelHandle, Exit, RunSpec, Sandbox, SandboxConfig};
+use cairn_sandbox::{CacheConfig, CancelHandle, Exit, Sandbox, SandboxConfig};
 use common::RunBlocking;
 
 const EXIT_WITH_7: &str = r#"(module
@@ -31,17 +30,7 @@ fn sandbox(dir: &std::path::Path, key: &[u8]) -> Arc<Sandbox> {
 /// Compiles (through the cache) and runs the module; returns its exit status.
 fn run(sandbox: &Sandbox, bytes: &[u8]) -> Exit {
     let dir = tempfile::tempdir().unwrap();
-    let spec = RunSpec {
-        args: vec!["t.wasm".into()],
-        env: vec![],
-        sandbox_dir: dir.path().to_path_buf(),
-        stdout: dir.path().join("stdout"),
-        stderr: dir.path().join("stderr"),
-        memory_bytes: 2 << 20,
-        fuel: None,
-        timeout: Some(Duration::from_secs(20)),
-        disk_bytes: 64 << 20,
-    };
+    let spec = common::spec(&dir);
     let program = sandbox.compile(bytes, false).unwrap();
     sandbox
         .run_blocking(&program, &spec, &CancelHandle::default())

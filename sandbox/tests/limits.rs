@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_sandbox::{CancelHandle, Exit, Limit, RunSpec, Sandbox, SandboxConfig, SandboxError};
-use common::RunBlocking;
+use common::{RunBlocking, spec};
 
 fn sandbox() -> Arc<Sandbox> {
     Sandbox::new(SandboxConfig {
@@ -15,20 +15,6 @@ fn sandbox() -> Arc<Sandbox> {
         ..Default::default()
     })
     .unwrap()
-}
-
-fn spec(dir: &tempfile::TempDir) -> RunSpec {
-    RunSpec {
-        args: vec!["t.wasm".into()],
-        env: vec![],
-        sandbox_dir: dir.path().to_path_buf(),
-        stdout: dir.path().join("stdout"),
-        stderr: dir.path().join("stderr"),
-        memory_bytes: 2 << 20,
-        fuel: None,
-        timeout: Some(Duration::from_secs(20)),
-        disk_bytes: 64 << 20,
-    }
 }
 
 fn run(sandbox: &Sandbox, wat: &str, spec: &RunSpec) -> cairn_sandbox::RunOutcome {

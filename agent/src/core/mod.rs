@@ -150,6 +150,9 @@ pub struct Core {
     to_master: std::collections::VecDeque<AgentMessage>,
     /// Something changed since the last published snapshot.
     dirty: bool,
+    published_at: Instant,
+    /// API requests waiting for a fresh snapshot.
+    publish_waiters: Vec<oneshot::Sender<()>>,
     checkpoint: Checkpoint,
     links: HashMap<String, ExecutorLink>,
     outbox: Vec<Effect>,
@@ -189,6 +192,8 @@ impl Core {
             master: None,
             to_master: Default::default(),
             dirty: true,
+            published_at: Instant::now(),
+            publish_waiters: Vec::new(),
             checkpoint,
             links: HashMap::new(),
             outbox: Vec::new(),
@@ -208,19 +213,10 @@ impl Core {
     pub async fn run(mut self, mut rx: mpsc::Receiver<Input>) {
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
         let mut tick = tokio::time::interval(TICK);
-        let mut last_publish = Instant::now();
         loop {
             tokio::select! {
                 input = rx.recv() => {
                     let Some(input) = input else { return };
-                    if let Input::Publish(reply) = input {
-                        if self.dirty {
-                            self.publish();
-                            last_publish = Instant::now();
-                        }
-                        let _ = reply.send(());
-                        continue;
-                    }
                     self.handle(input);
                     for _ in 1..MAX_BATCH {
                         match rx.try_recv() {
@@ -231,6 +227,7 @@ impl Core {
                 }
                 _ = heartbeat.tick() => self.send_to_master(agent_message::Message::Heartbeat(AgentHeartbeat {})),
                 _ = tick.tick() => {
+                    self.dirty = true;
                     self.flush_to_master();
                     self.resend_due_updates();
                     self.check_executor_deadlines();
@@ -242,11 +239,13 @@ impl Core {
             self.settle();
             self.flush_to_master();
             // The snapshot walks every task: built when the API asks (Input::Publish)
-            // or once a second, never per input.
-            self.dirty = true;
-            if last_publish.elapsed() >= PUBLISH_EVERY {
+            // or once a second, never per input; always after the inputs are settled.
+            let asked = !self.publish_waiters.is_empty();
+            if self.dirty && (asked || self.published_at.elapsed() >= PUBLISH_EVERY) {
                 self.publish();
-                last_publish = Instant::now();
+            }
+            for waiter in self.publish_waiters.drain(..) {
+                let _ = waiter.send(());
             }
         }
     }
@@ -254,8 +253,9 @@ impl Core {
     fn handle(&mut self, input: Input) {
         match input {
             Input::Publish(reply) => {
-                self.publish();
-                let _ = reply.send(());
+                // Answered once this batch is settled (see `run`).
+                self.publish_waiters.push(reply);
+                return;
             }
             Input::Registration(reply) => self.outbox.push(Effect::Registration(reply)),
             Input::MasterConnected {
@@ -308,6 +308,7 @@ impl Core {
                 result,
             } => self.fetched(&framework_id, &task_id, result),
         }
+        self.dirty = true;
     }
 
     fn registration(&self) -> RegisterAgent {
@@ -508,6 +509,7 @@ impl Core {
 
     fn publish(&mut self) {
         self.dirty = false;
+        self.published_at = Instant::now();
         let state = &self.checkpoint.state;
         let tasks = state
             .tasks

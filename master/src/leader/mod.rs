@@ -171,6 +171,7 @@ pub struct Leader {
     next_conn: u64,
     /// Something changed since the last published snapshot.
     dirty: bool,
+    published_at: Instant,
 }
 
 /// A handle to send inputs to the leader and read its snapshots.
@@ -225,6 +226,7 @@ impl Leader {
             snapshot,
             next_conn: 1,
             dirty: true,
+            published_at: Instant::now(),
         };
         leader.load_roles();
         leader.publish();
@@ -239,41 +241,34 @@ impl Leader {
         let mut allocation = tokio::time::interval(self.config.allocation_interval);
         let mut heartbeat = tokio::time::interval(self.config.framework_heartbeat_interval);
         let mut timers = tokio::time::interval(Duration::from_millis(250));
-        let mut last_publish = Instant::now();
         loop {
-            tokio::select! {
+            let changed = tokio::select! {
                 input = rx.recv() => match input {
-                    Some(Input::Publish { reply }) => {
-                        if self.dirty {
-                            self.publish();
-                            last_publish = Instant::now();
-                        }
-                        let _ = reply.send(());
-                        continue;
-                    }
                     Some(input) => self.handle(input).await,
                     None => return,
                 },
-                _ = allocation.tick() => self.allocate(),
-                _ = heartbeat.tick() => self.heartbeat_frameworks(),
-                _ = timers.tick() => self.expire().await,
-            }
-            self.dirty = true;
+                _ = allocation.tick() => { self.allocate(); true }
+                _ = heartbeat.tick() => { self.heartbeat_frameworks(); true }
+                _ = timers.tick() => { self.expire().await; true }
+            };
+            self.dirty |= changed;
             // Building the snapshot walks every task: it is built when a reader asks
             // for it (Input::Publish) or every PUBLISH_EVERY, never per input.
-            if self.dirty && last_publish.elapsed() >= PUBLISH_EVERY {
+            if self.dirty && self.published_at.elapsed() >= PUBLISH_EVERY {
                 self.publish();
-                last_publish = Instant::now();
             }
         }
     }
 
-    async fn handle(&mut self, input: Input) {
+    /// Handles one input; false if it changed nothing (a request for the snapshot).
+    async fn handle(&mut self, input: Input) -> bool {
         match input {
-            // Answered by the run loop; here only for completeness.
             Input::Publish { reply } => {
-                self.publish();
+                if self.dirty {
+                    self.publish();
+                }
                 let _ = reply.send(());
+                return false;
             }
             Input::RegisterAgent {
                 info,
@@ -331,10 +326,12 @@ impl Leader {
                 let _ = reply.send(self.mark_agent_gone(&agent_id).await);
             }
         }
+        true
     }
 
     fn publish(&mut self) {
         self.dirty = false;
+        self.published_at = Instant::now();
         let snapshot = snapshot::build(self);
         let _ = self.snapshot.send(Arc::new(snapshot));
     }
