@@ -7,7 +7,11 @@
 //! cargo bench --workspace --profile dev --bench capacity -- throughput [--tasks 5000] [--inflight 1000]
 //! cargo bench --workspace --profile dev --bench capacity -- idle [--tasks 10000]
 //! cargo bench --workspace --profile dev --bench capacity -- executor [--tasks 20000] [--inflight 1000]
+//! cargo bench --workspace --profile dev --bench capacity -- agent [--tasks 20000] [--inflight 1000] [--work-dir DIR]
 //! ```
+//!
+//! `agent` measures one agent host alone: a real `cairn agent` and its executor, driven
+//! by a stand-in master in this process that acknowledges every update at once.
 
 #[allow(dead_code)]
 #[path = "../tests/e2e/harness.rs"]
@@ -16,6 +20,9 @@ mod harness;
 #[allow(dead_code)]
 #[path = "../tests/e2e/framework.rs"]
 mod framework;
+
+#[path = "support/fake_master.rs"]
+mod fake_master;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -28,6 +35,8 @@ struct Options {
     mode: String,
     tasks: usize,
     inflight: usize,
+    /// Where the agent keeps its sandboxes and checkpoint (default: a temporary dir).
+    work_dir: Option<std::path::PathBuf>,
 }
 
 fn options() -> Options {
@@ -35,6 +44,7 @@ fn options() -> Options {
         mode: String::new(),
         tasks: 0,
         inflight: 1000,
+        work_dir: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -43,7 +53,8 @@ fn options() -> Options {
         match arg.as_str() {
             "--tasks" => o.tasks = value().parse().expect("--tasks N"),
             "--inflight" => o.inflight = value().parse().expect("--inflight N"),
-            "throughput" | "idle" | "executor" => o.mode = arg.clone(),
+            "--work-dir" => o.work_dir = Some(value().into()),
+            "throughput" | "idle" | "executor" | "agent" => o.mode = arg.clone(),
             _ => {} // cargo bench passes --bench
         }
     }
@@ -306,6 +317,75 @@ async fn idle(o: &Options) {
     harness::kill_executors(&work_dir);
 }
 
+/// One agent host alone: the real agent and executor, a stand-in master.
+async fn agent(o: &Options) {
+    use cairn_api::v1::{
+        CommandInfo, ContainerInfo, Resource, TaskId, TaskInfo, command_info, container_info, value,
+    };
+    let total = if o.tasks == 0 { 20_000 } else { o.tasks };
+    let dir = match &o.work_dir {
+        Some(parent) => {
+            std::fs::create_dir_all(parent).unwrap();
+            tempfile::tempdir_in(parent).unwrap()
+        }
+        None => tempfile::tempdir().unwrap(),
+    };
+    eprintln!("logs in {}", dir.path().display());
+    let dir = scopeguard_keep(dir);
+    let module = format!("file://{}", harness::guest("exit").display());
+    let scalar = |name: &str, v: f64| Resource {
+        name: name.into(),
+        scalar: Some(value::Scalar { value: v }),
+        ..Default::default()
+    };
+    let make = move |i: usize, agent_id: &cairn_api::v1::AgentId| TaskInfo {
+        name: "capacity".into(),
+        task_id: Some(TaskId {
+            value: format!("short-{i}"),
+        }),
+        agent_id: Some(agent_id.clone()),
+        resources: vec![scalar("cpus", 0.01), scalar("mem", 2.0)],
+        command: Some(CommandInfo {
+            // Mesos' fetcher cache: fetched once, not copied per task.
+            uris: vec![command_info::Uri {
+                value: module.clone(),
+                cache: Some(true),
+                ..Default::default()
+            }],
+            shell: Some(false),
+            value: Some("exit.wasm".into()),
+            arguments: vec!["exit.wasm".into(), "0".into()],
+            ..Default::default()
+        }),
+        container: Some(ContainerInfo {
+            r#type: container_info::Type::Wasm as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let (addr, outcome) = fake_master::serve(fake_master::Workload {
+        total,
+        inflight: o.inflight,
+        make: Box::new(make),
+    })
+    .await;
+    let _agent = harness::start_agent_with(
+        dir.path(),
+        &addr,
+        &["--resources", "cpus:100000;mem:10000000;disk:100000000"],
+    );
+    let out = outcome.await.unwrap();
+    let secs = (out.ended - out.started).as_secs_f64();
+    println!(
+        "| short tasks, one agent alone (stand-in master) | {total} | {} in flight | {:.0} tasks/s | {} updates, {} not FINISHED |",
+        o.inflight,
+        total as f64 / secs,
+        out.updates,
+        out.not_finished
+    );
+    harness::kill_executors(&dir.path().join("agent"));
+}
+
 /// The executor alone: cached module, a fresh sandbox directory per task, runs on a
 /// two-thread runtime as the executor process has.
 fn executor(o: &Options) {
@@ -384,6 +464,7 @@ fn main() {
             match mode {
                 "idle" => rt.block_on(idle(&o)),
                 "throughput" => rt.block_on(throughput(&o)),
+                "agent" => rt.block_on(agent(&o)),
                 _ => {
                     rt.block_on(throughput(&o));
                     executor(&o);

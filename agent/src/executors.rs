@@ -12,7 +12,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
 use crate::core::Input;
-use crate::framing::{read_frame, write_frame};
+use crate::framing::{read_frame, write_batch};
 use crate::paths::Paths;
 
 /// Starts executors and fetches sandboxes, reporting back to the core.
@@ -22,6 +22,7 @@ pub struct Launcher {
     pub(crate) recovery_timeout: Duration,
     pub(crate) custom_call_timeout: Duration,
     pub(crate) core: mpsc::Sender<Input>,
+    pub(crate) fetch_cache: std::sync::Arc<crate::fetcher::FetchCache>,
 }
 
 impl Launcher {
@@ -103,19 +104,22 @@ impl Launcher {
         });
     }
 
-    /// Fetches a task's URIs into its sandbox off the core's thread.
-    pub fn fetch(&self, framework_id: String, task_id: String, sandbox: PathBuf, uris: Vec<Uri>) {
+    /// Fetches a task's URIs into its sandbox off the core's thread; `link_cached` as
+    /// in [`crate::fetcher::fetch_all`].
+    pub fn fetch(
+        &self,
+        framework_id: String,
+        task_id: String,
+        sandbox: PathBuf,
+        uris: Vec<Uri>,
+        link_cached: bool,
+    ) {
         let core = self.core.clone();
+        let cache = self.fetch_cache.clone();
         tokio::spawn(async move {
-            let result = async {
-                tokio::fs::create_dir_all(&sandbox)
-                    .await
-                    .map_err(|e| format!("cannot create sandbox {}: {e}", sandbox.display()))?;
-                crate::fetcher::fetch_all(&uris, &sandbox)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            .await;
+            let result = crate::fetcher::fetch_all(&uris, &sandbox, &cache, link_cached)
+                .await
+                .map_err(|e| e.to_string());
             let _ = core
                 .send(Input::Fetched {
                     framework_id,
@@ -175,7 +179,9 @@ pub async fn serve_socket(listener: UnixListener, core: mpsc::Sender<Input>) {
 
 async fn executor_connection(stream: UnixStream, conn: u64, core: mpsc::Sender<Input>) {
     let pid = stream.peer_cred().ok().and_then(|c| c.pid());
-    let (mut reader, mut writer) = stream.into_split();
+    let (reader, mut writer) = stream.into_split();
+    // Buffered: a burst of updates is read in a few syscalls, not three per frame.
+    let mut reader = tokio::io::BufReader::with_capacity(64 << 10, reader);
     let first: Option<ExecutorCall> = match read_frame(&mut reader).await {
         Ok(m) => m,
         Err(e) => {
@@ -193,8 +199,12 @@ async fn executor_connection(stream: UnixStream, conn: u64, core: mpsc::Sender<I
     let framework_id = subscribe.framework_id.clone().unwrap_or_default().value;
     let (tx, mut rx) = mpsc::channel::<ExecutorEvent>(1024);
     let writer_task = tokio::spawn(async move {
+        let mut buf = Vec::new();
         while let Some(event) = rx.recv().await {
-            if write_frame(&mut writer, &event).await.is_err() {
+            if write_batch(&mut writer, event, &mut rx, &mut buf)
+                .await
+                .is_err()
+            {
                 return;
             }
         }

@@ -17,20 +17,56 @@ pub enum FrameError {
     Decode(#[from] prost::DecodeError),
 }
 
+/// Appends one frame to `buf`.
+pub fn encode_frame<M: Message>(message: &M, buf: &mut Vec<u8>) -> Result<(), FrameError> {
+    let len = message.encoded_len();
+    let len = u32::try_from(len).map_err(|_| FrameError::TooLarge(u32::MAX))?;
+    if len > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(len));
+    }
+    buf.reserve(4 + len as usize);
+    buf.extend_from_slice(&len.to_be_bytes());
+    message
+        .encode(buf)
+        .expect("a Vec grows to hold any message");
+    Ok(())
+}
+
 pub async fn write_frame<W, M>(w: &mut W, message: &M) -> Result<(), FrameError>
 where
     W: AsyncWriteExt + Unpin,
     M: Message,
 {
-    let bytes = message.encode_to_vec();
-    let len = u32::try_from(bytes.len()).map_err(|_| FrameError::TooLarge(u32::MAX))?;
-    if len > MAX_FRAME_BYTES {
-        return Err(FrameError::TooLarge(len));
-    }
-    let mut buf = Vec::with_capacity(4 + bytes.len());
-    buf.extend_from_slice(&len.to_be_bytes());
-    buf.extend_from_slice(&bytes);
+    let mut buf = Vec::new();
+    encode_frame(message, &mut buf)?;
     w.write_all(&buf).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// Writes `first` and whatever else is already queued behind it (up to `MAX_BATCH`)
+/// in one write: under a burst of short tasks, a write per message was most of
+/// the socket's cost.
+pub async fn write_batch<W, M>(
+    w: &mut W,
+    first: M,
+    queue: &mut tokio::sync::mpsc::Receiver<M>,
+    buf: &mut Vec<u8>,
+) -> Result<(), FrameError>
+where
+    W: AsyncWriteExt + Unpin,
+    M: Message,
+{
+    const MAX_BATCH: usize = 256;
+    buf.clear();
+    encode_frame(&first, buf)?;
+    for _ in 1..MAX_BATCH {
+        match queue.try_recv() {
+            Ok(next) => encode_frame(&next, buf)?,
+            Err(_) => break,
+        }
+    }
+    w.write_all(buf).await?;
     w.flush().await?;
     Ok(())
 }

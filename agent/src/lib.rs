@@ -129,6 +129,7 @@ impl Agent {
             recovery_timeout: self.config.executor_recovery_timeout,
             custom_call_timeout: self.config.custom_executor_call_timeout,
             core: tx.clone(),
+            fetch_cache: std::sync::Arc::new(fetcher::FetchCache::new(paths.fetch_cache())),
         };
         let config = core::CoreConfig {
             heartbeat_interval: self.config.heartbeat_interval,

@@ -6,6 +6,7 @@
 //! <work_dir>/meta/boot_id                                 the boot the checkpoint belongs to
 //! <work_dir>/meta/cache.key                               authenticates compiled artifacts
 //! <work_dir>/cache/wasm/                                  the compile cache (see cairn-sandbox)
+//! <work_dir>/cache/fetch/                                 the fetcher cache (see `fetcher`)
 //! <work_dir>/frameworks/<fw>/executors/<ex>/              executor dir: executor.log, pid
 //! <work_dir>/frameworks/<fw>/executors/<ex>/tasks/<task>/ task sandbox: stdout, stderr, files
 //! ```
@@ -40,6 +41,11 @@ impl Paths {
     /// Precompiled wasm artifacts shared by the agent's executors.
     pub fn compile_cache(&self) -> PathBuf {
         self.root.join("cache").join("wasm")
+    }
+
+    /// URIs fetched with `cache: true`, named by the sha256 of their content.
+    pub fn fetch_cache(&self) -> PathBuf {
+        self.root.join("cache").join("fetch")
     }
 
     pub fn boot_id_file(&self) -> PathBuf {

@@ -23,9 +23,13 @@ const MAX_PROGRAMS: usize = 256;
 /// stay in its compiled image, so a few large modules could otherwise pin gigabytes.
 const MAX_PROGRAM_BYTES: usize = 512 << 20;
 
-/// Bytes of each memory, table and stack slot kept resident between the tasks that
-/// use it.
+/// Bytes of each table and stack slot kept resident between the tasks that use it:
+/// zeroed in place rather than released, since a release is a TLB shootdown on
+/// every core.
 const KEEP_RESIDENT: usize = 64 << 10;
+/// The same for linear memories: two wasm pages, what a C program's (wasi-libc's)
+/// memory starts with, so a short C task gives nothing back to the kernel.
+const MEMORY_KEEP_RESIDENT: usize = 128 << 10;
 
 /// How often the epoch ticker advances; the granularity of wall-clock limits and kills.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -142,7 +146,7 @@ impl Flavor {
             // A reused slot's first pages are zeroed in place rather than returned
             // to the kernel: releasing them costs a TLB shootdown on every core per
             // task, which dominated short tasks.
-            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .linear_memory_keep_resident(MEMORY_KEEP_RESIDENT)
             .table_keep_resident(KEEP_RESIDENT)
             .async_stack_keep_resident(KEEP_RESIDENT);
         let mut wasm = Config::new();
@@ -300,6 +304,14 @@ impl Sandbox {
             programs.bytes += bytes.len();
         }
         Ok(program)
+    }
+
+    /// The program already compiled and linked for a module with this sha256, if
+    /// this process holds it: a caller that knows the digest (the agent's fetcher
+    /// cache hashed the file once) skips reading and hashing the module.
+    pub fn linked(&self, sha256: &[u8; 32], metered: bool) -> Option<Program> {
+        let flavor = if metered { &self.metered } else { &self.plain };
+        flavor.linked(sha256)
     }
 
     /// Where compiled modules came from so far (`metered` picks the engine).

@@ -65,7 +65,7 @@ pub enum Input {
     Fetched {
         framework_id: String,
         task_id: String,
-        result: Result<(), String>,
+        result: Result<Vec<crate::fetcher::CachedFile>, String>,
     },
 }
 
@@ -161,7 +161,8 @@ pub struct Core {
     /// Tasks whose sandbox is being fetched: one fetch per task at a time.
     fetching: std::collections::HashSet<TaskKey>,
     /// Fetched group members waiting for the rest of their group.
-    fetched: std::collections::HashSet<TaskKey>,
+    /// (With the files each placed from the fetcher cache.)
+    fetched: HashMap<TaskKey, Vec<crate::fetcher::CachedFile>>,
     commit_failure: Option<CommitFailure>,
     metrics: crate::metrics::Metrics,
     snapshot: watch::Sender<Arc<AgentSnapshot>>,
@@ -199,7 +200,7 @@ impl Core {
             outbox: Vec::new(),
             resend: HashMap::new(),
             fetching: std::collections::HashSet::new(),
-            fetched: std::collections::HashSet::new(),
+            fetched: HashMap::new(),
             commit_failure: None,
             metrics: crate::metrics::Metrics::default(),
             snapshot,

@@ -94,13 +94,7 @@ impl Core {
         let group = if is_group { ids.clone() } else { Vec::new() };
         let mut unsupported = None;
         for task in tasks {
-            // A task for a custom executor runs in the executor's container.
-            let kind = task
-                .container
-                .as_ref()
-                .or(task.executor.as_ref().and_then(|e| e.container.as_ref()))
-                .map(|c| c.r#type)
-                .unwrap_or(container_info::Type::Unset as i32);
+            let kind = container_type(&task);
             if kind != container_info::Type::Wasm as i32 {
                 let name = container_info::Type::try_from(kind)
                     .map(|t| t.as_str_name())
@@ -128,7 +122,18 @@ impl Core {
             }
         }
     }
+}
 
+/// The container type a task runs in: its own, or its custom executor's.
+fn container_type(task: &TaskInfo) -> i32 {
+    task.container
+        .as_ref()
+        .or(task.executor.as_ref().and_then(|e| e.container.as_ref()))
+        .map(|c| c.r#type)
+        .unwrap_or(container_info::Type::Unset as i32)
+}
+
+impl Core {
     /// Starts a staged task on its way: its executor if there is none, then its fetch.
     /// Runs once the task is durable, so a crash never loses a launched task.
     pub(super) fn stage(&mut self, key: TaskKey) {
@@ -148,6 +153,8 @@ impl Core {
         .flatten()
         .flat_map(|c| c.uris.clone())
         .collect();
+        // Only a wasm guest is sure not to write through a link into the cache.
+        let link_cached = container_type(&task.info) == container_info::Type::Wasm as i32;
         if let Err(why) = self.ensure_executor(fw) {
             self.fail_task(
                 fw,
@@ -161,11 +168,16 @@ impl Core {
         let executor_id = cairn_api::ids::executor_id_for(&FrameworkId { value: fw.clone() }).value;
         let sandbox = self.paths.sandbox(fw, &executor_id, task_id);
         self.launcher
-            .fetch(fw.clone(), task_id.clone(), sandbox, uris);
+            .fetch(fw.clone(), task_id.clone(), sandbox, uris, link_cached);
         self.fetching.insert(key);
     }
 
-    pub(super) fn fetched(&mut self, fw: &str, task_id: &str, result: Result<(), String>) {
+    pub(super) fn fetched(
+        &mut self,
+        fw: &str,
+        task_id: &str,
+        result: Result<Vec<crate::fetcher::CachedFile>, String>,
+    ) {
         let key = (fw.to_owned(), task_id.to_owned());
         self.fetching.remove(&key);
         let Some(task) = self.checkpoint.state.tasks.get(&key) else {
@@ -180,31 +192,42 @@ impl Core {
             task.group.clone()
         };
         let reason = task_status::Reason::ContainerLaunchFailed;
-        if let Err(why) = result {
-            self.end_before_launch(fw, task_id, TaskState::TaskFailed, reason, why);
-            return;
-        }
+        let cached = match result {
+            Ok(cached) => cached,
+            Err(why) => {
+                self.end_before_launch(fw, task_id, TaskState::TaskFailed, reason, why);
+                return;
+            }
+        };
         // Its executor may have died during the fetch: the task gets a new one.
         if let Err(why) = self.ensure_executor(fw) {
             let why = format!("cannot start the executor: {why}");
             self.end_before_launch(fw, task_id, TaskState::TaskFailed, reason, why);
             return;
         }
-        self.fetched.insert(key);
+        self.fetched.insert(key, cached);
         // A task group goes to its executor in one event, once all of it is here.
         let keys: Vec<TaskKey> = members.iter().map(|m| (fw.to_owned(), m.clone())).collect();
-        if !keys.iter().all(|k| self.fetched.contains(k)) {
+        if !keys.iter().all(|k| self.fetched.contains_key(k)) {
             return;
         }
         let mut launches = Vec::new();
         for key in &keys {
-            self.fetched.remove(key);
+            let cached = self.fetched.remove(key).unwrap_or_default();
             let Some(info) = self.checkpoint.state.tasks.get(key).map(|t| t.info.clone()) else {
                 continue;
             };
             self.checkpoint
                 .record(Record::Launched(task_record(fw, &info)));
-            launches.push(self.launch_of(fw, info));
+            let mut launch = self.launch_of(fw, info);
+            launch.cached_files = cached
+                .into_iter()
+                .map(|f| cairn_api::internal::CachedFile {
+                    name: f.name,
+                    sha256: f.sha256.to_vec(),
+                })
+                .collect();
+            launches.push(launch);
         }
         let event = match (members.len(), launches.pop()) {
             (1, Some(launch)) => executor_event::Event::Launch(launch),
@@ -265,6 +288,7 @@ impl Core {
         ExecutorLaunch {
             task: Some(task),
             sandbox_directory: sandbox.display().to_string(),
+            cached_files: Vec::new(),
         }
     }
 

@@ -19,11 +19,12 @@ use cairn_api::internal::{
 };
 use cairn_api::v1::{ExecutorId, FrameworkId, TaskId, TaskStatus};
 use cairn_sandbox::{CancelHandle, Sandbox, SandboxConfig};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
-use crate::framing::{read_frame, write_frame};
+use crate::framing::{encode_frame, read_frame, write_frame};
 
 #[derive(Debug, Clone)]
 pub struct ExecutorArgs {
@@ -44,6 +45,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const HEARTBEAT: Duration = Duration::from_secs(5);
 /// A kill's grace period when the task's kill policy names none (Mesos' default).
 const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(3);
+/// Status updates sent to the agent in one write at most.
+const MAX_UPDATE_BATCH: usize = 256;
 /// Tasks one executor process may run at once (instance slots it reserves).
 const MAX_TASKS: u32 = 10_000;
 
@@ -65,7 +68,7 @@ struct Executor {
     /// the agent resends.
     started: std::collections::HashSet<String>,
     /// Updates sent but not yet acknowledged, resent after a re-subscription.
-    unacked: Vec<TaskStatus>,
+    unacked: Unacked,
     statuses: mpsc::UnboundedSender<TaskStatus>,
 }
 
@@ -98,7 +101,7 @@ pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
         messages,
         died,
         started: std::collections::HashSet::new(),
-        unacked: Vec::new(),
+        unacked: Unacked::default(),
         statuses,
     };
     let mut shutting_down: Option<Instant> = None;
@@ -123,8 +126,18 @@ pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
                     None => break,
                 },
                 Some(status) = status_rx.recv() => {
-                    executor.on_status(&status);
-                    if send_update(&mut writer, status).await.is_err() {
+                    // Updates queued behind this one go in the same write.
+                    let mut batch = vec![status];
+                    while batch.len() < MAX_UPDATE_BATCH {
+                        match status_rx.try_recv() {
+                            Ok(next) => batch.push(next),
+                            Err(_) => break,
+                        }
+                    }
+                    for status in &batch {
+                        executor.on_status(status);
+                    }
+                    if send_updates(&mut writer, batch).await.is_err() {
                         break;
                     }
                 }
@@ -182,13 +195,17 @@ fn status(
     }
 }
 
-async fn send_update(writer: &mut OwnedWriteHalf, status: TaskStatus) -> anyhow::Result<()> {
-    let call = ExecutorCall {
-        call: Some(executor_call::Call::Update(ExecutorUpdate {
-            status: Some(status),
-        })),
-    };
-    write_frame(writer, &call).await?;
+async fn send_updates(writer: &mut OwnedWriteHalf, batch: Vec<TaskStatus>) -> anyhow::Result<()> {
+    let mut buf = Vec::new();
+    for status in batch {
+        let call = ExecutorCall {
+            call: Some(executor_call::Call::Update(ExecutorUpdate {
+                status: Some(status),
+            })),
+        };
+        encode_frame(&call, &mut buf)?;
+    }
+    writer.write_all(&buf).await?;
     Ok(())
 }
 
@@ -218,7 +235,8 @@ impl Executor {
         let stream = UnixStream::connect(&self.args.agent_socket)
             .await
             .with_context(|| format!("connecting to {}", self.args.agent_socket.display()))?;
-        let (mut reader, mut writer) = stream.into_split();
+        let (reader, mut writer) = stream.into_split();
+        let mut reader = tokio::io::BufReader::with_capacity(64 << 10, reader);
         let subscribe = ExecutorCall {
             call: Some(executor_call::Call::Subscribe(ExecutorSubscribe {
                 framework_id: Some(FrameworkId {
@@ -233,7 +251,7 @@ impl Executor {
                     .keys()
                     .map(|id| TaskId { value: id.clone() })
                     .collect(),
-                unacknowledged_updates: self.unacked.clone(),
+                unacknowledged_updates: self.unacked.in_order(),
             })),
         };
         write_frame(&mut writer, &subscribe).await?;
@@ -303,7 +321,7 @@ impl Executor {
                 }
             }
             Some(executor_event::Event::Acknowledged(ack)) => {
-                self.unacked.retain(|s| s.uuid != ack.uuid);
+                self.unacked.remove(&ack.uuid);
             }
             Some(executor_event::Event::Message(m)) => {
                 let target = m.executor_id.as_ref().map(|e| e.value.as_str());
@@ -405,6 +423,7 @@ impl Executor {
             self.sandbox.clone(),
             task,
             sandbox,
+            launch.cached_files,
             self.statuses.clone(),
             cancel,
         );
@@ -418,5 +437,33 @@ impl Executor {
             self.running.remove(&task_id);
         }
         self.unacked.push(status.clone());
+    }
+}
+
+/// Sent updates awaiting the agent's acknowledgement, in the order they were sent:
+/// thousands of short tasks keep thousands here, so an acknowledgement must not
+/// scan them all.
+#[derive(Default)]
+struct Unacked {
+    next: u64,
+    by_seq: std::collections::BTreeMap<u64, TaskStatus>,
+    seq_of: HashMap<Vec<u8>, u64>,
+}
+
+impl Unacked {
+    fn push(&mut self, status: TaskStatus) {
+        self.next += 1;
+        self.seq_of.insert(status.uuid.clone(), self.next);
+        self.by_seq.insert(self.next, status);
+    }
+
+    fn remove(&mut self, uuid: &[u8]) {
+        if let Some(seq) = self.seq_of.remove(uuid) {
+            self.by_seq.remove(&seq);
+        }
+    }
+
+    fn in_order(&self) -> Vec<TaskStatus> {
+        self.by_seq.values().cloned().collect()
     }
 }

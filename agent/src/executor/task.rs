@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_api::Resources;
+use cairn_api::internal::CachedFile;
 use cairn_api::v1::{Label, Labels, TaskInfo, TaskState, TaskStatus, task_status::Reason};
 use cairn_sandbox::{CancelHandle, Exit, Limit, ProgramKind, RunOutcome, RunSpec, Sandbox};
+use sha2::Digest as _;
 use tokio::sync::mpsc::UnboundedSender;
 
 /// Linear memory for a task that names no `mem`.
@@ -47,12 +49,13 @@ pub(super) fn launch(
     sandbox: Arc<Sandbox>,
     task: TaskInfo,
     dir: PathBuf,
+    cached: Vec<CachedFile>,
     tx: UnboundedSender<TaskStatus>,
     cancel: CancelHandle,
 ) {
     let reporter = Reporter { task, tx };
     let watcher = reporter.clone();
-    let running = tokio::spawn(async move { run(sandbox, &reporter, dir, &cancel).await });
+    let running = tokio::spawn(async move { run(sandbox, &reporter, dir, cached, &cancel).await });
     // A bug that panics the run must not leave its task non-terminal forever.
     tokio::spawn(async move {
         if let Err(e) = running.await
@@ -69,12 +72,22 @@ pub(super) fn launch(
     });
 }
 
-async fn run(sandbox: Arc<Sandbox>, reporter: &Reporter, dir: PathBuf, cancel: &CancelHandle) {
+async fn run(
+    sandbox: Arc<Sandbox>,
+    reporter: &Reporter,
+    dir: PathBuf,
+    cached: Vec<CachedFile>,
+    cancel: &CancelHandle,
+) {
     reporter.send(TaskState::TaskStarting, String::new(), None, Vec::new());
-    // Reading, hashing and (on a cache miss) compiling the module block.
-    let prepared = {
-        let (sandbox, task, dir) = (sandbox.clone(), reporter.task.clone(), dir.clone());
-        tokio::task::spawn_blocking(move || prepare(&sandbox, &task, &dir)).await
+    // A module the fetcher cache placed, already compiled here: nothing to read.
+    let prepared = match linked(&sandbox, &reporter.task, &dir, &cached) {
+        Some(ready) => Ok(ready),
+        // Reading, hashing and (on a cache miss) compiling the module block.
+        None => {
+            let (sandbox, task, dir) = (sandbox.clone(), reporter.task.clone(), dir.clone());
+            tokio::task::spawn_blocking(move || prepare(&sandbox, &task, &dir, &cached)).await
+        }
     };
     let (program, spec) = match prepared {
         Ok(Ok(p)) => p,
@@ -163,12 +176,42 @@ pub(super) fn caps(resources: &[cairn_api::v1::Resource]) -> Result<(usize, u64)
     ))
 }
 
+/// The sha256 the fetcher cache recorded for the file `value` names, if it placed it.
+fn cached_digest(cached: &[CachedFile], value: &str) -> Option<[u8; 32]> {
+    cached
+        .iter()
+        .find(|f| f.name == value)
+        .and_then(|f| f.sha256.as_slice().try_into().ok())
+}
+
+fn fuel_of(task: &TaskInfo) -> Option<u64> {
+    task.container
+        .as_ref()
+        .and_then(|c| c.wasm.as_ref())
+        .and_then(|w| w.fuel)
+}
+
+/// The task ready to run without touching its module file: its module came from the
+/// fetcher cache and this process has compiled it before.
+fn linked(
+    sandbox: &Sandbox,
+    task: &TaskInfo,
+    dir: &Path,
+    cached: &[CachedFile],
+) -> Option<Result<(cairn_sandbox::Program, RunSpec), String>> {
+    let value = task.command.as_ref()?.value.as_deref()?;
+    let digest = cached_digest(cached, value)?;
+    let program = sandbox.linked(&digest, fuel_of(task).is_some())?;
+    Some(spec(task, dir, program))
+}
+
 /// Reads and compiles the module and turns the task into a [`RunSpec`]; every error
 /// is a message for the task's TASK_FAILED.
 fn prepare(
     sandbox: &Sandbox,
     task: &TaskInfo,
     dir: &Path,
+    cached: &[CachedFile],
 ) -> Result<(cairn_sandbox::Program, RunSpec), String> {
     let command = task
         .command
@@ -176,15 +219,33 @@ fn prepare(
         .ok_or("a wasm task needs `command.value` naming its module")?;
     let value = command.value.clone().unwrap_or_default();
     let bytes = read_program(dir, &value)?;
-    let fuel = task
-        .container
-        .as_ref()
-        .and_then(|c| c.wasm.as_ref())
-        .and_then(|w| w.fuel);
+    if let Some(digest) = cached_digest(cached, &value) {
+        let actual: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+        if actual != digest {
+            return Err(format!(
+                "{value} no longer matches the fetcher cache's digest of it; refusing to run it"
+            ));
+        }
+    }
     // Only a task with a fuel budget pays for metering.
     let program = sandbox
-        .compile(&bytes, fuel.is_some())
+        .compile(&bytes, fuel_of(task).is_some())
         .map_err(|e| format!("{value}: {e}"))?;
+    spec(task, dir, program)
+}
+
+/// The task's [`RunSpec`] for a program already compiled.
+fn spec(
+    task: &TaskInfo,
+    dir: &Path,
+    program: cairn_sandbox::Program,
+) -> Result<(cairn_sandbox::Program, RunSpec), String> {
+    let command = task
+        .command
+        .as_ref()
+        .ok_or("a wasm task needs `command.value` naming its module")?;
+    let value = command.value.clone().unwrap_or_default();
+    let fuel = fuel_of(task);
     if program.kind() != ProgramKind::Command {
         return Err(format!(
             "{value} is a custom executor, not a command: name it in the task's `executor`"
