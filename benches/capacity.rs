@@ -88,7 +88,7 @@ fn task(id: &str, agent_id: &Value, module: &str, args: &[&str]) -> Value {
         "name": "capacity", "task_id": {"value": id}, "agent_id": agent_id,
         "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.01}},
                       {"name": "mem", "type": "SCALAR", "scalar": {"value": 2}}],
-        "command": {"uris": [{"value": format!("file://{}", path.display())}],
+        "command": {"uris": [{"value": format!("file://{}", path.display()), "cache": true}],
                     "value": file, "shell": false, "arguments": argv},
         "container": {"type": "WASM"}
     })

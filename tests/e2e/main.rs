@@ -5,6 +5,7 @@
 mod bad_input;
 mod components;
 mod faults;
+mod fetcher;
 mod framework;
 mod harness;
 mod mesos_http;
