@@ -118,6 +118,10 @@ pub(crate) struct AgentArgs {
     /// may run before the executor is deemed broken and its tasks fail.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     custom_executor_call_timeout: Duration,
+    /// The cgroup native tasks' cgroups go under (`<root>/<framework>/<task>`), in
+    /// every hierarchy this host mounts.
+    #[arg(long, default_value = "cairn")]
+    cgroups_root: String,
 }
 
 #[derive(Args)]
@@ -141,6 +145,8 @@ struct ExecutorArgs {
     /// The bound on each call into a custom executor component.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     custom_executor_call_timeout: Duration,
+    #[arg(long, default_value = "cairn")]
+    cgroups_root: String,
 }
 
 #[global_allocator]
@@ -218,6 +224,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 directory: args.directory,
                 recovery_timeout: args.recovery_timeout,
                 custom_call_timeout: args.custom_executor_call_timeout,
+                cgroups_root: args.cgroups_root,
                 compile_cache: args.compile_cache.zip(args.compile_cache_key),
             })
             .await?;
@@ -246,6 +253,7 @@ pub(crate) fn agent_config(args: AgentArgs) -> anyhow::Result<cairn_agent::Agent
         executor_reregistration_timeout: args.executor_reregistration_timeout,
         executor_shutdown_grace: args.executor_shutdown_grace_period,
         custom_executor_call_timeout: args.custom_executor_call_timeout,
+        cgroups_root: args.cgroups_root,
     })
 }
 

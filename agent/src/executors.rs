@@ -21,6 +21,7 @@ pub struct Launcher {
     pub(crate) binary: PathBuf,
     pub(crate) recovery_timeout: Duration,
     pub(crate) custom_call_timeout: Duration,
+    pub(crate) cgroups_root: String,
     pub(crate) core: mpsc::Sender<Input>,
     pub(crate) fetch_cache: std::sync::Arc<crate::fetcher::FetchCache>,
 }
@@ -49,6 +50,8 @@ impl Launcher {
             .arg(humantime::format_duration(self.recovery_timeout).to_string())
             .arg("--custom-executor-call-timeout")
             .arg(humantime::format_duration(self.custom_call_timeout).to_string())
+            .arg("--cgroups-root")
+            .arg(&self.cgroups_root)
             .arg("--compile-cache")
             .arg(self.paths.compile_cache())
             .arg("--compile-cache-key")

@@ -51,6 +51,8 @@ pub struct AgentConfig {
     pub executor_shutdown_grace: Duration,
     /// The bound on each call into a custom executor component.
     pub custom_executor_call_timeout: Duration,
+    /// The cgroup native tasks' cgroups go under.
+    pub cgroups_root: String,
 }
 
 /// A configured agent whose HTTP port is bound, not yet running.
@@ -128,6 +130,7 @@ impl Agent {
             binary: self.config.executor_binary.clone(),
             recovery_timeout: self.config.executor_recovery_timeout,
             custom_call_timeout: self.config.custom_executor_call_timeout,
+            cgroups_root: self.config.cgroups_root.clone(),
             core: tx.clone(),
             fetch_cache: std::sync::Arc::new(fetcher::FetchCache::new(paths.fetch_cache())),
         };

@@ -88,6 +88,7 @@ macro_rules! proto_enums {
 proto_enums! {
     v1::value::Type => "Value.Type",
     v1::container_info::Type => "ContainerInfo.Type",
+    v1::container_info::docker_info::Network => "ContainerInfo.DockerInfo.Network",
     v1::TaskState => "TaskState",
     v1::task_status::Source => "TaskStatus.Source",
     v1::task_status::Reason => "TaskStatus.Reason",

@@ -59,7 +59,10 @@ async fn a_cached_module_is_fetched_once_and_its_guests_cannot_write_through_the
         if !matches!(state, "TASK_STARTING" | "TASK_RUNNING") {
             terminal.insert(
                 status["task_id"]["value"].as_str().unwrap().into(),
-                (state.into(), status["message"].as_str().unwrap_or("").into()),
+                (
+                    state.into(),
+                    status["message"].as_str().unwrap_or("").into(),
+                ),
             );
         }
     }

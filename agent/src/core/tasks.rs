@@ -95,13 +95,14 @@ impl Core {
         let mut unsupported = None;
         for task in tasks {
             let kind = container_type(&task);
-            if kind != container_info::Type::Wasm as i32 {
-                let name = container_info::Type::try_from(kind)
-                    .map(|t| t.as_str_name())
-                    .unwrap_or("unknown");
-                unsupported.get_or_insert(format!(
-                    "container type {name} is not supported by this agent: only WASM tasks run here"
-                ));
+            // A custom executor is a wasm component; a task's own container may be
+            // WASM, DOCKER or MESOS (a native process).
+            if task.executor.is_some() && kind != container_info::Type::Wasm as i32 {
+                unsupported.get_or_insert(
+                    "a custom executor must be a WASM container (its component)".to_owned(),
+                );
+            } else if container_info::Type::try_from(kind).is_err() {
+                unsupported.get_or_insert(format!("unknown container type {kind}"));
             }
             self.checkpoint.record(Record::Task(RunTask {
                 framework: Some(framework.clone()),

@@ -4,6 +4,7 @@
 //! agent. It outlives its agent: when the socket drops it keeps its tasks running
 //! and re-subscribes, giving up only after the recovery timeout.
 
+mod containerizer;
 mod custom;
 mod task;
 
@@ -18,7 +19,7 @@ use cairn_api::internal::{
     ExecutorSubscribe, ExecutorUpdate, executor_call, executor_event,
 };
 use cairn_api::v1::{ExecutorId, FrameworkId, TaskId, TaskStatus};
-use cairn_sandbox::{CancelHandle, Sandbox, SandboxConfig};
+use cairn_sandbox::{Sandbox, SandboxConfig};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
@@ -37,6 +38,8 @@ pub struct ExecutorArgs {
     pub compile_cache: Option<(PathBuf, PathBuf)>,
     /// The bound on each call into a custom executor.
     pub custom_call_timeout: Duration,
+    /// Where native tasks' cgroups go, under each hierarchy's mount.
+    pub cgroups_root: String,
 }
 
 /// How long a shut-down executor waits for its killed tasks to report.
@@ -50,15 +53,46 @@ const MAX_UPDATE_BATCH: usize = 256;
 /// Tasks one executor process may run at once (instance slots it reserves).
 const MAX_TASKS: u32 = 10_000;
 
-/// Who runs a task: the process itself (a command) or one of its custom executors.
+/// Who runs a task: a container of this process's (a command) or one of its custom
+/// executors.
 enum Running {
-    Command(CancelHandle),
+    Command(task::KillSender),
     Custom(String),
+}
+
+/// The containerizers, one per `container.type`.
+struct Containerizers {
+    wasm: Arc<dyn containerizer::Containerizer>,
+    native: Arc<dyn containerizer::Containerizer>,
+    docker: Arc<dyn containerizer::Containerizer>,
+}
+
+impl Containerizers {
+    fn of(&self, kind: containerizer::Kind) -> Arc<dyn containerizer::Containerizer> {
+        match kind {
+            containerizer::Kind::Wasm => self.wasm.clone(),
+            containerizer::Kind::Native => self.native.clone(),
+            containerizer::Kind::Docker => self.docker.clone(),
+        }
+    }
+
+    /// Removes what a previous executor process of this framework left running:
+    /// its tasks were already failed when it died.
+    async fn clean_up(&self, framework_id: &str) {
+        for c in [&self.native, &self.docker] {
+            for task_id in c.recover(framework_id).await {
+                tracing::warn!(task_id, "stopping a container a dead executor left");
+                c.kill(&task_id, Duration::ZERO).await;
+                c.wait(&task_id).await;
+            }
+        }
+    }
 }
 
 struct Executor {
     args: ExecutorArgs,
     sandbox: Arc<Sandbox>,
+    containerizers: Containerizers,
     running: HashMap<String, Running>,
     /// Custom executors by executor id.
     customs: HashMap<String, custom::CustomExecutor>,
@@ -93,9 +127,18 @@ pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
     let (statuses, mut status_rx) = mpsc::unbounded_channel();
     let (messages, mut message_rx) = mpsc::unbounded_channel();
     let (died, mut died_rx) = mpsc::unbounded_channel();
+    let containerizers = Containerizers {
+        wasm: Arc::new(containerizer::wasm::WasmContainerizer::new(sandbox.clone())),
+        native: Arc::new(containerizer::native::NativeContainerizer::new(
+            args.cgroups_root.clone(),
+        )),
+        docker: Arc::new(containerizer::docker::DockerContainerizer::new()),
+    };
+    containerizers.clean_up(&args.framework_id).await;
     let mut executor = Executor {
         args,
         sandbox,
+        containerizers,
         running: HashMap::new(),
         customs: HashMap::new(),
         messages,
@@ -302,18 +345,18 @@ impl Executor {
                         None,
                     ));
                 }
+                let grace = kill
+                    .kill_policy
+                    .and_then(|p| p.grace_period)
+                    .filter(|d| d.nanoseconds >= 0)
+                    .map(|d| Duration::from_nanos(d.nanoseconds as u64))
+                    .unwrap_or(DEFAULT_KILL_GRACE);
                 match running {
-                    // A WASI command has no signal to catch, so there is nothing to
-                    // give a grace period to: it is interrupted at once.
-                    Running::Command(cancel) => cancel.cancel(),
+                    Running::Command(kill) => {
+                        let _ = kill.send(grace);
+                    }
                     // A custom executor is asked, and given the grace period.
                     Running::Custom(executor_id) => {
-                        let grace = kill
-                            .kill_policy
-                            .and_then(|p| p.grace_period)
-                            .filter(|d| d.nanoseconds >= 0)
-                            .map(|d| Duration::from_nanos(d.nanoseconds as u64))
-                            .unwrap_or(DEFAULT_KILL_GRACE);
                         if let Some(custom) = self.customs.get(executor_id) {
                             custom.send(custom::CustomCall::Kill { task_id, grace });
                         }
@@ -373,8 +416,8 @@ impl Executor {
     /// Kills every command task and shuts every custom executor down.
     fn kill_all(&self) {
         for running in self.running.values() {
-            if let Running::Command(cancel) = running {
-                cancel.cancel();
+            if let Running::Command(kill) = running {
+                let _ = kill.send(DEFAULT_KILL_GRACE);
             }
         }
         for custom in self.customs.values() {
@@ -416,17 +459,26 @@ impl Executor {
             self.running.insert(task_id, Running::Custom(executor_id));
             return;
         }
-        let cancel = CancelHandle::default();
-        self.running
-            .insert(task_id, Running::Command(cancel.clone()));
-        task::launch(
-            self.sandbox.clone(),
+        let kind = match containerizer::Kind::of(&task) {
+            Ok(kind) => kind,
+            Err(message) => {
+                let _ = self.statuses.send(status(
+                    &task_id,
+                    cairn_api::v1::TaskState::TaskFailed,
+                    message,
+                    Some(cairn_api::v1::task_status::Reason::ContainerLaunchFailed),
+                ));
+                return;
+            }
+        };
+        let spec = containerizer::LaunchSpec {
+            framework_id: self.args.framework_id.clone(),
             task,
             sandbox,
-            launch.cached_files,
-            self.statuses.clone(),
-            cancel,
-        );
+            cached: launch.cached_files,
+        };
+        let kill = task::launch(self.containerizers.of(kind), spec, self.statuses.clone());
+        self.running.insert(task_id, Running::Command(kill));
     }
 
     fn on_status(&mut self, status: &TaskStatus) {

@@ -1,0 +1,592 @@
+//! DOCKER tasks: a container of the local Docker engine per task, as Mesos' Docker
+//! containerizer runs them. Images are never pulled (agents here have no registry),
+//! the sandbox is mounted at `/mnt/mesos/sandbox`, and the container's output is
+//! copied into the sandbox's `stdout` and `stderr` like any other task's.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::errors::Error;
+use bollard::models::{
+    ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, PortBinding, PortMap,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StatsOptionsBuilder, StopContainerOptionsBuilder,
+};
+use cairn_api::v1::container_info::DockerInfo;
+use cairn_api::v1::container_info::docker_info::Network;
+use cairn_api::v1::task_status::Reason;
+use cairn_api::v1::{TaskInfo, TaskState};
+use futures::StreamExt as _;
+use tokio::fs::{File, OpenOptions};
+use tokio::io::AsyncWriteExt as _;
+use tokio::sync::{OnceCell, watch};
+use tokio::task::JoinHandle;
+
+use super::{Containerizer, LaunchSpec, Limits, Termination, Usage};
+
+/// Where the task finds its sandbox, as in Mesos.
+const SANDBOX: &str = "/mnt/mesos/sandbox";
+const MANAGED_LABEL: &str = "cairn.managed";
+const FRAMEWORK_LABEL: &str = "cairn.framework_id";
+const TASK_LABEL: &str = "cairn.task_id";
+/// The task's disk, which caps the output a re-attached container may still write.
+const DISK_LABEL: &str = "cairn.disk_bytes";
+const PIDS_LIMIT: i64 = 4096;
+/// A kill's grace stays under bollard's 120 s request timeout, or the stop request
+/// itself would fail while the engine is still waiting.
+const MAX_STOP_SECS: f64 = 100.0;
+/// How long the terminal update waits for the last of the output to land.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
+
+#[derive(Default)]
+pub struct DockerContainerizer {
+    /// Connected on first use, so an agent without Docker still runs every other
+    /// task; a failed connection is retried by the next launch.
+    engine: OnceCell<Docker>,
+    containers: Mutex<HashMap<String, Entry>>,
+}
+
+struct Entry {
+    container: String,
+    /// Set by `kill`: the container's end is then TASK_KILLED, whatever its status.
+    killed: Arc<AtomicBool>,
+    /// The one waiter per container publishes its end here.
+    end: watch::Receiver<Option<Termination>>,
+}
+
+/// What the background tasks need to follow one started container.
+struct Follow {
+    container: String,
+    sandbox: PathBuf,
+    mem_bytes: u64,
+    disk_bytes: u64,
+    /// Unix seconds from which output is copied: 0 at launch, the re-attach time on
+    /// recovery so what the previous executor copied is not copied twice.
+    since: i32,
+}
+
+/// The container's network, and for BRIDGE the ports it publishes.
+struct Networking {
+    mode: &'static str,
+    exposed: Option<Vec<String>>,
+    ports: Option<PortMap>,
+}
+
+impl DockerContainerizer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    async fn docker(&self) -> Result<&Docker, String> {
+        self.engine.get_or_try_init(connect).await
+    }
+
+    fn entries(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        self.containers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts copying the container's output and awaiting its end.
+    fn attach(&self, docker: &Docker, task_id: String, follow: Follow) {
+        let killed = Arc::new(AtomicBool::new(false));
+        let (publish, end) = watch::channel(None);
+        self.entries().insert(
+            task_id,
+            Entry {
+                container: follow.container.clone(),
+                killed: Arc::clone(&killed),
+                end,
+            },
+        );
+        let output = tokio::spawn(copy_output(
+            docker.clone(),
+            follow.container.clone(),
+            follow.sandbox,
+            follow.disk_bytes,
+            follow.since,
+        ));
+        tokio::spawn(await_end(
+            docker.clone(),
+            follow.container,
+            follow.mem_bytes,
+            killed,
+            output,
+            publish,
+        ));
+    }
+}
+
+#[async_trait::async_trait]
+impl Containerizer for DockerContainerizer {
+    async fn launch(&self, spec: &LaunchSpec) -> Result<(), String> {
+        let info = spec
+            .task
+            .container
+            .as_ref()
+            .and_then(|c| c.docker.as_ref())
+            .filter(|d| !d.image.is_empty())
+            .ok_or("a DOCKER task needs container.docker.image")?;
+        let image = info.image.as_str();
+        let networking = networking(&spec.task, info)?;
+        let limits = Limits::of(&spec.task)?;
+        let exec = super::exec(&spec.task)?;
+        let sandbox = std::path::absolute(&spec.sandbox)
+            .map_err(|e| format!("the sandbox {}: {e}", spec.sandbox.display()))?;
+        let docker = self.docker().await?;
+        match docker.inspect_image(image).await {
+            Ok(_) => {}
+            Err(Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {
+                return Err(format!(
+                    "image {image} is not present on this agent (images are not pulled: \
+                     load it with docker load or docker import)"
+                ));
+            }
+            Err(e) => return Err(format!("inspecting image {image}: {}", engine_message(e))),
+        }
+        let task_id = spec.task_id();
+        let name = format!("cairn-{}-{task_id}", spec.framework_id);
+        // A container of this name is what an earlier attempt at this task left.
+        remove(docker, &name)
+            .await
+            .map_err(|e| format!("removing the earlier container {name}: {e}"))?;
+
+        // The task's command replaces the image's entrypoint, as `super::exec` runs it.
+        let shell = spec.task.command.as_ref().and_then(|c| c.shell);
+        let (entrypoint, cmd) = if shell.unwrap_or(true) {
+            let mut entrypoint = exec.argv;
+            let cmd = entrypoint.split_off(entrypoint.len().min(2));
+            (entrypoint, cmd)
+        } else {
+            (vec![exec.program], exec.argv.into_iter().skip(1).collect())
+        };
+        let env = super::environment(spec, SANDBOX)
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let labels = HashMap::from([
+            (MANAGED_LABEL.to_owned(), "true".to_owned()),
+            (FRAMEWORK_LABEL.to_owned(), spec.framework_id.clone()),
+            (TASK_LABEL.to_owned(), task_id.clone()),
+            (DISK_LABEL.to_owned(), limits.disk_bytes.to_string()),
+        ]);
+        // The engine refuses more CPUs than the host has; an agent may offer more.
+        let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let memory = i64::try_from(limits.mem_bytes).unwrap_or(i64::MAX);
+        let body = ContainerCreateBody {
+            image: Some(image.to_owned()),
+            entrypoint: Some(entrypoint),
+            cmd: Some(cmd),
+            env: Some(env),
+            labels: Some(labels),
+            exposed_ports: networking.exposed,
+            host_config: Some(HostConfig {
+                binds: Some(vec![format!("{}:{SANDBOX}", sandbox.display())]),
+                memory: Some(memory),
+                // Swap would let the task exceed its memory.
+                memory_swap: Some(memory),
+                nano_cpus: Some(((limits.cpus.min(host_cpus) * 1e9) as i64).max(10_000_000)),
+                cpu_shares: Some(((limits.cpus * 1024.0) as i64).max(2)),
+                pids_limit: Some(PIDS_LIMIT),
+                network_mode: Some(networking.mode.to_owned()),
+                port_bindings: networking.ports,
+                // The exit code and OOMKilled are read after the exit, then it is removed.
+                auto_remove: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        let container = docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| format!("creating the container: {}", engine_message(e)))?
+            .id;
+        if let Err(e) = docker.start_container(&container, None).await {
+            if let Err(why) = remove(docker, &container).await {
+                tracing::warn!(%container, error = %why, "cannot remove the unstarted container");
+            }
+            return Err(format!("starting the container: {}", engine_message(e)));
+        }
+        tracing::info!(%task_id, %container, image, "started a Docker container");
+        let follow = Follow {
+            container,
+            sandbox,
+            mem_bytes: limits.mem_bytes,
+            disk_bytes: limits.disk_bytes,
+            since: 0,
+        };
+        self.attach(docker, task_id, follow);
+        Ok(())
+    }
+
+    async fn wait(&self, task_id: &str) -> Termination {
+        let Some(mut end) = self.entries().get(task_id).map(|e| e.end.clone()) else {
+            return Termination::launch_failed("no such container");
+        };
+        let termination = match end.wait_for(Option::is_some).await {
+            Ok(published) => (*published).clone(),
+            Err(_) => None,
+        };
+        self.entries().remove(task_id);
+        termination.unwrap_or_else(|| {
+            Termination::launch_failed("the container's waiter ended without its exit status")
+        })
+    }
+
+    async fn kill(&self, task_id: &str, grace: Duration) {
+        let Some((container, killed)) = self
+            .entries()
+            .get(task_id)
+            .map(|e| (e.container.clone(), Arc::clone(&e.killed)))
+        else {
+            return;
+        };
+        let Some(docker) = self.engine.get().cloned() else {
+            return;
+        };
+        killed.store(true, Ordering::SeqCst);
+        // The engine sends the image's stop signal, then SIGKILL after `t` seconds.
+        let t = grace.as_secs_f64().ceil().min(MAX_STOP_SECS) as i32;
+        tokio::spawn(async move {
+            let options = StopContainerOptionsBuilder::new().t(t).build();
+            if let Err(e) = docker.stop_container(&container, Some(options)).await {
+                tracing::warn!(%container, error = %e, "could not stop the container; killing it");
+                if let Err(e) = docker.kill_container(&container, None).await {
+                    tracing::warn!(%container, error = %e, "could not kill the container");
+                }
+            }
+        });
+    }
+
+    async fn recover(&self, framework_id: &str) -> Vec<String> {
+        let docker = match self.docker().await {
+            Ok(docker) => docker,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot recover Docker containers");
+                return Vec::new();
+            }
+        };
+        let filters = HashMap::from([(
+            "label",
+            vec![format!("{FRAMEWORK_LABEL}={framework_id}")],
+        )]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let containers = match docker.list_containers(Some(options)).await {
+            Ok(containers) => containers,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the framework's Docker containers");
+                return Vec::new();
+            }
+        };
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i32::try_from(d.as_secs()).unwrap_or(i32::MAX));
+        let mut recovered = Vec::new();
+        for summary in containers {
+            let Some(container) = summary.id else {
+                continue;
+            };
+            let mut labels = summary.labels.unwrap_or_default();
+            let running = matches!(summary.state, Some(ContainerSummaryStateEnum::RUNNING));
+            if let (true, Some(task_id)) = (running, labels.remove(TASK_LABEL)) {
+                match created_with(docker, &container).await {
+                    Ok((sandbox, mem_bytes)) => {
+                        // A task that named no disk gets the default one.
+                        let disk_bytes = labels
+                            .get(DISK_LABEL)
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or_else(|| {
+                                Limits::of(&TaskInfo::default()).map_or(0, |l| l.disk_bytes)
+                            });
+                        tracing::info!(%task_id, %container, "re-attached a Docker container");
+                        recovered.push(task_id.clone());
+                        let follow = Follow {
+                            container,
+                            sandbox,
+                            mem_bytes,
+                            disk_bytes,
+                            since,
+                        };
+                        self.attach(docker, task_id, follow);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%container, error = %e, "cannot re-attach; removing it");
+                    }
+                }
+            }
+            if let Err(e) = remove(docker, &container).await {
+                tracing::warn!(%container, error = %e, "could not remove a container left behind");
+            }
+        }
+        recovered
+    }
+
+    async fn usage(&self, task_id: &str) -> Option<Usage> {
+        let container = self.entries().get(task_id).map(|e| e.container.clone())?;
+        let docker = self.engine.get()?;
+        let options = StatsOptionsBuilder::new().stream(false).one_shot(true).build();
+        let mut stats = pin!(docker.stats(&container, Some(options)));
+        let sample = stats.next().await?.ok()?;
+        let memory = sample.memory_stats.unwrap_or_default();
+        // As `docker stats` counts it: the page cache the kernel can drop is not the
+        // task's (cgroup v1 names it total_inactive_file, v2 inactive_file).
+        let cache = memory
+            .stats
+            .as_ref()
+            .and_then(|s| {
+                s.get("total_inactive_file")
+                    .or_else(|| s.get("inactive_file"))
+            })
+            .copied()
+            .unwrap_or(0);
+        let cpu_ns = sample
+            .cpu_stats
+            .and_then(|c| c.cpu_usage)
+            .and_then(|u| u.total_usage)
+            .unwrap_or(0);
+        Some(Usage {
+            cpu_time: Duration::from_nanos(cpu_ns),
+            memory_bytes: memory.usage.unwrap_or(0).saturating_sub(cache),
+            processes: sample.pids_stats.and_then(|p| p.current).unwrap_or(0),
+        })
+    }
+}
+
+async fn connect() -> Result<Docker, String> {
+    let not_reachable = |e: Error| {
+        let address = std::env::var("DOCKER_HOST")
+            .ok()
+            .filter(|h| h.starts_with("unix://"))
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned());
+        format!("the Docker engine is not reachable at {address}: {e}")
+    };
+    // Requests carry the API version in their path: bollard's default is newer than
+    // many engines speak, so settle on the engine's.
+    Docker::connect_with_local_defaults()
+        .map_err(not_reachable)?
+        .negotiate_version()
+        .await
+        .map_err(not_reachable)
+}
+
+/// The engine's own explanation when it gave one, which names what was wrong.
+fn engine_message(e: Error) -> String {
+    match e {
+        Error::DockerResponseServerError { message, .. } => message,
+        e => e.to_string(),
+    }
+}
+
+/// Removes a container (running or not) and its anonymous volumes; one already gone
+/// is fine.
+async fn remove(docker: &Docker, container: &str) -> Result<(), String> {
+    let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+    match docker.remove_container(container, Some(options)).await {
+        Ok(()) | Err(Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+        Err(e) => Err(engine_message(e)),
+    }
+}
+
+/// Host ports are checked against the task's `ports` resources: only what the task
+/// was offered is its to publish.
+fn networking(task: &TaskInfo, info: &DockerInfo) -> Result<Networking, String> {
+    let network = Network::try_from(info.network)
+        .map_err(|_| format!("unknown Docker network {}", info.network))?;
+    let mode = match network {
+        Network::Unset | Network::Host => "host",
+        Network::Bridge => "bridge",
+        Network::None => "none",
+    };
+    if network != Network::Bridge {
+        if !info.port_mappings.is_empty() {
+            return Err("port_mappings need BRIDGE networking".into());
+        }
+        return Ok(Networking {
+            mode,
+            exposed: None,
+            ports: None,
+        });
+    }
+    let resources =
+        cairn_api::Resources::from_proto(&task.resources).map_err(|e| e.to_string())?;
+    let offered = resources.ranges("ports");
+    let mut bindings: HashMap<String, Vec<PortBinding>> = HashMap::new();
+    for m in &info.port_mappings {
+        let port = u64::from(m.host_port);
+        if !offered.is_some_and(|r| r.iter().any(|(b, e)| b <= port && port <= e)) {
+            return Err(format!(
+                "host port {port} is not among the task's ports resources"
+            ));
+        }
+        let protocol = m.protocol.as_deref().unwrap_or("tcp");
+        if !matches!(protocol, "tcp" | "udp") {
+            return Err(format!("port mapping protocol {protocol:?} is neither tcp nor udp"));
+        }
+        bindings
+            .entry(format!("{}/{protocol}", m.container_port))
+            .or_default()
+            .push(PortBinding {
+                host_ip: Some("0.0.0.0".to_owned()),
+                host_port: Some(port.to_string()),
+            });
+    }
+    Ok(Networking {
+        mode,
+        exposed: Some(bindings.keys().cloned().collect()),
+        ports: Some(bindings.into_iter().map(|(k, v)| (k, Some(v))).collect()),
+    })
+}
+
+/// A running container's sandbox and memory limit, as `launch` created it.
+async fn created_with(docker: &Docker, container: &str) -> Result<(PathBuf, u64), String> {
+    let host = docker
+        .inspect_container(container, None)
+        .await
+        .map_err(engine_message)?
+        .host_config
+        .unwrap_or_default();
+    let sandbox = host
+        .binds
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|b| {
+            b.strip_suffix(SANDBOX)
+                .and_then(|s| s.strip_suffix(':'))
+                .map(PathBuf::from)
+        })
+        .ok_or("it has no sandbox mount")?;
+    let mem_bytes = host.memory.and_then(|m| u64::try_from(m).ok()).unwrap_or(0);
+    Ok((sandbox, mem_bytes))
+}
+
+/// Awaits the container's end and publishes it, once its output is in the sandbox
+/// and the container is removed.
+async fn await_end(
+    docker: Docker,
+    container: String,
+    mem_bytes: u64,
+    killed: Arc<AtomicBool>,
+    output: JoinHandle<()>,
+    publish: watch::Sender<Option<Termination>>,
+) {
+    let mut wait = pin!(docker.wait_container(&container, None));
+    let status = match wait.next().await {
+        Some(Ok(r)) => Ok(r.status_code),
+        Some(Err(Error::DockerContainerWaitError { code, .. })) => Ok(code),
+        Some(Err(e)) => Err(engine_message(e)),
+        None => Err("the engine ended the wait without an exit status".to_owned()),
+    };
+    let oom_killed = match docker.inspect_container(&container, None).await {
+        Ok(info) => info.state.and_then(|s| s.oom_killed).unwrap_or(false),
+        Err(e) => {
+            tracing::warn!(%container, error = %e, "cannot inspect the ended container");
+            false
+        }
+    };
+    let termination = if oom_killed {
+        Termination::out_of_memory(mem_bytes)
+    } else if killed.load(Ordering::SeqCst) {
+        Termination::killed()
+    } else {
+        match status {
+            Ok(code) => Termination::exit_code(code),
+            Err(e) => Termination::new(
+                TaskState::TaskFailed,
+                format!("lost track of the container: {e}"),
+                Some(Reason::ExecutorTerminated),
+            ),
+        }
+    };
+    if tokio::time::timeout(OUTPUT_DRAIN, output).await.is_err() {
+        tracing::warn!(%container, "the container's output did not end with it");
+    }
+    if let Err(e) = remove(&docker, &container).await {
+        tracing::warn!(%container, error = %e, "could not remove the ended container");
+    }
+    publish.send_replace(Some(termination));
+}
+
+/// Copies the container's output into the sandbox, stopping at the task's disk so a
+/// chatty task cannot fill the host's.
+async fn copy_output(
+    docker: Docker,
+    container: String,
+    sandbox: PathBuf,
+    disk_bytes: u64,
+    since: i32,
+) {
+    let (mut stdout, mut stderr, mut left) = match open_logs(&sandbox).await {
+        Ok((stdout, stderr, used)) => (stdout, stderr, disk_bytes.saturating_sub(used)),
+        Err(e) => {
+            tracing::warn!(%container, error = %e, "cannot open the sandbox's output files");
+            return;
+        }
+    };
+    let options = LogsOptionsBuilder::new()
+        .follow(true)
+        .stdout(true)
+        .stderr(true)
+        .since(since)
+        .build();
+    let mut logs = pin!(docker.logs(&container, Some(options)));
+    while let Some(item) = logs.next().await {
+        let (file, message) = match item {
+            Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                (&mut stdout, message)
+            }
+            Ok(LogOutput::StdErr { message }) => (&mut stderr, message),
+            Ok(LogOutput::StdIn { .. }) => continue,
+            Err(e) => {
+                tracing::warn!(%container, error = %e, "lost the container's output");
+                return;
+            }
+        };
+        let n = message.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        if let Err(e) = append(file, &message[..n]).await {
+            tracing::warn!(%container, error = %e, "cannot write the container's output");
+            return;
+        }
+        left -= n as u64;
+        if n < message.len() {
+            tracing::warn!(
+                %container,
+                disk_bytes,
+                "the container's output reached the task's disk; the rest is dropped"
+            );
+            return;
+        }
+    }
+}
+
+/// The sandbox's `stdout` and `stderr`, appended to, and the bytes they already hold.
+async fn open_logs(sandbox: &Path) -> std::io::Result<(File, File, u64)> {
+    let open = |name: &str| {
+        let path = sandbox.join(name);
+        async move { OpenOptions::new().create(true).append(true).open(path).await }
+    };
+    let (stdout, stderr) = (open("stdout").await?, open("stderr").await?);
+    let used = stdout.metadata().await?.len() + stderr.metadata().await?.len();
+    Ok((stdout, stderr, used))
+}
+
+async fn append(file: &mut File, bytes: &[u8]) -> std::io::Result<()> {
+    file.write_all(bytes).await?;
+    // tokio writes in the background: flushed, the bytes are in the file before the
+    // terminal update says the task is done.
+    file.flush().await
+}

@@ -1,0 +1,429 @@
+//! Native tasks: a process, and whatever it forks, in a fresh cgroup of its own
+//! (`<root>/<framework>/<task>` in the cpu, cpuacct, memory and pids controllers on
+//! cgroup v1, or the one unified hierarchy on v2, whichever the host has).
+//!
+//! The process joins its cgroup before it executes anything: the child writes "0"
+//! to each `cgroup.procs` between fork and exec, so there is no moment when the task
+//! runs outside its limits. When the task's main process ends, everything left in
+//! its cgroup is killed and the cgroup removed, as Mesos' containers do.
+
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cgroups_rs::fs::cpu::CpuController;
+use cgroups_rs::fs::cpuacct::CpuAcctController;
+use cgroups_rs::fs::memory::MemController;
+use cgroups_rs::fs::pid::PidController;
+use cgroups_rs::fs::{Cgroup, MaxValue, hierarchies};
+use tokio::sync::watch;
+
+use super::{Containerizer, LaunchSpec, Limits, Termination, Usage, label};
+
+/// Processes one task may have at once: a fork bomb stops here.
+const MAX_PIDS: i64 = 1024;
+/// The CFS period quotas are expressed in (Mesos' default).
+const CFS_PERIOD_US: u64 = 100_000;
+/// How long killing a cgroup's processes may take before it is reported as stuck.
+const KILL_DEADLINE: Duration = Duration::from_secs(10);
+const CONTROLLERS: [&str; 4] = ["cpu", "cpuacct", "memory", "pids"];
+
+struct Container {
+    cgroup: Cgroup,
+    pid: i32,
+    mem_bytes: u64,
+    killed: AtomicBool,
+    ended: watch::Receiver<Option<Termination>>,
+}
+
+/// Native processes in cgroups under `root` (relative to each hierarchy's mount).
+pub struct NativeContainerizer {
+    root: String,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+}
+
+impl NativeContainerizer {
+    pub fn new(root: impl Into<String>) -> Self {
+        Self {
+            root: root.into(),
+            containers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn container(&self, task_id: &str) -> Option<Arc<Container>> {
+        self.lock().get(task_id).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Container>>> {
+        self.containers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cgroup_path(&self, framework_id: &str, task_id: &str) -> String {
+        format!("{}/{framework_id}/{task_id}", self.root)
+    }
+}
+
+/// Creates the task's cgroup with its limits applied.
+fn create_cgroup(path: &str, limits: &Limits) -> Result<Cgroup, String> {
+    let controllers = CONTROLLERS.iter().map(|c| c.to_string()).collect();
+    let cgroup =
+        Cgroup::new_with_specified_controllers(hierarchies::auto(), path, Some(controllers))
+            .map_err(|e| format!("cannot create cgroup {path}: {e}"))?;
+    let applied = (|| -> Result<(), String> {
+        let cpu: &CpuController = cgroup.controller_of().ok_or("no cpu controller")?;
+        let shares = ((limits.cpus * 1024.0) as u64).max(2);
+        let quota = ((limits.cpus * CFS_PERIOD_US as f64) as i64).max(1000);
+        if cgroup.v2() {
+            // cpu.weight is 1..10000 where v1's shares are 2..262144 (1024 = 100).
+            cpu.set_shares((shares * 100 / 1024).clamp(1, 10_000))
+        } else {
+            cpu.set_shares(shares)
+        }
+        .map_err(|e| format!("cpu shares: {e}"))?;
+        cpu.set_cfs_quota_and_period(Some(quota), Some(CFS_PERIOD_US))
+            .map_err(|e| format!("cpu quota: {e}"))?;
+        let mem: &MemController = cgroup.controller_of().ok_or("no memory controller")?;
+        mem.set_limit(limits.mem_bytes as i64)
+            .map_err(|e| format!("memory limit: {e}"))?;
+        let pids: &PidController = cgroup.controller_of().ok_or("no pids controller")?;
+        pids.set_pid_max(MaxValue::Value(MAX_PIDS))
+            .map_err(|e| format!("pids limit: {e}"))?;
+        Ok(())
+    })();
+    if let Err(e) = applied {
+        let _ = cgroup.delete();
+        return Err(format!("cannot limit cgroup {path}: {e}"));
+    }
+    Ok(cgroup)
+}
+
+/// Every `cgroup.procs` the task must join (one per v1 hierarchy, one on v2).
+fn procs_files(cgroup: &Cgroup) -> Result<Vec<std::fs::File>, String> {
+    let mut paths: Vec<PathBuf> = cgroup
+        .subsystems()
+        .iter()
+        .map(|s| s.to_controller().path().join("cgroup.procs"))
+        .collect();
+    paths.sort();
+    paths.dedup();
+    paths
+        .iter()
+        .map(|p| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(p)
+                .map_err(|e| format!("cannot open {}: {e}", p.display()))
+        })
+        .collect()
+}
+
+/// The uid and gid `command.user` names, when this process may switch to them.
+fn user_ids(spec: &LaunchSpec) -> Result<Option<(u32, u32)>, String> {
+    let Some(user) = spec
+        .task
+        .command
+        .as_ref()
+        .and_then(|c| c.user.as_deref())
+        .filter(|u| !u.is_empty())
+    else {
+        return Ok(None);
+    };
+    if !nix::unistd::geteuid().is_root() {
+        // As in Mesos: an agent not running as root runs tasks as itself.
+        return Ok(None);
+    }
+    let found = nix::unistd::User::from_name(user)
+        .map_err(|e| format!("cannot look up user {user:?}: {e}"))?
+        .ok_or_else(|| format!("user {user:?} does not exist on this agent"))?;
+    Ok(Some((found.uid.as_raw(), found.gid.as_raw())))
+}
+
+/// Sends `signal` to every process in the cgroup.
+fn signal_all(cgroup: &Cgroup, signal: nix::sys::signal::Signal) -> usize {
+    let procs = cgroup.procs();
+    for p in &procs {
+        if let Ok(pid) = i32::try_from(p.pid) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        }
+    }
+    procs.len()
+}
+
+/// Kills everything in the cgroup, however fast it forks, then removes it.
+async fn destroy(cgroup: &Cgroup) {
+    let started = Instant::now();
+    while signal_all(cgroup, nix::sys::signal::Signal::SIGKILL) > 0 {
+        if started.elapsed() > KILL_DEADLINE {
+            tracing::error!(
+                cgroup = cgroup.path(),
+                "processes survive SIGKILL; leaving the cgroup"
+            );
+            return;
+        }
+        // A killed process leaves `cgroup.procs` once the kernel has reaped it.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let cgroup = cgroup.clone();
+    // cgroups-rs retries rmdir with blocking sleeps.
+    let removed = tokio::task::spawn_blocking(move || cgroup.delete()).await;
+    if let Ok(Err(e)) = removed {
+        tracing::warn!(error = %e, "cannot remove a task's cgroup");
+    }
+}
+
+/// The v1 `memory.oom_control` or v2 `memory.events` OOM kill count.
+fn oom_kills(cgroup: &Cgroup) -> u64 {
+    let Some(mem) = cgroup.controller_of::<MemController>() else {
+        return 0;
+    };
+    if cgroup.v2() {
+        let path = cgroups_rs::fs::Controller::path(mem).join("memory.events");
+        return std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+    }
+    mem.memory_stat().oom_control.oom_kill
+}
+
+fn usage_of(cgroup: &Cgroup) -> Usage {
+    let cpu_time = if cgroup.v2() {
+        cgroup
+            .controller_of::<CpuController>()
+            .and_then(|c| {
+                c.cpu()
+                    .stat
+                    .lines()
+                    .find_map(|l| l.strip_prefix("usage_usec "))
+                    .and_then(|n| n.trim().parse().ok())
+            })
+            .map(Duration::from_micros)
+    } else {
+        cgroup
+            .controller_of::<CpuAcctController>()
+            .map(|c| Duration::from_nanos(c.cpuacct().usage))
+    };
+    Usage {
+        cpu_time: cpu_time.unwrap_or_default(),
+        memory_bytes: cgroup
+            .controller_of::<MemController>()
+            .map_or(0, |m| m.memory_stat().usage_in_bytes),
+        processes: cgroup
+            .controller_of::<PidController>()
+            .and_then(|p| p.get_pid_current().ok())
+            .unwrap_or(0),
+    }
+}
+
+#[async_trait::async_trait]
+impl Containerizer for NativeContainerizer {
+    async fn launch(&self, spec: &LaunchSpec) -> Result<(), String> {
+        let task_id = spec.task_id();
+        let limits = Limits::of(&spec.task)?;
+        let exec = super::exec(&spec.task)?;
+        let ids = user_ids(spec)?;
+        let path = self.cgroup_path(&spec.framework_id, &task_id);
+        let cgroup = {
+            let (path, limits) = (path.clone(), limits);
+            tokio::task::spawn_blocking(move || create_cgroup(&path, &limits))
+                .await
+                .map_err(|e| e.to_string())??
+        };
+        let spawned = (|| -> Result<tokio::process::Child, String> {
+            let files = procs_files(&cgroup)?;
+            let fds: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
+            let output = |name: &str| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(spec.sandbox.join(name))
+                    .map_err(|e| format!("cannot open the sandbox's {name}: {e}"))
+            };
+            let (stdout, stderr) = (output("stdout")?, output("stderr")?);
+            if let Some((uid, gid)) = ids {
+                for path in [
+                    spec.sandbox.clone(),
+                    spec.sandbox.join("stdout"),
+                    spec.sandbox.join("stderr"),
+                ] {
+                    std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                        .map_err(|e| format!("cannot give the sandbox to the task's user: {e}"))?;
+                }
+            }
+            let mut cmd = tokio::process::Command::new(&exec.program);
+            cmd.arg0(&exec.argv[0])
+                .args(&exec.argv[1..])
+                .env_clear()
+                .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+                .envs(super::environment(
+                    spec,
+                    &spec.sandbox.display().to_string(),
+                ))
+                .current_dir(&spec.sandbox)
+                .stdin(Stdio::null())
+                .stdout(stdout)
+                .stderr(stderr)
+                // Its own process group: signals to the task never reach the executor.
+                .process_group(0)
+                .kill_on_drop(false);
+            // SAFETY: between fork and exec the closure calls only async-signal-safe
+            // functions (write, setgroups, setgid, setuid) on values prepared before
+            // the fork, and allocates nothing.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for &fd in &fds {
+                        if nix::libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    if let Some((uid, gid)) = ids {
+                        let groups = [gid];
+                        if nix::libc::setgroups(1, groups.as_ptr()) != 0
+                            || nix::libc::setgid(gid) != 0
+                            || nix::libc::setuid(uid) != 0
+                        {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+            let child = cmd
+                .spawn()
+                .map_err(|e| format!("cannot run {}: {e}", exec.program))?;
+            drop(files);
+            Ok(child)
+        })();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                destroy(&cgroup).await;
+                return Err(e);
+            }
+        };
+        let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+        let (ended_tx, ended) = watch::channel(None);
+        let container = Arc::new(Container {
+            cgroup,
+            pid,
+            mem_bytes: limits.mem_bytes,
+            killed: AtomicBool::new(false),
+            ended,
+        });
+        self.lock().insert(task_id, container.clone());
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let usage = usage_of(&container.cgroup);
+            let ooms = oom_kills(&container.cgroup);
+            // The task is its main process: what it leaves behind dies with it.
+            destroy(&container.cgroup).await;
+            let mut termination = match status {
+                _ if ooms > 0 => Termination::out_of_memory(container.mem_bytes),
+                _ if container.killed.load(Ordering::SeqCst) => Termination::killed(),
+                Ok(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
+                    (Some(code), _) => Termination::exit_code(code.into()),
+                    (None, Some(signal)) => {
+                        let mut t = Termination::new(
+                            cairn_api::v1::TaskState::TaskFailed,
+                            format!("Command terminated with signal {signal}"),
+                            Some(cairn_api::v1::task_status::Reason::CommandExecutorFailed),
+                        );
+                        t.labels.push(label("cairn.signal", signal));
+                        t
+                    }
+                    (None, None) => Termination::exit_code(-1),
+                },
+                Err(e) => Termination::launch_failed(format!("waiting for the task: {e}")),
+            };
+            termination.labels.extend([
+                label("cairn.usage.cpu_time_ms", usage.cpu_time.as_millis()),
+                label("cairn.usage.memory_bytes", usage.memory_bytes),
+            ]);
+            let _ = ended_tx.send(Some(termination));
+        });
+        Ok(())
+    }
+
+    async fn wait(&self, task_id: &str) -> Termination {
+        let Some(container) = self.container(task_id) else {
+            return Termination::launch_failed("no such container");
+        };
+        let mut ended = container.ended.clone();
+        let termination = match ended.wait_for(Option::is_some).await {
+            Ok(t) => t.clone().unwrap_or_else(Termination::killed),
+            Err(_) => Termination::launch_failed("the container's watcher ended"),
+        };
+        self.lock().remove(task_id);
+        termination
+    }
+
+    async fn kill(&self, task_id: &str, grace: Duration) {
+        let Some(container) = self.container(task_id) else {
+            return;
+        };
+        container.killed.store(true, Ordering::SeqCst);
+        if grace.is_zero() {
+            signal_all(&container.cgroup, nix::sys::signal::Signal::SIGKILL);
+            return;
+        }
+        // The main process is asked first, as Mesos' command executor does; anything
+        // still in the cgroup after the grace period is killed.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(container.pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        tokio::spawn(async move {
+            let mut ended = container.ended.clone();
+            let waited = tokio::time::timeout(grace, ended.wait_for(Option::is_some)).await;
+            if waited.is_err() {
+                signal_all(&container.cgroup, nix::sys::signal::Signal::SIGKILL);
+            }
+        });
+    }
+
+    async fn recover(&self, framework_id: &str) -> Vec<String> {
+        // Native tasks are children of the executor process: none survives it. What
+        // a dead executor left in its framework's cgroups is killed and removed.
+        let parent = format!("{}/{framework_id}", self.root);
+        let hierarchy = hierarchies::auto();
+        let Some(dir) = hierarchy
+            .subsystems()
+            .iter()
+            .find(|s| s.controller_name() == "memory" || hierarchy.v2())
+            .map(|s| s.to_controller().path().to_path_buf())
+        else {
+            return Vec::new();
+        };
+        let dir = if hierarchy.v2() {
+            hierarchy.root().join(&parent)
+        } else {
+            dir.join(&parent)
+        };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        for entry in entries.flatten().filter(|e| e.path().is_dir()) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let controllers = CONTROLLERS.iter().map(|c| c.to_string()).collect();
+            let cgroup = Cgroup::load_with_specified_controllers(
+                hierarchies::auto(),
+                format!("{parent}/{name}"),
+                controllers,
+            );
+            tracing::warn!(task_id = name, "removing a cgroup a dead executor left");
+            destroy(&cgroup).await;
+        }
+        Vec::new()
+    }
+
+    async fn usage(&self, task_id: &str) -> Option<Usage> {
+        let container = self.container(task_id)?;
+        Some(usage_of(&container.cgroup))
+    }
+}

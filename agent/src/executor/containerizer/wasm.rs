@@ -1,0 +1,309 @@
+//! Wasm tasks: a WASI command module or p2 component, run as a wasmtime instance on
+//! this process's async runtime (thousands at once), under the limits of its
+//! resources, fuel and time.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cairn_api::internal::CachedFile;
+use cairn_api::v1::{TaskInfo, TaskState, task_status::Reason};
+use cairn_sandbox::{CancelHandle, Exit, Limit, ProgramKind, RunOutcome, RunSpec, Sandbox};
+use sha2::Digest as _;
+use tokio::sync::oneshot;
+
+use super::{Containerizer, LaunchSpec, Termination, Usage, label};
+use crate::executor::task::{caps, read_program};
+
+struct Run {
+    cancel: CancelHandle,
+    ended: Option<oneshot::Receiver<Termination>>,
+}
+
+/// Runs wasm tasks in this process's sandbox.
+pub struct WasmContainerizer {
+    sandbox: Arc<Sandbox>,
+    runs: Mutex<HashMap<String, Run>>,
+}
+
+impl WasmContainerizer {
+    pub fn new(sandbox: Arc<Sandbox>) -> Self {
+        Self {
+            sandbox,
+            runs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Run>> {
+        self.runs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait::async_trait]
+impl Containerizer for WasmContainerizer {
+    async fn launch(&self, spec: &LaunchSpec) -> Result<(), String> {
+        // A module the fetcher cache placed, already compiled here: nothing to read.
+        let prepared = match linked(&self.sandbox, &spec.task, &spec.sandbox, &spec.cached) {
+            Some(ready) => ready,
+            // Reading, hashing and (on a cache miss) compiling the module block.
+            None => {
+                let (sandbox, spec) = (self.sandbox.clone(), spec.clone());
+                tokio::task::spawn_blocking(move || {
+                    prepare(&sandbox, &spec.task, &spec.sandbox, &spec.cached)
+                })
+                .await
+                .map_err(|e| format!("preparing the task failed: {e}"))?
+            }
+        };
+        let (program, run_spec) = prepared?;
+        let cancel = CancelHandle::default();
+        let (done, ended) = oneshot::channel();
+        let (sandbox, handle) = (self.sandbox.clone(), cancel.clone());
+        tokio::spawn(async move {
+            let termination = match sandbox.run(&program, &run_spec, &handle).await {
+                Ok(outcome) => report(&run_spec, outcome),
+                Err(e) => Termination::launch_failed(e.to_string()),
+            };
+            let _ = done.send(termination);
+        });
+        self.lock().insert(
+            spec.task_id(),
+            Run {
+                cancel,
+                ended: Some(ended),
+            },
+        );
+        Ok(())
+    }
+
+    async fn wait(&self, task_id: &str) -> Termination {
+        let ended = self.lock().get_mut(task_id).and_then(|r| r.ended.take());
+        let termination = match ended {
+            Some(ended) => ended.await.unwrap_or_else(|_| {
+                Termination::new(
+                    TaskState::TaskFailed,
+                    "the executor failed while running the task",
+                    Some(Reason::ExecutorTerminated),
+                )
+            }),
+            None => Termination::launch_failed("no such container"),
+        };
+        self.lock().remove(task_id);
+        termination
+    }
+
+    /// A WASI command has no signal to catch, so there is nothing to give a grace
+    /// period to: it is interrupted at once.
+    async fn kill(&self, task_id: &str, _grace: Duration) {
+        if let Some(run) = self.lock().get(task_id) {
+            run.cancel.cancel();
+        }
+    }
+
+    async fn recover(&self, _framework_id: &str) -> Vec<String> {
+        // Instances live in the executor process and end with it.
+        Vec::new()
+    }
+
+    async fn usage(&self, _task_id: &str) -> Option<Usage> {
+        // Reported per task at its end (fuel, peak memory, wall time).
+        None
+    }
+
+    fn enforces_completion_time(&self) -> bool {
+        true
+    }
+}
+
+/// The sha256 the fetcher cache recorded for the file `value` names, if it placed it.
+fn cached_digest(cached: &[CachedFile], value: &str) -> Option<[u8; 32]> {
+    cached
+        .iter()
+        .find(|f| f.name == value)
+        .and_then(|f| f.sha256.as_slice().try_into().ok())
+}
+
+fn fuel_of(task: &TaskInfo) -> Option<u64> {
+    task.container
+        .as_ref()
+        .and_then(|c| c.wasm.as_ref())
+        .and_then(|w| w.fuel)
+}
+
+/// The task ready to run without touching its module file: its module came from the
+/// fetcher cache and this process has compiled it before.
+fn linked(
+    sandbox: &Sandbox,
+    task: &TaskInfo,
+    dir: &Path,
+    cached: &[CachedFile],
+) -> Option<Result<(cairn_sandbox::Program, RunSpec), String>> {
+    let value = task.command.as_ref()?.value.as_deref()?;
+    let digest = cached_digest(cached, value)?;
+    let program = sandbox.linked(&digest, fuel_of(task).is_some())?;
+    Some(spec(task, dir, program))
+}
+
+/// Reads and compiles the module and turns the task into a [`RunSpec`]; every error
+/// is a message for the task's TASK_FAILED.
+fn prepare(
+    sandbox: &Sandbox,
+    task: &TaskInfo,
+    dir: &Path,
+    cached: &[CachedFile],
+) -> Result<(cairn_sandbox::Program, RunSpec), String> {
+    let command = task
+        .command
+        .as_ref()
+        .ok_or("a wasm task needs `command.value` naming its module")?;
+    let value = command.value.clone().unwrap_or_default();
+    let bytes = read_program(dir, &value)?;
+    if let Some(digest) = cached_digest(cached, &value) {
+        let actual: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+        if actual != digest {
+            return Err(format!(
+                "{value} no longer matches the fetcher cache's digest of it; refusing to run it"
+            ));
+        }
+    }
+    // Only a task with a fuel budget pays for metering.
+    let program = sandbox
+        .compile(&bytes, fuel_of(task).is_some())
+        .map_err(|e| format!("{value}: {e}"))?;
+    spec(task, dir, program)
+}
+
+/// The task's [`RunSpec`] for a program already compiled.
+fn spec(
+    task: &TaskInfo,
+    dir: &Path,
+    program: cairn_sandbox::Program,
+) -> Result<(cairn_sandbox::Program, RunSpec), String> {
+    let command = task
+        .command
+        .as_ref()
+        .ok_or("a wasm task needs `command.value` naming its module")?;
+    let value = command.value.clone().unwrap_or_default();
+    let fuel = fuel_of(task);
+    if program.kind() != ProgramKind::Command {
+        return Err(format!(
+            "{value} is a custom executor, not a command: name it in the task's `executor`"
+        ));
+    }
+    let (memory_bytes, disk_bytes) = caps(&task.resources)?;
+    let args = if command.arguments.is_empty() {
+        vec![value.clone()]
+    } else {
+        command.arguments.clone()
+    };
+    // What Mesos' executors set, as seen from inside the sandbox.
+    let mut env = vec![
+        ("MESOS_SANDBOX".to_owned(), "/".to_owned()),
+        (
+            "MESOS_TASK_ID".to_owned(),
+            task.task_id.clone().unwrap_or_default().value,
+        ),
+    ];
+    if let Some(e) = command.environment.as_ref() {
+        env.extend(
+            e.variables
+                .iter()
+                .map(|v| (v.name.clone(), v.value.clone())),
+        );
+    }
+    let timeout = task
+        .max_completion_time
+        .as_ref()
+        .filter(|d| d.nanoseconds > 0)
+        .map(|d| Duration::from_nanos(d.nanoseconds as u64));
+    let spec = RunSpec {
+        args,
+        env,
+        sandbox_dir: dir.to_path_buf(),
+        stdout: dir.join("stdout"),
+        stderr: dir.join("stderr"),
+        memory_bytes,
+        fuel,
+        timeout,
+        disk_bytes,
+    };
+    Ok((program, spec))
+}
+
+/// Maps how the run ended onto a Mesos state, reason and message, with usage as labels.
+fn report(spec: &RunSpec, outcome: RunOutcome) -> Termination {
+    let mut labels = vec![
+        label("cairn.usage.fuel_consumed", outcome.usage.fuel_consumed),
+        label(
+            "cairn.usage.peak_memory_bytes",
+            outcome.usage.peak_memory_bytes,
+        ),
+        label(
+            "cairn.usage.wall_time_ms",
+            outcome.usage.wall_time.as_millis(),
+        ),
+    ];
+    let (state, message, reason) = match outcome.exit {
+        Exit::Code(0) => {
+            labels.push(label("cairn.exit_code", 0));
+            (
+                TaskState::TaskFinished,
+                "Command exited with status 0".to_owned(),
+                None,
+            )
+        }
+        Exit::Code(code) => {
+            labels.push(label("cairn.exit_code", code));
+            (
+                TaskState::TaskFailed,
+                format!("Command exited with status {code}"),
+                Some(Reason::CommandExecutorFailed),
+            )
+        }
+        Exit::Limit(Limit::Memory) => (
+            TaskState::TaskFailed,
+            format!(
+                "Memory limit exceeded: the task may use {} bytes of linear memory",
+                spec.memory_bytes
+            ),
+            Some(Reason::ContainerLimitationMemory),
+        ),
+        Exit::Limit(Limit::Fuel) => (
+            TaskState::TaskFailed,
+            format!(
+                "Fuel exhausted: the task's budget was {}",
+                spec.fuel.unwrap_or_default()
+            ),
+            Some(Reason::ContainerLimitationFuel),
+        ),
+        Exit::Limit(Limit::Time) => (
+            TaskState::TaskFailed,
+            format!(
+                "Task exceeded its max_completion_time of {}",
+                humantime::format_duration(spec.timeout.unwrap_or_default())
+            ),
+            Some(Reason::MaxCompletionTimeReached),
+        ),
+        Exit::Limit(Limit::Disk) => (
+            TaskState::TaskFailed,
+            format!(
+                "Disk limit exceeded: the sandbox may hold {} bytes, stdout and stderr included",
+                spec.disk_bytes
+            ),
+            Some(Reason::ContainerLimitationDisk),
+        ),
+        Exit::Killed => (TaskState::TaskKilled, "Task killed".to_owned(), None),
+        Exit::Trap(trap) => (
+            TaskState::TaskFailed,
+            format!("wasm trap: {trap}"),
+            Some(Reason::CommandExecutorFailed),
+        ),
+    };
+    Termination {
+        state,
+        message,
+        reason,
+        labels,
+    }
+}
