@@ -4,11 +4,13 @@
 
 mod bad_input;
 mod components;
+mod docker;
 mod faults;
 mod fetcher;
 mod framework;
 mod harness;
 mod mesos_http;
+mod native;
 mod operator;
 mod recovery;
 mod restart;

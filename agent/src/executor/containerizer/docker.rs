@@ -20,10 +20,9 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
     RemoveContainerOptionsBuilder, StatsOptionsBuilder, StopContainerOptionsBuilder,
 };
+use cairn_api::v1::TaskInfo;
 use cairn_api::v1::container_info::DockerInfo;
 use cairn_api::v1::container_info::docker_info::Network;
-use cairn_api::v1::task_status::Reason;
-use cairn_api::v1::{TaskInfo, TaskState};
 use futures::StreamExt as _;
 use tokio::fs::{File, OpenOptions};
 use tokio::io::AsyncWriteExt as _;
@@ -95,7 +94,8 @@ impl DockerContainerizer {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts copying the container's output and awaiting its end.
+    /// Registers the container for `wait`, `kill` and `usage`; its output and its end
+    /// are followed in the background, outliving the call that started it.
     fn attach(&self, docker: &Docker, task_id: String, follow: Follow) {
         let killed = Arc::new(AtomicBool::new(false));
         let (publish, end) = watch::channel(None);
@@ -136,7 +136,7 @@ impl Containerizer for DockerContainerizer {
             .filter(|d| !d.image.is_empty())
             .ok_or("a DOCKER task needs container.docker.image")?;
         let image = info.image.as_str();
-        let networking = networking(&spec.task, info)?;
+        let network = networking(&spec.task, info)?;
         let limits = Limits::of(&spec.task)?;
         let exec = super::exec(&spec.task)?;
         let sandbox = std::path::absolute(&spec.sandbox)
@@ -189,7 +189,7 @@ impl Containerizer for DockerContainerizer {
             cmd: Some(cmd),
             env: Some(env),
             labels: Some(labels),
-            exposed_ports: networking.exposed,
+            exposed_ports: network.exposed,
             host_config: Some(HostConfig {
                 binds: Some(vec![format!("{}:{SANDBOX}", sandbox.display())]),
                 memory: Some(memory),
@@ -198,8 +198,8 @@ impl Containerizer for DockerContainerizer {
                 nano_cpus: Some(((limits.cpus.min(host_cpus) * 1e9) as i64).max(10_000_000)),
                 cpu_shares: Some(((limits.cpus * 1024.0) as i64).max(2)),
                 pids_limit: Some(PIDS_LIMIT),
-                network_mode: Some(networking.mode.to_owned()),
-                port_bindings: networking.ports,
+                network_mode: Some(network.mode.to_owned()),
+                port_bindings: network.ports,
                 // The exit code and OOMKilled are read after the exit, then it is removed.
                 auto_remove: Some(false),
                 ..Default::default()
@@ -273,14 +273,12 @@ impl Containerizer for DockerContainerizer {
         let docker = match self.docker().await {
             Ok(docker) => docker,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot recover Docker containers");
+                // Without an engine there is nothing to recover.
+                tracing::debug!(error = %e, "cannot recover Docker containers");
                 return Vec::new();
             }
         };
-        let filters = HashMap::from([(
-            "label",
-            vec![format!("{FRAMEWORK_LABEL}={framework_id}")],
-        )]);
+        let filters = HashMap::from([("label", vec![format!("{FRAMEWORK_LABEL}={framework_id}")])]);
         let options = ListContainersOptionsBuilder::new()
             .all(true)
             .filters(&filters)
@@ -339,21 +337,12 @@ impl Containerizer for DockerContainerizer {
     async fn usage(&self, task_id: &str) -> Option<Usage> {
         let container = self.entries().get(task_id).map(|e| e.container.clone())?;
         let docker = self.engine.get()?;
-        let options = StatsOptionsBuilder::new().stream(false).one_shot(true).build();
+        let options = StatsOptionsBuilder::new()
+            .stream(false)
+            .one_shot(true)
+            .build();
         let mut stats = pin!(docker.stats(&container, Some(options)));
         let sample = stats.next().await?.ok()?;
-        let memory = sample.memory_stats.unwrap_or_default();
-        // As `docker stats` counts it: the page cache the kernel can drop is not the
-        // task's (cgroup v1 names it total_inactive_file, v2 inactive_file).
-        let cache = memory
-            .stats
-            .as_ref()
-            .and_then(|s| {
-                s.get("total_inactive_file")
-                    .or_else(|| s.get("inactive_file"))
-            })
-            .copied()
-            .unwrap_or(0);
         let cpu_ns = sample
             .cpu_stats
             .and_then(|c| c.cpu_usage)
@@ -361,7 +350,9 @@ impl Containerizer for DockerContainerizer {
             .unwrap_or(0);
         Some(Usage {
             cpu_time: Duration::from_nanos(cpu_ns),
-            memory_bytes: memory.usage.unwrap_or(0).saturating_sub(cache),
+            // The cgroup's usage, page cache included, as the native containerizer
+            // reports it.
+            memory_bytes: sample.memory_stats.and_then(|m| m.usage).unwrap_or(0),
             processes: sample.pids_stats.and_then(|p| p.current).unwrap_or(0),
         })
     }
@@ -395,9 +386,15 @@ fn engine_message(e: Error) -> String {
 /// Removes a container (running or not) and its anonymous volumes; one already gone
 /// is fine.
 async fn remove(docker: &Docker, container: &str) -> Result<(), String> {
-    let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+    let options = RemoveContainerOptionsBuilder::new()
+        .force(true)
+        .v(true)
+        .build();
     match docker.remove_container(container, Some(options)).await {
-        Ok(()) | Err(Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+        Ok(())
+        | Err(Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(()),
         Err(e) => Err(engine_message(e)),
     }
 }
@@ -422,8 +419,7 @@ fn networking(task: &TaskInfo, info: &DockerInfo) -> Result<Networking, String> 
             ports: None,
         });
     }
-    let resources =
-        cairn_api::Resources::from_proto(&task.resources).map_err(|e| e.to_string())?;
+    let resources = cairn_api::Resources::from_proto(&task.resources).map_err(|e| e.to_string())?;
     let offered = resources.ranges("ports");
     let mut bindings: HashMap<String, Vec<PortBinding>> = HashMap::new();
     for m in &info.port_mappings {
@@ -435,7 +431,9 @@ fn networking(task: &TaskInfo, info: &DockerInfo) -> Result<Networking, String> 
         }
         let protocol = m.protocol.as_deref().unwrap_or("tcp");
         if !matches!(protocol, "tcp" | "udp") {
-            return Err(format!("port mapping protocol {protocol:?} is neither tcp nor udp"));
+            return Err(format!(
+                "port mapping protocol {protocol:?} is neither tcp nor udp"
+            ));
         }
         bindings
             .entry(format!("{}/{protocol}", m.container_port))
@@ -505,11 +503,7 @@ async fn await_end(
     } else {
         match status {
             Ok(code) => Termination::exit_code(code),
-            Err(e) => Termination::new(
-                TaskState::TaskFailed,
-                format!("lost track of the container: {e}"),
-                Some(Reason::ExecutorTerminated),
-            ),
+            Err(e) => Termination::launch_failed(format!("waiting for the container: {e}")),
         }
     };
     if tokio::time::timeout(OUTPUT_DRAIN, output).await.is_err() {
@@ -556,7 +550,9 @@ async fn copy_output(
                 return;
             }
         };
-        let n = message.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = message
+            .len()
+            .min(usize::try_from(left).unwrap_or(usize::MAX));
         if let Err(e) = append(file, &message[..n]).await {
             tracing::warn!(%container, error = %e, "cannot write the container's output");
             return;
@@ -577,7 +573,13 @@ async fn copy_output(
 async fn open_logs(sandbox: &Path) -> std::io::Result<(File, File, u64)> {
     let open = |name: &str| {
         let path = sandbox.join(name);
-        async move { OpenOptions::new().create(true).append(true).open(path).await }
+        async move {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .await
+        }
     };
     let (stdout, stderr) = (open("stdout").await?, open("stderr").await?);
     let used = stdout.metadata().await?.len() + stderr.metadata().await?.len();

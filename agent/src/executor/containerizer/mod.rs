@@ -4,7 +4,6 @@
 //! DOCKER a container of the local engine, and MESOS (or none) a native process in
 //! its own cgroup.
 
-#[path = "docker_stub.rs"]
 pub mod docker;
 pub mod native;
 pub mod wasm;

@@ -1,0 +1,270 @@
+//! DOCKER tasks against the machine's real Docker engine: output, exit status, kill,
+//! a missing image, and no container left behind. The engine has no registry, so the
+//! image is built here from the host's static busybox. A missing engine fails these
+//! tests: they never skip.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde_json::{Value, json};
+
+use crate::framework::{Events, Scheduler, accept};
+use crate::harness::{Cluster, blocking, find_files, text, wait_for};
+
+const TEST_IMAGE: &str = "cairn-test-busybox:1";
+
+/// The local busybox image the tests run, imported once per test process if the
+/// engine does not have it yet.
+pub fn test_image() -> String {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let version = docker(&["version", "--format", "{{.Server.APIVersion}}"]);
+            assert!(
+                version.status.success(),
+                "the Docker engine is not reachable, and these tests need it: {}",
+                text(&version.stderr)
+            );
+            if !docker(&["image", "inspect", TEST_IMAGE]).status.success() {
+                import_busybox();
+            }
+            TEST_IMAGE.to_owned()
+        })
+        .clone()
+}
+
+/// An image of one static busybox and the applets the tests use.
+fn import_busybox() {
+    let busybox = Path::new("/bin/busybox");
+    // A dynamically linked busybox would find no libc in the image (ldd fails on a
+    // static binary).
+    let is_static = || {
+        busybox.exists()
+            && !Command::new("ldd")
+                .arg(busybox)
+                .output()
+                .is_ok_and(|o| o.status.success())
+    };
+    if !is_static() {
+        let out = Command::new("apt-get")
+            .args(["install", "-y", "busybox-static"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+            .expect("running apt-get");
+        assert!(
+            out.status.success() && is_static(),
+            "the Docker tests need a static /bin/busybox (apt-get install busybox-static): {}",
+            text(&out.stderr)
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = dir.path().join("rootfs");
+    let bin = rootfs.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(rootfs.join("tmp")).unwrap();
+    std::fs::copy(busybox, bin.join("busybox")).unwrap();
+    for applet in ["sh", "echo", "sleep", "cat", "ls", "true", "false", "env"] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+    }
+    let tar = dir.path().join("rootfs.tar");
+    let (rootfs, tar) = (rootfs.to_str().unwrap(), tar.to_str().unwrap());
+    must("tar", &["-C", rootfs, "-cf", tar, "."]);
+    must(
+        "docker",
+        &["import", "-c", r#"CMD ["/bin/sh"]"#, tar, TEST_IMAGE],
+    );
+}
+
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running docker {}: {e}", args.join(" ")))
+}
+
+fn must(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {}: {}",
+        args.join(" "),
+        text(&out.stderr)
+    );
+}
+
+/// The engine's containers, running or not, that Cairn labelled with this task id.
+fn containers_of(task_id: &str) -> Vec<String> {
+    let filter = format!("label=cairn.task_id={task_id}");
+    let out = docker(&["ps", "-a", "-q", "--filter", filter.as_str()]);
+    assert!(out.status.success(), "docker ps: {}", text(&out.stderr));
+    text(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until the engine holds no container of these tasks: Cairn removes each
+/// one after its terminal update.
+async fn assert_removed(task_ids: &[&str]) {
+    let task_ids: Vec<String> = task_ids.iter().map(|&id| id.to_owned()).collect();
+    blocking(move || {
+        wait_for("the tasks' containers to be removed", || {
+            task_ids
+                .iter()
+                .all(|id| containers_of(id).is_empty())
+                .then_some(())
+        })
+    })
+    .await;
+}
+
+/// Removes the tests' containers however a test ends, so a failed one leaves no
+/// `sleep 600` on the shared engine.
+struct RemoveOnDrop(Vec<String>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for id in &self.0 {
+            let filter = format!("label=cairn.task_id={id}");
+            let Ok(out) = Command::new("docker")
+                .args(["ps", "-a", "-q", "--filter", filter.as_str()])
+                .output()
+            else {
+                continue;
+            };
+            for container in text(&out.stdout).split_whitespace() {
+                let _ = Command::new("docker")
+                    .args(["rm", "-f", container])
+                    .output();
+            }
+        }
+    }
+}
+
+/// A task id unique on the shared engine: tests and test runs share it.
+fn task_id(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
+}
+
+fn docker_task(id: &str, agent_id: &Value, image: &str, command: &str) -> Value {
+    json!({
+        "name": id, "task_id": {"value": id}, "agent_id": agent_id,
+        "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}},
+                      {"name": "mem", "type": "SCALAR", "scalar": {"value": 64}}],
+        "command": {"value": command, "shell": true},
+        "container": {"type": "DOCKER", "docker": {"image": image, "network": "HOST"}}
+    })
+}
+
+fn is_terminal(status: &Value) -> bool {
+    !matches!(
+        status["state"].as_str().unwrap_or_default(),
+        "TASK_STAGING" | "TASK_STARTING" | "TASK_RUNNING" | "TASK_KILLING"
+    )
+}
+
+/// Acknowledges one update and returns its status.
+async fn next_status(scheduler: &Scheduler, events: &mut Events) -> Value {
+    let update = events.next_of("UPDATE").await;
+    let status = update["update"]["status"].clone();
+    scheduler.acknowledge(&status).await;
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_task_runs_and_its_output_and_exit_code_reach_the_framework() {
+    let image = test_image();
+    let id = task_id("docker-output-and-exit-code");
+    let _cleanup = RemoveOnDrop(vec![id.clone()]);
+    let cluster = Cluster::start();
+    let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
+    let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
+    let task = docker_task(
+        &id,
+        &offer["agent_id"],
+        &image,
+        "echo hello from docker; exit 3",
+    );
+    let (code, body) = scheduler.call(accept(&offer, vec![task])).await;
+    assert_eq!(code, 202, "{body}");
+    let mut states = Vec::new();
+    let last = loop {
+        let status = next_status(&scheduler, &mut events).await;
+        assert_eq!(status["task_id"]["value"], id.as_str(), "{status}");
+        states.push(status["state"].as_str().unwrap_or_default().to_owned());
+        if is_terminal(&status) {
+            break status;
+        }
+    };
+    assert!(states.iter().any(|s| s == "TASK_RUNNING"), "{states:?}");
+    assert_eq!(last["state"], "TASK_FAILED", "{last}");
+    assert_eq!(last["message"], "Command exited with status 3", "{last}");
+
+    let sandbox_stdout = format!("tasks/{id}/stdout");
+    let stdout = find_files(&cluster.work_dir(), "stdout")
+        .into_iter()
+        .find(|p| p.ends_with(&sandbox_stdout))
+        .unwrap_or_else(|| panic!("no {sandbox_stdout} under the agent's work dir"));
+    let output = std::fs::read_to_string(&stdout).unwrap();
+    assert!(output.contains("hello from docker"), "{output:?}");
+    assert_removed(&[id.as_str()]).await;
+    cluster.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_docker_task_stops_and_a_missing_image_fails_clearly() {
+    let image = test_image();
+    let sleeper = task_id("docker-killed");
+    let missing = task_id("docker-missing-image");
+    let _cleanup = RemoveOnDrop(vec![sleeper.clone(), missing.clone()]);
+    let cluster = Cluster::start();
+    let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
+    let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
+    let agent_id = offer["agent_id"].clone();
+    let tasks = vec![
+        docker_task(&sleeper, &agent_id, &image, "sleep 600"),
+        docker_task(&missing, &agent_id, "cairn-no-such-image:1", "true"),
+    ];
+    let (code, body) = scheduler.call(accept(&offer, tasks)).await;
+    assert_eq!(code, 202, "{body}");
+
+    let mut last: HashMap<String, Value> = HashMap::new();
+    let mut kill_sent = false;
+    while ![&sleeper, &missing]
+        .iter()
+        .all(|id| last.get(id.as_str()).is_some_and(is_terminal))
+    {
+        let status = next_status(&scheduler, &mut events).await;
+        let id = status["task_id"]["value"].as_str().unwrap_or_default();
+        if id == sleeper && status["state"] == "TASK_RUNNING" && !kill_sent {
+            kill_sent = true;
+            let kill = json!({"type": "KILL",
+                "kill": {"task_id": {"value": sleeper}, "agent_id": agent_id}});
+            assert_eq!(scheduler.call(kill).await.0, 202);
+        }
+        last.insert(id.to_owned(), status);
+    }
+    let killed = &last[&sleeper];
+    assert!(kill_sent, "the sleeping task never ran: {killed}");
+    assert_eq!(killed["state"], "TASK_KILLED", "{killed}");
+    let failed = &last[&missing];
+    assert_eq!(failed["state"], "TASK_FAILED", "{failed}");
+    assert_eq!(
+        failed["reason"], "REASON_CONTAINER_LAUNCH_FAILED",
+        "{failed}"
+    );
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not present on this agent"),
+        "{failed}"
+    );
+    assert_removed(&[sleeper.as_str(), missing.as_str()]).await;
+    cluster.assert_no_panics();
+}

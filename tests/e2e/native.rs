@@ -1,0 +1,324 @@
+//! Native tasks on this machine's real cgroups: a process in a cgroup of its own from
+//! its first instruction, held to its memory, pids and CPU limits, killed with its
+//! children after its grace period, and nothing left in the cgroup tree after it.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::framework::{Events, Scheduler, accept};
+use crate::harness::{Cluster, DEADLINE, find_files};
+
+/// A cluster whose agent puts native tasks' cgroups under a root of this test's own,
+/// so what a test leaves (or not) is its alone.
+struct NativeCluster {
+    cluster: Cluster,
+    root: String,
+}
+
+impl NativeCluster {
+    fn start() -> Self {
+        let root = format!("cairn-test-{}", uuid::Uuid::new_v4().simple());
+        let cluster = Cluster::start_with_flags(&[], &["--cgroups-root", &root]);
+        Self { cluster, root }
+    }
+
+    /// A file of the task's cgroup (the controller's hierarchy on v1).
+    fn cgroup_file(&self, controller: &str, framework_id: &str, task: &str, file: &str) -> PathBuf {
+        let base = PathBuf::from("/sys/fs/cgroup");
+        let base = if base.join("cgroup.controllers").exists() {
+            base
+        } else {
+            base.join(controller)
+        };
+        base.join(&self.root)
+            .join(framework_id)
+            .join(task)
+            .join(file)
+    }
+
+    /// Every cgroup directory left under the root, in every hierarchy.
+    fn leftovers(&self) -> Vec<PathBuf> {
+        let mut left = Vec::new();
+        for controller in ["cpu", "cpuacct", "memory", "pids", ""] {
+            let root = PathBuf::from("/sys/fs/cgroup")
+                .join(controller)
+                .join(&self.root);
+            let Ok(frameworks) = std::fs::read_dir(&root) else {
+                continue;
+            };
+            for fw in frameworks.flatten().filter(|e| e.path().is_dir()) {
+                let tasks = std::fs::read_dir(fw.path()).into_iter().flatten().flatten();
+                left.extend(tasks.filter(|t| t.path().is_dir()).map(|t| t.path()));
+            }
+        }
+        left
+    }
+}
+
+impl Drop for NativeCluster {
+    fn drop(&mut self) {
+        for controller in ["cpu", "cpuacct", "memory", "pids", ""] {
+            let root = PathBuf::from("/sys/fs/cgroup")
+                .join(controller)
+                .join(&self.root);
+            if let Ok(frameworks) = std::fs::read_dir(&root) {
+                for fw in frameworks.flatten() {
+                    let _ = std::fs::remove_dir(fw.path());
+                }
+            }
+            let _ = std::fs::remove_dir(root);
+        }
+    }
+}
+
+fn native_task(id: &str, agent_id: &Value, cpus: f64, mem: f64, command: Value) -> Value {
+    json!({
+        "name": id, "task_id": {"value": id}, "agent_id": agent_id,
+        "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": cpus}},
+                      {"name": "mem", "type": "SCALAR", "scalar": {"value": mem}}],
+        "command": command,
+        "max_completion_time": {"nanoseconds": 60_000_000_000u64}
+    })
+}
+
+/// Reads events, acknowledging updates, until `id` has a terminal update; returns it.
+async fn terminal(scheduler: &Scheduler, events: &mut Events, id: &str) -> Value {
+    loop {
+        let status = next_update(scheduler, events).await;
+        let state = status["state"].as_str().unwrap_or_default();
+        if status["task_id"]["value"] == id
+            && !matches!(state, "TASK_STARTING" | "TASK_RUNNING" | "TASK_KILLING")
+        {
+            return status;
+        }
+    }
+}
+
+async fn next_update(scheduler: &Scheduler, events: &mut Events) -> Value {
+    let event = events.next_of("UPDATE").await;
+    let status = event["update"]["status"].clone();
+    scheduler.acknowledge(&status).await;
+    status
+}
+
+fn label(status: &Value, key: &str) -> Option<String> {
+    status["labels"]["labels"]
+        .as_array()?
+        .iter()
+        .find(|l| l["key"] == key)
+        .and_then(|l| l["value"].as_str().map(str::to_owned))
+}
+
+async fn launch(cluster: &Cluster, tasks: impl Fn(&Value) -> Vec<Value>) -> (Scheduler, Events) {
+    let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
+    let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
+    let (code, body) = scheduler
+        .call(accept(&offer, tasks(&offer["agent_id"])))
+        .await;
+    assert_eq!(code, 202, "{body}");
+    (scheduler, events)
+}
+
+fn sandbox_file(cluster: &Cluster, task: &str, name: &str) -> String {
+    let path = find_files(&cluster.work_dir(), name)
+        .into_iter()
+        .find(|p| p.parent().is_some_and(|d| d.ends_with(task)))
+        .unwrap_or_else(|| panic!("no {name} in {task}'s sandbox"));
+    std::fs::read_to_string(path).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_task_runs_in_its_own_cgroup_from_the_start_and_leaves_nothing() {
+    let c = NativeCluster::start();
+    let (scheduler, mut events) = launch(&c.cluster, |agent| {
+        vec![
+            native_task("shell", agent, 0.1, 32.0, json!({"value": "echo hello-native; cat /proc/self/cgroup"})),
+            native_task("argv", agent, 0.1, 32.0,
+                json!({"value": "/bin/echo", "shell": false, "arguments": ["echo", "argv", "mode"]})),
+            native_task("exit3", agent, 0.1, 32.0, json!({"value": "exit 3"})),
+        ]
+    })
+    .await;
+    let fw = scheduler.framework_id.clone();
+    let mut ended = std::collections::HashMap::new();
+    while ended.len() < 3 {
+        let status = next_update(&scheduler, &mut events).await;
+        let state = status["state"].as_str().unwrap_or_default().to_owned();
+        if !matches!(state.as_str(), "TASK_STARTING" | "TASK_RUNNING") {
+            ended.insert(
+                status["task_id"]["value"].as_str().unwrap().to_owned(),
+                status,
+            );
+        }
+    }
+    for (id, expected) in [
+        ("shell", "TASK_FINISHED"),
+        ("argv", "TASK_FINISHED"),
+        ("exit3", "TASK_FAILED"),
+    ] {
+        assert_eq!(ended[id]["state"], expected, "{id}: {}", ended[id]);
+    }
+    assert_eq!(ended["exit3"]["message"], "Command exited with status 3");
+    let stdout = sandbox_file(&c.cluster, "shell", "stdout");
+    assert!(stdout.contains("hello-native"), "{stdout}");
+    // `cat` is a child of the task's shell: the cgroup was inherited from the first
+    // instruction on.
+    let own = format!("/{}/{fw}/shell", c.root);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains(":memory:") || l.starts_with("0::"))
+            && stdout.contains(&own),
+        "not in {own}: {stdout}"
+    );
+    assert_eq!(sandbox_file(&c.cluster, "argv", "stdout"), "argv mode\n");
+    assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
+    c.cluster.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_hog_is_oom_killed_with_the_memory_reason() {
+    let c = NativeCluster::start();
+    // `tail` keeps a line without a newline in memory: 200 MB of zeros.
+    let (scheduler, mut events) = launch(&c.cluster, |agent| {
+        vec![native_task(
+            "hog",
+            agent,
+            0.5,
+            32.0,
+            json!({"value": "head -c 200000000 /dev/zero | tail"}),
+        )]
+    })
+    .await;
+    let status = terminal(&scheduler, &mut events, "hog").await;
+    assert_eq!(status["state"], "TASK_FAILED", "{status}");
+    assert_eq!(
+        status["reason"], "REASON_CONTAINER_LIMITATION_MEMORY",
+        "{status}"
+    );
+    assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_bomb_is_held_by_the_pids_limit_and_ends_at_its_deadline() {
+    let c = NativeCluster::start();
+    let (scheduler, mut events) = launch(&c.cluster, |agent| {
+        let mut task = native_task(
+            "bomb",
+            agent,
+            1.0,
+            256.0,
+            json!({"value": "sleep 600 & b() { b | b & }; b; wait"}),
+        );
+        task["max_completion_time"] = json!({"nanoseconds": 3_000_000_000u64});
+        vec![task]
+    })
+    .await;
+    let fw = scheduler.framework_id.clone();
+    // Watch the cgroup while it runs: forks are refused at the cap, never past it.
+    let events_file = c.cgroup_file("pids", &fw, "bomb", "pids.events");
+    let current_file = c.cgroup_file("pids", &fw, "bomb", "pids.current");
+    let deadline = Instant::now() + DEADLINE;
+    let mut peak = 0u64;
+    let refused = loop {
+        let current: u64 = std::fs::read_to_string(&current_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        peak = peak.max(current);
+        let refused: u64 = std::fs::read_to_string(&events_file)
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0);
+        if refused > 0 {
+            break refused;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the bomb never reached the pids limit (peak {peak})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(refused > 0 && peak <= 1024, "peak {peak}");
+    let status = terminal(&scheduler, &mut events, "bomb").await;
+    assert_eq!(status["state"], "TASK_FAILED", "{status}");
+    assert_eq!(
+        status["reason"], "REASON_MAX_COMPLETION_TIME_REACHED",
+        "{status}"
+    );
+    assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_ignoring_sigterm_is_killed_after_its_grace_with_its_children() {
+    let c = NativeCluster::start();
+    let (scheduler, mut events) = launch(&c.cluster, |agent| {
+        let mut task = native_task(
+            "stubborn",
+            agent,
+            0.1,
+            32.0,
+            json!({"value": "trap '' TERM; sleep 600 & echo started; wait; wait"}),
+        );
+        task["kill_policy"] = json!({"grace_period": {"nanoseconds": 1_000_000_000u64}});
+        vec![task]
+    })
+    .await;
+    let agent_id = loop {
+        let status = next_update(&scheduler, &mut events).await;
+        if status["state"] == "TASK_RUNNING" {
+            break status["agent_id"].clone();
+        }
+    };
+    // Its child is up (it wrote "started") before the kill.
+    crate::harness::wait_for("the task's output", || {
+        find_files(&c.cluster.work_dir(), "stdout")
+            .into_iter()
+            .find(|p| std::fs::read_to_string(p).is_ok_and(|s| s.contains("started")))
+    });
+    let asked = Instant::now();
+    let kill =
+        json!({"type": "KILL", "kill": {"task_id": {"value": "stubborn"}, "agent_id": agent_id}});
+    assert_eq!(scheduler.call(kill).await.0, 202);
+    let status = terminal(&scheduler, &mut events, "stubborn").await;
+    let took = asked.elapsed();
+    assert_eq!(status["state"], "TASK_KILLED", "{status}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "killed before its grace: {took:?}"
+    );
+    // The cgroup is removed only once empty: the background sleep died too.
+    assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cpu_hog_is_held_to_its_quota() {
+    let c = NativeCluster::start();
+    let (scheduler, mut events) = launch(&c.cluster, |agent| {
+        let mut task = native_task(
+            "hog",
+            agent,
+            0.25,
+            32.0,
+            json!({"value": "while :; do :; done"}),
+        );
+        task["max_completion_time"] = json!({"nanoseconds": 2_000_000_000u64});
+        vec![task]
+    })
+    .await;
+    let status = terminal(&scheduler, &mut events, "hog").await;
+    assert_eq!(
+        status["reason"], "REASON_MAX_COMPLETION_TIME_REACHED",
+        "{status}"
+    );
+    let cpu_ms: f64 = label(&status, "cairn.usage.cpu_time_ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no cpu time label: {status}"));
+    // 0.25 of a core for 2 s is 500 ms; unlimited, a busy loop would use 2,000.
+    assert!(
+        (250.0..=750.0).contains(&cpu_ms),
+        "used {cpu_ms} ms of CPU in 2 s at a 0.25 quota"
+    );
+}
