@@ -8,7 +8,11 @@
 //! cargo bench --workspace --profile dev --bench capacity -- idle [--tasks 10000]
 //! cargo bench --workspace --profile dev --bench capacity -- executor [--tasks 20000] [--inflight 1000]
 //! cargo bench --workspace --profile dev --bench capacity -- agent [--tasks 20000] [--inflight 1000] [--work-dir DIR]
+//! cargo bench --workspace --profile dev --bench capacity -- latency [--tasks 200]
 //! ```
+//!
+//! `latency` launches one task at a time of each container type (wasm, native, Docker)
+//! and times the framework's ACCEPT to the task's TASK_RUNNING.
 //!
 //! `agent` measures one agent host alone: a real `cairn agent` and its executor, driven
 //! by a stand-in master in this process that acknowledges every update at once.
@@ -23,6 +27,9 @@ mod framework;
 
 #[path = "support/fake_master.rs"]
 mod fake_master;
+
+#[path = "../tests/e2e/docker_image.rs"]
+mod docker_image;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -54,7 +61,7 @@ fn options() -> Options {
             "--tasks" => o.tasks = value().parse().expect("--tasks N"),
             "--inflight" => o.inflight = value().parse().expect("--inflight N"),
             "--work-dir" => o.work_dir = Some(value().into()),
-            "throughput" | "idle" | "executor" | "agent" => o.mode = arg.clone(),
+            "throughput" | "idle" | "executor" | "agent" | "latency" => o.mode = arg.clone(),
             _ => {} // cargo bench passes --bench
         }
     }
@@ -386,6 +393,125 @@ async fn agent(o: &Options) {
     harness::kill_executors(&dir.path().join("agent"));
 }
 
+/// One task of `kind` that ends at once.
+fn short_task(kind: &str, id: &str, agent_id: &Value, image: &str) -> Value {
+    match kind {
+        "wasm" => task(id, agent_id, "exit", &["0"]),
+        "native" => json!({
+            "name": id, "task_id": {"value": id}, "agent_id": agent_id,
+            "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}},
+                          {"name": "mem", "type": "SCALAR", "scalar": {"value": 16}}],
+            "command": {"value": "/bin/true", "shell": false}
+        }),
+        _ => json!({
+            "name": id, "task_id": {"value": id}, "agent_id": agent_id,
+            "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}},
+                          {"name": "mem", "type": "SCALAR", "scalar": {"value": 16}}],
+            "command": {"value": "true"},
+            "container": {"type": "DOCKER", "docker": {"image": image, "network": "HOST"}}
+        }),
+    }
+}
+
+/// ACCEPT to TASK_RUNNING, one task at a time, for each container type.
+async fn latency(o: &Options) {
+    let per_kind = if o.tasks == 0 { 200 } else { o.tasks };
+    let image = docker_image::test_image();
+    let dir = tempfile::tempdir().unwrap();
+    eprintln!("logs in {}", dir.path().display());
+    let dir = scopeguard_keep(dir);
+    let (_master, _agent, addr) = cluster(dir.path());
+    let info = json!({"user": "root", "name": "capacity"});
+    let (scheduler, mut events) = framework::Scheduler::subscribe_with(&addr, info).await;
+    let mut offers: Vec<Value> = Vec::new();
+    let fits = |o: &Value| {
+        let scalar = |name: &str| {
+            o["resources"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|r| r["name"] == name)
+                .filter_map(|r| r["scalar"]["value"].as_f64())
+                .sum::<f64>()
+        };
+        scalar("cpus") >= 0.1 && scalar("mem") >= 16.0
+    };
+    for kind in ["wasm", "native", "docker"] {
+        let mut times = Vec::with_capacity(per_kind);
+        let mut failed = 0;
+        for i in 0..per_kind {
+            let id = format!("{kind}-{i}");
+            // An offer the task fits in; leftovers go back so the master can merge
+            // them with what the previous task returned.
+            let current = loop {
+                if let Some(at) = offers.iter().position(fits) {
+                    break offers.remove(at);
+                }
+                for o in offers.drain(..) {
+                    let decline = json!({"type": "DECLINE", "decline": {
+                        "offer_ids": [o["id"]], "filters": {"refuse_seconds": 0.0}}});
+                    scheduler.call(decline).await;
+                }
+                let event = events.next().await;
+                if event["type"] == "OFFERS" {
+                    offers.extend(
+                        event["offers"]["offers"]
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default(),
+                    );
+                }
+            };
+            let mut accept = framework::accept(
+                &current,
+                vec![short_task(kind, &id, &current["agent_id"], &image)],
+            );
+            accept["accept"]["filters"] = json!({"refuse_seconds": 0.0});
+            let sent = Instant::now();
+            let (code, body) = scheduler.call(accept).await;
+            assert_eq!(code, 202, "{body}");
+            loop {
+                let event = events.next().await;
+                match event["type"].as_str().unwrap_or_default() {
+                    "OFFERS" => offers.extend(
+                        event["offers"]["offers"]
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default(),
+                    ),
+                    "UPDATE" => {
+                        let status = event["update"]["status"].clone();
+                        scheduler.acknowledge(&status).await;
+                        if status["task_id"]["value"] != id.as_str() {
+                            continue;
+                        }
+                        let state = status["state"].as_str().unwrap_or_default();
+                        if state == "TASK_RUNNING" {
+                            times.push(sent.elapsed());
+                        }
+                        if is_terminal(state) {
+                            if state != "TASK_FINISHED" {
+                                failed += 1;
+                                eprintln!("{id}: {status}");
+                            }
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        times.sort();
+        let at = |q: usize| times.get((times.len() * q / 100).min(times.len().saturating_sub(1)));
+        println!(
+            "| launch to TASK_RUNNING, {kind} | {per_kind} | one at a time | p50 {:?}, p99 {:?} | {failed} not FINISHED |",
+            at(50).copied().unwrap_or_default(),
+            at(99).copied().unwrap_or_default()
+        );
+    }
+    harness::kill_executors(&dir.path().join("agent"));
+}
+
 /// The executor alone: cached module, a fresh sandbox directory per task, runs on a
 /// two-thread runtime as the executor process has.
 fn executor(o: &Options) {
@@ -465,6 +591,7 @@ fn main() {
                 "idle" => rt.block_on(idle(&o)),
                 "throughput" => rt.block_on(throughput(&o)),
                 "agent" => rt.block_on(agent(&o)),
+                "latency" => rt.block_on(latency(&o)),
                 _ => {
                     rt.block_on(throughput(&o));
                     executor(&o);

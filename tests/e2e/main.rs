@@ -5,6 +5,7 @@
 mod bad_input;
 mod components;
 mod docker;
+mod docker_image;
 mod faults;
 mod fetcher;
 mod framework;
