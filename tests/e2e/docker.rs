@@ -183,3 +183,57 @@ async fn a_killed_docker_task_stops_and_a_missing_image_fails_clearly() {
     assert_removed(&[sleeper.as_str(), missing.as_str()]).await;
     cluster.assert_no_panics();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_task_outlives_an_agent_restart_and_finishes_in_the_same_container() {
+    let image = test_image();
+    let id = task_id("docker-restart");
+    let _cleanup = RemoveOnDrop(vec![id.clone()]);
+    let mut cluster = Cluster::start();
+    let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
+    let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
+    // Waits for a file the test drops into its sandbox (mounted at MESOS_SANDBOX).
+    let gate = "while [ ! -f \"$MESOS_SANDBOX/go\" ]; do sleep 0.1; done; echo went on";
+    let task = docker_task(&id, &offer["agent_id"], &image, gate);
+    assert_eq!(scheduler.call(accept(&offer, vec![task])).await.0, 202);
+    loop {
+        let status = next_status(&scheduler, &mut events).await;
+        assert!(!is_terminal(&status), "{status}");
+        if status["state"] == "TASK_RUNNING" {
+            break;
+        }
+    }
+    let before = containers_of(&id);
+    assert_eq!(before.len(), 1, "{before:?}");
+
+    cluster.agent.kill();
+    let agent = cluster.restart_agent(&[]).await;
+    cluster.agent = blocking(move || {
+        agent.wait_for_log("registered with the master");
+        agent
+    })
+    .await;
+    assert_eq!(
+        containers_of(&id),
+        before,
+        "the container survived the agent"
+    );
+
+    let sandbox = find_files(&cluster.work_dir(), "stdout")
+        .into_iter()
+        .find(|p| p.ends_with(format!("tasks/{id}/stdout")))
+        .and_then(|p| p.parent().map(|d| d.to_owned()))
+        .unwrap_or_else(|| panic!("no sandbox for {id}"));
+    std::fs::write(sandbox.join("go"), b"").unwrap();
+    let last = loop {
+        let status = next_status(&scheduler, &mut events).await;
+        if is_terminal(&status) {
+            break status;
+        }
+    };
+    assert_eq!(last["state"], "TASK_FINISHED", "{last}");
+    let output = std::fs::read_to_string(sandbox.join("stdout")).unwrap();
+    assert!(output.contains("went on"), "{output:?}");
+    assert_removed(&[id.as_str()]).await;
+    cluster.assert_no_panics();
+}

@@ -322,3 +322,38 @@ async fn a_cpu_hog_is_held_to_its_quota() {
         "used {cpu_ms} ms of CPU in 2 s at a 0.25 quota"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_task_outlives_an_agent_restart() {
+    let mut c = NativeCluster::start();
+    let (scheduler, mut events) = launch(&c.cluster, |agent| {
+        let gate = "while [ ! -f \"$MESOS_SANDBOX/go\" ]; do sleep 0.1; done; echo went on";
+        vec![native_task(
+            "gated",
+            agent,
+            0.1,
+            32.0,
+            json!({"value": gate}),
+        )]
+    })
+    .await;
+    while next_update(&scheduler, &mut events).await["state"] != "TASK_RUNNING" {}
+    c.cluster.agent.kill();
+    let agent = c.cluster.restart_agent(&["--cgroups-root", &c.root]).await;
+    c.cluster.agent = crate::harness::blocking(move || {
+        agent.wait_for_log("registered with the master");
+        agent
+    })
+    .await;
+    let sandbox = find_files(&c.cluster.work_dir(), "stdout")
+        .into_iter()
+        .find(|p| p.ends_with("tasks/gated/stdout"))
+        .and_then(|p| p.parent().map(|d| d.to_owned()))
+        .expect("the task's sandbox");
+    std::fs::write(sandbox.join("go"), b"").unwrap();
+    let status = terminal(&scheduler, &mut events, "gated").await;
+    assert_eq!(status["state"], "TASK_FINISHED", "{status}");
+    assert_eq!(sandbox_file(&c.cluster, "gated", "stdout"), "went on\n");
+    assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
+    c.cluster.assert_no_panics();
+}
