@@ -122,6 +122,11 @@ pub(crate) struct AgentArgs {
     /// every hierarchy this host mounts.
     #[arg(long, default_value = "cairn")]
     cgroups_root: String,
+    /// Namespaces of their own for native tasks, comma-separated: `ipc`, `mount`
+    /// (mounts a task makes stay its own), `network` (no network but its own
+    /// loopback). None by default, as in Mesos.
+    #[arg(long, value_delimiter = ',', value_parser = ["ipc", "mount", "network"])]
+    native_namespaces: Vec<String>,
 }
 
 #[derive(Args)]
@@ -147,6 +152,8 @@ struct ExecutorArgs {
     custom_executor_call_timeout: Duration,
     #[arg(long, default_value = "cairn")]
     cgroups_root: String,
+    #[arg(long, value_delimiter = ',', value_parser = ["ipc", "mount", "network"])]
+    native_namespaces: Vec<String>,
 }
 
 #[global_allocator]
@@ -225,6 +232,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 recovery_timeout: args.recovery_timeout,
                 custom_call_timeout: args.custom_executor_call_timeout,
                 cgroups_root: args.cgroups_root,
+                native_namespaces: args.native_namespaces,
                 compile_cache: args.compile_cache.zip(args.compile_cache_key),
             })
             .await?;
@@ -254,6 +262,7 @@ pub(crate) fn agent_config(args: AgentArgs) -> anyhow::Result<cairn_agent::Agent
         executor_shutdown_grace: args.executor_shutdown_grace_period,
         custom_executor_call_timeout: args.custom_executor_call_timeout,
         cgroups_root: args.cgroups_root,
+        native_namespaces: args.native_namespaces,
     })
 }
 

@@ -22,6 +22,7 @@ pub struct Launcher {
     pub(crate) recovery_timeout: Duration,
     pub(crate) custom_call_timeout: Duration,
     pub(crate) cgroups_root: String,
+    pub(crate) native_namespaces: Vec<String>,
     pub(crate) core: mpsc::Sender<Input>,
     pub(crate) fetch_cache: std::sync::Arc<crate::fetcher::FetchCache>,
 }
@@ -52,6 +53,10 @@ impl Launcher {
             .arg(humantime::format_duration(self.custom_call_timeout).to_string())
             .arg("--cgroups-root")
             .arg(&self.cgroups_root)
+            .args(
+                (!self.native_namespaces.is_empty())
+                    .then(|| format!("--native-namespaces={}", self.native_namespaces.join(","))),
+            )
             .arg("--compile-cache")
             .arg(self.paths.compile_cache())
             .arg("--compile-cache-key")

@@ -53,6 +53,8 @@ pub struct AgentConfig {
     pub custom_executor_call_timeout: Duration,
     /// The cgroup native tasks' cgroups go under.
     pub cgroups_root: String,
+    /// Namespaces native tasks get of their own (`ipc`, `mount`, `network`).
+    pub native_namespaces: Vec<String>,
 }
 
 /// A configured agent whose HTTP port is bound, not yet running.
@@ -131,6 +133,7 @@ impl Agent {
             recovery_timeout: self.config.executor_recovery_timeout,
             custom_call_timeout: self.config.custom_executor_call_timeout,
             cgroups_root: self.config.cgroups_root.clone(),
+            native_namespaces: self.config.native_namespaces.clone(),
             core: tx.clone(),
             fetch_cache: std::sync::Arc::new(fetcher::FetchCache::new(paths.fetch_cache())),
         };

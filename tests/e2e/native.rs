@@ -19,8 +19,14 @@ struct NativeCluster {
 
 impl NativeCluster {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    fn start_with(flags: &[&str]) -> Self {
         let root = format!("cairn-test-{}", uuid::Uuid::new_v4().simple());
-        let cluster = Cluster::start_with_flags(&[], &["--cgroups-root", &root]);
+        let mut all = vec!["--cgroups-root", root.as_str()];
+        all.extend_from_slice(flags);
+        let cluster = Cluster::start_with_flags(&[], &all);
         Self { cluster, root }
     }
 
@@ -356,4 +362,47 @@ async fn a_native_task_outlives_an_agent_restart() {
     assert_eq!(sandbox_file(&c.cluster, "gated", "stdout"), "went on\n");
     assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
     c.cluster.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_tasks_get_the_namespaces_the_agent_is_asked_for() {
+    let c = NativeCluster::start_with(&["--native-namespaces", "ipc,mount,network"]);
+    let (scheduler, mut events) = launch(&c.cluster, |agent| {
+        let show =
+            "readlink /proc/self/ns/ipc /proc/self/ns/mnt /proc/self/ns/net; cat /proc/net/dev";
+        vec![native_task(
+            "isolated",
+            agent,
+            0.1,
+            32.0,
+            json!({"value": show}),
+        )]
+    })
+    .await;
+    let status = terminal(&scheduler, &mut events, "isolated").await;
+    assert_eq!(status["state"], "TASK_FINISHED", "{status}");
+    let stdout = sandbox_file(&c.cluster, "isolated", "stdout");
+    for ns in ["ipc", "mnt", "net"] {
+        let host = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        let host = host.to_string_lossy();
+        assert!(stdout.contains(&format!("{ns}:[")), "{stdout}");
+        assert!(
+            !stdout.contains(host.as_ref()),
+            "shares the host's {ns}: {stdout}"
+        );
+    }
+    // No network but its own loopback.
+    let devices: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(d, _)| d.trim()))
+        .filter(|d| {
+            !d.contains(' ')
+                && !d.is_empty()
+                && !d.starts_with("ipc")
+                && !d.starts_with("mnt")
+                && !d.starts_with("net")
+        })
+        .collect();
+    assert_eq!(devices, ["lo"], "{stdout}");
+    assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
 }

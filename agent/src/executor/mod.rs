@@ -40,6 +40,8 @@ pub struct ExecutorArgs {
     pub custom_call_timeout: Duration,
     /// Where native tasks' cgroups go, under each hierarchy's mount.
     pub cgroups_root: String,
+    /// Namespaces native tasks get of their own (`ipc`, `mount`, `network`).
+    pub native_namespaces: Vec<String>,
 }
 
 /// How long a shut-down executor waits for its killed tasks to report.
@@ -131,6 +133,7 @@ pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
         wasm: Arc::new(containerizer::wasm::WasmContainerizer::new(sandbox.clone())),
         native: Arc::new(containerizer::native::NativeContainerizer::new(
             args.cgroups_root.clone(),
+            &args.native_namespaces,
         )),
         docker: Arc::new(containerizer::docker::DockerContainerizer::new()),
     };

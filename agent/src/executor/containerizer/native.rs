@@ -43,13 +43,26 @@ struct Container {
 /// Native processes in cgroups under `root` (relative to each hierarchy's mount).
 pub struct NativeContainerizer {
     root: String,
+    /// `unshare(2)` flags for the namespaces each task gets of its own.
+    unshare: nix::libc::c_int,
     containers: Mutex<HashMap<String, Arc<Container>>>,
 }
 
 impl NativeContainerizer {
-    pub fn new(root: impl Into<String>) -> Self {
+    /// `namespaces`: any of `ipc`, `mount` and `network` (the flag's values).
+    pub fn new(root: impl Into<String>, namespaces: &[String]) -> Self {
+        let unshare = namespaces
+            .iter()
+            .map(|n| match n.as_str() {
+                "ipc" => nix::libc::CLONE_NEWIPC,
+                "mount" => nix::libc::CLONE_NEWNS,
+                "network" => nix::libc::CLONE_NEWNET,
+                _ => 0,
+            })
+            .fold(0, |a, b| a | b);
         Self {
             root: root.into(),
+            unshare,
             containers: Mutex::new(HashMap::new()),
         }
     }
@@ -272,15 +285,32 @@ impl Containerizer for NativeContainerizer {
                 // Its own process group: signals to the task never reach the executor.
                 .process_group(0)
                 .kill_on_drop(false);
+            let unshare = self.unshare;
             // SAFETY: between fork and exec the closure calls only async-signal-safe
-            // functions (write, setgroups, setgid, setuid) on values prepared before
-            // the fork, and allocates nothing.
+            // system calls (write, unshare, mount, setgroups, setgid, setuid) on values
+            // prepared before the fork, and allocates nothing.
             unsafe {
                 cmd.pre_exec(move || {
                     for &fd in &fds {
                         if nix::libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
                             return Err(std::io::Error::last_os_error());
                         }
+                    }
+                    // Namespaces before the user switch: unsharing needs root.
+                    if unshare != 0 && nix::libc::unshare(unshare) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // Mounts the task makes must not propagate back to the host.
+                    if unshare & nix::libc::CLONE_NEWNS != 0
+                        && nix::libc::mount(
+                            std::ptr::null(),
+                            c"/".as_ptr(),
+                            std::ptr::null(),
+                            nix::libc::MS_REC | nix::libc::MS_PRIVATE,
+                            std::ptr::null(),
+                        ) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
                     }
                     if let Some((uid, gid)) = ids {
                         let groups = [gid];
