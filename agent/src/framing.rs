@@ -102,7 +102,7 @@ mod tests {
     async fn frames_round_trip_and_oversized_lengths_are_refused() {
         let (mut a, mut b) = tokio::io::duplex(1024);
         let call = ExecutorCall {
-            call: Some(executor_call::Call::Heartbeat(ExecutorHeartbeat {})),
+            call: Some(executor_call::Call::Heartbeat(ExecutorHeartbeat::default())),
         };
         write_frame(&mut a, &call).await.unwrap();
         let got: Option<ExecutorCall> = read_frame(&mut b).await.unwrap();

@@ -50,6 +50,7 @@ pub fn router(
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/state", get(state))
+        .route("/monitor/statistics", get(statistics))
         .route("/files/read", get(read))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such endpoint\n") })
         .with_state(HttpState {
@@ -101,6 +102,33 @@ async fn state(State(s): State<HttpState>) -> Json<serde_json::Value> {
         "executors": snap.executors,
         "checkpoint_error": snap.checkpoint_error,
     }))
+}
+
+/// Mesos' `/monitor/statistics`: one entry per running native or Docker task (each is
+/// its own container, as under Mesos' command executor, so `executor_id` is the task's
+/// id). CPU time is reported whole, as user time.
+async fn statistics(State(s): State<HttpState>) -> Json<serde_json::Value> {
+    let snap = s.snapshot().await;
+    let entries: Vec<serde_json::Value> = snap
+        .statistics
+        .iter()
+        .map(|t| {
+            json!({
+                "executor_id": t.task_id,
+                "executor_name": "",
+                "framework_id": t.framework_id,
+                "source": t.task_id,
+                "statistics": {
+                    "timestamp": t.timestamp,
+                    "cpus_user_time_secs": t.usage.cpu_time_secs,
+                    "cpus_system_time_secs": 0.0,
+                    "mem_rss_bytes": t.usage.mem_bytes,
+                    "processes": t.usage.processes,
+                }
+            })
+        })
+        .collect();
+    Json(json!(entries))
 }
 
 #[derive(Deserialize)]

@@ -237,3 +237,92 @@ async fn a_docker_task_outlives_an_agent_restart_and_finishes_in_the_same_contai
     assert_removed(&[id.as_str()]).await;
     cluster.assert_no_panics();
 }
+
+/// A BRIDGE task holding port `owned` that maps `host_port` to its 8080.
+fn bridged_task(
+    id: &str,
+    agent_id: &Value,
+    image: &str,
+    owned: u64,
+    host_port: u64,
+    command: &str,
+) -> Value {
+    let mut task = docker_task(id, agent_id, image, command);
+    task["resources"].as_array_mut().unwrap().push(json!({
+        "name": "ports", "type": "RANGES",
+        "ranges": {"range": [{"begin": owned, "end": owned}]}}));
+    task["container"]["docker"]["network"] = json!("BRIDGE");
+    task["container"]["docker"]["port_mappings"] =
+        json!([{"host_port": host_port, "container_port": 8080}]);
+    task
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_networking_publishes_only_the_tasks_own_ports() {
+    let image = test_image();
+    let served = task_id("docker-bridge");
+    let refused = task_id("docker-bridge-refused");
+    let _cleanup = RemoveOnDrop(vec![served.clone(), refused.clone()]);
+    let cluster = Cluster::start();
+    let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
+    let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
+    let agent_id = offer["agent_id"].clone();
+    let serve = "while true; do echo through-the-bridge | nc -l -p 8080; done";
+    let tasks = vec![
+        bridged_task(&served, &agent_id, &image, 31057, 31057, serve),
+        // Its mapping names a host port that is not among its resources.
+        bridged_task(&refused, &agent_id, &image, 31059, 31058, serve),
+    ];
+    assert_eq!(scheduler.call(accept(&offer, tasks)).await.0, 202);
+    let mut last: HashMap<String, Value> = HashMap::new();
+    while !(last
+        .get(&served)
+        .is_some_and(|s| s["state"] == "TASK_RUNNING")
+        && last.get(&refused).is_some_and(is_terminal))
+    {
+        let status = next_status(&scheduler, &mut events).await;
+        let id = status["task_id"]["value"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(id != served || !is_terminal(&status), "{status}");
+        last.insert(id, status);
+    }
+    let failed = &last[&refused];
+    assert_eq!(
+        failed["reason"], "REASON_CONTAINER_LAUNCH_FAILED",
+        "{failed}"
+    );
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("31058"),
+        "{failed}"
+    );
+    // The host port reaches the container's 8080 through the engine's bridge.
+    let greeting = blocking(|| {
+        wait_for("the container's port on the host", || {
+            use std::io::Read as _;
+            let mut conn = std::net::TcpStream::connect("127.0.0.1:31057").ok()?;
+            conn.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                .ok()?;
+            let mut got = String::new();
+            conn.read_to_string(&mut got).ok()?;
+            got.contains("through-the-bridge").then_some(got)
+        })
+    })
+    .await;
+    assert_eq!(greeting.trim(), "through-the-bridge");
+    let kill =
+        json!({"type": "KILL", "kill": {"task_id": {"value": served}, "agent_id": agent_id}});
+    assert_eq!(scheduler.call(kill).await.0, 202);
+    loop {
+        let status = next_status(&scheduler, &mut events).await;
+        if status["task_id"]["value"] == served.as_str() && is_terminal(&status) {
+            assert_eq!(status["state"], "TASK_KILLED", "{status}");
+            break;
+        }
+    }
+    assert_removed(&[served.as_str(), refused.as_str()]).await;
+}

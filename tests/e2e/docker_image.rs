@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use crate::harness::text;
 
-const TEST_IMAGE: &str = "cairn-test-busybox:1";
+const TEST_IMAGE: &str = "cairn-test-busybox:2";
 
 /// The local busybox image the tests run, imported once per test process if the
 /// engine does not have it yet.
@@ -59,7 +59,9 @@ fn import_busybox() {
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::create_dir_all(rootfs.join("tmp")).unwrap();
     std::fs::copy(busybox, bin.join("busybox")).unwrap();
-    for applet in ["sh", "echo", "sleep", "cat", "ls", "true", "false", "env"] {
+    for applet in [
+        "sh", "echo", "sleep", "cat", "ls", "true", "false", "env", "nc",
+    ] {
         std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
     }
     let tar = dir.path().join("rootfs.tar");

@@ -406,3 +406,59 @@ async fn native_tasks_get_the_namespaces_the_agent_is_asked_for() {
     assert_eq!(devices, ["lo"], "{stdout}");
     assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_native_tasks_usage_is_served_as_mesos_monitor_statistics() {
+    let c = NativeCluster::start();
+    let (scheduler, mut events) = launch(&c.cluster, |agent| {
+        vec![native_task(
+            "busy",
+            agent,
+            0.5,
+            32.0,
+            json!({"value": "while :; do :; done"}),
+        )]
+    })
+    .await;
+    let agent_id = loop {
+        let status = next_update(&scheduler, &mut events).await;
+        if status["state"] == "TASK_RUNNING" {
+            break status["agent_id"].clone();
+        }
+    };
+    let addr = c.cluster.agent_addr.clone();
+    // Executors report usage with their heartbeats.
+    let entry = crate::harness::blocking(move || {
+        crate::harness::wait_for("the task's usage", || {
+            let all = crate::harness::get_json(&addr, "/monitor/statistics");
+            all.as_array()?
+                .iter()
+                .find(|e| {
+                    e["source"] == "busy"
+                        && e["statistics"]["cpus_user_time_secs"].as_f64() > Some(0.0)
+                })
+                .cloned()
+        })
+    })
+    .await;
+    assert_eq!(
+        entry["framework_id"],
+        scheduler.framework_id.as_str(),
+        "{entry}"
+    );
+    assert!(
+        entry["statistics"]["processes"].as_u64() >= Some(1),
+        "{entry}"
+    );
+    assert!(
+        entry["statistics"]["mem_rss_bytes"].as_u64() > Some(0),
+        "{entry}"
+    );
+    let kill =
+        json!({"type": "KILL", "kill": {"task_id": {"value": "busy"}, "agent_id": agent_id}});
+    assert_eq!(scheduler.call(kill).await.0, 202);
+    assert_eq!(
+        terminal(&scheduler, &mut events, "busy").await["state"],
+        "TASK_KILLED"
+    );
+}

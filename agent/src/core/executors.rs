@@ -263,7 +263,11 @@ impl Core {
                     },
                 ));
             }
-            executor_call::Call::Heartbeat(_) | executor_call::Call::Subscribe(_) => {}
+            executor_call::Call::Heartbeat(h) => {
+                self.usage
+                    .insert(fw.to_owned(), (super::now_secs(), h.usage));
+            }
+            executor_call::Call::Subscribe(_) => {}
         }
     }
 

@@ -81,6 +81,19 @@ pub struct AgentSnapshot {
     pub checkpoint_error: Option<String>,
     #[serde(skip)]
     pub metrics: crate::metrics::Metrics,
+    /// Running tasks' latest usage, as their executors last reported it.
+    #[serde(skip)]
+    pub statistics: Vec<TaskStatistics>,
+}
+
+/// One running task's usage, for `/monitor/statistics`.
+#[derive(Debug, Clone)]
+pub struct TaskStatistics {
+    pub framework_id: String,
+    pub task_id: String,
+    /// When its executor measured it (seconds since the epoch).
+    pub timestamp: f64,
+    pub usage: cairn_api::internal::TaskUsage,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -165,6 +178,8 @@ pub struct Core {
     fetched: HashMap<TaskKey, Vec<crate::fetcher::CachedFile>>,
     commit_failure: Option<CommitFailure>,
     metrics: crate::metrics::Metrics,
+    /// Each framework's executor's last usage report: (when, per task).
+    usage: HashMap<String, (f64, Vec<cairn_api::internal::TaskUsage>)>,
     snapshot: watch::Sender<Arc<AgentSnapshot>>,
 }
 
@@ -203,6 +218,7 @@ impl Core {
             fetched: HashMap::new(),
             commit_failure: None,
             metrics: crate::metrics::Metrics::default(),
+            usage: HashMap::new(),
             snapshot,
         };
         core.reattach_executors();
@@ -550,7 +566,35 @@ impl Core {
             pending_updates: state.updates.pending(),
             checkpoint_error: self.commit_failure.as_ref().map(|f| f.error.clone()),
             metrics: self.metrics.clone(),
+            statistics: self.statistics(),
         }));
+    }
+}
+
+impl Core {
+    /// The last usage reported for each task that still runs.
+    fn statistics(&self) -> Vec<TaskStatistics> {
+        let mut all = Vec::new();
+        for (fw, (timestamp, usage)) in &self.usage {
+            for u in usage {
+                let task_id = u.task_id.clone().unwrap_or_default().value;
+                let running = self
+                    .checkpoint
+                    .state
+                    .tasks
+                    .get(&(fw.clone(), task_id.clone()))
+                    .is_some_and(|t| !t.state.is_terminal());
+                if running {
+                    all.push(TaskStatistics {
+                        framework_id: fw.clone(),
+                        task_id,
+                        timestamp: *timestamp,
+                        usage: u.clone(),
+                    });
+                }
+            }
+        }
+        all
     }
 }
 

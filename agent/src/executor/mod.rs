@@ -58,7 +58,7 @@ const MAX_TASKS: u32 = 10_000;
 /// Who runs a task: a container of this process's (a command) or one of its custom
 /// executors.
 enum Running {
-    Command(task::KillSender),
+    Command(task::KillSender, Arc<dyn containerizer::Containerizer>),
     Custom(String),
 }
 
@@ -200,8 +200,9 @@ pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
                     }
                 }
                 _ = heartbeat.tick() => {
+                    let usage = executor.usage().await;
                     let call = ExecutorCall {
-                        call: Some(executor_call::Call::Heartbeat(ExecutorHeartbeat {})),
+                        call: Some(executor_call::Call::Heartbeat(ExecutorHeartbeat { usage })),
                     };
                     if write_frame(&mut writer, &call).await.is_err() {
                         break;
@@ -355,7 +356,7 @@ impl Executor {
                     .map(|d| Duration::from_nanos(d.nanoseconds as u64))
                     .unwrap_or(DEFAULT_KILL_GRACE);
                 match running {
-                    Running::Command(kill) => {
+                    Running::Command(kill, _) => {
                         let _ = kill.send(grace);
                     }
                     // A custom executor is asked, and given the grace period.
@@ -419,7 +420,7 @@ impl Executor {
     /// Kills every command task and shuts every custom executor down.
     fn kill_all(&self) {
         for running in self.running.values() {
-            if let Running::Command(kill) = running {
+            if let Running::Command(kill, _) = running {
                 let _ = kill.send(DEFAULT_KILL_GRACE);
             }
         }
@@ -480,8 +481,31 @@ impl Executor {
             sandbox,
             cached: launch.cached_files,
         };
-        let kill = task::launch(self.containerizers.of(kind), spec, self.statuses.clone());
-        self.running.insert(task_id, Running::Command(kill));
+        let containerizer = self.containerizers.of(kind);
+        let kill = task::launch(containerizer.clone(), spec, self.statuses.clone());
+        self.running
+            .insert(task_id, Running::Command(kill, containerizer));
+    }
+
+    /// What each running task's container uses now (those that can say).
+    async fn usage(&self) -> Vec<cairn_api::internal::TaskUsage> {
+        let mut all = Vec::new();
+        for (task_id, running) in &self.running {
+            let Running::Command(_, containerizer) = running else {
+                continue;
+            };
+            if let Some(u) = containerizer.usage(task_id).await {
+                all.push(cairn_api::internal::TaskUsage {
+                    task_id: Some(TaskId {
+                        value: task_id.clone(),
+                    }),
+                    cpu_time_secs: u.cpu_time.as_secs_f64(),
+                    mem_bytes: u.memory_bytes,
+                    processes: u.processes,
+                });
+            }
+        }
+        all
     }
 
     fn on_status(&mut self, status: &TaskStatus) {

@@ -146,9 +146,8 @@ pub trait Containerizer: Send + Sync + 'static {
     /// running, returning their task ids; the rest of what it left is removed.
     async fn recover(&self, framework_id: &str) -> Vec<String>;
 
-    /// What the container uses now; `None` once it is gone.
-    // Read by the containerizers' tests; no agent endpoint serves it yet.
-    #[allow(dead_code)]
+    /// What the container uses now; `None` once it is gone (or for wasm, whose usage
+    /// is reported at the end).
     async fn usage(&self, task_id: &str) -> Option<Usage>;
 
     /// Whether the containerizer itself ends a task at its `max_completion_time`
