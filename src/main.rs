@@ -165,12 +165,17 @@ fn main() -> ExitCode {
         // `run`, `dev` and `component` talk to a person: only warnings interleave with
         // their output.
         Command::Run(_) | Command::Dev(_) | Command::Component(_) => "warn",
-        // wasmtime-wasi opens an info-level span on every WASI call a guest makes:
-        // recording them cost a short task more than its WASI set-up.
-        _ => "info,wasmtime_wasi=warn",
+        _ => "info",
     };
+    let mut filter = cli.log.clone().unwrap_or_else(|| default_log.to_owned());
+    // wasmtime-wasi opens an info-level span on every WASI call a guest makes:
+    // recording them cost a short task more than its WASI set-up. Kept only when the
+    // filter asks for them by name.
+    if !filter.contains("wasmtime_wasi") {
+        filter.push_str(",wasmtime_wasi=warn");
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::new(cli.log.as_deref().unwrap_or(default_log)))
+        .with_env_filter(EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         // Daemons log to files: colour codes only for a terminal.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -25,6 +25,45 @@ pub struct Launcher {
     pub(crate) native_namespaces: Vec<String>,
     pub(crate) core: mpsc::Sender<Input>,
     pub(crate) fetch_cache: std::sync::Arc<crate::fetcher::FetchCache>,
+    /// Sandboxes made only of cached files, made on the placer thread.
+    pub(crate) placer: std::sync::mpsc::Sender<PlaceJob>,
+}
+
+/// A sandbox to make from the fetcher cache alone.
+pub struct PlaceJob {
+    framework_id: String,
+    task_id: String,
+    sandbox: PathBuf,
+    placement: crate::fetcher::Placement,
+    link_cached: bool,
+}
+
+/// Makes sandboxes whose every URI is already in the fetcher cache, one after the
+/// other on one thread: for short tasks, a task and a blocking-pool trip per sandbox
+/// cost the agent more than the directory and link themselves.
+pub fn spawn_placer(
+    core: mpsc::Sender<Input>,
+) -> std::io::Result<std::sync::mpsc::Sender<PlaceJob>> {
+    let (tx, rx) = std::sync::mpsc::channel::<PlaceJob>();
+    std::thread::Builder::new()
+        .name("cairn-placer".into())
+        .spawn(move || {
+            for job in rx {
+                let result = job
+                    .placement
+                    .place(&job.sandbox, job.link_cached)
+                    .map_err(|e| e.to_string());
+                let fetched = Input::Fetched {
+                    framework_id: job.framework_id,
+                    task_id: job.task_id,
+                    result,
+                };
+                if core.blocking_send(fetched).is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok(tx)
 }
 
 impl Launcher {
@@ -115,6 +154,38 @@ impl Launcher {
     /// Fetches a task's URIs into its sandbox off the core's thread; `link_cached` as
     /// in [`crate::fetcher::fetch_all`].
     pub fn fetch(
+        &self,
+        framework_id: String,
+        task_id: String,
+        sandbox: PathBuf,
+        uris: Vec<Uri>,
+        link_cached: bool,
+    ) {
+        if let Some(placement) = self.fetch_cache.all_cached(&uris) {
+            let job = PlaceJob {
+                framework_id,
+                task_id,
+                sandbox,
+                placement,
+                link_cached,
+            };
+            // If the placer is gone, the ordinary path below still works.
+            let Err(std::sync::mpsc::SendError(job)) = self.placer.send(job) else {
+                return;
+            };
+            tracing::error!("the placer thread is gone; fetching on the runtime");
+            return self.fetch_async(
+                job.framework_id,
+                job.task_id,
+                job.sandbox,
+                uris,
+                link_cached,
+            );
+        }
+        self.fetch_async(framework_id, task_id, sandbox, uris, link_cached);
+    }
+
+    fn fetch_async(
         &self,
         framework_id: String,
         task_id: String,

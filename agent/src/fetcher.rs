@@ -90,6 +90,21 @@ impl FetchCache {
         }
     }
 
+    /// Every URI's cached copy, when all of them are `cache: true` and already in
+    /// the cache: such a task's sandbox is made without any download.
+    pub fn all_cached(&self, uris: &[Uri]) -> Option<Placement> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let files = uris
+            .iter()
+            .map(|uri| {
+                let entry = entries.get(&uri.value)?.get()?.clone();
+                let name = output_name(uri).ok()?;
+                (uri.cache == Some(true)).then(|| (uri.value.clone(), name, entry))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Placement { files })
+    }
+
     fn forget(&self, uri: &str) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.get(uri).is_some_and(|c| c.get().is_none()) {
@@ -182,6 +197,18 @@ pub async fn fetch_all(
         fetch(&uri, &sandbox.join(name)).await?;
     }
     Ok(cached)
+}
+
+/// Cached files ready to place in a sandbox (see [`FetchCache::all_cached`]).
+pub struct Placement {
+    files: Vec<(String, PathBuf, Entry)>,
+}
+
+impl Placement {
+    /// Makes the sandbox and places the files: blocking, for the agent's placer thread.
+    pub fn place(self, sandbox: &Path, link: bool) -> Result<Vec<CachedFile>, FetchError> {
+        place(sandbox, self.files, link)
+    }
 }
 
 /// Creates the sandbox and links (or copies) the cached files into it.

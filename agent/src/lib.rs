@@ -136,6 +136,7 @@ impl Agent {
             native_namespaces: self.config.native_namespaces.clone(),
             core: tx.clone(),
             fetch_cache: std::sync::Arc::new(fetcher::FetchCache::new(paths.fetch_cache())),
+            placer: executors::spawn_placer(tx.clone()).context("starting the placer thread")?,
         };
         let config = core::CoreConfig {
             heartbeat_interval: self.config.heartbeat_interval,
