@@ -462,3 +462,28 @@ async fn a_running_native_tasks_usage_is_served_as_mesos_monitor_statistics() {
         "TASK_KILLED"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_user_is_honoured_and_the_sandbox_is_theirs() {
+    let c = NativeCluster::start();
+    let (scheduler, mut events) = launch(&c.cluster, |agent| {
+        vec![native_task(
+            "as-nobody",
+            agent,
+            0.1,
+            32.0,
+            json!({"value": "id -u; id -g; echo written > mine", "user": "nobody"}),
+        )]
+    })
+    .await;
+    let status = terminal(&scheduler, &mut events, "as-nobody").await;
+    assert_eq!(status["state"], "TASK_FINISHED", "{status}");
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let stdout = sandbox_file(&c.cluster, "as-nobody", "stdout");
+    assert_eq!(
+        stdout,
+        format!("{}\n{}\n", nobody.uid, nobody.gid),
+        "the task ran as someone else"
+    );
+    assert_eq!(sandbox_file(&c.cluster, "as-nobody", "mine"), "written\n");
+}
