@@ -124,8 +124,9 @@ pub(crate) struct AgentArgs {
     cgroups_root: String,
     /// Namespaces of their own for native tasks, comma-separated: `ipc`, `mount`
     /// (mounts a task makes stay its own), `network` (no network but its own
-    /// loopback). None by default, as in Mesos.
-    #[arg(long, value_delimiter = ',', value_parser = ["ipc", "mount", "network"])]
+    /// loopback), `pid` (the task is its namespace's PID 1; with `mount`, its /proc
+    /// shows only its processes). None by default, as in Mesos.
+    #[arg(long, value_delimiter = ',', value_parser = ["ipc", "mount", "network", "pid"])]
     native_namespaces: Vec<String>,
 }
 
@@ -152,7 +153,7 @@ struct ExecutorArgs {
     custom_executor_call_timeout: Duration,
     #[arg(long, default_value = "cairn")]
     cgroups_root: String,
-    #[arg(long, value_delimiter = ',', value_parser = ["ipc", "mount", "network"])]
+    #[arg(long, value_delimiter = ',', value_parser = ["ipc", "mount", "network", "pid"])]
     native_namespaces: Vec<String>,
 }
 

@@ -487,3 +487,57 @@ async fn command_user_is_honoured_and_the_sandbox_is_theirs() {
     );
     assert_eq!(sandbox_file(&c.cluster, "as-nobody", "mine"), "written\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_pid_namespace_the_task_is_init_sees_only_its_own_and_still_dies_on_kill() {
+    let c = NativeCluster::start_with(&["--native-namespaces", "mount,pid"]);
+    let (scheduler, mut events) = launch(&c.cluster, |agent| {
+        let count = "echo pid $$; ls /proc | grep -c '^[0-9]'";
+        let mut sleeper = native_task("sleeper", agent, 0.1, 32.0, json!({"value": "sleep 600"}));
+        sleeper["kill_policy"] = json!({"grace_period": {"nanoseconds": 500_000_000u64}});
+        vec![
+            native_task("counts", agent, 0.1, 32.0, json!({"value": count})),
+            sleeper,
+        ]
+    })
+    .await;
+    let mut ended: std::collections::HashMap<String, Value> = Default::default();
+    let mut kill_sent = false;
+    while ended.len() < 2 {
+        let status = next_update(&scheduler, &mut events).await;
+        let id = status["task_id"]["value"].as_str().unwrap().to_owned();
+        let state = status["state"].as_str().unwrap_or_default().to_owned();
+        if id == "sleeper" && state == "TASK_RUNNING" && !kill_sent {
+            let kill = json!({"type": "KILL",
+                "kill": {"task_id": {"value": "sleeper"}, "agent_id": status["agent_id"]}});
+            assert_eq!(scheduler.call(kill).await.0, 202);
+            kill_sent = true;
+        }
+        if !matches!(
+            state.as_str(),
+            "TASK_STARTING" | "TASK_RUNNING" | "TASK_KILLING"
+        ) {
+            ended.insert(id, status);
+        }
+    }
+    assert_eq!(
+        ended["counts"]["state"], "TASK_FINISHED",
+        "{}",
+        ended["counts"]
+    );
+    let stdout = sandbox_file(&c.cluster, "counts", "stdout");
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("pid 1"), "{stdout}");
+    // Its /proc lists its own processes only: the shell, ls and grep at most.
+    let seen: u32 = lines
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(u32::MAX);
+    assert!(seen <= 3, "{stdout}");
+    assert_eq!(
+        ended["sleeper"]["state"], "TASK_KILLED",
+        "{}",
+        ended["sleeper"]
+    );
+    assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
+}

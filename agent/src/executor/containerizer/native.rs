@@ -57,6 +57,7 @@ impl NativeContainerizer {
                 "ipc" => nix::libc::CLONE_NEWIPC,
                 "mount" => nix::libc::CLONE_NEWNS,
                 "network" => nix::libc::CLONE_NEWNET,
+                "pid" => nix::libc::CLONE_NEWPID,
                 _ => 0,
             })
             .fold(0, |a, b| a | b);
@@ -153,6 +154,60 @@ fn user_ids(spec: &LaunchSpec) -> Result<Option<(u32, u32)>, String> {
         .map_err(|e| format!("cannot look up user {user:?}: {e}"))?
         .ok_or_else(|| format!("user {user:?} does not exist on this agent"))?;
     Ok(Some((found.uid.as_raw(), found.gid.as_raw())))
+}
+
+/// In the child, after `unshare(CLONE_NEWPID)`: only the children of this process
+/// enter the new namespace, so it forks once. The child, PID 1 inside, goes on to
+/// exec the task (with `/proc` of its own namespace when it has a mount namespace);
+/// this process stays outside, ignores SIGTERM (the kill asks the process group),
+/// waits, and ends as the task did, so the executor sees the task's own status.
+///
+/// # Safety
+/// Runs between fork and exec: only async-signal-safe calls, no allocation.
+unsafe fn enter_pid_namespace(own_proc: bool) -> std::io::Result<()> {
+    use nix::libc;
+    // SAFETY: plain system calls on this process, as the caller requires.
+    unsafe {
+        let child = libc::fork();
+        if child < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if child == 0 {
+            if own_proc
+                && libc::mount(
+                    c"proc".as_ptr(),
+                    c"/proc".as_ptr(),
+                    c"proc".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    std::ptr::null(),
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            return Ok(());
+        }
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+        // The spawner waits for exec on a close-on-exec pipe this process holds and
+        // never execs: close every descriptor but the standard three.
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        let mut status = 0;
+        loop {
+            let r = libc::waitpid(child, &mut status, 0);
+            if r == child {
+                break;
+            }
+            if r < 0 && *libc::__errno_location() != libc::EINTR {
+                libc::_exit(127);
+            }
+        }
+        if libc::WIFSIGNALED(status) {
+            let signal = libc::WTERMSIG(status);
+            libc::signal(signal, libc::SIG_DFL);
+            libc::kill(libc::getpid(), signal);
+            libc::_exit(128 + signal);
+        }
+        libc::_exit(libc::WEXITSTATUS(status));
+    }
 }
 
 /// Sends `signal` to every process in the cgroup.
@@ -312,6 +367,9 @@ impl Containerizer for NativeContainerizer {
                     {
                         return Err(std::io::Error::last_os_error());
                     }
+                    if unshare & nix::libc::CLONE_NEWPID != 0 {
+                        enter_pid_namespace(unshare & nix::libc::CLONE_NEWNS != 0)?;
+                    }
                     if let Some((uid, gid)) = ids {
                         let groups = [gid];
                         if nix::libc::setgroups(1, groups.as_ptr()) != 0
@@ -403,9 +461,16 @@ impl Containerizer for NativeContainerizer {
             return;
         }
         // The main process is asked first, as Mesos' command executor does; anything
-        // still in the cgroup after the grace period is killed.
+        // still in the cgroup after the grace period is killed. In a pid namespace the
+        // task is the namespace's init behind a waiting parent: its process group is
+        // asked.
+        let target = if self.unshare & nix::libc::CLONE_NEWPID != 0 {
+            -container.pid
+        } else {
+            container.pid
+        };
         let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(container.pid),
+            nix::unistd::Pid::from_raw(target),
             nix::sys::signal::Signal::SIGTERM,
         );
         tokio::spawn(async move {
