@@ -77,6 +77,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
         println!("\nDemo: running {} on the cluster", module.display());
         let code = run::run(RunArgs {
             file: module,
+            native: false,
+            docker_image: None,
             args: args.demo_args,
             master: master_addr.to_string(),
             cpus: 0.1,

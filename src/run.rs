@@ -1,6 +1,7 @@
 //! `cairn run`: Mesos' `mesos-execute`, as a framework on the scheduler API. It
-//! subscribes, takes the first offer that fits, launches one wasm task, prints its
-//! state changes and output, tears the framework down and exits with the task's status.
+//! subscribes, takes the first offer that fits, launches one task (a wasm module, or
+//! with `--native` or `--docker-image` a shell command), prints its state changes and
+//! output, tears the framework down and exits with the task's status.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,9 +19,17 @@ use tonic::transport::Channel;
 
 #[derive(Args, Clone)]
 pub struct RunArgs {
-    /// The WebAssembly module (a WASI command) to run.
+    /// The WebAssembly module (a WASI command) to run; with `--native` or
+    /// `--docker-image`, the shell command to run.
     pub file: PathBuf,
-    /// Arguments passed to the module (after `--`).
+    /// Run FILE as a shell command, a native process in a cgroup of its own.
+    #[arg(long, conflicts_with = "docker_image")]
+    pub native: bool,
+    /// Run FILE as a shell command in a container of this Docker image (it must be
+    /// on the agent: nothing is pulled).
+    #[arg(long, value_name = "IMAGE")]
+    pub docker_image: Option<String>,
+    /// Arguments passed to the module, or appended to the command (after `--`).
     #[arg(last = true)]
     pub args: Vec<String>,
     /// The master's HOST:PORT.
@@ -76,13 +85,19 @@ impl Framework {
 
 /// Runs the task and returns the exit code `cairn` itself should exit with.
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
-    let module = std::fs::canonicalize(&args.file)
-        .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let file_name = module
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("the module's file name is not UTF-8")?
-        .to_owned();
+    let is_command = args.native || args.docker_image.is_some();
+    let (module, file_name) = if is_command {
+        (PathBuf::new(), "command".to_owned())
+    } else {
+        let module = std::fs::canonicalize(&args.file)
+            .with_context(|| format!("cannot read {}", args.file.display()))?;
+        let file_name = module
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("the module's file name is not UTF-8")?
+            .to_owned();
+        (module, file_name)
+    };
     let env = parse_env(&args.env)?;
     let wanted = Resources::new()
         .with_scalar("cpus", args.cpus)
@@ -258,6 +273,41 @@ fn task_info(
     wanted: &Resources,
     offer: &Offer,
 ) -> TaskInfo {
+    if args.native || args.docker_image.is_some() {
+        let mut command = args.file.to_string_lossy().into_owned();
+        for a in &args.args {
+            command.push(' ');
+            command.push_str(a);
+        }
+        return TaskInfo {
+            name: name.to_owned(),
+            task_id: Some(TaskId {
+                value: task_id.to_owned(),
+            }),
+            agent_id: offer.agent_id.clone(),
+            resources: wanted.to_proto(),
+            command: Some(CommandInfo {
+                environment: Some(Environment {
+                    variables: env.to_vec(),
+                }),
+                shell: Some(true),
+                value: Some(command),
+                ..Default::default()
+            }),
+            container: args.docker_image.as_ref().map(|image| ContainerInfo {
+                r#type: container_info::Type::Docker as i32,
+                docker: Some(container_info::DockerInfo {
+                    image: image.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            max_completion_time: args.timeout.map(|t| DurationInfo {
+                nanoseconds: t.as_nanos() as i64,
+            }),
+            ..Default::default()
+        };
+    }
     let mut argv = vec![file_name.to_owned()];
     argv.extend(args.args.iter().cloned());
     TaskInfo {

@@ -326,3 +326,22 @@ async fn bridge_networking_publishes_only_the_tasks_own_ports() {
     }
     assert_removed(&[served.as_str(), refused.as_str()]).await;
 }
+
+#[test]
+fn cairn_run_runs_a_docker_command() {
+    let image = test_image();
+    let cluster = Cluster::start();
+    let out = cluster.run_with(
+        std::path::Path::new("echo docker from cairn run; exit 4"),
+        &["--docker-image", &image, "--name", "docker-cairn-run"],
+        &[],
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("docker from cairn run"), "{stdout}");
+}

@@ -541,3 +541,21 @@ async fn in_a_pid_namespace_the_task_is_init_sees_only_its_own_and_still_dies_on
     );
     assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
 }
+
+#[test]
+fn cairn_run_runs_a_native_command() {
+    let c = NativeCluster::start();
+    let out = c.cluster.run_with(
+        std::path::Path::new("echo native from cairn run:"),
+        &["--native", "--timeout", "30s"],
+        &["$((6 * 7))"],
+    );
+    let stdout = crate::harness::text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        crate::harness::text(&out.stderr)
+    );
+    assert!(stdout.contains("native from cairn run: 42"), "{stdout}");
+    assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
+}
