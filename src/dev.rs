@@ -60,8 +60,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
         executor_reregistration_timeout: Duration::from_secs(5),
         executor_shutdown_grace_period: Duration::from_secs(10),
         custom_executor_call_timeout: Duration::from_secs(5),
-        cgroups_root: "cairn".into(),
-        native_namespaces: Vec::new(),
+        native: Default::default(),
     })?)
     .await?;
     let agent_addr = agent.local_addr()?;

@@ -118,6 +118,13 @@ pub(crate) struct AgentArgs {
     /// may run before the executor is deemed broken and its tasks fail.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     custom_executor_call_timeout: Duration,
+    #[command(flatten)]
+    native: NativeIsolation,
+}
+
+/// How native tasks are isolated: the agent's flags, handed on to its executors.
+#[derive(Args, Clone)]
+pub(crate) struct NativeIsolation {
     /// The cgroup native tasks' cgroups go under (`<root>/<framework>/<task>`), in
     /// every hierarchy this host mounts.
     #[arg(long, default_value = "cairn")]
@@ -128,6 +135,15 @@ pub(crate) struct AgentArgs {
     /// shows only its processes). None by default, as in Mesos.
     #[arg(long, value_delimiter = ',', value_parser = ["ipc", "mount", "network", "pid"])]
     native_namespaces: Vec<String>,
+}
+
+impl Default for NativeIsolation {
+    fn default() -> Self {
+        Self {
+            cgroups_root: "cairn".into(),
+            native_namespaces: Vec::new(),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -151,10 +167,8 @@ struct ExecutorArgs {
     /// The bound on each call into a custom executor component.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     custom_executor_call_timeout: Duration,
-    #[arg(long, default_value = "cairn")]
-    cgroups_root: String,
-    #[arg(long, value_delimiter = ',', value_parser = ["ipc", "mount", "network", "pid"])]
-    native_namespaces: Vec<String>,
+    #[command(flatten)]
+    native: NativeIsolation,
 }
 
 #[global_allocator]
@@ -237,8 +251,8 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 directory: args.directory,
                 recovery_timeout: args.recovery_timeout,
                 custom_call_timeout: args.custom_executor_call_timeout,
-                cgroups_root: args.cgroups_root,
-                native_namespaces: args.native_namespaces,
+                cgroups_root: args.native.cgroups_root,
+                native_namespaces: args.native.native_namespaces,
                 compile_cache: args.compile_cache.zip(args.compile_cache_key),
             })
             .await?;
@@ -267,8 +281,8 @@ pub(crate) fn agent_config(args: AgentArgs) -> anyhow::Result<cairn_agent::Agent
         executor_reregistration_timeout: args.executor_reregistration_timeout,
         executor_shutdown_grace: args.executor_shutdown_grace_period,
         custom_executor_call_timeout: args.custom_executor_call_timeout,
-        cgroups_root: args.cgroups_root,
-        native_namespaces: args.native_namespaces,
+        cgroups_root: args.native.cgroups_root,
+        native_namespaces: args.native.native_namespaces,
     })
 }
 

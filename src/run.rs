@@ -273,43 +273,46 @@ fn task_info(
     wanted: &Resources,
     offer: &Offer,
 ) -> TaskInfo {
-    if args.native || args.docker_image.is_some() {
+    let (command, container) = if args.native || args.docker_image.is_some() {
         let mut command = args.file.to_string_lossy().into_owned();
         for a in &args.args {
             command.push(' ');
             command.push_str(a);
         }
-        return TaskInfo {
-            name: name.to_owned(),
-            task_id: Some(TaskId {
-                value: task_id.to_owned(),
-            }),
-            agent_id: offer.agent_id.clone(),
-            resources: wanted.to_proto(),
-            command: Some(CommandInfo {
-                environment: Some(Environment {
-                    variables: env.to_vec(),
-                }),
-                shell: Some(true),
-                value: Some(command),
+        let container = args.docker_image.as_ref().map(|image| ContainerInfo {
+            r#type: container_info::Type::Docker as i32,
+            docker: Some(container_info::DockerInfo {
+                image: image.clone(),
                 ..Default::default()
-            }),
-            container: args.docker_image.as_ref().map(|image| ContainerInfo {
-                r#type: container_info::Type::Docker as i32,
-                docker: Some(container_info::DockerInfo {
-                    image: image.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            max_completion_time: args.timeout.map(|t| DurationInfo {
-                nanoseconds: t.as_nanos() as i64,
             }),
             ..Default::default()
+        });
+        let command = CommandInfo {
+            shell: Some(true),
+            value: Some(command),
+            ..Default::default()
         };
-    }
-    let mut argv = vec![file_name.to_owned()];
-    argv.extend(args.args.iter().cloned());
+        (command, container)
+    } else {
+        let mut argv = vec![file_name.to_owned()];
+        argv.extend(args.args.iter().cloned());
+        let command = CommandInfo {
+            uris: vec![command_info::Uri {
+                value: format!("file://{}", module.display()),
+                ..Default::default()
+            }],
+            shell: Some(false),
+            value: Some(file_name.to_owned()),
+            arguments: argv,
+            ..Default::default()
+        };
+        let container = ContainerInfo {
+            r#type: container_info::Type::Wasm as i32,
+            wasm: Some(container_info::WasmInfo { fuel: args.fuel }),
+            ..Default::default()
+        };
+        (command, Some(container))
+    };
     TaskInfo {
         name: name.to_owned(),
         task_id: Some(TaskId {
@@ -318,23 +321,12 @@ fn task_info(
         agent_id: offer.agent_id.clone(),
         resources: wanted.to_proto(),
         command: Some(CommandInfo {
-            uris: vec![command_info::Uri {
-                value: format!("file://{}", module.display()),
-                ..Default::default()
-            }],
             environment: Some(Environment {
                 variables: env.to_vec(),
             }),
-            shell: Some(false),
-            value: Some(file_name.to_owned()),
-            arguments: argv,
-            user: None,
+            ..command
         }),
-        container: Some(ContainerInfo {
-            r#type: container_info::Type::Wasm as i32,
-            wasm: Some(container_info::WasmInfo { fuel: args.fuel }),
-            ..Default::default()
-        }),
+        container,
         max_completion_time: args.timeout.map(|t| DurationInfo {
             nanoseconds: t.as_nanos() as i64,
         }),

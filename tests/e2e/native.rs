@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::framework::{Events, Scheduler, accept};
-use crate::harness::{Cluster, DEADLINE, find_files};
+use crate::harness::{Cluster, find_files};
 
 /// A cluster whose agent puts native tasks' cgroups under a root of this test's own,
 /// so what a test leaves (or not) is its alone.
@@ -226,27 +226,21 @@ async fn a_fork_bomb_is_held_by_the_pids_limit_and_ends_at_its_deadline() {
     // Watch the cgroup while it runs: forks are refused at the cap, never past it.
     let events_file = c.cgroup_file("pids", &fw, "bomb", "pids.events");
     let current_file = c.cgroup_file("pids", &fw, "bomb", "pids.current");
-    let deadline = Instant::now() + DEADLINE;
-    let mut peak = 0u64;
-    let refused = loop {
-        let current: u64 = std::fs::read_to_string(&current_file)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
-        peak = peak.max(current);
-        let refused: u64 = std::fs::read_to_string(&events_file)
-            .ok()
-            .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
-            .unwrap_or(0);
-        if refused > 0 {
-            break refused;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the bomb never reached the pids limit (peak {peak})"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (refused, peak) = crate::harness::blocking(move || {
+        let mut peak = 0u64;
+        let read = |file: &PathBuf, field: usize| -> u64 {
+            std::fs::read_to_string(file)
+                .ok()
+                .and_then(|s| s.split_whitespace().nth(field)?.parse().ok())
+                .unwrap_or(0)
+        };
+        crate::harness::wait_for("the bomb to reach the pids limit", || {
+            peak = peak.max(read(&current_file, 0));
+            let refused = read(&events_file, 1);
+            (refused > 0).then_some((refused, peak))
+        })
+    })
+    .await;
     assert!(refused > 0 && peak <= 1024, "peak {peak}");
     let status = terminal(&scheduler, &mut events, "bomb").await;
     assert_eq!(status["state"], "TASK_FAILED", "{status}");

@@ -6,16 +6,11 @@ use std::path::{Component, Path};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_api::Resources;
 use cairn_api::v1::{Label, Labels, TaskInfo, TaskState, TaskStatus, task_status::Reason};
 use tokio::sync::mpsc::{self, UnboundedSender};
 
 use super::containerizer::{Containerizer, LaunchSpec, Termination};
 
-/// Linear memory for a task that names no `mem`.
-const DEFAULT_MEM_MB: f64 = 64.0;
-/// The sandbox quota for a task that names no `disk`: never unlimited.
-const DEFAULT_DISK_MB: f64 = 1024.0;
 /// No task module may be larger than this.
 const MAX_MODULE_BYTES: u64 = 256 << 20;
 
@@ -166,19 +161,6 @@ pub(super) fn read_program(dir: &Path, value: &str) -> Result<Vec<u8>, String> {
 /// The linear memory and sandbox bytes a task's (or executor's) resources allow,
 /// with defaults for what they do not name: never unlimited.
 pub(super) fn caps(resources: &[cairn_api::v1::Resource]) -> Result<(usize, u64), String> {
-    let resources = Resources::from_proto(resources).map_err(|e| e.to_string())?;
-    let mem_mb = if resources.mem() > 0.0 {
-        resources.mem()
-    } else {
-        DEFAULT_MEM_MB
-    };
-    let disk_mb = if resources.disk() > 0.0 {
-        resources.disk()
-    } else {
-        DEFAULT_DISK_MB
-    };
-    Ok((
-        (mem_mb * 1024.0 * 1024.0) as usize,
-        (disk_mb * 1024.0 * 1024.0) as u64,
-    ))
+    let limits = super::containerizer::Limits::from_resources(resources)?;
+    Ok((limits.mem_bytes as usize, limits.disk_bytes))
 }

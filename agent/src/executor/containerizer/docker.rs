@@ -308,7 +308,7 @@ impl Containerizer for DockerContainerizer {
                             .get(DISK_LABEL)
                             .and_then(|v| v.parse().ok())
                             .unwrap_or_else(|| {
-                                Limits::of(&TaskInfo::default()).map_or(0, |l| l.disk_bytes)
+                                Limits::from_resources(&[]).map_or(0, |l| l.disk_bytes)
                             });
                         tracing::info!(%task_id, %container, "re-attached a Docker container");
                         recovered.push(task_id.clone());

@@ -198,7 +198,12 @@ const DEFAULT_DISK_MB: f64 = 1024.0;
 
 impl Limits {
     pub fn of(task: &TaskInfo) -> Result<Limits, String> {
-        let r = cairn_api::Resources::from_proto(&task.resources).map_err(|e| e.to_string())?;
+        Self::from_resources(&task.resources)
+    }
+
+    /// The caps of a task's or a custom executor's resources.
+    pub fn from_resources(resources: &[cairn_api::v1::Resource]) -> Result<Limits, String> {
+        let r = cairn_api::Resources::from_proto(resources).map_err(|e| e.to_string())?;
         let or = |v: f64, d: f64| if v > 0.0 { v } else { d };
         Ok(Limits {
             cpus: or(r.cpus(), DEFAULT_CPUS),

@@ -233,7 +233,36 @@ fn spec(
 
 /// Maps how the run ended onto a Mesos state, reason and message, with usage as labels.
 fn report(spec: &RunSpec, outcome: RunOutcome) -> Termination {
-    let mut labels = vec![
+    let limited =
+        |reason, message: String| Termination::new(TaskState::TaskFailed, message, Some(reason));
+    let mut termination = match outcome.exit {
+        Exit::Code(code) => Termination::exit_code(code.into()),
+        Exit::Limit(Limit::Memory) => limited(
+            Reason::ContainerLimitationMemory,
+            format!(
+                "Memory limit exceeded: the task may use {} bytes of linear memory",
+                spec.memory_bytes
+            ),
+        ),
+        Exit::Limit(Limit::Fuel) => limited(
+            Reason::ContainerLimitationFuel,
+            format!(
+                "Fuel exhausted: the task's budget was {}",
+                spec.fuel.unwrap_or_default()
+            ),
+        ),
+        Exit::Limit(Limit::Time) => Termination::timed_out(spec.timeout.unwrap_or_default()),
+        Exit::Limit(Limit::Disk) => limited(
+            Reason::ContainerLimitationDisk,
+            format!(
+                "Disk limit exceeded: the sandbox may hold {} bytes, stdout and stderr included",
+                spec.disk_bytes
+            ),
+        ),
+        Exit::Killed => Termination::killed(),
+        Exit::Trap(trap) => limited(Reason::CommandExecutorFailed, format!("wasm trap: {trap}")),
+    };
+    termination.labels.extend([
         label("cairn.usage.fuel_consumed", outcome.usage.fuel_consumed),
         label(
             "cairn.usage.peak_memory_bytes",
@@ -243,67 +272,6 @@ fn report(spec: &RunSpec, outcome: RunOutcome) -> Termination {
             "cairn.usage.wall_time_ms",
             outcome.usage.wall_time.as_millis(),
         ),
-    ];
-    let (state, message, reason) = match outcome.exit {
-        Exit::Code(0) => {
-            labels.push(label("cairn.exit_code", 0));
-            (
-                TaskState::TaskFinished,
-                "Command exited with status 0".to_owned(),
-                None,
-            )
-        }
-        Exit::Code(code) => {
-            labels.push(label("cairn.exit_code", code));
-            (
-                TaskState::TaskFailed,
-                format!("Command exited with status {code}"),
-                Some(Reason::CommandExecutorFailed),
-            )
-        }
-        Exit::Limit(Limit::Memory) => (
-            TaskState::TaskFailed,
-            format!(
-                "Memory limit exceeded: the task may use {} bytes of linear memory",
-                spec.memory_bytes
-            ),
-            Some(Reason::ContainerLimitationMemory),
-        ),
-        Exit::Limit(Limit::Fuel) => (
-            TaskState::TaskFailed,
-            format!(
-                "Fuel exhausted: the task's budget was {}",
-                spec.fuel.unwrap_or_default()
-            ),
-            Some(Reason::ContainerLimitationFuel),
-        ),
-        Exit::Limit(Limit::Time) => (
-            TaskState::TaskFailed,
-            format!(
-                "Task exceeded its max_completion_time of {}",
-                humantime::format_duration(spec.timeout.unwrap_or_default())
-            ),
-            Some(Reason::MaxCompletionTimeReached),
-        ),
-        Exit::Limit(Limit::Disk) => (
-            TaskState::TaskFailed,
-            format!(
-                "Disk limit exceeded: the sandbox may hold {} bytes, stdout and stderr included",
-                spec.disk_bytes
-            ),
-            Some(Reason::ContainerLimitationDisk),
-        ),
-        Exit::Killed => (TaskState::TaskKilled, "Task killed".to_owned(), None),
-        Exit::Trap(trap) => (
-            TaskState::TaskFailed,
-            format!("wasm trap: {trap}"),
-            Some(Reason::CommandExecutorFailed),
-        ),
-    };
-    Termination {
-        state,
-        message,
-        reason,
-        labels,
-    }
+    ]);
+    termination
 }
