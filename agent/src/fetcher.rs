@@ -224,7 +224,8 @@ fn place(
     for (uri, name, entry) in from_cache {
         let target = sandbox.join(&name);
         let placed = (|| {
-            if let Some(parent) = target.parent() {
+            // Most files sit in the sandbox itself, made above: no second mkdir.
+            if let Some(parent) = target.parent().filter(|p| *p != sandbox) {
                 std::fs::create_dir_all(parent)?;
             }
             if link {

@@ -18,25 +18,30 @@ pub struct StatusUpdates {
 }
 
 impl StatusUpdates {
-    /// Queues an update; returns it if it became the head and should be sent now.
-    pub fn push(&mut self, framework_id: &str, update: StatusUpdate) -> Option<StatusUpdate> {
-        let task_id = task_of(&update);
+    /// Queues an update at the end of its task's stream; says whether it became the
+    /// head, to be sent now.
+    pub fn push(&mut self, update: StatusUpdate) -> bool {
+        let framework_id = update
+            .framework_id
+            .as_ref()
+            .map(|f| f.value.clone())
+            .unwrap_or_default();
         let stream = self
             .streams
-            .entry((framework_id.to_owned(), task_id))
+            .entry((framework_id, task_of(&update)))
             .or_default();
         stream.push_back(update);
-        (stream.len() == 1).then(|| stream[0].clone())
+        stream.len() == 1
     }
 
-    /// Applies an acknowledgement. On a match, returns the acknowledged update and the
-    /// next one to send, if any.
+    /// Applies an acknowledgement. On a match, returns the acknowledged update and
+    /// whether another one follows it (now the head, to be sent).
     pub fn acknowledge(
         &mut self,
         framework_id: &str,
         task_id: &str,
         uuid: &[u8],
-    ) -> Option<(StatusUpdate, Option<StatusUpdate>)> {
+    ) -> Option<(StatusUpdate, bool)> {
         let key = (framework_id.to_owned(), task_id.to_owned());
         let stream = self.streams.get_mut(&key)?;
         let head_uuid = stream.front()?.status.as_ref()?.uuid.as_slice();
@@ -44,11 +49,11 @@ impl StatusUpdates {
             return None;
         }
         let acked = stream.pop_front()?;
-        let next = stream.front().cloned();
-        if stream.is_empty() {
+        let more = !stream.is_empty();
+        if !more {
             self.streams.remove(&key);
         }
-        Some((acked, next))
+        Some((acked, more))
     }
 
     /// The in-flight head of every stream, for resending.
@@ -93,7 +98,7 @@ mod tests {
 
     fn update(task: &str, state: TaskState, uuid: u8) -> StatusUpdate {
         StatusUpdate {
-            framework_id: None,
+            framework_id: Some(cairn_api::v1::FrameworkId { value: "f".into() }),
             status: Some(TaskStatus {
                 task_id: Some(TaskId { value: task.into() }),
                 state: state as i32,
@@ -106,31 +111,23 @@ mod tests {
     #[test]
     fn only_the_head_is_in_flight_and_acks_advance_in_order() {
         let mut m = StatusUpdates::default();
-        assert!(
-            m.push("f", update("t", TaskState::TaskStarting, 1))
-                .is_some()
-        );
-        assert!(
-            m.push("f", update("t", TaskState::TaskRunning, 2))
-                .is_none()
-        );
-        assert!(
-            m.push("f", update("t", TaskState::TaskFinished, 3))
-                .is_none()
-        );
+        assert!(m.push(update("t", TaskState::TaskStarting, 1)));
+        assert!(!m.push(update("t", TaskState::TaskRunning, 2)));
+        assert!(!m.push(update("t", TaskState::TaskFinished, 3)));
         assert_eq!(m.heads().len(), 1);
         // A stale or duplicate acknowledgement changes nothing.
         assert!(m.acknowledge("f", "t", &[2; 16]).is_none());
-        let (acked, next) = m.acknowledge("f", "t", &[1; 16]).unwrap();
+        let (acked, more) = m.acknowledge("f", "t", &[1; 16]).unwrap();
         assert_eq!(acked.status.unwrap().state, TaskState::TaskStarting as i32);
+        assert!(more);
         assert_eq!(
-            next.unwrap().status.unwrap().state,
+            m.head("f", "t").unwrap().status.as_ref().unwrap().state,
             TaskState::TaskRunning as i32
         );
         assert!(m.acknowledge("f", "t", &[1; 16]).is_none());
         m.acknowledge("f", "t", &[2; 16]).unwrap();
-        let (_, next) = m.acknowledge("f", "t", &[3; 16]).unwrap();
-        assert!(next.is_none());
+        let (_, more) = m.acknowledge("f", "t", &[3; 16]).unwrap();
+        assert!(!more);
         assert_eq!(m.pending(), 0);
     }
 }

@@ -101,9 +101,16 @@ const INODE_BYTES: u64 = 4096;
 
 /// Bytes used under `dir`, `skip` left out: allocated blocks (sparse files count as
 /// what they hold), at least one block per file or directory. Stops counting once
-/// past `limit`: the answer is then only "too much".
+/// past `limit`: the answer is then only "too much". Every run ends with one of
+/// these walks, so it asks the kernel as little as it can: entry types come from the
+/// directory listing, and a symlink is never stat'ed (its target, at most a page,
+/// costs no more than the one block counted for it).
 fn usage(dir: &Path, skip: &[PathBuf], limit: u64) -> u64 {
     use std::os::unix::fs::MetadataExt;
+    let skipped = |parent: &Path, name: &std::ffi::OsStr| {
+        skip.iter()
+            .any(|s| s.file_name() == Some(name) && s.parent() == Some(parent))
+    };
     let mut total = 0u64;
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
@@ -111,18 +118,25 @@ fn usage(dir: &Path, skip: &[PathBuf], limit: u64) -> u64 {
             continue;
         };
         for entry in entries.flatten() {
-            let path = entry.path();
-            if skip.contains(&path) {
+            if skipped(&d, &entry.file_name()) {
                 continue;
             }
-            // `DirEntry::metadata` does not follow symlinks: a link costs itself only.
-            let Ok(meta) = entry.metadata() else { continue };
-            total = total.saturating_add((meta.blocks() * 512).max(INODE_BYTES));
+            // Neither the listing's type nor `DirEntry::metadata` follows symlinks.
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let bytes = if kind.is_symlink() {
+                INODE_BYTES
+            } else {
+                let Ok(meta) = entry.metadata() else { continue };
+                (meta.blocks() * 512).max(INODE_BYTES)
+            };
+            total = total.saturating_add(bytes);
             if total > limit {
                 return total;
             }
-            if meta.is_dir() {
-                stack.push(path);
+            if kind.is_dir() {
+                stack.push(entry.path());
             }
         }
     }

@@ -39,7 +39,7 @@ impl Checkpoint {
                     source,
                 })?;
         } else {
-            for record in &records {
+            for record in records {
                 state.apply(record);
             }
         }
@@ -56,8 +56,8 @@ impl Checkpoint {
         let record = CheckpointRecord {
             record: Some(record),
         };
-        self.state.apply(&record);
         self.log.append(&record);
+        self.state.apply(record);
     }
 
     pub fn has_pending(&self) -> bool {

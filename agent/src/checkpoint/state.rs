@@ -36,18 +36,20 @@ pub struct AgentState {
 }
 
 impl AgentState {
-    pub fn apply(&mut self, record: &CheckpointRecord) {
-        let Some(record) = &record.record else { return };
+    /// Takes the record by value: live changes are already encoded for the log, and
+    /// recovery owns what it read, so nothing here copies a task or an update.
+    pub fn apply(&mut self, record: CheckpointRecord) {
+        let Some(record) = record.record else { return };
         match record {
-            Record::AgentId(id) => self.agent_id = Some(id.value.clone()),
-            Record::AgentInfo(info) => self.agent_info = Some(info.clone()),
+            Record::AgentId(id) => self.agent_id = Some(id.value),
+            Record::AgentInfo(info) => self.agent_info = Some(info),
             Record::Framework(info) => {
                 let id = info.id.clone().unwrap_or_default().value;
-                self.frameworks.insert(id, info.clone());
+                self.frameworks.insert(id, info);
             }
             Record::Executor(executor) => {
                 let fw = executor.framework_id.clone().unwrap_or_default().value;
-                self.executors.insert(fw, executor.clone());
+                self.executors.insert(fw, executor);
             }
             Record::ExecutorExited(executor) => {
                 let fw = executor.framework_id.clone().unwrap_or_default().value;
@@ -60,22 +62,22 @@ impl AgentState {
                 }
             }
             Record::Task(run) => {
-                let (Some(framework), Some(task)) = (&run.framework, &run.task) else {
+                let (Some(framework), Some(task)) = (run.framework, run.task) else {
                     return;
                 };
                 let fw = framework.id.clone().unwrap_or_default().value;
                 let task_id = task.task_id.clone().unwrap_or_default().value;
-                self.frameworks.insert(fw.clone(), framework.clone());
+                self.frameworks.insert(fw.clone(), framework);
                 self.tasks.entry((fw, task_id)).or_insert_with(|| Task {
-                    info: task.clone(),
+                    info: task,
                     state: TaskState::TaskStaging,
                     launched: false,
                     seen: HashSet::new(),
-                    group: run.group.clone(),
+                    group: run.group,
                 });
             }
             Record::Launched(launched) => {
-                if let Some(task) = self.tasks.get_mut(&record_key(launched)) {
+                if let Some(task) = self.tasks.get_mut(&record_key(&launched)) {
                     task.launched = true;
                     // STAGING when live; a compacted record carries the latest state.
                     if let Ok(state) = TaskState::try_from(launched.state) {
@@ -87,26 +89,26 @@ impl AgentState {
                 let Some(status) = &update.status else { return };
                 let fw = update.framework_id.clone().unwrap_or_default().value;
                 let task_id = status.task_id.clone().unwrap_or_default().value;
-                let Some(task) = self.tasks.get_mut(&(fw.clone(), task_id)) else {
+                let Some(task) = self.tasks.get_mut(&(fw, task_id)) else {
                     return;
                 };
                 if task.state.is_terminal() || !task.seen.insert(status.uuid.clone()) {
                     return;
                 }
                 task.state = TaskState::try_from(status.state).unwrap_or(TaskState::TaskUnknown);
-                self.updates.push(&fw, update.clone());
+                self.updates.push(update);
             }
             Record::Ack(ack) => {
                 let fw = ack.framework_id.clone().unwrap_or_default().value;
                 let task_id = ack.task_id.clone().unwrap_or_default().value;
-                let Some((acked, next)) = self.updates.acknowledge(&fw, &task_id, &ack.uuid) else {
+                let Some((acked, more)) = self.updates.acknowledge(&fw, &task_id, &ack.uuid) else {
                     return;
                 };
                 let terminal = acked
                     .status
                     .and_then(|s| TaskState::try_from(s.state).ok())
                     .is_some_and(TaskState::is_terminal);
-                if terminal && next.is_none() {
+                if terminal && !more {
                     self.tasks.remove(&(fw, task_id));
                 }
             }

@@ -2,7 +2,7 @@
 //! socket (with the tasks and unacknowledged updates they hold), and ended, by
 //! exiting, by missing their re-subscription, or by a shutdown past its grace.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use cairn_api::internal::checkpoint_record::Record;
@@ -24,7 +24,7 @@ const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct ExecutorLink {
     pub(super) conn: Option<(u64, mpsc::Sender<ExecutorEvent>)>,
     /// Events waiting for a subscription (or for room on the connection).
-    queued: Vec<ExecutorEvent>,
+    queued: VecDeque<ExecutorEvent>,
     /// Adopted from the checkpoint after an agent restart, not started by us.
     pub(super) recovered: bool,
     /// Until it first subscribes after being started or re-attached.
@@ -41,7 +41,7 @@ impl ExecutorLink {
     fn new(recovered: bool, subscribe_within: Duration) -> Self {
         Self {
             conn: None,
-            queued: Vec::new(),
+            queued: VecDeque::new(),
             recovered,
             subscribe_deadline: Some(Instant::now() + subscribe_within),
             shutdown_deadline: None,
@@ -52,7 +52,7 @@ impl ExecutorLink {
 
     /// Sends in order: queued events first, and nothing overtakes the queue.
     pub(super) fn send(&mut self, event: ExecutorEvent) {
-        self.queued.push(event);
+        self.queued.push_back(event);
         self.flush();
     }
 
@@ -60,14 +60,12 @@ impl ExecutorLink {
     /// the next event or subscription.
     pub(super) fn flush(&mut self) {
         let Some((_, tx)) = &self.conn else { return };
-        let mut sent = 0;
-        for event in &self.queued {
-            if tx.try_send(event.clone()).is_err() {
+        while let Some(event) = self.queued.pop_front() {
+            if let Err(e) = tx.try_send(event) {
+                self.queued.push_front(e.into_inner());
                 break;
             }
-            sent += 1;
         }
-        self.queued.drain(..sent);
     }
 }
 
