@@ -244,7 +244,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Executor(args) => {
-            cairn_agent::run_executor(cairn_agent::ExecutorArgs {
+            let executor = cairn_agent::run_executor(cairn_agent::ExecutorArgs {
                 agent_socket: args.agent_socket,
                 framework_id: args.framework_id,
                 executor_id: args.executor_id,
@@ -254,8 +254,12 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 cgroups_root: args.native.cgroups_root,
                 native_namespaces: args.native.native_namespaces,
                 compile_cache: args.compile_cache.zip(args.compile_cache_key),
-            })
-            .await?;
+            });
+            // On a worker thread, not this one: its loop trades messages with every
+            // task, and a worker wakes a task on its own thread without a futex call.
+            tokio::spawn(executor)
+                .await
+                .map_err(|e| anyhow::anyhow!("the executor stopped: {e}"))??;
             Ok(0)
         }
     }

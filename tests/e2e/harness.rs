@@ -340,6 +340,29 @@ pub fn output_within(mut cmd: Command, limit: Duration) -> Output {
     }
 }
 
+/// A task's states as a framework saw them, each once, with TASK_STARTING left out:
+/// the executor reports it only for a launch still under way after a few
+/// milliseconds (a compile, say), so whether it shows depends on the machine. Where it
+/// shows, it must come before everything else.
+pub fn launch_states<S: AsRef<str>>(states: &[S]) -> Vec<String> {
+    let states: Vec<&str> = states.iter().map(AsRef::as_ref).collect();
+    if let Some(last_starting) = states.iter().rposition(|s| *s == "TASK_STARTING") {
+        assert!(
+            states[..last_starting]
+                .iter()
+                .all(|s| *s == "TASK_STARTING"),
+            "TASK_STARTING after another state: {states:?}"
+        );
+    }
+    let mut out: Vec<String> = Vec::new();
+    for s in states.into_iter().filter(|s| *s != "TASK_STARTING") {
+        if out.last().map(String::as_str) != Some(s) {
+            out.push(s.to_owned());
+        }
+    }
+    out
+}
+
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }

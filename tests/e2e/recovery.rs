@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use crate::framework::{Events, Scheduler, accept};
-use crate::harness::{Cluster, blocking, find_files, get_json, kill_executors, wait_for};
+use crate::harness::{
+    Cluster, blocking, find_files, get_json, kill_executors, launch_states, wait_for,
+};
 
 /// A framework that survives its scheduler's disconnection for an hour.
 pub fn framework_info(id: Option<&str>) -> Value {
@@ -130,8 +132,8 @@ async fn a_task_outlives_an_agent_killed_mid_run_and_every_update_arrives_in_ord
     open_gate(&cluster.work_dir(), "gated");
     states.extend(updates_until(&scheduler, &mut events, "TASK_FINISHED").await);
     assert_eq!(
-        distinct(&states),
-        ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"],
+        launch_states(&states),
+        ["TASK_RUNNING", "TASK_FINISHED"],
         "{states:?}"
     );
     let state = scheduler
@@ -216,21 +218,26 @@ async fn an_unacknowledged_update_is_redelivered_to_a_restarted_scheduler() {
     let task = gate_task("unacked", &offer["agent_id"]);
     assert_eq!(scheduler.call(accept(&offer, vec![task])).await.0, 202);
     let first = events.next_of("UPDATE").await["update"]["status"].clone();
-    assert_eq!(first["state"], "TASK_STARTING", "{first}");
+    assert!(
+        first["state"] == "TASK_STARTING" || first["state"] == "TASK_RUNNING",
+        "{first}"
+    );
     // The scheduler goes away without acknowledging, and comes back.
     drop(events);
     let info = framework_info(Some(&scheduler.framework_id));
     let (scheduler, mut events) = Scheduler::subscribe_with(&cluster.master_addr, info).await;
     let again = next_update(&scheduler, &mut events).await;
     assert_eq!(again["uuid"], first["uuid"], "the same update, redelivered");
-    assert_eq!(again["state"], "TASK_STARTING");
+    assert_eq!(again["state"], first["state"]);
     let mut states = vec![again["state"].as_str().unwrap().to_owned()];
-    states.extend(updates_until(&scheduler, &mut events, "TASK_RUNNING").await);
+    if again["state"] != "TASK_RUNNING" {
+        states.extend(updates_until(&scheduler, &mut events, "TASK_RUNNING").await);
+    }
     open_gate(&cluster.work_dir(), "unacked");
     states.extend(updates_until(&scheduler, &mut events, "TASK_FINISHED").await);
     assert_eq!(
-        distinct(&states),
-        ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"],
+        launch_states(&states),
+        ["TASK_RUNNING", "TASK_FINISHED"],
         "{states:?}"
     );
     cluster.assert_no_panics();

@@ -180,10 +180,14 @@ pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
                             Err(_) => break,
                         }
                     }
-                    for status in &batch {
-                        executor.on_status(status);
-                    }
-                    if send_updates(&mut writer, batch).await.is_err() {
+                    let frames = match encode_updates(batch, |status| executor.on_status(status)) {
+                        Ok(frames) => frames,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot encode status updates");
+                            break;
+                        }
+                    };
+                    if writer.write_all(&frames).await.is_err() {
                         break;
                     }
                 }
@@ -242,7 +246,12 @@ fn status(
     }
 }
 
-async fn send_updates(writer: &mut OwnedWriteHalf, batch: Vec<TaskStatus>) -> anyhow::Result<()> {
+/// Frames a batch of updates for one write, handing each update on (to be kept until
+/// acknowledged) once it is encoded: no update is copied.
+fn encode_updates(
+    batch: Vec<TaskStatus>,
+    mut sent: impl FnMut(TaskStatus),
+) -> anyhow::Result<Vec<u8>> {
     let mut buf = Vec::new();
     for status in batch {
         let call = ExecutorCall {
@@ -251,9 +260,14 @@ async fn send_updates(writer: &mut OwnedWriteHalf, batch: Vec<TaskStatus>) -> an
             })),
         };
         encode_frame(&call, &mut buf)?;
+        if let Some(executor_call::Call::Update(ExecutorUpdate {
+            status: Some(status),
+        })) = call.call
+        {
+            sent(status);
+        }
     }
-    writer.write_all(&buf).await?;
-    Ok(())
+    Ok(buf)
 }
 
 impl Executor {
@@ -508,14 +522,15 @@ impl Executor {
         all
     }
 
-    fn on_status(&mut self, status: &TaskStatus) {
+    fn on_status(&mut self, status: TaskStatus) {
         let state = cairn_api::v1::TaskState::try_from(status.state)
             .unwrap_or(cairn_api::v1::TaskState::TaskUnknown);
-        if state.is_terminal() {
-            let task_id = status.task_id.clone().unwrap_or_default().value;
-            self.running.remove(&task_id);
+        if state.is_terminal()
+            && let Some(task_id) = &status.task_id
+        {
+            self.running.remove(&task_id.value);
         }
-        self.unacked.push(status.clone());
+        self.unacked.push(status);
     }
 }
 

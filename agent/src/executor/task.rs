@@ -1,5 +1,5 @@
-//! One task's life in the executor, whatever its container: report STARTING, launch
-//! it with its containerizer, report RUNNING, wait for its end (killing it when asked
+//! One task's life in the executor, whatever its container: launch it with its
+//! containerizer (reporting STARTING if that takes a while), report RUNNING, wait for its end (killing it when asked
 //! or at its `max_completion_time`), and report that end with what it used.
 
 use std::path::{Component, Path};
@@ -13,6 +13,13 @@ use super::containerizer::{Containerizer, LaunchSpec, Termination};
 
 /// No task module may be larger than this.
 const MAX_MODULE_BYTES: u64 = 256 << 20;
+
+/// A launch still under way after this is reported as TASK_STARTING (a compile, a
+/// container's creation, a fork into a cgroup); one done sooner goes straight to
+/// TASK_RUNNING. STARTING is optional in Mesos' task state machine, and for a cached
+/// wasm module, started in microseconds, it would tell the framework nothing while
+/// costing every short task a third of its acknowledged, checkpointed updates.
+const STARTING_AFTER: Duration = Duration::from_millis(10);
 
 /// Sends one task's status updates to the executor's connection.
 #[derive(Clone)]
@@ -81,8 +88,16 @@ async fn run(
     reporter: &Reporter,
     mut kills: mpsc::UnboundedReceiver<Duration>,
 ) {
-    reporter.send(TaskState::TaskStarting, String::new(), None, Vec::new());
-    if let Err(message) = containerizer.launch(&spec).await {
+    let launch = containerizer.launch(&spec);
+    tokio::pin!(launch);
+    let launched = match tokio::time::timeout(STARTING_AFTER, &mut launch).await {
+        Ok(launched) => launched,
+        Err(_) => {
+            reporter.send(TaskState::TaskStarting, String::new(), None, Vec::new());
+            launch.await
+        }
+    };
+    if let Err(message) = launched {
         reporter.end(Termination::launch_failed(message));
         return;
     }
