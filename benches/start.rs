@@ -4,7 +4,9 @@
 //! - wasm: a cached module (the compile cache's in-memory hit), instantiated from its
 //!   `InstancePre` in the pooling allocator, run to `_start`'s return, with its WASI
 //!   context and stdout/stderr files in a sandbox directory, as the executor does;
-//! - native: fork/exec of an equivalent static binary (`int main(){return 0;}`);
+//! - native: fork/exec of an equivalent static binary (`int main(){return 0;}`), bare,
+//!   and through Cairn's native containerizer: its own cgroup (cpu, memory, pids
+//!   limits), stdout/stderr in the sandbox, waited for, the cgroup removed;
 //! - docker: `docker run --rm --network none` of a local image holding that binary.
 //!
 //! ```text
@@ -14,6 +16,9 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cairn_agent::containerizer::native::NativeContainerizer;
+use cairn_agent::containerizer::{Containerizer, LaunchSpec};
+use cairn_api::v1::{CommandInfo, TaskId, TaskInfo};
 use cairn_sandbox::{CancelHandle, Exit, RunSpec, Sandbox, SandboxConfig};
 
 const EMPTY: &str = r#"(module (memory (export "memory") 1) (func (export "_start")))"#;
@@ -46,6 +51,72 @@ fn time_command(runs: usize, command: impl Fn() -> Command) -> Vec<Duration> {
             elapsed
         })
         .collect()
+}
+
+/// Launches the binary `runs` times as the executor launches a native task, each in
+/// a fresh cgroup under `cairn-bench-start`, timed from the launch to the end of `wait`
+/// (exit seen, cgroup removed).
+fn in_cgroups(
+    rt: &tokio::runtime::Runtime,
+    work: &std::path::Path,
+    binary: &std::path::Path,
+    runs: usize,
+) -> Vec<Duration> {
+    let containerizer = NativeContainerizer::new("cairn-bench-start", &[]);
+    let resources = cairn_api::Resources::parse("cpus:0.5;mem:64").unwrap();
+    let samples = (0..runs)
+        .map(|i| {
+            let sandbox = work.join(format!("native-{i}"));
+            std::fs::create_dir(&sandbox).unwrap();
+            let task_id = format!("native-{i}");
+            let spec = LaunchSpec {
+                framework_id: "bench".into(),
+                task: TaskInfo {
+                    task_id: Some(TaskId {
+                        value: task_id.clone(),
+                    }),
+                    resources: resources.to_proto(),
+                    command: Some(CommandInfo {
+                        shell: Some(false),
+                        value: Some(binary.display().to_string()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                sandbox,
+                cached: Vec::new(),
+            };
+            rt.block_on(async {
+                let started = Instant::now();
+                containerizer.launch(&spec).await.unwrap();
+                let end = containerizer.wait(&task_id).await;
+                let elapsed = started.elapsed();
+                assert_eq!(end.state, cairn_api::v1::TaskState::TaskFinished, "{end:?}");
+                elapsed
+            })
+        })
+        .collect();
+    // Each task's cgroup went with it; the empty parents stay (as an agent's do).
+    remove_empty_cgroups("cairn-bench-start/bench");
+    samples
+}
+
+/// Removes `relative` and its parents, empty by now, from every hierarchy (v1) or the
+/// unified one (v2).
+fn remove_empty_cgroups(relative: &str) {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let hierarchies = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .chain([root.to_owned()]);
+    for hierarchy in hierarchies {
+        let mut dir = hierarchy.join(relative);
+        while dir != hierarchy && std::fs::remove_dir(&dir).is_ok() {
+            dir.pop();
+        }
+    }
 }
 
 fn main() {
@@ -105,6 +176,12 @@ fn main() {
         cmd
     });
     row("native fork/exec, static binary", runs, samples);
+    let samples = in_cgroups(&rt, work.path(), &native, runs);
+    row(
+        "native in its own cgroup (Cairn's containerizer)",
+        runs,
+        samples,
+    );
 
     let dockerfile = "FROM scratch\nCOPY true /true\nENTRYPOINT [\"/true\"]\n";
     std::fs::write(work.path().join("Dockerfile"), dockerfile).unwrap();

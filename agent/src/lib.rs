@@ -23,6 +23,9 @@ use anyhow::Context as _;
 use cairn_api::v1::AgentInfo;
 use tokio::sync::mpsc;
 
+/// The containerizers, public so a benchmark times a native or Docker launch exactly
+/// as an executor makes it.
+pub use executor::containerizer;
 pub use executor::{ExecutorArgs, run_executor};
 pub use resources::{agent_resources, parse_attributes};
 

@@ -4,7 +4,7 @@
 //! agent. It outlives its agent: when the socket drops it keeps its tasks running
 //! and re-subscribes, giving up only after the recovery timeout.
 
-mod containerizer;
+pub mod containerizer;
 mod custom;
 mod task;
 
