@@ -19,7 +19,7 @@ pub struct StatusUpdates {
 
 impl StatusUpdates {
     /// Queues an update at the end of its task's stream; says whether it became the
-    /// head, to be sent now.
+    /// head (the one in flight).
     pub fn push(&mut self, update: StatusUpdate) -> bool {
         let framework_id = update
             .framework_id

@@ -103,8 +103,8 @@ const INODE_BYTES: u64 = 4096;
 /// what they hold), at least one block per file or directory. Stops counting once
 /// past `limit`: the answer is then only "too much". Every run ends with one of
 /// these walks, so it asks the kernel as little as it can: entry types come from the
-/// directory listing, and a symlink is never stat'ed (its target, at most a page,
-/// costs no more than the one block counted for it).
+/// directory listing where the filesystem fills them in, and a symlink is counted as
+/// one block without a stat (its target, at most a page, costs no more).
 fn usage(dir: &Path, skip: &[PathBuf], limit: u64) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let skipped = |parent: &Path, name: &std::ffi::OsStr| {

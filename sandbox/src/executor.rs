@@ -186,11 +186,15 @@ pub struct ExecutorInstance {
     budget: Arc<DiskBudget>,
     cancel: CancelHandle,
     started: Instant,
+    /// The instance's whole fuel budget, when it has one (`u64::MAX` for a metered
+    /// program without a budget).
+    fuel: Option<u64>,
 }
 
 impl Sandbox {
-    /// Instantiates a custom executor. `spec.timeout` bounds each call into it; the
-    /// sandbox directory is the executor's own.
+    /// Instantiates a custom executor. `spec.timeout` bounds each call into it;
+    /// `spec.fuel`, if set, is the instance's budget for its whole life (every call
+    /// draws on it); the sandbox directory is the executor's own.
     pub async fn start_executor(
         &self,
         program: &Program,
@@ -203,6 +207,12 @@ impl Sandbox {
                 "a command, not a custom executor (cairn:executor world)".into(),
             ));
         };
+        if spec.fuel.is_some() && !program.metered {
+            return Err(SandboxError::Setup(
+                "a fuel budget needs a program compiled with metering".into(),
+            ));
+        }
+        let fuel = program.metered.then(|| spec.fuel.unwrap_or(u64::MAX));
         let budget = DiskBudget::new(
             spec.disk_bytes,
             &spec.sandbox_dir,
@@ -223,7 +233,7 @@ impl Sandbox {
         let memory_bytes = spec.memory_bytes.min(self.config.max_memory_bytes);
         let engine = pre.instance_pre().component().engine().clone();
         let limiter = MemoryLimiter::for_component(memory_bytes);
-        let mut store = new_store(&engine, host, limiter, None, &budget)?;
+        let mut store = new_store(&engine, host, limiter, fuel, &budget)?;
         let deadline = spec.timeout.map(|t| Instant::now() + t);
         let instantiated = guarded(pre.instantiate_async(&mut store), cancel, deadline).await;
         let bindings = match instantiated {
@@ -245,6 +255,7 @@ impl Sandbox {
             budget,
             cancel: cancel.clone(),
             started: Instant::now(),
+            fuel,
         })
     }
 }
@@ -283,7 +294,9 @@ impl ExecutorInstance {
     /// What the executor has used since it started.
     pub fn usage(&self) -> Usage {
         Usage {
-            fuel_consumed: 0,
+            fuel_consumed: self
+                .fuel
+                .map_or(0, |f| f.saturating_sub(self.store.get_fuel().unwrap_or(f))),
             peak_memory_bytes: self.store.data().limiter.peak_bytes as u64,
             wall_time: self.started.elapsed(),
         }

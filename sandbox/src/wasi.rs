@@ -33,7 +33,6 @@ impl WasiView for StoreState<WasiP2> {
 /// a guest left there: never follow a link, never block on a FIFO, and accept a
 /// regular file only.
 fn touch(path: &Path) -> Result<PathBuf, SandboxError> {
-    use nix::errno::Errno;
     use nix::sys::stat::{Mode, SFlag, mknod};
     use std::os::unix::fs::OpenOptionsExt;
     const O_NOFOLLOW: i32 = 0o400_000;
@@ -42,10 +41,10 @@ fn touch(path: &Path) -> Result<PathBuf, SandboxError> {
     // A fresh sandbox: one call makes a regular file without opening it, and fails
     // on any name already there, a link included (short tasks start thousands of
     // times a second; open, fstat and close cost three times as much).
-    match mknod(path, SFlag::S_IFREG, Mode::from_bits_truncate(0o666), 0) {
-        Ok(()) => return Ok(path.to_owned()),
-        Err(Errno::EEXIST) => {}
-        Err(e) => return Err(setup(e.to_string())),
+    // Anything else (a name already there, or a filesystem or policy that refuses
+    // mknod) takes the open path below, which says why if it fails too.
+    if mknod(path, SFlag::S_IFREG, Mode::from_bits_truncate(0o666), 0).is_ok() {
+        return Ok(path.to_owned());
     }
     let file = std::fs::File::options()
         .create(true)

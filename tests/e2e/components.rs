@@ -261,6 +261,48 @@ async fn a_runaway_executor_fails_its_tasks_and_the_next_task_gets_a_fresh_one()
     cluster.assert_no_panics();
 }
 
+/// An executor task whose executor has a fuel budget for its whole life.
+fn fueled_executor_task(
+    id: &str,
+    agent_id: &Value,
+    executor_id: &str,
+    words: &str,
+    fuel: u64,
+) -> Value {
+    let mut task = executor_task(id, agent_id, executor_id, words);
+    task["executor"]["container"] = json!({"type": "WASM", "wasm": {"fuel": fuel}});
+    task
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_out_of_fuel_fails_its_tasks_and_a_budgeted_one_still_serves() {
+    // The default call timeout (far longer than the fuel lasts): only fuel stops it.
+    let cluster = Cluster::start();
+    let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
+    let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
+    let agent = offer["agent_id"].clone();
+    let tasks = vec![
+        fueled_executor_task("held", &agent, "burner", "wait", 20_000_000),
+        fueled_executor_task("spin", &agent, "burner", "spin", 20_000_000),
+        fueled_executor_task("sum", &agent, "frugal", "sum 40 2", 1_000_000_000),
+    ];
+    assert_eq!(scheduler.call(accept(&offer, tasks)).await.0, 202);
+    let mut seen = Seen::default();
+    until(&scheduler, &mut events, &mut seen, |s| {
+        s.state("held") == "TASK_FAILED"
+            && s.state("spin") == "TASK_FAILED"
+            && s.state("sum") == "TASK_FINISHED"
+    })
+    .await;
+    for task in ["held", "spin"] {
+        let (_, message, reason) = seen.last(task).unwrap();
+        assert_eq!(reason, "REASON_EXECUTOR_TERMINATED", "{task}: {message}");
+        assert!(message.contains("ran out of fuel"), "{task}: {message}");
+    }
+    assert_eq!(seen.last("sum").unwrap().1, "42");
+    cluster.assert_no_panics();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn components_of_the_wrong_kind_fail_their_tasks_with_a_reason() {
     let cluster = Cluster::start();

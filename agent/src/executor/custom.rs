@@ -422,12 +422,19 @@ async fn instantiate(
         .as_ref()
         .and_then(|c| c.value.clone())
         .unwrap_or_default();
+    // The executor's own `container.wasm.fuel`: a budget for the instance's life, as
+    // a task's is for its run. Only a budgeted executor pays for metering.
+    let fuel = info
+        .container
+        .as_ref()
+        .and_then(|c| c.wasm.as_ref())
+        .and_then(|w| w.fuel);
     let (dir_of_task, sandbox_handle) = (sandbox.to_path_buf(), context.sandbox.clone());
     let name = value.clone();
     let compiled = tokio::task::spawn_blocking(move || {
         let bytes = read_program(&dir_of_task, &name)?;
         sandbox_handle
-            .compile(&bytes, false)
+            .compile(&bytes, fuel.is_some())
             .map_err(|e| format!("{name}: {e}"))
     })
     .await
@@ -454,7 +461,7 @@ async fn instantiate(
         stderr: dir.join("stderr"),
         sandbox_dir: dir,
         memory_bytes,
-        fuel: None,
+        fuel,
         timeout: Some(context.call_timeout),
         disk_bytes,
     };

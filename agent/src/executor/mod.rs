@@ -180,13 +180,7 @@ pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
                             Err(_) => break,
                         }
                     }
-                    let frames = match encode_updates(batch, |status| executor.on_status(status)) {
-                        Ok(frames) => frames,
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot encode status updates");
-                            break;
-                        }
-                    };
+                    let frames = encode_updates(batch, |status| executor.on_status(status));
                     if writer.write_all(&frames).await.is_err() {
                         break;
                     }
@@ -246,20 +240,40 @@ fn status(
     }
 }
 
+/// No status update is larger: a custom executor chooses its messages, and one that
+/// could not be framed would be lost, with every update resent behind it.
+const MAX_STATUS_BYTES: usize = 1 << 20;
+/// What is kept of an oversized update's message.
+const TRUNCATED_MESSAGE_BYTES: usize = 64 << 10;
+
 /// Frames a batch of updates for one write, handing each update on (to be kept until
-/// acknowledged) once it is encoded: no update is copied.
-fn encode_updates(
-    batch: Vec<TaskStatus>,
-    mut sent: impl FnMut(TaskStatus),
-) -> anyhow::Result<Vec<u8>> {
+/// acknowledged) once it is encoded: no update is copied. An oversized update is
+/// cut down to fit (its message truncated, its data dropped) rather than lost.
+fn encode_updates(batch: Vec<TaskStatus>, mut sent: impl FnMut(TaskStatus)) -> Vec<u8> {
     let mut buf = Vec::new();
-    for status in batch {
+    for mut status in batch {
+        if prost::Message::encoded_len(&status) > MAX_STATUS_BYTES {
+            tracing::warn!(
+                bytes = prost::Message::encoded_len(&status),
+                "status update too large; its message is truncated and its data dropped"
+            );
+            let mut end = status.message.len().min(TRUNCATED_MESSAGE_BYTES);
+            while !status.message.is_char_boundary(end) {
+                end -= 1;
+            }
+            status.message.truncate(end);
+            status.data.clear();
+            status.labels = None;
+        }
         let call = ExecutorCall {
             call: Some(executor_call::Call::Update(ExecutorUpdate {
                 status: Some(status),
             })),
         };
-        encode_frame(&call, &mut buf)?;
+        if let Err(e) = encode_frame(&call, &mut buf) {
+            // Cannot happen below the frame limit; kept (and resent) all the same.
+            tracing::error!(error = %e, "cannot frame a status update");
+        }
         if let Some(executor_call::Call::Update(ExecutorUpdate {
             status: Some(status),
         })) = call.call
@@ -267,7 +281,7 @@ fn encode_updates(
             sent(status);
         }
     }
-    Ok(buf)
+    buf
 }
 
 impl Executor {
@@ -559,5 +573,47 @@ impl Unacked {
 
     fn in_order(&self) -> Vec<TaskStatus> {
         self.by_seq.values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_oversized_update_is_cut_down_and_the_batch_still_goes() {
+        let huge = TaskStatus {
+            message: "é".repeat(MAX_STATUS_BYTES),
+            data: vec![7; 1024],
+            ..status(
+                "big",
+                cairn_api::v1::TaskState::TaskFailed,
+                String::new(),
+                None,
+            )
+        };
+        let small = status(
+            "small",
+            cairn_api::v1::TaskState::TaskFinished,
+            "done".into(),
+            None,
+        );
+        let mut kept = Vec::new();
+        let frames = encode_updates(vec![huge, small], |s| kept.push(s));
+        assert_eq!(kept.len(), 2, "both are kept until acknowledged");
+        assert!(kept[0].message.len() <= TRUNCATED_MESSAGE_BYTES);
+        assert!(kept[0].message.starts_with('é'));
+        assert!(kept[0].data.is_empty());
+        let mut reader = frames.as_slice();
+        for want in ["big", "small"] {
+            let call: ExecutorCall = crate::framing::read_frame(&mut reader)
+                .await
+                .unwrap()
+                .unwrap();
+            let Some(executor_call::Call::Update(update)) = call.call else {
+                panic!("not an update: {call:?}");
+            };
+            assert_eq!(update.status.unwrap().task_id.unwrap().value, want);
+        }
     }
 }

@@ -93,7 +93,11 @@ async fn run(
     let launched = match tokio::time::timeout(STARTING_AFTER, &mut launch).await {
         Ok(launched) => launched,
         Err(_) => {
-            reporter.send(TaskState::TaskStarting, String::new(), None, Vec::new());
+            // A kill that came meanwhile may have been reported (TASK_KILLING):
+            // nothing may go back to STARTING after it.
+            if kills.is_empty() {
+                reporter.send(TaskState::TaskStarting, String::new(), None, Vec::new());
+            }
             launch.await
         }
     };
