@@ -422,13 +422,7 @@ async fn instantiate(
         .as_ref()
         .and_then(|c| c.value.clone())
         .unwrap_or_default();
-    // The executor's own `container.wasm.fuel`: a budget for the instance's life, as
-    // a task's is for its run. Only a budgeted executor pays for metering.
-    let fuel = info
-        .container
-        .as_ref()
-        .and_then(|c| c.wasm.as_ref())
-        .and_then(|w| w.fuel);
+    let fuel = super::containerizer::wasm::fuel_of(info.container.as_ref());
     let (dir_of_task, sandbox_handle) = (sandbox.to_path_buf(), context.sandbox.clone());
     let name = value.clone();
     let compiled = tokio::task::spawn_blocking(move || {

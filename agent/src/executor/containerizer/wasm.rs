@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_api::internal::CachedFile;
-use cairn_api::v1::{TaskInfo, TaskState, task_status::Reason};
+use cairn_api::v1::{CommandInfo, ContainerInfo, TaskInfo, TaskState, task_status::Reason};
 use cairn_sandbox::{CancelHandle, Exit, Limit, ProgramKind, RunOutcome, RunSpec, Sandbox};
 use sha2::Digest as _;
 use tokio::sync::oneshot;
@@ -124,11 +124,19 @@ fn cached_digest(cached: &[CachedFile], value: &str) -> Option<[u8; 32]> {
         .and_then(|f| f.sha256.as_slice().try_into().ok())
 }
 
-fn fuel_of(task: &TaskInfo) -> Option<u64> {
-    task.container
+/// A container's `wasm.fuel` budget: a task's for its run, a custom executor's for
+/// its instance's life. Only a budgeted program is compiled with metering.
+pub(crate) fn fuel_of(container: Option<&ContainerInfo>) -> Option<u64> {
+    container.and_then(|c| c.wasm.as_ref()).and_then(|w| w.fuel)
+}
+
+/// The task's command and the module it names.
+fn module_of(task: &TaskInfo) -> Result<(&CommandInfo, String), String> {
+    let command = task
+        .command
         .as_ref()
-        .and_then(|c| c.wasm.as_ref())
-        .and_then(|w| w.fuel)
+        .ok_or("a wasm task needs `command.value` naming its module")?;
+    Ok((command, command.value.clone().unwrap_or_default()))
 }
 
 /// The task ready to run without touching its module file: its module came from the
@@ -141,7 +149,7 @@ fn linked(
 ) -> Option<Result<(cairn_sandbox::Program, RunSpec), String>> {
     let value = task.command.as_ref()?.value.as_deref()?;
     let digest = cached_digest(cached, value)?;
-    let program = sandbox.linked(&digest, fuel_of(task).is_some())?;
+    let program = sandbox.linked(&digest, fuel_of(task.container.as_ref()).is_some())?;
     Some(spec(task, dir, program))
 }
 
@@ -153,11 +161,7 @@ fn prepare(
     dir: &Path,
     cached: &[CachedFile],
 ) -> Result<(cairn_sandbox::Program, RunSpec), String> {
-    let command = task
-        .command
-        .as_ref()
-        .ok_or("a wasm task needs `command.value` naming its module")?;
-    let value = command.value.clone().unwrap_or_default();
+    let (_, value) = module_of(task)?;
     let bytes = read_program(dir, &value)?;
     if let Some(digest) = cached_digest(cached, &value) {
         let actual: [u8; 32] = sha2::Sha256::digest(&bytes).into();
@@ -169,7 +173,7 @@ fn prepare(
     }
     // Only a task with a fuel budget pays for metering.
     let program = sandbox
-        .compile(&bytes, fuel_of(task).is_some())
+        .compile(&bytes, fuel_of(task.container.as_ref()).is_some())
         .map_err(|e| format!("{value}: {e}"))?;
     spec(task, dir, program)
 }
@@ -180,12 +184,8 @@ fn spec(
     dir: &Path,
     program: cairn_sandbox::Program,
 ) -> Result<(cairn_sandbox::Program, RunSpec), String> {
-    let command = task
-        .command
-        .as_ref()
-        .ok_or("a wasm task needs `command.value` naming its module")?;
-    let value = command.value.clone().unwrap_or_default();
-    let fuel = fuel_of(task);
+    let (command, value) = module_of(task)?;
+    let fuel = fuel_of(task.container.as_ref());
     if program.kind() != ProgramKind::Command {
         return Err(format!(
             "{value} is a custom executor, not a command: name it in the task's `executor`"
