@@ -17,26 +17,17 @@
 //! `agent` measures one agent host alone: a real `cairn agent` and its executor, driven
 //! by a stand-in master in this process that acknowledges every update at once.
 
-#[allow(dead_code)]
-#[path = "../tests/e2e/harness.rs"]
-mod harness;
-
-#[allow(dead_code)]
-#[path = "../tests/e2e/framework.rs"]
-mod framework;
-
-#[path = "support/fake_master.rs"]
-mod fake_master;
-
-#[path = "../tests/e2e/docker_image.rs"]
-mod docker_image;
-
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_sandbox::{CancelHandle, Exit, RunSpec, Sandbox, SandboxConfig};
+use cairn_test_support::harness::{self, Cairn};
+use cairn_test_support::{docker_image, fake_master, framework};
 use serde_json::{Value, json};
+
+/// The `cairn` binary the daemons run.
+const CAIRN: Cairn = Cairn::at(env!("CARGO_BIN_EXE_cairn"));
 
 struct Options {
     mode: String,
@@ -138,22 +129,32 @@ fn is_terminal(state: &str) -> bool {
     )
 }
 
-/// A master and one agent big enough (in declared resources) for every task.
-fn cluster(dir: &std::path::Path) -> (harness::Daemon, harness::Daemon, String) {
-    let (master, addr) =
-        harness::start_master_with(dir, "127.0.0.1:0", &["--allocation-interval", "20ms"]);
-    let agent = harness::start_agent_with(
-        dir,
-        &addr,
-        &[
-            "--resources",
-            "cpus:100000;mem:10000000;disk:100000000",
-            "--status-update-retry-interval",
-            "60s",
-        ],
-    );
-    agent.wait_for_log("registered with the master");
-    (master, agent, addr)
+/// A master and one agent big enough (in declared resources) for every task; their
+/// start-up is waited for off the runtime's workers.
+async fn cluster(dir: &std::path::Path) -> (harness::Daemon, harness::Daemon, String) {
+    let dir = dir.to_owned();
+    harness::blocking(move || {
+        let (master, addr) = harness::start_master_with(
+            CAIRN,
+            &dir,
+            "127.0.0.1:0",
+            &["--allocation-interval", "20ms"],
+        );
+        let agent = harness::start_agent_with(
+            CAIRN,
+            &dir,
+            &addr,
+            &[
+                "--resources",
+                "cpus:100000;mem:10000000;disk:100000000",
+                "--status-update-retry-interval",
+                "60s",
+            ],
+        );
+        agent.wait_for_log("registered with the master");
+        (master, agent, addr)
+    })
+    .await
 }
 
 /// Launches `total` tasks (`make(i)`) as offers allow, at most `inflight` not yet
@@ -239,7 +240,7 @@ async fn throughput(o: &Options) {
     let dir = tempfile::tempdir().unwrap();
     eprintln!("logs in {}", dir.path().display());
     let dir = scopeguard_keep(dir);
-    let (_master, _agent, addr) = cluster(dir.path());
+    let (_master, _agent, addr) = cluster(dir.path()).await;
     let info = json!({"user": "root", "name": "capacity"});
     let (scheduler, mut events) = framework::Scheduler::subscribe_with(&addr, info).await;
     let mut failed = 0usize;
@@ -272,7 +273,7 @@ async fn idle(o: &Options) {
     let dir = tempfile::tempdir().unwrap();
     eprintln!("logs in {}", dir.path().display());
     let dir = scopeguard_keep(dir);
-    let (_master, agent, addr) = cluster(dir.path());
+    let (_master, agent, addr) = cluster(dir.path()).await;
     let info = json!({"user": "root", "name": "capacity"});
     let (scheduler, mut events) = framework::Scheduler::subscribe_with(&addr, info).await;
     // One task first, so the executor exists and its baseline can be measured.
@@ -377,6 +378,7 @@ async fn agent(o: &Options) {
     })
     .await;
     let _agent = harness::start_agent_with(
+        CAIRN,
         dir.path(),
         &addr,
         &["--resources", "cpus:100000;mem:10000000;disk:100000000"],
@@ -416,11 +418,11 @@ fn short_task(kind: &str, id: &str, agent_id: &Value, image: &str) -> Value {
 /// ACCEPT to TASK_RUNNING, one task at a time, for each container type.
 async fn latency(o: &Options) {
     let per_kind = if o.tasks == 0 { 200 } else { o.tasks };
-    let image = docker_image::test_image();
+    let image = harness::blocking(docker_image::test_image).await;
     let dir = tempfile::tempdir().unwrap();
     eprintln!("logs in {}", dir.path().display());
     let dir = scopeguard_keep(dir);
-    let (_master, _agent, addr) = cluster(dir.path());
+    let (_master, _agent, addr) = cluster(dir.path()).await;
     let info = json!({"user": "root", "name": "capacity"});
     let (scheduler, mut events) = framework::Scheduler::subscribe_with(&addr, info).await;
     let mut offers: Vec<Value> = Vec::new();

@@ -1,26 +1,28 @@
 //! Soak: thousands of tasks through a real cluster (one master, several agents)
 //! while agents are killed with SIGKILL and restarted at random. It counts the tasks
 //! the framework launched and the tasks whose terminal update it acknowledged; the
-//! two must be equal. Not part of the test suite: it runs for minutes.
+//! two must be equal, and every one must have ended TASK_FINISHED: any other terminal
+//! state (the first one a task reports) is a failure, counted by state and reason. Not
+//! part of the test suite: it runs for minutes.
 //!
 //! ```text
 //! cargo bench --workspace --profile dev --bench soak -- [--tasks 2000] [--agents 3] [--kill-every 3s]
 //! ```
-
-#[allow(dead_code)]
-#[path = "../tests/e2e/harness.rs"]
-mod harness;
-
-#[allow(dead_code)]
-#[path = "../tests/e2e/framework.rs"]
-mod framework;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cairn_test_support::framework;
+use cairn_test_support::harness::{self, Cairn};
 use serde_json::{Value, json};
+
+/// The `cairn` binary the daemons run.
+const CAIRN: Cairn = Cairn::at(env!("CARGO_BIN_EXE_cairn"));
+
+/// How many failures the report quotes in full.
+const EXAMPLES: usize = 5;
 
 struct Options {
     tasks: usize,
@@ -88,20 +90,32 @@ fn task(id: &str, agent_id: &Value) -> Value {
 async fn main() {
     let o = options();
     let dir = tempfile::tempdir().unwrap();
-    let (master, master_addr) =
-        harness::start_master_with(dir.path(), "127.0.0.1:0", &["--agent-timeout", "30s"]);
     let agent_dirs: Vec<_> = (0..o.agents)
         .map(|i| dir.path().join(format!("node-{i}")))
         .collect();
-    let agents: Vec<harness::Daemon> = agent_dirs
-        .iter()
-        .map(|d| {
-            std::fs::create_dir_all(d).unwrap();
-            let a = harness::start_agent(d, &master_addr);
-            a.wait_for_log("registered with the master");
-            a
+    // Start-up is waited for off the runtime's workers.
+    let (master, master_addr, agents) = {
+        let (root, agent_dirs) = (dir.path().to_owned(), agent_dirs.clone());
+        harness::blocking(move || {
+            let (master, master_addr) = harness::start_master_with(
+                CAIRN,
+                &root,
+                "127.0.0.1:0",
+                &["--agent-timeout", "30s"],
+            );
+            let agents: Vec<harness::Daemon> = agent_dirs
+                .iter()
+                .map(|d| {
+                    std::fs::create_dir_all(d).unwrap();
+                    let a = harness::start_agent(CAIRN, d, &master_addr);
+                    a.wait_for_log("registered with the master");
+                    a
+                })
+                .collect();
+            (master, master_addr, agents)
         })
-        .collect();
+        .await
+    };
     let agents = Arc::new(Mutex::new(agents));
     let done = Arc::new(AtomicBool::new(false));
     let kills = Arc::new(AtomicUsize::new(0));
@@ -120,7 +134,7 @@ async fn main() {
                 let victim = (next_random(&mut seed) % dirs.len() as u64) as usize;
                 let mut agents = agents.lock().unwrap();
                 agents[victim].kill();
-                agents[victim] = harness::start_agent(&dirs[victim], &master_addr);
+                agents[victim] = harness::start_agent(CAIRN, &dirs[victim], &master_addr);
                 kills.fetch_add(1, Ordering::Relaxed);
             }
         })
@@ -130,8 +144,11 @@ async fn main() {
     let (scheduler, mut events) = framework::Scheduler::subscribe_with(&master_addr, info).await;
     let started = Instant::now();
     let mut launched = 0usize;
+    // Each task's first terminal state: only TASK_FINISHED is a success.
     let mut terminal: BTreeMap<String, String> = BTreeMap::new();
-    let mut by_state: BTreeMap<String, usize> = BTreeMap::new();
+    let mut finished = 0usize;
+    let mut failures: BTreeMap<(String, String), usize> = BTreeMap::new();
+    let mut examples: Vec<String> = Vec::new();
     let mut updates = 0usize;
     let mut seen_uuids = HashSet::new();
     let mut duplicates = 0usize;
@@ -190,7 +207,16 @@ async fn main() {
                         | "TASK_UNREACHABLE"
                 );
                 if is_terminal && !terminal.contains_key(&id) {
-                    *by_state.entry(state.clone()).or_default() += 1;
+                    if state == "TASK_FINISHED" {
+                        finished += 1;
+                    } else {
+                        let reason = status["reason"].as_str().unwrap_or("no reason").to_owned();
+                        if examples.len() < EXAMPLES {
+                            let message = status["message"].as_str().unwrap_or_default();
+                            examples.push(format!("{id}: {state} ({reason}): {message}"));
+                        }
+                        *failures.entry((state.clone(), reason)).or_default() += 1;
+                    }
                     terminal.insert(id, state);
                     last_progress = Instant::now();
                 }
@@ -209,7 +235,15 @@ async fn main() {
     );
     println!("  tasks launched:                 {launched}");
     println!("  tasks with a terminal update:   {}", terminal.len());
-    println!("  terminal states:                {by_state:?}");
+    println!("  TASK_FINISHED (success):        {finished}");
+    let failed: usize = failures.values().sum();
+    println!("  any other terminal state:       {failed}");
+    for ((state, reason), count) in &failures {
+        println!("    {state} ({reason}): {count}");
+    }
+    for example in &examples {
+        println!("    e.g. {example}");
+    }
     println!("  updates received:               {updates} ({duplicates} redelivered duplicates)");
     println!(
         "  agent kills (SIGKILL):          {}",
@@ -224,6 +258,11 @@ async fn main() {
         launched,
         terminal.len(),
         "every launched task must end, and be told"
+    );
+    assert_eq!(
+        finished, launched,
+        "only TASK_FINISHED is a success: {failed} tasks ended otherwise, by state and reason \
+         {failures:?}"
     );
     drop(master);
     for d in &agent_dirs {

@@ -291,12 +291,15 @@ pub(crate) fn agent_config(args: AgentArgs) -> anyhow::Result<cairn_agent::Agent
 }
 
 /// Runs a daemon until it fails or the process is asked to stop (SIGINT/SIGTERM).
-async fn until_stopped(
-    daemon: impl std::future::Future<Output = anyhow::Result<()>>,
-) -> anyhow::Result<()> {
+async fn until_stopped<E>(
+    daemon: impl std::future::Future<Output = Result<(), E>>,
+) -> anyhow::Result<()>
+where
+    anyhow::Error: From<E>,
+{
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        result = daemon => result,
+        result = daemon => Ok(result?),
         _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; stopping"); Ok(()) }
         _ = term.recv() => { tracing::info!("terminated; stopping"); Ok(()) }
     }

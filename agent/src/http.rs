@@ -21,7 +21,7 @@ const MAX_READ: u64 = 1 << 20;
 #[derive(Clone)]
 struct HttpState {
     snapshot: watch::Receiver<Arc<AgentSnapshot>>,
-    core: tokio::sync::mpsc::Sender<crate::core::Input>,
+    core: tokio::sync::mpsc::Sender<crate::input::Input>,
     paths: crate::paths::Paths,
 }
 
@@ -32,7 +32,7 @@ impl HttpState {
         let (reply, done) = tokio::sync::oneshot::channel();
         if self
             .core
-            .try_send(crate::core::Input::Publish(reply))
+            .try_send(crate::input::Input::Publish(reply))
             .is_ok()
         {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), done).await;
@@ -43,7 +43,7 @@ impl HttpState {
 
 pub fn router(
     snapshot: watch::Receiver<Arc<AgentSnapshot>>,
-    core: tokio::sync::mpsc::Sender<crate::core::Input>,
+    core: tokio::sync::mpsc::Sender<crate::input::Input>,
     paths: crate::paths::Paths,
 ) -> Router {
     Router::new()

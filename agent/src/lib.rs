@@ -4,14 +4,18 @@
 
 pub mod checkpoint;
 mod core;
-mod executor;
-mod executors;
+mod error;
+mod executor_process;
+mod executor_socket;
 mod fetcher;
 mod framing;
 mod http;
+mod input;
+mod launcher;
 mod master_link;
 mod metrics;
 mod paths;
+mod process;
 mod resources;
 mod updates;
 
@@ -19,15 +23,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use cairn_api::v1::AgentInfo;
 use tokio::sync::mpsc;
 
+pub use checkpoint::{LogError, ReconfigureError};
+pub use error::{AgentError, ExecutorError};
 /// The containerizers, public so a benchmark times a native or Docker launch exactly
 /// as an executor makes it.
-pub use executor::containerizer;
-pub use executor::{ExecutorArgs, run_executor};
-pub use resources::{agent_resources, parse_attributes};
+pub use executor_process::containerizer;
+pub use executor_process::{ExecutorArgs, run_executor};
+pub use resources::{FlagError, agent_resources, parse_attributes};
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -71,19 +76,24 @@ pub struct Agent {
 impl Agent {
     /// Checks the configuration (resources, attributes, work dir) and binds the HTTP
     /// port, so every configuration error surfaces before the agent starts.
-    pub async fn bind(config: AgentConfig) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&config.work_dir)
-            .with_context(|| format!("creating work dir {}", config.work_dir.display()))?;
-        let resources = agent_resources(config.resources.as_deref(), &config.work_dir)
-            .map_err(anyhow::Error::msg)?;
+    pub async fn bind(config: AgentConfig) -> Result<Self, AgentError> {
+        std::fs::create_dir_all(&config.work_dir).map_err(|source| AgentError::WorkDir {
+            path: config.work_dir.clone(),
+            source,
+        })?;
+        let resources = agent_resources(config.resources.as_deref(), &config.work_dir)?;
         let attributes = match &config.attributes {
-            Some(text) => parse_attributes(text).map_err(anyhow::Error::msg)?,
+            Some(text) => parse_attributes(text)?,
             None => Vec::new(),
+        };
+        let bind_error = |source| AgentError::Bind {
+            addr: config.listen,
+            source,
         };
         let http = tokio::net::TcpListener::bind(config.listen)
             .await
-            .with_context(|| format!("binding {}", config.listen))?;
-        let port = http.local_addr()?.port();
+            .map_err(bind_error)?;
+        let port = http.local_addr().map_err(bind_error)?.port();
         let paths = paths::Paths::new(config.work_dir.clone());
         let boot = Boot::read(&paths);
         if boot.rebooted() {
@@ -93,10 +103,18 @@ impl Agent {
         }
         // A corrupt checkpoint stops the agent here: its tasks are not silently dropped.
         let mut checkpoint = checkpoint::Checkpoint::open(&paths.checkpoint(), boot.rebooted())
-            .context("recovering the agent's checkpoint (move the work dir's meta/ away to start as a new agent; the master will then report its tasks lost)")?;
-        boot.record(&paths).context("recording the boot id")?;
-        paths::ensure_cache_key(&paths.compile_cache_key())
-            .context("creating the compile cache key")?;
+            .map_err(AgentError::Checkpoint)?;
+        boot.record(&paths).map_err(|source| AgentError::WorkFile {
+            what: "recording the boot id in",
+            path: paths.boot_id_file(),
+            source,
+        })?;
+        let key = paths.compile_cache_key();
+        paths::ensure_cache_key(&key).map_err(|source| AgentError::WorkFile {
+            what: "creating the compile cache key",
+            path: key,
+            source,
+        })?;
         let info = AgentInfo {
             hostname: config.hostname.clone(),
             port: i32::from(port),
@@ -106,8 +124,7 @@ impl Agent {
         };
         checkpoint
             .reconfigure(&info)
-            .map_err(anyhow::Error::msg)
-            .context("recovering the agent (restore its flags, or start it on a fresh work dir as a new agent)")?;
+            .map_err(AgentError::Reconfigure)?;
         Ok(Self {
             config,
             info,
@@ -121,16 +138,20 @@ impl Agent {
     }
 
     /// Runs the agent until the process stops.
-    pub async fn run(self) -> anyhow::Result<()> {
+    pub async fn run(self) -> Result<(), AgentError> {
         let paths = paths::Paths::new(self.config.work_dir.clone());
         let socket = paths.socket();
         let _ = std::fs::remove_file(&socket);
+        let socket_error = |what| {
+            let path = socket.clone();
+            move |source| AgentError::WorkFile { what, path, source }
+        };
         let listener = tokio::net::UnixListener::bind(&socket)
-            .with_context(|| format!("binding executor socket {}", socket.display()))?;
+            .map_err(socket_error("binding executor socket"))?;
         std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .context("restricting the executor socket")?;
+            .map_err(socket_error("restricting the executor socket"))?;
         let (tx, rx) = mpsc::channel(4096);
-        let launcher = executors::Launcher {
+        let launcher = launcher::Launcher {
             paths: paths.clone(),
             binary: self.config.executor_binary.clone(),
             recovery_timeout: self.config.executor_recovery_timeout,
@@ -139,7 +160,7 @@ impl Agent {
             native_namespaces: self.config.native_namespaces.clone(),
             core: tx.clone(),
             fetch_cache: std::sync::Arc::new(fetcher::FetchCache::new(paths.fetch_cache())),
-            placer: executors::spawn_placer(tx.clone()).context("starting the placer thread")?,
+            placer: launcher::spawn_placer(tx.clone()).map_err(AgentError::Placer)?,
         };
         let config = core::CoreConfig {
             heartbeat_interval: self.config.heartbeat_interval,
@@ -150,16 +171,17 @@ impl Agent {
         let (core, snapshot) =
             core::Core::recover(paths.clone(), config, self.info, launcher, self.checkpoint);
         tokio::spawn(core.run(rx));
-        tokio::spawn(executors::serve_socket(listener, tx.clone()));
+        tokio::spawn(executor_socket::serve_socket(listener, tx.clone()));
         tokio::spawn(master_link::run(self.config.master.clone(), tx.clone()));
+        let http_addr = self.http.local_addr().map_err(AgentError::Serve)?;
         tracing::info!(
-            http = %self.http.local_addr()?,
+            http = %http_addr,
             work_dir = %self.config.work_dir.display(),
             "agent running"
         );
         axum::serve(self.http, http::router(snapshot, tx, paths))
             .await
-            .context("serving the agent API")
+            .map_err(AgentError::Serve)
     }
 }
 

@@ -3,13 +3,12 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use cairn_api::internal::agent_registry_client::AgentRegistryClient;
 use cairn_api::internal::{AgentMessage, agent_message, master_message};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::core::Input;
+use crate::input::Input;
 
 /// Kept short: an agent notices a restarted master within this long.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -28,7 +27,8 @@ pub async fn run(master: String, core: mpsc::Sender<Input>) {
                 // One line per failure streak start, then one every ten attempts.
                 if failures.is_multiple_of(10) {
                     tracing::warn!(
-                        "cannot reach master at {master}: {e:#}; retrying every {}",
+                        "cannot reach master at {master}: {}; retrying every {}",
+                        chain(&e),
                         humantime::format_duration(backoff)
                     );
                 }
@@ -43,37 +43,63 @@ pub async fn run(master: String, core: mpsc::Sender<Input>) {
     }
 }
 
+/// Why one session with the master ended or never began; logged, then retried.
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("{master:?} is not HOST:PORT")]
+    Address {
+        master: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("connect")]
+    Connect(#[source] tonic::transport::Error),
+    #[error("registration refused: {0}")]
+    Refused(String),
+    #[error("the master closed the stream during registration")]
+    Closed,
+    #[error("the master did not answer the registration")]
+    NoAnswer,
+    /// The agent's core is gone: the agent is stopping.
+    #[error("agent stopping")]
+    Stopping,
+}
+
 /// One registration and session; returns when the stream ends.
-async fn connect_once(master: &str, core: &mpsc::Sender<Input>) -> anyhow::Result<()> {
+async fn connect_once(master: &str, core: &mpsc::Sender<Input>) -> Result<(), LinkError> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{master}"))
-        .with_context(|| format!("{master:?} is not HOST:PORT"))?
+        .map_err(|source| LinkError::Address {
+            master: master.to_owned(),
+            source,
+        })?
         .connect_timeout(Duration::from_secs(5));
-    let channel = endpoint.connect().await.context("connect")?;
+    let channel = endpoint.connect().await.map_err(LinkError::Connect)?;
     let mut client = AgentRegistryClient::new(channel).max_decoding_message_size(16 << 20);
     let (reply, registration) = oneshot::channel();
     core.send(Input::Registration(reply))
         .await
-        .context("agent stopping")?;
-    let registration = registration.await.context("agent stopping")?;
+        .map_err(|_| LinkError::Stopping)?;
+    let registration = registration.await.map_err(|_| LinkError::Stopping)?;
     // Deep enough for a burst of updates from thousands of short tasks.
     let (tx, rx) = mpsc::channel(8192);
     tx.send(AgentMessage {
         message: Some(agent_message::Message::Register(registration)),
     })
     .await
-    .context("agent stopping")?;
+    .map_err(|_| LinkError::Stopping)?;
+    let refused = |s: tonic::Status| LinkError::Refused(s.message().to_owned());
     let mut inbound = client
         .register(ReceiverStream::new(rx))
         .await
-        .map_err(|s| anyhow::anyhow!("registration refused: {}", s.message()))?
+        .map_err(refused)?
         .into_inner();
     let first = inbound
         .message()
         .await
-        .map_err(|s| anyhow::anyhow!("registration refused: {}", s.message()))?
-        .context("the master closed the stream during registration")?;
+        .map_err(refused)?
+        .ok_or(LinkError::Closed)?;
     let Some(master_message::Message::Registered(registered)) = first.message else {
-        anyhow::bail!("the master did not answer the registration");
+        return Err(LinkError::NoAnswer);
     };
     let agent_id = registered.agent_id.unwrap_or_default().value;
     core.send(Input::MasterConnected {
@@ -81,13 +107,25 @@ async fn connect_once(master: &str, core: &mpsc::Sender<Input>) -> anyhow::Resul
         to_master: tx,
     })
     .await
-    .context("agent stopping")?;
+    .map_err(|_| LinkError::Stopping)?;
     while let Ok(Some(m)) = inbound.message().await {
         if let Some(message) = m.message {
             core.send(Input::FromMaster(Box::new(message)))
                 .await
-                .context("agent stopping")?;
+                .map_err(|_| LinkError::Stopping)?;
         }
     }
     Ok(())
+}
+
+/// An error and its sources on one line, as the log shows it.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

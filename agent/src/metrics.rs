@@ -71,6 +71,7 @@ pub struct Gauges {
 }
 
 /// Renders the text exposition format (version 0.0.4).
+// Kept whole: a table of metric families, one entry each, read top to bottom.
 pub fn render(m: &Metrics, g: &Gauges) -> String {
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {

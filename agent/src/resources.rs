@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use cairn_api::Resources;
 use cairn_api::v1::{Attribute, value};
+use cairn_api::{Resources, ResourcesError};
 
 /// Memory kept back for the host and the agent itself (Mesos keeps min(1 GB, 50%)).
 fn reserved_mem_mb(total_mb: f64) -> f64 {
@@ -16,11 +16,22 @@ fn reserved_disk_mb(total_mb: f64) -> f64 {
     (total_mb * 0.5).min(5120.0)
 }
 
+/// Why `--resources` or `--attributes` text was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlagError {
+    #[error(transparent)]
+    Resources(#[from] ResourcesError),
+    #[error("cannot parse attributes {text:?}: {item:?} is not NAME:VALUE")]
+    AttributeShape { text: String, item: String },
+    #[error("cannot parse attributes {text:?}: {item:?} has an empty name or value")]
+    AttributeEmpty { text: String, item: String },
+}
+
 /// Resources from `--resources` text, with cpus, mem, disk and ports detected for
 /// whatever the text leaves out.
-pub fn agent_resources(flag: Option<&str>, work_dir: &Path) -> Result<Resources, String> {
+pub fn agent_resources(flag: Option<&str>, work_dir: &Path) -> Result<Resources, FlagError> {
     let given = match flag {
-        Some(text) => Resources::parse(text).map_err(|e| e.to_string())?,
+        Some(text) => Resources::parse(text)?,
         None => Resources::new(),
     };
     let mut detected = Resources::new();
@@ -57,17 +68,21 @@ fn disk_mb(dir: &Path) -> Option<f64> {
 
 /// Parses `--attributes 'rack:r1;zone:a'` into text attributes (numbers stay text:
 /// Cairn treats attributes as labels for placement, not as quantities).
-pub fn parse_attributes(text: &str) -> Result<Vec<Attribute>, String> {
+pub fn parse_attributes(text: &str) -> Result<Vec<Attribute>, FlagError> {
     let mut out = Vec::new();
     for item in text.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-        let (name, val) = item.split_once(':').ok_or_else(|| {
-            format!("cannot parse attributes {text:?}: {item:?} is not NAME:VALUE")
-        })?;
+        let (name, val) = item
+            .split_once(':')
+            .ok_or_else(|| FlagError::AttributeShape {
+                text: text.to_owned(),
+                item: item.to_owned(),
+            })?;
         let (name, val) = (name.trim(), val.trim());
         if name.is_empty() || val.is_empty() {
-            return Err(format!(
-                "cannot parse attributes {text:?}: {item:?} has an empty name or value"
-            ));
+            return Err(FlagError::AttributeEmpty {
+                text: text.to_owned(),
+                item: item.to_owned(),
+            });
         }
         out.push(Attribute {
             name: name.to_owned(),
@@ -99,11 +114,13 @@ mod tests {
     fn bad_resources_and_attributes_say_why() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(
-            agent_resources(Some("cpus:lots"), dir.path()).unwrap_err(),
+            agent_resources(Some("cpus:lots"), dir.path())
+                .unwrap_err()
+                .to_string(),
             "cannot parse resources \"cpus:lots\": cpus value \"lots\" is not a number"
         );
         assert_eq!(
-            parse_attributes("rack").unwrap_err(),
+            parse_attributes("rack").unwrap_err().to_string(),
             "cannot parse attributes \"rack\": \"rack\" is not NAME:VALUE"
         );
         let attrs = parse_attributes("rack:r1; zone:a").unwrap();

@@ -11,9 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context as _;
-
-pub use error::CallError;
+pub use error::{CallError, MasterError};
 
 /// Messages queued for one agent or framework stream. A stream that falls this far
 /// behind is disconnected, to bound the master's memory; it is large because one
@@ -40,17 +38,24 @@ pub struct Master {
 
 impl Master {
     /// Opens the registry, elects this master in its group and binds the API port.
-    pub async fn bind(config: MasterConfig) -> anyhow::Result<Self> {
-        let registry = Registry::open(&config.data_dir.join("registry"), config.node_id)
-            .with_context(|| format!("opening the registry in {}", config.data_dir.display()))?;
+    pub async fn bind(config: MasterConfig) -> Result<Self, MasterError> {
+        let registry = Registry::open(&config.data_dir.join("registry"), config.node_id).map_err(
+            |source| MasterError::OpenRegistry {
+                dir: config.data_dir.clone(),
+                source,
+            },
+        )?;
         registry
             .wait_for_leadership(Duration::from_secs(10))
             .await
-            .context("electing this master")?;
+            .map_err(MasterError::Election)?;
         let leader = leader::Leader::spawn(config.leader.clone(), registry.clone());
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
-            .with_context(|| format!("binding {}", config.listen))?;
+            .map_err(|source| MasterError::Bind {
+                addr: config.listen,
+                source,
+            })?;
         Ok(Self {
             listener,
             router: api::router(leader, registry, flags(&config)),
@@ -63,10 +68,10 @@ impl Master {
 
     /// Serves HTTP and gRPC on the bound port. Agent and scheduler streams live as
     /// long as their peers, so this runs until the process is stopped.
-    pub async fn serve(self) -> anyhow::Result<()> {
+    pub async fn serve(self) -> Result<(), MasterError> {
         axum::serve(self.listener, self.router)
             .await
-            .context("serving the master API")
+            .map_err(MasterError::Serve)
     }
 }
 

@@ -1,3 +1,8 @@
+//! The process-wide [`Sandbox`]: two engines (metered and plain) with their epoch
+//! ticker, the linkers for each kind of program, the compile cache, and the linked
+//! programs kept in memory. Running a program is in `run` (commands) and
+//! `custom_executor` (custom executors), which build on this.
+
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
@@ -5,16 +10,15 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, PoolingAllocationConfig,
-};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, Linker, PoolingAllocationConfig};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
 
 use crate::cache::{CacheConfig, CacheStats, CompileCache};
 use crate::error::SandboxError;
-use crate::executor::{ExecutorHost, ExecutorPre};
-use crate::run::StoreState;
+use crate::executor_world::{ExecutorHost, ExecutorPre};
+use crate::program::{Kind, Program};
+use crate::store::StoreState;
 use crate::wasi::WasiP2;
 
 /// Linked programs one process keeps in memory.
@@ -95,42 +99,6 @@ struct Programs {
     bytes: usize,
 }
 
-/// A compiled and linked program, ready to be instantiated many times.
-#[derive(Clone)]
-pub struct Program {
-    pub(crate) kind: Kind,
-    /// Compiled with fuel metering: runs can have a fuel budget.
-    pub(crate) metered: bool,
-}
-
-#[derive(Clone)]
-pub(crate) enum Kind {
-    /// A WASI p1 command module.
-    Core(InstancePre<StoreState<WasiP1Ctx>>),
-    /// A WASI p2 component exporting `wasi:cli/run`.
-    Command(CommandPre<StoreState<WasiP2>>),
-    /// A component of the `cairn:executor` world.
-    Executor(ExecutorPre<StoreState<ExecutorHost>>),
-}
-
-/// What a program is, as far as its host is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProgramKind {
-    /// Runs to its end as a task: a p1 module or a p2 `wasi:cli/run` component.
-    Command,
-    /// A custom executor (the `cairn:executor` world) that hosts tasks.
-    Executor,
-}
-
-impl Program {
-    pub fn kind(&self) -> ProgramKind {
-        match self.kind {
-            Kind::Core(_) | Kind::Command(_) => ProgramKind::Command,
-            Kind::Executor(_) => ProgramKind::Executor,
-        }
-    }
-}
-
 impl Flavor {
     fn new(config: &SandboxConfig, metered: bool) -> Result<Self, SandboxError> {
         let n = config.max_instances;
@@ -166,7 +134,7 @@ impl Flavor {
         wasmtime_wasi::p2::add_to_linker_async(&mut command_linker).map_err(setup)?;
         let mut executor_linker = wasmtime::component::Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut executor_linker).map_err(setup)?;
-        crate::executor::add_to_linker(&mut executor_linker).map_err(setup)?;
+        crate::executor_world::add_to_linker(&mut executor_linker).map_err(setup)?;
         let flavor = if metered { "metered" } else { "plain" };
         let cache = CompileCache::new(&engine, flavor, config.cache.clone());
         Ok(Self {

@@ -17,3 +17,13 @@ pub enum SandboxError {
     #[error("sandbox set-up failed: {0}")]
     Setup(String),
 }
+
+/// A custom executor's refusal of a task (its `launch` returned an error): the
+/// executor is still alive, only this task is not taken. Shows the executor's own
+/// words, so a status built from it reads as the executor wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{reason}")]
+pub struct TaskRefused {
+    pub task_id: String,
+    pub reason: String,
+}

@@ -5,19 +5,58 @@
 //! One [`Sandbox`] per process owns the engines, their epoch ticker and the linkers;
 //! each run gets its own store with a memory cap, an optional fuel budget, a disk
 //! quota and a wall-clock deadline. Runs are async: thousands share a few threads.
+//!
+//! # Module map
+//!
+//! Each module imports only modules listed before it, so the module graph has no
+//! cycle:
+//!
+//! - Below the engine (no wasmtime engine or linker of their own):
+//!   - `error`: [`SandboxError`] and [`TaskRefused`], the crate's errors.
+//!   - `spec`: [`RunSpec`] and [`CancelHandle`], what a caller hands a run.
+//!   - `outcome`: [`Exit`], [`Limit`], [`Usage`], [`RunOutcome`], how a run ended.
+//!   - `limits`: the memory and table limiter of a store.
+//!   - `disk`: the disk quota (counted output streams, sandbox usage polls).
+//!   - `cache`: the on-disk compile cache ([`CacheConfig`], [`CacheStats`]).
+//!   - `store`: a store with a run's limits, the guard that bounds each call by its
+//!     kill handle and deadline, and how a call's error becomes an [`Exit`]
+//!     (imports `disk`, `error`, `limits`, `outcome`, `spec`).
+//!   - `wasi`: the WASI context every guest gets (imports `disk`, `error`, `spec`,
+//!     `store`).
+//!   - `poll`: an interruptible `poll_oneoff` for p1 guests (imports `store`).
+//!   - `executor_world`: the host side of the `cairn:executor` WIT world, what the
+//!     engine links a custom executor against, and [`ExecutorTask`],
+//!     [`ExecutorTaskState`], [`ExecutorOutput`] (imports `store`, `wasi`).
+//!   - `program`: [`Program`] and [`ProgramKind`], a compiled and linked program
+//!     (imports `executor_world`, `store`, `wasi`).
+//! - `engine`: [`Sandbox`] and [`SandboxConfig`], the engines, linkers, compile and
+//!   the in-memory program table (imports the modules listed before it).
+//! - Above the engine, each adding methods to [`Sandbox`]:
+//!   - `run`: running a command to its end ([`Sandbox::run`]).
+//!   - `custom_executor`: starting and calling a custom executor
+//!     ([`Sandbox::start_executor`], [`ExecutorInstance`]); "custom executor" is
+//!     the guest component, not the executor process an agent starts.
 
 mod cache;
+mod custom_executor;
 mod disk;
 mod engine;
 mod error;
-mod executor;
+mod executor_world;
 mod limits;
+mod outcome;
 mod poll;
+mod program;
 mod run;
+mod spec;
+mod store;
 mod wasi;
 
 pub use cache::{CacheConfig, CacheStats};
-pub use engine::{Program, ProgramKind, Sandbox, SandboxConfig};
-pub use error::SandboxError;
-pub use executor::{ExecutorInstance, ExecutorOutput, ExecutorTask, ExecutorTaskState};
-pub use run::{CancelHandle, Exit, Limit, RunOutcome, RunSpec, Usage};
+pub use custom_executor::ExecutorInstance;
+pub use engine::{Sandbox, SandboxConfig};
+pub use error::{SandboxError, TaskRefused};
+pub use executor_world::{ExecutorOutput, ExecutorTask, ExecutorTaskState};
+pub use outcome::{Exit, Limit, RunOutcome, Usage};
+pub use program::{Program, ProgramKind};
+pub use spec::{CancelHandle, RunSpec};

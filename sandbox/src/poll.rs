@@ -1,6 +1,6 @@
 //! `poll_oneoff` for p1 guests that a kill or a deadline can interrupt at once.
 //!
-//! The run's future is dropped on a kill or a deadline (see `run::guarded`), so a
+//! The run's future is dropped on a kill or a deadline (see `store::guarded`), so a
 //! guest asleep here stops at once, whatever it asked for; wasmtime-wasi's own
 //! implementation would also do, but a sleep of `u64::MAX` ns must not overflow the
 //! clock, and a guest that polls only clocks must not tie up a thread.
@@ -15,7 +15,7 @@ use wasmtime::{Caller, Linker};
 
 use wasmtime_wasi::p1::WasiP1Ctx;
 
-use crate::run::StoreState;
+use crate::store::StoreState;
 
 type P1 = StoreState<WasiP1Ctx>;
 
@@ -77,8 +77,7 @@ async fn poll_oneoff(
         at.checked_add(len).is_some_and(|end| end <= data.len())
     };
     let now = Instant::now();
-    let mut waits = Vec::with_capacity(n);
-    {
+    let waits = {
         let data = memory.data(&caller);
         if !in_bounds(subs, n.saturating_mul(SUBSCRIPTION_BYTES), data)
             || !in_bounds(events, n.saturating_mul(EVENT_BYTES), data)
@@ -86,57 +85,84 @@ async fn poll_oneoff(
         {
             return Ok(ERRNO_FAULT);
         }
-        for i in 0..n {
-            let s = &data[subs + i * SUBSCRIPTION_BYTES..][..SUBSCRIPTION_BYTES];
-            let userdata = u64::from_le_bytes(s[0..8].try_into().expect("8 bytes"));
-            let tag = s[8];
-            let wait = if tag == EVENTTYPE_CLOCK {
-                let clock = u32::from_le_bytes(s[16..20].try_into().expect("4 bytes"));
-                let timeout = u64::from_le_bytes(s[24..32].try_into().expect("8 bytes"));
-                let flags = u16::from_le_bytes(s[40..42].try_into().expect("2 bytes"));
-                let delay = if flags & SUBCLOCK_ABSTIME == 0 {
-                    Duration::from_nanos(timeout)
-                } else if clock == CLOCK_REALTIME {
-                    let now_ns = SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map(|d| d.as_nanos() as u64)
-                        .unwrap_or_default();
-                    Duration::from_nanos(timeout.saturating_sub(now_ns))
-                } else {
-                    return Ok(ERRNO_NOTSUP);
-                };
-                Wait::Until(
-                    now.checked_add(delay)
-                        .unwrap_or(now + Duration::from_secs(1 << 40)),
-                )
-            } else if tag <= 2 {
-                Wait::Ready(tag)
-            } else {
-                return Ok(ERRNO_INVAL);
-            };
-            waits.push((userdata, wait));
+        let subscriptions = data[subs..][..n * SUBSCRIPTION_BYTES].chunks_exact(SUBSCRIPTION_BYTES);
+        match subscriptions
+            .map(|s| read_subscription(s, now))
+            .collect::<Result<Vec<_>, i32>>()
+        {
+            Ok(waits) => waits,
+            Err(errno) => return Ok(errno),
         }
-    }
-    let any_ready = waits.iter().any(|(_, w)| matches!(w, Wait::Ready(_)));
-    if !any_ready {
-        let earliest = waits
-            .iter()
-            .filter_map(|(_, w)| match w {
-                Wait::Until(at) => Some(*at),
-                Wait::Ready(_) => None,
-            })
-            .min()
-            .expect("n > 0 and no fd subscriptions");
-        loop {
-            let now = Instant::now();
-            if now >= earliest {
-                break;
-            }
-            tokio::time::sleep((earliest - now).min(STEP)).await;
-        }
-    }
+    };
+    sleep_until_due(&waits).await;
     let now = Instant::now();
-    let data = memory.data_mut(&mut *caller);
+    write_events(memory.data_mut(&mut *caller), events, nevents, waits, now);
+    Ok(ERRNO_SUCCESS)
+}
+
+/// One subscription's userdata and what it waits for, or the errno refusing it.
+fn read_subscription(s: &[u8], now: Instant) -> Result<(u64, Wait), i32> {
+    let userdata = u64::from_le_bytes(s[0..8].try_into().expect("8 bytes"));
+    let tag = s[8];
+    let wait = if tag == EVENTTYPE_CLOCK {
+        let clock = u32::from_le_bytes(s[16..20].try_into().expect("4 bytes"));
+        let timeout = u64::from_le_bytes(s[24..32].try_into().expect("8 bytes"));
+        let flags = u16::from_le_bytes(s[40..42].try_into().expect("2 bytes"));
+        let delay = if flags & SUBCLOCK_ABSTIME == 0 {
+            Duration::from_nanos(timeout)
+        } else if clock == CLOCK_REALTIME {
+            let now_ns = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or_default();
+            Duration::from_nanos(timeout.saturating_sub(now_ns))
+        } else {
+            return Err(ERRNO_NOTSUP);
+        };
+        Wait::Until(
+            now.checked_add(delay)
+                .unwrap_or(now + Duration::from_secs(1 << 40)),
+        )
+    } else if tag <= 2 {
+        Wait::Ready(tag)
+    } else {
+        return Err(ERRNO_INVAL);
+    };
+    Ok((userdata, wait))
+}
+
+/// Unless an fd subscription is ready now, sleeps until the earliest clock is due.
+async fn sleep_until_due(waits: &[(u64, Wait)]) {
+    let any_ready = waits.iter().any(|(_, w)| matches!(w, Wait::Ready(_)));
+    if any_ready {
+        return;
+    }
+    let earliest = waits
+        .iter()
+        .filter_map(|(_, w)| match w {
+            Wait::Until(at) => Some(*at),
+            Wait::Ready(_) => None,
+        })
+        .min()
+        .expect("n > 0 and no fd subscriptions");
+    loop {
+        let now = Instant::now();
+        if now >= earliest {
+            break;
+        }
+        tokio::time::sleep((earliest - now).min(STEP)).await;
+    }
+}
+
+/// Writes an event for each subscription ready at `now`, and their count at `nevents`
+/// (both already bounds-checked).
+fn write_events(
+    data: &mut [u8],
+    events: usize,
+    nevents: usize,
+    waits: Vec<(u64, Wait)>,
+    now: Instant,
+) {
     let mut written = 0usize;
     for (userdata, wait) in waits {
         let kind = match wait {
@@ -152,5 +178,4 @@ async fn poll_oneoff(
         written += 1;
     }
     data[nevents..nevents + 4].copy_from_slice(&(written as u32).to_le_bytes());
-    Ok(ERRNO_SUCCESS)
 }

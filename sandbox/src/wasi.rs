@@ -10,7 +10,8 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::disk::{DiskBudget, QuotaOutput};
 use crate::error::SandboxError;
-use crate::run::{RunSpec, StoreState};
+use crate::spec::RunSpec;
+use crate::store::StoreState;
 
 /// A p2 component's WASI state: its context and the table of its resources.
 pub(crate) struct WasiP2 {

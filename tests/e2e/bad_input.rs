@@ -1,12 +1,14 @@
 //! Bad input gets a clear one-line error and no daemon panics.
 
-use std::process::Command;
+use cairn_test_support::harness::{
+    Cluster, DEADLINE, Daemon, guest, output_within, text, wait_for,
+};
 
-use crate::harness::{Cluster, DEADLINE, Daemon, cairn_bin, output_within, text};
+use crate::CAIRN;
 
 #[test]
 fn a_file_that_is_not_wasm_fails_its_task_with_a_clear_message() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start(CAIRN);
     let file = cluster.dir.path().join("notes.wasm");
     std::fs::write(&file, "just some text\n").unwrap();
     let out = cluster.run(&file, &[]);
@@ -28,7 +30,7 @@ fn a_file_that_is_not_wasm_fails_its_task_with_a_clear_message() {
 
 #[test]
 fn a_module_importing_an_unknown_function_fails_at_link_time() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start(CAIRN);
     let module = wat::parse_str(
         r#"(module
              (import "env" "launch_missiles" (func))
@@ -50,7 +52,7 @@ fn a_module_importing_an_unknown_function_fails_at_link_time() {
     );
     assert!(failed.contains("env::launch_missiles"), "{failed}");
     // The executor that refused it still serves the next task.
-    let again = cluster.run(&crate::harness::guest("hello"), &["still", "here"]);
+    let again = cluster.run(&guest("hello"), &["still", "here"]);
     assert!(again.status.success(), "{}", text(&again.stderr));
     cluster.assert_no_panics();
 }
@@ -58,7 +60,7 @@ fn a_module_importing_an_unknown_function_fails_at_link_time() {
 #[test]
 fn resources_that_do_not_parse_stop_the_agent_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(cairn_bin());
+    let mut cmd = CAIRN.command();
     cmd.args([
         "agent",
         "--master",
@@ -88,6 +90,7 @@ fn an_agent_with_no_master_says_so_in_one_line_and_keeps_retrying() {
         .port();
     let master = format!("127.0.0.1:{port}");
     let mut agent = Daemon::start(
+        CAIRN,
         &[
             "agent",
             "--master",
@@ -104,10 +107,23 @@ fn an_agent_with_no_master_says_so_in_one_line_and_keeps_retrying() {
         line.contains(&format!("cannot reach master at {master}: connect")),
         "{line}"
     );
+    // It keeps retrying: a listener that now takes the master's port gets the agent's
+    // next attempt, and the agent, still running, said so only once.
+    let listener = std::net::TcpListener::bind(&master).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    wait_for("the agent to try the master again", || {
+        listener.accept().ok()
+    });
     assert!(
         agent.is_running(),
         "the agent gave up:\n{}",
         agent.log_text()
     );
-    assert!(!agent.log_text().contains("panicked"));
+    let log = agent.log_text();
+    assert_eq!(
+        log.matches("cannot reach master").count(),
+        1,
+        "one line for the failure, not one per attempt:\n{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
 }

@@ -7,8 +7,10 @@ use std::collections::HashMap;
 
 use serde_json::{Value, json};
 
-use crate::framework::{Events, Scheduler, accept};
-use crate::harness::{Cluster, guest, text};
+use cairn_test_support::framework::{Events, Scheduler, accept, wasm_task};
+use cairn_test_support::harness::{Cluster, guest, text};
+
+use crate::CAIRN;
 
 /// Every update and framework message a test has seen so far.
 #[derive(Default)]
@@ -115,7 +117,7 @@ fn base64_encode(bytes: &[u8]) -> String {
 
 #[test]
 fn a_p2_component_runs_as_a_task() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start(CAIRN);
     let out = cluster.run(&guest("hello-p2"), &["from", "a", "component"]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
@@ -134,7 +136,7 @@ fn kill(task: &str, agent_id: &Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_custom_executor_runs_several_tasks_and_talks_to_its_framework() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start_async(CAIRN).await;
     let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
     let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
     let agent = offer["agent_id"].clone();
@@ -221,7 +223,9 @@ async fn a_custom_executor_runs_several_tasks_and_talks_to_its_framework() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runaway_executor_fails_its_tasks_and_the_next_task_gets_a_fresh_one() {
-    let cluster = Cluster::start_with_flags(&[], &["--custom-executor-call-timeout", "1s"]);
+    let cluster =
+        Cluster::start_with_flags_async(CAIRN, &[], &["--custom-executor-call-timeout", "1s"])
+            .await;
     let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
     let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
     let agent = offer["agent_id"].clone();
@@ -229,7 +233,7 @@ async fn a_runaway_executor_fails_its_tasks_and_the_next_task_gets_a_fresh_one()
         executor_task("held", &agent, "runaway", "wait"),
         executor_task("spin", &agent, "runaway", "spin"),
         // Commands of the same framework keep running beside it.
-        crate::framework::wasm_task("plain", &agent, 0.1),
+        wasm_task("plain", &agent, 0.1),
     ];
     assert_eq!(scheduler.call(accept(&offer, tasks)).await.0, 202);
     let mut seen = Seen::default();
@@ -277,7 +281,7 @@ fn fueled_executor_task(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_executor_out_of_fuel_fails_its_tasks_and_a_budgeted_one_still_serves() {
     // The default call timeout (far longer than the fuel lasts): only fuel stops it.
-    let cluster = Cluster::start();
+    let cluster = Cluster::start_async(CAIRN).await;
     let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
     let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
     let agent = offer["agent_id"].clone();
@@ -305,12 +309,12 @@ async fn an_executor_out_of_fuel_fails_its_tasks_and_a_budgeted_one_still_serves
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn components_of_the_wrong_kind_fail_their_tasks_with_a_reason() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start_async(CAIRN).await;
     let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
     let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
     let agent = offer["agent_id"].clone();
     let executor_as_command = {
-        let mut t = crate::framework::wasm_task("executor-as-command", &agent, 0.1);
+        let mut t = wasm_task("executor-as-command", &agent, 0.1);
         let path = guest("executor");
         t["command"] = json!({"value": "executor.wasm", "shell": false,
             "uris": [{"value": format!("file://{}", path.display())}]});

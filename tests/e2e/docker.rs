@@ -8,9 +8,11 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::docker_image::{docker, test_image};
-use crate::framework::{Events, Scheduler, accept};
-use crate::harness::{Cluster, blocking, find_files, text, wait_for};
+use cairn_test_support::docker_image::{docker, test_image};
+use cairn_test_support::framework::{Events, Scheduler, accept};
+use cairn_test_support::harness::{Cluster, blocking, find_files, text, wait_for};
+
+use crate::CAIRN;
 
 /// The engine's containers, running or not, that Cairn labelled with this task id.
 fn containers_of(task_id: &str) -> Vec<String> {
@@ -23,9 +25,16 @@ fn containers_of(task_id: &str) -> Vec<String> {
         .collect()
 }
 
+/// [`containers_of`] for async tests: `docker ps` runs off the runtime's workers.
+async fn containers_of_async(task_id: &str) -> Vec<String> {
+    let task_id = task_id.to_owned();
+    blocking(move || containers_of(&task_id)).await
+}
+
 /// Waits until the engine holds no container of these tasks: Cairn removes each
 /// one after its terminal update.
 async fn assert_removed(task_ids: &[&str]) {
+    assert!(!task_ids.is_empty(), "which tasks' containers?");
     let task_ids: Vec<String> = task_ids.iter().map(|&id| id.to_owned()).collect();
     blocking(move || {
         wait_for("the tasks' containers to be removed", || {
@@ -93,10 +102,10 @@ async fn next_status(scheduler: &Scheduler, events: &mut Events) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_docker_task_runs_and_its_output_and_exit_code_reach_the_framework() {
-    let image = test_image();
+    let image = blocking(test_image).await;
     let id = task_id("docker-output-and-exit-code");
     let _cleanup = RemoveOnDrop(vec![id.clone()]);
-    let cluster = Cluster::start();
+    let cluster = Cluster::start_async(CAIRN).await;
     let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
     let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
     let task = docker_task(
@@ -133,11 +142,11 @@ async fn a_docker_task_runs_and_its_output_and_exit_code_reach_the_framework() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_docker_task_stops_and_a_missing_image_fails_clearly() {
-    let image = test_image();
+    let image = blocking(test_image).await;
     let sleeper = task_id("docker-killed");
     let missing = task_id("docker-missing-image");
     let _cleanup = RemoveOnDrop(vec![sleeper.clone(), missing.clone()]);
-    let cluster = Cluster::start();
+    let cluster = Cluster::start_async(CAIRN).await;
     let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
     let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
     let agent_id = offer["agent_id"].clone();
@@ -186,10 +195,10 @@ async fn a_killed_docker_task_stops_and_a_missing_image_fails_clearly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_docker_task_outlives_an_agent_restart_and_finishes_in_the_same_container() {
-    let image = test_image();
+    let image = blocking(test_image).await;
     let id = task_id("docker-restart");
     let _cleanup = RemoveOnDrop(vec![id.clone()]);
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start_async(CAIRN).await;
     let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
     let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
     // Waits for a file the test drops into its sandbox (mounted at MESOS_SANDBOX).
@@ -203,18 +212,15 @@ async fn a_docker_task_outlives_an_agent_restart_and_finishes_in_the_same_contai
             break;
         }
     }
-    let before = containers_of(&id);
+    let before = containers_of_async(&id).await;
     assert_eq!(before.len(), 1, "{before:?}");
 
     cluster.agent.kill();
     let agent = cluster.restart_agent(&[]).await;
-    cluster.agent = blocking(move || {
-        agent.wait_for_log("registered with the master");
-        agent
-    })
-    .await;
+    agent.logged("registered with the master").await;
+    cluster.agent = agent;
     assert_eq!(
-        containers_of(&id),
+        containers_of_async(&id).await,
         before,
         "the container survived the agent"
     );
@@ -259,11 +265,11 @@ fn bridged_task(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridge_networking_publishes_only_the_tasks_own_ports() {
-    let image = test_image();
+    let image = blocking(test_image).await;
     let served = task_id("docker-bridge");
     let refused = task_id("docker-bridge-refused");
     let _cleanup = RemoveOnDrop(vec![served.clone(), refused.clone()]);
-    let cluster = Cluster::start();
+    let cluster = Cluster::start_async(CAIRN).await;
     let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
     let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
     let agent_id = offer["agent_id"].clone();
@@ -289,6 +295,7 @@ async fn bridge_networking_publishes_only_the_tasks_own_ports() {
         last.insert(id, status);
     }
     let failed = &last[&refused];
+    assert_eq!(failed["state"], "TASK_FAILED", "{failed}");
     assert_eq!(
         failed["reason"], "REASON_CONTAINER_LAUNCH_FAILED",
         "{failed}"
@@ -330,7 +337,7 @@ async fn bridge_networking_publishes_only_the_tasks_own_ports() {
 #[test]
 fn cairn_run_runs_a_docker_command() {
     let image = test_image();
-    let cluster = Cluster::start();
+    let cluster = Cluster::start(CAIRN);
     let out = cluster.run_with(
         std::path::Path::new("echo docker from cairn run; exit 4"),
         &["--docker-image", &image, "--name", "docker-cairn-run"],

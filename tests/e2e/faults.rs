@@ -8,13 +8,16 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::framework::{Scheduler, accept, wasm_task};
+use cairn_test_support::framework::{Scheduler, accept, wasm_task};
+use cairn_test_support::harness::{
+    Cluster, Daemon, blocking, find_files, get_json, guest, start_agent, start_master, text,
+    wait_for,
+};
+
+use crate::CAIRN;
 
 /// Enough tasks that their records cannot all fit in the slack of the log's last page.
 const TASKS: usize = 20;
-use crate::harness::{
-    Cluster, Daemon, blocking, find_files, get_json, start_agent, start_master, wait_for,
-};
 
 /// A small tmpfs mounted over the agent's `meta/` directory, unmounted on drop.
 struct SmallDisk(PathBuf);
@@ -48,6 +51,11 @@ impl Drop for SmallDisk {
     }
 }
 
+/// Waits, off the runtime's workers, for a daemon to exit; returns how it did.
+async fn exit_of(mut daemon: Daemon) -> std::process::ExitStatus {
+    blocking(move || wait_for("the agent to exit", || daemon.exit_status())).await
+}
+
 fn health(addr: &str) -> (u16, String) {
     let url = format!("http://{addr}/health");
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -63,18 +71,23 @@ fn health(addr: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_checkpoint_disk_holds_updates_until_it_has_room_again() {
     let dir = tempfile::tempdir().unwrap();
-    let disk = SmallDisk::mount(&dir.path().join("agent/meta"));
-    let (master, master_addr) = start_master(dir.path(), "127.0.0.1:0");
-    let agent = start_agent(dir.path(), &master_addr);
-    let agent_addr = agent.wait_for_address("http");
-    agent.wait_for_log("registered with the master");
-    let cluster = Cluster {
-        dir,
-        master,
-        master_addr,
-        agent,
-        agent_addr,
-    };
+    let meta = dir.path().join("agent/meta");
+    let disk = blocking(move || SmallDisk::mount(&meta)).await;
+    let cluster = blocking(move || {
+        let (master, master_addr) = start_master(CAIRN, dir.path(), "127.0.0.1:0");
+        let agent = start_agent(CAIRN, dir.path(), &master_addr);
+        let agent_addr = agent.wait_for_address("http");
+        agent.wait_for_log("registered with the master");
+        Cluster {
+            cairn: CAIRN,
+            dir,
+            master,
+            master_addr,
+            agent,
+            agent_addr,
+        }
+    })
+    .await;
     let (scheduler, mut events) =
         Scheduler::subscribe_with(&cluster.master_addr, super::recovery::framework_info(None))
             .await;
@@ -90,20 +103,26 @@ async fn a_full_checkpoint_disk_holds_updates_until_it_has_room_again() {
     assert_eq!(scheduler.call(accept(&offer, tasks)).await.0, 202);
     let addr = cluster.agent_addr.clone();
     let (code, body) = blocking(move || {
-        wait_for("the agent to report the full disk", || {
+        wait_for("the agent to report a problem", || {
             let h = health(&addr);
-            (h.0 == 503).then_some(h)
+            (h.0 != 200).then_some(h)
         })
     })
     .await;
-    assert_eq!(code, 503);
+    assert_eq!(code, 503, "{body}");
     assert!(body.contains("No space left on device"), "{body}");
-    cluster.agent.wait_for_log("cannot write the checkpoint");
+    cluster.agent.logged("cannot write the checkpoint").await;
+    // The master lost none of them: each is live (held), or finished if it fit.
     let state = scheduler.master_state(&cluster.master_addr).await;
-    assert!(
-        !state["tasks"].as_array().unwrap().is_empty(),
-        "held tasks are still live: {state}"
+    let (live, completed) = (
+        state["tasks"].as_array().unwrap(),
+        state["completed_tasks"].as_array().unwrap(),
     );
+    assert_eq!(live.len() + completed.len(), TASKS, "{state}");
+    assert!(!live.is_empty(), "held tasks are still live: {state}");
+    for task in completed {
+        assert_eq!(task["state"], "TASK_FINISHED", "{state}");
+    }
 
     // Room again: everything held goes out, and every task finishes.
     std::fs::remove_file(filler).unwrap();
@@ -128,7 +147,7 @@ async fn a_full_checkpoint_disk_holds_updates_until_it_has_room_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_checkpoint_stops_the_agent_with_a_clear_error() {
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start_async(CAIRN).await;
     let (scheduler, mut events) =
         Scheduler::subscribe_with(&cluster.master_addr, super::recovery::framework_info(None))
             .await;
@@ -140,14 +159,11 @@ async fn a_corrupt_checkpoint_stops_the_agent_with_a_clear_error() {
     bytes[20] ^= 0xff; // inside the first record
     std::fs::write(&log, &bytes).unwrap();
 
-    let mut agent: Daemon = cluster.restart_agent(&[]).await;
-    let line = agent.wait_for_log("is corrupt at byte");
+    let agent: Daemon = cluster.restart_agent(&[]).await;
+    let line = agent.logged("is corrupt at byte").await;
     assert!(line.contains("checkpoint.log"), "{line}");
-    blocking(move || {
-        wait_for("the agent to exit", || (!agent.is_running()).then_some(()));
-        agent
-    })
-    .await;
+    let status = exit_of(agent).await;
+    assert!(!status.success(), "the agent went on: {status}");
     // The evidence is left in place, and the master still knows the task.
     assert_eq!(std::fs::read(&log).unwrap(), bytes);
     let state = scheduler.master_state(&cluster.master_addr).await;
@@ -157,7 +173,7 @@ async fn a_corrupt_checkpoint_stops_the_agent_with_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_cut_mid_message_on_the_executor_socket_harms_nothing() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start_async(CAIRN).await;
     let socket = cluster.work_dir().join("agent.sock");
     for cut in [2usize, 7, 40] {
         let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
@@ -169,19 +185,16 @@ async fn a_connection_cut_mid_message_on_the_executor_socket_harms_nothing() {
     }
     cluster
         .agent
-        .wait_for_log("bad first message on the executor socket");
-    let out = cluster.run(&crate::harness::guest("hello"), &["still", "fine"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        crate::harness::text(&out.stderr)
-    );
+        .logged("bad first message on the executor socket")
+        .await;
+    let out = cluster.run_async(&guest("hello"), &["still", "fine"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
     cluster.assert_no_panics();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_reboot_the_agent_registers_anew_and_old_executors_are_shut_down() {
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start_async(CAIRN).await;
     let (scheduler, mut events) =
         Scheduler::subscribe_with(&cluster.master_addr, super::recovery::framework_info(None))
             .await;
@@ -190,8 +203,8 @@ async fn after_a_reboot_the_agent_registers_anew_and_old_executors_are_shut_down
     // A different boot id is what a reboot looks like to the agent.
     std::fs::write(cluster.work_dir().join("meta/boot_id"), "another-boot\n").unwrap();
     let agent = cluster.restart_agent(&[]).await;
-    agent.wait_for_log("starting as a new agent");
-    let addr = agent.wait_for_address("http");
+    agent.logged("starting as a new agent").await;
+    let addr = agent.logged_address("http").await;
     cluster.agent = agent;
     let state: Value = blocking(move || {
         wait_for("the agent to register", || {
@@ -218,34 +231,24 @@ async fn after_a_reboot_the_agent_registers_anew_and_old_executors_are_shut_down
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_agent_may_add_resources_but_not_take_any_away() {
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start_async(CAIRN).await;
     let addr = cluster.agent_addr.clone();
     let id = blocking(move || get_json(&addr, "/state")["id"].clone()).await;
     cluster.agent.kill();
     let fewer = "cpus:1;mem:1024;disk:1024;ports:[31000-31100]";
-    let mut refused = cluster.restart_agent(&["--resources", fewer]).await;
-    let line = refused.wait_for_log("resources changed from");
+    let refused = cluster.restart_agent(&["--resources", fewer]).await;
+    let line = refused.logged("resources changed from").await;
     assert!(
         line.contains("may add resources but not remove any"),
         "{line}"
     );
-    let refused = blocking(move || {
-        wait_for("the agent to exit", || {
-            (!refused.is_running()).then_some(())
-        });
-        refused
-    })
-    .await;
-    drop(refused);
+    let status = exit_of(refused).await;
+    assert!(!status.success(), "the agent went on: {status}");
 
     let more = "cpus:4;mem:2048;disk:1024;ports:[31000-31100]";
     let agent = cluster.restart_agent(&["--resources", more]).await;
-    let agent = blocking(move || {
-        agent.wait_for_log("registered with the master");
-        agent
-    })
-    .await;
-    let addr = agent.wait_for_address("http");
+    agent.logged("registered with the master").await;
+    let addr = agent.logged_address("http").await;
     cluster.agent = agent;
     assert_eq!(
         blocking(move || get_json(&addr, "/state")["id"].clone()).await,

@@ -6,21 +6,36 @@ use std::collections::HashMap;
 
 use serde_json::{Value, json};
 
-use crate::framework::{Scheduler, accept};
-use crate::harness::{Cluster, find_files};
+use cairn_test_support::framework::{Scheduler, accept};
+use cairn_test_support::harness::{Cluster, find_files};
+
+use crate::CAIRN;
 
 /// Tries to open its own module (`m.wasm`, the cached file's link) for writing,
-/// following links, and exits with the WASI errno it got (0 if it could).
+/// following links, and exits with the WASI errno it got. Should the open succeed, it
+/// writes over the module's first bytes first (and exits 0): a write through the link
+/// shows in the file it leads to.
 const OPENS_ITSELF: &str = r#"(module
   (import "wasi_snapshot_preview1" "path_open"
     (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $fd_write (param i32 i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
   (memory (export "memory") 1)
   (data (i32.const 16) "m.wasm")
-  (func (export "_start")
+  (func (export "_start") (local $errno i32)
     ;; fd 3 (the sandbox), follow links, "m.wasm", no oflags, rights fd_write (64)
-    (call $exit (call $path_open (i32.const 3) (i32.const 1) (i32.const 16) (i32.const 6)
-      (i32.const 0) (i64.const 64) (i64.const 0) (i32.const 0) (i32.const 64)))))"#;
+    (local.set $errno
+      (call $path_open (i32.const 3) (i32.const 1) (i32.const 16) (i32.const 6)
+        (i32.const 0) (i64.const 64) (i64.const 0) (i32.const 0) (i32.const 64)))
+    ;; Opened: write "m.wasm" (an iovec at 32) over the wasm header.
+    (if (i32.eqz (local.get $errno))
+      (then
+        (i32.store (i32.const 32) (i32.const 16))
+        (i32.store (i32.const 36) (i32.const 6))
+        (drop (call $fd_write (i32.load (i32.const 64)) (i32.const 32) (i32.const 1)
+          (i32.const 40)))))
+    (call $exit (local.get $errno))))"#;
 
 fn cached_task(id: &str, agent_id: &Value, module: &std::path::Path) -> Value {
     json!({
@@ -35,7 +50,7 @@ fn cached_task(id: &str, agent_id: &Value, module: &std::path::Path) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_module_is_fetched_once_and_its_guests_cannot_write_through_the_link() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start_async(CAIRN).await;
     let module = cluster.module("m.wasm", OPENS_ITSELF);
     let original = std::fs::read(&module).unwrap();
     let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
@@ -76,7 +91,8 @@ async fn a_cached_module_is_fetched_once_and_its_guests_cannot_write_through_the
             "{id}: {message}"
         );
     }
-    // One download for all three, and the source untouched.
+    // One download for all three; neither the source nor the cached copy the links
+    // lead to was written through.
     let cached = std::fs::read_dir(cluster.work_dir().join("cache").join("fetch"))
         .unwrap()
         .filter_map(|e| e.ok())

@@ -1,18 +1,20 @@
 //! End-to-end tests: each starts real `cairn` processes on loopback, in temporary
 //! directories, and owns them through guards that kill them (and the executors they
-//! started) when the test ends.
+//! started) when the test ends. The harness they share is `cairn-test-support`.
+
+use cairn_test_support::harness::Cairn;
 
 mod bad_input;
 mod components;
 mod docker;
-mod docker_image;
 mod faults;
 mod fetcher;
-mod framework;
-mod harness;
 mod mesos_http;
 mod native;
 mod operator;
 mod recovery;
 mod restart;
 mod wasm_tasks;
+
+/// The `cairn` binary under test (Cargo builds it for the root package's tests).
+const CAIRN: Cairn = Cairn::at(env!("CARGO_BIN_EXE_cairn"));

@@ -3,12 +3,16 @@
 
 use serde_json::{Value, json};
 
-use crate::framework::{Scheduler, accept, launch_spinning_task, wasm_task};
-use crate::harness::{Cluster, DEADLINE, guest, launch_states};
+use cairn_test_support::framework::{Scheduler, accept, launch_spinning_task, wasm_task};
+use cairn_test_support::harness::{
+    Cluster, DEADLINE, blocking, find_files, guest, launch_states, output_within, text, wait_for,
+};
+
+use crate::CAIRN;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_http_framework_runs_a_wasm_task_through_the_mesos_api() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start_async(CAIRN).await;
     let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
 
     let offers = events.next_of("OFFERS").await;
@@ -88,7 +92,7 @@ async fn a_plain_http_framework_runs_a_wasm_task_through_the_mesos_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_calls_get_clear_4xx_and_bad_tasks_get_task_error() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start_async(CAIRN).await;
     let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
     let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
     let agent_id = offer["agent_id"].clone();
@@ -161,12 +165,16 @@ async fn bad_calls_get_clear_4xx_and_bad_tasks_get_task_error() {
         "type": "LAUNCH_GROUP", "launch_group": {"task_group": {"tasks": [
             wasm_task("g1", &agent_id, 0.1), wasm_task("g2", &agent_id, 99.0)]}}}]}});
     assert_eq!(scheduler.call(group).await.0, 202);
+    let mut refused = Vec::new();
     for _ in 0..2 {
         let update = events.next_of("UPDATE").await;
         let status = &update["update"]["status"];
         assert_eq!(status["state"], "TASK_ERROR", "{update}");
         assert_eq!(status["reason"], "REASON_TASK_GROUP_INVALID", "{update}");
+        refused.push(status["task_id"]["value"].as_str().unwrap().to_owned());
     }
+    refused.sort();
+    assert_eq!(refused, ["g1", "g2"], "each member refused once");
 
     // Reusing a spent offer: TASK_DROPPED with REASON_INVALID_OFFERS.
     assert_eq!(
@@ -206,12 +214,17 @@ async fn bad_calls_get_clear_4xx_and_bad_tasks_get_task_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offers_time_out_and_a_vanished_framework_is_removed_after_its_failover_timeout() {
-    let cluster = Cluster::start_with(&[
-        "--offer-timeout",
-        "300ms",
-        "--framework-heartbeat-interval",
-        "100ms",
-    ]);
+    let cluster = Cluster::start_with_flags_async(
+        CAIRN,
+        &[
+            "--offer-timeout",
+            "300ms",
+            "--framework-heartbeat-interval",
+            "100ms",
+        ],
+        &[],
+    )
+    .await;
     let info = json!({"user": "root", "name": "vanishing", "failover_timeout": 1.0});
     let (scheduler, mut events) = Scheduler::subscribe_with(&cluster.master_addr, info).await;
     let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
@@ -237,18 +250,18 @@ async fn offers_time_out_and_a_vanished_framework_is_removed_after_its_failover_
 /// `scripts/setup`), runs a wasm task on Cairn.
 #[test]
 fn pymesos_runs_a_wasm_task() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start(CAIRN);
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pymesos/run_wasm.py");
     let mut cmd = std::process::Command::new("python3");
     cmd.arg(script)
         .arg(&cluster.master_addr)
         .arg(guest("hello"));
-    let out = crate::harness::output_within(cmd, DEADLINE);
-    let stdout = crate::harness::text(&out.stdout);
+    let out = output_within(cmd, DEADLINE);
+    let stdout = text(&out.stdout);
     assert!(
         out.status.success(),
         "pymesos failed:\n{stdout}\n{}",
-        crate::harness::text(&out.stderr)
+        text(&out.stderr)
     );
     // Delivery is at least once: an update resent while its acknowledgement is still
     // on its way arrives twice, in place.
@@ -259,7 +272,7 @@ fn pymesos_runs_a_wasm_task() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_reach_the_executor_and_its_death_is_a_failure_event() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start_async(CAIRN).await;
     let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
     let offer = launch_spinning_task(&cluster, &scheduler, &mut events).await;
     let agent_id = offer["agent_id"].clone();
@@ -276,11 +289,15 @@ async fn messages_reach_the_executor_and_its_death_is_a_failure_event() {
         .join(&scheduler.framework_id)
         .join("executors")
         .join(&executor_id);
-    crate::harness::wait_for("the message in the executor's log", || {
-        let log = std::fs::read_to_string(executor_dir.join("executor.log")).unwrap_or_default();
-        log.contains("framework message received bytes=5")
-            .then_some(())
-    });
+    let log = executor_dir.join("executor.log");
+    blocking(move || {
+        wait_for("the message in the executor's log", || {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            log.contains("framework message received bytes=5")
+                .then_some(())
+        })
+    })
+    .await;
 
     // kill -9 the executor: its task fails and the framework hears of the executor.
     let pid: i32 = std::fs::read_to_string(executor_dir.join("pid"))
@@ -316,7 +333,7 @@ async fn messages_reach_the_executor_and_its_death_is_a_failure_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_agent_is_unreachable_and_its_tasks_come_back_when_it_does() {
-    let cluster = Cluster::start_with(&["--agent-timeout", "1s"]);
+    let cluster = Cluster::start_with_flags_async(CAIRN, &["--agent-timeout", "1s"], &[]).await;
     let info = json!({"user": "root", "name": "partition-aware", "capabilities": [{"type": "PARTITION_AWARE"}]});
     let (scheduler, mut events) = Scheduler::subscribe_with(&cluster.master_addr, info).await;
     launch_spinning_task(&cluster, &scheduler, &mut events).await;
@@ -350,7 +367,7 @@ async fn a_silent_agent_is_unreachable_and_its_tasks_come_back_when_it_does() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_group_reaches_its_executor_whole_or_not_at_all() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start_async(CAIRN).await;
     let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
     let launch_group = |offer: &Value, tasks: Vec<Value>| {
         json!({"type": "ACCEPT", "accept": {"offer_ids": [offer["id"]], "operations": [{
@@ -366,16 +383,25 @@ async fn a_task_group_reaches_its_executor_whole_or_not_at_all() {
         ],
     );
     assert_eq!(scheduler.call(group).await.0, 202);
-    let mut finished = Vec::new();
-    while finished.len() < 2 {
+    // Each member's first terminal state; a resent update changes nothing.
+    let mut ended = std::collections::BTreeMap::new();
+    while ended.len() < 2 {
         let status = events.next_of("UPDATE").await["update"]["status"].clone();
         scheduler.acknowledge(&status).await;
-        assert_ne!(status["state"], "TASK_FAILED", "{status}");
-        if status["state"] == "TASK_FINISHED" {
-            finished.push(status["task_id"]["value"].as_str().unwrap().to_owned());
+        let state = status["state"].as_str().unwrap().to_owned();
+        if !matches!(
+            state.as_str(),
+            "TASK_STAGING" | "TASK_STARTING" | "TASK_RUNNING"
+        ) {
+            let id = status["task_id"]["value"].as_str().unwrap().to_owned();
+            ended.entry(id).or_insert((state, status));
         }
     }
-    let log = crate::harness::find_files(&cluster.work_dir(), "executor.log")
+    for id in ["g1", "g2"] {
+        let (state, status) = &ended[id];
+        assert_eq!(state, "TASK_FINISHED", "{status}");
+    }
+    let log = find_files(&cluster.work_dir(), "executor.log")
         .pop()
         .unwrap();
     let text = std::fs::read_to_string(log).unwrap();

@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::framework::{Events, Scheduler, accept};
-use crate::harness::{Cluster, find_files};
+use cairn_test_support::framework::{Events, Scheduler, accept};
+use cairn_test_support::harness::{Cluster, blocking, find_files, get_json, text, wait_for};
+
+use crate::CAIRN;
 
 /// A cluster whose agent puts native tasks' cgroups under a root of this test's own,
 /// so what a test leaves (or not) is its alone.
@@ -18,16 +20,20 @@ struct NativeCluster {
 }
 
 impl NativeCluster {
-    fn start() -> Self {
-        Self::start_with(&[])
-    }
-
-    fn start_with(flags: &[&str]) -> Self {
+    /// A native cluster for a plain test (the flags are the agent's).
+    fn start(flags: &[&str]) -> Self {
         let root = format!("cairn-test-{}", uuid::Uuid::new_v4().simple());
         let mut all = vec!["--cgroups-root", root.as_str()];
         all.extend_from_slice(flags);
-        let cluster = Cluster::start_with_flags(&[], &all);
+        let cluster = Cluster::start_with_flags(CAIRN, &[], &all);
         Self { cluster, root }
+    }
+
+    /// [`NativeCluster::start`] for async tests: start-up is waited for off the
+    /// runtime's workers.
+    async fn start_async(flags: &[&str]) -> Self {
+        let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+        blocking(move || Self::start(&flags.iter().map(String::as_str).collect::<Vec<_>>())).await
     }
 
     /// A file of the task's cgroup (the controller's hierarchy on v1).
@@ -44,8 +50,11 @@ impl NativeCluster {
             .join(file)
     }
 
-    /// Every cgroup directory left under the root, in every hierarchy.
+    /// Every task's cgroup directory left under the root, in every hierarchy. Fails
+    /// if no framework's cgroup was ever made under the root: an empty answer would
+    /// then say nothing about cleaning up.
     fn leftovers(&self) -> Vec<PathBuf> {
+        let mut frameworks_seen = 0;
         let mut left = Vec::new();
         for controller in ["cpu", "cpuacct", "memory", "pids", ""] {
             let root = PathBuf::from("/sys/fs/cgroup")
@@ -55,10 +64,16 @@ impl NativeCluster {
                 continue;
             };
             for fw in frameworks.flatten().filter(|e| e.path().is_dir()) {
+                frameworks_seen += 1;
                 let tasks = std::fs::read_dir(fw.path()).into_iter().flatten().flatten();
                 left.extend(tasks.filter(|t| t.path().is_dir()).map(|t| t.path()));
             }
         }
+        assert!(
+            frameworks_seen > 0,
+            "no framework cgroup under {}: the tasks' cgroups were made elsewhere",
+            self.root
+        );
         left
     }
 }
@@ -137,7 +152,7 @@ fn sandbox_file(cluster: &Cluster, task: &str, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_native_task_runs_in_its_own_cgroup_from_the_start_and_leaves_nothing() {
-    let c = NativeCluster::start();
+    let c = NativeCluster::start_async(&[]).await;
     let (scheduler, mut events) = launch(&c.cluster, |agent| {
         vec![
             native_task("shell", agent, 0.1, 32.0, json!({"value": "echo hello-native; cat /proc/self/cgroup"})),
@@ -186,7 +201,7 @@ async fn a_native_task_runs_in_its_own_cgroup_from_the_start_and_leaves_nothing(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_hog_is_oom_killed_with_the_memory_reason() {
-    let c = NativeCluster::start();
+    let c = NativeCluster::start_async(&[]).await;
     // `tail` keeps a line without a newline in memory: 200 MB of zeros.
     let (scheduler, mut events) = launch(&c.cluster, |agent| {
         vec![native_task(
@@ -209,7 +224,7 @@ async fn a_memory_hog_is_oom_killed_with_the_memory_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_bomb_is_held_by_the_pids_limit_and_ends_at_its_deadline() {
-    let c = NativeCluster::start();
+    let c = NativeCluster::start_async(&[]).await;
     let (scheduler, mut events) = launch(&c.cluster, |agent| {
         let mut task = native_task(
             "bomb",
@@ -226,7 +241,8 @@ async fn a_fork_bomb_is_held_by_the_pids_limit_and_ends_at_its_deadline() {
     // Watch the cgroup while it runs: forks are refused at the cap, never past it.
     let events_file = c.cgroup_file("pids", &fw, "bomb", "pids.events");
     let current_file = c.cgroup_file("pids", &fw, "bomb", "pids.current");
-    let (refused, peak) = crate::harness::blocking(move || {
+    let max_file = c.cgroup_file("pids", &fw, "bomb", "pids.max");
+    let (limit, peak) = blocking(move || {
         let mut peak = 0u64;
         let read = |file: &PathBuf, field: usize| -> u64 {
             std::fs::read_to_string(file)
@@ -234,14 +250,18 @@ async fn a_fork_bomb_is_held_by_the_pids_limit_and_ends_at_its_deadline() {
                 .and_then(|s| s.split_whitespace().nth(field)?.parse().ok())
                 .unwrap_or(0)
         };
-        crate::harness::wait_for("the bomb to reach the pids limit", || {
+        // The first refused fork, with the limit it met and the most processes seen.
+        wait_for("the bomb to reach the pids limit", || {
             peak = peak.max(read(&current_file, 0));
-            let refused = read(&events_file, 1);
-            (refused > 0).then_some((refused, peak))
+            (read(&events_file, 1) > 0).then(|| (read(&max_file, 0), peak))
         })
     })
     .await;
-    assert!(refused > 0 && peak <= 1024, "peak {peak}");
+    assert_eq!(limit, 1024, "the task's pids limit");
+    assert!(
+        peak > 0 && peak <= limit,
+        "peak {peak} past the limit {limit}"
+    );
     let status = terminal(&scheduler, &mut events, "bomb").await;
     assert_eq!(status["state"], "TASK_FAILED", "{status}");
     assert_eq!(
@@ -253,7 +273,7 @@ async fn a_fork_bomb_is_held_by_the_pids_limit_and_ends_at_its_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_ignoring_sigterm_is_killed_after_its_grace_with_its_children() {
-    let c = NativeCluster::start();
+    let c = NativeCluster::start_async(&[]).await;
     let (scheduler, mut events) = launch(&c.cluster, |agent| {
         let mut task = native_task(
             "stubborn",
@@ -273,11 +293,15 @@ async fn a_task_ignoring_sigterm_is_killed_after_its_grace_with_its_children() {
         }
     };
     // Its child is up (it wrote "started") before the kill.
-    crate::harness::wait_for("the task's output", || {
-        find_files(&c.cluster.work_dir(), "stdout")
-            .into_iter()
-            .find(|p| std::fs::read_to_string(p).is_ok_and(|s| s.contains("started")))
-    });
+    let work_dir = c.cluster.work_dir();
+    blocking(move || {
+        wait_for("the task's output", || {
+            find_files(&work_dir, "stdout")
+                .into_iter()
+                .find(|p| std::fs::read_to_string(p).is_ok_and(|s| s.contains("started")))
+        })
+    })
+    .await;
     let asked = Instant::now();
     let kill =
         json!({"type": "KILL", "kill": {"task_id": {"value": "stubborn"}, "agent_id": agent_id}});
@@ -295,7 +319,7 @@ async fn a_task_ignoring_sigterm_is_killed_after_its_grace_with_its_children() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cpu_hog_is_held_to_its_quota() {
-    let c = NativeCluster::start();
+    let c = NativeCluster::start_async(&[]).await;
     let (scheduler, mut events) = launch(&c.cluster, |agent| {
         let mut task = native_task(
             "hog",
@@ -325,7 +349,7 @@ async fn a_cpu_hog_is_held_to_its_quota() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_native_task_outlives_an_agent_restart() {
-    let mut c = NativeCluster::start();
+    let mut c = NativeCluster::start_async(&[]).await;
     let (scheduler, mut events) = launch(&c.cluster, |agent| {
         let gate = "while [ ! -f \"$MESOS_SANDBOX/go\" ]; do sleep 0.1; done; echo went on";
         vec![native_task(
@@ -340,11 +364,8 @@ async fn a_native_task_outlives_an_agent_restart() {
     while next_update(&scheduler, &mut events).await["state"] != "TASK_RUNNING" {}
     c.cluster.agent.kill();
     let agent = c.cluster.restart_agent(&["--cgroups-root", &c.root]).await;
-    c.cluster.agent = crate::harness::blocking(move || {
-        agent.wait_for_log("registered with the master");
-        agent
-    })
-    .await;
+    agent.logged("registered with the master").await;
+    c.cluster.agent = agent;
     let sandbox = find_files(&c.cluster.work_dir(), "stdout")
         .into_iter()
         .find(|p| p.ends_with("tasks/gated/stdout"))
@@ -360,7 +381,7 @@ async fn a_native_task_outlives_an_agent_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn native_tasks_get_the_namespaces_the_agent_is_asked_for() {
-    let c = NativeCluster::start_with(&["--native-namespaces", "ipc,mount,network"]);
+    let c = NativeCluster::start_async(&["--native-namespaces", "ipc,mount,network"]).await;
     let (scheduler, mut events) = launch(&c.cluster, |agent| {
         let show =
             "readlink /proc/self/ns/ipc /proc/self/ns/mnt /proc/self/ns/net; cat /proc/net/dev";
@@ -403,7 +424,7 @@ async fn native_tasks_get_the_namespaces_the_agent_is_asked_for() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_native_tasks_usage_is_served_as_mesos_monitor_statistics() {
-    let c = NativeCluster::start();
+    let c = NativeCluster::start_async(&[]).await;
     let (scheduler, mut events) = launch(&c.cluster, |agent| {
         vec![native_task(
             "busy",
@@ -422,9 +443,9 @@ async fn a_running_native_tasks_usage_is_served_as_mesos_monitor_statistics() {
     };
     let addr = c.cluster.agent_addr.clone();
     // Executors report usage with their heartbeats.
-    let entry = crate::harness::blocking(move || {
-        crate::harness::wait_for("the task's usage", || {
-            let all = crate::harness::get_json(&addr, "/monitor/statistics");
+    let entry = blocking(move || {
+        wait_for("the task's usage", || {
+            let all = get_json(&addr, "/monitor/statistics");
             all.as_array()?
                 .iter()
                 .find(|e| {
@@ -459,7 +480,7 @@ async fn a_running_native_tasks_usage_is_served_as_mesos_monitor_statistics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn command_user_is_honoured_and_the_sandbox_is_theirs() {
-    let c = NativeCluster::start();
+    let c = NativeCluster::start_async(&[]).await;
     let (scheduler, mut events) = launch(&c.cluster, |agent| {
         vec![native_task(
             "as-nobody",
@@ -484,7 +505,7 @@ async fn command_user_is_honoured_and_the_sandbox_is_theirs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_pid_namespace_the_task_is_init_sees_only_its_own_and_still_dies_on_kill() {
-    let c = NativeCluster::start_with(&["--native-namespaces", "mount,pid"]);
+    let c = NativeCluster::start_async(&["--native-namespaces", "mount,pid"]).await;
     let (scheduler, mut events) = launch(&c.cluster, |agent| {
         let count = "echo pid $$; ls /proc | grep -c '^[0-9]'";
         let mut sleeper = native_task("sleeper", agent, 0.1, 32.0, json!({"value": "sleep 600"}));
@@ -538,18 +559,14 @@ async fn in_a_pid_namespace_the_task_is_init_sees_only_its_own_and_still_dies_on
 
 #[test]
 fn cairn_run_runs_a_native_command() {
-    let c = NativeCluster::start();
+    let c = NativeCluster::start(&[]);
     let out = c.cluster.run_with(
         std::path::Path::new("echo native from cairn run:"),
         &["--native", "--timeout", "30s"],
         &["$((6 * 7))"],
     );
-    let stdout = crate::harness::text(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        crate::harness::text(&out.stderr)
-    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
     assert!(stdout.contains("native from cairn run: 42"), "{stdout}");
     assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
 }

@@ -3,7 +3,9 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{Cluster, start_master};
+use cairn_test_support::harness::{Cluster, start_master};
+
+use crate::CAIRN;
 
 pub fn operator(master: &str, call: Value) -> (u16, String) {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -30,7 +32,7 @@ fn get(master: &str, kind: &str) -> Value {
 
 #[test]
 fn weights_and_quota_are_registry_writes_that_survive_a_restart() {
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start(CAIRN);
     let master = cluster.master_addr.clone();
     assert_eq!(get(&master, "GET_HEALTH")["get_health"]["healthy"], true);
     let flags = get(&master, "GET_FLAGS");
@@ -84,7 +86,7 @@ fn weights_and_quota_are_registry_writes_that_survive_a_restart() {
     );
 
     cluster.master.kill();
-    let (restarted, addr) = start_master(cluster.dir.path(), &master);
+    let (restarted, addr) = start_master(CAIRN, cluster.dir.path(), &master);
     cluster.master = restarted;
     assert_eq!(
         get(&addr, "GET_WEIGHTS")["get_weights"]["weight_infos"],

@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::framework::{Events, Scheduler, accept};
-use crate::harness::{
-    Cluster, blocking, find_files, get_json, kill_executors, launch_states, wait_for,
+use cairn_test_support::framework::{Events, Scheduler, accept};
+use cairn_test_support::harness::{
+    Cluster, blocking, find_files, get_json, guest, kill_executors, launch_states, wait_for,
 };
+
+use crate::CAIRN;
 
 /// A framework that survives its scheduler's disconnection for an hour.
 pub fn framework_info(id: Option<&str>) -> Value {
@@ -22,7 +24,7 @@ pub fn framework_info(id: Option<&str>) -> Value {
 
 /// A task running `gate.wasm`: it runs until a file named `open` appears in its sandbox.
 pub fn gate_task(task_id: &str, agent_id: &Value) -> Value {
-    let module = crate::harness::guest("gate");
+    let module = guest("gate");
     json!({
         "name": "gate", "task_id": {"value": task_id}, "agent_id": agent_id,
         "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}},
@@ -85,6 +87,20 @@ fn agent_state(agent_addr: &str) -> Value {
     get_json(agent_addr, "/state")
 }
 
+/// Whether process `pid` has ended: gone, or a zombie nobody has reaped yet (the
+/// executor outlived the agent that started it, so this test is not its parent).
+fn has_ended(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => {
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next());
+            state == Some("Z")
+        }
+    }
+}
+
 /// States in order with repeats folded: a resent update may arrive twice.
 fn distinct(states: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
@@ -98,7 +114,7 @@ fn distinct(states: &[String]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_outlives_an_agent_killed_mid_run_and_every_update_arrives_in_order() {
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start_async(CAIRN).await;
     let (scheduler, mut events) =
         Scheduler::subscribe_with(&cluster.master_addr, framework_info(None)).await;
     let (mut states, agent_id) = launch_gate(&scheduler, &mut events, "gated").await;
@@ -109,12 +125,8 @@ async fn a_task_outlives_an_agent_killed_mid_run_and_every_update_arrives_in_ord
 
     cluster.agent.kill();
     let agent = cluster.restart_agent(&[]).await;
-    let agent = blocking(move || {
-        agent.wait_for_log("registered with the master");
-        agent
-    })
-    .await;
-    let agent_addr = agent.wait_for_address("http");
+    agent.logged("registered with the master").await;
+    let agent_addr = agent.logged_address("http").await;
     cluster.agent = agent;
 
     // The same executor process, re-attached: it re-subscribed over the socket.
@@ -149,7 +161,7 @@ async fn a_task_outlives_an_agent_killed_mid_run_and_every_update_arrives_in_ord
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_whose_executor_died_while_the_agent_was_down_fails_with_the_reason() {
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start_async(CAIRN).await;
     let (scheduler, mut events) =
         Scheduler::subscribe_with(&cluster.master_addr, framework_info(None)).await;
     launch_gate(&scheduler, &mut events, "orphan").await;
@@ -170,7 +182,7 @@ async fn a_task_whose_executor_died_while_the_agent_was_down_fails_with_the_reas
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn updates_held_while_the_master_is_down_arrive_when_it_is_back() {
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start_async(CAIRN).await;
     let (scheduler, mut events) =
         Scheduler::subscribe_with(&cluster.master_addr, framework_info(None)).await;
     launch_gate(&scheduler, &mut events, "held").await;
@@ -211,7 +223,7 @@ async fn updates_held_while_the_master_is_down_arrive_when_it_is_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unacknowledged_update_is_redelivered_to_a_restarted_scheduler() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start_async(CAIRN).await;
     let (scheduler, mut events) =
         Scheduler::subscribe_with(&cluster.master_addr, framework_info(None)).await;
     let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
@@ -245,7 +257,7 @@ async fn an_unacknowledged_update_is_redelivered_to_a_restarted_scheduler() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_marked_gone_loses_its_tasks_and_may_not_come_back() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start_async(CAIRN).await;
     let (scheduler, mut events) =
         Scheduler::subscribe_with(&cluster.master_addr, framework_info(None)).await;
     let (_, agent_id) = launch_gate(&scheduler, &mut events, "doomed").await;
@@ -272,7 +284,7 @@ async fn an_agent_marked_gone_loses_its_tasks_and_may_not_come_back() {
     })
     .await;
     assert_eq!((again, unknown), (200, 404));
-    cluster.agent.wait_for_log("marked gone by the operator");
+    cluster.agent.logged("marked gone by the operator").await;
     let state = scheduler.master_state(&cluster.master_addr).await;
     assert!(state["agents"].as_array().unwrap().is_empty(), "{state}");
     cluster.assert_no_panics();
@@ -280,27 +292,36 @@ async fn an_agent_marked_gone_loses_its_tasks_and_may_not_come_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_teardown_while_the_agent_was_away_reaches_it_when_it_returns() {
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start_async(CAIRN).await;
     let (scheduler, mut events) =
         Scheduler::subscribe_with(&cluster.master_addr, framework_info(None)).await;
     launch_gate(&scheduler, &mut events, "orphaned").await;
+    let addr = cluster.agent_addr.clone();
+    let before = blocking(move || agent_state(&addr)).await;
+    let executor_pid = before["executors"][0]["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no executor: {before}"));
     cluster.agent.kill();
     let master = cluster.master_addr.clone();
     let teardown = json!({"type": "TEARDOWN", "teardown": {"framework_id": {"value": scheduler.framework_id}}});
     let (code, body) = blocking(move || crate::operator::operator(&master, teardown)).await;
     assert_eq!(code, 200, "{body}");
     let agent = cluster.restart_agent(&[]).await;
-    agent.wait_for_log("shutting down framework");
-    let addr = agent.wait_for_address("http");
+    agent.logged("shutting down framework").await;
+    let addr = agent.logged_address("http").await;
     cluster.agent = agent;
     // The executor is shut down, the task killed, and its update acknowledged by the
-    // master on the removed framework's behalf: the agent forgets it.
+    // master on the removed framework's behalf: the agent forgets it, and the executor
+    // process it re-attached ends.
     blocking(move || {
         wait_for("the agent to forget the task", || {
             let s = agent_state(&addr);
             (s["tasks"].as_array().unwrap().is_empty()
                 && s["executors"].as_array().unwrap().is_empty())
             .then_some(())
+        });
+        wait_for("the executor to exit", || {
+            has_ended(executor_pid).then_some(())
         })
     })
     .await;
@@ -317,7 +338,7 @@ async fn reconcile(scheduler: &Scheduler, task_id: &str, agent_id: &Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconciliation_answers_from_the_master_and_waits_for_agents_it_has_not_heard_from() {
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start_async(CAIRN).await;
     let mut info = framework_info(None);
     info["capabilities"] = json!([{"type": "PARTITION_AWARE"}]);
     let (scheduler, mut events) =
@@ -385,7 +406,7 @@ async fn tasks_an_agent_re_registers_without_are_lost() {
     use cairn_api::internal::agent_registry_client::AgentRegistryClient;
     use cairn_api::internal::{AgentMessage, RegisterAgent, agent_message, master_message};
 
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start_async(CAIRN).await;
     let (scheduler, mut events) =
         Scheduler::subscribe_with(&cluster.master_addr, framework_info(None)).await;
     let (_, agent_id) = launch_gate(&scheduler, &mut events, "forgotten").await;
@@ -435,7 +456,7 @@ async fn tasks_an_agent_re_registers_without_are_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_reports_task_killing_to_frameworks_that_understand_it() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start_async(CAIRN).await;
     let mut info = framework_info(None);
     info["capabilities"] = json!([{"type": "TASK_KILLING_STATE"}]);
     let (scheduler, mut events) = Scheduler::subscribe_with(&cluster.master_addr, info).await;

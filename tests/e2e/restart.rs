@@ -4,7 +4,9 @@
 use cairn_api::v1::scheduler_client::SchedulerClient;
 use cairn_api::v1::{Call, FrameworkInfo, call, event};
 
-use crate::harness::{Cluster, get_json, start_master, wait_for};
+use cairn_test_support::harness::{Cluster, get_json, start_master, wait_for};
+
+use crate::CAIRN;
 
 /// Subscribes a framework and leaves it registered (no TEARDOWN); returns its id.
 fn subscribe_framework(master: &str) -> String {
@@ -45,7 +47,7 @@ fn ids(state: &serde_json::Value, key: &str) -> Vec<String> {
 
 #[test]
 fn a_restarted_master_still_knows_its_agent_and_framework() {
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start(CAIRN);
     let framework_id = subscribe_framework(&cluster.master_addr);
     let before = get_json(&cluster.master_addr, "/state");
     let agent_ids = ids(&before, "agents");
@@ -56,7 +58,7 @@ fn a_restarted_master_still_knows_its_agent_and_framework() {
     );
 
     cluster.master.kill();
-    let (master, addr) = start_master(cluster.dir.path(), &cluster.master_addr);
+    let (master, addr) = start_master(CAIRN, cluster.dir.path(), &cluster.master_addr);
     cluster.master = master;
     assert_eq!(addr, cluster.master_addr);
 

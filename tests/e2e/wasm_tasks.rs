@@ -1,11 +1,13 @@
 //! Wasm tasks from `cairn run` to a terminal state, through a real master, agent and
 //! executor process.
 
-use crate::harness::{Cluster, find_files, guest, text};
+use cairn_test_support::harness::{Cluster, find_files, get_json, guest, text};
+
+use crate::CAIRN;
 
 #[test]
 fn hello_finishes_with_its_args_in_stdout_and_its_file_in_the_sandbox() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start(CAIRN);
     let out = cluster.run(&guest("hello"), &["a", "b"]);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "cairn run failed:\n{stderr}");
@@ -41,8 +43,8 @@ fn hello_finishes_with_its_args_in_stdout_and_its_file_in_the_sandbox() {
     assert_eq!(content, "written by hello with args: a b\n");
     assert!(written[0].parent().unwrap().join("stdout").exists());
     // The agent and the master agree on who the agent is.
-    let agent = crate::harness::get_json(&cluster.agent_addr, "/state");
-    let master = crate::harness::get_json(&cluster.master_addr, "/state");
+    let agent = get_json(&cluster.agent_addr, "/state");
+    let master = get_json(&cluster.master_addr, "/state");
     assert_eq!(
         agent["id"], master["agents"][0]["id"],
         "{agent} vs {master}"
@@ -52,7 +54,7 @@ fn hello_finishes_with_its_args_in_stdout_and_its_file_in_the_sandbox() {
 
 #[test]
 fn a_module_exiting_3_fails_with_the_status_in_the_message() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start(CAIRN);
     let out = cluster.run(&guest("exit"), &["3"]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "stderr:\n{stderr}");
@@ -70,12 +72,12 @@ fn a_module_exiting_3_fails_with_the_status_in_the_message() {
 
 #[test]
 fn the_master_frees_resources_when_tasks_end() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start(CAIRN);
     for _ in 0..2 {
         let out = cluster.run(&guest("hello"), &["again"]);
         assert!(out.status.success(), "{}", text(&out.stderr));
     }
-    let state = crate::harness::get_json(&cluster.master_addr, "/state");
+    let state = get_json(&cluster.master_addr, "/state");
     let agent = &state["agents"][0];
     assert_eq!(agent["used_resources"], "", "resources still held: {state}");
     assert_eq!(
@@ -85,7 +87,7 @@ fn the_master_frees_resources_when_tasks_end() {
     );
     assert_eq!(state["tasks"].as_array().unwrap().len(), 0, "{state}");
     // The same, in Mesos' v0 shape.
-    let v0 = crate::harness::get_json(&cluster.master_addr, "/master/state");
+    let v0 = get_json(&cluster.master_addr, "/master/state");
     assert_eq!(v0["slaves"][0]["resources"]["cpus"], 2.0, "{v0}");
     assert_eq!(v0["slaves"][0]["used_resources"]["cpus"], 0.0, "{v0}");
     assert_eq!(v0["activated_slaves"], 1, "{v0}");
@@ -101,7 +103,7 @@ fn terminal_line(stderr: &str) -> &str {
 
 #[test]
 fn limits_end_tasks_with_mesos_reasons() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start(CAIRN);
     let spin = cluster.module(
         "spin.wasm",
         r#"(module (func (export "_start") (loop (br 0))))"#,
@@ -160,7 +162,7 @@ fn limits_end_tasks_with_mesos_reasons() {
 
 #[test]
 fn executors_of_an_agent_share_one_compiled_artifact_per_module() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start(CAIRN);
     let hello = guest("hello");
     // Each `cairn run` is a framework of its own, so each gets an executor of its own.
     for _ in 0..2 {
@@ -183,7 +185,7 @@ fn executors_of_an_agent_share_one_compiled_artifact_per_module() {
 
 #[test]
 fn the_agent_accounts_for_what_its_tasks_used_in_its_metrics() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start(CAIRN);
     // A fuel budget makes the run metered, so its fuel is counted.
     let flags = ["--timeout", "30s", "--fuel", "10000000000"];
     let out = cluster.run_with(&guest("hello"), &flags, &["counted"]);
@@ -222,7 +224,7 @@ fn the_agent_accounts_for_what_its_tasks_used_in_its_metrics() {
 
 #[test]
 fn sandbox_reads_never_follow_a_symlink_out_of_the_sandbox() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start(CAIRN);
     let out = cluster.run(&guest("hello"), &["linked"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     // The task is acknowledged and forgotten by now; its sandbox stays on disk.

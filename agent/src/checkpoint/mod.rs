@@ -14,6 +14,27 @@ use std::path::Path;
 use cairn_api::internal::{CheckpointRecord, checkpoint_record::Record};
 
 pub use log::LogError;
+
+/// Why a restarted agent refuses its new flags: they would break what the master
+/// and running tasks rely on.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconfigureError {
+    #[error("the checkpointed resources do not parse: {0}")]
+    CheckpointedResources(cairn_api::ResourcesError),
+    #[error("the configured resources do not parse: {0}")]
+    ConfiguredResources(cairn_api::ResourcesError),
+    #[error(
+        "the agent's resources changed from {old} to {new}; a restarted agent may add resources but not remove any"
+    )]
+    ResourcesRemoved {
+        old: cairn_api::Resources,
+        new: cairn_api::Resources,
+    },
+    #[error("the agent's attributes changed; a restarted agent keeps them")]
+    AttributesChanged,
+    #[error("cannot write the checkpoint: {0}")]
+    Write(std::io::Error),
+}
 pub use state::{AgentState, TaskKey, task_record};
 
 /// The log is rewritten from the live state once it grows past this many bytes and
@@ -78,7 +99,7 @@ impl Checkpoint {
     /// additive reconfiguration policy); removing or changing any, or changing an
     /// attribute, would break what the master and running tasks rely on, so the
     /// agent refuses to start instead.
-    pub fn reconfigure(&mut self, info: &cairn_api::v1::AgentInfo) -> Result<(), String> {
+    pub fn reconfigure(&mut self, info: &cairn_api::v1::AgentInfo) -> Result<(), ReconfigureError> {
         let current = cairn_api::v1::AgentInfo {
             resources: info.resources.clone(),
             attributes: info.attributes.clone(),
@@ -89,23 +110,18 @@ impl Checkpoint {
                 return Ok(());
             }
             let old = cairn_api::Resources::from_proto(&previous.resources)
-                .map_err(|e| format!("the checkpointed resources do not parse: {e}"))?;
+                .map_err(ReconfigureError::CheckpointedResources)?;
             let new = cairn_api::Resources::from_proto(&current.resources)
-                .map_err(|e| format!("the configured resources do not parse: {e}"))?;
+                .map_err(ReconfigureError::ConfiguredResources)?;
             if !new.contains(&old) {
-                return Err(format!(
-                    "the agent's resources changed from {old} to {new}; a restarted agent may \
-                     add resources but not remove any"
-                ));
+                return Err(ReconfigureError::ResourcesRemoved { old, new });
             }
             if previous.attributes != current.attributes {
-                return Err("the agent's attributes changed; a restarted agent keeps them".into());
+                return Err(ReconfigureError::AttributesChanged);
             }
         }
         self.record(Record::AgentInfo(current));
-        self.commit()
-            .map(|_| ())
-            .map_err(|e| format!("cannot write the checkpoint: {e}"))
+        self.commit().map(|_| ()).map_err(ReconfigureError::Write)
     }
 
     /// Rewrites the log as the live state once it has grown enough to be worth it.

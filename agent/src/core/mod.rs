@@ -8,7 +8,7 @@
 //! launches to executors). A failed sync holds the effects back and is retried; the
 //! agent never tells anyone something it could forget.
 
-mod executors;
+mod executor_links;
 mod tasks;
 
 use std::collections::HashMap;
@@ -18,56 +18,17 @@ use std::time::{Duration, Instant};
 use cairn_api::internal::checkpoint_record::Record;
 use cairn_api::internal::{
     AgentHeartbeat, AgentMessage, ExecutorEvent, RegisterAgent, TaskRecord, agent_message,
-    executor_call, executor_event, master_message,
+    executor_event,
 };
 use cairn_api::v1::{AgentId, AgentInfo, FrameworkId};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::checkpoint::{Checkpoint, TaskKey};
-use crate::executors::Launcher;
+use crate::input::Input;
+use crate::launcher::Launcher;
 use crate::paths::Paths;
 
-pub use executors::ExecutorLink;
-
-pub enum Input {
-    /// Publish a fresh snapshot (if anything changed) before replying: the agent's
-    /// HTTP API reflects every input handled before a request.
-    Publish(oneshot::Sender<()>),
-    /// The master link needs the registration to send (it carries our task list).
-    Registration(oneshot::Sender<RegisterAgent>),
-    MasterConnected {
-        agent_id: String,
-        to_master: mpsc::Sender<AgentMessage>,
-    },
-    MasterDisconnected,
-    FromMaster(Box<master_message::Message>),
-    ExecutorSubscribed {
-        framework_id: String,
-        conn: u64,
-        pid: Option<i32>,
-        subscribe: cairn_api::internal::ExecutorSubscribe,
-        to_executor: mpsc::Sender<ExecutorEvent>,
-    },
-    FromExecutor {
-        framework_id: String,
-        conn: u64,
-        call: executor_call::Call,
-    },
-    ExecutorDisconnected {
-        framework_id: String,
-        conn: u64,
-    },
-    ExecutorExited {
-        framework_id: String,
-        pid: u32,
-        status: String,
-    },
-    Fetched {
-        framework_id: String,
-        task_id: String,
-        result: Result<Vec<crate::fetcher::CachedFile>, String>,
-    },
-}
+pub use executor_links::ExecutorLink;
 
 /// What `/state` and `/files` read, published after every batch.
 #[derive(Debug, Clone, Default, serde::Serialize)]

@@ -4,6 +4,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::error::CallError;
 use crate::leader::{Input, LeaderHandle};
 
 /// Agents register over one long-lived bidirectional stream: the first message is
@@ -31,22 +32,18 @@ impl AgentRegistry for AgentService {
         let first = inbound
             .message()
             .await?
-            .ok_or_else(|| Status::invalid_argument("stream ended before the agent registered"))?;
+            .ok_or(CallError::AgentStreamEndedEarly)?;
         let Some(agent_message::Message::Register(register)) = first.message else {
-            return Err(Status::invalid_argument(
-                "the first message on an agent stream must be a registration",
-            ));
+            return Err(CallError::AgentFirstMessageNotRegister.into());
         };
         if register.version != cairn_api::VERSION {
-            return Err(Status::failed_precondition(format!(
-                "agent version {} does not match master version {}",
-                register.version,
-                cairn_api::VERSION
-            )));
+            return Err(CallError::AgentVersionMismatch {
+                agent_version: register.version,
+                master_version: cairn_api::VERSION,
+            }
+            .into());
         }
-        let info = register
-            .info
-            .ok_or_else(|| Status::invalid_argument("registration without agent info"))?;
+        let info = register.info.ok_or(CallError::AgentWithoutInfo)?;
         let (tx, rx) = mpsc::channel(crate::STREAM_BUFFER);
         let (agent_id, conn) = self
             .leader

@@ -13,24 +13,11 @@ use futures::StreamExt as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::{refuse, subscribe_info};
 use crate::error::CallError;
 use crate::leader::{Input, LeaderHandle};
 
 const STREAM_ID: &str = "Mesos-Stream-Id";
-
-fn status_of(e: &CallError) -> StatusCode {
-    match e {
-        CallError::Invalid(_) => StatusCode::BAD_REQUEST,
-        CallError::NotFound(_) => StatusCode::NOT_FOUND,
-        CallError::Forbidden(_) => StatusCode::FORBIDDEN,
-        CallError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-    }
-}
-
-/// Mesos answers a refused call with a plain-text reason.
-fn refuse(e: CallError) -> Response {
-    (status_of(&e), format!("{e}\n")).into_response()
-}
 
 /// One RecordIO record: the length of the JSON in bytes, a newline, the JSON.
 fn record(json: String) -> Bytes {
@@ -55,7 +42,7 @@ pub(super) async fn scheduler(
     }
     let call: Call = match from_json(&body) {
         Ok(c) => c,
-        Err(e) => return refuse(CallError::Invalid(format!("cannot parse the call: {e}"))),
+        Err(e) => return refuse(CallError::UnparsableCall(e)),
     };
     if call.r#type == call::Type::Subscribe as i32 {
         return subscribe(leader, call).await;
@@ -78,20 +65,10 @@ pub(super) async fn scheduler(
 }
 
 async fn subscribe(leader: LeaderHandle, call: Call) -> Response {
-    let Some(mut info) = call.subscribe.and_then(|s| s.framework_info) else {
-        return refuse(CallError::Invalid(
-            "SUBSCRIBE without subscribe.framework_info".into(),
-        ));
+    let info = match subscribe_info(call) {
+        Ok(info) => info,
+        Err(e) => return refuse(e),
     };
-    match (&call.framework_id, &info.id) {
-        (Some(a), Some(b)) if a != b => {
-            return refuse(CallError::Invalid(
-                "framework_id and subscribe.framework_info.id differ".into(),
-            ));
-        }
-        (Some(a), None) => info.id = Some(a.clone()),
-        _ => {}
-    }
     let (tx, rx) = mpsc::channel(crate::STREAM_BUFFER);
     let stream_id = match leader
         .ask(|reply| Input::Subscribe {

@@ -8,9 +8,12 @@ mod operator;
 mod scheduler;
 
 use axum::Router;
+use axum::response::{IntoResponse, Response};
 use cairn_api::internal::agent_registry_server::AgentRegistryServer;
 use cairn_api::v1::scheduler_server::SchedulerServer;
+use cairn_api::v1::{Call, FrameworkInfo};
 
+use crate::error::CallError;
 use crate::leader::LeaderHandle;
 use crate::registry::Registry;
 
@@ -47,4 +50,32 @@ pub(crate) fn router(
         .merge(mesos)
         .merge(grpc)
         .fallback(http::not_found)
+}
+
+/// Mesos answers a refused HTTP call with its status code and a plain-text reason.
+fn refuse(e: CallError) -> Response {
+    (e.http_status(), format!("{e}\n")).into_response()
+}
+
+/// The FrameworkInfo of a SUBSCRIBE (HTTP or gRPC), with the call's `framework_id`
+/// as its id when only the call names one.
+fn subscribe_info(call: Call) -> Result<FrameworkInfo, CallError> {
+    let mut info =
+        call.subscribe
+            .and_then(|s| s.framework_info)
+            .ok_or(CallError::WithoutField {
+                call: "SUBSCRIBE",
+                path: "subscribe.framework_info",
+            })?;
+    match (call.framework_id, &info.id) {
+        (Some(a), Some(b)) if a != *b => {
+            return Err(CallError::SubscribeIdsDiffer {
+                framework_id: a.value,
+                info_id: b.value.clone(),
+            });
+        }
+        (Some(a), None) => info.id = Some(a),
+        _ => {}
+    }
+    Ok(info)
 }

@@ -9,37 +9,27 @@ use axum::response::{IntoResponse, Json, Response};
 use cairn_api::internal::{RoleQuota, RoleWeight};
 use serde_json::{Value, json};
 
-use crate::error::CallError;
-use crate::leader::{Input, LeaderHandle};
-
-fn refuse(e: CallError) -> Response {
-    let status = match e {
-        CallError::Invalid(_) => StatusCode::BAD_REQUEST,
-        CallError::NotFound(_) => StatusCode::NOT_FOUND,
-        CallError::Forbidden(_) => StatusCode::FORBIDDEN,
-        CallError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    (status, format!("{e}\n")).into_response()
-}
-
-fn invalid(why: impl Into<String>) -> Response {
-    refuse(CallError::Invalid(why.into()))
-}
+use super::refuse;
+use crate::error::{CallError, QuantityProblem};
+use crate::leader::{Input, LeaderHandle, MasterSnapshot};
 
 /// Mesos' `{"cpus": {"value": 10}, ...}` map of scalar quantities, as resources text.
-fn quantities(v: &Value, what: &str) -> Result<String, String> {
+fn quantities(v: &Value, field: &'static str) -> Result<String, QuantityProblem> {
     let Some(map) = v.as_object() else {
         return if v.is_null() {
             Ok(String::new())
         } else {
-            Err(format!("{what} must be an object"))
+            Err(QuantityProblem::NotAnObject { field })
         };
     };
     let mut parts = Vec::new();
     for (name, q) in map {
         let value = q["value"]
             .as_f64()
-            .ok_or_else(|| format!("{what}.{name}.value must be a number"))?;
+            .ok_or_else(|| QuantityProblem::NotANumber {
+                field,
+                name: name.clone(),
+            })?;
         parts.push(format!("{name}:{value}"));
     }
     Ok(parts.join(";"))
@@ -65,16 +55,26 @@ pub(crate) struct OperatorState {
 }
 
 pub(super) async fn operator(State(state): State<OperatorState>, body: Bytes) -> Response {
-    let leader = state.leader;
     let call: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return invalid(format!("cannot parse the call: invalid JSON: {e}")),
+        Err(e) => return refuse(CallError::InvalidJson(e)),
     };
     let Some(kind) = call["type"].as_str() else {
-        return invalid("the call has no \"type\"");
+        return refuse(CallError::NoCallType);
     };
-    let snap = leader.fresh_snapshot().await;
-    match kind {
+    let snap = state.leader.fresh_snapshot().await;
+    if let Some(answer) = read(kind, &snap, &state.flags) {
+        return answer;
+    }
+    match write(kind, &call, &state.leader).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => refuse(e),
+    }
+}
+
+/// The read calls, answered from the snapshot; `None` if `kind` is not one.
+fn read(kind: &str, snap: &MasterSnapshot, flags: &[(String, String)]) -> Option<Response> {
+    let answer = match kind {
         "GET_HEALTH" => Json(json!({"type": kind, "get_health": {"healthy": true}})).into_response(),
         "GET_VERSION" => Json(json!({"type": kind, "get_version": {"version_info": {"version": cairn_api::VERSION}}}))
             .into_response(),
@@ -110,61 +110,102 @@ pub(super) async fn operator(State(state): State<OperatorState>, body: Bytes) ->
             .map(|r| json!({"role": r.name, "guarantees": text_to_quantities(&r.guarantee), "limits": text_to_quantities(&r.limit)}))
             .collect::<Vec<_>>()}}}))
         .into_response(),
-        "GET_FLAGS" => Json(json!({"type": kind, "get_flags": {"flags": state.flags.iter()
+        "GET_FLAGS" => Json(json!({"type": kind, "get_flags": {"flags": flags.iter()
             .map(|(name, value)| json!({"name": name, "value": value})).collect::<Vec<_>>()}}))
         .into_response(),
         "GET_MASTER" => Json(json!({"type": kind, "get_master": {"master_info": {"version": cairn_api::VERSION}}})).into_response(),
+        _ => return None,
+    };
+    Some(answer)
+}
+
+/// The write calls, which go through the leader (and the registry).
+async fn write(kind: &str, call: &Value, leader: &LeaderHandle) -> Result<(), CallError> {
+    match kind {
         "UPDATE_WEIGHTS" => {
-            let Some(infos) = call["update_weights"]["weight_infos"].as_array() else {
-                return invalid("UPDATE_WEIGHTS needs update_weights.weight_infos");
-            };
+            let infos = call["update_weights"]["weight_infos"].as_array().ok_or(
+                CallError::OperatorCallNeeds {
+                    call: "UPDATE_WEIGHTS",
+                    path: "update_weights.weight_infos",
+                },
+            )?;
             let mut weights = Vec::new();
             for w in infos {
                 let (Some(role), Some(weight)) = (w["role"].as_str(), w["weight"].as_f64()) else {
-                    return invalid("each weight_info needs a string role and a numeric weight");
+                    return Err(CallError::MalformedWeightInfo);
                 };
-                weights.push(RoleWeight { role: role.to_owned(), weight });
+                weights.push(RoleWeight {
+                    role: role.to_owned(),
+                    weight,
+                });
             }
-            done(leader.ask(|reply| Input::UpdateWeights { weights, reply }).await)
+            leader
+                .ask(|reply| Input::UpdateWeights { weights, reply })
+                .await
         }
         "UPDATE_QUOTA" => {
-            let Some(configs) = call["update_quota"]["quota_configs"].as_array() else {
-                return invalid("UPDATE_QUOTA needs update_quota.quota_configs");
-            };
-            let mut quotas = Vec::new();
-            for c in configs {
-                let Some(role) = c["role"].as_str() else {
-                    return invalid("each quota_config needs a role");
-                };
-                let (guarantee, limit) = match (quantities(&c["guarantees"], "guarantees"), quantities(&c["limits"], "limits")) {
-                    (Ok(g), Ok(l)) => (g, l),
-                    (Err(e), _) | (_, Err(e)) => return invalid(format!("quota for role {role}: {e}")),
-                };
-                quotas.push(RoleQuota { role: role.to_owned(), guarantee, limit });
-            }
-            done(leader.ask(|reply| Input::UpdateQuota { quotas, reply }).await)
+            let configs = call["update_quota"]["quota_configs"].as_array().ok_or(
+                CallError::OperatorCallNeeds {
+                    call: "UPDATE_QUOTA",
+                    path: "update_quota.quota_configs",
+                },
+            )?;
+            let quotas = configs
+                .iter()
+                .map(quota_config)
+                .collect::<Result<Vec<_>, _>>()?;
+            leader
+                .ask(|reply| Input::UpdateQuota { quotas, reply })
+                .await
         }
         "MARK_AGENT_GONE" => {
-            let Some(id) = call["mark_agent_gone"]["agent_id"]["value"].as_str() else {
-                return invalid("MARK_AGENT_GONE needs mark_agent_gone.agent_id.value");
-            };
-            let agent_id = id.to_owned();
-            done(leader.ask(|reply| Input::MarkAgentGone { agent_id, reply }).await)
+            let agent_id = call["mark_agent_gone"]["agent_id"]["value"]
+                .as_str()
+                .ok_or(CallError::OperatorCallNeeds {
+                    call: "MARK_AGENT_GONE",
+                    path: "mark_agent_gone.agent_id.value",
+                })?
+                .to_owned();
+            leader
+                .ask(|reply| Input::MarkAgentGone { agent_id, reply })
+                .await
         }
         "TEARDOWN" => {
-            let Some(id) = call["teardown"]["framework_id"]["value"].as_str() else {
-                return invalid("TEARDOWN needs teardown.framework_id.value");
-            };
-            let framework_id = id.to_owned();
-            done(leader.ask(|reply| Input::Teardown { framework_id, reply }).await)
+            let framework_id = call["teardown"]["framework_id"]["value"]
+                .as_str()
+                .ok_or(CallError::OperatorCallNeeds {
+                    call: "TEARDOWN",
+                    path: "teardown.framework_id.value",
+                })?
+                .to_owned();
+            leader
+                .ask(|reply| Input::Teardown {
+                    framework_id,
+                    reply,
+                })
+                .await
         }
-        other => invalid(format!("operator call {other:?} is not supported")),
+        other => Err(CallError::UnsupportedOperatorCall {
+            call_type: other.to_owned(),
+        }),
     }
 }
 
-fn done(result: Result<(), CallError>) -> Response {
-    match result {
-        Ok(()) => StatusCode::OK.into_response(),
-        Err(e) => refuse(e),
-    }
+/// One of UPDATE_QUOTA's `quota_configs`, as a role's quota in resources text.
+fn quota_config(c: &Value) -> Result<RoleQuota, CallError> {
+    let role = c["role"]
+        .as_str()
+        .ok_or(CallError::QuotaConfigWithoutRole)?;
+    let malformed = |problem| CallError::MalformedQuotaConfig {
+        role: role.to_owned(),
+        problem,
+    };
+    // Guarantees are checked first: their problem is the one reported.
+    let guarantee = quantities(&c["guarantees"], "guarantees");
+    let limit = quantities(&c["limits"], "limits");
+    Ok(RoleQuota {
+        role: role.to_owned(),
+        guarantee: guarantee.map_err(malformed)?,
+        limit: limit.map_err(malformed)?,
+    })
 }

@@ -4,6 +4,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::error::CallError;
 use crate::leader::{Input, LeaderHandle};
 
 /// The metadata key carrying a subscription's stream id, as Mesos' HTTP header.
@@ -31,23 +32,9 @@ impl Scheduler for SchedulerService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let call = request.into_inner();
         if call.r#type != call::Type::Subscribe as i32 {
-            return Err(Status::invalid_argument("Subscribe takes a SUBSCRIBE call"));
+            return Err(CallError::NotSubscribe.into());
         }
-        let mut info = call
-            .subscribe
-            .and_then(|s| s.framework_info)
-            .ok_or_else(|| {
-                Status::invalid_argument("SUBSCRIBE without subscribe.framework_info")
-            })?;
-        match (&call.framework_id, &info.id) {
-            (Some(a), Some(b)) if a != b => {
-                return Err(Status::invalid_argument(
-                    "framework_id and subscribe.framework_info.id differ",
-                ));
-            }
-            (Some(a), None) => info.id = Some(a.clone()),
-            _ => {}
-        }
+        let info = super::subscribe_info(call)?;
         let (tx, rx) = mpsc::channel(crate::STREAM_BUFFER);
         let stream_id = self
             .leader
@@ -60,7 +47,7 @@ impl Scheduler for SchedulerService {
         let mut response = Response::new(ReceiverStream::new(rx));
         let value = stream_id
             .parse()
-            .map_err(|_| Status::internal("stream id is not valid metadata"))?;
+            .map_err(|_| CallError::StreamIdNotMetadata)?;
         response.metadata_mut().insert(STREAM_ID, value);
         Ok(response)
     }
@@ -73,9 +60,7 @@ impl Scheduler for SchedulerService {
             .map(str::to_owned);
         let call = request.into_inner();
         if call.r#type == call::Type::Subscribe as i32 {
-            return Err(Status::invalid_argument(
-                "SUBSCRIBE goes to Subscribe, not Send",
-            ));
+            return Err(CallError::SubscribeOnSend.into());
         }
         self.leader
             .ask(|reply| Input::Call {

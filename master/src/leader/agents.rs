@@ -8,7 +8,7 @@ use cairn_api::internal::{
 };
 use cairn_api::v1::{AgentId, AgentInfo, Event, TaskState, event};
 
-use super::{AgentEntry, AgentSender, Leader, MAX_COMPLETED_TASKS, TaskEntry};
+use super::{AgentEntry, AgentSender, Leader, MAX_COMPLETED_TASKS, TaskEntry, update_event};
 use crate::error::CallError;
 
 impl Leader {
@@ -20,141 +20,16 @@ impl Leader {
         tasks: Vec<TaskRecord>,
         sender: AgentSender,
     ) -> Result<(String, u64), CallError> {
-        let total = Resources::from_proto(&info.resources)
-            .map_err(|e| CallError::Invalid(format!("agent resources: {e}")))?;
-        if info.hostname.is_empty() {
-            return Err(CallError::Invalid(
-                "agent registered without a hostname".into(),
-            ));
-        }
-        let agent_id = match info.id.as_ref().map(|i| i.value.clone()) {
-            Some(id) if !id.is_empty() => {
-                if !cairn_api::ids::is_safe_id(&id) {
-                    return Err(CallError::Invalid(format!(
-                        "agent id {id:?} is not a valid id"
-                    )));
-                }
-                if self.registry.state().gone_agents.contains(&id) {
-                    return Err(CallError::Forbidden(format!(
-                        "agent {id} was marked gone by the operator and may not register again; \
-                         start it on a fresh work dir to join as a new agent"
-                    )));
-                }
-                id
-            }
-            _ => cairn_api::ids::new_agent_id().value,
-        };
-        info.id = Some(AgentId {
-            value: agent_id.clone(),
-        });
-        let known = self.registry.state().agents.get(&agent_id) == Some(&info);
-        if !known {
-            self.registry
-                .propose(Operation::AdmitAgent(info.clone()))
-                .await?;
-        }
+        let (agent_id, total) = self.admit_agent(&mut info).await?;
         let conn = self.next_conn_id();
-        // Tasks the master placed here that the agent no longer knows (it restarted
-        // without them) are lost: say so, as Mesos does on re-registration.
-        let reported: std::collections::HashSet<(String, String)> = tasks
-            .iter()
-            .filter_map(|r| {
-                Some((
-                    r.framework_id.as_ref()?.value.clone(),
-                    r.task.as_ref()?.task_id.as_ref()?.value.clone(),
-                ))
-            })
-            .collect();
-        let forgotten: Vec<(String, String)> = self
-            .tasks
-            .iter()
-            .filter(|(k, t)| t.agent_id == agent_id && !reported.contains(*k))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in forgotten {
-            let mut task = self.tasks.remove(&key).expect("listed above");
-            let status = master_status(
-                &mut task,
-                TaskState::TaskLost,
-                cairn_api::v1::task_status::Reason::AgentReregistered,
-                format!("agent {agent_id} re-registered without the task"),
-            );
-            self.completed.push_back(task);
-            self.send_event(&key.0, update_event(status));
-        }
-        // Frameworks torn down while the agent was away: it must shut them down now.
-        let mut removed: Vec<String> = tasks
-            .iter()
-            .filter_map(|r| r.framework_id.as_ref().map(|f| f.value.clone()))
-            .filter(|fw| {
-                !self.frameworks.contains_key(fw)
-                    && !self.registry.state().frameworks.contains_key(fw)
-            })
-            .collect();
-        removed.sort();
-        removed.dedup();
-        let mut used = Resources::new();
-        let mut allocations = Vec::new();
-        for record in tasks {
-            let (Some(fw), Some(task)) = (record.framework_id, record.task) else {
-                continue;
-            };
-            let state = TaskState::try_from(record.state).unwrap_or(TaskState::TaskUnknown);
-            let task_id = task.task_id.clone().unwrap_or_default().value;
-            let resources = Resources::from_proto(&task.resources).unwrap_or_default();
-            let role = self.role_of(&fw.value);
-            if !state.is_terminal() {
-                used = used.add(&resources);
-                allocations.push((fw.value.clone(), role.clone(), resources.clone()));
-            }
-            let key = (fw.value.clone(), task_id);
-            let entry = TaskEntry {
-                framework_id: fw.value,
-                agent_id: agent_id.clone(),
-                role,
-                info: task,
-                resources,
-                state,
-                status: None,
-            };
-            if state.is_terminal() {
-                // Reported only until acknowledged: history, not a live task. A live
-                // entry from before must go, or its resent update would free it twice.
-                self.tasks.remove(&key);
-                self.completed.push_back(entry);
-            } else {
-                self.tasks.insert(key, entry);
-            }
-        }
+        self.forget_unreported_tasks(&agent_id, &tasks);
+        let removed = self.removed_frameworks(&tasks);
+        let (used, allocations) = self.adopt_reported_tasks(&agent_id, tasks);
         if self.agents.contains_key(&agent_id) {
             // A re-registration replaces the old stream; its offers are void.
             self.rescind_offers_of_agent(&agent_id);
         }
-        let heartbeat = self.config.agent_heartbeat_interval.as_secs_f64();
-        let registered = MasterMessage {
-            message: Some(master_message::Message::Registered(AgentRegistered {
-                agent_id: info.id.clone(),
-                heartbeat_interval_seconds: heartbeat,
-            })),
-        };
-        sender.try_send(Ok(registered)).map_err(|_| {
-            CallError::Unavailable("agent stream closed during registration".into())
-        })?;
-        for fw in removed {
-            tracing::info!(
-                agent_id,
-                framework_id = fw,
-                "the agent runs tasks of a removed framework; shutting it down there"
-            );
-            let shutdown = MasterMessage {
-                message: Some(master_message::Message::ShutdownFramework(
-                    cairn_api::internal::ShutdownFramework {
-                        framework_id: Some(cairn_api::v1::FrameworkId { value: fw }),
-                    },
-                )),
-            };
-            let _ = sender.try_send(Ok(shutdown));
-        }
+        self.send_registered(&agent_id, &sender, removed)?;
         tracing::info!(agent_id, hostname = %info.hostname, resources = %total, "agent registered");
         self.allocator.add_agent(&agent_id, total, allocations);
         let custom_executors = self
@@ -178,6 +53,173 @@ impl Leader {
             },
         );
         Ok((agent_id, conn))
+    }
+
+    /// Checks a registering agent and records it in the registry (unless it is
+    /// there unchanged): its id, kept or new, is set in `info`. Returns the id and
+    /// the agent's total resources.
+    async fn admit_agent(
+        &mut self,
+        info: &mut AgentInfo,
+    ) -> Result<(String, Resources), CallError> {
+        let total = Resources::from_proto(&info.resources).map_err(CallError::AgentResources)?;
+        if info.hostname.is_empty() {
+            return Err(CallError::AgentWithoutHostname);
+        }
+        let agent_id = match info.id.as_ref().map(|i| i.value.clone()) {
+            Some(id) if !id.is_empty() => {
+                if !cairn_api::ids::is_safe_id(&id) {
+                    return Err(CallError::InvalidAgentId { agent_id: id });
+                }
+                if self.registry.state().gone_agents.contains(&id) {
+                    return Err(CallError::AgentMarkedGone { agent_id: id });
+                }
+                id
+            }
+            _ => cairn_api::ids::new_agent_id().value,
+        };
+        info.id = Some(AgentId {
+            value: agent_id.clone(),
+        });
+        let known = self.registry.state().agents.get(&agent_id) == Some(&*info);
+        if !known {
+            self.registry
+                .propose(Operation::AdmitAgent(info.clone()))
+                .await?;
+        }
+        Ok((agent_id, total))
+    }
+
+    /// Tasks the master placed on the agent that it no longer reports (it restarted
+    /// without them) are lost: say so, as Mesos does on re-registration.
+    fn forget_unreported_tasks(&mut self, agent_id: &str, reported: &[TaskRecord]) {
+        let reported: std::collections::HashSet<(String, String)> = reported
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    r.framework_id.as_ref()?.value.clone(),
+                    r.task.as_ref()?.task_id.as_ref()?.value.clone(),
+                ))
+            })
+            .collect();
+        let forgotten: Vec<(String, String)> = self
+            .tasks
+            .iter()
+            .filter(|(k, t)| t.agent_id == agent_id && !reported.contains(*k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in forgotten {
+            let Some(mut task) = self.tasks.remove(&key) else {
+                continue;
+            };
+            let status = master_status(
+                &mut task,
+                TaskState::TaskLost,
+                cairn_api::v1::task_status::Reason::AgentReregistered,
+                format!("agent {agent_id} re-registered without the task"),
+            );
+            self.completed.push_back(task);
+            self.send_event(&key.0, update_event(status));
+        }
+    }
+
+    /// Frameworks the agent runs tasks of that were torn down while it was away: it
+    /// must shut them down now.
+    fn removed_frameworks(&self, reported: &[TaskRecord]) -> Vec<String> {
+        let mut removed: Vec<String> = reported
+            .iter()
+            .filter_map(|r| r.framework_id.as_ref().map(|f| f.value.clone()))
+            .filter(|fw| {
+                !self.frameworks.contains_key(fw)
+                    && !self.registry.state().frameworks.contains_key(fw)
+            })
+            .collect();
+        removed.sort();
+        removed.dedup();
+        removed
+    }
+
+    /// Takes the agent's reported tasks as the master's view of it: live ones as
+    /// tasks, terminal ones as history. Returns the resources the live ones use, in
+    /// total and per (framework, role) for the allocator.
+    fn adopt_reported_tasks(
+        &mut self,
+        agent_id: &str,
+        reported: Vec<TaskRecord>,
+    ) -> (Resources, Vec<(String, String, Resources)>) {
+        let mut used = Resources::new();
+        let mut allocations = Vec::new();
+        for record in reported {
+            let (Some(fw), Some(task)) = (record.framework_id, record.task) else {
+                continue;
+            };
+            let state = TaskState::try_from(record.state).unwrap_or(TaskState::TaskUnknown);
+            let task_id = task.task_id.clone().unwrap_or_default().value;
+            let resources = Resources::from_proto(&task.resources).unwrap_or_default();
+            let role = self.role_of(&fw.value);
+            if !state.is_terminal() {
+                used = used.add(&resources);
+                allocations.push((fw.value.clone(), role.clone(), resources.clone()));
+            }
+            let key = (fw.value.clone(), task_id);
+            let entry = TaskEntry {
+                framework_id: fw.value,
+                agent_id: agent_id.to_owned(),
+                role,
+                info: task,
+                resources,
+                state,
+                status: None,
+            };
+            if state.is_terminal() {
+                // Reported only until acknowledged: history, not a live task. A live
+                // entry from before must go, or its resent update would free it twice.
+                self.tasks.remove(&key);
+                self.completed.push_back(entry);
+            } else {
+                self.tasks.insert(key, entry);
+            }
+        }
+        (used, allocations)
+    }
+
+    /// REGISTERED on the agent's new stream, then a shutdown for each framework in
+    /// `removed`.
+    fn send_registered(
+        &self,
+        agent_id: &str,
+        sender: &AgentSender,
+        removed: Vec<String>,
+    ) -> Result<(), CallError> {
+        let registered = MasterMessage {
+            message: Some(master_message::Message::Registered(AgentRegistered {
+                agent_id: Some(AgentId {
+                    value: agent_id.to_owned(),
+                }),
+                heartbeat_interval_seconds: self.config.agent_heartbeat_interval.as_secs_f64(),
+            })),
+        };
+        sender
+            .try_send(Ok(registered))
+            .map_err(|_| CallError::AgentStreamClosed {
+                agent_id: agent_id.to_owned(),
+            })?;
+        for fw in removed {
+            tracing::info!(
+                agent_id,
+                framework_id = fw,
+                "the agent runs tasks of a removed framework; shutting it down there"
+            );
+            let shutdown = MasterMessage {
+                message: Some(master_message::Message::ShutdownFramework(
+                    cairn_api::internal::ShutdownFramework {
+                        framework_id: Some(cairn_api::v1::FrameworkId { value: fw }),
+                    },
+                )),
+            };
+            let _ = sender.try_send(Ok(shutdown));
+        }
+        Ok(())
     }
 
     pub(super) fn agent_message(
@@ -356,94 +398,9 @@ impl Leader {
     }
 }
 
-impl Leader {
-    /// An agent silent past the agent timeout: no more offers of it, its stream is
-    /// closed, and its live tasks are reported TASK_UNREACHABLE to partition-aware
-    /// frameworks and TASK_LOST to the others, as Mesos does. If the agent comes
-    /// back, it re-registers with its tasks and the master's view is rebuilt.
-    pub(super) fn agent_unreachable(&mut self, agent_id: &str) {
-        tracing::warn!(
-            agent_id,
-            "agent missed its heartbeats; marking it unreachable"
-        );
-        if let Some(agent) = self.agents.get_mut(agent_id) {
-            agent.conn = None;
-        }
-        self.allocator.set_agent_active(agent_id, false);
-        self.rescind_offers_of_agent(agent_id);
-        let lost: Vec<(String, String)> = self
-            .tasks
-            .iter()
-            .filter(|(_, t)| t.agent_id == agent_id && !t.state.is_terminal())
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in lost {
-            let state = if self.is_partition_aware(&key.0) {
-                TaskState::TaskUnreachable
-            } else {
-                TaskState::TaskLost
-            };
-            let task = self.tasks.get_mut(&key).expect("listed above");
-            let status = master_status(
-                task,
-                state,
-                cairn_api::v1::task_status::Reason::AgentRemoved,
-                format!("agent {agent_id} is unreachable"),
-            );
-            self.send_event(&key.0, update_event(status));
-        }
-    }
-}
-
-impl Leader {
-    /// MARK_AGENT_GONE: the operator says the agent is gone for good (decommissioned,
-    /// its disk wiped). Its tasks are TASK_GONE_BY_OPERATOR, its resources leave the
-    /// cluster, and the registry refuses the agent if it ever comes back.
-    pub(super) async fn mark_agent_gone(&mut self, agent_id: &str) -> Result<(), CallError> {
-        if self.registry.state().gone_agents.contains(agent_id) {
-            return Ok(()); // already gone: the call is idempotent, as in Mesos
-        }
-        if !self.registry.state().agents.contains_key(agent_id) {
-            return Err(CallError::NotFound(format!("agent {agent_id} is unknown")));
-        }
-        self.registry
-            .propose(Operation::MarkAgentGone(AgentId {
-                value: agent_id.to_owned(),
-            }))
-            .await?;
-        tracing::warn!(agent_id, "agent marked gone by the operator");
-        self.rescind_offers_of_agent(agent_id);
-        self.allocator.remove_agent(agent_id);
-        // Dropping its stream disconnects the agent; it is refused when it retries.
-        self.agents.remove(agent_id);
-        let gone: Vec<(String, String)> = self
-            .tasks
-            .iter()
-            .filter(|(_, t)| t.agent_id == agent_id)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in gone {
-            let mut task = self.tasks.remove(&key).expect("listed above");
-            let status = master_status(
-                &mut task,
-                TaskState::TaskGoneByOperator,
-                cairn_api::v1::task_status::Reason::AgentRemovedByOperator,
-                format!("agent {agent_id} was marked gone by the operator"),
-            );
-            self.completed.push_back(task);
-            if self.completed.len() > MAX_COMPLETED_TASKS {
-                self.completed.pop_front();
-            }
-            self.send_event(&key.0, update_event(status));
-        }
-        self.allocate();
-        Ok(())
-    }
-}
-
 /// An update the master itself reports for a task (source MASTER, no uuid: nothing to
 /// acknowledge), recorded as the task's latest status.
-fn master_status(
+pub(super) fn master_status(
     task: &mut TaskEntry,
     state: TaskState,
     reason: cairn_api::v1::task_status::Reason,
@@ -464,14 +421,4 @@ fn master_status(
     task.state = state;
     task.status = Some(status.clone());
     status
-}
-
-fn update_event(status: cairn_api::v1::TaskStatus) -> Event {
-    Event {
-        r#type: event::Type::Update as i32,
-        update: Some(event::Update {
-            status: Some(status),
-        }),
-        ..Default::default()
-    }
 }

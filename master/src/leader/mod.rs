@@ -2,11 +2,17 @@
 //! of tasks. Every input arrives on one channel; after each one the actor publishes
 //! an immutable snapshot, so `/state` and other readers never wait on allocation.
 
+mod accept;
+mod agent_removal;
 mod agents;
 mod allocation;
-mod frameworks;
+mod calls;
+mod reconcile;
 mod roles;
 mod snapshot;
+mod subscribe;
+#[cfg(test)]
+mod testing;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -15,7 +21,7 @@ use std::time::{Duration, Instant};
 use cairn_api::Resources;
 use cairn_api::internal::{MasterMessage, RoleQuota, RoleWeight, TaskRecord, agent_message};
 use cairn_api::v1::{
-    AgentInfo, Call, Event, FrameworkInfo, Offer, TaskInfo, TaskState, TaskStatus,
+    AgentInfo, Call, Event, FrameworkInfo, Offer, TaskInfo, TaskState, TaskStatus, event,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -203,9 +209,8 @@ impl LeaderHandle {
         self.inputs
             .send(make(tx))
             .await
-            .map_err(|_| CallError::Unavailable("the master is shutting down".into()))?;
-        rx.await
-            .map_err(|_| CallError::Unavailable("the master is shutting down".into()))?
+            .map_err(|_| CallError::ShuttingDown)?;
+        rx.await.map_err(|_| CallError::ShuttingDown)?
     }
 }
 
@@ -316,9 +321,7 @@ impl Leader {
                 let result = if self.registry.state().frameworks.contains_key(&framework_id) {
                     self.teardown(&framework_id).await
                 } else {
-                    Err(CallError::NotFound(format!(
-                        "framework {framework_id} is unknown"
-                    )))
+                    Err(CallError::UnknownFramework { framework_id })
                 };
                 let _ = reply.send(result);
             }
@@ -403,6 +406,17 @@ impl Leader {
                 path: "/".into(),
             }),
         }
+    }
+}
+
+/// An UPDATE event carrying `status`.
+fn update_event(status: TaskStatus) -> Event {
+    Event {
+        r#type: event::Type::Update as i32,
+        update: Some(event::Update {
+            status: Some(status),
+        }),
+        ..Default::default()
     }
 }
 

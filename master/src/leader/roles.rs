@@ -12,10 +12,11 @@ use crate::error::CallError;
 /// Mesos' role name rules: path components that are not empty, `.` or `..`, do not
 /// start with `-`, and hold no whitespace or control characters.
 pub(crate) fn validate_role(role: &str) -> Result<(), CallError> {
-    let bad = |why: &str| {
-        Err(CallError::Invalid(format!(
-            "role {role:?} is invalid: {why}"
-        )))
+    let bad = |why: &'static str| {
+        Err(CallError::InvalidRole {
+            role: role.to_owned(),
+            why,
+        })
     };
     if role.is_empty() {
         return bad("it is empty");
@@ -41,9 +42,12 @@ pub(crate) fn validate_role(role: &str) -> Result<(), CallError> {
 }
 
 fn parse_quota(q: &RoleQuota) -> Result<Quota, CallError> {
-    let parse = |text: &str, what: &str| {
-        Resources::parse(text)
-            .map_err(|e| CallError::Invalid(format!("quota for role {}: {what}: {e}", q.role)))
+    let parse = |text: &str, part: &'static str| {
+        Resources::parse(text).map_err(|error| CallError::UnparsableQuota {
+            role: q.role.clone(),
+            part,
+            error,
+        })
     };
     let guarantee = parse(&q.guarantee, "guarantee")?;
     let limit = if q.limit.is_empty() {
@@ -55,10 +59,12 @@ fn parse_quota(q: &RoleQuota) -> Result<Quota, CallError> {
         for kind in ["cpus", "mem", "disk", "gpus"] {
             let (g, l) = (guarantee.scalar(kind), limit.scalar(kind));
             if l > 0.0 && g > l {
-                return Err(CallError::Invalid(format!(
-                    "quota for role {}: guarantee {kind}:{g} exceeds limit {kind}:{l}",
-                    q.role
-                )));
+                return Err(CallError::QuotaAboveLimit {
+                    role: q.role.clone(),
+                    kind,
+                    guarantee: g,
+                    limit: l,
+                });
             }
         }
     }
@@ -88,10 +94,10 @@ impl Leader {
         for w in &weights {
             validate_role(&w.role)?;
             if !w.weight.is_finite() || w.weight <= 0.0 {
-                return Err(CallError::Invalid(format!(
-                    "weight {} for role {} must be a positive number",
-                    w.weight, w.role
-                )));
+                return Err(CallError::InvalidWeight {
+                    role: w.role.clone(),
+                    weight: w.weight,
+                });
             }
         }
         self.registry
@@ -112,9 +118,7 @@ impl Leader {
         for q in &quotas {
             validate_role(&q.role)?;
             if q.role == "*" {
-                return Err(CallError::Invalid(
-                    "the role '*' cannot have a quota".into(),
-                ));
+                return Err(CallError::QuotaForDefaultRole);
             }
             parsed.push(parse_quota(q)?);
         }

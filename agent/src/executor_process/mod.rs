@@ -4,28 +4,22 @@
 //! agent. It outlives its agent: when the socket drops it keeps its tasks running
 //! and re-subscribes, giving up only after the recovery timeout.
 
+mod agent_link;
 pub mod containerizer;
-mod custom;
+mod custom_executor;
 mod task;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::Context as _;
-use cairn_api::internal::{
-    ExecutorCall, ExecutorEvent, ExecutorHeartbeat, ExecutorMessage, ExecutorShutdown,
-    ExecutorSubscribe, ExecutorUpdate, executor_call, executor_event,
-};
-use cairn_api::v1::{ExecutorId, FrameworkId, TaskId, TaskStatus};
+use cairn_api::internal::{ExecutorEvent, ExecutorShutdown, executor_event};
+use cairn_api::v1::{TaskId, TaskStatus};
 use cairn_sandbox::{Sandbox, SandboxConfig};
-use tokio::io::AsyncWriteExt as _;
-use tokio::net::UnixStream;
-use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
-use crate::framing::{encode_frame, read_frame, write_frame};
+use crate::error::ExecutorError;
 
 #[derive(Debug, Clone)]
 pub struct ExecutorArgs {
@@ -97,38 +91,24 @@ struct Executor {
     containerizers: Containerizers,
     running: HashMap<String, Running>,
     /// Custom executors by executor id.
-    customs: HashMap<String, custom::CustomExecutor>,
+    customs: HashMap<String, custom_executor::CustomExecutor>,
     messages: mpsc::UnboundedSender<(String, Vec<u8>)>,
     died: mpsc::UnboundedSender<String>,
     /// Every task this executor ever started: a task runs at most once, whatever
     /// the agent resends.
     started: std::collections::HashSet<String>,
     /// Updates sent but not yet acknowledged, resent after a re-subscription.
-    unacked: Unacked,
+    unacked: agent_link::Unacked,
     statuses: mpsc::UnboundedSender<TaskStatus>,
 }
 
-pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
-    let cache = match &args.compile_cache {
-        Some((dir, key_file)) => {
-            let key = std::fs::read(key_file)
-                .with_context(|| format!("reading the compile cache key {}", key_file.display()))?;
-            Some(cairn_sandbox::CacheConfig {
-                dir: dir.clone(),
-                key,
-            })
-        }
-        None => None,
-    };
-    let config = SandboxConfig {
-        cache,
-        max_instances: MAX_TASKS,
-        ..SandboxConfig::default()
-    };
-    let sandbox = Sandbox::new(config).context("setting up the wasm sandbox")?;
-    let (statuses, mut status_rx) = mpsc::unbounded_channel();
-    let (messages, mut message_rx) = mpsc::unbounded_channel();
-    let (died, mut died_rx) = mpsc::unbounded_channel();
+/// Runs the executor process until it is shut down, or its agent stays away past the
+/// recovery timeout.
+pub async fn run_executor(args: ExecutorArgs) -> Result<(), ExecutorError> {
+    let sandbox = Sandbox::new(sandbox_config(&args)?).map_err(ExecutorError::Sandbox)?;
+    let (statuses, status_rx) = mpsc::unbounded_channel();
+    let (messages, message_rx) = mpsc::unbounded_channel();
+    let (died, died_rx) = mpsc::unbounded_channel();
     let containerizers = Containerizers {
         wasm: Arc::new(containerizer::wasm::WasmContainerizer::new(sandbox.clone())),
         native: Arc::new(containerizer::native::NativeContainerizer::new(
@@ -138,7 +118,7 @@ pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
         docker: Arc::new(containerizer::docker::DockerContainerizer::new()),
     };
     containerizers.clean_up(&args.framework_id).await;
-    let mut executor = Executor {
+    let executor = Executor {
         args,
         sandbox,
         containerizers,
@@ -147,74 +127,39 @@ pub async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
         messages,
         died,
         started: std::collections::HashSet::new(),
-        unacked: Unacked::default(),
+        unacked: agent_link::Unacked::default(),
         statuses,
     };
-    let mut shutting_down: Option<Instant> = None;
-    let mut heartbeat = tokio::time::interval(HEARTBEAT);
-    loop {
-        // The subscription carries our tasks and unacknowledged updates: the agent
-        // records what it lost and relaunches what we never received.
-        let (mut writer, mut events) = executor.connect().await?;
-        loop {
-            if let Some(since) = shutting_down
-                && (executor.running.is_empty() || since.elapsed() > SHUTDOWN_GRACE)
-            {
-                return Ok(());
-            }
-            tokio::select! {
-                event = events.recv() => match event {
-                    Some(event) => {
-                        if executor.on_event(event) {
-                            shutting_down.get_or_insert_with(Instant::now);
-                        }
-                    }
-                    None => break,
-                },
-                Some(status) = status_rx.recv() => {
-                    // Updates queued behind this one go in the same write.
-                    let mut batch = vec![status];
-                    while batch.len() < MAX_UPDATE_BATCH {
-                        match status_rx.try_recv() {
-                            Ok(next) => batch.push(next),
-                            Err(_) => break,
-                        }
-                    }
-                    let frames = encode_updates(batch, |status| executor.on_status(status));
-                    if writer.write_all(&frames).await.is_err() {
-                        break;
-                    }
-                }
-                Some(executor_id) = died_rx.recv() => executor.custom_died(&executor_id),
-                Some((executor_id, data)) = message_rx.recv() => {
-                    let call = ExecutorCall {
-                        call: Some(executor_call::Call::Message(ExecutorMessage {
-                            data,
-                            executor_id: Some(ExecutorId { value: executor_id }),
-                        })),
-                    };
-                    if write_frame(&mut writer, &call).await.is_err() {
-                        break;
-                    }
-                }
-                _ = heartbeat.tick() => {
-                    let usage = executor.usage().await;
-                    let call = ExecutorCall {
-                        call: Some(executor_call::Call::Heartbeat(ExecutorHeartbeat { usage })),
-                    };
-                    if write_frame(&mut writer, &call).await.is_err() {
-                        break;
-                    }
-                }
-                _ = tokio::time::sleep(Duration::from_millis(200)), if shutting_down.is_some() => {}
-            }
+    executor
+        .serve(agent_link::Inbound {
+            statuses: status_rx,
+            messages: message_rx,
+            died: died_rx,
+        })
+        .await
+}
+
+/// The wasm sandbox's settings: the agent's compile cache, read-only to executors,
+/// and instance slots for as many tasks as one executor runs.
+fn sandbox_config(args: &ExecutorArgs) -> Result<SandboxConfig, ExecutorError> {
+    let cache = match &args.compile_cache {
+        Some((dir, key_file)) => {
+            let key = std::fs::read(key_file).map_err(|source| ExecutorError::CacheKey {
+                path: key_file.clone(),
+                source,
+            })?;
+            Some(cairn_sandbox::CacheConfig {
+                dir: dir.clone(),
+                key,
+            })
         }
-        if executor.running.is_empty() {
-            tracing::info!("agent connection closed and no tasks are running; exiting");
-            return Ok(());
-        }
-        tracing::warn!("lost the agent; tasks keep running while it recovers");
-    }
+        None => None,
+    };
+    Ok(SandboxConfig {
+        cache,
+        max_instances: MAX_TASKS,
+        ..SandboxConfig::default()
+    })
 }
 
 /// A status update the executor process itself reports for a task.
@@ -240,117 +185,7 @@ fn status(
     }
 }
 
-/// No status update is larger: a custom executor chooses its messages, and one that
-/// could not be framed would be lost, with every update resent behind it.
-const MAX_STATUS_BYTES: usize = 1 << 20;
-/// What is kept of an oversized update's message.
-const TRUNCATED_MESSAGE_BYTES: usize = 64 << 10;
-
-/// Frames a batch of updates for one write, handing each update on (to be kept until
-/// acknowledged) once it is encoded: no update is copied. An oversized update is
-/// cut down to fit (its message truncated, its data dropped) rather than lost.
-fn encode_updates(batch: Vec<TaskStatus>, mut sent: impl FnMut(TaskStatus)) -> Vec<u8> {
-    let mut buf = Vec::new();
-    for mut status in batch {
-        if prost::Message::encoded_len(&status) > MAX_STATUS_BYTES {
-            tracing::warn!(
-                bytes = prost::Message::encoded_len(&status),
-                "status update too large; its message is truncated and its data dropped"
-            );
-            let mut end = status.message.len().min(TRUNCATED_MESSAGE_BYTES);
-            while !status.message.is_char_boundary(end) {
-                end -= 1;
-            }
-            status.message.truncate(end);
-            status.data.clear();
-            status.labels = None;
-        }
-        let call = ExecutorCall {
-            call: Some(executor_call::Call::Update(ExecutorUpdate {
-                status: Some(status),
-            })),
-        };
-        if let Err(e) = encode_frame(&call, &mut buf) {
-            // Cannot happen below the frame limit; kept (and resent) all the same.
-            tracing::error!(error = %e, "cannot frame a status update");
-        }
-        if let Some(executor_call::Call::Update(ExecutorUpdate {
-            status: Some(status),
-        })) = call.call
-        {
-            sent(status);
-        }
-    }
-    buf
-}
-
 impl Executor {
-    /// Connects and subscribes, retrying until the recovery timeout.
-    async fn connect(&self) -> anyhow::Result<(OwnedWriteHalf, mpsc::Receiver<ExecutorEvent>)> {
-        let deadline = Instant::now() + self.args.recovery_timeout;
-        loop {
-            match self.try_connect().await {
-                Ok(c) => return Ok(c),
-                Err(e) if Instant::now() < deadline => {
-                    tracing::debug!(error = %e, "agent not reachable yet");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err(e) => {
-                    self.kill_all();
-                    return Err(e.context(format!(
-                        "the agent did not come back within {}",
-                        humantime::format_duration(self.args.recovery_timeout)
-                    )));
-                }
-            }
-        }
-    }
-
-    async fn try_connect(&self) -> anyhow::Result<(OwnedWriteHalf, mpsc::Receiver<ExecutorEvent>)> {
-        let stream = UnixStream::connect(&self.args.agent_socket)
-            .await
-            .with_context(|| format!("connecting to {}", self.args.agent_socket.display()))?;
-        let (reader, mut writer) = stream.into_split();
-        let mut reader = tokio::io::BufReader::with_capacity(64 << 10, reader);
-        let subscribe = ExecutorCall {
-            call: Some(executor_call::Call::Subscribe(ExecutorSubscribe {
-                framework_id: Some(FrameworkId {
-                    value: self.args.framework_id.clone(),
-                }),
-                executor_id: Some(ExecutorId {
-                    value: self.args.executor_id.clone(),
-                }),
-                pid: std::process::id(),
-                tasks: self
-                    .running
-                    .keys()
-                    .map(|id| TaskId { value: id.clone() })
-                    .collect(),
-                unacknowledged_updates: self.unacked.in_order(),
-            })),
-        };
-        write_frame(&mut writer, &subscribe).await?;
-        let (tx, rx) = mpsc::channel(1024);
-        // Reading has its own task: a frame half-read must never be abandoned by a select.
-        tokio::spawn(async move {
-            loop {
-                match read_frame::<_, ExecutorEvent>(&mut reader).await {
-                    Ok(Some(event)) => {
-                        if tx.send(event).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => return,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "agent connection broken");
-                        return;
-                    }
-                }
-            }
-        });
-        Ok((writer, rx))
-    }
-
     /// Handles one event from the agent; returns true when asked to shut down.
     fn on_event(&mut self, event: ExecutorEvent) -> bool {
         match event.event {
@@ -390,7 +225,7 @@ impl Executor {
                     // A custom executor is asked, and given the grace period.
                     Running::Custom(executor_id) => {
                         if let Some(custom) = self.customs.get(executor_id) {
-                            custom.send(custom::CustomCall::Kill { task_id, grace });
+                            custom.send(custom_executor::CustomCall::Kill { task_id, grace });
                         }
                     }
                 }
@@ -401,7 +236,7 @@ impl Executor {
             Some(executor_event::Event::Message(m)) => {
                 let target = m.executor_id.as_ref().map(|e| e.value.as_str());
                 match target.and_then(|id| self.customs.get(id)) {
-                    Some(custom) => custom.send(custom::CustomCall::Message(m.data)),
+                    Some(custom) => custom.send(custom_executor::CustomCall::Message(m.data)),
                     // Plain WASI commands have no way to receive one.
                     None => tracing::info!(
                         bytes = m.data.len(),
@@ -416,7 +251,7 @@ impl Executor {
             })) => {
                 tracing::info!(executor_id = id.value, "custom executor shutdown requested");
                 if let Some(custom) = self.customs.remove(&id.value) {
-                    custom.send(custom::CustomCall::Shutdown);
+                    custom.send(custom_executor::CustomCall::Shutdown);
                 }
             }
             Some(executor_event::Event::Shutdown(_)) => {
@@ -453,7 +288,7 @@ impl Executor {
             }
         }
         for custom in self.customs.values() {
-            custom.send(custom::CustomCall::Shutdown);
+            custom.send(custom_executor::CustomCall::Shutdown);
         }
     }
 
@@ -474,7 +309,7 @@ impl Executor {
             .map(|e| e.value.clone())
         {
             let custom = self.customs.entry(executor_id.clone()).or_insert_with(|| {
-                custom::start(custom::Context {
+                custom_executor::start(custom_executor::Context {
                     sandbox: self.sandbox.clone(),
                     executor_id: executor_id.clone(),
                     directory: self.args.directory.clone(),
@@ -484,7 +319,7 @@ impl Executor {
                     call_timeout: self.args.custom_call_timeout,
                 })
             });
-            custom.send(custom::CustomCall::Launch {
+            custom.send(custom_executor::CustomCall::Launch {
                 task: Box::new(task),
                 sandbox,
             });
@@ -545,75 +380,5 @@ impl Executor {
             self.running.remove(&task_id.value);
         }
         self.unacked.push(status);
-    }
-}
-
-/// Sent updates awaiting the agent's acknowledgement, in the order they were sent:
-/// thousands of short tasks keep thousands here, so an acknowledgement must not
-/// scan them all.
-#[derive(Default)]
-struct Unacked {
-    next: u64,
-    by_seq: std::collections::BTreeMap<u64, TaskStatus>,
-    seq_of: HashMap<Vec<u8>, u64>,
-}
-
-impl Unacked {
-    fn push(&mut self, status: TaskStatus) {
-        self.next += 1;
-        self.seq_of.insert(status.uuid.clone(), self.next);
-        self.by_seq.insert(self.next, status);
-    }
-
-    fn remove(&mut self, uuid: &[u8]) {
-        if let Some(seq) = self.seq_of.remove(uuid) {
-            self.by_seq.remove(&seq);
-        }
-    }
-
-    fn in_order(&self) -> Vec<TaskStatus> {
-        self.by_seq.values().cloned().collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn an_oversized_update_is_cut_down_and_the_batch_still_goes() {
-        let huge = TaskStatus {
-            message: "é".repeat(MAX_STATUS_BYTES),
-            data: vec![7; 1024],
-            ..status(
-                "big",
-                cairn_api::v1::TaskState::TaskFailed,
-                String::new(),
-                None,
-            )
-        };
-        let small = status(
-            "small",
-            cairn_api::v1::TaskState::TaskFinished,
-            "done".into(),
-            None,
-        );
-        let mut kept = Vec::new();
-        let frames = encode_updates(vec![huge, small], |s| kept.push(s));
-        assert_eq!(kept.len(), 2, "both are kept until acknowledged");
-        assert!(kept[0].message.len() <= TRUNCATED_MESSAGE_BYTES);
-        assert!(kept[0].message.starts_with('é'));
-        assert!(kept[0].data.is_empty());
-        let mut reader = frames.as_slice();
-        for want in ["big", "small"] {
-            let call: ExecutorCall = crate::framing::read_frame(&mut reader)
-                .await
-                .unwrap()
-                .unwrap();
-            let Some(executor_call::Call::Update(update)) = call.call else {
-                panic!("not an update: {call:?}");
-            };
-            assert_eq!(update.status.unwrap().task_id.unwrap().value, want);
-        }
     }
 }

@@ -289,6 +289,157 @@ fn usage_of(cgroup: &Cgroup) -> Usage {
     }
 }
 
+impl NativeContainerizer {
+    /// Starts the task's process straight into its cgroup, in the sandbox, with its
+    /// namespaces and as its user.
+    fn spawn(
+        &self,
+        spec: &LaunchSpec,
+        exec: &super::Exec,
+        ids: Option<(u32, u32)>,
+        cgroup: &Cgroup,
+    ) -> Result<tokio::process::Child, String> {
+        let files = procs_files(cgroup)?;
+        let fds: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
+        let (stdout, stderr) = sandbox_outputs(spec, ids)?;
+        let mut cmd = tokio::process::Command::new(&exec.program);
+        cmd.arg0(&exec.argv[0])
+            .args(&exec.argv[1..])
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .envs(super::environment(
+                spec,
+                &spec.sandbox.display().to_string(),
+            ))
+            .current_dir(&spec.sandbox)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            // Its own process group: signals to the task never reach the executor.
+            .process_group(0)
+            .kill_on_drop(false);
+        enter_container(&mut cmd, fds, self.unshare, ids);
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", exec.program))?;
+        drop(files);
+        Ok(child)
+    }
+}
+
+/// The task's stdout and stderr in its sandbox, owned by its user.
+fn sandbox_outputs(
+    spec: &LaunchSpec,
+    ids: Option<(u32, u32)>,
+) -> Result<(std::fs::File, std::fs::File), String> {
+    let output = |name: &str| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(spec.sandbox.join(name))
+            .map_err(|e| format!("cannot open the sandbox's {name}: {e}"))
+    };
+    let (stdout, stderr) = (output("stdout")?, output("stderr")?);
+    if let Some((uid, gid)) = ids {
+        for path in [
+            spec.sandbox.clone(),
+            spec.sandbox.join("stdout"),
+            spec.sandbox.join("stderr"),
+        ] {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                .map_err(|e| format!("cannot give the sandbox to the task's user: {e}"))?;
+        }
+    }
+    Ok((stdout, stderr))
+}
+
+/// What the child does between fork and exec: join the cgroup (writing "0" to each
+/// `cgroup.procs` it holds open), unshare namespaces, then drop to the task's user.
+fn enter_container(
+    cmd: &mut tokio::process::Command,
+    fds: Vec<i32>,
+    unshare: i32,
+    ids: Option<(u32, u32)>,
+) {
+    // SAFETY: between fork and exec the closure calls only async-signal-safe
+    // system calls (write, unshare, mount, setgroups, setgid, setuid) on values
+    // prepared before the fork, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                if nix::libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // Namespaces before the user switch: unsharing needs root.
+            if unshare != 0 && nix::libc::unshare(unshare) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Mounts the task makes must not propagate back to the host.
+            if unshare & nix::libc::CLONE_NEWNS != 0
+                && nix::libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    nix::libc::MS_REC | nix::libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if unshare & nix::libc::CLONE_NEWPID != 0 {
+                enter_pid_namespace(unshare & nix::libc::CLONE_NEWNS != 0)?;
+            }
+            if let Some((uid, gid)) = ids {
+                let groups = [gid];
+                if nix::libc::setgroups(1, groups.as_ptr()) != 0
+                    || nix::libc::setgid(gid) != 0
+                    || nix::libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Waits for the task's main process, then reports its end with what it used; what
+/// it left behind dies with it.
+async fn reap(
+    mut child: tokio::process::Child,
+    container: Arc<Container>,
+    ended: watch::Sender<Option<Termination>>,
+) {
+    let status = child.wait().await;
+    let usage = usage_of(&container.cgroup);
+    let ooms = oom_kills(&container.cgroup);
+    destroy(&container.cgroup).await;
+    let mut termination = match status {
+        _ if ooms > 0 => Termination::out_of_memory(container.mem_bytes),
+        _ if container.killed.load(Ordering::SeqCst) => Termination::killed(),
+        Ok(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
+            (Some(code), _) => Termination::exit_code(code.into()),
+            (None, Some(signal)) => {
+                let mut t = Termination::new(
+                    cairn_api::v1::TaskState::TaskFailed,
+                    format!("Command terminated with signal {signal}"),
+                    Some(cairn_api::v1::task_status::Reason::CommandExecutorFailed),
+                );
+                t.labels.push(label("cairn.signal", signal));
+                t
+            }
+            (None, None) => Termination::exit_code(-1),
+        },
+        Err(e) => Termination::launch_failed(format!("waiting for the task: {e}")),
+    };
+    termination.labels.extend([
+        label("cairn.usage.cpu_time_ms", usage.cpu_time.as_millis()),
+        label("cairn.usage.memory_bytes", usage.memory_bytes),
+    ]);
+    let _ = ended.send(Some(termination));
+}
+
 #[async_trait::async_trait]
 impl Containerizer for NativeContainerizer {
     async fn launch(&self, spec: &LaunchSpec) -> Result<(), String> {
@@ -303,92 +454,7 @@ impl Containerizer for NativeContainerizer {
                 .await
                 .map_err(|e| e.to_string())??
         };
-        let spawned = (|| -> Result<tokio::process::Child, String> {
-            let files = procs_files(&cgroup)?;
-            let fds: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
-            let output = |name: &str| {
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(spec.sandbox.join(name))
-                    .map_err(|e| format!("cannot open the sandbox's {name}: {e}"))
-            };
-            let (stdout, stderr) = (output("stdout")?, output("stderr")?);
-            if let Some((uid, gid)) = ids {
-                for path in [
-                    spec.sandbox.clone(),
-                    spec.sandbox.join("stdout"),
-                    spec.sandbox.join("stderr"),
-                ] {
-                    std::os::unix::fs::chown(&path, Some(uid), Some(gid))
-                        .map_err(|e| format!("cannot give the sandbox to the task's user: {e}"))?;
-                }
-            }
-            let mut cmd = tokio::process::Command::new(&exec.program);
-            cmd.arg0(&exec.argv[0])
-                .args(&exec.argv[1..])
-                .env_clear()
-                .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-                .envs(super::environment(
-                    spec,
-                    &spec.sandbox.display().to_string(),
-                ))
-                .current_dir(&spec.sandbox)
-                .stdin(Stdio::null())
-                .stdout(stdout)
-                .stderr(stderr)
-                // Its own process group: signals to the task never reach the executor.
-                .process_group(0)
-                .kill_on_drop(false);
-            let unshare = self.unshare;
-            // SAFETY: between fork and exec the closure calls only async-signal-safe
-            // system calls (write, unshare, mount, setgroups, setgid, setuid) on values
-            // prepared before the fork, and allocates nothing.
-            unsafe {
-                cmd.pre_exec(move || {
-                    for &fd in &fds {
-                        if nix::libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                    }
-                    // Namespaces before the user switch: unsharing needs root.
-                    if unshare != 0 && nix::libc::unshare(unshare) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    // Mounts the task makes must not propagate back to the host.
-                    if unshare & nix::libc::CLONE_NEWNS != 0
-                        && nix::libc::mount(
-                            std::ptr::null(),
-                            c"/".as_ptr(),
-                            std::ptr::null(),
-                            nix::libc::MS_REC | nix::libc::MS_PRIVATE,
-                            std::ptr::null(),
-                        ) != 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    if unshare & nix::libc::CLONE_NEWPID != 0 {
-                        enter_pid_namespace(unshare & nix::libc::CLONE_NEWNS != 0)?;
-                    }
-                    if let Some((uid, gid)) = ids {
-                        let groups = [gid];
-                        if nix::libc::setgroups(1, groups.as_ptr()) != 0
-                            || nix::libc::setgid(gid) != 0
-                            || nix::libc::setuid(uid) != 0
-                        {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                    }
-                    Ok(())
-                });
-            }
-            let child = cmd
-                .spawn()
-                .map_err(|e| format!("cannot run {}: {e}", exec.program))?;
-            drop(files);
-            Ok(child)
-        })();
-        let mut child = match spawned {
+        let child = match self.spawn(spec, &exec, ids, &cgroup) {
             Ok(child) => child,
             Err(e) => {
                 destroy(&cgroup).await;
@@ -405,36 +471,7 @@ impl Containerizer for NativeContainerizer {
             ended,
         });
         self.lock().insert(task_id, container.clone());
-        tokio::spawn(async move {
-            let status = child.wait().await;
-            let usage = usage_of(&container.cgroup);
-            let ooms = oom_kills(&container.cgroup);
-            // The task is its main process: what it leaves behind dies with it.
-            destroy(&container.cgroup).await;
-            let mut termination = match status {
-                _ if ooms > 0 => Termination::out_of_memory(container.mem_bytes),
-                _ if container.killed.load(Ordering::SeqCst) => Termination::killed(),
-                Ok(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
-                    (Some(code), _) => Termination::exit_code(code.into()),
-                    (None, Some(signal)) => {
-                        let mut t = Termination::new(
-                            cairn_api::v1::TaskState::TaskFailed,
-                            format!("Command terminated with signal {signal}"),
-                            Some(cairn_api::v1::task_status::Reason::CommandExecutorFailed),
-                        );
-                        t.labels.push(label("cairn.signal", signal));
-                        t
-                    }
-                    (None, None) => Termination::exit_code(-1),
-                },
-                Err(e) => Termination::launch_failed(format!("waiting for the task: {e}")),
-            };
-            termination.labels.extend([
-                label("cairn.usage.cpu_time_ms", usage.cpu_time.as_millis()),
-                label("cairn.usage.memory_bytes", usage.memory_bytes),
-            ]);
-            let _ = ended_tx.send(Some(termination));
-        });
+        tokio::spawn(reap(child, container, ended_tx));
         Ok(())
     }
 

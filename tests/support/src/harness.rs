@@ -1,4 +1,7 @@
 //! Starting and stopping real `cairn` processes, and waiting on what they log.
+//!
+//! The waits here poll with a deadline and block their thread: async tests run them
+//! through [`blocking`] (or the `async` helpers built on it), off the runtime's workers.
 
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -11,13 +14,38 @@ use nix::unistd::Pid;
 /// How long any single wait in these tests may take before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
-pub fn cairn_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_cairn")
+/// The `cairn` binary the daemons and `cairn run` are started from. Cargo tells only
+/// the root package's integration tests and benches where it is, so they hand it in:
+/// `Cairn::at(env!("CARGO_BIN_EXE_cairn"))`.
+#[derive(Clone, Copy, Debug)]
+pub struct Cairn(&'static str);
+
+impl Cairn {
+    pub const fn at(path: &'static str) -> Cairn {
+        Cairn(path)
+    }
+
+    pub fn path(self) -> &'static Path {
+        Path::new(self.0)
+    }
+
+    /// A command running this binary.
+    pub fn command(self) -> Command {
+        Command::new(self.0)
+    }
+}
+
+/// The workspace's root directory (this crate is `tests/support` in it).
+pub fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("tests/support is two levels below the workspace root")
 }
 
 /// A guest module built by `scripts/build-guests`.
 pub fn guest(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+    let path = workspace_root()
         .join("examples/build")
         .join(format!("{name}.wasm"));
     assert!(
@@ -40,6 +68,23 @@ pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// The first line of the file at `log` containing `needle`, waited for.
+fn wait_for_line(log: &Path, needle: &str) -> String {
+    wait_for(&format!("{needle:?} in {}", log.display()), || {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.contains(needle))
+            .map(str::to_owned)
+    })
+}
+
+/// The value after `key=` in a log line, e.g. `address=127.0.0.1:4321`.
+fn value_after(line: &str, key: &str) -> String {
+    let start = line.find(&format!("{key}=")).unwrap() + key.len() + 1;
+    line[start..].split_whitespace().next().unwrap().to_owned()
+}
+
 /// A daemon process logging to a file; killed with its process group on drop.
 pub struct Daemon {
     child: Child,
@@ -47,9 +92,10 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn start(args: &[&str], log: PathBuf) -> Daemon {
+    pub fn start(cairn: Cairn, args: &[&str], log: PathBuf) -> Daemon {
         let file = std::fs::File::create(&log).expect("creating the log file");
-        let child = Command::new(cairn_bin())
+        let child = cairn
+            .command()
             .args(args)
             .env("CAIRN_LOG", "info")
             .stdin(Stdio::null())
@@ -61,8 +107,6 @@ impl Daemon {
         Daemon { child, log }
     }
 
-    /// Used by the capacity benchmark, which shares this harness.
-    #[allow(dead_code)]
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -73,19 +117,23 @@ impl Daemon {
 
     /// Waits for a log line containing `needle` and returns it.
     pub fn wait_for_log(&self, needle: &str) -> String {
-        wait_for(&format!("{needle:?} in {}", self.log.display()), || {
-            self.log_text()
-                .lines()
-                .find(|l| l.contains(needle))
-                .map(str::to_owned)
-        })
+        wait_for_line(&self.log, needle)
     }
 
     /// The address a daemon logged after `key=`, e.g. `address=127.0.0.1:4321`.
     pub fn wait_for_address(&self, key: &str) -> String {
-        let line = self.wait_for_log(&format!("{key}="));
-        let start = line.find(&format!("{key}=")).unwrap() + key.len() + 1;
-        line[start..].split_whitespace().next().unwrap().to_owned()
+        value_after(&self.wait_for_log(&format!("{key}=")), key)
+    }
+
+    /// [`Daemon::wait_for_log`] for async tests: the wait runs off the runtime's workers.
+    pub async fn logged(&self, needle: &str) -> String {
+        let (log, needle) = (self.log.clone(), needle.to_owned());
+        blocking(move || wait_for_line(&log, &needle)).await
+    }
+
+    /// [`Daemon::wait_for_address`] for async tests.
+    pub async fn logged_address(&self, key: &str) -> String {
+        value_after(&self.logged(&format!("{key}=")).await, key)
     }
 
     pub fn signal(&self, signal: Signal) {
@@ -93,9 +141,16 @@ impl Daemon {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child.try_wait().expect("polling the daemon").is_none()
+        self.exit_status().is_none()
     }
 
+    /// How the daemon exited, if it has.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("polling the daemon")
+    }
+
+    /// SIGKILLs the daemon's process group and reaps the daemon (at once: nothing
+    /// outlives SIGKILL, so the wait is for the kernel, not for an event).
     pub fn kill(&mut self) {
         let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
         let _ = self.child.wait();
@@ -112,6 +167,7 @@ impl Drop for Daemon {
 
 /// A master and an agent on loopback, each with its own directory.
 pub struct Cluster {
+    pub cairn: Cairn,
     pub dir: tempfile::TempDir,
     pub master: Daemon,
     pub master_addr: String,
@@ -120,29 +176,50 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn start() -> Cluster {
-        Self::start_with(&[])
+    pub fn start(cairn: Cairn) -> Cluster {
+        Self::start_with(cairn, &[])
     }
 
     /// A cluster whose master gets extra flags.
-    pub fn start_with(master_flags: &[&str]) -> Cluster {
-        Self::start_with_flags(master_flags, &[])
+    pub fn start_with(cairn: Cairn, master_flags: &[&str]) -> Cluster {
+        Self::start_with_flags(cairn, master_flags, &[])
     }
 
     /// A cluster whose master and agent get extra flags.
-    pub fn start_with_flags(master_flags: &[&str], agent_flags: &[&str]) -> Cluster {
+    pub fn start_with_flags(cairn: Cairn, master_flags: &[&str], agent_flags: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let (master, master_addr) = start_master_with(dir.path(), "127.0.0.1:0", master_flags);
-        let agent = start_agent_with(dir.path(), &master_addr, agent_flags);
+        let (master, master_addr) =
+            start_master_with(cairn, dir.path(), "127.0.0.1:0", master_flags);
+        let agent = start_agent_with(cairn, dir.path(), &master_addr, agent_flags);
         let agent_addr = agent.wait_for_address("http");
         agent.wait_for_log("registered with the master");
         Cluster {
+            cairn,
             dir,
             master,
             master_addr,
             agent,
             agent_addr,
         }
+    }
+
+    /// [`Cluster::start`] for async tests: the daemons' start-up is waited for off the
+    /// runtime's workers.
+    pub async fn start_async(cairn: Cairn) -> Cluster {
+        Self::start_with_flags_async(cairn, &[], &[]).await
+    }
+
+    /// [`Cluster::start_with_flags`] for async tests.
+    pub async fn start_with_flags_async(
+        cairn: Cairn,
+        master_flags: &[&str],
+        agent_flags: &[&str],
+    ) -> Cluster {
+        let (master_flags, agent_flags) = (owned(master_flags), owned(agent_flags));
+        blocking(move || {
+            Cluster::start_with_flags(cairn, &borrowed(&master_flags), &borrowed(&agent_flags))
+        })
+        .await
     }
 
     pub fn work_dir(&self) -> PathBuf {
@@ -156,7 +233,18 @@ impl Cluster {
 
     /// Runs `cairn run` with extra flags (`--mem`, `--timeout`, `--fuel`...).
     pub fn run_with(&self, module: &Path, flags: &[&str], args: &[&str]) -> Output {
-        let mut cmd = Command::new(cairn_bin());
+        output_within(self.run_command(module, flags, args), DEADLINE)
+    }
+
+    /// [`Cluster::run`] for async tests: the command is awaited, not waited on.
+    pub async fn run_async(&self, module: &Path, args: &[&str]) -> Output {
+        let cmd = self.run_command(module, &["--timeout", "30s"], args);
+        output_within_async(cmd, DEADLINE).await
+    }
+
+    /// The `cairn run` command line for a module against this cluster.
+    pub fn run_command(&self, module: &Path, flags: &[&str], args: &[&str]) -> Command {
+        let mut cmd = self.cairn.command();
         cmd.arg("run")
             .arg("--master")
             .arg(&self.master_addr)
@@ -164,7 +252,7 @@ impl Cluster {
             .arg(module)
             .arg("--")
             .args(args);
-        output_within(cmd, DEADLINE)
+        cmd
     }
 
     /// Writes a module given in WAT into the cluster's directory.
@@ -196,11 +284,15 @@ impl Cluster {
     /// A new agent on this cluster's work dir (after the old one was killed), with
     /// extra flags; not yet registered.
     pub async fn restart_agent(&self, flags: &[&str]) -> Daemon {
-        let (dir, master) = (self.dir.path().to_owned(), self.master_addr.clone());
+        let (cairn, dir, master) = (
+            self.cairn,
+            self.dir.path().to_owned(),
+            self.master_addr.clone(),
+        );
         let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
         blocking(move || {
             let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-            start_agent_with(&dir, &master, &flags)
+            start_agent_with(cairn, &dir, &master, &flags)
         })
         .await
     }
@@ -208,9 +300,23 @@ impl Cluster {
     /// A new master on this cluster's data dir and address (after the old one was
     /// killed).
     pub async fn restart_master(&self) -> Daemon {
-        let (dir, addr) = (self.dir.path().to_owned(), self.master_addr.clone());
-        blocking(move || start_master(&dir, &addr).0).await
+        let (cairn, dir, addr) = (
+            self.cairn,
+            self.dir.path().to_owned(),
+            self.master_addr.clone(),
+        );
+        blocking(move || start_master(cairn, &dir, &addr).0).await
     }
+}
+
+/// Flags that can move to another thread.
+fn owned(flags: &[&str]) -> Vec<String> {
+    flags.iter().map(|f| f.to_string()).collect()
+}
+
+/// Flags as the start functions take them.
+fn borrowed(flags: &[String]) -> Vec<&str> {
+    flags.iter().map(String::as_str).collect()
 }
 
 /// Runs blocking harness code (waits on logs, HTTP GETs) from an async test.
@@ -218,11 +324,16 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static)
     tokio::task::spawn_blocking(f).await.unwrap()
 }
 
-pub fn start_master(dir: &Path, listen: &str) -> (Daemon, String) {
-    start_master_with(dir, listen, &[])
+pub fn start_master(cairn: Cairn, dir: &Path, listen: &str) -> (Daemon, String) {
+    start_master_with(cairn, dir, listen, &[])
 }
 
-pub fn start_master_with(dir: &Path, listen: &str, flags: &[&str]) -> (Daemon, String) {
+pub fn start_master_with(
+    cairn: Cairn,
+    dir: &Path,
+    listen: &str,
+    flags: &[&str],
+) -> (Daemon, String) {
     let data_dir = dir.join("master");
     let mut args = vec![
         "master",
@@ -234,17 +345,17 @@ pub fn start_master_with(dir: &Path, listen: &str, flags: &[&str]) -> (Daemon, S
         "200ms",
     ];
     override_defaults(&mut args, flags);
-    let master = Daemon::start(&args, next_log(dir, "master"));
+    let master = Daemon::start(cairn, &args, next_log(dir, "master"));
     let addr = master.wait_for_address("address");
     (master, addr)
 }
 
-pub fn start_agent(dir: &Path, master: &str) -> Daemon {
-    start_agent_with(dir, master, &[])
+pub fn start_agent(cairn: Cairn, dir: &Path, master: &str) -> Daemon {
+    start_agent_with(cairn, dir, master, &[])
 }
 
 /// An agent with extra flags after the test defaults.
-pub fn start_agent_with(dir: &Path, master: &str, flags: &[&str]) -> Daemon {
+pub fn start_agent_with(cairn: Cairn, dir: &Path, master: &str, flags: &[&str]) -> Daemon {
     let work_dir = dir.join("agent");
     let mut args = vec![
         "agent",
@@ -266,7 +377,7 @@ pub fn start_agent_with(dir: &Path, master: &str, flags: &[&str]) -> Daemon {
         "500ms",
     ];
     override_defaults(&mut args, flags);
-    Daemon::start(&args, next_log(dir, "agent"))
+    Daemon::start(cairn, &args, next_log(dir, "agent"))
 }
 
 /// Appends the caller's flags; each one the defaults also set (a flag and its value)
@@ -337,6 +448,24 @@ pub fn output_within(mut cmd: Command, limit: Duration) -> Output {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             panic!("`cairn` did not finish within {limit:?}");
         }
+    }
+}
+
+/// [`output_within`] for async tests: the command is awaited (killed if it outlives
+/// `limit`), so no thread of the runtime blocks on it.
+pub async fn output_within_async(cmd: Command, limit: Duration) -> Output {
+    let mut cmd = tokio::process::Command::from(cmd);
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting cairn");
+    match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Ok(out) => out.expect("waiting for cairn"),
+        // Dropping the child's future killed it.
+        Err(_) => panic!("`cairn` did not finish within {limit:?}"),
     }
 }
 

@@ -1,19 +1,18 @@
-//! Executor processes: started by the agent (one per framework on this agent), each in
-//! its own process group so it outlives an agent restart, speaking the executor API
-//! on the agent's Unix socket.
+//! The launcher: starts executor processes (one per framework on this agent), each in
+//! its own process group so it outlives an agent restart, watches re-attached ones,
+//! and fills task sandboxes (the fetcher, or the placer thread for cached files),
+//! reporting every outcome to the core as an [`Input`].
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use cairn_api::internal::{ExecutorCall, ExecutorEvent, executor_call};
 use cairn_api::v1::command_info::Uri;
-use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
-use crate::core::Input;
-use crate::framing::{read_frame, write_batch};
+use crate::input::Input;
 use crate::paths::Paths;
+use crate::process::{is_alive, start_time};
 
 /// Starts executors and fetches sandboxes, reporting back to the core.
 pub struct Launcher {
@@ -208,117 +207,4 @@ impl Launcher {
                 .await;
         });
     }
-}
-
-/// The process's start time in clock ticks since boot (`/proc/<pid>/stat` field 22),
-/// which tells a process from a later one that reuses its pid.
-pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: fields follow the last ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    if fields.first() == Some(&"Z") {
-        return None; // a zombie has exited
-    }
-    fields.get(19)?.parse().ok()
-}
-
-/// Whether the process that was `pid` at `start` still runs.
-pub fn is_alive(pid: u32, start: u64) -> bool {
-    start_time(pid).is_some_and(|s| s == start)
-}
-
-/// Kills an executor's whole process group (it leads its own), if it is still the
-/// process the agent knows.
-pub fn kill_group(pid: u32, start: u64) {
-    if !is_alive(pid, start) {
-        return;
-    }
-    let Ok(pid) = i32::try_from(pid) else { return };
-    let group = nix::unistd::Pid::from_raw(pid);
-    if let Err(e) = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL) {
-        tracing::warn!(pid, error = %e, "cannot kill the executor's process group");
-    }
-}
-
-/// Accepts executor connections on the agent's socket for as long as the agent runs.
-pub async fn serve_socket(listener: UnixListener, core: mpsc::Sender<Input>) {
-    let mut next_conn = 0u64;
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                tracing::warn!(error = %e, "executor socket accept failed");
-                continue;
-            }
-        };
-        next_conn += 1;
-        tokio::spawn(executor_connection(stream, next_conn, core.clone()));
-    }
-}
-
-async fn executor_connection(stream: UnixStream, conn: u64, core: mpsc::Sender<Input>) {
-    let pid = stream.peer_cred().ok().and_then(|c| c.pid());
-    let (reader, mut writer) = stream.into_split();
-    // Buffered: a burst of updates is read in a few syscalls, not three per frame.
-    let mut reader = tokio::io::BufReader::with_capacity(64 << 10, reader);
-    let first: Option<ExecutorCall> = match read_frame(&mut reader).await {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::warn!(error = %e, "bad first message on the executor socket");
-            return;
-        }
-    };
-    let Some(ExecutorCall {
-        call: Some(executor_call::Call::Subscribe(subscribe)),
-    }) = first
-    else {
-        tracing::warn!("executor connection did not start with SUBSCRIBE");
-        return;
-    };
-    let framework_id = subscribe.framework_id.clone().unwrap_or_default().value;
-    let (tx, mut rx) = mpsc::channel::<ExecutorEvent>(1024);
-    let writer_task = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        while let Some(event) = rx.recv().await {
-            if write_batch(&mut writer, event, &mut rx, &mut buf)
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-    });
-    let _ = core
-        .send(Input::ExecutorSubscribed {
-            framework_id: framework_id.clone(),
-            conn,
-            pid,
-            subscribe,
-            to_executor: tx,
-        })
-        .await;
-    loop {
-        match read_frame::<_, ExecutorCall>(&mut reader).await {
-            Ok(Some(ExecutorCall { call: Some(call) })) => {
-                let input = Input::FromExecutor {
-                    framework_id: framework_id.clone(),
-                    conn,
-                    call,
-                };
-                if core.send(input).await.is_err() {
-                    break;
-                }
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => break,
-            Err(e) => {
-                tracing::warn!(framework_id, error = %e, "executor connection dropped");
-                break;
-            }
-        }
-    }
-    writer_task.abort();
-    let _ = core
-        .send(Input::ExecutorDisconnected { framework_id, conn })
-        .await;
 }

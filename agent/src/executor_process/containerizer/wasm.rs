@@ -14,7 +14,7 @@ use sha2::Digest as _;
 use tokio::sync::oneshot;
 
 use super::{Containerizer, LaunchSpec, Termination, Usage, label};
-use crate::executor::task::{caps, read_program};
+use super::{caps, read_program};
 
 struct Run {
     cancel: CancelHandle,

@@ -104,7 +104,7 @@ impl Core {
             self.checkpoint.state.executors.values().cloned().collect();
         for executor in recorded {
             let fw = executor.framework_id.clone().unwrap_or_default().value;
-            if crate::executors::is_alive(executor.pid, executor.start_time) {
+            if crate::process::is_alive(executor.pid, executor.start_time) {
                 tracing::info!(
                     framework_id = fw,
                     pid = executor.pid,
@@ -194,6 +194,16 @@ impl Core {
             self.executor_update(fw, status);
         }
         let held: HashSet<String> = subscribe.tasks.into_iter().map(|t| t.value).collect();
+        self.reconcile_executor_tasks(fw, held);
+        if let Some(link) = self.links.get_mut(fw) {
+            link.flush();
+        }
+    }
+
+    /// Brings a re-subscribed executor in line with the checkpoint: tasks handed to it
+    /// that it does not hold are launched again; tasks it holds that this agent does
+    /// not know (or knows ended) are killed.
+    fn reconcile_executor_tasks(&mut self, fw: &str, held: HashSet<String>) {
         for task_id in self.checkpoint.state.live_tasks_of(fw) {
             let task = &self.checkpoint.state.tasks[&(fw.to_owned(), task_id.clone())];
             if task.launched && !held.contains(&task_id) {
@@ -224,9 +234,6 @@ impl Core {
                     }),
                 );
             }
-        }
-        if let Some(link) = self.links.get_mut(fw) {
-            link.flush();
         }
     }
 
@@ -404,7 +411,7 @@ impl Core {
                 missed_subscription = missed,
                 "killing the executor's process group"
             );
-            crate::executors::kill_group(record.pid, record.start_time);
+            crate::process::kill_group(record.pid, record.start_time);
             if missed {
                 let (state, reason, message) = if recovered {
                     (

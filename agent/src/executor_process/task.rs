@@ -2,7 +2,6 @@
 //! containerizer (reporting STARTING if that takes a while), report RUNNING, wait for its end (killing it when asked
 //! or at its `max_completion_time`), and report that end with what it used.
 
-use std::path::{Component, Path};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,9 +9,6 @@ use cairn_api::v1::{Label, Labels, TaskInfo, TaskState, TaskStatus, task_status:
 use tokio::sync::mpsc::{self, UnboundedSender};
 
 use super::containerizer::{Containerizer, LaunchSpec, Termination};
-
-/// No task module may be larger than this.
-const MAX_MODULE_BYTES: u64 = 256 << 20;
 
 /// A launch still under way after this is reported as TASK_STARTING (a compile, a
 /// container's creation, a fork into a cgroup); one done sooner goes straight to
@@ -150,36 +146,4 @@ async fn run(
         };
     }
     reporter.end(termination);
-}
-
-/// Reads the module or component `value` names in a sandbox: a relative path that
-/// stays inside it, and no larger than any program may be.
-pub(super) fn read_program(dir: &Path, value: &str) -> Result<Vec<u8>, String> {
-    let relative = Path::new(value);
-    if value.is_empty()
-        || !relative
-            .components()
-            .all(|c| matches!(c, Component::Normal(_)))
-    {
-        return Err(format!(
-            "command.value {value:?} must name a file inside the sandbox (fetch it with command.uris)"
-        ));
-    }
-    let path = dir.join(relative);
-    let size = std::fs::metadata(&path)
-        .map_err(|e| format!("cannot read {value}: {e}"))?
-        .len();
-    if size > MAX_MODULE_BYTES {
-        return Err(format!(
-            "{value} is {size} bytes; the limit is {MAX_MODULE_BYTES}"
-        ));
-    }
-    std::fs::read(&path).map_err(|e| format!("cannot read {value}: {e}"))
-}
-
-/// The linear memory and sandbox bytes a task's (or executor's) resources allow,
-/// with defaults for what they do not name: never unlimited.
-pub(super) fn caps(resources: &[cairn_api::v1::Resource]) -> Result<(usize, u64), String> {
-    let limits = super::containerizer::Limits::from_resources(resources)?;
-    Ok((limits.mem_bytes as usize, limits.disk_bytes))
 }

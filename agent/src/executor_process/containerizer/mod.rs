@@ -8,7 +8,7 @@ pub mod docker;
 pub mod native;
 pub mod wasm;
 
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use cairn_api::internal::CachedFile;
@@ -269,4 +269,39 @@ pub fn exec(task: &TaskInfo) -> Result<Exec, String> {
         program: value,
         argv,
     })
+}
+
+/// No task module may be larger than this.
+const MAX_MODULE_BYTES: u64 = 256 << 20;
+
+/// Reads the module or component `value` names in a sandbox: a relative path that
+/// stays inside it, and no larger than any program may be.
+pub(crate) fn read_program(dir: &Path, value: &str) -> Result<Vec<u8>, String> {
+    let relative = Path::new(value);
+    if value.is_empty()
+        || !relative
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+    {
+        return Err(format!(
+            "command.value {value:?} must name a file inside the sandbox (fetch it with command.uris)"
+        ));
+    }
+    let path = dir.join(relative);
+    let size = std::fs::metadata(&path)
+        .map_err(|e| format!("cannot read {value}: {e}"))?
+        .len();
+    if size > MAX_MODULE_BYTES {
+        return Err(format!(
+            "{value} is {size} bytes; the limit is {MAX_MODULE_BYTES}"
+        ));
+    }
+    std::fs::read(&path).map_err(|e| format!("cannot read {value}: {e}"))
+}
+
+/// The linear memory and sandbox bytes a task's (or executor's) resources allow,
+/// with defaults for what they do not name: never unlimited.
+pub(crate) fn caps(resources: &[cairn_api::v1::Resource]) -> Result<(usize, u64), String> {
+    let limits = Limits::from_resources(resources)?;
+    Ok((limits.mem_bytes as usize, limits.disk_bytes))
 }

@@ -20,7 +20,8 @@ use cairn_sandbox::{
 };
 use tokio::sync::mpsc;
 
-use super::task::{Reporter, caps, read_program};
+use super::containerizer::{caps, read_program};
+use super::task::Reporter;
 
 /// Caps on a custom executor's own memory and sandbox (see `instantiate`).
 const MAX_EXECUTOR_MEMORY: usize = 256 << 20;
@@ -171,50 +172,14 @@ impl Actor {
             );
             return;
         }
-        // Every task of one executor id must describe the same executor, as Mesos
-        // requires: the instance was started from the first one.
-        let info = reporter.task.executor.clone().unwrap_or_default();
-        match &self.info {
-            Some(first) if !same_executor(first, &info) => {
-                reporter.send(
-                    TaskState::TaskFailed,
-                    format!(
-                        "executor {} is running with a different ExecutorInfo (component, \
-                         URIs, resources or container); tasks of one executor id must \
-                         describe the same executor",
-                        self.context.executor_id
-                    ),
-                    Some(Reason::ContainerLaunchFailed),
-                    Vec::new(),
-                );
-                return;
-            }
-            _ => {}
-        }
-        if self.instance.is_none() {
-            let started = instantiate(
-                &self.context,
-                &self.cancel,
-                &self.out_tx,
-                &reporter.task,
-                sandbox,
-            )
-            .await;
-            match started {
-                Ok(instance) => {
-                    self.instance = Some(instance);
-                    self.info = Some(info);
-                }
-                Err(why) => {
-                    reporter.send(
-                        TaskState::TaskFailed,
-                        format!("cannot start executor {}: {why}", self.context.executor_id),
-                        Some(Reason::ContainerLaunchFailed),
-                        Vec::new(),
-                    );
-                    return;
-                }
-            }
+        if let Err(why) = self.ensure_instance(&reporter.task, sandbox).await {
+            reporter.send(
+                TaskState::TaskFailed,
+                why,
+                Some(Reason::ContainerLaunchFailed),
+                Vec::new(),
+            );
+            return;
         }
         let command = reporter.task.command.clone().unwrap_or_default();
         let arguments = command.arguments.clone();
@@ -249,6 +214,31 @@ impl Actor {
             }
             Err(exit) => self.terminated(exit),
         }
+    }
+
+    /// The executor's instance, started from the first task's ExecutorInfo; a later
+    /// task describing another executor under the same id is refused, as in Mesos.
+    async fn ensure_instance(&mut self, task: &TaskInfo, sandbox: &Path) -> Result<(), String> {
+        let info = task.executor.clone().unwrap_or_default();
+        if let Some(first) = &self.info
+            && !same_executor(first, &info)
+        {
+            return Err(format!(
+                "executor {} is running with a different ExecutorInfo (component, \
+                 URIs, resources or container); tasks of one executor id must \
+                 describe the same executor",
+                self.context.executor_id
+            ));
+        }
+        if self.instance.is_some() {
+            return Ok(());
+        }
+        let instance = instantiate(&self.context, &self.cancel, &self.out_tx, task, sandbox)
+            .await
+            .map_err(|why| format!("cannot start executor {}: {why}", self.context.executor_id))?;
+        self.instance = Some(instance);
+        self.info = Some(info);
+        Ok(())
     }
 
     async fn kill(&mut self, task_id: String, grace: Duration) {

@@ -3,6 +3,8 @@
 //! the sandbox is mounted at `/mnt/mesos/sandbox`, and the container's output is
 //! copied into the sandbox's `stdout` and `stderr` like any other task's.
 
+mod output;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
@@ -11,25 +13,23 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard::Docker;
-use bollard::container::LogOutput;
 use bollard::errors::Error;
 use bollard::models::{
     ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, PortBinding, PortMap,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, StatsOptionsBuilder, StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    StatsOptionsBuilder, StopContainerOptionsBuilder,
 };
 use cairn_api::v1::TaskInfo;
 use cairn_api::v1::container_info::DockerInfo;
 use cairn_api::v1::container_info::docker_info::Network;
 use futures::StreamExt as _;
-use tokio::fs::{File, OpenOptions};
-use tokio::io::AsyncWriteExt as _;
 use tokio::sync::{OnceCell, watch};
 use tokio::task::JoinHandle;
 
 use super::{Containerizer, LaunchSpec, Limits, Termination, Usage};
+use output::copy_output;
 
 /// Where the task finds its sandbox, as in Mesos.
 const SANDBOX: &str = "/mnt/mesos/sandbox";
@@ -160,52 +160,7 @@ impl Containerizer for DockerContainerizer {
         remove(docker, &name)
             .await
             .map_err(|e| format!("removing the earlier container {name}: {e}"))?;
-
-        // The task's command replaces the image's entrypoint, as `super::exec` runs it.
-        let shell = spec.task.command.as_ref().and_then(|c| c.shell);
-        let (entrypoint, cmd) = if shell.unwrap_or(true) {
-            let mut entrypoint = exec.argv;
-            let cmd = entrypoint.split_off(entrypoint.len().min(2));
-            (entrypoint, cmd)
-        } else {
-            (vec![exec.program], exec.argv.into_iter().skip(1).collect())
-        };
-        let env = super::environment(spec, SANDBOX)
-            .into_iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        let labels = HashMap::from([
-            (MANAGED_LABEL.to_owned(), "true".to_owned()),
-            (FRAMEWORK_LABEL.to_owned(), spec.framework_id.clone()),
-            (TASK_LABEL.to_owned(), task_id.clone()),
-            (DISK_LABEL.to_owned(), limits.disk_bytes.to_string()),
-        ]);
-        // The engine refuses more CPUs than the host has; an agent may offer more.
-        let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        let memory = i64::try_from(limits.mem_bytes).unwrap_or(i64::MAX);
-        let body = ContainerCreateBody {
-            image: Some(image.to_owned()),
-            entrypoint: Some(entrypoint),
-            cmd: Some(cmd),
-            env: Some(env),
-            labels: Some(labels),
-            exposed_ports: network.exposed,
-            host_config: Some(HostConfig {
-                binds: Some(vec![format!("{}:{SANDBOX}", sandbox.display())]),
-                memory: Some(memory),
-                // Swap would let the task exceed its memory.
-                memory_swap: Some(memory),
-                nano_cpus: Some(((limits.cpus.min(host_cpus) * 1e9) as i64).max(10_000_000)),
-                cpu_shares: Some(((limits.cpus * 1024.0) as i64).max(2)),
-                pids_limit: Some(PIDS_LIMIT),
-                network_mode: Some(network.mode.to_owned()),
-                port_bindings: network.ports,
-                // The exit code and OOMKilled are read after the exit, then it is removed.
-                auto_remove: Some(false),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let body = create_body(spec, image, exec, network, &limits, &sandbox);
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
         let container = docker
             .create_container(Some(options), body)
@@ -355,6 +310,64 @@ impl Containerizer for DockerContainerizer {
             memory_bytes: sample.memory_stats.and_then(|m| m.usage).unwrap_or(0),
             processes: sample.pids_stats.and_then(|p| p.current).unwrap_or(0),
         })
+    }
+}
+
+/// The container's definition: the task's command in place of the image's
+/// entrypoint, Mesos' environment, Cairn's labels, the sandbox mounted, and the
+/// task's limits as the engine's.
+fn create_body(
+    spec: &LaunchSpec,
+    image: &str,
+    exec: super::Exec,
+    network: Networking,
+    limits: &Limits,
+    sandbox: &Path,
+) -> ContainerCreateBody {
+    // The task's command replaces the image's entrypoint, as `super::exec` runs it.
+    let shell = spec.task.command.as_ref().and_then(|c| c.shell);
+    let (entrypoint, cmd) = if shell.unwrap_or(true) {
+        let mut entrypoint = exec.argv;
+        let cmd = entrypoint.split_off(entrypoint.len().min(2));
+        (entrypoint, cmd)
+    } else {
+        (vec![exec.program], exec.argv.into_iter().skip(1).collect())
+    };
+    let env = super::environment(spec, SANDBOX)
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let labels = HashMap::from([
+        (MANAGED_LABEL.to_owned(), "true".to_owned()),
+        (FRAMEWORK_LABEL.to_owned(), spec.framework_id.clone()),
+        (TASK_LABEL.to_owned(), spec.task_id()),
+        (DISK_LABEL.to_owned(), limits.disk_bytes.to_string()),
+    ]);
+    // The engine refuses more CPUs than the host has; an agent may offer more.
+    let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let memory = i64::try_from(limits.mem_bytes).unwrap_or(i64::MAX);
+    ContainerCreateBody {
+        image: Some(image.to_owned()),
+        entrypoint: Some(entrypoint),
+        cmd: Some(cmd),
+        env: Some(env),
+        labels: Some(labels),
+        exposed_ports: network.exposed,
+        host_config: Some(HostConfig {
+            binds: Some(vec![format!("{}:{SANDBOX}", sandbox.display())]),
+            memory: Some(memory),
+            // Swap would let the task exceed its memory.
+            memory_swap: Some(memory),
+            nano_cpus: Some(((limits.cpus.min(host_cpus) * 1e9) as i64).max(10_000_000)),
+            cpu_shares: Some(((limits.cpus * 1024.0) as i64).max(2)),
+            pids_limit: Some(PIDS_LIMIT),
+            network_mode: Some(network.mode.to_owned()),
+            port_bindings: network.ports,
+            // The exit code and OOMKilled are read after the exit, then it is removed.
+            auto_remove: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
 
@@ -513,82 +526,4 @@ async fn await_end(
         tracing::warn!(%container, error = %e, "could not remove the ended container");
     }
     publish.send_replace(Some(termination));
-}
-
-/// Copies the container's output into the sandbox, stopping at the task's disk so a
-/// chatty task cannot fill the host's.
-async fn copy_output(
-    docker: Docker,
-    container: String,
-    sandbox: PathBuf,
-    disk_bytes: u64,
-    since: i32,
-) {
-    let (mut stdout, mut stderr, mut left) = match open_logs(&sandbox).await {
-        Ok((stdout, stderr, used)) => (stdout, stderr, disk_bytes.saturating_sub(used)),
-        Err(e) => {
-            tracing::warn!(%container, error = %e, "cannot open the sandbox's output files");
-            return;
-        }
-    };
-    let options = LogsOptionsBuilder::new()
-        .follow(true)
-        .stdout(true)
-        .stderr(true)
-        .since(since)
-        .build();
-    let mut logs = pin!(docker.logs(&container, Some(options)));
-    while let Some(item) = logs.next().await {
-        let (file, message) = match item {
-            Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
-                (&mut stdout, message)
-            }
-            Ok(LogOutput::StdErr { message }) => (&mut stderr, message),
-            Ok(LogOutput::StdIn { .. }) => continue,
-            Err(e) => {
-                tracing::warn!(%container, error = %e, "lost the container's output");
-                return;
-            }
-        };
-        let n = message
-            .len()
-            .min(usize::try_from(left).unwrap_or(usize::MAX));
-        if let Err(e) = append(file, &message[..n]).await {
-            tracing::warn!(%container, error = %e, "cannot write the container's output");
-            return;
-        }
-        left -= n as u64;
-        if n < message.len() {
-            tracing::warn!(
-                %container,
-                disk_bytes,
-                "the container's output reached the task's disk; the rest is dropped"
-            );
-            return;
-        }
-    }
-}
-
-/// The sandbox's `stdout` and `stderr`, appended to, and the bytes they already hold.
-async fn open_logs(sandbox: &Path) -> std::io::Result<(File, File, u64)> {
-    let open = |name: &str| {
-        let path = sandbox.join(name);
-        async move {
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .await
-        }
-    };
-    let (stdout, stderr) = (open("stdout").await?, open("stderr").await?);
-    let used = stdout.metadata().await?.len() + stderr.metadata().await?.len();
-    Ok((stdout, stderr, used))
-}
-
-async fn append(file: &mut File, bytes: &[u8]) -> std::io::Result<()> {
-    file.write_all(bytes).await?;
-    // tokio writes in the background: flushed, the bytes are in the file before the
-    // terminal update says the task is done.
-    file.flush().await
 }

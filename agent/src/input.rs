@@ -1,0 +1,49 @@
+//! What the agent's core is told: by the master link, the executor socket, the
+//! launcher and the HTTP API, all through one channel. A leaf: every sender and the
+//! core import it, so none of them imports another.
+
+use cairn_api::internal::{
+    AgentMessage, ExecutorEvent, RegisterAgent, executor_call, master_message,
+};
+use tokio::sync::{mpsc, oneshot};
+
+/// One input to the core's actor.
+pub enum Input {
+    /// Publish a fresh snapshot (if anything changed) before replying: the agent's
+    /// HTTP API reflects every input handled before a request.
+    Publish(oneshot::Sender<()>),
+    /// The master link needs the registration to send (it carries our task list).
+    Registration(oneshot::Sender<RegisterAgent>),
+    MasterConnected {
+        agent_id: String,
+        to_master: mpsc::Sender<AgentMessage>,
+    },
+    MasterDisconnected,
+    FromMaster(Box<master_message::Message>),
+    ExecutorSubscribed {
+        framework_id: String,
+        conn: u64,
+        pid: Option<i32>,
+        subscribe: cairn_api::internal::ExecutorSubscribe,
+        to_executor: mpsc::Sender<ExecutorEvent>,
+    },
+    FromExecutor {
+        framework_id: String,
+        conn: u64,
+        call: executor_call::Call,
+    },
+    ExecutorDisconnected {
+        framework_id: String,
+        conn: u64,
+    },
+    ExecutorExited {
+        framework_id: String,
+        pid: u32,
+        status: String,
+    },
+    Fetched {
+        framework_id: String,
+        task_id: String,
+        result: Result<Vec<crate::fetcher::CachedFile>, String>,
+    },
+}
