@@ -228,7 +228,7 @@ mod tests {
             status: Some(running),
         };
         cluster
-            .from_agent(&agent, agent_message::Message::StatusUpdate(update))
+            .agent_sends(&agent, agent_message::Message::StatusUpdate(update))
             .await;
         assert_eq!(
             framework.next_update().await.state(),

@@ -23,7 +23,16 @@ pub(super) const DEADLINE: Duration = Duration::from_secs(10);
 /// A leader with its registry; the temp dir lives as long as the test.
 pub(super) struct Cluster {
     pub(super) leader: LeaderHandle,
+    registry: Registry,
     _dir: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    /// Closes the database before its directory goes and before the test process
+    /// exits (RocksDB's threads otherwise race the exit).
+    fn drop(&mut self) {
+        self.registry.stop();
+    }
 }
 
 /// A subscribed framework: its id, stream id and event stream.
@@ -54,7 +63,8 @@ impl Cluster {
             .await
             .expect("a one-voter registry elects itself");
         Self {
-            leader: super::Leader::spawn(config, registry),
+            leader: super::Leader::spawn(config, registry.clone()),
+            registry,
             _dir: dir,
         }
     }
@@ -142,7 +152,7 @@ impl Cluster {
     }
 
     /// A message from `agent` on its stream, as the agent service forwards it.
-    pub(super) async fn from_agent(&self, agent: &Agent, message: agent_message::Message) {
+    pub(super) async fn agent_sends(&self, agent: &Agent, message: agent_message::Message) {
         self.leader
             .inputs
             .send(Input::AgentMessage {

@@ -25,11 +25,23 @@ struct Proposal {
     reply: oneshot::Sender<Result<(), RegistryError>>,
 }
 
+/// What the raft thread is asked to do.
+// A proposal crosses the channel once: boxing it would cost an allocation per write to
+// save bytes in a queue that is nearly always empty.
+#[allow(clippy::large_enum_variant)]
+enum Command {
+    Propose(Proposal),
+    /// Close the database and end the thread.
+    Stop,
+}
+
 /// A handle on the replicated registry. Writes go through Raft; reads see the
 /// state as last applied.
 #[derive(Clone)]
 pub struct Registry {
-    proposals: std_mpsc::Sender<Proposal>,
+    proposals: std_mpsc::Sender<Command>,
+    /// The raft thread, joined by [`Registry::stop`].
+    thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
     state: watch::Receiver<Arc<RegistryState>>,
     leader: watch::Receiver<bool>,
 }
@@ -76,12 +88,13 @@ impl Registry {
             pending: HashMap::new(),
             next_context: 1,
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("cairn-raft".into())
             .spawn(move || driver.run(rx))
             .map_err(|e| RegistryError::Io(format!("spawning the raft thread: {e}")))?;
         Ok(Self {
             proposals,
+            thread: Arc::new(std::sync::Mutex::new(Some(thread))),
             state: state_rx,
             leader: leader_rx,
         })
@@ -94,9 +107,24 @@ impl Registry {
             operation: Some(op),
         };
         self.proposals
-            .send(Proposal { op, reply })
+            .send(Command::Propose(Proposal { op, reply }))
             .map_err(|_| RegistryError::Stopped)?;
         rx.await.map_err(|_| RegistryError::Stopped)?
+    }
+
+    /// Stops the raft thread and waits until it has closed the database. RocksDB must
+    /// be closed before the process exits: its background threads otherwise race the
+    /// process's exit and can abort it. Later proposals fail with `Stopped`.
+    pub fn stop(&self) {
+        let _ = self.proposals.send(Command::Stop);
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
     }
 
     pub fn state(&self) -> Arc<RegistryState> {
@@ -159,18 +187,23 @@ struct Driver {
 }
 
 impl Driver {
-    fn run(mut self, rx: std_mpsc::Receiver<Proposal>) {
+    fn run(mut self, rx: std_mpsc::Receiver<Command>) {
         let mut next_tick = Instant::now() + TICK;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
-                Ok(p) => {
+                Ok(Command::Propose(p)) => {
                     self.propose(p);
                     // Batch whatever else is queued into the same Ready.
-                    while let Ok(p) = rx.try_recv() {
-                        self.propose(p);
+                    loop {
+                        match rx.try_recv() {
+                            Ok(Command::Propose(p)) => self.propose(p),
+                            Ok(Command::Stop) => return,
+                            Err(_) => break,
+                        }
                     }
                 }
+                Ok(Command::Stop) => return,
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
             }

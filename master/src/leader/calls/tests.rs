@@ -2,7 +2,7 @@
 //! status, and what each sends to the framework and the agent.
 
 use cairn_api::internal::master_message::Message as ToAgent;
-use cairn_api::v1::{Call, ExecutorId, Filters, FrameworkId, TaskState, call, event, task_status};
+use cairn_api::v1::{Call, ExecutorId, Filters, FrameworkId, TaskState, call, task_status};
 
 use super::super::testing::{
     Agent, Cluster, Framework, accept_call, agent_id, command_task, framework_info, task_id,
@@ -208,10 +208,11 @@ async fn kill_of_a_launched_task_reaches_its_agent() {
 #[tokio::test]
 async fn acknowledge_needs_a_uuid_and_reaches_the_agent() {
     let (cluster, mut agent, framework) = with_task().await;
+    let on_agent = agent_id(&agent.id);
     let ack = |uuid: Vec<u8>| {
         let mut c = of_type(call::Type::Acknowledge);
         c.acknowledge = Some(call::Acknowledge {
-            agent_id: agent_id(&agent.id),
+            agent_id: on_agent.clone(),
             task_id: task_id("t1"),
             uuid,
         });
@@ -244,10 +245,11 @@ async fn message_reaches_only_a_known_executor() {
     let ours = cairn_api::ids::executor_id_for(&FrameworkId {
         value: framework.id.clone(),
     });
+    let on_agent = agent_id(&agent.id);
     let message = |executor: ExecutorId, data: Vec<u8>| {
         let mut c = of_type(call::Type::Message);
         c.message = Some(call::Message {
-            agent_id: agent_id(&agent.id),
+            agent_id: on_agent.clone(),
             executor_id: Some(executor),
             data,
         });
