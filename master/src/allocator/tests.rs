@@ -229,7 +229,9 @@ fn suppress_and_revive_apply_per_role() {
     a.suppress("fw", &["batch".to_string()]);
     assert!(a.allocate(Instant::now()).is_empty());
     a.revive("fw", &["web".to_string()]);
-    assert!(a.allocate(Instant::now()).iter().all(|g| g.role == "web"));
+    let grants = a.allocate(Instant::now());
+    assert_eq!(grants.len(), 4, "every agent is offered to the revived role");
+    assert!(grants.iter().all(|g| g.role == "web"), "{grants:?}");
 }
 
 #[test]
