@@ -88,7 +88,10 @@ fn in_cgroups(
             };
             rt.block_on(async {
                 let started = Instant::now();
-                containerizer.launch(&spec).await?;
+                containerizer
+                    .launch(&spec)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let end = containerizer.wait(&task_id).await;
                 let elapsed = started.elapsed();
                 assert_eq!(end.state, cairn_api::v1::TaskState::TaskFinished, "{end:?}");

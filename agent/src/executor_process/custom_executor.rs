@@ -20,7 +20,7 @@ use cairn_sandbox::{
 };
 use tokio::sync::mpsc;
 
-use super::containerizer::{caps, read_program};
+use super::containerizer::{LaunchError, caps, read_program};
 use super::task::Reporter;
 
 /// Caps on a custom executor's own memory and sandbox (see `instantiate`).
@@ -175,7 +175,7 @@ impl Actor {
         if let Err(why) = self.ensure_instance(&reporter.task, sandbox).await {
             reporter.send(
                 TaskState::TaskFailed,
-                why,
+                why.to_string(),
                 Some(Reason::ContainerLaunchFailed),
                 Vec::new(),
             );
@@ -218,24 +218,33 @@ impl Actor {
 
     /// The executor's instance, started from the first task's ExecutorInfo; a later
     /// task describing another executor under the same id is refused, as in Mesos.
-    async fn ensure_instance(&mut self, task: &TaskInfo, sandbox: &Path) -> Result<(), String> {
+    async fn ensure_instance(
+        &mut self,
+        task: &TaskInfo,
+        sandbox: &Path,
+    ) -> Result<(), LaunchError> {
         let info = task.executor.clone().unwrap_or_default();
         if let Some(first) = &self.info
             && !same_executor(first, &info)
         {
-            return Err(format!(
+            return Err(LaunchError::Wasm(format!(
                 "executor {} is running with a different ExecutorInfo (component, \
                  URIs, resources or container); tasks of one executor id must \
                  describe the same executor",
                 self.context.executor_id
-            ));
+            )));
         }
         if self.instance.is_some() {
             return Ok(());
         }
         let instance = instantiate(&self.context, &self.cancel, &self.out_tx, task, sandbox)
             .await
-            .map_err(|why| format!("cannot start executor {}: {why}", self.context.executor_id))?;
+            .map_err(|why| {
+                LaunchError::Wasm(format!(
+                    "cannot start executor {}: {why}",
+                    self.context.executor_id
+                ))
+            })?;
         self.instance = Some(instance);
         self.info = Some(info);
         Ok(())
@@ -405,7 +414,7 @@ async fn instantiate(
     out: &mpsc::UnboundedSender<ExecutorOutput>,
     task: &TaskInfo,
     sandbox: &Path,
-) -> Result<ExecutorInstance, String> {
+) -> Result<ExecutorInstance, LaunchError> {
     let info = task.executor.clone().unwrap_or_default();
     let value = info
         .command
@@ -419,14 +428,14 @@ async fn instantiate(
         let bytes = read_program(&dir_of_task, &name)?;
         sandbox_handle
             .compile(&bytes, fuel.is_some())
-            .map_err(|e| format!("{name}: {e}"))
+            .map_err(|e| LaunchError::Wasm(format!("{name}: {e}")))
     })
     .await
-    .map_err(|e| e.to_string())??;
+    .map_err(|e| LaunchError::Wasm(e.to_string()))??;
     if compiled.kind() != ProgramKind::Executor {
-        return Err(format!(
+        return Err(LaunchError::Wasm(format!(
             "{value} is a command, not a custom executor (the cairn:executor world)"
-        ));
+        )));
     }
     // ExecutorInfo resources are not yet charged against the framework's offers, so
     // what an executor may take is capped here.
@@ -434,7 +443,8 @@ async fn instantiate(
     let memory_bytes = memory_bytes.min(MAX_EXECUTOR_MEMORY);
     let disk_bytes = disk_bytes.min(MAX_EXECUTOR_DISK);
     let dir = context.directory.join("custom").join(&context.executor_id);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| LaunchError::Wasm(format!("creating {}: {e}", dir.display())))?;
     let spec = RunSpec {
         args: vec![value.clone()],
         env: vec![
@@ -453,7 +463,7 @@ async fn instantiate(
         .sandbox
         .start_executor(&compiled, &spec, cancel, out.clone())
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| LaunchError::Wasm(e.to_string()))
 }
 
 /// Whether two ExecutorInfos describe the same executor (its name aside).

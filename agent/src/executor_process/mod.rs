@@ -328,11 +328,11 @@ impl Executor {
         }
         let kind = match containerizer::Kind::of(&task) {
             Ok(kind) => kind,
-            Err(message) => {
+            Err(refused) => {
                 let _ = self.statuses.send(status(
                     &task_id,
                     cairn_api::v1::TaskState::TaskFailed,
-                    message,
+                    refused.to_string(),
                     Some(cairn_api::v1::task_status::Reason::ContainerLaunchFailed),
                 ));
                 return;

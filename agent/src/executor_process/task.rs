@@ -98,7 +98,7 @@ async fn run(
         }
     };
     if let Err(message) = launched {
-        reporter.end(Termination::launch_failed(message));
+        reporter.end(Termination::launch_failed(message.to_string()));
         return;
     }
     let task_id = spec.task_id();

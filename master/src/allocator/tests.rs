@@ -230,7 +230,11 @@ fn suppress_and_revive_apply_per_role() {
     assert!(a.allocate(Instant::now()).is_empty());
     a.revive("fw", &["web".to_string()]);
     let grants = a.allocate(Instant::now());
-    assert_eq!(grants.len(), 4, "every agent is offered to the revived role");
+    assert_eq!(
+        grants.len(),
+        4,
+        "every agent is offered to the revived role"
+    );
     assert!(grants.iter().all(|g| g.role == "web"), "{grants:?}");
 }
 

@@ -118,6 +118,45 @@ pub fn label(key: &str, value: impl ToString) -> Label {
     }
 }
 
+/// Why a container could not start: its TASK_FAILED (`REASON_CONTAINER_LAUNCH_FAILED`)
+/// carries the text. The task's own description comes first; then what each runtime
+/// could not do, in its words.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("unknown container type {0}")]
+    UnknownContainerType(i32),
+    #[error(transparent)]
+    Resources(#[from] cairn_api::ResourcesError),
+    #[error("the task has no command to run")]
+    NoCommand,
+    #[error("command.value is empty: it names what the task runs")]
+    EmptyCommand,
+    #[error(
+        "command.value {value:?} must name a file inside the sandbox (fetch it with command.uris)"
+    )]
+    ProgramOutsideSandbox { value: String },
+    #[error("cannot read {value}: {error}")]
+    ProgramUnreadable {
+        value: String,
+        error: std::io::Error,
+    },
+    #[error("{value} is {size} bytes; the limit is {limit}")]
+    ProgramTooLarge {
+        value: String,
+        size: u64,
+        limit: u64,
+    },
+    /// The wasm runtime could not prepare the task's module.
+    #[error("{0}")]
+    Wasm(String),
+    /// The native process could not be set up: its cgroup, user, files or spawn.
+    #[error("{0}")]
+    Native(String),
+    /// The Docker engine refused or failed a step.
+    #[error("{0}")]
+    Docker(String),
+}
+
 /// What a running container uses now, for metrics.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Usage {
@@ -133,7 +172,7 @@ pub trait Containerizer: Send + Sync + 'static {
     /// Starts the task's container. Returns once what the task runs has started (its
     /// TASK_RUNNING), or why it could not start, for TASK_FAILED with
     /// `REASON_CONTAINER_LAUNCH_FAILED`.
-    async fn launch(&self, spec: &LaunchSpec) -> Result<(), String>;
+    async fn launch(&self, spec: &LaunchSpec) -> Result<(), LaunchError>;
 
     /// Waits for the container to end; its terminal update. Called once per launch.
     async fn wait(&self, task_id: &str) -> Termination;
@@ -166,7 +205,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub fn of(task: &TaskInfo) -> Result<Kind, String> {
+    pub fn of(task: &TaskInfo) -> Result<Kind, LaunchError> {
         let kind = task
             .container
             .as_ref()
@@ -176,7 +215,7 @@ impl Kind {
             Ok(container_info::Type::Wasm) => Ok(Kind::Wasm),
             Ok(container_info::Type::Docker) => Ok(Kind::Docker),
             Ok(container_info::Type::Mesos | container_info::Type::Unset) => Ok(Kind::Native),
-            Err(_) => Err(format!("unknown container type {kind}")),
+            Err(_) => Err(LaunchError::UnknownContainerType(kind)),
         }
     }
 }
@@ -197,13 +236,13 @@ const DEFAULT_MEM_MB: f64 = 64.0;
 const DEFAULT_DISK_MB: f64 = 1024.0;
 
 impl Limits {
-    pub fn of(task: &TaskInfo) -> Result<Limits, String> {
+    pub fn of(task: &TaskInfo) -> Result<Limits, LaunchError> {
         Self::from_resources(&task.resources)
     }
 
     /// The caps of a task's or a custom executor's resources.
-    pub fn from_resources(resources: &[cairn_api::v1::Resource]) -> Result<Limits, String> {
-        let r = cairn_api::Resources::from_proto(resources).map_err(|e| e.to_string())?;
+    pub fn from_resources(resources: &[cairn_api::v1::Resource]) -> Result<Limits, LaunchError> {
+        let r = cairn_api::Resources::from_proto(resources)?;
         let or = |v: f64, d: f64| if v > 0.0 { v } else { d };
         Ok(Limits {
             cpus: or(r.cpus(), DEFAULT_CPUS),
@@ -245,14 +284,11 @@ pub struct Exec {
 /// The task's command as Mesos runs it: `/bin/sh -c value` when `command.shell` is
 /// true or absent (Mesos' default); otherwise `value` is the executable and
 /// `arguments` its whole argv, argv[0] included (just `[value]` when empty).
-pub fn exec(task: &TaskInfo) -> Result<Exec, String> {
-    let command = task
-        .command
-        .as_ref()
-        .ok_or("the task has no command to run")?;
+pub fn exec(task: &TaskInfo) -> Result<Exec, LaunchError> {
+    let command = task.command.as_ref().ok_or(LaunchError::NoCommand)?;
     let value = command.value.clone().unwrap_or_default();
     if value.is_empty() {
-        return Err("command.value is empty: it names what the task runs".into());
+        return Err(LaunchError::EmptyCommand);
     }
     if command.shell.unwrap_or(true) {
         return Ok(Exec {
@@ -276,32 +312,36 @@ const MAX_MODULE_BYTES: u64 = 256 << 20;
 
 /// Reads the module or component `value` names in a sandbox: a relative path that
 /// stays inside it, and no larger than any program may be.
-pub(crate) fn read_program(dir: &Path, value: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn read_program(dir: &Path, value: &str) -> Result<Vec<u8>, LaunchError> {
     let relative = Path::new(value);
     if value.is_empty()
         || !relative
             .components()
             .all(|c| matches!(c, Component::Normal(_)))
     {
-        return Err(format!(
-            "command.value {value:?} must name a file inside the sandbox (fetch it with command.uris)"
-        ));
+        return Err(LaunchError::ProgramOutsideSandbox {
+            value: value.to_owned(),
+        });
     }
     let path = dir.join(relative);
-    let size = std::fs::metadata(&path)
-        .map_err(|e| format!("cannot read {value}: {e}"))?
-        .len();
+    let unreadable = |error| LaunchError::ProgramUnreadable {
+        value: value.to_owned(),
+        error,
+    };
+    let size = std::fs::metadata(&path).map_err(unreadable)?.len();
     if size > MAX_MODULE_BYTES {
-        return Err(format!(
-            "{value} is {size} bytes; the limit is {MAX_MODULE_BYTES}"
-        ));
+        return Err(LaunchError::ProgramTooLarge {
+            value: value.to_owned(),
+            size,
+            limit: MAX_MODULE_BYTES,
+        });
     }
-    std::fs::read(&path).map_err(|e| format!("cannot read {value}: {e}"))
+    std::fs::read(&path).map_err(unreadable)
 }
 
 /// The linear memory and sandbox bytes a task's (or executor's) resources allow,
 /// with defaults for what they do not name: never unlimited.
-pub(crate) fn caps(resources: &[cairn_api::v1::Resource]) -> Result<(usize, u64), String> {
+pub(crate) fn caps(resources: &[cairn_api::v1::Resource]) -> Result<(usize, u64), LaunchError> {
     let limits = Limits::from_resources(resources)?;
     Ok((limits.mem_bytes as usize, limits.disk_bytes))
 }

@@ -22,7 +22,7 @@ use cgroups_rs::fs::pid::PidController;
 use cgroups_rs::fs::{Cgroup, MaxValue, hierarchies};
 use tokio::sync::watch;
 
-use super::{Containerizer, LaunchSpec, Limits, Termination, Usage, label};
+use super::{Containerizer, LaunchError, LaunchSpec, Limits, Termination, Usage, label};
 
 /// Processes one task may have at once: a fork bomb stops here.
 const MAX_PIDS: i64 = 1024;
@@ -82,11 +82,12 @@ impl NativeContainerizer {
 }
 
 /// Creates the task's cgroup with its limits applied.
-fn create_cgroup(path: &str, limits: &Limits) -> Result<Cgroup, String> {
+fn create_cgroup(path: &str, limits: &Limits) -> Result<Cgroup, LaunchError> {
     let controllers = CONTROLLERS.iter().map(|c| c.to_string()).collect();
     let cgroup =
         Cgroup::new_with_specified_controllers(hierarchies::auto(), path, Some(controllers))
-            .map_err(|e| format!("cannot create cgroup {path}: {e}"))?;
+            .map_err(|e| LaunchError::Native(format!("cannot create cgroup {path}: {e}")))?;
+    // Each step says which limit failed; the caller adds the cgroup.
     let applied = (|| -> Result<(), String> {
         let cpu: &CpuController = cgroup.controller_of().ok_or("no cpu controller")?;
         let shares = ((limits.cpus * 1024.0) as u64).max(2);
@@ -110,13 +111,15 @@ fn create_cgroup(path: &str, limits: &Limits) -> Result<Cgroup, String> {
     })();
     if let Err(e) = applied {
         let _ = cgroup.delete();
-        return Err(format!("cannot limit cgroup {path}: {e}"));
+        return Err(LaunchError::Native(format!(
+            "cannot limit cgroup {path}: {e}"
+        )));
     }
     Ok(cgroup)
 }
 
 /// Every `cgroup.procs` the task must join (one per v1 hierarchy, one on v2).
-fn procs_files(cgroup: &Cgroup) -> Result<Vec<std::fs::File>, String> {
+fn procs_files(cgroup: &Cgroup) -> Result<Vec<std::fs::File>, LaunchError> {
     let mut paths: Vec<PathBuf> = cgroup
         .subsystems()
         .iter()
@@ -130,13 +133,13 @@ fn procs_files(cgroup: &Cgroup) -> Result<Vec<std::fs::File>, String> {
             std::fs::OpenOptions::new()
                 .write(true)
                 .open(p)
-                .map_err(|e| format!("cannot open {}: {e}", p.display()))
+                .map_err(|e| LaunchError::Native(format!("cannot open {}: {e}", p.display())))
         })
         .collect()
 }
 
 /// The uid and gid `command.user` names, when this process may switch to them.
-fn user_ids(spec: &LaunchSpec) -> Result<Option<(u32, u32)>, String> {
+fn user_ids(spec: &LaunchSpec) -> Result<Option<(u32, u32)>, LaunchError> {
     let Some(user) = spec
         .task
         .command
@@ -151,8 +154,10 @@ fn user_ids(spec: &LaunchSpec) -> Result<Option<(u32, u32)>, String> {
         return Ok(None);
     }
     let found = nix::unistd::User::from_name(user)
-        .map_err(|e| format!("cannot look up user {user:?}: {e}"))?
-        .ok_or_else(|| format!("user {user:?} does not exist on this agent"))?;
+        .map_err(|e| LaunchError::Native(format!("cannot look up user {user:?}: {e}")))?
+        .ok_or_else(|| {
+            LaunchError::Native(format!("user {user:?} does not exist on this agent"))
+        })?;
     Ok(Some((found.uid.as_raw(), found.gid.as_raw())))
 }
 
@@ -298,7 +303,7 @@ impl NativeContainerizer {
         exec: &super::Exec,
         ids: Option<(u32, u32)>,
         cgroup: &Cgroup,
-    ) -> Result<tokio::process::Child, String> {
+    ) -> Result<tokio::process::Child, LaunchError> {
         let files = procs_files(cgroup)?;
         let fds: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
         let (stdout, stderr) = sandbox_outputs(spec, ids)?;
@@ -321,7 +326,7 @@ impl NativeContainerizer {
         enter_container(&mut cmd, fds, self.unshare, ids);
         let child = cmd
             .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", exec.program))?;
+            .map_err(|e| LaunchError::Native(format!("cannot run {}: {e}", exec.program)))?;
         drop(files);
         Ok(child)
     }
@@ -331,13 +336,13 @@ impl NativeContainerizer {
 fn sandbox_outputs(
     spec: &LaunchSpec,
     ids: Option<(u32, u32)>,
-) -> Result<(std::fs::File, std::fs::File), String> {
+) -> Result<(std::fs::File, std::fs::File), LaunchError> {
     let output = |name: &str| {
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(spec.sandbox.join(name))
-            .map_err(|e| format!("cannot open the sandbox's {name}: {e}"))
+            .map_err(|e| LaunchError::Native(format!("cannot open the sandbox's {name}: {e}")))
     };
     let (stdout, stderr) = (output("stdout")?, output("stderr")?);
     if let Some((uid, gid)) = ids {
@@ -346,8 +351,9 @@ fn sandbox_outputs(
             spec.sandbox.join("stdout"),
             spec.sandbox.join("stderr"),
         ] {
-            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
-                .map_err(|e| format!("cannot give the sandbox to the task's user: {e}"))?;
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(|e| {
+                LaunchError::Native(format!("cannot give the sandbox to the task's user: {e}"))
+            })?;
         }
     }
     Ok((stdout, stderr))
@@ -442,7 +448,7 @@ async fn reap(
 
 #[async_trait::async_trait]
 impl Containerizer for NativeContainerizer {
-    async fn launch(&self, spec: &LaunchSpec) -> Result<(), String> {
+    async fn launch(&self, spec: &LaunchSpec) -> Result<(), LaunchError> {
         let task_id = spec.task_id();
         let limits = Limits::of(&spec.task)?;
         let exec = super::exec(&spec.task)?;
@@ -452,7 +458,7 @@ impl Containerizer for NativeContainerizer {
             let (path, limits) = (path.clone(), limits);
             tokio::task::spawn_blocking(move || create_cgroup(&path, &limits))
                 .await
-                .map_err(|e| e.to_string())??
+                .map_err(|e| LaunchError::Native(e.to_string()))??
         };
         let child = match self.spawn(spec, &exec, ids, &cgroup) {
             Ok(child) => child,

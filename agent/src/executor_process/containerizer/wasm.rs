@@ -13,7 +13,7 @@ use cairn_sandbox::{CancelHandle, Exit, Limit, ProgramKind, RunOutcome, RunSpec,
 use sha2::Digest as _;
 use tokio::sync::oneshot;
 
-use super::{Containerizer, LaunchSpec, Termination, Usage, label};
+use super::{Containerizer, LaunchError, LaunchSpec, Termination, Usage, label};
 use super::{caps, read_program};
 
 struct Run {
@@ -42,7 +42,7 @@ impl WasmContainerizer {
 
 #[async_trait::async_trait]
 impl Containerizer for WasmContainerizer {
-    async fn launch(&self, spec: &LaunchSpec) -> Result<(), String> {
+    async fn launch(&self, spec: &LaunchSpec) -> Result<(), LaunchError> {
         // A module the fetcher cache placed, already compiled here: nothing to read.
         let prepared = match linked(&self.sandbox, &spec.task, &spec.sandbox, &spec.cached) {
             Some(ready) => ready,
@@ -53,7 +53,7 @@ impl Containerizer for WasmContainerizer {
                     prepare(&sandbox, &spec.task, &spec.sandbox, &spec.cached)
                 })
                 .await
-                .map_err(|e| format!("preparing the task failed: {e}"))?
+                .map_err(|e| LaunchError::Wasm(format!("preparing the task failed: {e}")))?
             }
         };
         let (program, run_spec) = prepared?;
@@ -131,11 +131,10 @@ pub(crate) fn fuel_of(container: Option<&ContainerInfo>) -> Option<u64> {
 }
 
 /// The task's command and the module it names.
-fn module_of(task: &TaskInfo) -> Result<(&CommandInfo, String), String> {
-    let command = task
-        .command
-        .as_ref()
-        .ok_or("a wasm task needs `command.value` naming its module")?;
+fn module_of(task: &TaskInfo) -> Result<(&CommandInfo, String), LaunchError> {
+    let command = task.command.as_ref().ok_or_else(|| {
+        LaunchError::Wasm("a wasm task needs `command.value` naming its module".into())
+    })?;
     Ok((command, command.value.clone().unwrap_or_default()))
 }
 
@@ -146,7 +145,7 @@ fn linked(
     task: &TaskInfo,
     dir: &Path,
     cached: &[CachedFile],
-) -> Option<Result<(cairn_sandbox::Program, RunSpec), String>> {
+) -> Option<Result<(cairn_sandbox::Program, RunSpec), LaunchError>> {
     let value = task.command.as_ref()?.value.as_deref()?;
     let digest = cached_digest(cached, value)?;
     let program = sandbox.linked(&digest, fuel_of(task.container.as_ref()).is_some())?;
@@ -160,21 +159,21 @@ fn prepare(
     task: &TaskInfo,
     dir: &Path,
     cached: &[CachedFile],
-) -> Result<(cairn_sandbox::Program, RunSpec), String> {
+) -> Result<(cairn_sandbox::Program, RunSpec), LaunchError> {
     let (_, value) = module_of(task)?;
     let bytes = read_program(dir, &value)?;
     if let Some(digest) = cached_digest(cached, &value) {
         let actual: [u8; 32] = sha2::Sha256::digest(&bytes).into();
         if actual != digest {
-            return Err(format!(
+            return Err(LaunchError::Wasm(format!(
                 "{value} no longer matches the fetcher cache's digest of it; refusing to run it"
-            ));
+            )));
         }
     }
     // Only a task with a fuel budget pays for metering.
     let program = sandbox
         .compile(&bytes, fuel_of(task.container.as_ref()).is_some())
-        .map_err(|e| format!("{value}: {e}"))?;
+        .map_err(|e| LaunchError::Wasm(format!("{value}: {e}")))?;
     spec(task, dir, program)
 }
 
@@ -183,13 +182,13 @@ fn spec(
     task: &TaskInfo,
     dir: &Path,
     program: cairn_sandbox::Program,
-) -> Result<(cairn_sandbox::Program, RunSpec), String> {
+) -> Result<(cairn_sandbox::Program, RunSpec), LaunchError> {
     let (command, value) = module_of(task)?;
     let fuel = fuel_of(task.container.as_ref());
     if program.kind() != ProgramKind::Command {
-        return Err(format!(
+        return Err(LaunchError::Wasm(format!(
             "{value} is a custom executor, not a command: name it in the task's `executor`"
-        ));
+        )));
     }
     let (memory_bytes, disk_bytes) = caps(&task.resources)?;
     let args = if command.arguments.is_empty() {

@@ -28,7 +28,7 @@ use futures::StreamExt as _;
 use tokio::sync::{OnceCell, watch};
 use tokio::task::JoinHandle;
 
-use super::{Containerizer, LaunchSpec, Limits, Termination, Usage};
+use super::{Containerizer, LaunchError, LaunchSpec, Limits, Termination, Usage};
 use output::copy_output;
 
 /// Where the task finds its sandbox, as in Mesos.
@@ -84,7 +84,7 @@ impl DockerContainerizer {
         Self::default()
     }
 
-    async fn docker(&self) -> Result<&Docker, String> {
+    async fn docker(&self) -> Result<&Docker, LaunchError> {
         self.engine.get_or_try_init(connect).await
     }
 
@@ -127,51 +127,64 @@ impl DockerContainerizer {
 
 #[async_trait::async_trait]
 impl Containerizer for DockerContainerizer {
-    async fn launch(&self, spec: &LaunchSpec) -> Result<(), String> {
+    async fn launch(&self, spec: &LaunchSpec) -> Result<(), LaunchError> {
         let info = spec
             .task
             .container
             .as_ref()
             .and_then(|c| c.docker.as_ref())
             .filter(|d| !d.image.is_empty())
-            .ok_or("a DOCKER task needs container.docker.image")?;
+            .ok_or_else(|| {
+                LaunchError::Docker("a DOCKER task needs container.docker.image".into())
+            })?;
         let image = info.image.as_str();
         let network = networking(&spec.task, info)?;
         let limits = Limits::of(&spec.task)?;
         let exec = super::exec(&spec.task)?;
-        let sandbox = std::path::absolute(&spec.sandbox)
-            .map_err(|e| format!("the sandbox {}: {e}", spec.sandbox.display()))?;
+        let sandbox = std::path::absolute(&spec.sandbox).map_err(|e| {
+            LaunchError::Docker(format!("the sandbox {}: {e}", spec.sandbox.display()))
+        })?;
         let docker = self.docker().await?;
         match docker.inspect_image(image).await {
             Ok(_) => {}
             Err(Error::DockerResponseServerError {
                 status_code: 404, ..
             }) => {
-                return Err(format!(
+                return Err(LaunchError::Docker(format!(
                     "image {image} is not present on this agent (images are not pulled: \
                      load it with docker load or docker import)"
-                ));
+                )));
             }
-            Err(e) => return Err(format!("inspecting image {image}: {}", engine_message(e))),
+            Err(e) => {
+                return Err(LaunchError::Docker(format!(
+                    "inspecting image {image}: {}",
+                    engine_message(e)
+                )));
+            }
         }
         let task_id = spec.task_id();
         let name = format!("cairn-{}-{task_id}", spec.framework_id);
         // A container of this name is what an earlier attempt at this task left.
-        remove(docker, &name)
-            .await
-            .map_err(|e| format!("removing the earlier container {name}: {e}"))?;
+        remove(docker, &name).await.map_err(|e| {
+            LaunchError::Docker(format!("removing the earlier container {name}: {e}"))
+        })?;
         let body = create_body(spec, image, exec, network, &limits, &sandbox);
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
         let container = docker
             .create_container(Some(options), body)
             .await
-            .map_err(|e| format!("creating the container: {}", engine_message(e)))?
+            .map_err(|e| {
+                LaunchError::Docker(format!("creating the container: {}", engine_message(e)))
+            })?
             .id;
         if let Err(e) = docker.start_container(&container, None).await {
             if let Err(why) = remove(docker, &container).await {
                 tracing::warn!(%container, error = %why, "cannot remove the unstarted container");
             }
-            return Err(format!("starting the container: {}", engine_message(e)));
+            return Err(LaunchError::Docker(format!(
+                "starting the container: {}",
+                engine_message(e)
+            )));
         }
         tracing::info!(%task_id, %container, image, "started a Docker container");
         let follow = Follow {
@@ -371,13 +384,15 @@ fn create_body(
     }
 }
 
-async fn connect() -> Result<Docker, String> {
+async fn connect() -> Result<Docker, LaunchError> {
     let not_reachable = |e: Error| {
         let address = std::env::var("DOCKER_HOST")
             .ok()
             .filter(|h| h.starts_with("unix://"))
             .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned());
-        format!("the Docker engine is not reachable at {address}: {e}")
+        LaunchError::Docker(format!(
+            "the Docker engine is not reachable at {address}: {e}"
+        ))
     };
     // Requests carry the API version in their path: bollard's default is newer than
     // many engines speak, so settle on the engine's.
@@ -398,7 +413,7 @@ fn engine_message(e: Error) -> String {
 
 /// Removes a container (running or not) and its anonymous volumes; one already gone
 /// is fine.
-async fn remove(docker: &Docker, container: &str) -> Result<(), String> {
+async fn remove(docker: &Docker, container: &str) -> Result<(), LaunchError> {
     let options = RemoveContainerOptionsBuilder::new()
         .force(true)
         .v(true)
@@ -408,15 +423,15 @@ async fn remove(docker: &Docker, container: &str) -> Result<(), String> {
         | Err(Error::DockerResponseServerError {
             status_code: 404, ..
         }) => Ok(()),
-        Err(e) => Err(engine_message(e)),
+        Err(e) => Err(LaunchError::Docker(engine_message(e))),
     }
 }
 
 /// Host ports are checked against the task's `ports` resources: only what the task
 /// was offered is its to publish.
-fn networking(task: &TaskInfo, info: &DockerInfo) -> Result<Networking, String> {
+fn networking(task: &TaskInfo, info: &DockerInfo) -> Result<Networking, LaunchError> {
     let network = Network::try_from(info.network)
-        .map_err(|_| format!("unknown Docker network {}", info.network))?;
+        .map_err(|_| LaunchError::Docker(format!("unknown Docker network {}", info.network)))?;
     let mode = match network {
         Network::Unset | Network::Host => "host",
         Network::Bridge => "bridge",
@@ -424,7 +439,9 @@ fn networking(task: &TaskInfo, info: &DockerInfo) -> Result<Networking, String> 
     };
     if network != Network::Bridge {
         if !info.port_mappings.is_empty() {
-            return Err("port_mappings need BRIDGE networking".into());
+            return Err(LaunchError::Docker(
+                "port_mappings need BRIDGE networking".into(),
+            ));
         }
         return Ok(Networking {
             mode,
@@ -432,21 +449,21 @@ fn networking(task: &TaskInfo, info: &DockerInfo) -> Result<Networking, String> 
             ports: None,
         });
     }
-    let resources = cairn_api::Resources::from_proto(&task.resources).map_err(|e| e.to_string())?;
+    let resources = cairn_api::Resources::from_proto(&task.resources)?;
     let offered = resources.ranges("ports");
     let mut bindings: HashMap<String, Vec<PortBinding>> = HashMap::new();
     for m in &info.port_mappings {
         let port = u64::from(m.host_port);
         if !offered.is_some_and(|r| r.iter().any(|(b, e)| b <= port && port <= e)) {
-            return Err(format!(
+            return Err(LaunchError::Docker(format!(
                 "host port {port} is not among the task's ports resources"
-            ));
+            )));
         }
         let protocol = m.protocol.as_deref().unwrap_or("tcp");
         if !matches!(protocol, "tcp" | "udp") {
-            return Err(format!(
+            return Err(LaunchError::Docker(format!(
                 "port mapping protocol {protocol:?} is neither tcp nor udp"
-            ));
+            )));
         }
         bindings
             .entry(format!("{}/{protocol}", m.container_port))
@@ -464,11 +481,11 @@ fn networking(task: &TaskInfo, info: &DockerInfo) -> Result<Networking, String> 
 }
 
 /// A running container's sandbox and memory limit, as `launch` created it.
-async fn created_with(docker: &Docker, container: &str) -> Result<(PathBuf, u64), String> {
+async fn created_with(docker: &Docker, container: &str) -> Result<(PathBuf, u64), LaunchError> {
     let host = docker
         .inspect_container(container, None)
         .await
-        .map_err(engine_message)?
+        .map_err(|e| LaunchError::Docker(engine_message(e)))?
         .host_config
         .unwrap_or_default();
     let sandbox = host
@@ -480,7 +497,7 @@ async fn created_with(docker: &Docker, container: &str) -> Result<(PathBuf, u64)
                 .and_then(|s| s.strip_suffix(':'))
                 .map(PathBuf::from)
         })
-        .ok_or("it has no sandbox mount")?;
+        .ok_or_else(|| LaunchError::Docker("it has no sandbox mount".into()))?;
     let mem_bytes = host.memory.and_then(|m| u64::try_from(m).ok()).unwrap_or(0);
     Ok((sandbox, mem_bytes))
 }
