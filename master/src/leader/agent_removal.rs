@@ -106,8 +106,7 @@ mod tests {
 
     use super::super::Input;
     use super::super::testing::{
-        Cluster, accept_call, agent_id, agent_info, command_task, framework_info, quiet_config,
-        task_id,
+        Cluster, agent_id, agent_info, command_task, framework_info, quiet_config, task_id,
     };
     use crate::error::CallError;
 
@@ -130,14 +129,9 @@ mod tests {
         let mut framework = cluster.try_subscribe(info).await.expect("subscribe");
         // The agent never heartbeats: it times out a second after registering.
         let agent = cluster.register_agent("cpus:1;mem:256").await;
-        let offer = framework.next_offers().await.remove(0);
         cluster
-            .call(
-                &framework,
-                accept_call(&offer, vec![command_task("t1", "cpus:1;mem:128")]),
-            )
-            .await
-            .expect("ACCEPT");
+            .accept_one(&mut framework, command_task("t1", "cpus:1;mem:128"))
+            .await;
         let status = framework.next_update().await;
         assert_removed(
             &status,
@@ -156,14 +150,9 @@ mod tests {
         let cluster = Cluster::start().await;
         let agent = cluster.register_agent("cpus:1;mem:256").await;
         let mut framework = cluster.subscribe("alpha").await;
-        let offer = framework.next_offers().await.remove(0);
         cluster
-            .call(
-                &framework,
-                accept_call(&offer, vec![command_task("t1", "cpus:1;mem:128")]),
-            )
-            .await
-            .expect("ACCEPT");
+            .accept_one(&mut framework, command_task("t1", "cpus:1;mem:128"))
+            .await;
         let gone = |agent_id: String| {
             cluster
                 .leader

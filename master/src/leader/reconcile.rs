@@ -86,14 +86,7 @@ impl Leader {
         let agent_id = (!agent_id.is_empty()).then(|| AgentId {
             value: agent_id.to_owned(),
         });
-        Some(TaskStatus {
-            state: state as i32,
-            source: task_status::Source::Master as i32,
-            reason: Some(task_status::Reason::Reconciliation as i32),
-            agent_id,
-            timestamp: now_secs(),
-            ..Default::default()
-        })
+        Some(reconciliation_update(None, state, agent_id))
     }
 }
 
@@ -109,6 +102,16 @@ fn reconcile_status(task_id: Option<TaskId>, known: Option<&TaskEntry>) -> TaskS
         ),
         None => (TaskState::TaskUnknown, None),
     };
+    reconciliation_update(task_id, state, agent_id)
+}
+
+/// An update the master itself answers a RECONCILE with (source MASTER, reason
+/// RECONCILIATION, nothing to acknowledge).
+fn reconciliation_update(
+    task_id: Option<TaskId>,
+    state: TaskState,
+    agent_id: Option<AgentId>,
+) -> TaskStatus {
     TaskStatus {
         task_id,
         state: state as i32,
@@ -128,7 +131,7 @@ mod tests {
     use cairn_api::v1::{Call, FrameworkId, TaskState, TaskStatus, call, task_status};
 
     use super::super::testing::{
-        Cluster, Framework, accept_call, agent_id, command_task, framework_info, task_id,
+        Cluster, Framework, agent_id, command_task, framework_info, task_id,
     };
 
     fn reconcile(tasks: Vec<call::reconcile::Task>) -> Call {
@@ -205,14 +208,9 @@ mod tests {
         let cluster = Cluster::start().await;
         let agent = cluster.register_agent("cpus:2;mem:512").await;
         let mut framework = cluster.subscribe("alpha").await;
-        let offer = framework.next_offers().await.remove(0);
         cluster
-            .call(
-                &framework,
-                accept_call(&offer, vec![command_task("t1", "cpus:1;mem:128")]),
-            )
-            .await
-            .expect("ACCEPT");
+            .accept_one(&mut framework, command_task("t1", "cpus:1;mem:128"))
+            .await;
         let running = TaskStatus {
             task_id: task_id("t1"),
             state: TaskState::TaskRunning as i32,

@@ -69,6 +69,14 @@ impl Cluster {
         }
     }
 
+    /// Takes the framework's next offer and launches `task` with it.
+    pub(super) async fn accept_one(&self, framework: &mut Framework, task: TaskInfo) {
+        let offer = framework.next_offers().await.remove(0);
+        self.call(framework, accept_call(&offer, vec![task]))
+            .await
+            .expect("ACCEPT");
+    }
+
     pub(super) async fn try_subscribe(&self, info: FrameworkInfo) -> Result<Framework, CallError> {
         let (tx, events) = mpsc::channel(crate::STREAM_BUFFER);
         let stream_id = self
