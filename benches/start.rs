@@ -85,6 +85,8 @@ fn in_cgroups(
                 },
                 sandbox,
                 cached: Vec::new(),
+                // The binary timed may sit where only this user can read it.
+                user: cairn_agent::user::current().unwrap(),
             };
             rt.block_on(async {
                 let started = Instant::now();

@@ -61,6 +61,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
         executor_shutdown_grace_period: Duration::from_secs(10),
         custom_executor_call_timeout: Duration::from_secs(5),
         native: Default::default(),
+        fetcher: Default::default(),
+        users: dev_users(),
+        gc: Default::default(),
     })?)
     .await?;
     let agent_addr = agent.local_addr()?;
@@ -102,4 +105,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
         _ = tokio::signal::ctrl_c() => {}
     }
     Ok(0)
+}
+
+/// The dev cluster has one tenant, whoever started it: its tasks run as that user,
+/// root included (a shared agent refuses root tasks unless told otherwise).
+fn dev_users() -> crate::TaskUsers {
+    let me = nix::unistd::User::from_uid(nix::unistd::Uid::effective())
+        .ok()
+        .flatten()
+        .map(|u| u.name);
+    crate::TaskUsers {
+        default_user: me.unwrap_or_else(|| "nobody".into()),
+        allow_root_tasks: nix::unistd::Uid::effective().is_root(),
+        ..Default::default()
+    }
 }

@@ -32,7 +32,7 @@ enum Command {
     /// Run a master (the control plane: registry, offers, APIs).
     Master(MasterArgs),
     /// Run an agent (offers this machine's resources and runs tasks).
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Run a master and an agent on this machine with embedded defaults.
     Dev(dev::DevArgs),
     /// Run one WebAssembly task on the cluster and show its output.
@@ -120,6 +120,127 @@ pub(crate) struct AgentArgs {
     custom_executor_call_timeout: Duration,
     #[command(flatten)]
     native: NativeIsolation,
+    #[command(flatten)]
+    fetcher: FetcherFlags,
+    #[command(flatten)]
+    users: TaskUsers,
+    #[command(flatten)]
+    gc: SandboxGc,
+}
+
+/// When finished runs' sandboxes are removed, after Mesos' flags of these names.
+#[derive(Args, Clone)]
+pub(crate) struct SandboxGc {
+    /// How long a finished run's sandbox is kept when the disk is empty; the fuller
+    /// the disk, the shorter (Mesos' `--gc_delay`).
+    #[arg(long, default_value = "1week", value_parser = humantime::parse_duration)]
+    gc_delay: Duration,
+    /// The fraction of the disk garbage collection keeps free (Mesos'
+    /// `--gc_disk_headroom`).
+    #[arg(long, default_value_t = 0.1, value_parser = fraction)]
+    gc_disk_headroom: f64,
+    /// How often the disk's usage is checked (Mesos' `--disk_watch_interval`).
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    disk_watch_interval: Duration,
+}
+
+/// A number from 0.0 to 1.0.
+fn fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("{text:?} is not a fraction from 0.0 to 1.0")),
+    }
+}
+
+impl Default for SandboxGc {
+    fn default() -> Self {
+        let gc = cairn_agent::GcConfig::default();
+        Self {
+            gc_delay: gc.delay,
+            gc_disk_headroom: gc.disk_headroom,
+            disk_watch_interval: gc.disk_watch_interval,
+        }
+    }
+}
+
+/// Who tasks run as, after Mesos' `--switch_user`.
+#[derive(Args, Clone)]
+pub(crate) struct TaskUsers {
+    /// Run each task as its `CommandInfo.user`, else its `FrameworkInfo.user`, else
+    /// `--default-user`; with `false`, tasks run as the agent's own user.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    switch_user: bool,
+    /// The user of tasks whose command and framework name none.
+    #[arg(long, default_value = "nobody")]
+    default_user: String,
+    /// Let tasks run as root (uid 0). Off by default: a framework naming root, or an
+    /// agent not switching users while it runs as root, has its tasks refused.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    allow_root_tasks: bool,
+}
+
+impl Default for TaskUsers {
+    fn default() -> Self {
+        let policy = cairn_agent::user::UserPolicy::default();
+        Self {
+            switch_user: policy.switch_user,
+            default_user: policy.default_user,
+            allow_root_tasks: policy.allow_root_tasks,
+        }
+    }
+}
+
+/// What a task's URIs may cost and reach: the fetcher's limits.
+#[derive(Args, Clone)]
+pub(crate) struct FetcherFlags {
+    /// How long an HTTP server has to accept the fetcher's connection.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    fetcher_connect_timeout: Duration,
+    /// How long a download may receive nothing before it is abandoned (Mesos'
+    /// `--fetcher_stall_timeout`).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    fetcher_stall_timeout: Duration,
+    /// How long one URI's download may take in all, redirects included.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    fetcher_timeout: Duration,
+    /// The largest file, in bytes, one URI may put in a sandbox.
+    #[arg(long, default_value_t = 1 << 30)]
+    fetcher_max_size: u64,
+    /// How many redirects one download may follow.
+    #[arg(long, default_value_t = 5)]
+    fetcher_max_redirects: usize,
+    /// Networks (CIDRs or addresses, comma-separated) the fetcher may reach although
+    /// it refuses them by default: loopback, link-local (cloud metadata), unspecified
+    /// and this agent's own addresses. For local mirrors and tests.
+    #[arg(long, value_delimiter = ',')]
+    fetcher_allowed_networks: Vec<cairn_agent::AllowedNetwork>,
+}
+
+impl Default for FetcherFlags {
+    fn default() -> Self {
+        let config = cairn_agent::FetcherConfig::default();
+        Self {
+            fetcher_connect_timeout: config.connect_timeout,
+            fetcher_stall_timeout: config.stall_timeout,
+            fetcher_timeout: config.timeout,
+            fetcher_max_size: config.max_size,
+            fetcher_max_redirects: config.max_redirects,
+            fetcher_allowed_networks: config.allowed_networks,
+        }
+    }
+}
+
+impl From<FetcherFlags> for cairn_agent::FetcherConfig {
+    fn from(flags: FetcherFlags) -> Self {
+        Self {
+            connect_timeout: flags.fetcher_connect_timeout,
+            stall_timeout: flags.fetcher_stall_timeout,
+            timeout: flags.fetcher_timeout,
+            max_size: flags.fetcher_max_size,
+            max_redirects: flags.fetcher_max_redirects,
+            allowed_networks: flags.fetcher_allowed_networks,
+        }
+    }
 }
 
 /// How native tasks are isolated: the agent's flags, handed on to its executors.
@@ -233,7 +354,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Agent(args) => {
-            let agent = cairn_agent::Agent::bind(agent_config(args)?).await?;
+            let agent = cairn_agent::Agent::bind(agent_config(*args)?).await?;
             until_stopped(agent.run()).await?;
             Ok(0)
         }
@@ -287,6 +408,17 @@ pub(crate) fn agent_config(args: AgentArgs) -> anyhow::Result<cairn_agent::Agent
         custom_executor_call_timeout: args.custom_executor_call_timeout,
         cgroups_root: args.native.cgroups_root,
         native_namespaces: args.native.native_namespaces,
+        fetcher: args.fetcher.into(),
+        users: cairn_agent::user::UserPolicy {
+            switch_user: args.users.switch_user,
+            default_user: args.users.default_user,
+            allow_root_tasks: args.users.allow_root_tasks,
+        },
+        gc: cairn_agent::GcConfig {
+            delay: args.gc.gc_delay,
+            disk_headroom: args.gc.gc_disk_headroom,
+            disk_watch_interval: args.gc.disk_watch_interval,
+        },
     })
 }
 

@@ -45,6 +45,7 @@ fn main() {
                     ..Default::default()
                 }),
                 group: Vec::new(),
+                container_id: format!("run-{t}"),
             }));
         }
         checkpoint.commit().expect("commit");

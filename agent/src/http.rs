@@ -8,9 +8,9 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
+use cairn_sandbox::{SandboxDir, SandboxDirError};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
 
 use crate::core::AgentSnapshot;
@@ -165,56 +165,58 @@ async fn read(State(s): State<HttpState>, Query(q): Query<ReadQuery>) -> Respons
             format!("path {:?} must stay inside the sandbox", q.path),
         );
     }
-    let executor_id = cairn_api::ids::executor_id_for(&cairn_api::v1::FrameworkId {
-        value: q.framework_id.clone(),
-    })
-    .value;
-    let sandbox = s.paths.sandbox(&q.framework_id, &executor_id, &q.task_id);
     let not_found = || {
         bad(
             StatusCode::NOT_FOUND,
             format!("no file {} in task {}'s sandbox", q.path, q.task_id),
         )
     };
-    // The guest writes its sandbox and may plant symlinks in it: whatever the path
-    // resolves to must still be inside the sandbox, and a regular file.
-    let (Ok(root), Ok(target)) = (
-        tokio::fs::canonicalize(&sandbox).await,
-        tokio::fs::canonicalize(sandbox.join(relative)).await,
-    ) else {
+    // The task's newest run: a reused task id reads its current run, not an old one.
+    let Some(sandbox) = s.paths.latest_run(&q.framework_id, &q.task_id) else {
         return not_found();
     };
-    if !target.starts_with(&root) {
-        return bad(
-            StatusCode::FORBIDDEN,
-            format!("{} leads out of the task's sandbox", q.path),
-        );
-    }
-    let opened = tokio::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(&target)
-        .await;
-    let mut f = match opened {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return not_found(),
-        Err(e) => return bad(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    if !f.metadata().await.is_ok_and(|m| m.is_file()) {
-        return bad(
-            StatusCode::BAD_REQUEST,
-            format!("{} is not a regular file", q.path),
-        );
-    }
+    // The task writes its sandbox and may plant links, FIFOs or hard links there:
+    // the file is opened beneath the sandbox by the kernel, following no link, and
+    // must be a regular file with one link (see `cairn_sandbox::dir`). The check is
+    // the open, so nothing can be swapped in between.
+    let (path, offset) = (q.path.clone(), q.offset);
     let length = q.length.unwrap_or(MAX_READ).min(MAX_READ);
-    let mut data = Vec::new();
-    let result = async {
-        f.seek(std::io::SeekFrom::Start(q.offset)).await?;
-        f.take(length).read_to_end(&mut data).await
-    }
+    let read = tokio::task::spawn_blocking(move || {
+        SandboxDir::open(&sandbox)?.read(Path::new(&path), offset, length)
+    })
     .await;
-    if let Err(e) = result {
-        return bad(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    match read {
+        Ok(Ok(data)) => Json(json!({ "data": String::from_utf8_lossy(&data), "offset": q.offset }))
+            .into_response(),
+        Ok(Err(e)) => read_refused(&q, e),
+        Err(e) => bad(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
-    Json(json!({ "data": String::from_utf8_lossy(&data), "offset": q.offset })).into_response()
+}
+
+/// How a refused or failed sandbox read answers, as Mesos' `/files/read` does: 404
+/// for a file that is not there, 400 for one it will not serve (a link, a FIFO, a
+/// directory, a hard-linked file).
+fn read_refused(q: &ReadQuery, e: SandboxDirError) -> Response {
+    use std::io::ErrorKind;
+    match e {
+        SandboxDirError::Io { source, .. }
+            if matches!(
+                source.kind(),
+                ErrorKind::NotFound | ErrorKind::NotADirectory
+            ) =>
+        {
+            bad(
+                StatusCode::NOT_FOUND,
+                format!("no file {} in task {}'s sandbox", q.path, q.task_id),
+            )
+        }
+        SandboxDirError::Io { source, .. } => {
+            bad(StatusCode::INTERNAL_SERVER_ERROR, source.to_string())
+        }
+        SandboxDirError::NotBeneath { .. } => bad(
+            StatusCode::BAD_REQUEST,
+            format!("path {:?} must stay inside the sandbox", q.path),
+        ),
+        e => bad(StatusCode::BAD_REQUEST, e.to_string()),
+    }
 }

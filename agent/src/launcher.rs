@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use crate::input::Input;
 use crate::paths::Paths;
 use crate::process::{is_alive, start_time};
+use crate::user::TaskUser;
 
 /// Starts executors and fetches sandboxes, reporting back to the core.
 pub struct Launcher {
@@ -23,7 +24,7 @@ pub struct Launcher {
     pub(crate) cgroups_root: String,
     pub(crate) native_namespaces: Vec<String>,
     pub(crate) core: mpsc::Sender<Input>,
-    pub(crate) fetch_cache: std::sync::Arc<crate::fetcher::FetchCache>,
+    pub(crate) fetcher: std::sync::Arc<crate::fetcher::Fetcher>,
     /// Sandboxes made only of cached files, made on the placer thread.
     pub(crate) placer: std::sync::mpsc::Sender<PlaceJob>,
 }
@@ -150,8 +151,8 @@ impl Launcher {
         });
     }
 
-    /// Fetches a task's URIs into its sandbox off the core's thread; `link_cached` as
-    /// in [`crate::fetcher::fetch_all`].
+    /// Fetches a task's URIs into its sandbox off the core's thread, as the task's
+    /// `user`; `link_cached` as in [`crate::fetcher::fetch_all`].
     pub fn fetch(
         &self,
         framework_id: String,
@@ -159,8 +160,9 @@ impl Launcher {
         sandbox: PathBuf,
         uris: Vec<Uri>,
         link_cached: bool,
+        user: TaskUser,
     ) {
-        if let Some(placement) = self.fetch_cache.all_cached(&uris) {
+        if let Some(placement) = self.fetcher.all_cached(&uris, &user) {
             let job = PlaceJob {
                 framework_id,
                 task_id,
@@ -179,9 +181,10 @@ impl Launcher {
                 job.sandbox,
                 uris,
                 link_cached,
+                user,
             );
         }
-        self.fetch_async(framework_id, task_id, sandbox, uris, link_cached);
+        self.fetch_async(framework_id, task_id, sandbox, uris, link_cached, user);
     }
 
     fn fetch_async(
@@ -191,11 +194,12 @@ impl Launcher {
         sandbox: PathBuf,
         uris: Vec<Uri>,
         link_cached: bool,
+        user: TaskUser,
     ) {
         let core = self.core.clone();
-        let cache = self.fetch_cache.clone();
+        let fetcher = self.fetcher.clone();
         tokio::spawn(async move {
-            let result = crate::fetcher::fetch_all(&uris, &sandbox, &cache, link_cached)
+            let result = crate::fetcher::fetch_all(&uris, &sandbox, &fetcher, link_cached, &user)
                 .await
                 .map_err(|e| e.to_string());
             let _ = core

@@ -9,6 +9,7 @@ mod executor_process;
 mod executor_socket;
 mod fetcher;
 mod framing;
+mod gc;
 mod http;
 mod input;
 mod launcher;
@@ -18,6 +19,7 @@ mod paths;
 mod process;
 mod resources;
 mod updates;
+pub mod user;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,6 +34,8 @@ pub use error::{AgentError, ExecutorError};
 /// as an executor makes it.
 pub use executor_process::containerizer;
 pub use executor_process::{ExecutorArgs, run_executor};
+pub use fetcher::{AllowedNetwork, FetcherConfig};
+pub use gc::GcConfig;
 pub use resources::{FlagError, agent_resources, parse_attributes};
 
 #[derive(Debug, Clone)]
@@ -63,6 +67,12 @@ pub struct AgentConfig {
     pub cgroups_root: String,
     /// Namespaces native tasks get of their own (`ipc`, `mount`, `network`).
     pub native_namespaces: Vec<String>,
+    /// The fetcher's limits (`--fetcher-*`).
+    pub fetcher: FetcherConfig,
+    /// Who tasks run as (`--switch-user`, `--default-user`, `--allow-root-tasks`).
+    pub users: user::UserPolicy,
+    /// When finished runs' sandboxes are removed.
+    pub gc: GcConfig,
 }
 
 /// A configured agent whose HTTP port is bound, not yet running.
@@ -95,6 +105,13 @@ impl Agent {
             .map_err(bind_error)?;
         let port = http.local_addr().map_err(bind_error)?.port();
         let paths = paths::Paths::new(config.work_dir.clone());
+        for dir in paths.private_dirs() {
+            private_dir(&dir).map_err(|source| AgentError::WorkFile {
+                what: "making private",
+                path: dir.clone(),
+                source,
+            })?;
+        }
         let boot = Boot::read(&paths);
         if boot.rebooted() {
             tracing::info!(
@@ -159,7 +176,10 @@ impl Agent {
             cgroups_root: self.config.cgroups_root.clone(),
             native_namespaces: self.config.native_namespaces.clone(),
             core: tx.clone(),
-            fetch_cache: std::sync::Arc::new(fetcher::FetchCache::new(paths.fetch_cache())),
+            fetcher: std::sync::Arc::new(fetcher::Fetcher::new(
+                paths.fetch_cache(),
+                self.config.fetcher.clone(),
+            )),
             placer: launcher::spawn_placer(tx.clone()).map_err(AgentError::Placer)?,
         };
         let config = core::CoreConfig {
@@ -167,9 +187,31 @@ impl Agent {
             update_retry: self.config.update_retry,
             executor_reregistration_timeout: self.config.executor_reregistration_timeout,
             executor_shutdown_grace: self.config.executor_shutdown_grace,
+            users: self.config.users.clone(),
         };
-        let (core, snapshot) =
-            core::Core::recover(paths.clone(), config, self.info, launcher, self.checkpoint);
+        // Runs the checkpoint still holds are the core's; any other run on disk
+        // finished before the restart and is collected.
+        let live: std::collections::HashSet<_> = self
+            .checkpoint
+            .state
+            .tasks
+            .iter()
+            .map(|((fw, task_id), task)| paths.sandbox(fw, task_id, &task.container_id))
+            .collect();
+        let orphaned = gc::orphaned_runs(&paths.frameworks(), &live);
+        let gc = gc::spawn(
+            self.config.gc.clone(),
+            self.config.work_dir.clone(),
+            orphaned,
+        );
+        let (core, snapshot) = core::Core::recover(
+            paths.clone(),
+            config,
+            self.info,
+            launcher,
+            self.checkpoint,
+            gc,
+        );
         tokio::spawn(core.run(rx));
         tokio::spawn(executor_socket::serve_socket(listener, tx.clone()));
         tokio::spawn(master_link::run(self.config.master.clone(), tx.clone()));
@@ -183,6 +225,17 @@ impl Agent {
             .await
             .map_err(AgentError::Serve)
     }
+}
+
+/// Creates `dir` if missing and makes it the agent's alone (0700); refuses a link.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(std::io::Error::other("not a directory"));
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 /// The machine's boot and the one the checkpoint belongs to: after a reboot nothing

@@ -8,10 +8,16 @@
 //! <work_dir>/cache/wasm/                                  the compile cache (see cairn-sandbox)
 //! <work_dir>/cache/fetch/                                 the fetcher cache (see `fetcher`)
 //! <work_dir>/frameworks/<fw>/executors/<ex>/              executor dir: executor.log, pid
-//! <work_dir>/frameworks/<fw>/executors/<ex>/tasks/<task>/ task sandbox: stdout, stderr, files
+//! <work_dir>/frameworks/<fw>/executors/<ex>/tasks/<task>/runs/<container>/
+//!                                                         one run's sandbox: stdout, stderr, files
 //! ```
 //!
-//! Every id used as a path component has passed `cairn_api::ids::is_safe_id`.
+//! Every id used as a path component has passed `cairn_api::ids::is_safe_id`. Each
+//! run of a task (a launch, or a relaunch of a reused task id) gets a sandbox of its
+//! own, as Mesos' `runs/<container-id>`: nothing an earlier run left, links
+//! included, is ever in a later run's way. Container ids are time-ordered UUIDs, so
+//! the newest run is the greatest name. `meta/` and `cache/` are the agent's alone
+//! (mode 0700): no task's user can reach them.
 
 use std::path::PathBuf;
 
@@ -52,6 +58,11 @@ impl Paths {
         self.root.join("meta").join("boot_id")
     }
 
+    /// Every framework's directory is below this one.
+    pub fn frameworks(&self) -> PathBuf {
+        self.root.join("frameworks")
+    }
+
     pub fn executor_dir(&self, framework: &str, executor: &str) -> PathBuf {
         self.root
             .join("frameworks")
@@ -60,11 +71,51 @@ impl Paths {
             .join(executor)
     }
 
-    pub fn sandbox(&self, framework: &str, executor: &str, task: &str) -> PathBuf {
-        self.executor_dir(framework, executor)
+    /// Where a task's runs are, one sandbox per container id below: under its
+    /// framework's executor (one per framework on an agent).
+    pub fn task_dir(&self, framework: &str, task: &str) -> PathBuf {
+        let executor = cairn_api::ids::executor_id_for(&cairn_api::v1::FrameworkId {
+            value: framework.to_owned(),
+        });
+        self.executor_dir(framework, &executor.value)
             .join("tasks")
             .join(task)
     }
+
+    /// One run's sandbox. An empty container id (a checkpoint older than runs)
+    /// names the task's directory itself, where such a run's sandbox was.
+    pub fn sandbox(&self, framework: &str, task: &str, container: &str) -> PathBuf {
+        let dir = self.task_dir(framework, task);
+        if container.is_empty() {
+            return dir;
+        }
+        dir.join("runs").join(container)
+    }
+
+    /// The newest run's sandbox of a task, if it has one on disk. The `runs/`
+    /// directory is the agent's (tasks cannot add names to it).
+    pub fn latest_run(&self, framework: &str, task: &str) -> Option<PathBuf> {
+        let runs = self.task_dir(framework, task).join("runs");
+        std::fs::read_dir(&runs)
+            .ok()?
+            .flatten()
+            .map(|e| e.file_name())
+            .filter_map(|n| n.into_string().ok())
+            .filter(|n| cairn_api::ids::is_safe_id(n))
+            .max()
+            .map(|n| runs.join(n))
+    }
+
+    /// The agent's private directories, made 0700 at start: the checkpoint, keys and
+    /// caches never sit where a task's user can read or plant anything.
+    pub fn private_dirs(&self) -> [PathBuf; 2] {
+        [self.root.join("meta"), self.root.join("cache")]
+    }
+}
+
+/// A fresh container id: a time-ordered UUID (v7), so runs sort by age.
+pub fn new_container_id() -> String {
+    uuid::Uuid::now_v7().to_string()
 }
 
 /// Creates the compile cache's key on first use: 32 random bytes only the agent's

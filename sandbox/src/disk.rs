@@ -2,9 +2,13 @@
 //! counted as they are written (a flood stops at the quota, not when a poll notices),
 //! and the sandbox directory's usage is measured every few epoch ticks. Past the
 //! task's `disk` the run ends with a disk limitation.
+//!
+//! The guest owns the sandbox's names: both the measurement and the output files go
+//! through [`SandboxDir`], so no link it plants is followed or counted through.
 
 use std::fs::File;
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,6 +18,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
+
+use crate::dir::{EntryKind, SandboxDir, SandboxDirError};
 
 /// Raised when a write would cross the quota; classified as a disk limitation.
 #[derive(Debug, thiserror::Error)]
@@ -33,11 +39,13 @@ pub(crate) struct DiskBudget {
     /// A background measurement is under way.
     polling: AtomicBool,
     dir: PathBuf,
-    outputs: [PathBuf; 2],
+    /// stdout and stderr, relative to `dir` (absent if they are elsewhere).
+    outputs: [Option<PathBuf>; 2],
 }
 
 impl DiskBudget {
     pub(crate) fn new(quota: u64, dir: &Path, stdout: &Path, stderr: &Path) -> Arc<Self> {
+        let inside = |path: &Path| path.strip_prefix(dir).ok().map(Path::to_owned);
         Arc::new(Self {
             quota,
             output: AtomicU64::new(0),
@@ -45,7 +53,7 @@ impl DiskBudget {
             exceeded: AtomicBool::new(false),
             polling: AtomicBool::new(false),
             dir: dir.to_owned(),
-            outputs: [stdout.to_owned(), stderr.to_owned()],
+            outputs: [inside(stdout), inside(stderr)],
         })
     }
 
@@ -100,69 +108,69 @@ impl DiskBudget {
 const INODE_BYTES: u64 = 4096;
 
 /// Bytes used under `dir`, `skip` left out: allocated blocks (sparse files count as
-/// what they hold), at least one block per file or directory. Stops counting once
-/// past `limit`: the answer is then only "too much". Every run ends with one of
-/// these walks, so it asks the kernel as little as it can: entry types come from the
-/// directory listing where the filesystem fills them in, and a symlink is counted as
-/// one block without a stat (its target, at most a page, costs no more).
-fn usage(dir: &Path, skip: &[PathBuf], limit: u64) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let skipped = |parent: &Path, name: &std::ffi::OsStr| {
-        skip.iter()
-            .any(|s| s.file_name() == Some(name) && s.parent() == Some(parent))
+/// what they hold), at least one block per name. Stops counting once past `limit`:
+/// the answer is then only "too much". Every run ends with one of these walks, so
+/// it asks the kernel one `fstatat` per name and no more.
+///
+/// The walk never follows a link (a link counts one block, whatever it points to)
+/// and descends only into directories it opened beneath the sandbox, so a guest can
+/// neither make it count another tenant's files nor hide its own. A file with two
+/// hard links counts once per name: over-counting is the quota's safe side, and a
+/// guest can link only files inside its sandbox. A tree nested deeper than the walk
+/// descends ([`crate::dir::MAX_DEPTH`]) cannot be measured and counts as full.
+fn usage(dir: &Path, skip: &[Option<PathBuf>; 2], limit: u64) -> u64 {
+    let dir = match SandboxDir::open(dir) {
+        Ok(dir) => dir,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot open the sandbox to measure it");
+            return 0;
+        }
     };
     let mut total = 0u64;
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
+    let walked = dir.walk(|rel, entry| {
+        if skip.iter().flatten().any(|s| s == rel) {
+            return ControlFlow::Continue(());
+        }
+        let bytes = match entry.kind {
+            EntryKind::Symlink => INODE_BYTES,
+            _ => entry.allocated.max(INODE_BYTES),
         };
-        for entry in entries.flatten() {
-            if skipped(&d, &entry.file_name()) {
-                continue;
-            }
-            // Neither the listing's type nor `DirEntry::metadata` follows symlinks.
-            let Ok(kind) = entry.file_type() else {
-                continue;
-            };
-            let bytes = if kind.is_symlink() {
-                INODE_BYTES
-            } else {
-                let Ok(meta) = entry.metadata() else { continue };
-                (meta.blocks() * 512).max(INODE_BYTES)
-            };
-            total = total.saturating_add(bytes);
-            if total > limit {
-                return total;
-            }
-            if kind.is_dir() {
-                stack.push(entry.path());
-            }
+        total = total.saturating_add(bytes);
+        if total > limit {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    match walked {
+        Ok(()) => total,
+        Err(e @ SandboxDirError::TooDeep { .. }) => {
+            let sandbox = dir.path().display();
+            tracing::warn!(%sandbox, error = %e, "counting the sandbox as full");
+            u64::MAX
+        }
+        Err(e) => {
+            let sandbox = dir.path().display();
+            tracing::warn!(%sandbox, error = %e, "cannot measure all of the sandbox");
+            total
         }
     }
-    total
 }
-
-/// Linux's `O_NOFOLLOW`: the last path component must not be a symlink.
-const O_NOFOLLOW: i32 = 0o400_000;
-/// Linux's `O_NONBLOCK`: a FIFO the guest left in place of its output fails the
-/// open instead of blocking a runtime thread (a guest cannot make one through WASI,
-/// but the directory may hold anything).
-const O_NONBLOCK: i32 = 0o4_000;
 
 /// stdout or stderr: a file whose every write is taken from the run's budget first.
 /// It is opened on the first write, so an idle task holds no descriptor for it.
 #[derive(Clone)]
 pub(crate) struct QuotaOutput {
-    path: Arc<PathBuf>,
+    /// The sandbox and the file's name in it.
+    path: Arc<(PathBuf, PathBuf)>,
     file: Arc<Mutex<Option<File>>>,
     budget: Arc<DiskBudget>,
 }
 
 impl QuotaOutput {
-    pub(crate) fn new(path: PathBuf, budget: Arc<DiskBudget>) -> Self {
+    pub(crate) fn new(sandbox: PathBuf, name: PathBuf, budget: Arc<DiskBudget>) -> Self {
         Self {
-            path: Arc::new(path),
+            path: Arc::new((sandbox, name)),
             file: Arc::new(Mutex::new(None)),
             budget,
         }
@@ -177,16 +185,11 @@ impl QuotaOutput {
         }
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
         if file.is_none() {
-            // The guest can replace the file before its first write: never follow
-            // a link it may have put there.
-            use std::os::unix::fs::OpenOptionsExt;
-            *file = Some(
-                File::options()
-                    .create(true)
-                    .append(true)
-                    .custom_flags(O_NOFOLLOW | O_NONBLOCK)
-                    .open(&*self.path)?,
-            );
+            // The guest can replace the file before its first write (with a link, a
+            // FIFO, a hard link to another file): open it as the host opens any
+            // file a tenant could have shaped.
+            let (sandbox, name) = &*self.path;
+            *file = Some(SandboxDir::open(sandbox)?.append(name, 0o666)?);
         }
         match file.as_mut() {
             Some(f) => f.write_all(bytes),
@@ -261,5 +264,51 @@ impl tokio::io::AsyncWrite for QuotaOutput {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BIG: usize = 256 << 10;
+
+    /// What `usage` counts for `dir`, stdout and stderr in it left out.
+    fn measured(dir: &Path) -> u64 {
+        let skip = [Some(PathBuf::from("stdout")), Some(PathBuf::from("stderr"))];
+        usage(dir, &skip, u64::MAX)
+    }
+
+    #[test]
+    fn links_count_one_block_whatever_they_point_to() {
+        let sandbox = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("big"), vec![1u8; BIG]).unwrap();
+        std::os::unix::fs::symlink(outside.path(), sandbox.path().join("dir")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("big"), sandbox.path().join("file"))
+            .unwrap();
+        assert_eq!(measured(sandbox.path()), 2 * INODE_BYTES);
+    }
+
+    #[test]
+    fn files_count_their_blocks_per_name_and_outputs_are_left_out() {
+        let sandbox = tempfile::tempdir().unwrap();
+        std::fs::write(sandbox.path().join("stdout"), vec![1u8; BIG]).unwrap();
+        std::fs::create_dir(sandbox.path().join("d")).unwrap();
+        std::fs::write(sandbox.path().join("d/data"), vec![1u8; BIG]).unwrap();
+        let one = measured(sandbox.path());
+        // The directory's block and the file's (at least their length).
+        assert!(one >= INODE_BYTES + BIG as u64, "{one}");
+        std::fs::hard_link(sandbox.path().join("d/data"), sandbox.path().join("twin")).unwrap();
+        let file = one - INODE_BYTES;
+        assert_eq!(measured(sandbox.path()), one + file);
+    }
+
+    #[test]
+    fn a_tree_too_deep_to_measure_counts_as_full() {
+        let sandbox = tempfile::tempdir().unwrap();
+        let deep = vec!["d"; crate::dir::MAX_DEPTH + 1].join("/");
+        std::fs::create_dir_all(sandbox.path().join(deep)).unwrap();
+        assert_eq!(measured(sandbox.path()), u64::MAX);
     }
 }

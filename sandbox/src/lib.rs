@@ -16,13 +16,17 @@
 //!   - `spec`: [`RunSpec`] and [`CancelHandle`], what a caller hands a run.
 //!   - `outcome`: [`Exit`], [`Limit`], [`Usage`], [`RunOutcome`], how a run ended.
 //!   - `limits`: the memory and table limiter of a store.
-//!   - `disk`: the disk quota (counted output streams, sandbox usage polls).
+//!   - `dir`: [`SandboxDir`], a sandbox directory as host code must see it: every
+//!     path resolved beneath it by the kernel, following no link; the agent and
+//!     the executors touch a sandbox only through it.
+//!   - `disk`: the disk quota (counted output streams, sandbox usage polls;
+//!     imports `dir`).
 //!   - `cache`: the on-disk compile cache ([`CacheConfig`], [`CacheStats`]).
 //!   - `store`: a store with a run's limits, the guard that bounds each call by its
 //!     kill handle and deadline, and how a call's error becomes an [`Exit`]
 //!     (imports `disk`, `error`, `limits`, `outcome`, `spec`).
-//!   - `wasi`: the WASI context every guest gets (imports `disk`, `error`, `spec`,
-//!     `store`).
+//!   - `wasi`: the WASI context every guest gets (imports `dir`, `disk`, `error`,
+//!     `spec`, `store`).
 //!   - `poll`: an interruptible `poll_oneoff` for p1 guests (imports `store`).
 //!   - `executor_world`: the host side of the `cairn:executor` WIT world, what the
 //!     engine links a custom executor against, and [`ExecutorTask`],
@@ -39,6 +43,7 @@
 
 mod cache;
 mod custom_executor;
+pub mod dir;
 mod disk;
 mod engine;
 mod error;
@@ -54,6 +59,7 @@ mod wasi;
 
 pub use cache::{CacheConfig, CacheStats};
 pub use custom_executor::ExecutorInstance;
+pub use dir::{SandboxDir, SandboxDirError};
 pub use engine::{Sandbox, SandboxConfig};
 pub use error::{SandboxError, TaskRefused};
 pub use executor_world::{ExecutorOutput, ExecutorTask, ExecutorTaskState};

@@ -112,7 +112,9 @@ pub(crate) fn classify_end(
 ) -> Exit {
     let refused_write = matches!(result, Err(e) if e.downcast_ref::<DiskLimitExceeded>().is_some());
     let exit = match result {
-        Ok(code) => Exit::Code(*code),
+        // A p2 command's `run` returning its error after a refused growth, as a
+        // `proc_exit` with a failure status would be.
+        Ok(code) => exit_code(*code, refused_memory),
         Err(e) => classify(e, refused_memory),
     };
     let ended_by_host = matches!(exit, Exit::Killed | Exit::Limit(Limit::Time | Limit::Fuel));
@@ -124,13 +126,21 @@ pub(crate) fn classify_end(
     }
 }
 
+/// A guest that fails once a growth of its memory was refused (malloc returned NULL
+/// and it gave up) failed for want of memory; one that exits 0 coped with it.
+fn exit_code(code: i32, refused_memory: bool) -> Exit {
+    if code != 0 && refused_memory {
+        Exit::Limit(Limit::Memory)
+    } else {
+        Exit::Code(code)
+    }
+}
+
+/// How a call's error ends the run: a guest's exit, a host interruption, a limit,
+/// or a trap (after a refused growth, the trap of an allocator that aborts).
 pub(crate) fn classify(e: &wasmtime::Error, refused_memory: bool) -> Exit {
     if let Some(I32Exit(code)) = e.downcast_ref::<I32Exit>() {
-        return if *code != 0 && refused_memory {
-            Exit::Limit(Limit::Memory)
-        } else {
-            Exit::Code(*code)
-        };
+        return exit_code(*code, refused_memory);
     }
     if let Some(interrupted) = e.downcast_ref::<Interrupted>() {
         return match interrupted {

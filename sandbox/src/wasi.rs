@@ -8,6 +8,7 @@ use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use crate::dir::SandboxDir;
 use crate::disk::{DiskBudget, QuotaOutput};
 use crate::error::SandboxError;
 use crate::spec::RunSpec;
@@ -28,48 +29,44 @@ impl WasiView for StoreState<WasiP2> {
     }
 }
 
-/// Creates the output file now, so a silent task still has one to read, but keeps
-/// no descriptor open: an idle task costs no file descriptors for its output. A
-/// custom executor's directory outlives its instances, so the name may be anything
-/// a guest left there: never follow a link, never block on a FIFO, and accept a
-/// regular file only.
-fn touch(path: &Path) -> Result<PathBuf, SandboxError> {
-    use nix::sys::stat::{Mode, SFlag, mknod};
-    use std::os::unix::fs::OpenOptionsExt;
-    const O_NOFOLLOW: i32 = 0o400_000;
-    const O_NONBLOCK: i32 = 0o4_000;
-    let setup = |why: String| SandboxError::Setup(format!("creating {}: {why}", path.display()));
-    // A fresh sandbox: one call makes a regular file without opening it, and fails
-    // on any name already there, a link included (short tasks start thousands of
-    // times a second; open, fstat and close cost three times as much).
-    // Anything else (a name already there, or a filesystem or policy that refuses
-    // mknod) takes the open path below, which says why if it fails too.
-    if mknod(path, SFlag::S_IFREG, Mode::from_bits_truncate(0o666), 0).is_ok() {
-        return Ok(path.to_owned());
-    }
-    let file = std::fs::File::options()
-        .create(true)
-        .append(true)
-        .custom_flags(O_NOFOLLOW | O_NONBLOCK)
-        .open(path)
-        .map_err(|e| setup(e.to_string()))?;
-    let regular = file.metadata().map(|m| m.is_file()).unwrap_or(false);
-    if !regular {
-        return Err(setup("not a regular file".into()));
-    }
-    Ok(path.to_owned())
+/// Creates the output files now, so a silent task still has them to read, but keeps
+/// no descriptor open: an idle task costs no file descriptors for its output.
+/// Returns their names in the sandbox. A custom executor's directory outlives its
+/// instances, so a name may be anything a guest left there: [`SandboxDir::touch`]
+/// follows no link, never blocks on a FIFO, and accepts a regular file with one link
+/// only (a fresh sandbox costs one `mknodat` per file: short tasks start thousands
+/// of times a second).
+fn touch_outputs(spec: &RunSpec) -> Result<[PathBuf; 2], SandboxError> {
+    let dir = SandboxDir::open(&spec.sandbox_dir).map_err(|e| {
+        SandboxError::Setup(format!(
+            "opening sandbox {}: {e}",
+            spec.sandbox_dir.display()
+        ))
+    })?;
+    let touch = |path: &Path| -> Result<PathBuf, SandboxError> {
+        let setup =
+            |why: String| SandboxError::Setup(format!("creating {}: {why}", path.display()));
+        let name = path
+            .strip_prefix(&spec.sandbox_dir)
+            .map_err(|_| setup("not inside the sandbox".into()))?;
+        dir.touch(name, 0o666).map_err(|e| setup(e.to_string()))?;
+        Ok(name.to_owned())
+    };
+    Ok([touch(&spec.stdout)?, touch(&spec.stderr)?])
 }
 
 pub(crate) fn builder(
     spec: &RunSpec,
     budget: &Arc<DiskBudget>,
 ) -> Result<WasiCtxBuilder, SandboxError> {
+    let [stdout, stderr] = touch_outputs(spec)?;
+    let output = |name| QuotaOutput::new(spec.sandbox_dir.clone(), name, budget.clone());
     let mut builder = WasiCtxBuilder::new();
     builder
         .args(&spec.args)
         .envs(&spec.env)
-        .stdout(QuotaOutput::new(touch(&spec.stdout)?, budget.clone()))
-        .stderr(QuotaOutput::new(touch(&spec.stderr)?, budget.clone()))
+        .stdout(output(stdout))
+        .stderr(output(stderr))
         // Deny by default: no sockets unless a later grant says so.
         .allow_tcp(false)
         .allow_udp(false)

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use cairn_test_support::docker_image::{docker, test_image};
 use cairn_test_support::framework::{Events, Scheduler, accept};
-use cairn_test_support::harness::{Cluster, blocking, find_files, text, wait_for};
+use cairn_test_support::harness::{Cluster, blocking, find_files, in_sandbox_of, text, wait_for};
 
 use crate::CAIRN;
 
@@ -129,11 +129,10 @@ async fn a_docker_task_runs_and_its_output_and_exit_code_reach_the_framework() {
     assert_eq!(last["state"], "TASK_FAILED", "{last}");
     assert_eq!(last["message"], "Command exited with status 3", "{last}");
 
-    let sandbox_stdout = format!("tasks/{id}/stdout");
     let stdout = find_files(&cluster.work_dir(), "stdout")
         .into_iter()
-        .find(|p| p.ends_with(&sandbox_stdout))
-        .unwrap_or_else(|| panic!("no {sandbox_stdout} under the agent's work dir"));
+        .find(|p| in_sandbox_of(p, &id))
+        .unwrap_or_else(|| panic!("no stdout of {id} under the agent's work dir"));
     let output = std::fs::read_to_string(&stdout).unwrap();
     assert!(output.contains("hello from docker"), "{output:?}");
     assert_removed(&[id.as_str()]).await;
@@ -227,7 +226,7 @@ async fn a_docker_task_outlives_an_agent_restart_and_finishes_in_the_same_contai
 
     let sandbox = find_files(&cluster.work_dir(), "stdout")
         .into_iter()
-        .find(|p| p.ends_with(format!("tasks/{id}/stdout")))
+        .find(|p| in_sandbox_of(p, &id))
         .and_then(|p| p.parent().map(|d| d.to_owned()))
         .unwrap_or_else(|| panic!("no sandbox for {id}"));
     std::fs::write(sandbox.join("go"), b"").unwrap();

@@ -1,6 +1,7 @@
-//! Mesos' fetcher cache: a `cache: true` URI is fetched once for every task that names
-//! it, a wasm task's sandbox holds a link to the cached copy its guest can neither
-//! follow nor write through, and the module is run again by digest.
+//! Mesos' fetcher. Its cache: a `cache: true` URI is fetched once for every task that
+//! names it, a wasm task's sandbox holds a link to the cached copy its guest can
+//! neither follow nor write through, and the module is run again by digest. Its
+//! boundary: a `file://` URI is read as the task's user.
 
 use std::collections::HashMap;
 
@@ -110,5 +111,109 @@ async fn a_cached_module_is_fetched_once_and_its_guests_cannot_write_through_the
         );
         assert_eq!(std::fs::read(&link).unwrap(), original);
     }
+    cluster.assert_no_panics();
+}
+
+/// A wasm task run as `user`, fetching `uri` as `name`, then running it.
+fn task_as(id: &str, agent_id: &Value, user: &str, uri: &str, name: &str) -> Value {
+    json!({
+        "name": id, "task_id": {"value": id}, "agent_id": agent_id,
+        "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}},
+                      {"name": "mem", "type": "SCALAR", "scalar": {"value": 16}}],
+        "command": {"uris": [{"value": uri, "output_file": name}],
+                    "value": name, "shell": false, "user": user},
+        "container": {"type": "WASM"}
+    })
+}
+
+/// Mesos' fetcher runs as the task's user: a `file://` URI brings into the sandbox
+/// only what that user may read. Tasks running as `nobody` name a root-only file
+/// (mode 0600 in a directory anyone may enter) and `/etc/shadow`: both fail before
+/// launch with the reason, and nothing lands in their sandboxes. A module `nobody`
+/// may read is fetched, owned by `nobody`, and runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_uri_is_read_as_the_task_user_and_a_root_only_file_fails_the_task() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the agent must be root to run a task as nobody"
+    );
+    let cluster = Cluster::start_async(CAIRN).await;
+    let files = tempfile::tempdir().unwrap();
+    let mode = |path: &std::path::Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    mode(files.path(), 0o755);
+    let (secret, public) = (files.path().join("secret"), files.path().join("m.wasm"));
+    std::fs::write(&secret, b"root only").unwrap();
+    mode(&secret, 0o600);
+    let module = wat::parse_str(r#"(module (func (export "_start")))"#).unwrap();
+    std::fs::write(&public, module).unwrap();
+    mode(&public, 0o644);
+    let shadow = std::path::Path::new("/etc/shadow");
+    assert!(shadow.exists(), "this test reads /etc/shadow's refusal");
+
+    let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
+    let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
+    let agent = &offer["agent_id"];
+    let file = |p: &std::path::Path| format!("file://{}", p.display());
+    let tasks = vec![
+        task_as("secret", agent, "nobody", &file(&secret), "secret.wasm"),
+        task_as("shadow", agent, "nobody", &file(shadow), "shadow.wasm"),
+        task_as("public", agent, "nobody", &file(&public), "public.wasm"),
+    ];
+    let (code, body) = scheduler.call(accept(&offer, tasks)).await;
+    assert_eq!(code, 202, "{body}");
+    let mut terminal: HashMap<String, Value> = HashMap::new();
+    while terminal.len() < 3 {
+        let event = events.next().await;
+        if event["type"] != "UPDATE" {
+            continue;
+        }
+        let status = event["update"]["status"].clone();
+        scheduler.acknowledge(&status).await;
+        let state = status["state"].as_str().unwrap_or_default();
+        if !matches!(state, "TASK_STARTING" | "TASK_RUNNING") {
+            terminal.insert(status["task_id"]["value"].as_str().unwrap().into(), status);
+        }
+    }
+    for (id, path) in [("secret", secret.as_path()), ("shadow", shadow)] {
+        let status = &terminal[id];
+        assert_eq!(status["state"], "TASK_FAILED", "{status}");
+        assert_eq!(
+            status["reason"], "REASON_CONTAINER_LAUNCH_FAILED",
+            "{status}"
+        );
+        assert_eq!(
+            status["message"].as_str().unwrap_or_default(),
+            format!(
+                "cannot fetch {}: permission denied reading {} as user nobody",
+                file(path),
+                path.display()
+            ),
+            "{status}"
+        );
+        let landed = find_files(
+            &cluster.work_dir().join("frameworks"),
+            &format!("{id}.wasm"),
+        );
+        assert_eq!(landed, Vec::<std::path::PathBuf>::new(), "{id}");
+    }
+    assert_eq!(
+        terminal["public"]["state"], "TASK_FINISHED",
+        "{}",
+        terminal["public"]
+    );
+    let fetched = find_files(&cluster.work_dir().join("frameworks"), "public.wasm");
+    assert_eq!(fetched.len(), 1, "{fetched:?}");
+    let owner = std::fs::metadata(&fetched[0]).unwrap().uid();
+    assert_eq!(
+        owner,
+        nix::unistd::User::from_name("nobody")
+            .unwrap()
+            .unwrap()
+            .uid
+            .as_raw()
+    );
     cluster.assert_no_panics();
 }

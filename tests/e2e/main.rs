@@ -9,11 +9,13 @@ mod components;
 mod docker;
 mod faults;
 mod fetcher;
+mod links;
 mod mesos_http;
 mod native;
 mod operator;
 mod recovery;
 mod restart;
+mod tenants;
 mod wasm_tasks;
 
 /// The `cairn` binary under test (Cargo builds it for the root package's tests).

@@ -8,14 +8,16 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use cairn_test_support::framework::{Events, Scheduler, accept};
-use cairn_test_support::harness::{Cluster, blocking, find_files, get_json, text, wait_for};
+use cairn_test_support::harness::{
+    Cluster, blocking, find_files, get_json, in_sandbox_of, text, wait_for,
+};
 
 use crate::CAIRN;
 
 /// A cluster whose agent puts native tasks' cgroups under a root of this test's own,
 /// so what a test leaves (or not) is its alone.
-struct NativeCluster {
-    cluster: Cluster,
+pub(crate) struct NativeCluster {
+    pub(crate) cluster: Cluster,
     root: String,
 }
 
@@ -31,7 +33,7 @@ impl NativeCluster {
 
     /// [`NativeCluster::start`] for async tests: start-up is waited for off the
     /// runtime's workers.
-    async fn start_async(flags: &[&str]) -> Self {
+    pub(crate) async fn start_async(flags: &[&str]) -> Self {
         let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
         blocking(move || Self::start(&flags.iter().map(String::as_str).collect::<Vec<_>>())).await
     }
@@ -94,7 +96,13 @@ impl Drop for NativeCluster {
     }
 }
 
-fn native_task(id: &str, agent_id: &Value, cpus: f64, mem: f64, command: Value) -> Value {
+pub(crate) fn native_task(
+    id: &str,
+    agent_id: &Value,
+    cpus: f64,
+    mem: f64,
+    command: Value,
+) -> Value {
     json!({
         "name": id, "task_id": {"value": id}, "agent_id": agent_id,
         "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": cpus}},
@@ -105,7 +113,7 @@ fn native_task(id: &str, agent_id: &Value, cpus: f64, mem: f64, command: Value) 
 }
 
 /// Reads events, acknowledging updates, until `id` has a terminal update; returns it.
-async fn terminal(scheduler: &Scheduler, events: &mut Events, id: &str) -> Value {
+pub(crate) async fn terminal(scheduler: &Scheduler, events: &mut Events, id: &str) -> Value {
     loop {
         let status = next_update(scheduler, events).await;
         let state = status["state"].as_str().unwrap_or_default();
@@ -132,7 +140,10 @@ fn label(status: &Value, key: &str) -> Option<String> {
         .and_then(|l| l["value"].as_str().map(str::to_owned))
 }
 
-async fn launch(cluster: &Cluster, tasks: impl Fn(&Value) -> Vec<Value>) -> (Scheduler, Events) {
+pub(crate) async fn launch(
+    cluster: &Cluster,
+    tasks: impl Fn(&Value) -> Vec<Value>,
+) -> (Scheduler, Events) {
     let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
     let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
     let (code, body) = scheduler
@@ -145,7 +156,7 @@ async fn launch(cluster: &Cluster, tasks: impl Fn(&Value) -> Vec<Value>) -> (Sch
 fn sandbox_file(cluster: &Cluster, task: &str, name: &str) -> String {
     let path = find_files(&cluster.work_dir(), name)
         .into_iter()
-        .find(|p| p.parent().is_some_and(|d| d.ends_with(task)))
+        .find(|p| in_sandbox_of(p, task))
         .unwrap_or_else(|| panic!("no {name} in {task}'s sandbox"));
     std::fs::read_to_string(path).unwrap()
 }
@@ -368,7 +379,7 @@ async fn a_native_task_outlives_an_agent_restart() {
     c.cluster.agent = agent;
     let sandbox = find_files(&c.cluster.work_dir(), "stdout")
         .into_iter()
-        .find(|p| p.ends_with("tasks/gated/stdout"))
+        .find(|p| in_sandbox_of(p, "gated"))
         .and_then(|p| p.parent().map(|d| d.to_owned()))
         .expect("the task's sandbox");
     std::fs::write(sandbox.join("go"), b"").unwrap();

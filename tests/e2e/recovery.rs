@@ -8,7 +8,8 @@ use serde_json::{Value, json};
 
 use cairn_test_support::framework::{Events, Scheduler, accept};
 use cairn_test_support::harness::{
-    Cluster, blocking, find_files, get_json, guest, kill_executors, launch_states, wait_for,
+    Cluster, blocking, find_files, get_json, guest, in_sandbox_of, kill_executors, launch_states,
+    wait_for,
 };
 
 use crate::CAIRN;
@@ -39,8 +40,9 @@ pub fn gate_task(task_id: &str, agent_id: &Value) -> Value {
 pub fn open_gate(work_dir: &Path, task_id: &str) {
     let sandbox: PathBuf = find_files(work_dir, "gate.wasm")
         .into_iter()
+        .filter(|p| in_sandbox_of(p, task_id))
         .map(|p| p.parent().unwrap().to_owned())
-        .find(|d| d.ends_with(task_id))
+        .next()
         .unwrap_or_else(|| panic!("no sandbox for {task_id} under {}", work_dir.display()));
     std::fs::write(sandbox.join("open"), b"").unwrap();
 }

@@ -1,7 +1,7 @@
 //! Wasm tasks from `cairn run` to a terminal state, through a real master, agent and
 //! executor process.
 
-use cairn_test_support::harness::{Cluster, find_files, get_json, guest, text};
+use cairn_test_support::harness::{Cluster, find_files, get_json, guest, sandbox_task, text};
 
 use crate::CAIRN;
 
@@ -161,6 +161,39 @@ fn limits_end_tasks_with_mesos_reasons() {
 }
 
 #[test]
+fn a_c_program_mallocing_past_its_mem_fails_as_a_memory_limitation() {
+    let cluster = Cluster::start(CAIRN);
+    let deadline = std::time::Duration::from_secs(30);
+    let started = std::time::Instant::now();
+    // `cairn run` returns once the task's terminal status has arrived.
+    let out = cluster.run_with(&guest("malloc"), &["--mem", "64", "--timeout", "30s"], &[]);
+    let elapsed = started.elapsed();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let line = terminal_line(&stderr);
+    assert!(
+        line.contains(
+            "TASK_FAILED (REASON_CONTAINER_LIMITATION_MEMORY): Memory limit exceeded: \
+             the task may use 67108864 bytes of linear memory"
+        ),
+        "{line}"
+    );
+    // malloc returned NULL below the cap, and the guest said how far it got.
+    let got: u64 = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("malloc.c: malloc failed after "))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of MiB in:\n{stderr}"));
+    assert!((48..64).contains(&got), "got {got} MiB under a 64 MiB cap");
+    assert!(
+        elapsed < deadline / 2,
+        "the task ended after {elapsed:?}, not well before its {deadline:?} deadline"
+    );
+    cluster.assert_no_panics();
+}
+
+#[test]
 fn executors_of_an_agent_share_one_compiled_artifact_per_module() {
     let cluster = Cluster::start(CAIRN);
     let hello = guest("hello");
@@ -231,11 +264,16 @@ fn sandbox_reads_never_follow_a_symlink_out_of_the_sandbox() {
     let hello_txt = find_files(&cluster.work_dir(), "hello.txt").pop().unwrap();
     let sandbox = hello_txt.parent().unwrap();
     // What a guest can do with WASI's path_symlink: a link to the agent's secrets.
-    std::os::unix::fs::symlink("../../../../../../meta/cache.key", sandbox.join("leak")).unwrap();
-    let task_id = sandbox.file_name().unwrap().to_str().unwrap();
+    // (<work_dir>/frameworks/<fw>/executors/<ex>/tasks/<task>/runs/<container>)
+    std::os::unix::fs::symlink(
+        "../../../../../../../../meta/cache.key",
+        sandbox.join("leak"),
+    )
+    .unwrap();
+    let task_id = sandbox_task(sandbox).unwrap();
     let framework_id = sandbox
         .ancestors()
-        .nth(4)
+        .nth(6)
         .unwrap()
         .file_name()
         .unwrap()
@@ -258,8 +296,11 @@ fn sandbox_reads_never_follow_a_symlink_out_of_the_sandbox() {
         sandbox.join("leak").exists(),
         "the link resolves to the key"
     );
-    assert_eq!(code, 403, "{body}");
-    assert!(body.contains("leads out of the task's sandbox"), "{body}");
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("leak is, or passes through, a symbolic link"),
+        "{body}"
+    );
     // The real file next to it still reads.
     let ok = url.replace("path=leak", "path=hello.txt");
     let code = runtime.block_on(async { reqwest::get(&ok).await.unwrap().status().as_u16() });

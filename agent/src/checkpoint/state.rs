@@ -22,6 +22,8 @@ pub struct Task {
     pub seen: HashSet<Vec<u8>>,
     /// The task group it belongs to (every member's id), empty for a lone task.
     pub group: Vec<String>,
+    /// This run's container id, naming its sandbox (see [`crate::paths::Paths::sandbox`]).
+    pub container_id: String,
 }
 
 #[derive(Debug, Default)]
@@ -74,6 +76,7 @@ impl AgentState {
                     launched: false,
                     seen: HashSet::new(),
                     group: run.group,
+                    container_id: run.container_id,
                 });
             }
             Record::Launched(launched) => {
@@ -146,6 +149,7 @@ impl AgentState {
                 framework: Some(framework),
                 task: Some(task.info.clone()),
                 group: task.group.clone(),
+                container_id: task.container_id.clone(),
             }));
             if task.launched {
                 let mut launched = task_record(fw, &task.info);

@@ -22,6 +22,7 @@ fn run(f: &str, task: &str) -> Record {
             ..Default::default()
         }),
         group: Vec::new(),
+        container_id: format!("{task}-run"),
     })
 }
 

@@ -86,6 +86,8 @@ pub struct CoreConfig {
     pub executor_reregistration_timeout: Duration,
     /// How long a shut-down executor has before its process group is killed.
     pub executor_shutdown_grace: Duration,
+    /// Who tasks run as.
+    pub users: crate::user::UserPolicy,
 }
 
 /// Something the core does once the records it depends on are durable.
@@ -96,6 +98,8 @@ enum Effect {
     Registration(oneshot::Sender<RegisterAgent>),
     /// Start (or restart) a staged task: its executor, then its fetch.
     Stage(TaskKey),
+    /// Hand a finished run's sandbox to the garbage collector.
+    Collect(std::path::PathBuf),
 }
 
 /// Mesos backs off status update resends from 10 s to 10 min.
@@ -142,6 +146,8 @@ pub struct Core {
     /// Each framework's executor's last usage report: (when, per task).
     usage: HashMap<String, (f64, Vec<cairn_api::internal::TaskUsage>)>,
     snapshot: watch::Sender<Arc<AgentSnapshot>>,
+    /// The sandbox garbage collector (see `crate::gc`).
+    gc: mpsc::UnboundedSender<std::path::PathBuf>,
 }
 
 impl Core {
@@ -154,6 +160,7 @@ impl Core {
         mut info: AgentInfo,
         launcher: Launcher,
         checkpoint: Checkpoint,
+        gc: mpsc::UnboundedSender<std::path::PathBuf>,
     ) -> (Self, watch::Receiver<Arc<AgentSnapshot>>) {
         info.id = checkpoint
             .state
@@ -181,6 +188,7 @@ impl Core {
             metrics: crate::metrics::Metrics::default(),
             usage: HashMap::new(),
             snapshot,
+            gc,
         };
         core.reattach_executors();
         core.settle();
@@ -408,6 +416,9 @@ impl Core {
                 }
             }
             Effect::Stage(key) => self.stage(key),
+            Effect::Collect(sandbox) => {
+                let _ = self.gc.send(sandbox);
+            }
             Effect::Registration(reply) => {
                 let _ = reply.send(self.registration());
             }
@@ -500,7 +511,7 @@ impl Core {
                     task_id: id.clone(),
                     directory: self
                         .paths
-                        .sandbox(fw, &executor_id, id)
+                        .sandbox(fw, id, &t.container_id)
                         .display()
                         .to_string(),
                     executor_id,

@@ -3,8 +3,8 @@
 
 use cairn_api::internal::checkpoint_record::Record;
 use cairn_api::internal::{
-    ExecutorKill, ExecutorLaunch, ExecutorLaunchGroup, ExecutorShutdown, RunTask, StatusUpdate,
-    StatusUpdateAcknowledgement, executor_event, master_message,
+    ExecutorKill, ExecutorLaunch, ExecutorLaunchGroup, ExecutorShutdown, RunAs, RunTask,
+    StatusUpdate, StatusUpdateAcknowledgement, executor_event, master_message,
 };
 use cairn_api::v1::{
     FrameworkId, FrameworkInfo, TaskId, TaskInfo, TaskState, TaskStatus, container_info,
@@ -108,6 +108,7 @@ impl Core {
                 framework: Some(framework.clone()),
                 task: Some(task),
                 group: group.clone(),
+                container_id: crate::paths::new_container_id(),
             }));
         }
         for task_id in ids {
@@ -156,6 +157,16 @@ impl Core {
         .collect();
         // Only a wasm guest is sure not to write through a link into the cache.
         let link_cached = container_type(&task.info) == container_info::Type::Wasm as i32;
+        let container_id = task.container_id.clone();
+        let user = match self.task_user(fw, &task.info) {
+            Ok(user) => user,
+            Err(why) => {
+                let why = format!("cannot run the task as its user: {why}");
+                let reason = task_status::Reason::ContainerLaunchFailed;
+                self.end_before_launch(fw, task_id, TaskState::TaskFailed, reason, why);
+                return;
+            }
+        };
         if let Err(why) = self.ensure_executor(fw) {
             self.fail_task(
                 fw,
@@ -166,11 +177,37 @@ impl Core {
             );
             return;
         }
-        let executor_id = cairn_api::ids::executor_id_for(&FrameworkId { value: fw.clone() }).value;
-        let sandbox = self.paths.sandbox(fw, &executor_id, task_id);
-        self.launcher
-            .fetch(fw.clone(), task_id.clone(), sandbox, uris, link_cached);
+        let sandbox = self.paths.sandbox(fw, task_id, &container_id);
+        self.launcher.fetch(
+            fw.clone(),
+            task_id.clone(),
+            sandbox,
+            uris,
+            link_cached,
+            user,
+        );
         self.fetching.insert(key);
+    }
+
+    /// Who a task runs as: its command's user, else its framework's, else the
+    /// agent's default, as the agent's policy allows (see [`crate::user`]).
+    pub(super) fn task_user(
+        &self,
+        fw: &str,
+        task: &TaskInfo,
+    ) -> Result<crate::user::TaskUser, crate::user::UserRefused> {
+        let command_user = task
+            .command
+            .as_ref()
+            .or(task.executor.as_ref().and_then(|e| e.command.as_ref()))
+            .and_then(|c| c.user.as_deref());
+        let framework_user = self
+            .checkpoint
+            .state
+            .frameworks
+            .get(fw)
+            .map(|f| f.user.as_str());
+        self.config.users.resolve(command_user, framework_user)
     }
 
     pub(super) fn fetched(
@@ -280,16 +317,30 @@ impl Core {
     }
 
     fn launch_of(&self, fw: &str, task: TaskInfo) -> ExecutorLaunch {
-        let executor_id = cairn_api::ids::executor_id_for(&FrameworkId {
-            value: fw.to_owned(),
-        })
-        .value;
         let task_id = task.task_id.clone().unwrap_or_default().value;
-        let sandbox = self.paths.sandbox(fw, &executor_id, &task_id);
+        let key = (fw.to_owned(), task_id.clone());
+        let container_id = self
+            .checkpoint
+            .state
+            .tasks
+            .get(&key)
+            .map(|t| t.container_id.clone())
+            .unwrap_or_default();
+        let sandbox = self.paths.sandbox(fw, &task_id, &container_id);
+        // Resolved at staging already; a user deleted since is refused by the
+        // executor's launch.
+        let user = self.task_user(fw, &task).ok().map(|u| RunAs {
+            name: u.name,
+            uid: u.uid,
+            gid: u.gid,
+            groups: u.groups,
+        });
         ExecutorLaunch {
             task: Some(task),
             sandbox_directory: sandbox.display().to_string(),
             cached_files: Vec::new(),
+            container_id,
+            user,
         }
     }
 
@@ -439,7 +490,22 @@ impl Core {
         if !matches {
             return; // a duplicate or stale acknowledgement
         }
+        let key = (fw.clone(), task_id.clone());
+        let container_id = self
+            .checkpoint
+            .state
+            .tasks
+            .get(&key)
+            .map(|t| t.container_id.clone());
         self.checkpoint.record(Record::Ack(ack));
+        // Its terminal update acknowledged, the task is gone: its run's sandbox is
+        // garbage now (kept a while for a look at its files).
+        if let Some(container_id) =
+            container_id.filter(|_| !self.checkpoint.state.tasks.contains_key(&key))
+        {
+            let sandbox = self.paths.sandbox(&fw, &task_id, &container_id);
+            self.outbox.push(Effect::Collect(sandbox));
+        }
         self.resend.remove(&(fw.clone(), task_id.clone()));
         if let Some(next) = self.checkpoint.state.updates.head(&fw, &task_id).cloned() {
             self.update_to_master(next);

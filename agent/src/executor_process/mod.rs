@@ -94,8 +94,8 @@ struct Executor {
     customs: HashMap<String, custom_executor::CustomExecutor>,
     messages: mpsc::UnboundedSender<(String, Vec<u8>)>,
     died: mpsc::UnboundedSender<String>,
-    /// Every task this executor ever started: a task runs at most once, whatever
-    /// the agent resends.
+    /// Every run (container id) this executor ever started: a run starts at most
+    /// once, whatever the agent resends.
     started: std::collections::HashSet<String>,
     /// Updates sent but not yet acknowledged, resent after a re-subscription.
     unacked: agent_link::Unacked,
@@ -297,10 +297,25 @@ impl Executor {
             return;
         };
         let task_id = task.task_id.clone().unwrap_or_default().value;
-        if !self.started.insert(task_id.clone()) {
+        // One launch per run: a resent launch repeats its container id, while a
+        // reused task id comes back as a new run (an old agent sends none: the task
+        // id stands in).
+        let run = Some(&launch.container_id)
+            .filter(|c| !c.is_empty())
+            .unwrap_or(&task_id);
+        if !self.started.insert(run.clone()) || self.running.contains_key(&task_id) {
             tracing::warn!(task_id, "duplicate launch ignored");
             return;
         }
+        let Some(user) = launch.user.map(crate::user::TaskUser::from) else {
+            let _ = self.statuses.send(status(
+                &task_id,
+                cairn_api::v1::TaskState::TaskFailed,
+                "the agent named no user to run the task as".into(),
+                Some(cairn_api::v1::task_status::Reason::ContainerLaunchFailed),
+            ));
+            return;
+        };
         let sandbox = PathBuf::from(launch.sandbox_directory);
         if let Some(executor_id) = task
             .executor
@@ -343,6 +358,7 @@ impl Executor {
             task,
             sandbox,
             cached: launch.cached_files,
+            user,
         };
         let containerizer = self.containerizers.of(kind);
         let kill = task::launch(containerizer.clone(), spec, self.statuses.clone());

@@ -320,6 +320,8 @@ impl Leader {
             framework: Some(framework),
             task: Some(task),
             group: Vec::new(),
+            // The agent names each run.
+            container_id: String::new(),
         });
         self.send_run(agent_id, run);
     }

@@ -125,6 +125,7 @@ async fn drive(
                     framework: Some(framework.clone()),
                     task: Some((w.make)(*launched, &agent_id)),
                     group: Vec::new(),
+                    container_id: String::new(),
                 }),
             );
             *launched += 1;

@@ -375,6 +375,10 @@ pub fn start_agent_with(cairn: Cairn, dir: &Path, master: &str, flags: &[&str]) 
         "200ms",
         "--status-update-retry-interval",
         "500ms",
+        // Most tests' frameworks name user root; the hostile-tenant tests start
+        // agents with `--allow-root-tasks false`, the agent's own default.
+        "--allow-root-tasks",
+        "true",
     ];
     override_defaults(&mut args, flags);
     Daemon::start(cairn, &args, next_log(dir, "agent"))
@@ -413,6 +417,23 @@ pub fn kill_executors(work_dir: &Path) {
 }
 
 /// Every file called `name` under `dir`.
+/// The task a run's sandbox (`.../tasks/<task>/runs/<container>`) belongs to.
+pub fn sandbox_task(sandbox: &Path) -> Option<&str> {
+    let runs = sandbox.parent()?;
+    if runs.file_name()? != "runs" {
+        return None;
+    }
+    let task = runs.parent()?;
+    (task.parent()?.file_name()? == "tasks").then_some(task.file_name()?.to_str()?)
+}
+
+/// Whether `file` sits directly in a sandbox of a run of `task`.
+pub fn in_sandbox_of(file: &Path, task: &str) -> bool {
+    file.parent().and_then(sandbox_task) == Some(task)
+}
+
+/// Every file called `name` beneath `dir`. Links are not followed: a task's sandbox
+/// may hold any link (`proc -> /proc/self/root` would loop forever).
 pub fn find_files(dir: &Path, name: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -420,7 +441,7 @@ pub fn find_files(dir: &Path, name: &str) -> Vec<PathBuf> {
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        if path.is_dir() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
             out.extend(find_files(&path, name));
         } else if path.file_name().is_some_and(|n| n == name) {
             out.push(path);

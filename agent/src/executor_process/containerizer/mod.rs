@@ -23,6 +23,9 @@ pub struct LaunchSpec {
     pub sandbox: PathBuf,
     /// Files the fetcher placed from its cache, with their digests.
     pub cached: Vec<CachedFile>,
+    /// Who the task runs as (the agent resolved it; `switch` when that is not the
+    /// executor's own user).
+    pub user: crate::user::TaskUser,
 }
 
 impl LaunchSpec {

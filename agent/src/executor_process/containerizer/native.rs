@@ -9,12 +9,13 @@
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cairn_sandbox::SandboxDir;
 use cgroups_rs::fs::cpu::CpuController;
 use cgroups_rs::fs::cpuacct::CpuAcctController;
 use cgroups_rs::fs::memory::MemController;
@@ -138,27 +139,23 @@ fn procs_files(cgroup: &Cgroup) -> Result<Vec<std::fs::File>, LaunchError> {
         .collect()
 }
 
-/// The uid and gid `command.user` names, when this process may switch to them.
-fn user_ids(spec: &LaunchSpec) -> Result<Option<(u32, u32)>, LaunchError> {
-    let Some(user) = spec
-        .task
-        .command
-        .as_ref()
-        .and_then(|c| c.user.as_deref())
-        .filter(|u| !u.is_empty())
-    else {
-        return Ok(None);
-    };
-    if !nix::unistd::geteuid().is_root() {
-        // As in Mesos: an agent not running as root runs tasks as itself.
-        return Ok(None);
-    }
-    let found = nix::unistd::User::from_name(user)
-        .map_err(|e| LaunchError::Native(format!("cannot look up user {user:?}: {e}")))?
-        .ok_or_else(|| {
-            LaunchError::Native(format!("user {user:?} does not exist on this agent"))
-        })?;
-    Ok(Some((found.uid.as_raw(), found.gid.as_raw())))
+/// The uid, gid and groups to switch to, when the task runs as another user than
+/// this process (the agent resolved who: see `crate::user`).
+fn user_ids(spec: &LaunchSpec) -> Option<Ids> {
+    let user = &spec.user;
+    user.switch.then(|| Ids {
+        uid: user.uid,
+        gid: user.gid,
+        groups: user.groups.clone(),
+    })
+}
+
+/// Who a task's process becomes between fork and exec.
+#[derive(Debug, Clone)]
+struct Ids {
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
 }
 
 /// In the child, after `unshare(CLONE_NEWPID)`: only the children of this process
@@ -301,12 +298,13 @@ impl NativeContainerizer {
         &self,
         spec: &LaunchSpec,
         exec: &super::Exec,
-        ids: Option<(u32, u32)>,
+        ids: Option<Ids>,
         cgroup: &Cgroup,
     ) -> Result<tokio::process::Child, LaunchError> {
         let files = procs_files(cgroup)?;
         let fds: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
-        let (stdout, stderr) = sandbox_outputs(spec, ids)?;
+        let (stdout, stderr) =
+            sandbox_outputs(&spec.sandbox, ids.as_ref().map(|i| (i.uid, i.gid)))?;
         let mut cmd = tokio::process::Command::new(&exec.program);
         cmd.arg0(&exec.argv[0])
             .args(&exec.argv[1..])
@@ -332,29 +330,33 @@ impl NativeContainerizer {
     }
 }
 
-/// The task's stdout and stderr in its sandbox, owned by its user.
+/// The task's stdout and stderr in its sandbox, owned by its user. Whatever the
+/// sandbox already holds under those names may be a tenant's (a link to
+/// `/etc/passwd`, a FIFO, a hard link to a host file): each is opened beneath the
+/// sandbox following no link and must be a regular file with one link, and the
+/// sandbox and both files are given away through their descriptors, never by path.
 fn sandbox_outputs(
-    spec: &LaunchSpec,
+    sandbox: &Path,
     ids: Option<(u32, u32)>,
 ) -> Result<(std::fs::File, std::fs::File), LaunchError> {
+    let refused = |what: &str, e: cairn_sandbox::SandboxDirError| {
+        LaunchError::Native(format!("cannot open the sandbox's {what}: {e}"))
+    };
+    let dir = SandboxDir::open(sandbox).map_err(|e| refused("directory", e))?;
     let output = |name: &str| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(spec.sandbox.join(name))
-            .map_err(|e| LaunchError::Native(format!("cannot open the sandbox's {name}: {e}")))
+        dir.append(Path::new(name), 0o644)
+            .map_err(|e| refused(name, e))
     };
     let (stdout, stderr) = (output("stdout")?, output("stderr")?);
     if let Some((uid, gid)) = ids {
-        for path in [
-            spec.sandbox.clone(),
-            spec.sandbox.join("stdout"),
-            spec.sandbox.join("stderr"),
-        ] {
-            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(|e| {
+        let give = |file: &std::fs::File| std::os::unix::fs::fchown(file, Some(uid), Some(gid));
+        dir.chown(uid, gid)
+            .map_err(std::io::Error::from)
+            .and_then(|()| give(&stdout))
+            .and_then(|()| give(&stderr))
+            .map_err(|e| {
                 LaunchError::Native(format!("cannot give the sandbox to the task's user: {e}"))
             })?;
-        }
     }
     Ok((stdout, stderr))
 }
@@ -365,7 +367,7 @@ fn enter_container(
     cmd: &mut tokio::process::Command,
     fds: Vec<i32>,
     unshare: i32,
-    ids: Option<(u32, u32)>,
+    ids: Option<Ids>,
 ) {
     // SAFETY: between fork and exec the closure calls only async-signal-safe
     // system calls (write, unshare, mount, setgroups, setgid, setuid) on values
@@ -396,14 +398,12 @@ fn enter_container(
             if unshare & nix::libc::CLONE_NEWPID != 0 {
                 enter_pid_namespace(unshare & nix::libc::CLONE_NEWNS != 0)?;
             }
-            if let Some((uid, gid)) = ids {
-                let groups = [gid];
-                if nix::libc::setgroups(1, groups.as_ptr()) != 0
-                    || nix::libc::setgid(gid) != 0
-                    || nix::libc::setuid(uid) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
+            if let Some(ids) = &ids
+                && (nix::libc::setgroups(ids.groups.len(), ids.groups.as_ptr()) != 0
+                    || nix::libc::setgid(ids.gid) != 0
+                    || nix::libc::setuid(ids.uid) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
@@ -452,7 +452,7 @@ impl Containerizer for NativeContainerizer {
         let task_id = spec.task_id();
         let limits = Limits::of(&spec.task)?;
         let exec = super::exec(&spec.task)?;
-        let ids = user_ids(spec)?;
+        let ids = user_ids(spec);
         let path = self.cgroup_path(&spec.framework_id, &task_id);
         let cgroup = {
             let (path, limits) = (path.clone(), limits);
@@ -563,5 +563,86 @@ impl Containerizer for NativeContainerizer {
     async fn usage(&self, task_id: &str) -> Option<Usage> {
         let container = self.container(task_id)?;
         Some(usage_of(&container.cgroup))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    /// A sandbox, and a host file outside it a tenant would like written or owned.
+    fn sandbox_and_host_file() -> (tempfile::TempDir, tempfile::TempDir, PathBuf) {
+        let sandbox = tempfile::tempdir().unwrap();
+        let host = tempfile::tempdir().unwrap();
+        let passwd = host.path().join("passwd");
+        std::fs::write(&passwd, "root:x:0:0::/root:/bin/sh\n").unwrap();
+        (sandbox, host, passwd)
+    }
+
+    /// The ids a test may give files to: nobody's as root, its own otherwise.
+    fn task_ids() -> (u32, u32) {
+        if nix::unistd::geteuid().is_root() {
+            (65534, 65534)
+        } else {
+            (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            )
+        }
+    }
+
+    #[test]
+    fn a_stdout_planted_as_a_link_to_a_host_file_fails_the_launch() {
+        let (sandbox, _host, passwd) = sandbox_and_host_file();
+        std::os::unix::fs::symlink(&passwd, sandbox.path().join("stdout")).unwrap();
+        let owner = std::fs::metadata(&passwd).unwrap().uid();
+        let err = sandbox_outputs(sandbox.path(), Some(task_ids())).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot open the sandbox's stdout: stdout is, or passes through, a symbolic \
+             link; links in a sandbox are never followed"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&passwd).unwrap(),
+            "root:x:0:0::/root:/bin/sh\n"
+        );
+        assert_eq!(std::fs::metadata(&passwd).unwrap().uid(), owner);
+    }
+
+    #[test]
+    fn a_stderr_hard_linked_to_a_host_file_is_neither_written_nor_given_away() {
+        let (sandbox, _host, passwd) = sandbox_and_host_file();
+        std::fs::hard_link(&passwd, sandbox.path().join("stderr")).unwrap();
+        let owner = std::fs::metadata(&passwd).unwrap().uid();
+        let err = sandbox_outputs(sandbox.path(), Some(task_ids())).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot open the sandbox's stderr: stderr has 2 hard links; only a file with \
+             one is opened"
+        );
+        assert_eq!(std::fs::metadata(&passwd).unwrap().uid(), owner);
+        assert_eq!(
+            std::fs::read_to_string(&passwd).unwrap(),
+            "root:x:0:0::/root:/bin/sh\n"
+        );
+    }
+
+    #[test]
+    fn the_sandbox_and_its_outputs_are_given_to_the_task_user() {
+        let sandbox = tempfile::tempdir().unwrap();
+        std::fs::write(sandbox.path().join("stdout"), "earlier\n").unwrap();
+        let (uid, gid) = task_ids();
+        let (mut stdout, _stderr) = sandbox_outputs(sandbox.path(), Some((uid, gid))).unwrap();
+        std::io::Write::write_all(&mut stdout, b"appended\n").unwrap();
+        for name in ["", "stdout", "stderr"] {
+            let meta = std::fs::metadata(sandbox.path().join(name)).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (uid, gid), "{name:?}");
+        }
+        assert_eq!(
+            std::fs::read_to_string(sandbox.path().join("stdout")).unwrap(),
+            "earlier\nappended\n"
+        );
     }
 }

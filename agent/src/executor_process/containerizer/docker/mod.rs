@@ -144,6 +144,13 @@ impl Containerizer for DockerContainerizer {
         let sandbox = std::path::absolute(&spec.sandbox).map_err(|e| {
             LaunchError::Docker(format!("the sandbox {}: {e}", spec.sandbox.display()))
         })?;
+        if spec.user.switch {
+            // The task writes its sandbox as its own user; `lchown` changes the
+            // directory the agent made, never what a link there points at.
+            std::os::unix::fs::lchown(&sandbox, Some(spec.user.uid), Some(spec.user.gid)).map_err(
+                |e| LaunchError::Docker(format!("cannot give the sandbox to the task's user: {e}")),
+            )?;
+        }
         let docker = self.docker().await?;
         match docker.inspect_image(image).await {
             Ok(_) => {}
@@ -359,8 +366,11 @@ fn create_body(
     // The engine refuses more CPUs than the host has; an agent may offer more.
     let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let memory = i64::try_from(limits.mem_bytes).unwrap_or(i64::MAX);
+    let user = &spec.user;
     ContainerCreateBody {
         image: Some(image.to_owned()),
+        // The task's user by number: the image need not know its name.
+        user: Some(format!("{}:{}", user.uid, user.gid)),
         entrypoint: Some(entrypoint),
         cmd: Some(cmd),
         env: Some(env),
@@ -378,6 +388,11 @@ fn create_body(
             port_bindings: network.ports,
             // The exit code and OOMKilled are read after the exit, then it is removed.
             auto_remove: Some(false),
+            group_add: Some(user.groups.iter().map(u32::to_string).collect()),
+            // No setuid binary in the image raises the task's privileges, and it
+            // cannot forge packets on the host's networks.
+            security_opt: Some(vec!["no-new-privileges".to_owned()]),
+            cap_drop: Some(vec!["NET_RAW".to_owned()]),
             ..Default::default()
         }),
         ..Default::default()

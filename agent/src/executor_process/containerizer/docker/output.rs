@@ -7,8 +7,9 @@ use std::pin::pin;
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::query_parameters::LogsOptionsBuilder;
+use cairn_sandbox::{SandboxDir, SandboxDirError};
 use futures::StreamExt as _;
-use tokio::fs::{File, OpenOptions};
+use tokio::fs::File;
 use tokio::io::AsyncWriteExt as _;
 
 /// Copies the container's output into the sandbox, stopping at the task's disk so a
@@ -66,18 +67,19 @@ pub(super) async fn copy_output(
 }
 
 /// The sandbox's `stdout` and `stderr`, appended to, and the bytes they already hold.
+/// The container wrote the sandbox (as root, through its bind mount) and may have
+/// left a link, a FIFO or a hard link under either name, notably before the agent
+/// attaches again after a restart: each is opened beneath the sandbox following no
+/// link, and must be a regular file with one link.
 async fn open_logs(sandbox: &Path) -> std::io::Result<(File, File, u64)> {
-    let open = |name: &str| {
-        let path = sandbox.join(name);
-        async move {
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .await
-        }
-    };
-    let (stdout, stderr) = (open("stdout").await?, open("stderr").await?);
+    let sandbox = sandbox.to_owned();
+    let (stdout, stderr) = tokio::task::spawn_blocking(move || {
+        let dir = SandboxDir::open(&sandbox)?;
+        let open = |name: &str| dir.append(Path::new(name), 0o644);
+        Ok::<_, SandboxDirError>((open("stdout")?, open("stderr")?))
+    })
+    .await??;
+    let (stdout, stderr) = (File::from_std(stdout), File::from_std(stderr));
     let used = stdout.metadata().await?.len() + stderr.metadata().await?.len();
     Ok((stdout, stderr, used))
 }
@@ -87,4 +89,40 @@ async fn append(file: &mut File, bytes: &[u8]) -> std::io::Result<()> {
     // tokio writes in the background: flushed, the bytes are in the file before the
     // terminal update says the task is done.
     file.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn output_files_a_container_replaced_with_links_are_refused() {
+        let sandbox = tempfile::tempdir().unwrap();
+        let host = tempfile::tempdir().unwrap();
+        let target = host.path().join("shadow");
+        std::fs::write(&target, "host\n").unwrap();
+        std::fs::write(sandbox.path().join("stdout"), "").unwrap();
+        std::os::unix::fs::symlink(&target, sandbox.path().join("stderr")).unwrap();
+        let err = open_logs(sandbox.path()).await.err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "stderr is, or passes through, a symbolic link; links in a sandbox are never \
+             followed"
+        );
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "host\n");
+    }
+
+    #[tokio::test]
+    async fn output_files_are_appended_to_and_what_they_hold_is_counted() {
+        let sandbox = tempfile::tempdir().unwrap();
+        std::fs::write(sandbox.path().join("stdout"), "12345").unwrap();
+        let (mut stdout, _stderr, used) = open_logs(sandbox.path()).await.unwrap();
+        assert_eq!(used, 5);
+        append(&mut stdout, b"678").await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(sandbox.path().join("stdout")).unwrap(),
+            "12345678"
+        );
+        assert_eq!(std::fs::read(sandbox.path().join("stderr")).unwrap(), b"");
+    }
 }

@@ -1,0 +1,138 @@
+//! `file://` URIs, read with the task user's rights. Mesos runs its fetcher as the
+//! task's user; so does this one, for the one step that needs it: the source file is
+//! opened on a short-lived thread of its own whose filesystem identity (fsuid, fsgid,
+//! supplementary groups) is the user's, then copied from that descriptor by the
+//! agent. A tenant thus gets only what its user may read, and the copy needs no
+//! process of its own.
+//!
+//! Why a thread and not a child process: `setfsuid`, `setfsgid` and the raw
+//! `setgroups` system call change the calling thread's credentials only (glibc's
+//! `setgroups` would change every thread's, hence the raw call), and a thread that
+//! changed them ends once the file is open, so no other work ever runs with them. A
+//! process would cost a fork and an exec per URI and hand the descriptor back over a
+//! socket for the same result.
+
+use std::fs::File;
+use std::io::ErrorKind;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::PathBuf;
+
+use nix::libc;
+use tokio::io::AsyncReadExt as _;
+
+use super::FetchError;
+use super::output::Target;
+use crate::user::TaskUser;
+
+/// Copies the file at `path` into `target`, read as `user`.
+pub(super) async fn fetch(
+    path: &str,
+    target: &Target<'_>,
+    user: &TaskUser,
+    max_size: u64,
+) -> Result<(), FetchError> {
+    if !path.starts_with('/') {
+        return Err(target.failed("a file:// URI needs an absolute path"));
+    }
+    let (source, mode) = open_as(PathBuf::from(path), user, max_size)
+        .await
+        .map_err(|why| target.failed(why))?;
+    let (output, partial) = target.create(mode)?;
+    let mut from = tokio::fs::File::from_std(source).take(max_size + 1);
+    let mut to = tokio::fs::File::from_std(output);
+    let copied = tokio::io::copy(&mut from, &mut to)
+        .await
+        .map_err(|e| target.failed(format!("copying {path}: {e}")))?;
+    if copied > max_size {
+        // It grew since it was measured.
+        return Err(target.failed(too_large(path, max_size)));
+    }
+    partial.keep();
+    Ok(())
+}
+
+/// Opens `path` for reading on a thread of its own with `user`'s filesystem
+/// identity (the agent's own when it does not switch users); returns the file and
+/// its permission bits.
+async fn open_as(path: PathBuf, user: &TaskUser, max_size: u64) -> Result<(File, u32), String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let as_user = user.clone();
+    std::thread::Builder::new()
+        .name("cairn-fetch-as".into())
+        .spawn(move || {
+            let opened = match as_user.switch {
+                true => assume(&as_user),
+                false => Ok(()),
+            }
+            .and_then(|()| open(&path, &as_user.name, max_size));
+            let _ = tx.send(opened);
+            // The thread ends here, and its credentials with it.
+        })
+        .map_err(|e| format!("cannot start a thread to read as user {}: {e}", user.name))?;
+    rx.await
+        .map_err(|_| format!("the thread reading as user {} died", user.name))?
+}
+
+/// Opens a regular file, refusing anything else (a FIFO, a device) and anything
+/// over `max_size`.
+fn open(path: &std::path::Path, user: &str, max_size: u64) -> Result<(File, u32), String> {
+    let shown = path.display();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        // Never blocks on a FIFO; regular files ignore it.
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            ErrorKind::PermissionDenied => {
+                format!("permission denied reading {shown} as user {user}")
+            }
+            ErrorKind::NotFound => format!("{shown} does not exist (looked up as user {user})"),
+            _ => format!("cannot read {shown} as user {user}: {e}"),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read {shown} as user {user}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{shown} is not a regular file"));
+    }
+    if meta.len() > max_size {
+        return Err(too_large(&shown.to_string(), max_size));
+    }
+    Ok((file, meta.permissions().mode()))
+}
+
+fn too_large(path: &str, max_size: u64) -> String {
+    format!("{path} is larger than the fetcher's limit of {max_size} bytes (--fetcher-max-size)")
+}
+
+/// Gives the calling thread `user`'s filesystem identity: supplementary groups, then
+/// group, then user (an fsuid other than 0 also drops the thread's filesystem
+/// capabilities, such as `CAP_DAC_OVERRIDE`). Only for a thread that ends after it.
+fn assume(user: &TaskUser) -> Result<(), String> {
+    let groups: Vec<libc::gid_t> = user.groups.clone();
+    // SAFETY: setgroups reads `groups.len()` ids from the live vector; as a raw system
+    // call it changes this thread's credentials only (64-bit Linux: 32-bit gids).
+    let set = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
+    if set != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(format!("cannot take user {}'s groups: {e}", user.name));
+    }
+    set_fs_id(libc::SYS_setfsgid, user.gid, "group", &user.name)?;
+    set_fs_id(libc::SYS_setfsuid, user.uid, "user", &user.name)
+}
+
+/// `setfsuid` or `setfsgid` on this thread, checked: neither reports failure (each
+/// returns the previous id either way), so a second call shows the id in effect.
+fn set_fs_id(call: libc::c_long, id: u32, what: &str, user: &str) -> Result<(), String> {
+    // SAFETY: both calls take an integer and change only this thread's credentials.
+    let now = unsafe {
+        libc::syscall(call, id);
+        libc::syscall(call, id)
+    };
+    if now != libc::c_long::from(id) {
+        return Err(format!(
+            "cannot read as user {user}: the filesystem {what} id stayed {now}, not {id}"
+        ));
+    }
+    Ok(())
+}

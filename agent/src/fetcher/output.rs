@@ -1,0 +1,187 @@
+//! Where fetched files land: new files beneath a sandbox, created through
+//! [`SandboxDir`] (no link followed, never an existing name), owned by the task's user.
+
+use std::io::ErrorKind;
+use std::os::fd::AsFd as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use cairn_sandbox::{SandboxDir, SandboxDirError};
+
+use super::FetchError;
+use crate::user::TaskUser;
+
+/// Who a fetched file belongs to: the task's user when the agent switches to it (as
+/// if Mesos' fetcher, running as that user, had made it), else the agent.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Owner(Option<(u32, u32)>);
+
+impl Owner {
+    /// The agent itself (its cache's files).
+    pub(super) const AGENT: Owner = Owner(None);
+
+    pub(super) fn of(user: &TaskUser) -> Self {
+        Self(user.switch.then_some((user.uid, user.gid)))
+    }
+
+    fn give(self, file: &std::fs::File) -> std::io::Result<()> {
+        match self.0 {
+            Some((uid, gid)) => std::os::unix::fs::fchown(file, Some(uid), Some(gid)),
+            None => Ok(()),
+        }
+    }
+
+    fn give_dir(self, dir: &SandboxDir) -> Result<(), SandboxDirError> {
+        match self.0 {
+            Some((uid, gid)) => dir.chown(uid, gid),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One URI's output: the new file `name` in `dir`.
+pub(super) struct Target<'a> {
+    pub(super) uri: &'a str,
+    pub(super) dir: &'a SandboxDir,
+    /// The file's name in `dir` (one component).
+    pub(super) name: &'a Path,
+    /// Its name in the sandbox, for messages.
+    pub(super) shown: &'a Path,
+    pub(super) owner: Owner,
+    /// `executable: true`: the file gets mode 0755, as Mesos makes it.
+    pub(super) executable: bool,
+}
+
+impl Target<'_> {
+    pub(super) fn failed(&self, why: impl Into<String>) -> FetchError {
+        FetchError::Failed {
+            uri: self.uri.to_owned(),
+            why: why.into(),
+        }
+    }
+
+    /// Creates the output (mode `mode`, or 0755 if executable), never over an
+    /// existing file or link. The returned guard removes it unless kept.
+    pub(super) fn create(&self, mode: u32) -> Result<(std::fs::File, Partial<'_>), FetchError> {
+        let mode = if self.executable { 0o755 } else { mode & 0o777 };
+        let file = self
+            .dir
+            .create_new(self.name, mode)
+            .map_err(|e| output_error(self.shown, e))?;
+        let partial = Partial {
+            target: self,
+            kept: false,
+        };
+        // Exactly `mode`, whatever the agent's umask.
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .and_then(|()| self.owner.give(&file))
+            .map_err(|e| self.failed(format!("preparing {}: {e}", self.shown.display())))?;
+        Ok((file, partial))
+    }
+
+    /// A copy of the agent's own file `source` (a fetcher cache entry).
+    pub(super) fn copy_of(&self, source: &Path) -> Result<(), FetchError> {
+        let placing = |e: std::io::Error| self.failed(format!("placing the cached copy: {e}"));
+        let mut from = std::fs::File::open(source).map_err(placing)?;
+        let mode = from.metadata().map_err(placing)?.permissions().mode();
+        let (mut to, partial) = self.create(mode)?;
+        std::io::copy(&mut from, &mut to).map_err(placing)?;
+        partial.keep();
+        Ok(())
+    }
+
+    /// A symlink to the agent's own file `source` (a wasm task's cached module).
+    pub(super) fn link_to(&self, source: &Path) -> Result<(), FetchError> {
+        nix::unistd::symlinkat(source, self.dir.as_fd(), self.name).map_err(|e| {
+            let source = std::io::Error::from(e);
+            let path = self.shown.to_owned();
+            output_error(self.shown, SandboxDirError::Io { path, source })
+        })
+    }
+}
+
+/// A partly written output: removed when dropped unless kept, so a refused or
+/// interrupted download (past the size cap, timed out) leaves nothing behind.
+pub(super) struct Partial<'a> {
+    target: &'a Target<'a>,
+    kept: bool,
+}
+
+impl Partial<'_> {
+    pub(super) fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Partial<'_> {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        let t = self.target;
+        if let Err(e) = t.dir.remove_dir_all(t.name) {
+            tracing::warn!(file = %t.shown.display(), "cannot remove a partial download: {e}");
+        }
+    }
+}
+
+/// Makes the sandbox (a path the agent chose) and opens it.
+pub(super) fn open_sandbox(sandbox: &Path) -> Result<SandboxDir, FetchError> {
+    let cannot = |e: &dyn std::fmt::Display| {
+        FetchError::Sandbox(format!("cannot create sandbox {}: {e}", sandbox.display()))
+    };
+    // A run is fetched from nothing: what is here is an earlier attempt at this
+    // run's fetch, cut short by an agent restart before any executor saw it.
+    match std::fs::remove_dir_all(sandbox) {
+        Ok(()) => tracing::info!(sandbox = %sandbox.display(), "fetching a run again from nothing"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(cannot(&e)),
+    }
+    std::fs::create_dir_all(sandbox).map_err(|e| cannot(&e))?;
+    SandboxDir::open(sandbox).map_err(|e| cannot(&e))
+}
+
+/// The directory `name` goes in and its last component: the sandbox itself (`None`),
+/// or a subdirectory made now, each level given to `owner`.
+pub(super) fn parent_of<'n>(
+    root: &SandboxDir,
+    name: &'n Path,
+    owner: Owner,
+) -> Result<(Option<SandboxDir>, &'n Path), FetchError> {
+    let file = Path::new(name.file_name().unwrap_or_default());
+    let Some(parent) = name.parent().filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok((None, file));
+    };
+    let mut made = PathBuf::new();
+    let mut dir = None;
+    for component in parent.components() {
+        made.push(component);
+        let sub = root
+            .create_dir_all(&made)
+            .and_then(|d| owner.give_dir(&d).map(|()| d))
+            .map_err(|e| output_error(name, e))?;
+        dir = Some(sub);
+    }
+    Ok((dir, file))
+}
+
+/// Why an output could not be made, in the task's terms.
+fn output_error(name: &Path, e: SandboxDirError) -> FetchError {
+    let why = match e {
+        SandboxDirError::NotBeneath { .. } => {
+            return FetchError::OutputFile(name.display().to_string());
+        }
+        SandboxDirError::Link { .. } => "passes through a link in the sandbox".to_owned(),
+        SandboxDirError::Io { source, .. } if source.kind() == ErrorKind::AlreadyExists => {
+            "already exists in the sandbox (a fetch never replaces a file or link)".to_owned()
+        }
+        SandboxDirError::Io { source, .. } if source.kind() == ErrorKind::NotADirectory => {
+            "passes through a file in the sandbox".to_owned()
+        }
+        e => format!("cannot be created in the sandbox: {e}"),
+    };
+    FetchError::Output {
+        name: name.display().to_string(),
+        why,
+    }
+}
