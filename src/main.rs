@@ -413,6 +413,7 @@ pub(crate) fn agent_config(args: AgentArgs) -> anyhow::Result<cairn_agent::Agent
             switch_user: args.users.switch_user,
             default_user: args.users.default_user,
             allow_root_tasks: args.users.allow_root_tasks,
+            cache: Default::default(),
         },
         gc: cairn_agent::GcConfig {
             delay: args.gc.gc_delay,

@@ -9,10 +9,10 @@
 //! The core schedules each finished run; after a restart, runs on disk that no task
 //! in the checkpoint owns are scheduled by their directory's modification time
 //! (never later than now, so a tenant cannot keep its sandbox by dating it in the
-//! future). Removal never follows a link: `std::fs::remove_dir_all` walks by
-//! descriptor and unlinks links rather than entering them.
+//! future). Removal never follows a link and holds a bounded number of descriptors
+//! however deep a tenant nests its directories (`SandboxDir::remove_dir_all`).
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -61,49 +61,77 @@ pub fn spawn(
 async fn run(
     config: GcConfig,
     work_dir: PathBuf,
-    mut scheduled: Vec<(SystemTime, PathBuf)>,
+    mut recovered: Vec<(SystemTime, PathBuf)>,
     mut rx: mpsc::UnboundedReceiver<PathBuf>,
 ) {
-    let mut tick = tokio::time::interval(
-        config
-            .disk_watch_interval
-            .min(config.delay)
-            .max(Duration::from_millis(10)),
-    );
+    // Oldest first: runs arrive as they finish, so the due ones are always in front
+    // and each check looks at those alone, however many runs wait.
+    recovered.sort();
+    let mut scheduled: VecDeque<(SystemTime, PathBuf)> = recovered.into();
+    let period = config
+        .disk_watch_interval
+        .min(config.delay)
+        .max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             finished = rx.recv() => match finished {
-                Some(path) => scheduled.push((SystemTime::now(), path)),
+                Some(path) => scheduled.push_back((SystemTime::now(), path)),
                 None => return,
             },
-            _ = tick.tick() => {}
-        }
-        if scheduled.is_empty() {
-            continue;
-        }
-        let max_age = config.max_age(disk_usage(&work_dir));
-        let now = SystemTime::now();
-        let (due, kept): (Vec<_>, Vec<_>) = scheduled
-            .drain(..)
-            .partition(|(at, _)| now.duration_since(*at).unwrap_or_default() >= max_age);
-        scheduled = kept;
-        if due.is_empty() {
-            continue;
-        }
-        let removed = tokio::task::spawn_blocking(move || {
-            for (_, path) in due {
-                match std::fs::remove_dir_all(&path) {
-                    Ok(()) => tracing::debug!(path = %path.display(), "sandbox removed"),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove a sandbox"),
-                }
-            }
-        })
-        .await;
-        if let Err(e) = removed {
-            tracing::error!(error = %e, "sandbox removal stopped");
+            _ = tick.tick() => collect(&config, &work_dir, &mut scheduled).await,
         }
     }
+}
+
+/// Removes the runs that are due at the disk's current usage.
+async fn collect(
+    config: &GcConfig,
+    work_dir: &Path,
+    scheduled: &mut VecDeque<(SystemTime, PathBuf)>,
+) {
+    if scheduled.is_empty() {
+        return;
+    }
+    let max_age = config.max_age(disk_usage(work_dir));
+    let now = SystemTime::now();
+    let mut due = Vec::new();
+    while let Some((at, _)) = scheduled.front() {
+        if now.duration_since(*at).unwrap_or_default() < max_age {
+            break;
+        }
+        due.extend(scheduled.pop_front().map(|(_, path)| path));
+    }
+    if due.is_empty() {
+        return;
+    }
+    let removed = tokio::task::spawn_blocking(move || {
+        for path in due {
+            match remove(&path) {
+                Ok(()) => tracing::debug!(path = %path.display(), "sandbox removed"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove a sandbox")
+                }
+            }
+        }
+    })
+    .await;
+    if let Err(e) = removed {
+        tracing::error!(error = %e, "sandbox removal stopped");
+    }
+}
+
+/// Removes a run's sandbox through its parent's descriptor: however deep the
+/// tenant's tree, with a bounded number of descriptors, following no link.
+fn remove(sandbox: &Path) -> std::io::Result<()> {
+    let (Some(parent), Some(name)) = (sandbox.parent(), sandbox.file_name()) else {
+        return Err(std::io::Error::other("not a run's sandbox"));
+    };
+    cairn_sandbox::SandboxDir::open(parent)?
+        .remove_dir_all(Path::new(name))
+        .map_err(std::io::Error::from)
 }
 
 /// The used fraction of the file system holding `dir` (0 when it cannot be read:
@@ -199,6 +227,17 @@ mod tests {
         let run = root.path().join("run");
         std::fs::create_dir(&run).unwrap();
         std::os::unix::fs::symlink(outside.path(), run.join("escape")).unwrap();
+        // Deeper than a process has descriptors for one each (the soft limit is 1024),
+        // and past PATH_MAX: made one level at a time.
+        let mut dir = std::fs::File::open(&run).unwrap();
+        for _ in 0..1500 {
+            let mode = nix::sys::stat::Mode::from_bits_truncate(0o755);
+            nix::sys::stat::mkdirat(&dir, "d", mode).unwrap();
+            let flags = nix::fcntl::OFlag::O_DIRECTORY;
+            let next = nix::fcntl::openat(&dir, "d", flags, nix::sys::stat::Mode::empty()).unwrap();
+            dir = std::fs::File::from(next);
+        }
+        drop(dir);
         let config = GcConfig {
             delay: Duration::ZERO,
             ..Default::default()

@@ -42,8 +42,16 @@ pub enum Input {
         status: String,
     },
     Fetched {
-        framework_id: String,
-        task_id: String,
+        run: FetchedRun,
         result: Result<Vec<crate::fetcher::CachedFile>, String>,
     },
+}
+
+/// Which run of which task a fetch was for: a task id reused while an earlier run's
+/// fetch is still under way must not take that fetch's result.
+#[derive(Debug, Clone)]
+pub struct FetchedRun {
+    pub framework_id: String,
+    pub task_id: String,
+    pub container_id: String,
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use cairn_api::v1::command_info::Uri;
 use tokio::sync::mpsc;
 
-use crate::input::Input;
+use crate::input::{FetchedRun, Input};
 use crate::paths::Paths;
 use crate::process::{is_alive, start_time};
 use crate::user::TaskUser;
@@ -31,8 +31,7 @@ pub struct Launcher {
 
 /// A sandbox to make from the fetcher cache alone.
 pub struct PlaceJob {
-    framework_id: String,
-    task_id: String,
+    run: FetchedRun,
     sandbox: PathBuf,
     placement: crate::fetcher::Placement,
     link_cached: bool,
@@ -54,8 +53,7 @@ pub fn spawn_placer(
                     .place(&job.sandbox, job.link_cached)
                     .map_err(|e| e.to_string());
                 let fetched = Input::Fetched {
-                    framework_id: job.framework_id,
-                    task_id: job.task_id,
+                    run: job.run,
                     result,
                 };
                 if core.blocking_send(fetched).is_err() {
@@ -155,8 +153,7 @@ impl Launcher {
     /// `user`; `link_cached` as in [`crate::fetcher::fetch_all`].
     pub fn fetch(
         &self,
-        framework_id: String,
-        task_id: String,
+        run: FetchedRun,
         sandbox: PathBuf,
         uris: Vec<Uri>,
         link_cached: bool,
@@ -164,8 +161,7 @@ impl Launcher {
     ) {
         if let Some(placement) = self.fetcher.all_cached(&uris, &user) {
             let job = PlaceJob {
-                framework_id,
-                task_id,
+                run,
                 sandbox,
                 placement,
                 link_cached,
@@ -175,22 +171,14 @@ impl Launcher {
                 return;
             };
             tracing::error!("the placer thread is gone; fetching on the runtime");
-            return self.fetch_async(
-                job.framework_id,
-                job.task_id,
-                job.sandbox,
-                uris,
-                link_cached,
-                user,
-            );
+            return self.fetch_async(job.run, job.sandbox, uris, link_cached, user);
         }
-        self.fetch_async(framework_id, task_id, sandbox, uris, link_cached, user);
+        self.fetch_async(run, sandbox, uris, link_cached, user);
     }
 
     fn fetch_async(
         &self,
-        framework_id: String,
-        task_id: String,
+        run: FetchedRun,
         sandbox: PathBuf,
         uris: Vec<Uri>,
         link_cached: bool,
@@ -202,13 +190,7 @@ impl Launcher {
             let result = crate::fetcher::fetch_all(&uris, &sandbox, &fetcher, link_cached, &user)
                 .await
                 .map_err(|e| e.to_string());
-            let _ = core
-                .send(Input::Fetched {
-                    framework_id,
-                    task_id,
-                    result,
-                })
-                .await;
+            let _ = core.send(Input::Fetched { run, result }).await;
         });
     }
 }

@@ -3,6 +3,10 @@
 //! the agent's `--allow-root-tasks` says so. An agent that is not root itself cannot
 //! switch users: its tasks run as the agent's user, as in Mesos.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use nix::unistd::{Gid, Uid, User};
 
 /// The agent's rule for task users (its flags).
@@ -15,6 +19,35 @@ pub struct UserPolicy {
     pub default_user: String,
     /// Whether a task may run as root (uid 0).
     pub allow_root_tasks: bool,
+    /// Users looked up lately: each lookup parses the user and group databases, and
+    /// an agent starting thousands of tasks a second asks for the same few users.
+    pub cache: LookupCache,
+}
+
+/// Recent user lookups, each trusted for [`LOOKUP_TTL`].
+#[derive(Debug, Clone, Default)]
+pub struct LookupCache(Arc<Mutex<HashMap<String, (Instant, TaskUser)>>>);
+
+/// How long a looked-up user is trusted: a user added, changed or removed on the
+/// agent is seen within this.
+const LOOKUP_TTL: Duration = Duration::from_secs(10);
+
+impl LookupCache {
+    fn lookup(&self, name: &str) -> Result<TaskUser, UserRefused> {
+        let now = Instant::now();
+        let mut users = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, user)) = users.get(name)
+            && now.duration_since(*at) < LOOKUP_TTL
+        {
+            return Ok(user.clone());
+        }
+        let user = lookup(name)?;
+        if users.len() > 1024 {
+            users.retain(|_, (at, _)| now.duration_since(*at) < LOOKUP_TTL);
+        }
+        users.insert(name.to_owned(), (now, user.clone()));
+        Ok(user)
+    }
 }
 
 impl Default for UserPolicy {
@@ -23,6 +56,7 @@ impl Default for UserPolicy {
             switch_user: true,
             default_user: "nobody".into(),
             allow_root_tasks: false,
+            cache: LookupCache::default(),
         }
     }
 }
@@ -71,7 +105,7 @@ impl UserPolicy {
             // Not switching: the task runs as the agent does.
             current()?.name
         };
-        let user = lookup(&name)?;
+        let user = self.cache.lookup(&name)?;
         if user.uid == 0 && !self.allow_root_tasks {
             return Err(UserRefused::Root);
         }

@@ -386,7 +386,13 @@ fn a_full_instance_pool_is_a_launch_failure_not_a_guest_trap() {
         let (sb, s, cancel) = (sb.clone(), spec(&dir), cancel.clone());
         std::thread::spawn(move || {
             let _ = started_tx.send(());
-            sb.run_blocking(&asleep, &s, &cancel).unwrap()
+            // The probe below may hold the one slot for a moment: take it once free.
+            loop {
+                match sb.run_blocking(&asleep, &s, &cancel) {
+                    Err(e) if e.to_string().contains("cannot instantiate") => continue,
+                    ended => return ended.unwrap(),
+                }
+            }
         })
     };
     started.recv().unwrap();

@@ -2,6 +2,7 @@
 //! API alone: who a task runs as (never root unless the agent allows it), and a
 //! fresh sandbox for every run, collected once the run is over.
 
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
@@ -96,7 +97,8 @@ async fn root_and_unknown_users_are_refused_and_the_default_user_is_nobody() {
             task(
                 "as-nobody",
                 agent,
-                json!({"value": "id -u > uid", "user": "nobody"}),
+                json!({"value": "id -u > uid; grep NoNewPrivs /proc/self/status > nnp",
+                       "user": "nobody"}),
             ),
         ]
     })
@@ -145,6 +147,17 @@ async fn root_and_unknown_users_are_refused_and_the_default_user_is_nobody() {
     let run = runs_of(&cluster.work_dir(), "as-nobody").pop().unwrap();
     let uid = std::fs::read_to_string(run.join("uid")).unwrap();
     assert_eq!(uid.trim(), uid_of("nobody").to_string());
+    // No setuid binary (sudo) can raise it again, and its sandbox is its own.
+    let nnp = std::fs::read_to_string(run.join("nnp")).unwrap();
+    assert_eq!(
+        nnp.split_whitespace().collect::<Vec<_>>(),
+        ["NoNewPrivs:", "1"]
+    );
+    let sandbox = std::fs::metadata(&run).unwrap();
+    assert_eq!(
+        (sandbox.uid(), sandbox.mode() & 0o777),
+        (uid_of("nobody"), 0o700)
+    );
 
     // A framework naming no user gets the agent's default user, nobody.
     let (anonymous, mut events) = Scheduler::subscribe_with(

@@ -137,7 +137,8 @@ pub struct Core {
     /// When each in-flight stream head is next resent, and the interval after that.
     resend: HashMap<TaskKey, (Instant, Duration)>,
     /// Tasks whose sandbox is being fetched: one fetch per task at a time.
-    fetching: std::collections::HashSet<TaskKey>,
+    /// (With the container id of the run being fetched.)
+    fetching: HashMap<TaskKey, String>,
     /// Fetched group members waiting for the rest of their group.
     /// (With the files each placed from the fetcher cache.)
     fetched: HashMap<TaskKey, Vec<crate::fetcher::CachedFile>>,
@@ -182,7 +183,7 @@ impl Core {
             links: HashMap::new(),
             outbox: Vec::new(),
             resend: HashMap::new(),
-            fetching: std::collections::HashSet::new(),
+            fetching: HashMap::new(),
             fetched: HashMap::new(),
             commit_failure: None,
             metrics: crate::metrics::Metrics::default(),
@@ -288,11 +289,7 @@ impl Core {
                 pid,
                 status,
             } => self.executor_exited(&framework_id, pid, status),
-            Input::Fetched {
-                framework_id,
-                task_id,
-                result,
-            } => self.fetched(&framework_id, &task_id, result),
+            Input::Fetched { run, result } => self.fetched(run, result),
         }
         self.dirty = true;
     }

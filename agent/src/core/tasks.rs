@@ -143,7 +143,8 @@ impl Core {
         let Some(task) = self.checkpoint.state.tasks.get(&key) else {
             return;
         };
-        if task.launched || task.state.is_terminal() || self.fetching.contains(&key) {
+        let fetching = self.fetching.get(&key) == Some(&task.container_id);
+        if task.launched || task.state.is_terminal() || fetching {
             return;
         }
         // A custom executor's own URIs (its component) are fetched with the task.
@@ -178,15 +179,13 @@ impl Core {
             return;
         }
         let sandbox = self.paths.sandbox(fw, task_id, &container_id);
-        self.launcher.fetch(
-            fw.clone(),
-            task_id.clone(),
-            sandbox,
-            uris,
-            link_cached,
-            user,
-        );
-        self.fetching.insert(key);
+        let run = crate::input::FetchedRun {
+            framework_id: fw.clone(),
+            task_id: task_id.clone(),
+            container_id: container_id.clone(),
+        };
+        self.launcher.fetch(run, sandbox, uris, link_cached, user);
+        self.fetching.insert(key, container_id);
     }
 
     /// Who a task runs as: its command's user, else its framework's, else the
@@ -212,15 +211,20 @@ impl Core {
 
     pub(super) fn fetched(
         &mut self,
-        fw: &str,
-        task_id: &str,
+        run: crate::input::FetchedRun,
         result: Result<Vec<crate::fetcher::CachedFile>, String>,
     ) {
+        let (fw, task_id) = (run.framework_id.as_str(), run.task_id.as_str());
         let key = (fw.to_owned(), task_id.to_owned());
-        self.fetching.remove(&key);
         let Some(task) = self.checkpoint.state.tasks.get(&key) else {
+            self.fetching.remove(&key);
             return;
         };
+        if task.container_id != run.container_id {
+            // An earlier run of a reused task id: the current run has its own fetch.
+            return;
+        }
+        self.fetching.remove(&key);
         if task.state.is_terminal() || task.launched {
             return; // killed or failed while its sandbox was being fetched
         }
@@ -237,6 +241,14 @@ impl Core {
                 return;
             }
         };
+        // The user was looked up at staging; one removed since fails the task here,
+        // with the reason, rather than in the executor without it.
+        let resolved = (self.checkpoint.state.tasks.get(&key)).map(|t| self.task_user(fw, &t.info));
+        if let Some(Err(why)) = resolved {
+            let why = format!("cannot run the task as its user: {why}");
+            self.end_before_launch(fw, task_id, TaskState::TaskFailed, reason, why);
+            return;
+        }
         // Its executor may have died during the fetch: the task gets a new one.
         if let Err(why) = self.ensure_executor(fw) {
             let why = format!("cannot start the executor: {why}");

@@ -14,7 +14,7 @@
 
 use std::fs::File;
 use std::io::ErrorKind;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 
 use nix::libc;
@@ -77,11 +77,21 @@ async fn open_as(path: PathBuf, user: &TaskUser, max_size: u64) -> Result<(File,
 /// over `max_size`.
 fn open(path: &std::path::Path, user: &str, max_size: u64) -> Result<(File, u32), String> {
     let shown = path.display();
-    let file = std::fs::OpenOptions::new()
-        .read(true)
+    // No magic link (`/proc/self/fd/N`, `/proc/<pid>/root`): this thread is in the
+    // agent's thread group, and the kernel would let it through to the agent's open
+    // files whatever its filesystem ids.
+    let how = nix::fcntl::OpenHow::new()
         // Never blocks on a FIFO; regular files ignore it.
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
+        .flags(
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_NONBLOCK
+                | nix::fcntl::OFlag::O_NOCTTY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+        )
+        .resolve(nix::fcntl::ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let file = nix::fcntl::openat2(nix::fcntl::AT_FDCWD, path, how)
+        .map(File::from)
+        .map_err(std::io::Error::from)
         .map_err(|e| match e.kind() {
             ErrorKind::PermissionDenied => {
                 format!("permission denied reading {shown} as user {user}")
@@ -95,10 +105,39 @@ fn open(path: &std::path::Path, user: &str, max_size: u64) -> Result<(File, u32)
     if !meta.is_file() {
         return Err(format!("{shown} is not a regular file"));
     }
+    if let Some(kind) = pseudo_filesystem(&file) {
+        // `/proc/self/environ` and `/proc/self/mem` are the agent's own, and open to
+        // a thread of its own whatever its ids.
+        return Err(format!(
+            "{shown} is on {kind}, which the fetcher does not read"
+        ));
+    }
     if meta.len() > max_size {
         return Err(too_large(&shown.to_string(), max_size));
     }
     Ok((file, meta.permissions().mode()))
+}
+
+/// The kernel's view of a process or device (procfs, sysfs and the like) the file
+/// is on, if it is on one: not a file a task may fetch.
+fn pseudo_filesystem(file: &File) -> Option<&'static str> {
+    use nix::sys::statfs::{
+        CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, DEBUGFS_MAGIC, PROC_SUPER_MAGIC, SECURITYFS_MAGIC,
+        SYSFS_MAGIC, TRACEFS_MAGIC, fstatfs,
+    };
+    let kind = fstatfs(file).ok()?.filesystem_type();
+    [
+        (PROC_SUPER_MAGIC, "procfs"),
+        (SYSFS_MAGIC, "sysfs"),
+        (DEBUGFS_MAGIC, "debugfs"),
+        (SECURITYFS_MAGIC, "securityfs"),
+        (TRACEFS_MAGIC, "tracefs"),
+        (CGROUP_SUPER_MAGIC, "cgroupfs"),
+        (CGROUP2_SUPER_MAGIC, "cgroupfs"),
+    ]
+    .into_iter()
+    .find(|(magic, _)| *magic == kind)
+    .map(|(_, name)| name)
 }
 
 fn too_large(path: &str, max_size: u64) -> String {

@@ -239,7 +239,7 @@ impl Placement {
         sandbox: &Path,
         link: bool,
     ) -> Result<(SandboxDir, Vec<CachedFile>), FetchError> {
-        let root = output::open_sandbox(sandbox)?;
+        let root = output::open_sandbox(sandbox, self.owner)?;
         let mut cached = Vec::with_capacity(self.files.len());
         for file in self.files {
             let (sub, name) = output::parent_of(&root, &file.name, self.owner)?;

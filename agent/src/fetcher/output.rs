@@ -125,8 +125,9 @@ impl Drop for Partial<'_> {
     }
 }
 
-/// Makes the sandbox (a path the agent chose) and opens it.
-pub(super) fn open_sandbox(sandbox: &Path) -> Result<SandboxDir, FetchError> {
+/// Makes the sandbox (a path the agent chose) and opens it: the task's user's
+/// alone (0700), so no other tenant's task lists or reads it.
+pub(super) fn open_sandbox(sandbox: &Path, owner: Owner) -> Result<SandboxDir, FetchError> {
     let cannot = |e: &dyn std::fmt::Display| {
         FetchError::Sandbox(format!("cannot create sandbox {}: {e}", sandbox.display()))
     };
@@ -138,7 +139,14 @@ pub(super) fn open_sandbox(sandbox: &Path) -> Result<SandboxDir, FetchError> {
         Err(e) => return Err(cannot(&e)),
     }
     std::fs::create_dir_all(sandbox).map_err(|e| cannot(&e))?;
-    SandboxDir::open(sandbox).map_err(|e| cannot(&e))
+    let dir = SandboxDir::open(sandbox).map_err(|e| cannot(&e))?;
+    owner.give_dir(&dir).map_err(|e| cannot(&e))?;
+    nix::sys::stat::fchmod(
+        std::os::fd::AsFd::as_fd(&dir),
+        nix::sys::stat::Mode::from_bits_truncate(0o700),
+    )
+    .map_err(|e| cannot(&e))?;
+    Ok(dir)
 }
 
 /// The directory `name` goes in and its last component: the sandbox itself (`None`),

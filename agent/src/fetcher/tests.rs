@@ -415,3 +415,55 @@ async fn a_failed_cached_fetch_is_not_remembered() {
     .unwrap();
     assert_eq!(cached.len(), 1);
 }
+
+#[tokio::test]
+async fn the_agent_s_own_process_files_are_never_fetched() {
+    let src = tempfile::tempdir().unwrap();
+    let secret = src.path().join("held-open");
+    std::fs::write(&secret, b"the agent's").unwrap();
+    // A file the agent holds open, reachable through /proc/self/fd by a thread of
+    // the agent whatever its ids.
+    let held = std::fs::File::open(&secret).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&held);
+    for path in [
+        format!("/proc/self/fd/{fd}"),
+        format!("/proc/thread-self/fd/{fd}"),
+    ] {
+        let sandbox = tempfile::tempdir().unwrap();
+        let err = fetch(
+            &[uri(&format!("file://{path}"), Some("out"))],
+            sandbox.path(),
+            &nobody(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("cannot read {path} as user nobody")),
+            "{err}"
+        );
+        assert_eq!(listing(sandbox.path()), Vec::<String>::new());
+    }
+    // procfs files that are not links: the agent's environment and memory.
+    for path in [
+        "/proc/self/environ",
+        "/proc/self/cmdline",
+        "/proc/self/status",
+    ] {
+        let sandbox = tempfile::tempdir().unwrap();
+        let err = fetch(
+            &[uri(&format!("file://{path}"), Some("out"))],
+            sandbox.path(),
+            &me(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot fetch file://{path}: {path} is on procfs, which the fetcher does not read"
+            )
+        );
+        assert_eq!(listing(sandbox.path()), Vec::<String>::new());
+    }
+}

@@ -370,7 +370,7 @@ fn enter_container(
     ids: Option<Ids>,
 ) {
     // SAFETY: between fork and exec the closure calls only async-signal-safe
-    // system calls (write, unshare, mount, setgroups, setgid, setuid) on values
+    // system calls (write, unshare, mount, prctl, setgroups, setgid, setuid) on values
     // prepared before the fork, and allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
@@ -397,6 +397,11 @@ fn enter_container(
             }
             if unshare & nix::libc::CLONE_NEWPID != 0 {
                 enter_pid_namespace(unshare & nix::libc::CLONE_NEWNS != 0)?;
+            }
+            // No setuid or file-capability binary (sudo, ping) raises the task's
+            // privileges after this.
+            if nix::libc::prctl(nix::libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
             }
             if let Some(ids) = &ids
                 && (nix::libc::setgroups(ids.groups.len(), ids.groups.as_ptr()) != 0
