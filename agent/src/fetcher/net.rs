@@ -7,7 +7,7 @@
 //! connected to (no rebinding between the two); IP-literal URLs, which skip the
 //! resolver, are checked by the caller with [`AddressPolicy::check_host`].
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -36,6 +36,8 @@ impl std::fmt::Display for AllowedNetwork {
 }
 
 /// AWS's instance metadata service on IPv6 (a unique local address, not link-local).
+/// Alibaba Cloud's instance metadata service (outside link-local).
+const ALIBABA_METADATA: Ipv4Addr = Ipv4Addr::new(100, 100, 100, 200);
 const AWS_METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254);
 
 /// An address the fetcher refused, and why.
@@ -82,7 +84,13 @@ impl AddressPolicy {
         if self.allowed.iter().any(|net| net.0.contains(&addr)) {
             return None;
         }
-        refused_kind(addr).or_else(|| own.contains(&addr).then_some("this agent's own"))
+        refused_kind(addr)
+            .or_else(|| own.contains(&addr).then_some("this agent's own"))
+            .or_else(|| match addr {
+                // A refused IPv4 address carried inside an IPv6 one is still refused.
+                IpAddr::V6(v6) => embedded_v4(v6).and_then(|v4| self.refusal(v4.into(), own)),
+                IpAddr::V4(_) => None,
+            })
     }
 
     /// Checks a URL's host when it is an IP literal (names go through the resolver).
@@ -102,6 +110,24 @@ impl AddressPolicy {
     }
 }
 
+/// The IPv4 address an IPv6 one carries on to an IPv4 host: NAT64 (64:ff9b::/96),
+/// 6to4 (2002::/16) and the old IPv4-compatible form (::a.b.c.d).
+fn embedded_v4(addr: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = addr.segments();
+    let low = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    match s {
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(low),
+        [0x2002, hi, lo, ..] => Some(Ipv4Addr::new(
+            (hi >> 8) as u8,
+            hi as u8,
+            (lo >> 8) as u8,
+            lo as u8,
+        )),
+        [0, 0, 0, 0, 0, 0, _, _] if u32::from(low) > 1 => Some(low),
+        _ => None,
+    }
+}
+
 /// The kind of address refused by default, if `addr` is one.
 fn refused_kind(addr: IpAddr) -> Option<&'static str> {
     match addr {
@@ -115,6 +141,7 @@ fn refused_kind(addr: IpAddr) -> Option<&'static str> {
         IpAddr::V6(a) if a.is_unspecified() => Some("an unspecified"),
         IpAddr::V6(a) if a.is_multicast() => Some("a multicast"),
         IpAddr::V6(a) if a == AWS_METADATA_V6 => Some("a cloud metadata"),
+        IpAddr::V4(a) if a == ALIBABA_METADATA => Some("a cloud metadata"),
         _ => None,
     }
 }
@@ -196,6 +223,12 @@ mod tests {
             ("fd00:ec2::254", Some("a cloud metadata")),
             ("192.0.2.9", Some("this agent's own")),
             ("::ffff:192.0.2.9", Some("this agent's own")),
+            ("64:ff9b::a9fe:a9fe", Some("a link-local")),
+            ("2002:7f00:1::", Some("a loopback")),
+            ("::7f00:1", Some("a loopback")),
+            ("64:ff9b::c000:209", Some("this agent's own")),
+            ("100.100.100.200", Some("a cloud metadata")),
+            ("64:ff9b::5db8:d822", None),
             ("10.1.2.3", None),
             ("93.184.216.34", None),
             ("2001:db8::1", None),
