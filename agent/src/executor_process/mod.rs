@@ -97,6 +97,10 @@ struct Executor {
     /// Every run (container id) this executor ever started: a run starts at most
     /// once, whatever the agent resends.
     started: std::collections::HashSet<String>,
+    /// Each running task's run, and each sent terminal update's run: once the agent
+    /// has that update, it never sends the run again, and the run leaves `started`.
+    runs: HashMap<String, String>,
+    ending: HashMap<Vec<u8>, String>,
     /// Updates sent but not yet acknowledged, resent after a re-subscription.
     unacked: agent_link::Unacked,
     statuses: mpsc::UnboundedSender<TaskStatus>,
@@ -127,6 +131,8 @@ pub async fn run_executor(args: ExecutorArgs) -> Result<(), ExecutorError> {
         messages,
         died,
         started: std::collections::HashSet::new(),
+        runs: HashMap::new(),
+        ending: HashMap::new(),
         unacked: agent_link::Unacked::default(),
         statuses,
     };
@@ -232,6 +238,9 @@ impl Executor {
             }
             Some(executor_event::Event::Acknowledged(ack)) => {
                 self.unacked.remove(&ack.uuid);
+                if let Some(run) = self.ending.remove(&ack.uuid) {
+                    self.started.remove(&run);
+                }
             }
             Some(executor_event::Event::Message(m)) => {
                 let target = m.executor_id.as_ref().map(|e| e.value.as_str());
@@ -307,6 +316,7 @@ impl Executor {
             tracing::warn!(task_id, "duplicate launch ignored");
             return;
         }
+        self.runs.insert(task_id.clone(), run.clone());
         let Some(user) = launch.user.map(crate::user::TaskUser::from) else {
             let _ = self.statuses.send(status(
                 &task_id,
@@ -394,6 +404,9 @@ impl Executor {
             && let Some(task_id) = &status.task_id
         {
             self.running.remove(&task_id.value);
+            if let Some(run) = self.runs.remove(&task_id.value) {
+                self.ending.insert(status.uuid.clone(), run);
+            }
         }
         self.unacked.push(status);
     }
