@@ -314,8 +314,12 @@ pub fn exec(task: &TaskInfo) -> Result<Exec, LaunchError> {
 const MAX_MODULE_BYTES: u64 = 256 << 20;
 
 /// Reads the module or component `value` names in a sandbox: a relative path that
-/// stays inside it, and no larger than any program may be.
+/// stays inside it, no larger than any program may be, opened beneath the sandbox
+/// following no link. The one link followed is the fetcher's own into its cache: a
+/// link to a file named by the sha256 of its content, which the bytes read must match
+/// (so it can only ever yield bytes whoever made the link already had).
 pub(crate) fn read_program(dir: &Path, value: &str) -> Result<Vec<u8>, LaunchError> {
+    use std::io::Read as _;
     let relative = Path::new(value);
     if value.is_empty()
         || !relative
@@ -326,12 +330,19 @@ pub(crate) fn read_program(dir: &Path, value: &str) -> Result<Vec<u8>, LaunchErr
             value: value.to_owned(),
         });
     }
-    let path = dir.join(relative);
     let unreadable = |error| LaunchError::ProgramUnreadable {
         value: value.to_owned(),
         error,
     };
-    let size = std::fs::metadata(&path).map_err(unreadable)?.len();
+    let opened = cairn_sandbox::SandboxDir::open(dir).and_then(|d| d.open_file(relative));
+    let file = match opened {
+        Ok(file) => file,
+        Err(cairn_sandbox::SandboxDirError::Link { .. }) => {
+            return read_cached(&dir.join(relative)).map_err(unreadable);
+        }
+        Err(e) => return Err(unreadable(e.into())),
+    };
+    let size = file.metadata().map_err(unreadable)?.len();
     if size > MAX_MODULE_BYTES {
         return Err(LaunchError::ProgramTooLarge {
             value: value.to_owned(),
@@ -339,7 +350,50 @@ pub(crate) fn read_program(dir: &Path, value: &str) -> Result<Vec<u8>, LaunchErr
             limit: MAX_MODULE_BYTES,
         });
     }
-    std::fs::read(&path).map_err(unreadable)
+    // Bounded whatever the file claimed: one still growing stops here too.
+    let mut bytes = Vec::new();
+    file.take(MAX_MODULE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    if bytes.len() as u64 > MAX_MODULE_BYTES {
+        return Err(LaunchError::ProgramTooLarge {
+            value: value.to_owned(),
+            size: bytes.len() as u64,
+            limit: MAX_MODULE_BYTES,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Reads what a link into the fetcher cache points at: a regular file named by the
+/// hex sha256 of its content (not itself a link), no larger than a program may be,
+/// whose bytes match that name.
+fn read_cached(link: &Path) -> std::io::Result<Vec<u8>> {
+    use sha2::Digest as _;
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let refused =
+        |why: &str| std::io::Error::other(format!("{why}; links in a sandbox are never followed"));
+    let target = std::fs::read_link(link)?;
+    let digest = target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| n.len() == 64)
+        .and_then(|n| hex::decode(n).ok())
+        .ok_or_else(|| refused("a link, not to a file of the fetcher cache"))?;
+    let file = std::fs::File::options()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW)
+        .open(&target)?;
+    if !file.metadata()?.is_file() {
+        return Err(refused("a link to something other than a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_MODULE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_MODULE_BYTES || sha2::Sha256::digest(&bytes).as_slice() != digest {
+        return Err(refused("a link to a file that does not match its digest"));
+    }
+    Ok(bytes)
 }
 
 /// The linear memory and sandbox bytes a task's (or executor's) resources allow,
@@ -347,4 +401,42 @@ pub(crate) fn read_program(dir: &Path, value: &str) -> Result<Vec<u8>, LaunchErr
 pub(crate) fn caps(resources: &[cairn_api::v1::Resource]) -> Result<(usize, u64), LaunchError> {
     let limits = Limits::from_resources(resources)?;
     Ok((limits.mem_bytes as usize, limits.disk_bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::Digest as _;
+
+    #[test]
+    fn a_program_is_read_beneath_its_sandbox_and_only_a_cache_link_is_followed() {
+        let sandbox = tempfile::tempdir().unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        std::fs::write(sandbox.path().join("own.wasm"), b"\0asm own").unwrap();
+        assert_eq!(
+            read_program(sandbox.path(), "own.wasm").unwrap(),
+            b"\0asm own"
+        );
+        // The fetcher's link: to a file named by its content's digest.
+        let bytes = b"\0asm cached".to_vec();
+        let entry = cache.path().join(hex::encode(sha2::Sha256::digest(&bytes)));
+        std::fs::write(&entry, &bytes).unwrap();
+        std::os::unix::fs::symlink(&entry, sandbox.path().join("cached.wasm")).unwrap();
+        assert_eq!(read_program(sandbox.path(), "cached.wasm").unwrap(), bytes);
+        // A link to anything else, or to a digest-named file that does not match it.
+        std::os::unix::fs::symlink("/etc/passwd", sandbox.path().join("passwd.wasm")).unwrap();
+        let forged = cache.path().join("ab".repeat(32));
+        std::fs::write(&forged, b"not what the name says").unwrap();
+        std::os::unix::fs::symlink(&forged, sandbox.path().join("forged.wasm")).unwrap();
+        std::os::unix::fs::symlink(&entry, sandbox.path().join("dir")).unwrap();
+        for name in ["passwd.wasm", "forged.wasm", "../own.wasm", "/etc/passwd"] {
+            let err = read_program(sandbox.path(), name).unwrap_err().to_string();
+            assert!(
+                err.contains("links in a sandbox are never followed")
+                    || err.contains("must stay inside")
+                    || err.contains("inside the sandbox"),
+                "{name}: {err}"
+            );
+        }
+    }
 }
