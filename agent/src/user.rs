@@ -24,9 +24,12 @@ pub struct UserPolicy {
     pub cache: LookupCache,
 }
 
-/// Recent user lookups, each trusted for [`LOOKUP_TTL`].
+/// Recent user lookups (found or not), each trusted for [`LOOKUP_TTL`].
 #[derive(Debug, Clone, Default)]
-pub struct LookupCache(Arc<Mutex<HashMap<String, (Instant, TaskUser)>>>);
+pub struct LookupCache(Arc<Mutex<HashMap<String, Looked>>>);
+
+/// When a name was looked up, and what was found.
+type Looked = (Instant, Result<TaskUser, UserRefused>);
 
 /// How long a looked-up user is trusted: a user added, changed or removed on the
 /// agent is seen within this.
@@ -39,14 +42,16 @@ impl LookupCache {
         if let Some((at, user)) = users.get(name)
             && now.duration_since(*at) < LOOKUP_TTL
         {
-            return Ok(user.clone());
+            return user.clone();
         }
-        let user = lookup(name)?;
+        // An unknown name is remembered too: a framework naming made-up users costs
+        // one database read per name and period, not one per task.
+        let user = lookup(name);
         if users.len() > 1024 {
             users.retain(|_, (at, _)| now.duration_since(*at) < LOOKUP_TTL);
         }
         users.insert(name.to_owned(), (now, user.clone()));
-        Ok(user)
+        user
     }
 }
 

@@ -254,7 +254,7 @@ impl Placement {
             if link {
                 target.link_to(&file.entry.path)?;
             } else {
-                target.copy_of(&file.entry.path)?;
+                target.copy_of(&file.entry.path, &file.entry.sha256)?;
             }
             cached.push(CachedFile {
                 name: file.name.display().to_string(),

@@ -79,13 +79,31 @@ impl Target<'_> {
         Ok((file, partial))
     }
 
-    /// A copy of the agent's own file `source` (a fetcher cache entry).
-    pub(super) fn copy_of(&self, source: &Path) -> Result<(), FetchError> {
+    /// A copy of the agent's own file `source` (a fetcher cache entry), checked
+    /// against the entry's digest as it is copied: a cache entry changed on disk is
+    /// never handed to a task (the partial copy is removed).
+    pub(super) fn copy_of(&self, source: &Path, sha256: &[u8; 32]) -> Result<(), FetchError> {
+        use sha2::Digest as _;
+        use std::io::{Read as _, Write as _};
         let placing = |e: std::io::Error| self.failed(format!("placing the cached copy: {e}"));
         let mut from = std::fs::File::open(source).map_err(placing)?;
         let mode = from.metadata().map_err(placing)?.permissions().mode();
         let (mut to, partial) = self.create(mode)?;
-        std::io::copy(&mut from, &mut to).map_err(placing)?;
+        let mut hasher = sha2::Sha256::new();
+        let mut buf = vec![0; 64 << 10];
+        loop {
+            let n = from.read(&mut buf).map_err(placing)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            to.write_all(&buf[..n]).map_err(placing)?;
+        }
+        if hasher.finalize().as_slice() != sha256 {
+            return Err(
+                self.failed("the fetcher cache's copy no longer matches its digest; refusing it")
+            );
+        }
         partial.keep();
         Ok(())
     }

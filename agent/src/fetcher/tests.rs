@@ -339,6 +339,29 @@ async fn cached_uris_are_fetched_once_and_linked_or_copied() {
     let placed = copy.path().join("app.wasm");
     assert!(placed.symlink_metadata().unwrap().is_file());
     assert_eq!(std::fs::read(&placed).unwrap(), b"\0asm-v1");
+    // A cache entry changed on disk is refused when copied, and no copy is left.
+    let entry = std::fs::read_dir(src.path().join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_file())
+        .unwrap();
+    std::fs::write(&entry, b"\0asm-tampered").unwrap();
+    let refused = tempfile::tempdir().unwrap();
+    let err = fetch_all(
+        std::slice::from_ref(&u),
+        refused.path(),
+        &fetcher,
+        false,
+        &user,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .ends_with("the fetcher cache's copy no longer matches its digest; refusing it"),
+        "{err}"
+    );
+    assert_eq!(listing(refused.path()), Vec::<String>::new());
 }
 
 #[tokio::test]
