@@ -351,3 +351,43 @@ fn cairn_run_runs_a_docker_command() {
     );
     assert!(stdout.contains("docker from cairn run"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_task_runs_as_its_user_and_cannot_raise_its_privileges() {
+    let image = blocking(test_image).await;
+    let id = task_id("docker-as-nobody");
+    let _cleanup = RemoveOnDrop(vec![id.clone()]);
+    let cluster =
+        Cluster::start_with_flags_async(CAIRN, &[], &["--allow-root-tasks", "false"]).await;
+    let (scheduler, mut events) = Scheduler::subscribe_with(
+        &cluster.master_addr,
+        serde_json::json!({"user": "nobody", "name": "docker-tenant"}),
+    )
+    .await;
+    let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
+    let show = "id -u; id -g; grep -E '^(NoNewPrivs|CapEff)' /proc/self/status";
+    let task = docker_task(&id, &offer["agent_id"], &image, show);
+    let (code, body) = scheduler.call(accept(&offer, vec![task])).await;
+    assert_eq!(code, 202, "{body}");
+    let last = loop {
+        let status = next_status(&scheduler, &mut events).await;
+        if is_terminal(&status) {
+            break status;
+        }
+    };
+    assert_eq!(last["state"], "TASK_FINISHED", "{last}");
+    let stdout = find_files(&cluster.work_dir(), "stdout")
+        .into_iter()
+        .find(|p| in_sandbox_of(p, &id))
+        .unwrap_or_else(|| panic!("no stdout of {id}"));
+    let output = std::fs::read_to_string(&stdout).unwrap();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let lines: Vec<&str> = output.lines().collect();
+    assert_eq!(lines[0], nobody.uid.to_string(), "{output}");
+    assert_eq!(lines[1], nobody.gid.to_string(), "{output}");
+    assert!(output.contains("NoNewPrivs:\t1"), "{output}");
+    // Not root: no effective capabilities at all.
+    assert!(output.contains("CapEff:\t0000000000000000"), "{output}");
+    assert_removed(&[id.as_str()]).await;
+    cluster.assert_no_panics();
+}
