@@ -217,3 +217,117 @@ async fn a_file_uri_is_read_as_the_task_user_and_a_root_only_file_fails_the_task
     );
     cluster.assert_no_panics();
 }
+
+/// Serves, on `127.0.0.1`, an endless body at `/endless` and a small wasm module at
+/// `/m.wasm`, until the test ends.
+async fn endless_server() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let module = wat::parse_str(r#"(module (func (export "_start")))"#).unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let module = module.clone();
+            tokio::spawn(async move {
+                let mut request = vec![0; 4096];
+                let n = stream.read(&mut request).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&request[..n]).into_owned();
+                if request.starts_with("GET /m.wasm") {
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                        module.len()
+                    );
+                    let _ = stream.write_all(head.as_bytes()).await;
+                    let _ = stream.write_all(&module).await;
+                    return;
+                }
+                // No length, and no end: only the fetcher's cap stops it.
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await;
+                let chunk = vec![b'x'; 64 << 10];
+                while stream.write_all(&chunk).await.is_ok() {}
+            });
+        }
+    });
+    addr
+}
+
+/// An HTTP server on loopback, admitted by `--fetcher-allowed-networks`: an endless
+/// body stops at `--fetcher-max-size` and fails its task with the reason, leaving
+/// nothing in the sandbox; the same server under a loopback address not admitted is
+/// refused before any connection; and the agent serves the next task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_http_body_stops_at_the_cap_and_a_refused_address_is_never_reached() {
+    let server = endless_server().await;
+    let cluster = Cluster::start_with_flags_async(
+        CAIRN,
+        &[],
+        &[
+            "--fetcher-allowed-networks",
+            "127.0.0.1/32",
+            "--fetcher-max-size",
+            "1048576",
+        ],
+    )
+    .await;
+    let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
+    let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
+    let agent = &offer["agent_id"];
+    let endless = format!("http://{server}/endless");
+    let refused = format!("http://127.0.0.2:{}/m.wasm", server.port());
+    let good = format!("http://{server}/m.wasm");
+    let tasks = vec![
+        task_as("endless", agent, "nobody", &endless, "endless.wasm"),
+        task_as("refused", agent, "nobody", &refused, "refused.wasm"),
+        task_as("served", agent, "nobody", &good, "served.wasm"),
+    ];
+    let (code, body) = scheduler.call(accept(&offer, tasks)).await;
+    assert_eq!(code, 202, "{body}");
+    let mut terminal: HashMap<String, Value> = HashMap::new();
+    while terminal.len() < 3 {
+        let status = events.next_of("UPDATE").await["update"]["status"].clone();
+        scheduler.acknowledge(&status).await;
+        let state = status["state"].as_str().unwrap_or_default();
+        if !matches!(state, "TASK_STARTING" | "TASK_RUNNING") {
+            terminal.insert(status["task_id"]["value"].as_str().unwrap().into(), status);
+        }
+    }
+    let message = |id: &str| {
+        terminal[id]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(
+        terminal["endless"]["state"], "TASK_FAILED",
+        "{}",
+        terminal["endless"]
+    );
+    assert_eq!(
+        message("endless"),
+        format!(
+            "cannot fetch {endless}: the body is larger than the fetcher's limit of 1048576 bytes (--fetcher-max-size)"
+        )
+    );
+    assert_eq!(
+        terminal["refused"]["state"], "TASK_FAILED",
+        "{}",
+        terminal["refused"]
+    );
+    assert!(
+        message("refused").contains(
+            "127.0.0.2 is a loopback address the fetcher refuses (--fetcher-allowed-networks admits it)"
+        ),
+        "{}",
+        message("refused")
+    );
+    for name in ["endless.wasm", "refused.wasm"] {
+        let landed = find_files(&cluster.work_dir().join("frameworks"), name);
+        assert_eq!(landed, Vec::<std::path::PathBuf>::new(), "{name}");
+    }
+    assert_eq!(
+        terminal["served"]["state"], "TASK_FINISHED",
+        "{}",
+        terminal["served"]
+    );
+    cluster.assert_no_panics();
+}
