@@ -174,6 +174,12 @@ pub fn orphaned_runs(frameworks: &Path, live: &HashSet<PathBuf>) -> Vec<(SystemT
 
 /// The directories (not links) directly in `dir`.
 fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    // `dir` itself must be a directory, not a link: a sandbox of the layout before
+    // runs (the task's directory itself) is its task user's, who may have put a
+    // link named `runs` there.
+    if !std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+        return Vec::new();
+    }
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -208,6 +214,11 @@ mod tests {
         std::fs::create_dir_all(runs.join("done")).unwrap();
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), runs.join("link")).unwrap();
+        // A sandbox of the old layout whose task planted `runs` as a link.
+        let planted = root.path().join("f/executors/e/tasks/old");
+        std::fs::create_dir_all(&planted).unwrap();
+        std::fs::create_dir(outside.path().join("victim")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), planted.join("runs")).unwrap();
         let live = HashSet::from([runs.join("live")]);
         let found: Vec<PathBuf> = orphaned_runs(root.path(), &live)
             .into_iter()

@@ -96,6 +96,11 @@ impl Paths {
     /// directory is the agent's (tasks cannot add names to it).
     pub fn latest_run(&self, framework: &str, task: &str) -> Option<PathBuf> {
         let runs = self.task_dir(framework, task).join("runs");
+        // A link named `runs` (left in a sandbox of the layout before runs) is not
+        // the agent's directory.
+        if !std::fs::symlink_metadata(&runs).is_ok_and(|m| m.is_dir()) {
+            return None;
+        }
         std::fs::read_dir(&runs)
             .ok()?
             .flatten()
