@@ -23,6 +23,8 @@ use cgroups_rs::fs::pid::PidController;
 use cgroups_rs::fs::{Cgroup, MaxValue, hierarchies};
 use tokio::sync::watch;
 
+use crate::user::TaskUser;
+
 use super::{Containerizer, LaunchError, LaunchSpec, Limits, Termination, Usage, label};
 
 /// Processes one task may have at once: a fork bomb stops here.
@@ -139,23 +141,10 @@ fn procs_files(cgroup: &Cgroup) -> Result<Vec<std::fs::File>, LaunchError> {
         .collect()
 }
 
-/// The uid, gid and groups to switch to, when the task runs as another user than
-/// this process (the agent resolved who: see `crate::user`).
-fn user_ids(spec: &LaunchSpec) -> Option<Ids> {
-    let user = &spec.user;
-    user.switch.then(|| Ids {
-        uid: user.uid,
-        gid: user.gid,
-        groups: user.groups.clone(),
-    })
-}
-
-/// Who a task's process becomes between fork and exec.
-#[derive(Debug, Clone)]
-struct Ids {
-    uid: u32,
-    gid: u32,
-    groups: Vec<u32>,
+/// The user to switch to between fork and exec, when the task runs as another user
+/// than this process (the agent resolved who: see `crate::user`).
+fn switch_to(spec: &LaunchSpec) -> Option<TaskUser> {
+    spec.user.switch.then(|| spec.user.clone())
 }
 
 /// In the child, after `unshare(CLONE_NEWPID)`: only the children of this process
@@ -298,7 +287,7 @@ impl NativeContainerizer {
         &self,
         spec: &LaunchSpec,
         exec: &super::Exec,
-        ids: Option<Ids>,
+        ids: Option<TaskUser>,
         cgroup: &Cgroup,
     ) -> Result<tokio::process::Child, LaunchError> {
         let files = procs_files(cgroup)?;
@@ -367,7 +356,7 @@ fn enter_container(
     cmd: &mut tokio::process::Command,
     fds: Vec<i32>,
     unshare: i32,
-    ids: Option<Ids>,
+    ids: Option<TaskUser>,
 ) {
     // SAFETY: between fork and exec the closure calls only async-signal-safe
     // system calls (write, unshare, mount, prctl, setgroups, setgid, setuid) on values
@@ -457,7 +446,7 @@ impl Containerizer for NativeContainerizer {
         let task_id = spec.task_id();
         let limits = Limits::of(&spec.task)?;
         let exec = super::exec(&spec.task)?;
-        let ids = user_ids(spec);
+        let ids = switch_to(spec);
         let path = self.cgroup_path(&spec.framework_id, &task_id);
         let cgroup = {
             let (path, limits) = (path.clone(), limits);
