@@ -246,8 +246,9 @@ impl From<FetcherFlags> for cairn_agent::FetcherConfig {
 /// How native tasks are isolated: the agent's flags, handed on to its executors.
 #[derive(Args, Clone)]
 pub(crate) struct NativeIsolation {
-    /// The cgroup native tasks' cgroups go under (`<root>/<framework>/<task>`), in
-    /// every hierarchy this host mounts.
+    /// The cgroup executors' and native tasks' cgroups go under
+    /// (`<root>/executors/<executor>/containers/<task>`), in every hierarchy this host
+    /// mounts. An executor is handed its own `.../containers` as its root.
     #[arg(long, default_value = "cairn")]
     cgroups_root: String,
     /// Namespaces of their own for native tasks, comma-separated: `ipc`, `mount`
@@ -288,6 +289,11 @@ struct ExecutorArgs {
     /// The bound on each call into a custom executor component.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     custom_executor_call_timeout: Duration,
+    /// The container types this executor runs (the agent gives Docker tasks an
+    /// executor of their own).
+    #[arg(long, value_delimiter = ',', default_value = "wasm,native,docker",
+          value_parser = ["wasm", "native", "docker"])]
+    containerizers: Vec<String>,
     #[command(flatten)]
     native: NativeIsolation,
 }
@@ -375,6 +381,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 cgroups_root: args.native.cgroups_root,
                 native_namespaces: args.native.native_namespaces,
                 compile_cache: args.compile_cache.zip(args.compile_cache_key),
+                containerizers: args.containerizers,
             });
             // On a worker thread, not this one: its loop trades messages with every
             // task, and a worker wakes a task on its own thread without a futex call.

@@ -46,6 +46,7 @@ fn main() {
                 }),
                 group: Vec::new(),
                 container_id: format!("run-{t}"),
+                executor_id: String::new(),
             }));
         }
         checkpoint.commit().expect("commit");

@@ -43,7 +43,14 @@ async fn executor_connection(stream: UnixStream, conn: u64, core: mpsc::Sender<I
         tracing::warn!("executor connection did not start with SUBSCRIBE");
         return;
     };
-    let framework_id = subscribe.framework_id.clone().unwrap_or_default().value;
+    // An executor of a version before executor ids names only its framework.
+    let executor_id = match subscribe.executor_id.clone().unwrap_or_default().value {
+        id if id.is_empty() => {
+            let fw = subscribe.framework_id.clone().unwrap_or_default();
+            cairn_api::ids::executor_id_for(&fw).value
+        }
+        id => id,
+    };
     let (tx, mut rx) = mpsc::channel::<ExecutorEvent>(1024);
     let writer_task = tokio::spawn(async move {
         let mut buf = Vec::new();
@@ -58,7 +65,7 @@ async fn executor_connection(stream: UnixStream, conn: u64, core: mpsc::Sender<I
     });
     let _ = core
         .send(Input::ExecutorSubscribed {
-            framework_id: framework_id.clone(),
+            executor_id: executor_id.clone(),
             conn,
             pid,
             subscribe,
@@ -69,7 +76,7 @@ async fn executor_connection(stream: UnixStream, conn: u64, core: mpsc::Sender<I
         match read_frame::<_, ExecutorCall>(&mut reader).await {
             Ok(Some(ExecutorCall { call: Some(call) })) => {
                 let input = Input::FromExecutor {
-                    framework_id: framework_id.clone(),
+                    executor_id: executor_id.clone(),
                     conn,
                     call,
                 };
@@ -80,13 +87,13 @@ async fn executor_connection(stream: UnixStream, conn: u64, core: mpsc::Sender<I
             Ok(Some(_)) => {}
             Ok(None) => break,
             Err(e) => {
-                tracing::warn!(framework_id, error = %e, "executor connection dropped");
+                tracing::warn!(executor_id, error = %e, "executor connection dropped");
                 break;
             }
         }
     }
     writer_task.abort();
     let _ = core
-        .send(Input::ExecutorDisconnected { framework_id, conn })
+        .send(Input::ExecutorDisconnected { executor_id, conn })
         .await;
 }

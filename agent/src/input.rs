@@ -21,23 +21,23 @@ pub enum Input {
     MasterDisconnected,
     FromMaster(Box<master_message::Message>),
     ExecutorSubscribed {
-        framework_id: String,
+        executor_id: String,
         conn: u64,
         pid: Option<i32>,
         subscribe: cairn_api::internal::ExecutorSubscribe,
         to_executor: mpsc::Sender<ExecutorEvent>,
     },
     FromExecutor {
-        framework_id: String,
+        executor_id: String,
         conn: u64,
         call: executor_call::Call,
     },
     ExecutorDisconnected {
-        framework_id: String,
+        executor_id: String,
         conn: u64,
     },
     ExecutorExited {
-        framework_id: String,
+        executor_id: String,
         pid: u32,
         status: String,
     },

@@ -3,13 +3,14 @@
 //! and fills task sandboxes (the fetcher, or the placer thread for cached files),
 //! reporting every outcome to the core as an [`Input`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use cairn_api::v1::command_info::Uri;
 use tokio::sync::mpsc;
 
+use crate::executor_cgroup::{ExecutorCgroup, ExecutorLimits};
 use crate::input::{FetchedRun, Input};
 use crate::paths::Paths;
 use crate::process::{is_alive, start_time};
@@ -18,7 +19,9 @@ use crate::user::TaskUser;
 /// Starts executors and fetches sandboxes, reporting back to the core.
 pub struct Launcher {
     pub(crate) paths: Paths,
-    pub(crate) binary: PathBuf,
+    /// The `cairn` binary executors run, open: an executor dropping to its user
+    /// execs it through the descriptor, wherever the file lies.
+    pub(crate) binary: ExecutorBinary,
     pub(crate) recovery_timeout: Duration,
     pub(crate) custom_call_timeout: Duration,
     pub(crate) cgroups_root: String,
@@ -27,6 +30,44 @@ pub struct Launcher {
     pub(crate) fetcher: std::sync::Arc<crate::fetcher::Fetcher>,
     /// Sandboxes made only of cached files, made on the placer thread.
     pub(crate) placer: std::sync::mpsc::Sender<PlaceJob>,
+}
+
+/// The executor id suffix of a framework's Docker executor.
+pub const DOCKER_SUFFIX: &str = ".docker";
+
+/// An executor process to start: whose, which, as whom.
+#[derive(Debug, Clone)]
+pub struct ExecutorSpec {
+    pub framework_id: String,
+    pub executor_id: String,
+    /// The user of every task it runs.
+    pub user: crate::user::TaskUser,
+    /// A Docker executor: it speaks to the Docker Engine (see `crate::launcher`).
+    pub docker: bool,
+}
+
+/// The executable executors are started from, opened once by the agent. An
+/// unprivileged executor may not be able to reach the file by its path (a build tree
+/// under `/root`); `/proc/self/fd/<n>` reaches it whatever the directories allow, as
+/// `fexecve(3)` does.
+#[derive(Debug)]
+pub struct ExecutorBinary {
+    file: std::fs::File,
+}
+
+impl ExecutorBinary {
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        Ok(Self {
+            file: std::fs::File::open(path)?,
+        })
+    }
+
+    fn program(&self) -> String {
+        format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&self.file)
+        )
+    }
 }
 
 /// A sandbox to make from the fetcher cache alone.
@@ -65,53 +106,113 @@ pub fn spawn_placer(
 }
 
 impl Launcher {
-    /// Spawns `cairn executor` for a framework; returns its pid and start time.
-    pub fn spawn(&self, framework_id: &str, executor_id: &str) -> std::io::Result<(u32, u64)> {
-        let dir = self.paths.executor_dir(framework_id, executor_id);
+    /// Spawns `cairn executor`; returns its pid and start time. The privileged steps
+    /// are the agent's, between fork and exec: the executor joins its cgroup (sized
+    /// to `limits`), then drops to its tasks' user with no way back to more
+    /// privileges (`PR_SET_NO_NEW_PRIVS`), so its own code starts unprivileged. The
+    /// Docker executor stays the agent's user: the Docker Engine's socket it speaks
+    /// to is root's to give, and it hosts no tenant code.
+    pub fn spawn(
+        &self,
+        spec: &ExecutorSpec,
+        limits: ExecutorLimits,
+    ) -> std::io::Result<(u32, u64)> {
+        let (fw, ex) = (spec.framework_id.as_str(), spec.executor_id.as_str());
+        let dir = self.paths.executor_dir(fw, ex);
         std::fs::create_dir_all(&dir)?;
+        let user = (!spec.docker && spec.user.switch).then_some(&spec.user);
+        // Custom executors keep their files here: the executor's to write.
+        let custom = dir.join("custom");
+        if let Some(user) = user {
+            match std::fs::create_dir(&custom) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
+            std::os::unix::fs::lchown(&custom, Some(user.uid), Some(user.gid))?;
+        }
         // Executors log to a file, never to a pipe they would inherit from the agent.
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("executor.log"))?;
-        let mut cmd = tokio::process::Command::new(&self.binary);
-        cmd.arg("executor")
-            .arg("--agent-socket")
-            .arg(self.paths.socket())
-            .arg("--framework-id")
-            .arg(framework_id)
-            .arg("--executor-id")
-            .arg(executor_id)
-            .arg("--directory")
-            .arg(&dir)
-            .arg("--recovery-timeout")
-            .arg(humantime::format_duration(self.recovery_timeout).to_string())
-            .arg("--custom-executor-call-timeout")
-            .arg(humantime::format_duration(self.custom_call_timeout).to_string())
-            .arg("--cgroups-root")
-            .arg(&self.cgroups_root)
-            .args(
-                (!self.native_namespaces.is_empty())
-                    .then(|| format!("--native-namespaces={}", self.native_namespaces.join(","))),
-            )
-            .arg("--compile-cache")
-            .arg(self.paths.compile_cache())
-            .arg("--compile-cache-key")
-            .arg(self.paths.compile_cache_key())
+        let cgroup = self.executor_cgroup(ex);
+        let procs = if spec.docker || !nix::unistd::geteuid().is_root() {
+            Vec::new()
+        } else {
+            cgroup
+                .create(limits, user.map(|u| (u.uid, u.gid)))
+                .map_err(std::io::Error::other)?
+        };
+        let mut cmd = self.command(spec, &dir, &cgroup, user.is_none());
+        // What the agent's environment holds is the agent's: an executor gets only
+        // what it reads.
+        let passed = ["RUST_LOG", "PATH", "DOCKER_HOST", "TMPDIR"];
+        cmd.env_clear()
+            .envs(std::env::vars_os().filter(|(k, _)| passed.iter().any(|p| k == p)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .process_group(0)
             .kill_on_drop(false);
-        let mut child = cmd.spawn()?;
+        crate::process::enter_executor(&mut cmd, procs, user.cloned());
+        let child = cmd.spawn()?;
         let pid = child
             .id()
             .ok_or_else(|| std::io::Error::other("executor exited at once"))?;
         let start_time = start_time(pid).unwrap_or_default();
         crate::paths::write_atomic(&dir.join("pid"), pid.to_string().as_bytes())?;
-        tracing::info!(framework_id, executor_id, pid, "executor started");
+        let as_user = user.map(|u| u.name.as_str());
+        tracing::info!(executor_id = ex, pid, user = as_user, "executor started");
+        self.reap(ex, pid, child);
+        Ok((pid, start_time))
+    }
+
+    /// `cairn executor` with its arguments; `with_cache`: it may read the compile
+    /// cache's key (it runs as the agent's own user; the others compile in memory).
+    fn command(
+        &self,
+        spec: &ExecutorSpec,
+        dir: &Path,
+        cgroup: &ExecutorCgroup,
+        with_cache: bool,
+    ) -> tokio::process::Command {
+        let (fw, ex) = (spec.framework_id.as_str(), spec.executor_id.as_str());
+        let mut cmd = tokio::process::Command::new(self.binary.program());
+        cmd.arg0("cairn")
+            .arg("executor")
+            .arg("--agent-socket")
+            .arg(self.paths.socket())
+            .arg("--framework-id")
+            .arg(fw)
+            .arg("--executor-id")
+            .arg(ex)
+            .arg("--directory")
+            .arg(dir)
+            .arg("--recovery-timeout")
+            .arg(humantime::format_duration(self.recovery_timeout).to_string())
+            .arg("--custom-executor-call-timeout")
+            .arg(humantime::format_duration(self.custom_call_timeout).to_string())
+            .arg("--cgroups-root")
+            .arg(cgroup.containers_path())
+            .arg("--containerizers")
+            .arg(if spec.docker { "docker" } else { "wasm,native" })
+            .args(
+                (!self.native_namespaces.is_empty())
+                    .then(|| format!("--native-namespaces={}", self.native_namespaces.join(","))),
+            );
+        if with_cache {
+            cmd.arg("--compile-cache")
+                .arg(self.paths.compile_cache())
+                .arg("--compile-cache-key")
+                .arg(self.paths.compile_cache_key());
+        }
+        cmd
+    }
+
+    /// Waits for an executor this agent started, reporting its exit.
+    fn reap(&self, executor_id: &str, pid: u32, mut child: tokio::process::Child) {
         let core = self.core.clone();
-        let framework_id = framework_id.to_owned();
+        let executor_id = executor_id.to_owned();
         tokio::spawn(async move {
             let status = match child.wait().await {
                 Ok(s) => s.to_string(),
@@ -119,21 +220,41 @@ impl Launcher {
             };
             let _ = core
                 .send(Input::ExecutorExited {
-                    framework_id,
+                    executor_id,
                     pid,
                     status,
                 })
                 .await;
         });
-        Ok((pid, start_time))
+    }
+
+    /// The cgroup an executor runs in.
+    pub fn executor_cgroup(&self, executor_id: &str) -> ExecutorCgroup {
+        ExecutorCgroup::of(&self.cgroups_root, executor_id)
+    }
+
+    /// Writes an executor's cgroup's new size.
+    pub fn resize(&self, executor_id: &str, limits: ExecutorLimits) {
+        if !nix::unistd::geteuid().is_root() || executor_id.ends_with(DOCKER_SUFFIX) {
+            return;
+        }
+        if let Err(e) = self.executor_cgroup(executor_id).resize(limits) {
+            tracing::debug!(executor_id, error = %e, "cannot resize the executor's cgroup");
+        }
+    }
+
+    /// Removes a gone executor's cgroup, and whatever it left running in it.
+    pub fn destroy_cgroup(&self, executor_id: &str) {
+        let cgroup = self.executor_cgroup(executor_id);
+        tokio::task::spawn_blocking(move || cgroup.destroy());
     }
 
     /// Watches an executor this agent did not start (it was re-attached after a
     /// restart), reporting its exit. Not being its parent, the agent cannot wait for
     /// it, so it polls, as Mesos' reaper does for processes that are not its children.
-    pub fn watch(&self, framework_id: &str, pid: u32, start: u64) {
+    pub fn watch(&self, executor_id: &str, pid: u32, start: u64) {
         let core = self.core.clone();
-        let framework_id = framework_id.to_owned();
+        let executor_id = executor_id.to_owned();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             while is_alive(pid, start) {
@@ -141,7 +262,7 @@ impl Launcher {
             }
             let _ = core
                 .send(Input::ExecutorExited {
-                    framework_id,
+                    executor_id,
                     pid,
                     status: "terminated (not a child of this agent: exit status unknown)".into(),
                 })

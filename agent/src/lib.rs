@@ -5,6 +5,7 @@
 pub mod checkpoint;
 mod core;
 mod error;
+mod executor_cgroup;
 mod executor_process;
 mod executor_socket;
 mod fetcher;
@@ -165,12 +166,21 @@ impl Agent {
         };
         let listener = tokio::net::UnixListener::bind(&socket)
             .map_err(socket_error("binding executor socket"))?;
-        std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .map_err(socket_error("restricting the executor socket"))?;
+        // Executors run as their tasks' users, so every user may connect; only the
+        // process the agent started for an executor may subscribe as it (its pid,
+        // from the socket's peer credentials, is checked).
+        std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+            .map_err(socket_error("opening the executor socket to executors"))?;
         let (tx, rx) = mpsc::channel(4096);
         let launcher = launcher::Launcher {
             paths: paths.clone(),
-            binary: self.config.executor_binary.clone(),
+            binary: launcher::ExecutorBinary::open(&self.config.executor_binary).map_err(
+                |source| AgentError::WorkFile {
+                    what: "opening the executor binary",
+                    path: self.config.executor_binary.clone(),
+                    source,
+                },
+            )?,
             recovery_timeout: self.config.executor_recovery_timeout,
             custom_call_timeout: self.config.custom_executor_call_timeout,
             cgroups_root: self.config.cgroups_root.clone(),

@@ -30,3 +30,40 @@ pub fn kill_group(pid: u32, start: u64) {
         tracing::warn!(pid, error = %e, "cannot kill the executor's process group");
     }
 }
+
+/// What an executor's child does between fork and exec, as root still: join the
+/// executor's cgroup (writing "0" to each `cgroup.procs` held open), forbid any
+/// later gain of privileges, then become `user` (groups, gid, uid) when there is
+/// one to become.
+pub fn enter_executor(
+    cmd: &mut tokio::process::Command,
+    procs: Vec<std::fs::File>,
+    user: Option<crate::user::TaskUser>,
+) {
+    let fds: Vec<i32> = procs.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+    // SAFETY: between fork and exec the closure makes only async-signal-safe system
+    // calls (write, prctl, setgroups, setgid, setuid) on values prepared before the
+    // fork, and allocates nothing. `procs` is moved in, so the descriptors stay open
+    // until the command is dropped, after the spawn.
+    unsafe {
+        cmd.pre_exec(move || {
+            let _held = &procs;
+            for &fd in &fds {
+                if nix::libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if nix::libc::prctl(nix::libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(user) = &user
+                && (nix::libc::setgroups(user.groups.len(), user.groups.as_ptr()) != 0
+                    || nix::libc::setgid(user.gid) != 0
+                    || nix::libc::setuid(user.uid) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

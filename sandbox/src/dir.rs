@@ -250,6 +250,17 @@ impl SandboxDir {
         Ok(file)
     }
 
+    /// Opens an existing regular file for reading even if it has other hard links:
+    /// only for a caller that then checks the bytes against a digest it trusts (a
+    /// file the agent placed from its cache), never to serve a file as it is.
+    pub fn open_linked_file(&self, rel: &Path) -> Result<File> {
+        let file = File::from(self.openat(rel, OFlag::O_RDONLY | OFlag::O_NONBLOCK, 0)?);
+        match single_regular(&file, rel) {
+            Ok(()) | Err(SandboxDirError::HardLinked { .. }) => Ok(file),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Reads at most `max` bytes of a file from `offset` on (fewer at its end), as
     /// [`open_file`](Self::open_file) opens it.
     pub fn read(&self, rel: &Path, offset: u64, max: u64) -> Result<Vec<u8>> {

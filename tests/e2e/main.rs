@@ -7,6 +7,7 @@ use cairn_test_support::harness::Cairn;
 mod bad_input;
 mod components;
 mod docker;
+mod executors;
 mod faults;
 mod fetcher;
 mod links;

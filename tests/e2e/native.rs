@@ -46,34 +46,45 @@ impl NativeCluster {
         } else {
             base.join(controller)
         };
-        base.join(&self.root)
-            .join(framework_id)
-            .join(task)
-            .join(file)
+        base.join(self.task_cgroup(framework_id, task)).join(file)
+    }
+
+    /// A task's cgroup, relative to the hierarchies' mounts: below its executor's
+    /// (`cairn-executor-<framework>`, whose user these tests' tasks share).
+    fn task_cgroup(&self, framework_id: &str, task: &str) -> String {
+        format!(
+            "{}/executors/cairn-executor-{framework_id}/containers/{task}",
+            self.root
+        )
     }
 
     /// Every task's cgroup directory left under the root, in every hierarchy. Fails
-    /// if no framework's cgroup was ever made under the root: an empty answer would
+    /// if no executor's cgroup was ever made under the root: an empty answer would
     /// then say nothing about cleaning up.
     fn leftovers(&self) -> Vec<PathBuf> {
-        let mut frameworks_seen = 0;
+        let mut executors_seen = 0;
         let mut left = Vec::new();
         for controller in ["cpu", "cpuacct", "memory", "pids", ""] {
             let root = PathBuf::from("/sys/fs/cgroup")
                 .join(controller)
-                .join(&self.root);
-            let Ok(frameworks) = std::fs::read_dir(&root) else {
+                .join(&self.root)
+                .join("executors");
+            let Ok(executors) = std::fs::read_dir(&root) else {
                 continue;
             };
-            for fw in frameworks.flatten().filter(|e| e.path().is_dir()) {
-                frameworks_seen += 1;
-                let tasks = std::fs::read_dir(fw.path()).into_iter().flatten().flatten();
+            for executor in executors.flatten().filter(|e| e.path().is_dir()) {
+                executors_seen += 1;
+                let containers = executor.path().join("containers");
+                let tasks = std::fs::read_dir(containers)
+                    .into_iter()
+                    .flatten()
+                    .flatten();
                 left.extend(tasks.filter(|t| t.path().is_dir()).map(|t| t.path()));
             }
         }
         assert!(
-            frameworks_seen > 0,
-            "no framework cgroup under {}: the tasks' cgroups were made elsewhere",
+            executors_seen > 0,
+            "no executor cgroup under {}: the tasks' cgroups were made elsewhere",
             self.root
         );
         left
@@ -86,11 +97,25 @@ impl Drop for NativeCluster {
             let root = PathBuf::from("/sys/fs/cgroup")
                 .join(controller)
                 .join(&self.root);
-            if let Ok(frameworks) = std::fs::read_dir(&root) {
-                for fw in frameworks.flatten() {
-                    let _ = std::fs::remove_dir(fw.path());
+            let executors = root.join("executors");
+            for executor in std::fs::read_dir(&executors)
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let containers = executor.path().join("containers");
+                for task in std::fs::read_dir(&containers)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    let _ = std::fs::remove_dir(task.path());
                 }
+                let _ = std::fs::remove_dir(containers);
+                let _ = std::fs::remove_dir(executor.path().join("executor"));
+                let _ = std::fs::remove_dir(executor.path());
             }
+            let _ = std::fs::remove_dir(executors);
             let _ = std::fs::remove_dir(root);
         }
     }
@@ -197,7 +222,7 @@ async fn a_native_task_runs_in_its_own_cgroup_from_the_start_and_leaves_nothing(
     assert!(stdout.contains("hello-native"), "{stdout}");
     // `cat` is a child of the task's shell: the cgroup was inherited from the first
     // instruction on.
-    let own = format!("/{}/{fw}/shell", c.root);
+    let own = format!("/{}", c.task_cgroup(&fw, "shell"));
     assert!(
         stdout
             .lines()

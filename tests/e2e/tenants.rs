@@ -33,7 +33,11 @@ fn task(id: &str, agent_id: &Value, command: Value) -> Value {
 }
 
 /// Launches `tasks` on the next offer.
-async fn launch(scheduler: &Scheduler, events: &mut Events, tasks: impl Fn(&Value) -> Vec<Value>) {
+pub(crate) async fn launch(
+    scheduler: &Scheduler,
+    events: &mut Events,
+    tasks: impl Fn(&Value) -> Vec<Value>,
+) {
     let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
     let (code, body) = scheduler
         .call(accept(&offer, tasks(&offer["agent_id"])))

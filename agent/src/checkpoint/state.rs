@@ -24,6 +24,8 @@ pub struct Task {
     pub group: Vec<String>,
     /// This run's container id, naming its sandbox (see [`crate::paths::Paths::sandbox`]).
     pub container_id: String,
+    /// The executor process that runs it.
+    pub executor_id: String,
 }
 
 #[derive(Debug, Default)]
@@ -31,7 +33,8 @@ pub struct AgentState {
     pub agent_id: Option<String>,
     pub agent_info: Option<cairn_api::v1::AgentInfo>,
     pub frameworks: HashMap<String, FrameworkInfo>,
-    /// One executor per framework on this agent.
+    /// The executor processes on this agent, by executor id (unique on the agent:
+    /// each names its framework).
     pub executors: HashMap<String, CheckpointedExecutor>,
     pub tasks: HashMap<TaskKey, Task>,
     pub updates: StatusUpdates,
@@ -49,36 +52,21 @@ impl AgentState {
                 let id = info.id.clone().unwrap_or_default().value;
                 self.frameworks.insert(id, info);
             }
-            Record::Executor(executor) => {
-                let fw = executor.framework_id.clone().unwrap_or_default().value;
-                self.executors.insert(fw, executor);
+            Record::Executor(mut executor) => {
+                let id = executor_key(&mut executor);
+                self.executors.insert(id, executor);
             }
-            Record::ExecutorExited(executor) => {
-                let fw = executor.framework_id.clone().unwrap_or_default().value;
+            Record::ExecutorExited(mut executor) => {
+                let id = executor_key(&mut executor);
                 if self
                     .executors
-                    .get(&fw)
+                    .get(&id)
                     .is_some_and(|e| e.pid == executor.pid)
                 {
-                    self.executors.remove(&fw);
+                    self.executors.remove(&id);
                 }
             }
-            Record::Task(run) => {
-                let (Some(framework), Some(task)) = (run.framework, run.task) else {
-                    return;
-                };
-                let fw = framework.id.clone().unwrap_or_default().value;
-                let task_id = task.task_id.clone().unwrap_or_default().value;
-                self.frameworks.insert(fw.clone(), framework);
-                self.tasks.entry((fw, task_id)).or_insert_with(|| Task {
-                    info: task,
-                    state: TaskState::TaskStaging,
-                    launched: false,
-                    seen: HashSet::new(),
-                    group: run.group,
-                    container_id: run.container_id,
-                });
-            }
+            Record::Task(run) => self.add_task(run),
             Record::Launched(launched) => {
                 if let Some(task) = self.tasks.get_mut(&record_key(&launched)) {
                     task.launched = true;
@@ -121,6 +109,29 @@ impl AgentState {
         }
     }
 
+    /// A task the agent took on: staging, as every task starts here.
+    fn add_task(&mut self, run: RunTask) {
+        let (Some(framework), Some(task)) = (run.framework, run.task) else {
+            return;
+        };
+        let fw = framework.id.clone().unwrap_or_default().value;
+        let task_id = task.task_id.clone().unwrap_or_default().value;
+        let executor_id = match run.executor_id {
+            id if id.is_empty() => framework_executor(&fw),
+            id => id,
+        };
+        self.frameworks.insert(fw.clone(), framework);
+        self.tasks.entry((fw, task_id)).or_insert_with(|| Task {
+            info: task,
+            state: TaskState::TaskStaging,
+            launched: false,
+            seen: HashSet::new(),
+            group: run.group,
+            container_id: run.container_id,
+            executor_id,
+        });
+    }
+
     /// The live state as records, for compaction: replaying them gives this state
     /// back (less the memory of acknowledged update uuids).
     pub fn to_records(&self) -> Vec<CheckpointRecord> {
@@ -150,6 +161,7 @@ impl AgentState {
                 task: Some(task.info.clone()),
                 group: task.group.clone(),
                 container_id: task.container_id.clone(),
+                executor_id: task.executor_id.clone(),
             }));
             if task.launched {
                 let mut launched = task_record(fw, &task.info);
@@ -183,6 +195,36 @@ impl AgentState {
         ids.sort();
         ids
     }
+
+    /// The non-terminal tasks one executor process runs or is about to.
+    pub fn live_tasks_on(&self, executor_id: &str) -> Vec<TaskKey> {
+        let mut keys: Vec<TaskKey> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.executor_id == executor_id && !t.state.is_terminal())
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.sort();
+        keys
+    }
+}
+
+/// The executor a checkpoint older than per-user executors gave every task.
+fn framework_executor(fw: &str) -> String {
+    cairn_api::ids::executor_id_for(&FrameworkId {
+        value: fw.to_owned(),
+    })
+    .value
+}
+
+/// An executor record's key, filled in for records older than executor ids.
+fn executor_key(executor: &mut CheckpointedExecutor) -> String {
+    let id = executor.executor_id.get_or_insert_default();
+    if id.value.is_empty() {
+        let fw = executor.framework_id.clone().unwrap_or_default().value;
+        id.value = framework_executor(&fw);
+    }
+    id.value.clone()
 }
 
 pub fn task_record(fw: &str, task: &TaskInfo) -> TaskRecord {

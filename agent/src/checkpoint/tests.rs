@@ -23,6 +23,7 @@ fn run(f: &str, task: &str) -> Record {
         }),
         group: Vec::new(),
         container_id: format!("{task}-run"),
+        executor_id: String::new(),
     })
 }
 

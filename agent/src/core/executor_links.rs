@@ -14,6 +14,8 @@ use cairn_api::v1::{ExecutorId, FrameworkId, TaskId, TaskState, task_status};
 use tokio::sync::mpsc;
 
 use super::{Core, Effect};
+use crate::checkpoint::TaskKey;
+use crate::launcher::{DOCKER_SUFFIX, ExecutorSpec};
 
 /// A freshly started executor has this long to subscribe (Mesos'
 /// `--executor_registration_timeout` defaults to one minute).
@@ -70,30 +72,36 @@ impl ExecutorLink {
 }
 
 impl Core {
-    /// Starts the framework's executor unless it has a live one.
-    pub(super) fn ensure_executor(&mut self, fw: &str) -> std::io::Result<()> {
-        if self.checkpoint.state.executors.contains_key(fw) && self.links.contains_key(fw) {
+    /// Starts the executor unless it is live: as the user of the tasks it will run,
+    /// in its cgroup, sized to them (see [`crate::launcher::Launcher::spawn`]).
+    pub(super) fn ensure_executor(&mut self, spec: &ExecutorSpec) -> std::io::Result<()> {
+        let ex = spec.executor_id.as_str();
+        if self.checkpoint.state.executors.contains_key(ex) && self.links.contains_key(ex) {
             return Ok(());
         }
-        let executor_id = cairn_api::ids::executor_id_for(&FrameworkId {
-            value: fw.to_owned(),
-        })
-        .value;
-        let (pid, start_time) = self.launcher.spawn(fw, &executor_id)?;
+        let (pid, start_time) = self.launcher.spawn(spec, self.sizes.of(ex))?;
         self.checkpoint
             .record(Record::Executor(CheckpointedExecutor {
                 framework_id: Some(FrameworkId {
-                    value: fw.to_owned(),
+                    value: spec.framework_id.clone(),
                 }),
-                executor_id: Some(ExecutorId { value: executor_id }),
+                executor_id: Some(ExecutorId {
+                    value: ex.to_owned(),
+                }),
                 pid,
                 start_time,
             }));
         self.links.insert(
-            fw.to_owned(),
+            ex.to_owned(),
             ExecutorLink::new(false, REGISTRATION_TIMEOUT),
         );
         Ok(())
+    }
+
+    /// The framework an executor belongs to.
+    fn framework_of(&self, ex: &str) -> Option<String> {
+        let record = self.checkpoint.state.executors.get(ex)?;
+        Some(record.framework_id.clone().unwrap_or_default().value)
     }
 
     /// After a restart: executors still running get a grace period to re-subscribe;
@@ -102,22 +110,33 @@ impl Core {
     pub(super) fn reattach_executors(&mut self) {
         let recorded: Vec<CheckpointedExecutor> =
             self.checkpoint.state.executors.values().cloned().collect();
+        // Sized as before the restart, from the tasks still live on each.
+        let live: Vec<(TaskKey, String, cairn_api::v1::TaskInfo)> = (self.checkpoint.state.tasks)
+            .iter()
+            .filter(|(_, t)| !t.state.is_terminal())
+            .map(|(k, t)| (k.clone(), t.executor_id.clone(), t.info.clone()))
+            .collect();
+        for (key, ex, info) in live {
+            if !ex.ends_with(DOCKER_SUFFIX) {
+                self.sizes.charge(&key, &ex, &info);
+            }
+        }
         for executor in recorded {
-            let fw = executor.framework_id.clone().unwrap_or_default().value;
+            let ex = executor.executor_id.clone().unwrap_or_default().value;
             if crate::process::is_alive(executor.pid, executor.start_time) {
                 tracing::info!(
-                    framework_id = fw,
+                    executor_id = ex,
                     pid = executor.pid,
                     "executor survived the restart; waiting for it to re-subscribe"
                 );
-                self.launcher.watch(&fw, executor.pid, executor.start_time);
+                self.launcher.watch(&ex, executor.pid, executor.start_time);
                 self.links.insert(
-                    fw,
+                    ex,
                     ExecutorLink::new(true, self.config.executor_reregistration_timeout),
                 );
             } else {
                 self.executor_gone(
-                    &fw,
+                    &ex,
                     TaskState::TaskFailed,
                     task_status::Reason::ExecutorTerminated,
                     "the executor terminated while the agent was down",
@@ -140,19 +159,19 @@ impl Core {
 
     pub(super) fn executor_subscribed(
         &mut self,
-        fw: &str,
+        ex: &str,
         conn: u64,
         pid: Option<i32>,
         subscribe: ExecutorSubscribe,
         tx: mpsc::Sender<ExecutorEvent>,
     ) {
         let (Some(record), Some(link)) = (
-            self.checkpoint.state.executors.get(fw),
-            self.links.get_mut(fw),
+            self.checkpoint.state.executors.get(ex),
+            self.links.get_mut(ex),
         ) else {
             tracing::warn!(
-                framework_id = fw,
-                "an executor subscribed for a framework with no executor here; shutting it down"
+                executor_id = ex,
+                "an executor subscribed that this agent does not run; shutting it down"
             );
             let _ = tx.try_send(ExecutorEvent {
                 event: Some(executor_event::Event::Shutdown(
@@ -161,10 +180,14 @@ impl Core {
             });
             return;
         };
-        // Only the process this agent started may speak for the framework.
-        if pid != Some(record.pid as i32) {
+        // Only the process this agent started may speak for the executor (the socket
+        // is open to every user: the executors run as their tasks' users).
+        let fw = record.framework_id.clone().unwrap_or_default().value;
+        if pid != Some(record.pid as i32)
+            || subscribe.framework_id.as_ref().map(|f| &f.value) != Some(&fw)
+        {
             tracing::warn!(
-                framework_id = fw,
+                executor_id = ex,
                 ?pid,
                 expected = record.pid,
                 "executor subscription from the wrong process refused"
@@ -184,18 +207,18 @@ impl Core {
         link.queued
             .retain(|e| !matches!(e.event, Some(executor_event::Event::Launch(_))));
         self.outbox.retain(|e| {
-            !matches!(e, Effect::ToExecutor(f, event)
-                if f == fw && matches!(**event, executor_event::Event::Launch(_)))
+            !matches!(e, Effect::ToExecutor(to, event)
+                if to == ex && matches!(**event, executor_event::Event::Launch(_)))
         });
         if link.recovered {
-            tracing::info!(framework_id = fw, "recovered executor re-subscribed");
+            tracing::info!(executor_id = ex, "recovered executor re-subscribed");
         }
         for status in subscribe.unacknowledged_updates {
-            self.executor_update(fw, status);
+            self.executor_update(ex, &fw, status);
         }
         let held: HashSet<String> = subscribe.tasks.into_iter().map(|t| t.value).collect();
-        self.reconcile_executor_tasks(fw, held);
-        if let Some(link) = self.links.get_mut(fw) {
+        self.reconcile_executor_tasks(ex, &fw, held);
+        if let Some(link) = self.links.get_mut(ex) {
             link.flush();
         }
     }
@@ -203,13 +226,13 @@ impl Core {
     /// Brings a re-subscribed executor in line with the checkpoint: tasks handed to it
     /// that it does not hold are launched again; tasks it holds that this agent does
     /// not know (or knows ended) are killed.
-    fn reconcile_executor_tasks(&mut self, fw: &str, held: HashSet<String>) {
-        for task_id in self.checkpoint.state.live_tasks_of(fw) {
-            let task = &self.checkpoint.state.tasks[&(fw.to_owned(), task_id.clone())];
-            if task.launched && !held.contains(&task_id) {
+    fn reconcile_executor_tasks(&mut self, ex: &str, fw: &str, held: HashSet<String>) {
+        for key in self.checkpoint.state.live_tasks_on(ex) {
+            let task = &self.checkpoint.state.tasks[&key];
+            if task.launched && !held.contains(&key.1) {
                 // Handed over, but the event died with the old agent or connection.
                 let launch = self.launch_event(fw, task.info.clone());
-                self.send_to_executor(fw.to_owned(), launch);
+                self.send_to_executor(ex.to_owned(), launch);
             }
         }
         for task_id in held {
@@ -218,15 +241,15 @@ impl Core {
                 .state
                 .tasks
                 .get(&(fw.to_owned(), task_id.clone()))
-                .is_some_and(|t| !t.state.is_terminal());
+                .is_some_and(|t| !t.state.is_terminal() && t.executor_id == ex);
             if !known {
                 tracing::warn!(
-                    framework_id = fw,
+                    executor_id = ex,
                     task_id,
                     "executor runs a task this agent does not know; killing it"
                 );
                 self.send_to_executor(
-                    fw.to_owned(),
+                    ex.to_owned(),
                     executor_event::Event::Kill(ExecutorKill {
                         task_id: Some(TaskId { value: task_id }),
                         kill_policy: None,
@@ -237,26 +260,25 @@ impl Core {
         }
     }
 
-    pub(super) fn on_executor_call(&mut self, fw: &str, conn: u64, call: executor_call::Call) {
+    pub(super) fn on_executor_call(&mut self, ex: &str, conn: u64, call: executor_call::Call) {
         let current = self
             .links
-            .get(fw)
+            .get(ex)
             .and_then(|l| l.conn.as_ref())
             .is_some_and(|(c, _)| *c == conn);
-        if !current {
+        let Some(fw) = self.framework_of(ex).filter(|_| current) else {
             return;
-        }
+        };
+        let fw = fw.as_str();
         match call {
             executor_call::Call::Update(update) => {
                 if let Some(status) = update.status {
-                    self.executor_update(fw, status);
+                    self.executor_update(ex, fw, status);
                 }
             }
             executor_call::Call::Message(m) => {
-                let executor_id = m.executor_id.unwrap_or_else(|| {
-                    cairn_api::ids::executor_id_for(&FrameworkId {
-                        value: fw.to_owned(),
-                    })
+                let executor_id = m.executor_id.unwrap_or_else(|| ExecutorId {
+                    value: ex.to_owned(),
                 });
                 self.send_to_master(agent_message::Message::ExecutorMessage(
                     cairn_api::internal::FrameworkMessage {
@@ -269,8 +291,8 @@ impl Core {
                 ));
             }
             executor_call::Call::Heartbeat(h) => {
-                self.usage
-                    .insert(fw.to_owned(), (super::now_secs(), h.usage));
+                let report = (fw.to_owned(), super::now_secs(), h.usage);
+                self.usage.insert(ex.to_owned(), report);
             }
             executor_call::Call::Subscribe(_) => {}
         }
@@ -278,46 +300,60 @@ impl Core {
 
     /// An update from an executor: recorded, and acknowledged to the executor once it
     /// is durable (a duplicate is acknowledged again: it is durable already).
-    fn executor_update(&mut self, fw: &str, mut status: cairn_api::v1::TaskStatus) {
+    fn executor_update(&mut self, ex: &str, fw: &str, mut status: cairn_api::v1::TaskStatus) {
         if status.uuid.len() != 16 {
             tracing::warn!(
-                framework_id = fw,
+                executor_id = ex,
                 "executor update without a 16-byte uuid dropped"
             );
             return;
         }
+        // An executor speaks only for the tasks it was given.
+        let task_id = status.task_id.clone().unwrap_or_default().value;
+        let ours = (self.checkpoint.state.tasks)
+            .get(&(fw.to_owned(), task_id.clone()))
+            .is_some_and(|t| t.executor_id == ex);
+        if !ours {
+            tracing::warn!(
+                executor_id = ex,
+                task_id,
+                "update for a task of another executor dropped"
+            );
+            return;
+        }
         status.source = task_status::Source::Executor as i32;
-        status.executor_id = Some(cairn_api::ids::executor_id_for(&FrameworkId {
-            value: fw.to_owned(),
-        }));
+        status.executor_id = Some(ExecutorId {
+            value: ex.to_owned(),
+        });
         let ack = ExecutorAcknowledged {
             task_id: status.task_id.clone(),
             uuid: status.uuid.clone(),
         };
         self.record_update(fw, status);
-        self.send_to_executor(fw.to_owned(), executor_event::Event::Acknowledged(ack));
+        self.send_to_executor(ex.to_owned(), executor_event::Event::Acknowledged(ack));
     }
 
-    pub(super) fn executor_disconnected(&mut self, fw: &str, conn: u64) {
-        let Some(link) = self.links.get_mut(fw) else {
+    pub(super) fn executor_disconnected(&mut self, ex: &str, conn: u64) {
+        let Some(link) = self.links.get_mut(ex) else {
             return;
         };
         if link.conn.as_ref().is_some_and(|(c, _)| *c == conn) {
             link.conn = None;
             if let Some((pid, status)) = link.exited.take() {
-                self.executor_exited(fw, pid, status);
+                self.executor_exited(ex, pid, status);
             }
         }
     }
 
-    pub(super) fn executor_exited(&mut self, fw: &str, pid: u32, status: String) {
-        let Some(record) = self.checkpoint.state.executors.get(fw) else {
+    pub(super) fn executor_exited(&mut self, ex: &str, pid: u32, status: String) {
+        let Some(record) = self.checkpoint.state.executors.get(ex) else {
             return;
         };
         if record.pid != pid {
             return;
         }
-        if let Some(link) = self.links.get_mut(fw)
+        let fw = record.framework_id.clone().unwrap_or_default().value;
+        if let Some(link) = self.links.get_mut(ex)
             && link.conn.is_some()
         {
             // Its socket may still hold its last updates; they are read first.
@@ -325,16 +361,18 @@ impl Core {
             return;
         }
         let status = status.as_str();
-        tracing::info!(framework_id = fw, pid, status, "executor exited");
+        tracing::info!(executor_id = ex, pid, status, "executor exited");
         let executor_id = record.executor_id.clone();
+        // Its exit code, or (as in a wait status) the number of the signal that
+        // ended it: Mesos clients read `status` whenever an executor is gone.
         let code = status
             .strip_prefix("exit status: ")
-            .and_then(|c| c.trim().parse::<i32>().ok());
+            .or_else(|| status.strip_prefix("signal: "))
+            .and_then(|c| c.split_whitespace().next())
+            .and_then(|c| c.parse::<i32>().ok());
         self.send_to_master(agent_message::Message::ExecutorExited(
             cairn_api::internal::ExecutorExited {
-                framework_id: Some(FrameworkId {
-                    value: fw.to_owned(),
-                }),
+                framework_id: Some(FrameworkId { value: fw.clone() }),
                 executor_id,
                 status: code,
                 message: status.to_owned(),
@@ -342,47 +380,66 @@ impl Core {
         ));
         let shutting_down = self
             .links
-            .get(fw)
+            .get(ex)
             .is_some_and(|l| l.shutdown_deadline.is_some());
-        let (state, reason) = if shutting_down {
-            (TaskState::TaskKilled, task_status::Reason::FrameworkRemoved)
+        // The kernel killed in the executor's cgroup: its tasks together outgrew it.
+        let oom = self.launcher.executor_cgroup(ex).oom_kills() > 0;
+        let (state, reason, message) = if shutting_down {
+            let why = format!("executor exited ({status}) while the task was running");
+            (
+                TaskState::TaskKilled,
+                task_status::Reason::FrameworkRemoved,
+                why,
+            )
+        } else if oom {
+            let limit = self.sizes.of(ex).mem_bytes;
+            let why = format!(
+                "Memory limit exceeded: the executor's cgroup (its tasks plus {} MiB) may use {limit} bytes",
+                crate::executor_cgroup::OVERHEAD_MEM_BYTES >> 20
+            );
+            (
+                TaskState::TaskFailed,
+                task_status::Reason::ContainerLimitationMemory,
+                why,
+            )
         } else {
+            let why = format!("executor exited ({status}) while the task was running");
             (
                 TaskState::TaskFailed,
                 task_status::Reason::ExecutorTerminated,
+                why,
             )
         };
-        self.executor_gone(
-            fw,
-            state,
-            reason,
-            &format!("executor exited ({status}) while the task was running"),
-        );
+        self.executor_gone(ex, state, reason, &message);
     }
 
     /// Forgets an executor and ends the tasks it was running.
     fn executor_gone(
         &mut self,
-        fw: &str,
+        ex: &str,
         state: TaskState,
         reason: task_status::Reason,
         message: &str,
     ) {
-        let Some(record) = self.checkpoint.state.executors.get(fw).cloned() else {
+        let Some(record) = self.checkpoint.state.executors.get(ex).cloned() else {
             return;
         };
         self.checkpoint.record(Record::ExecutorExited(record));
-        self.links.remove(fw);
-        for task_id in self.checkpoint.state.live_tasks_of(fw) {
-            let launched = self.checkpoint.state.tasks[&(fw.to_owned(), task_id.clone())].launched;
+        self.links.remove(ex);
+        self.usage.remove(ex);
+        // Whatever it left in its cgroup goes with it.
+        self.launcher.destroy_cgroup(ex);
+        for key in self.checkpoint.state.live_tasks_on(ex) {
+            let launched = self.checkpoint.state.tasks[&key].launched;
             if launched {
-                self.fail_task(fw, &task_id, state, reason, message.to_owned());
+                self.fail_task(&key.0, &key.1, state, reason, message.to_owned());
             } else {
                 // Its fetch is still running; it needs a new executor.
-                self.outbox
-                    .push(Effect::Stage((fw.to_owned(), task_id.clone())));
+                self.outbox.push(Effect::Stage(key));
             }
         }
+        // Those restaged are charged again as they stage.
+        self.sizes.forget(ex);
     }
 
     /// Kills executors that missed their (re-)subscription or outlived their shutdown
@@ -390,7 +447,7 @@ impl Core {
     pub(super) fn check_executor_deadlines(&mut self) {
         let now = Instant::now();
         let mut expired = Vec::new();
-        for (fw, link) in &mut self.links {
+        for (ex, link) in &mut self.links {
             if link.killed {
                 continue;
             }
@@ -398,15 +455,15 @@ impl Core {
             let overdue = link.shutdown_deadline.is_some_and(|d| d <= now);
             if missed || overdue {
                 link.killed = true;
-                expired.push((fw.clone(), missed, link.recovered));
+                expired.push((ex.clone(), missed, link.recovered));
             }
         }
-        for (fw, missed, recovered) in expired {
-            let Some(record) = self.checkpoint.state.executors.get(&fw).cloned() else {
+        for (ex, missed, recovered) in expired {
+            let Some(record) = self.checkpoint.state.executors.get(&ex).cloned() else {
                 continue;
             };
             tracing::warn!(
-                framework_id = fw,
+                executor_id = ex,
                 pid = record.pid,
                 missed_subscription = missed,
                 "killing the executor's process group"
@@ -426,7 +483,7 @@ impl Core {
                         "the executor did not subscribe in time",
                     )
                 };
-                self.executor_gone(&fw, state, reason, message);
+                self.executor_gone(&ex, state, reason, message);
             }
         }
     }

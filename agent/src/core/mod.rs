@@ -9,6 +9,9 @@
 //! agent never tells anyone something it could forget.
 
 mod executor_links;
+mod routing;
+mod sizing;
+mod snapshot;
 mod tasks;
 
 use std::collections::HashMap;
@@ -144,8 +147,12 @@ pub struct Core {
     fetched: HashMap<TaskKey, Vec<crate::fetcher::CachedFile>>,
     commit_failure: Option<CommitFailure>,
     metrics: crate::metrics::Metrics,
-    /// Each framework's executor's last usage report: (when, per task).
-    usage: HashMap<String, (f64, Vec<cairn_api::internal::TaskUsage>)>,
+    /// Each executor's last usage report: (its framework, when, per task).
+    usage: HashMap<String, (String, f64, Vec<cairn_api::internal::TaskUsage>)>,
+    /// What each executor's cgroup must allow.
+    sizes: sizing::Sizes,
+    /// The files each launched task got from the fetcher cache, with their digests.
+    placed: HashMap<TaskKey, Vec<cairn_api::internal::CachedFile>>,
     snapshot: watch::Sender<Arc<AgentSnapshot>>,
     /// The sandbox garbage collector (see `crate::gc`).
     gc: mpsc::UnboundedSender<std::path::PathBuf>,
@@ -188,6 +195,8 @@ impl Core {
             commit_failure: None,
             metrics: crate::metrics::Metrics::default(),
             usage: HashMap::new(),
+            sizes: sizing::Sizes::default(),
+            placed: HashMap::new(),
             snapshot,
             gc,
         };
@@ -270,25 +279,25 @@ impl Core {
             }
             Input::FromMaster(message) => self.on_master_message(*message),
             Input::ExecutorSubscribed {
-                framework_id,
+                executor_id,
                 conn,
                 pid,
                 subscribe,
                 to_executor,
-            } => self.executor_subscribed(&framework_id, conn, pid, subscribe, to_executor),
+            } => self.executor_subscribed(&executor_id, conn, pid, subscribe, to_executor),
             Input::FromExecutor {
-                framework_id,
+                executor_id,
                 conn,
                 call,
-            } => self.on_executor_call(&framework_id, conn, call),
-            Input::ExecutorDisconnected { framework_id, conn } => {
-                self.executor_disconnected(&framework_id, conn)
+            } => self.on_executor_call(&executor_id, conn, call),
+            Input::ExecutorDisconnected { executor_id, conn } => {
+                self.executor_disconnected(&executor_id, conn)
             }
             Input::ExecutorExited {
-                framework_id,
+                executor_id,
                 pid,
                 status,
-            } => self.executor_exited(&framework_id, pid, status),
+            } => self.executor_exited(&executor_id, pid, status),
             Input::Fetched { run, result } => self.fetched(run, result),
         }
         self.dirty = true;
@@ -327,6 +336,13 @@ impl Core {
             }
             for effect in effects {
                 self.perform(effect);
+            }
+            // Grown before the launches of this batch reach the executors (they are
+            // sent once the next inputs are settled, at the earliest).
+            for (ex, limits) in self.sizes.take_due() {
+                if self.links.contains_key(&ex) {
+                    self.launcher.resize(&ex, limits);
+                }
             }
         }
         if let Err(e) = self.checkpoint.maybe_compact() {
@@ -405,8 +421,8 @@ impl Core {
                 }
                 self.send_to_master(message);
             }
-            Effect::ToExecutor(fw, event) => {
-                if let Some(link) = self.links.get_mut(&fw) {
+            Effect::ToExecutor(ex, event) => {
+                if let Some(link) = self.links.get_mut(&ex) {
                     link.send(ExecutorEvent {
                         event: Some(*event),
                     });
@@ -429,9 +445,10 @@ impl Core {
         )));
     }
 
-    /// Queues an event for a framework's executor, sent once what precedes it is synced.
-    fn send_to_executor(&mut self, fw: String, event: executor_event::Event) {
-        self.outbox.push(Effect::ToExecutor(fw, Box::new(event)));
+    /// Queues an event for an executor, sent once what precedes it is synced.
+    fn send_to_executor(&mut self, executor_id: String, event: executor_event::Event) {
+        self.outbox
+            .push(Effect::ToExecutor(executor_id, Box::new(event)));
     }
 
     /// Best effort: a full channel drops the message (updates are resent, heartbeats
@@ -491,79 +508,6 @@ impl Core {
             self.resend.insert(key, (now + next, next));
             self.send_to_master(agent_message::Message::StatusUpdate(head));
         }
-    }
-
-    fn publish(&mut self) {
-        self.dirty = false;
-        self.published_at = Instant::now();
-        let state = &self.checkpoint.state;
-        let tasks = state
-            .tasks
-            .iter()
-            .map(|((fw, id), t)| {
-                let executor_id =
-                    cairn_api::ids::executor_id_for(&FrameworkId { value: fw.clone() }).value;
-                TaskView {
-                    framework_id: fw.clone(),
-                    task_id: id.clone(),
-                    directory: self
-                        .paths
-                        .sandbox(fw, id, &t.container_id)
-                        .display()
-                        .to_string(),
-                    executor_id,
-                    state: t.state.as_str_name().to_owned(),
-                }
-            })
-            .collect();
-        let executors = state
-            .executors
-            .iter()
-            .map(|(fw, e)| ExecutorView {
-                framework_id: fw.clone(),
-                executor_id: e.executor_id.clone().unwrap_or_default().value,
-                pid: e.pid,
-                subscribed: self.links.get(fw).is_some_and(|l| l.conn.is_some()),
-                recovered: self.links.get(fw).is_some_and(|l| l.recovered),
-            })
-            .collect();
-        let _ = self.snapshot.send(Arc::new(AgentSnapshot {
-            agent_id: self.info.id.as_ref().map(|i| i.value.clone()),
-            master_connected: self.master.is_some(),
-            tasks,
-            executors,
-            pending_updates: state.updates.pending(),
-            checkpoint_error: self.commit_failure.as_ref().map(|f| f.error.clone()),
-            metrics: self.metrics.clone(),
-            statistics: self.statistics(),
-        }));
-    }
-}
-
-impl Core {
-    /// The last usage reported for each task that still runs.
-    fn statistics(&self) -> Vec<TaskStatistics> {
-        let mut all = Vec::new();
-        for (fw, (timestamp, usage)) in &self.usage {
-            for u in usage {
-                let task_id = u.task_id.clone().unwrap_or_default().value;
-                let running = self
-                    .checkpoint
-                    .state
-                    .tasks
-                    .get(&(fw.clone(), task_id.clone()))
-                    .is_some_and(|t| !t.state.is_terminal());
-                if running {
-                    all.push(TaskStatistics {
-                        framework_id: fw.clone(),
-                        task_id,
-                        timestamp: *timestamp,
-                        usage: u.clone(),
-                    });
-                }
-            }
-        }
-        all
     }
 }
 

@@ -38,13 +38,13 @@ impl Core {
             master_message::Message::Ack(ack) => self.acknowledge(ack),
             master_message::Message::FrameworkMessage(m) => {
                 let fw = m.framework_id.unwrap_or_default().value;
-                self.send_to_executor(
-                    fw,
-                    executor_event::Event::Message(cairn_api::internal::ExecutorMessage {
-                        data: m.data,
-                        executor_id: m.executor_id,
-                    }),
-                );
+                for ex in self.executors_for(&fw, m.executor_id.as_ref()) {
+                    let message = cairn_api::internal::ExecutorMessage {
+                        data: m.data.clone(),
+                        executor_id: m.executor_id.clone(),
+                    };
+                    self.send_to_executor(ex, executor_event::Event::Message(message));
+                }
             }
             master_message::Message::ShutdownFramework(s) => {
                 let fw = s.framework_id.unwrap_or_default().value;
@@ -52,14 +52,14 @@ impl Core {
             }
             master_message::Message::ShutdownExecutor(s) => {
                 let fw = s.framework_id.unwrap_or_default().value;
-                // Hosted by the framework's executor process, which kills its tasks
-                // and reports them.
-                self.send_to_executor(
-                    fw,
-                    executor_event::Event::Shutdown(ExecutorShutdown {
-                        executor_id: s.executor_id,
-                    }),
-                );
+                // Hosted by an executor process of the framework, which kills its
+                // tasks and reports them.
+                for ex in self.executors_for(&fw, s.executor_id.as_ref()) {
+                    let shutdown = ExecutorShutdown {
+                        executor_id: s.executor_id.clone(),
+                    };
+                    self.send_to_executor(ex, executor_event::Event::Shutdown(shutdown));
+                }
             }
         }
     }
@@ -93,7 +93,16 @@ impl Core {
         }
         let group = if is_group { ids.clone() } else { Vec::new() };
         let mut unsupported = None;
+        let mut executors = std::collections::BTreeSet::new();
         for task in tasks {
+            let executor_id = match self.executor_of(&fw, &framework, &task) {
+                Ok(id) => id,
+                Err(why) => {
+                    unsupported.get_or_insert(why);
+                    String::new()
+                }
+            };
+            executors.insert(executor_id.clone());
             let kind = container_type(&task);
             // A custom executor is a wasm component; a task's own container may be
             // WASM, DOCKER or MESOS (a native process).
@@ -109,7 +118,14 @@ impl Core {
                 task: Some(task),
                 group: group.clone(),
                 container_id: crate::paths::new_container_id(),
+                executor_id,
             }));
+        }
+        if executors.len() > 1 {
+            unsupported.get_or_insert(
+                "a task group runs in one executor: its tasks must all be DOCKER or all not, and run as one user"
+                    .to_owned(),
+            );
         }
         for task_id in ids {
             match &unsupported {
@@ -127,7 +143,7 @@ impl Core {
 }
 
 /// The container type a task runs in: its own, or its custom executor's.
-fn container_type(task: &TaskInfo) -> i32 {
+pub(super) fn container_type(task: &TaskInfo) -> i32 {
     task.container
         .as_ref()
         .or(task.executor.as_ref().and_then(|e| e.container.as_ref()))
@@ -159,16 +175,20 @@ impl Core {
         // Only a wasm guest is sure not to write through a link into the cache.
         let link_cached = container_type(&task.info) == container_info::Type::Wasm as i32;
         let container_id = task.container_id.clone();
-        let user = match self.task_user(fw, &task.info) {
-            Ok(user) => user,
+        let spec = match self.executor_spec(&key) {
+            Ok(spec) => spec,
             Err(why) => {
-                let why = format!("cannot run the task as its user: {why}");
                 let reason = task_status::Reason::ContainerLaunchFailed;
                 self.end_before_launch(fw, task_id, TaskState::TaskFailed, reason, why);
                 return;
             }
         };
-        if let Err(why) = self.ensure_executor(fw) {
+        if !spec.docker {
+            let info = task.info.clone();
+            self.sizes.charge(&key, &spec.executor_id, &info);
+        }
+        let user = spec.user.clone();
+        if let Err(why) = self.ensure_executor(&spec) {
             self.fail_task(
                 fw,
                 task_id,
@@ -243,14 +263,15 @@ impl Core {
         };
         // The user was looked up at staging; one removed since fails the task here,
         // with the reason, rather than in the executor without it.
-        let resolved = (self.checkpoint.state.tasks.get(&key)).map(|t| self.task_user(fw, &t.info));
-        if let Some(Err(why)) = resolved {
-            let why = format!("cannot run the task as its user: {why}");
-            self.end_before_launch(fw, task_id, TaskState::TaskFailed, reason, why);
-            return;
-        }
+        let spec = match self.executor_spec(&key) {
+            Ok(spec) => spec,
+            Err(why) => {
+                self.end_before_launch(fw, task_id, TaskState::TaskFailed, reason, why);
+                return;
+            }
+        };
         // Its executor may have died during the fetch: the task gets a new one.
-        if let Err(why) = self.ensure_executor(fw) {
+        if let Err(why) = self.ensure_executor(&spec) {
             let why = format!("cannot start the executor: {why}");
             self.end_before_launch(fw, task_id, TaskState::TaskFailed, reason, why);
             return;
@@ -261,33 +282,41 @@ impl Core {
         if !keys.iter().all(|k| self.fetched.contains_key(k)) {
             return;
         }
+        if let Some(event) = self.launch_all(fw, &keys) {
+            self.send_to_executor(spec.executor_id, event);
+        }
+    }
+
+    /// Records fetched tasks as launched and makes the event handing them to their
+    /// executor: a launch, or a group's launch.
+    fn launch_all(&mut self, fw: &str, keys: &[TaskKey]) -> Option<executor_event::Event> {
         let mut launches = Vec::new();
-        for key in &keys {
+        for key in keys {
             let cached = self.fetched.remove(key).unwrap_or_default();
             let Some(info) = self.checkpoint.state.tasks.get(key).map(|t| t.info.clone()) else {
                 continue;
             };
             self.checkpoint
                 .record(Record::Launched(task_record(fw, &info)));
-            let mut launch = self.launch_of(fw, info);
-            launch.cached_files = cached
+            let placed = cached
                 .into_iter()
                 .map(|f| cairn_api::internal::CachedFile {
                     name: f.name,
                     sha256: f.sha256.to_vec(),
                 })
                 .collect();
-            launches.push(launch);
+            self.placed.insert(key.clone(), placed);
+            launches.push(self.launch_of(fw, info));
         }
-        let event = match (members.len(), launches.pop()) {
-            (1, Some(launch)) => executor_event::Event::Launch(launch),
+        match (keys.len(), launches.pop()) {
+            (1, Some(launch)) => Some(executor_event::Event::Launch(launch)),
             (_, Some(last)) => {
                 launches.push(last);
-                executor_event::Event::LaunchGroup(ExecutorLaunchGroup { tasks: launches })
+                let group = ExecutorLaunchGroup { tasks: launches };
+                Some(executor_event::Event::LaunchGroup(group))
             }
-            (_, None) => return,
-        };
-        self.send_to_executor(fw.to_owned(), event);
+            (_, None) => None,
+        }
     }
 
     /// Ends a task that never reached its executor, and with it the rest of its task
@@ -350,7 +379,8 @@ impl Core {
         ExecutorLaunch {
             task: Some(task),
             sandbox_directory: sandbox.display().to_string(),
-            cached_files: Vec::new(),
+            // Kept for a launch sent again (the executor resubscribed before it had it).
+            cached_files: self.placed.get(&key).cloned().unwrap_or_default(),
             container_id,
             user,
         }
@@ -376,11 +406,12 @@ impl Core {
             return;
         }
         let kill_policy = policy.or(task.info.kill_policy);
+        let executor_id = task.executor_id.clone();
         let report_killing = self.checkpoint.state.frameworks.get(fw).is_some_and(|f| {
             f.has_capability(cairn_api::v1::framework_info::capability::Type::TaskKillingState)
         });
         self.send_to_executor(
-            fw.to_owned(),
+            executor_id,
             executor_event::Event::Kill(ExecutorKill {
                 task_id: Some(task_id),
                 kill_policy,
@@ -409,11 +440,14 @@ impl Core {
                 );
             }
         }
-        if let Some(link) = self.links.get_mut(fw) {
-            link.shutdown_deadline
-                .get_or_insert(std::time::Instant::now() + self.config.executor_shutdown_grace);
+        let deadline = std::time::Instant::now() + self.config.executor_shutdown_grace;
+        for ex in self.executors_for(fw, None) {
+            let Some(link) = self.links.get_mut(&ex) else {
+                continue;
+            };
+            link.shutdown_deadline.get_or_insert(deadline);
             self.send_to_executor(
-                fw.to_owned(),
+                ex,
                 executor_event::Event::Shutdown(ExecutorShutdown { executor_id: None }),
             );
         }
@@ -477,6 +511,8 @@ impl Core {
         }
         if TaskState::try_from(status.state).is_ok_and(TaskState::is_terminal) {
             self.metrics.task_ended(&status);
+            self.sizes.release(&key);
+            self.placed.remove(&key);
         }
         let update = StatusUpdate {
             framework_id: Some(FrameworkId {

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cairn_api::internal::CachedFile;
 use cairn_api::v1::{ExecutorInfo, TaskInfo, TaskState, TaskStatus, task_status::Reason};
 use cairn_sandbox::{
     CancelHandle, ExecutorInstance, ExecutorOutput, ExecutorTask, ExecutorTaskState, Exit, Limit,
@@ -31,6 +32,8 @@ pub(super) enum CustomCall {
     Launch {
         task: Box<TaskInfo>,
         sandbox: PathBuf,
+        /// Files the fetcher placed from its cache, with their digests.
+        cached: Vec<CachedFile>,
     },
     Kill {
         task_id: String,
@@ -146,7 +149,11 @@ impl Actor {
                 call = calls.recv() => call,
             };
             match call {
-                Some(CustomCall::Launch { task, sandbox }) => self.launch(*task, &sandbox).await,
+                Some(CustomCall::Launch {
+                    task,
+                    sandbox,
+                    cached,
+                }) => self.launch(*task, &sandbox, &cached).await,
                 Some(CustomCall::Kill { task_id, grace }) => self.kill(task_id, grace).await,
                 Some(CustomCall::Message(data)) => self.message(data).await,
                 Some(CustomCall::Shutdown) | None => {
@@ -157,7 +164,7 @@ impl Actor {
         }
     }
 
-    async fn launch(&mut self, task: TaskInfo, sandbox: &Path) {
+    async fn launch(&mut self, task: TaskInfo, sandbox: &Path, cached: &[CachedFile]) {
         let reporter = Reporter {
             task,
             tx: self.context.statuses.clone(),
@@ -172,7 +179,7 @@ impl Actor {
             );
             return;
         }
-        if let Err(why) = self.ensure_instance(&reporter.task, sandbox).await {
+        if let Err(why) = self.ensure_instance(&reporter.task, sandbox, cached).await {
             reporter.send(
                 TaskState::TaskFailed,
                 why.to_string(),
@@ -222,6 +229,7 @@ impl Actor {
         &mut self,
         task: &TaskInfo,
         sandbox: &Path,
+        cached: &[CachedFile],
     ) -> Result<(), LaunchError> {
         let info = task.executor.clone().unwrap_or_default();
         if let Some(first) = &self.info
@@ -237,14 +245,21 @@ impl Actor {
         if self.instance.is_some() {
             return Ok(());
         }
-        let instance = instantiate(&self.context, &self.cancel, &self.out_tx, task, sandbox)
-            .await
-            .map_err(|why| {
-                LaunchError::Wasm(format!(
-                    "cannot start executor {}: {why}",
-                    self.context.executor_id
-                ))
-            })?;
+        let instance = instantiate(
+            &self.context,
+            &self.cancel,
+            &self.out_tx,
+            task,
+            sandbox,
+            cached,
+        )
+        .await
+        .map_err(|why| {
+            LaunchError::Wasm(format!(
+                "cannot start executor {}: {why}",
+                self.context.executor_id
+            ))
+        })?;
         self.instance = Some(instance);
         self.info = Some(info);
         Ok(())
@@ -414,6 +429,7 @@ async fn instantiate(
     out: &mpsc::UnboundedSender<ExecutorOutput>,
     task: &TaskInfo,
     sandbox: &Path,
+    cached: &[CachedFile],
 ) -> Result<ExecutorInstance, LaunchError> {
     let info = task.executor.clone().unwrap_or_default();
     let value = info
@@ -424,8 +440,9 @@ async fn instantiate(
     let fuel = super::containerizer::wasm::fuel_of(info.container.as_ref());
     let (dir_of_task, sandbox_handle) = (sandbox.to_path_buf(), context.sandbox.clone());
     let name = value.clone();
+    let digest = super::containerizer::wasm::cached_digest(cached, &value);
     let compiled = tokio::task::spawn_blocking(move || {
-        let bytes = read_program(&dir_of_task, &name)?;
+        let bytes = read_program(&dir_of_task, &name, digest)?;
         sandbox_handle
             .compile(&bytes, fuel.is_some())
             .map_err(|e| LaunchError::Wasm(format!("{name}: {e}")))

@@ -36,6 +36,8 @@ pub struct ExecutorArgs {
     pub cgroups_root: String,
     /// Namespaces native tasks get of their own (`ipc`, `mount`, `network`).
     pub native_namespaces: Vec<String>,
+    /// The container types it runs (`wasm`, `native`, `docker`).
+    pub containerizers: Vec<String>,
 }
 
 /// How long a shut-down executor waits for its killed tasks to report.
@@ -74,8 +76,10 @@ impl Containerizers {
 
     /// Removes what a previous executor process of this framework left running:
     /// its tasks were already failed when it died.
-    async fn clean_up(&self, framework_id: &str) {
-        for c in [&self.native, &self.docker] {
+    async fn clean_up(&self, framework_id: &str, kinds: &[String]) {
+        let mine = [("native", &self.native), ("docker", &self.docker)];
+        let mine = mine.iter().filter(|(k, _)| kinds.iter().any(|m| m == k));
+        for (_, c) in mine {
             for task_id in c.recover(framework_id).await {
                 tracing::warn!(task_id, "stopping a container a dead executor left");
                 c.kill(&task_id, Duration::ZERO).await;
@@ -109,6 +113,8 @@ struct Executor {
 /// Runs the executor process until it is shut down, or its agent stays away past the
 /// recovery timeout.
 pub async fn run_executor(args: ExecutorArgs) -> Result<(), ExecutorError> {
+    // Started through `/proc/self/fd/<n>`, the process would be named by the number.
+    let _ = nix::sys::prctl::set_name(c"cairn-executor");
     let sandbox = Sandbox::new(sandbox_config(&args)?).map_err(ExecutorError::Sandbox)?;
     let (statuses, status_rx) = mpsc::unbounded_channel();
     let (messages, message_rx) = mpsc::unbounded_channel();
@@ -121,7 +127,9 @@ pub async fn run_executor(args: ExecutorArgs) -> Result<(), ExecutorError> {
         )),
         docker: Arc::new(containerizer::docker::DockerContainerizer::new()),
     };
-    containerizers.clean_up(&args.framework_id).await;
+    containerizers
+        .clean_up(&args.framework_id, &args.containerizers)
+        .await;
     let executor = Executor {
         args,
         sandbox,
@@ -347,17 +355,18 @@ impl Executor {
             custom.send(custom_executor::CustomCall::Launch {
                 task: Box::new(task),
                 sandbox,
+                cached: launch.cached_files,
             });
             self.running.insert(task_id, Running::Custom(executor_id));
             return;
         }
-        let kind = match containerizer::Kind::of(&task) {
+        let kind = match self.kind_of(&task) {
             Ok(kind) => kind,
             Err(refused) => {
                 let _ = self.statuses.send(status(
                     &task_id,
                     cairn_api::v1::TaskState::TaskFailed,
-                    refused.to_string(),
+                    refused,
                     Some(cairn_api::v1::task_status::Reason::ContainerLaunchFailed),
                 ));
                 return;
@@ -374,6 +383,17 @@ impl Executor {
         let kill = task::launch(containerizer.clone(), spec, self.statuses.clone());
         self.running
             .insert(task_id, Running::Command(kill, containerizer));
+    }
+
+    /// The containerizer a task asks for, if this executor runs that kind.
+    fn kind_of(&self, task: &cairn_api::v1::TaskInfo) -> Result<containerizer::Kind, String> {
+        let kind = containerizer::Kind::of(task).map_err(|e| e.to_string())?;
+        let name = format!("{kind:?}").to_lowercase();
+        if self.args.containerizers.contains(&name) {
+            Ok(kind)
+        } else {
+            Err(format!("this executor does not run {name} tasks"))
+        }
     }
 
     /// What each running task's container uses now (those that can say).

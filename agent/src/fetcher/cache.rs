@@ -143,6 +143,11 @@ impl FetchCache {
             return Err(FetchError::CacheFull);
         }
         let path = self.dir.join(hex::encode(sha256));
+        // Read-only to all: sandboxes hold hard links to it.
+        let read_only = std::os::unix::fs::PermissionsExt::from_mode(0o444);
+        tokio::fs::set_permissions(&temp, read_only)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
         tokio::fs::rename(&temp, &path)
             .await
             .map_err(|e| failed(e.to_string()))?;

@@ -13,11 +13,12 @@
 //!   without following any link, and owned by the task's user.
 //!
 //! A URI marked `cache: true` is fetched once per agent into the fetcher cache (see
-//! `cache`). A wasm task's sandbox then holds a symlink to the cached file, which its
-//! guest cannot follow (WASI resolves paths inside the sandbox only) and so cannot
-//! change, and the executor finds the compiled module by the digest without reading
-//! or hashing the file again. Any other task gets its own copy: a native process could
-//! write through a link into what every later task runs.
+//! `cache`). Cached files are the agent's, mode 0444. A wasm task's sandbox then
+//! holds a view of the cached file its guest cannot write through (a hard link, or
+//! for a task of the agent's own user a symlink WASI will not follow; see
+//! `Target::link_to`), and the executor finds the compiled module by the digest
+//! without reading or hashing the file again. Any other task gets its own copy: a
+//! native process running as root could write through either.
 
 mod cache;
 mod file;
@@ -252,7 +253,7 @@ impl Placement {
                 executable: file.executable,
             };
             if link {
-                target.link_to(&file.entry.path)?;
+                target.link_to(&file.entry.path, &file.entry.sha256)?;
             } else {
                 target.copy_of(&file.entry.path, &file.entry.sha256)?;
             }

@@ -108,13 +108,36 @@ impl Target<'_> {
         Ok(())
     }
 
-    /// A symlink to the agent's own file `source` (a wasm task's cached module).
-    pub(super) fn link_to(&self, source: &Path) -> Result<(), FetchError> {
-        nix::unistd::symlinkat(source, self.dir.as_fd(), self.name).map_err(|e| {
+    /// A wasm task's view of the agent's own file `source` (its cached module), which
+    /// its guest cannot write through. For a task of another user than the agent's,
+    /// a hard link: the file is the agent's and mode 0444, and that user's executor
+    /// reads it without entering the cache's directory. For a task running as the
+    /// agent's own user, whom no mode stops, a symlink: WASI resolves paths inside
+    /// the sandbox only, so the guest cannot follow it. A cache on another file
+    /// system than the sandbox gives a copy.
+    pub(super) fn link_to(&self, source: &Path, sha256: &[u8; 32]) -> Result<(), FetchError> {
+        let io = |e: nix::errno::Errno| {
             let source = std::io::Error::from(e);
             let path = self.shown.to_owned();
             output_error(self.shown, SandboxDirError::Io { path, source })
-        })
+        };
+        if self.owner.0.is_none() {
+            return nix::unistd::symlinkat(source, self.dir.as_fd(), self.name).map_err(io);
+        }
+        // No AT_SYMLINK_FOLLOW: a cache entry that were a link is linked as one,
+        // and then never followed.
+        let linked = nix::unistd::linkat(
+            nix::fcntl::AT_FDCWD,
+            source,
+            self.dir.as_fd(),
+            self.name,
+            nix::fcntl::AtFlags::empty(),
+        );
+        match linked {
+            Ok(()) => Ok(()),
+            Err(nix::errno::Errno::EXDEV) => self.copy_of(source, sha256),
+            Err(e) => Err(io(e)),
+        }
     }
 }
 

@@ -322,6 +322,8 @@ impl Leader {
             group: Vec::new(),
             // The agent names each run.
             container_id: String::new(),
+            // The agent picks each task's executor.
+            executor_id: String::new(),
         });
         self.send_run(agent_id, run);
     }

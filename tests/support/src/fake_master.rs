@@ -126,6 +126,7 @@ async fn drive(
                     task: Some((w.make)(*launched, &agent_id)),
                     group: Vec::new(),
                     container_id: String::new(),
+                    executor_id: String::new(),
                 }),
             );
             *launched += 1;

@@ -188,6 +188,13 @@ impl Cluster {
     /// A cluster whose master and agent get extra flags.
     pub fn start_with_flags(cairn: Cairn, master_flags: &[&str], agent_flags: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
+        // Executors and tasks running as other users than root reach the agent's
+        // socket and their sandboxes through it, as through `/var/lib/cairn`.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .unwrap();
         let (master, master_addr) =
             start_master_with(cairn, dir.path(), "127.0.0.1:0", master_flags);
         let agent = start_agent_with(cairn, dir.path(), &master_addr, agent_flags);

@@ -239,6 +239,13 @@ const DEFAULT_MEM_MB: f64 = 64.0;
 const DEFAULT_DISK_MB: f64 = 1024.0;
 
 impl Limits {
+    /// The caps of a task that names no resources.
+    pub const DEFAULT: Limits = Limits {
+        cpus: DEFAULT_CPUS,
+        mem_bytes: (DEFAULT_MEM_MB as u64) << 20,
+        disk_bytes: (DEFAULT_DISK_MB as u64) << 20,
+    };
+
     pub fn of(task: &TaskInfo) -> Result<Limits, LaunchError> {
         Self::from_resources(&task.resources)
     }
@@ -315,10 +322,17 @@ const MAX_MODULE_BYTES: u64 = 256 << 20;
 
 /// Reads the module or component `value` names in a sandbox: a relative path that
 /// stays inside it, no larger than any program may be, opened beneath the sandbox
-/// following no link. The one link followed is the fetcher's own into its cache: a
-/// link to a file named by the sha256 of its content, which the bytes read must match
-/// (so it can only ever yield bytes whoever made the link already had).
-pub(crate) fn read_program(dir: &Path, value: &str) -> Result<Vec<u8>, LaunchError> {
+/// following no link. Two of the fetcher's own placements are let through, each only
+/// when the bytes match the digest the fetcher gave (`cached`), so they can only ever
+/// yield bytes the task was given: a hard link to a cached file (a read-only view),
+/// and, from sandboxes placed before those, a symlink to a file named by its sha256.
+/// A file placed from the cache must match its digest whatever it is.
+pub(crate) fn read_program(
+    dir: &Path,
+    value: &str,
+    cached: Option<[u8; 32]>,
+) -> Result<Vec<u8>, LaunchError> {
+    use sha2::Digest as _;
     use std::io::Read as _;
     let relative = Path::new(value);
     if value.is_empty()
@@ -334,13 +348,22 @@ pub(crate) fn read_program(dir: &Path, value: &str) -> Result<Vec<u8>, LaunchErr
         value: value.to_owned(),
         error,
     };
-    let opened = cairn_sandbox::SandboxDir::open(dir).and_then(|d| d.open_file(relative));
-    let file = match opened {
-        Ok(file) => file,
-        Err(cairn_sandbox::SandboxDirError::Link { .. }) => {
+    let sandbox = cairn_sandbox::SandboxDir::open(dir).map_err(|e| unreadable(e.into()))?;
+    let file = match (sandbox.open_file(relative), cached) {
+        (Ok(file), _) => file,
+        (Err(cairn_sandbox::SandboxDirError::Link { .. }), _) => {
             return read_cached(&dir.join(relative)).map_err(unreadable);
         }
-        Err(e) => return Err(unreadable(e.into())),
+        // Checked against the digest below; an executor that is not root reads
+        // only what its tasks' user may read anyway.
+        (Err(cairn_sandbox::SandboxDirError::HardLinked { .. }), digest)
+            if digest.is_some() || !nix::unistd::geteuid().is_root() =>
+        {
+            sandbox
+                .open_linked_file(relative)
+                .map_err(|e| unreadable(e.into()))?
+        }
+        (Err(e), _) => return Err(unreadable(e.into())),
     };
     let size = file.metadata().map_err(unreadable)?.len();
     if size > MAX_MODULE_BYTES {
@@ -361,6 +384,13 @@ pub(crate) fn read_program(dir: &Path, value: &str) -> Result<Vec<u8>, LaunchErr
             size: bytes.len() as u64,
             limit: MAX_MODULE_BYTES,
         });
+    }
+    if let Some(digest) = cached
+        && sha2::Sha256::digest(&bytes).as_slice() != digest
+    {
+        return Err(LaunchError::Wasm(format!(
+            "{value} no longer matches the fetcher cache's digest of it; refusing to run it"
+        )));
     }
     Ok(bytes)
 }
@@ -414,7 +444,7 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         std::fs::write(sandbox.path().join("own.wasm"), b"\0asm own").unwrap();
         assert_eq!(
-            read_program(sandbox.path(), "own.wasm").unwrap(),
+            read_program(sandbox.path(), "own.wasm", None).unwrap(),
             b"\0asm own"
         );
         // The fetcher's link: to a file named by its content's digest.
@@ -422,7 +452,10 @@ mod tests {
         let entry = cache.path().join(hex::encode(sha2::Sha256::digest(&bytes)));
         std::fs::write(&entry, &bytes).unwrap();
         std::os::unix::fs::symlink(&entry, sandbox.path().join("cached.wasm")).unwrap();
-        assert_eq!(read_program(sandbox.path(), "cached.wasm").unwrap(), bytes);
+        assert_eq!(
+            read_program(sandbox.path(), "cached.wasm", None).unwrap(),
+            bytes
+        );
         // A link to anything else, or to a digest-named file that does not match it.
         std::os::unix::fs::symlink("/etc/passwd", sandbox.path().join("passwd.wasm")).unwrap();
         let forged = cache.path().join("ab".repeat(32));
@@ -430,7 +463,9 @@ mod tests {
         std::os::unix::fs::symlink(&forged, sandbox.path().join("forged.wasm")).unwrap();
         std::os::unix::fs::symlink(&entry, sandbox.path().join("dir")).unwrap();
         for name in ["passwd.wasm", "forged.wasm", "../own.wasm", "/etc/passwd"] {
-            let err = read_program(sandbox.path(), name).unwrap_err().to_string();
+            let err = read_program(sandbox.path(), name, None)
+                .unwrap_err()
+                .to_string();
             assert!(
                 err.contains("links in a sandbox are never followed")
                     || err.contains("must stay inside")

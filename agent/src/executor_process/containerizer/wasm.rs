@@ -10,7 +10,6 @@ use std::time::Duration;
 use cairn_api::internal::CachedFile;
 use cairn_api::v1::{CommandInfo, ContainerInfo, TaskInfo, TaskState, task_status::Reason};
 use cairn_sandbox::{CancelHandle, Exit, Limit, ProgramKind, RunOutcome, RunSpec, Sandbox};
-use sha2::Digest as _;
 use tokio::sync::oneshot;
 
 use super::{Containerizer, LaunchError, LaunchSpec, Termination, Usage, label};
@@ -117,7 +116,7 @@ impl Containerizer for WasmContainerizer {
 }
 
 /// The sha256 the fetcher cache recorded for the file `value` names, if it placed it.
-fn cached_digest(cached: &[CachedFile], value: &str) -> Option<[u8; 32]> {
+pub(crate) fn cached_digest(cached: &[CachedFile], value: &str) -> Option<[u8; 32]> {
     cached
         .iter()
         .find(|f| f.name == value)
@@ -161,15 +160,7 @@ fn prepare(
     cached: &[CachedFile],
 ) -> Result<(cairn_sandbox::Program, RunSpec), LaunchError> {
     let (_, value) = module_of(task)?;
-    let bytes = read_program(dir, &value)?;
-    if let Some(digest) = cached_digest(cached, &value) {
-        let actual: [u8; 32] = sha2::Sha256::digest(&bytes).into();
-        if actual != digest {
-            return Err(LaunchError::Wasm(format!(
-                "{value} no longer matches the fetcher cache's digest of it; refusing to run it"
-            )));
-        }
-    }
+    let bytes = read_program(dir, &value, cached_digest(cached, &value))?;
     // Only a task with a fuel budget pays for metering.
     let program = sandbox
         .compile(&bytes, fuel_of(task.container.as_ref()).is_some())

@@ -1,6 +1,12 @@
 //! Native tasks: a process, and whatever it forks, in a fresh cgroup of its own
-//! (`<root>/<framework>/<task>` in the cpu, cpuacct, memory and pids controllers on
-//! cgroup v1, or the one unified hierarchy on v2, whichever the host has).
+//! (`<root>/<task>`, `root` the executor's delegated `containers` cgroup, in the cpu,
+//! cpuacct, memory and pids controllers on cgroup v1, or the one unified hierarchy
+//! on v2, whichever the host has).
+//!
+//! An unprivileged executor (the usual case: it runs as its tasks' user) gives a
+//! task namespaces of its own inside a user namespace of its own that maps only
+//! that user: it may then unshare the others, and the task gains no privilege
+//! over anything outside them.
 //!
 //! The process joins its cgroup before it executes anything: the child writes "0"
 //! to each `cgroup.procs` between fork and exec, so there is no moment when the task
@@ -23,6 +29,7 @@ use cgroups_rs::fs::pid::PidController;
 use cgroups_rs::fs::{Cgroup, MaxValue, hierarchies};
 use tokio::sync::watch;
 
+use crate::executor_cgroup::oom_kills;
 use crate::user::TaskUser;
 
 use super::{Containerizer, LaunchError, LaunchSpec, Limits, Termination, Usage, label};
@@ -79,8 +86,8 @@ impl NativeContainerizer {
         self.containers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn cgroup_path(&self, framework_id: &str, task_id: &str) -> String {
-        format!("{}/{framework_id}/{task_id}", self.root)
+    fn cgroup_path(&self, task_id: &str) -> String {
+        format!("{}/{task_id}", self.root)
     }
 }
 
@@ -147,60 +154,6 @@ fn switch_to(spec: &LaunchSpec) -> Option<TaskUser> {
     spec.user.switch.then(|| spec.user.clone())
 }
 
-/// In the child, after `unshare(CLONE_NEWPID)`: only the children of this process
-/// enter the new namespace, so it forks once. The child, PID 1 inside, goes on to
-/// exec the task (with `/proc` of its own namespace when it has a mount namespace);
-/// this process stays outside, ignores SIGTERM (the kill asks the process group),
-/// waits, and ends as the task did, so the executor sees the task's own status.
-///
-/// # Safety
-/// Runs between fork and exec: only async-signal-safe calls, no allocation.
-unsafe fn enter_pid_namespace(own_proc: bool) -> std::io::Result<()> {
-    use nix::libc;
-    // SAFETY: plain system calls on this process, as the caller requires.
-    unsafe {
-        let child = libc::fork();
-        if child < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if child == 0 {
-            if own_proc
-                && libc::mount(
-                    c"proc".as_ptr(),
-                    c"/proc".as_ptr(),
-                    c"proc".as_ptr(),
-                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                    std::ptr::null(),
-                ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            return Ok(());
-        }
-        libc::signal(libc::SIGTERM, libc::SIG_IGN);
-        // The spawner waits for exec on a close-on-exec pipe this process holds and
-        // never execs: close every descriptor but the standard three.
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-        let mut status = 0;
-        loop {
-            let r = libc::waitpid(child, &mut status, 0);
-            if r == child {
-                break;
-            }
-            if r < 0 && *libc::__errno_location() != libc::EINTR {
-                libc::_exit(127);
-            }
-        }
-        if libc::WIFSIGNALED(status) {
-            let signal = libc::WTERMSIG(status);
-            libc::signal(signal, libc::SIG_DFL);
-            libc::kill(libc::getpid(), signal);
-            libc::_exit(128 + signal);
-        }
-        libc::_exit(libc::WEXITSTATUS(status));
-    }
-}
-
 /// Sends `signal` to every process in the cgroup.
 fn signal_all(cgroup: &Cgroup, signal: nix::sys::signal::Signal) -> usize {
     let procs = cgroup.procs();
@@ -232,23 +185,6 @@ async fn destroy(cgroup: &Cgroup) {
     if let Ok(Err(e)) = removed {
         tracing::warn!(error = %e, "cannot remove a task's cgroup");
     }
-}
-
-/// The v1 `memory.oom_control` or v2 `memory.events` OOM kill count.
-fn oom_kills(cgroup: &Cgroup) -> u64 {
-    let Some(mem) = cgroup.controller_of::<MemController>() else {
-        return 0;
-    };
-    if cgroup.v2() {
-        let path = cgroups_rs::fs::Controller::path(mem).join("memory.events");
-        return std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("oom_kill "))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or(0);
-    }
-    mem.memory_stat().oom_control.oom_kill
 }
 
 fn usage_of(cgroup: &Cgroup) -> Usage {
@@ -310,7 +246,11 @@ impl NativeContainerizer {
             // Its own process group: signals to the task never reach the executor.
             .process_group(0)
             .kill_on_drop(false);
-        enter_container(&mut cmd, fds, self.unshare, ids);
+        let maps = (self.unshare != 0 && !nix::unistd::geteuid().is_root()).then(|| {
+            let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
+            (format!("{uid} {uid} 1\n"), format!("{gid} {gid} 1\n"))
+        });
+        enter::enter_container(&mut cmd, fds, self.unshare, ids, maps);
         let child = cmd
             .spawn()
             .map_err(|e| LaunchError::Native(format!("cannot run {}: {e}", exec.program)))?;
@@ -348,60 +288,6 @@ fn sandbox_outputs(
             })?;
     }
     Ok((stdout, stderr))
-}
-
-/// What the child does between fork and exec: join the cgroup (writing "0" to each
-/// `cgroup.procs` it holds open), unshare namespaces, then drop to the task's user.
-fn enter_container(
-    cmd: &mut tokio::process::Command,
-    fds: Vec<i32>,
-    unshare: i32,
-    ids: Option<TaskUser>,
-) {
-    // SAFETY: between fork and exec the closure calls only async-signal-safe
-    // system calls (write, unshare, mount, prctl, setgroups, setgid, setuid) on values
-    // prepared before the fork, and allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            for &fd in &fds {
-                if nix::libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            // Namespaces before the user switch: unsharing needs root.
-            if unshare != 0 && nix::libc::unshare(unshare) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // Mounts the task makes must not propagate back to the host.
-            if unshare & nix::libc::CLONE_NEWNS != 0
-                && nix::libc::mount(
-                    std::ptr::null(),
-                    c"/".as_ptr(),
-                    std::ptr::null(),
-                    nix::libc::MS_REC | nix::libc::MS_PRIVATE,
-                    std::ptr::null(),
-                ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            if unshare & nix::libc::CLONE_NEWPID != 0 {
-                enter_pid_namespace(unshare & nix::libc::CLONE_NEWNS != 0)?;
-            }
-            // No setuid or file-capability binary (sudo, ping) raises the task's
-            // privileges after this.
-            if nix::libc::prctl(nix::libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if let Some(ids) = &ids
-                && (nix::libc::setgroups(ids.groups.len(), ids.groups.as_ptr()) != 0
-                    || nix::libc::setgid(ids.gid) != 0
-                    || nix::libc::setuid(ids.uid) != 0)
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
 }
 
 /// Waits for the task's main process, then reports its end with what it used; what
@@ -447,7 +333,7 @@ impl Containerizer for NativeContainerizer {
         let limits = Limits::of(&spec.task)?;
         let exec = super::exec(&spec.task)?;
         let ids = switch_to(spec);
-        let path = self.cgroup_path(&spec.framework_id, &task_id);
+        let path = self.cgroup_path(&task_id);
         let cgroup = {
             let (path, limits) = (path.clone(), limits);
             tokio::task::spawn_blocking(move || create_cgroup(&path, &limits))
@@ -519,10 +405,11 @@ impl Containerizer for NativeContainerizer {
         });
     }
 
-    async fn recover(&self, framework_id: &str) -> Vec<String> {
+    async fn recover(&self, _framework_id: &str) -> Vec<String> {
         // Native tasks are children of the executor process: none survives it. What
-        // a dead executor left in its framework's cgroups is killed and removed.
-        let parent = format!("{}/{framework_id}", self.root);
+        // a dead executor left in its cgroups is killed and removed (the agent
+        // removes a dead executor's whole cgroup too).
+        let parent = self.root.clone();
         let hierarchy = hierarchies::auto();
         let Some(dir) = hierarchy
             .subsystems()
@@ -560,5 +447,6 @@ impl Containerizer for NativeContainerizer {
     }
 }
 
+mod enter;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,304 @@
+//! The cgroup an executor process runs in, made by the agent before the executor's
+//! own code runs (the executor may be unprivileged and could not make it).
+//!
+//! ```text
+//! <root>/executors/<executor id>/           sized to its tasks plus the overhead
+//!                               executor/   the executor process itself
+//!                               containers/ its native tasks' cgroups, one each,
+//!                                           made by the executor: delegated to its user
+//!                                           (not `tasks`: cgroup v1 has a file so named)
+//! ```
+//!
+//! The limits on the executor's cgroup cap everything it hosts, so wasm memory is
+//! capped twice: by wasmtime's accounting per instance, and by the kernel for the
+//! whole process. The executor's user owns `containers/` (and on cgroup v2 the
+//! `cgroup.procs` of the executor's cgroup, which moving a process between two of
+//! its children needs), never the limits above it.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use cgroups_rs::fs::cpu::CpuController;
+use cgroups_rs::fs::memory::MemController;
+use cgroups_rs::fs::{Cgroup, Controller, hierarchies};
+
+/// What every executor adds to its tasks. Mesos adds 32 MB and 0.1 cpu for its small
+/// C++ executor; Cairn's hosts wasmtime and compiles modules in process: 108 MB
+/// resident was measured for a debug build that had compiled one 2 MB module (an
+/// executor past its cgroup's limit is killed with all its tasks).
+pub const OVERHEAD_MEM_BYTES: u64 = 256 << 20;
+pub const OVERHEAD_CPUS: f64 = 0.1;
+/// The controllers executors and their native tasks are limited by.
+pub const CONTROLLERS: [&str; 4] = ["cpu", "cpuacct", "memory", "pids"];
+/// How long killing what is left in a dead executor's cgroup may take.
+const KILL_DEADLINE: Duration = Duration::from_secs(10);
+
+/// What an executor's cgroup allows: its tasks' sum plus the overhead.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ExecutorLimits {
+    pub cpus: f64,
+    pub mem_bytes: u64,
+}
+
+impl ExecutorLimits {
+    /// An executor running nothing yet.
+    pub fn overhead() -> Self {
+        Self {
+            cpus: OVERHEAD_CPUS,
+            mem_bytes: OVERHEAD_MEM_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cannot create cgroup {path}: {source}")]
+    Create {
+        path: String,
+        source: cgroups_rs::fs::error::Error,
+    },
+    #[error("cannot set up cgroup {path}: {what}: {source}")]
+    Setup {
+        path: String,
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// One executor's cgroup (every hierarchy it is in).
+#[derive(Debug, Clone)]
+pub struct ExecutorCgroup {
+    path: String,
+}
+
+impl ExecutorCgroup {
+    /// The cgroup of `executor_id` under `root` (relative to each hierarchy's mount).
+    pub fn of(root: &str, executor_id: &str) -> Self {
+        Self {
+            path: format!("{root}/executors/{executor_id}"),
+        }
+    }
+
+    /// Where the executor's native tasks' cgroups go, for the executor's
+    /// `--cgroups-root`.
+    pub fn containers_path(&self) -> String {
+        format!("{}/containers", self.path)
+    }
+
+    fn load(&self, sub: &str) -> Cgroup {
+        let path = match sub {
+            "" => self.path.clone(),
+            sub => format!("{}/{sub}", self.path),
+        };
+        let controllers = CONTROLLERS.iter().map(|c| c.to_string()).collect();
+        Cgroup::load_with_specified_controllers(hierarchies::auto(), path, controllers)
+    }
+
+    /// Makes the cgroup, limited to `limits`, with `containers/` delegated to `owner`
+    /// (uid, gid); returns the `cgroup.procs` files the executor joins between fork
+    /// and exec. What an earlier executor of the same id left is removed first.
+    /// Blocking (a leftover's processes are killed and awaited).
+    pub fn create(
+        &self,
+        limits: ExecutorLimits,
+        owner: Option<(u32, u32)>,
+    ) -> Result<Vec<std::fs::File>, CgroupError> {
+        self.destroy();
+        let controllers: Vec<String> = CONTROLLERS.iter().map(|c| c.to_string()).collect();
+        let make = |path: String| {
+            Cgroup::new_with_specified_controllers(
+                hierarchies::auto(),
+                path.clone(),
+                Some(controllers.clone()),
+            )
+            .map_err(|source| CgroupError::Create { path, source })
+        };
+        let top = make(self.path.clone())?;
+        self.resize(limits).map_err(|source| CgroupError::Setup {
+            path: self.path.clone(),
+            what: "limits",
+            source,
+        })?;
+        let process = make(format!("{}/executor", self.path))?;
+        let containers = make(self.containers_path())?;
+        if let Some((uid, gid)) = owner {
+            let setup = |what, source| CgroupError::Setup {
+                path: self.path.clone(),
+                what,
+                source,
+            };
+            for dir in dirs_of(&containers) {
+                // Enabled while it is root's: the executor's own children get the
+                // controllers (v2; v1 has no such file).
+                let control = dir.join("cgroup.subtree_control");
+                if control.exists() {
+                    let enable: String = controllers.iter().map(|c| format!("+{c} ")).collect();
+                    std::fs::write(&control, enable.trim_end())
+                        .map_err(|e| setup("enabling controllers", e))?;
+                }
+                for entry in [dir.clone(), dir.join("cgroup.procs"), dir.join("tasks")] {
+                    chown_if_there(&entry, uid, gid).map_err(|e| setup("delegation", e))?;
+                }
+            }
+            if top.v2() {
+                for dir in dirs_of(&top) {
+                    chown_if_there(&dir.join("cgroup.procs"), uid, gid)
+                        .map_err(|e| setup("delegation", e))?;
+                }
+            }
+        }
+        procs_files(&process).map_err(|source| CgroupError::Setup {
+            path: self.path.clone(),
+            what: "joining",
+            source,
+        })
+    }
+
+    /// Sets the cgroup's limits. Shrinking memory below what is in use fails on
+    /// cgroup v1 (the kernel cannot reclaim it): the limit then stays higher until
+    /// the next change, never lower than the tasks were promised.
+    pub fn resize(&self, limits: ExecutorLimits) -> std::io::Result<()> {
+        let cgroup = self.load("");
+        if let Some(mem) = cgroup.controller_of::<MemController>() {
+            mem.set_limit(limits.mem_bytes as i64)
+                .map_err(std::io::Error::other)?;
+        }
+        if let Some(cpu) = cgroup.controller_of::<CpuController>() {
+            let shares = ((limits.cpus * 1024.0) as u64).max(2);
+            let shares = if cgroup.v2() {
+                (shares * 100 / 1024).clamp(1, 10_000)
+            } else {
+                shares
+            };
+            cpu.set_shares(shares).map_err(std::io::Error::other)?;
+        }
+        Ok(())
+    }
+
+    /// The kernel's OOM kills in the cgroup so far (its tasks' cgroups included).
+    pub fn oom_kills(&self) -> u64 {
+        oom_kills(&self.load(""))
+    }
+
+    /// Kills whatever is left in the cgroup and its children, then removes them all.
+    /// Blocking: run it off the core.
+    pub fn destroy(&self) {
+        let started = Instant::now();
+        let mut paths = self.descendants();
+        // Children first: a cgroup with children cannot be removed.
+        paths.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for path in paths {
+            let controllers = CONTROLLERS.iter().map(|c| c.to_string()).collect();
+            let cgroup = Cgroup::load_with_specified_controllers(
+                hierarchies::auto(),
+                path.clone(),
+                controllers,
+            );
+            loop {
+                let procs = cgroup.procs();
+                if procs.is_empty() {
+                    break;
+                }
+                if started.elapsed() > KILL_DEADLINE {
+                    tracing::error!(cgroup = path, "processes survive SIGKILL; leaving it");
+                    return;
+                }
+                for p in procs {
+                    if let Ok(pid) = i32::try_from(p.pid) {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if let Err(e) = cgroup.delete() {
+                tracing::warn!(cgroup = path, error = %e, "cannot remove an executor's cgroup");
+            }
+        }
+    }
+
+    /// The cgroup and every cgroup below it, as paths relative to the mounts (read
+    /// from the memory hierarchy, or the unified one).
+    fn descendants(&self) -> Vec<String> {
+        let hierarchy = hierarchies::auto();
+        let base = if hierarchy.v2() {
+            Some(hierarchy.root())
+        } else {
+            hierarchy
+                .subsystems()
+                .iter()
+                .find(|s| s.controller_name() == "memory")
+                .map(|s| s.to_controller().base().to_path_buf())
+        };
+        let Some(base) = base else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        let mut stack = vec![self.path.clone()];
+        while let Some(path) = stack.pop() {
+            let dir = base.join(&path);
+            // Cgroup directories hold no links; a missing one was never made.
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(format!("{path}/{}", entry.file_name().to_string_lossy()));
+                }
+            }
+            found.push(path);
+        }
+        found
+    }
+}
+
+/// The v1 `memory.oom_control` or v2 `memory.events` OOM kill count of a cgroup
+/// (its children's kills included).
+pub fn oom_kills(cgroup: &Cgroup) -> u64 {
+    let Some(mem) = cgroup.controller_of::<MemController>() else {
+        return 0;
+    };
+    if cgroup.v2() {
+        let path = Controller::path(mem).join("memory.events");
+        return std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+    }
+    mem.memory_stat().oom_control.oom_kill
+}
+
+/// The directories of a cgroup, one per hierarchy it is in.
+fn dirs_of(cgroup: &Cgroup) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = cgroup
+        .subsystems()
+        .iter()
+        .map(|s| s.to_controller().path().to_path_buf())
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+fn chown_if_there(path: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    match std::os::unix::fs::lchown(path, Some(uid), Some(gid)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Every `cgroup.procs` a process must write "0" to, to join the cgroup.
+fn procs_files(cgroup: &Cgroup) -> std::io::Result<Vec<std::fs::File>> {
+    dirs_of(cgroup)
+        .iter()
+        .map(|d| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(d.join("cgroup.procs"))
+        })
+        .collect()
+}

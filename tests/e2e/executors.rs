@@ -1,0 +1,234 @@
+//! Executors start unprivileged: the agent puts each executor process in its cgroup
+//! and drops it to its tasks' user before the executor's own code runs. Tried as a
+//! tenant whose user is `nobody`, through the Mesos API alone.
+
+use serde_json::{Value, json};
+
+use cairn_test_support::framework::{Events, Scheduler};
+use cairn_test_support::harness::{Cluster, blocking, get_json, guest, wait_for};
+
+use crate::CAIRN;
+use crate::tenants::launch;
+
+/// What the agent adds to an executor's tasks for the executor itself.
+const OVERHEAD: u64 = 256 << 20;
+
+/// A cluster whose agent refuses root tasks, with cgroups under a root of its own.
+async fn strict_cluster(extra: &[&str]) -> (Cluster, String) {
+    let root = format!("cairn-test-{}", uuid::Uuid::new_v4().simple());
+    let mut flags = vec!["--allow-root-tasks", "false", "--cgroups-root", &root];
+    flags.extend_from_slice(extra);
+    let cluster = Cluster::start_with_flags_async(CAIRN, &[], &flags).await;
+    (cluster, root)
+}
+
+fn native(id: &str, agent_id: &Value, mem: u32, command: &str) -> Value {
+    json!({
+        "name": id, "task_id": {"value": id}, "agent_id": agent_id,
+        "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}},
+                      {"name": "mem", "type": "SCALAR", "scalar": {"value": mem}}],
+        "command": {"value": command},
+        "max_completion_time": {"nanoseconds": 120_000_000_000u64}
+    })
+}
+
+fn wasm(id: &str, agent_id: &Value) -> Value {
+    let module = guest("hello");
+    json!({
+        "name": id, "task_id": {"value": id}, "agent_id": agent_id,
+        "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}},
+                      {"name": "mem", "type": "SCALAR", "scalar": {"value": 16}}],
+        "command": {"uris": [{"value": format!("file://{}", module.display()),
+                              "output_file": "hello.wasm", "cache": true}],
+                    "value": "hello.wasm", "shell": false, "arguments": ["hello", "guest"]},
+        "container": {"type": "WASM"}
+    })
+}
+
+/// Reads updates, acknowledging each, until `id` reaches `state` or ends.
+async fn until(scheduler: &Scheduler, events: &mut Events, id: &str, state: &str) -> Value {
+    loop {
+        let status = events.next_of("UPDATE").await["update"]["status"].clone();
+        scheduler.acknowledge(&status).await;
+        let now = status["state"].as_str().unwrap_or_default();
+        if status["task_id"]["value"] == id
+            && (now == state || !matches!(now, "TASK_STARTING" | "TASK_RUNNING" | "TASK_KILLING"))
+        {
+            return status;
+        }
+    }
+}
+
+/// `Name:\tvalue` lines of `/proc/<pid>/status`.
+fn proc_status(pid: u64, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The memory cgroup of a process, relative to the hierarchy's mount (cgroup v1's
+/// memory line, or v2's one line), and the file holding that cgroup's limit.
+fn memory_cgroup(pid: u64) -> (String, &'static str, &'static str) {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next(), parts.next(), parts.next());
+        if controllers.is_some_and(|c| c.split(',').any(|c| c == "memory")) {
+            return (
+                path.unwrap().to_owned(),
+                "/sys/fs/cgroup/memory",
+                "memory.limit_in_bytes",
+            );
+        }
+    }
+    let path = cgroups.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+    (path.to_owned(), "/sys/fs/cgroup", "memory.max")
+}
+
+async fn executors(cluster: &Cluster) -> Vec<Value> {
+    let addr = cluster.agent_addr.clone();
+    let state = blocking(move || get_json(&addr, "/state")).await;
+    state["executors"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_framework_executor_runs_as_its_user_in_a_cgroup_sized_to_its_tasks() {
+    let (cluster, root) = strict_cluster(&[]).await;
+    let (scheduler, mut events) = Scheduler::subscribe_with(
+        &cluster.master_addr,
+        json!({"user": "nobody", "name": "tenant"}),
+    )
+    .await;
+    launch(&scheduler, &mut events, |agent| {
+        vec![native("holder", agent, 100, "exec sleep 600")]
+    })
+    .await;
+    let status = until(&scheduler, &mut events, "holder", "TASK_RUNNING").await;
+    assert_eq!(status["state"], "TASK_RUNNING", "{status}");
+    let executor = executors(&cluster).await.pop().unwrap();
+    let pid = executor["pid"].as_u64().unwrap();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+
+    // Its own code runs as nobody, and can never gain privileges back.
+    let uid = nobody.uid.as_raw();
+    assert_eq!(proc_status(pid, "Uid"), format!("{uid} {uid} {uid} {uid}"));
+    assert_eq!(proc_status(pid, "NoNewPrivs"), "1");
+    assert_eq!(proc_status(pid, "CapEff"), "0000000000000000");
+
+    // In the executor's cgroup, sized to its task (100 MiB) plus the executor's overhead.
+    let (path, mount, limit_file) = memory_cgroup(pid);
+    let executor_id = executor["executor_id"].as_str().unwrap();
+    assert_eq!(
+        path,
+        format!("/{root}/executors/{executor_id}/executor"),
+        "the executor is not in its cgroup"
+    );
+    let limit_of = |dir: &str| -> u64 {
+        std::fs::read_to_string(format!("{mount}{dir}/{limit_file}"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let executor_cgroup = format!("/{root}/executors/{executor_id}");
+    assert_eq!(limit_of(&executor_cgroup), (100 << 20) + OVERHEAD);
+
+    // A second task grows it before it launches; the wasm task runs in the same
+    // unprivileged executor (with no compile cache key: it compiles in memory).
+    launch(&scheduler, &mut events, |agent| vec![wasm("guest", agent)]).await;
+    let status = until(&scheduler, &mut events, "guest", "TASK_FINISHED").await;
+    assert_eq!(status["state"], "TASK_FINISHED", "{status}");
+    assert_eq!(status["executor_id"]["value"], executor_id, "{status}");
+    assert_eq!(executors(&cluster).await.len(), 1);
+    // Finished, its share is given back: the holder's 100 MiB and the overhead.
+    let back = blocking({
+        let file = format!("{mount}{executor_cgroup}/{limit_file}");
+        move || {
+            wait_for("the executor's cgroup to shrink back", || {
+                let limit: u64 = std::fs::read_to_string(&file).ok()?.trim().parse().ok()?;
+                (limit == (100 << 20) + OVERHEAD).then_some(limit)
+            })
+        }
+    })
+    .await;
+    assert_eq!(back, (100 << 20) + OVERHEAD);
+
+    // A task cannot move itself out of the executor's cgroup, nor raise its limit.
+    let (code, body) = scheduler
+        .call(json!({"type": "KILL", "kill": {"task_id": {"value": "holder"}}}))
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let status = until(&scheduler, &mut events, "holder", "TASK_KILLED").await;
+    assert_eq!(status["state"], "TASK_KILLED", "{status}");
+    launch(&scheduler, &mut events, |agent| {
+        let escape = format!(
+            "(echo $$ > {mount}/cgroup.procs) 2> escape; \
+             (echo $$ > {mount}{executor_cgroup}/executor/cgroup.procs) 2>> escape; \
+             (echo 1000000000000 > {mount}{executor_cgroup}/{limit_file}) 2>> escape; true"
+        );
+        vec![native("escape", agent, 50, &escape)]
+    })
+    .await;
+    let status = until(&scheduler, &mut events, "escape", "TASK_FINISHED").await;
+    assert_eq!(status["state"], "TASK_FINISHED", "{status}");
+    let sandbox = status_sandbox(&cluster, "escape");
+    let refusals = std::fs::read_to_string(sandbox.join("escape")).unwrap();
+    assert_eq!(
+        refusals.matches("Permission denied").count(),
+        3,
+        "a task escaped its executor's cgroup: {refusals}"
+    );
+    cluster.assert_no_panics();
+}
+
+/// The sandbox of the latest run of `task`.
+fn status_sandbox(cluster: &Cluster, task: &str) -> std::path::PathBuf {
+    let mut runs: Vec<_> = cairn_test_support::harness::find_files(&cluster.work_dir(), "stdout")
+        .into_iter()
+        .filter(|p| cairn_test_support::harness::in_sandbox_of(p, task))
+        .filter_map(|p| p.parent().map(|p| p.to_owned()))
+        .collect();
+    runs.sort();
+    runs.pop().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unprivileged_executor_gives_native_tasks_their_namespaces() {
+    let (cluster, _root) = strict_cluster(&["--native-namespaces=ipc,mount,network,pid"]).await;
+    let (scheduler, mut events) = Scheduler::subscribe_with(
+        &cluster.master_addr,
+        json!({"user": "nobody", "name": "tenant"}),
+    )
+    .await;
+    launch(&scheduler, &mut events, |agent| {
+        vec![native(
+            "isolated",
+            agent,
+            32,
+            "echo $$ > pid; id -u > uid; ls /proc | grep -c '^[0-9]' > procs; \
+             tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' > links",
+        )]
+    })
+    .await;
+    let status = until(&scheduler, &mut events, "isolated", "TASK_FINISHED").await;
+    assert_eq!(status["state"], "TASK_FINISHED", "{status}");
+    let sandbox = status_sandbox(&cluster, "isolated");
+    let read = |name: &str| std::fs::read_to_string(sandbox.join(name)).unwrap();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    // Its own pid namespace (it is PID 1, and its /proc shows only its own), its
+    // own network (loopback alone), still as nobody.
+    assert_eq!(read("pid").trim(), "1");
+    assert_eq!(read("uid").trim(), nobody.uid.as_raw().to_string());
+    assert!(
+        read("procs").trim().parse::<u32>().unwrap() <= 3,
+        "{}",
+        read("procs")
+    );
+    assert_eq!(read("links").trim(), "lo");
+    cluster.assert_no_panics();
+}
