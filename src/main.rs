@@ -371,6 +371,8 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Executor(args) => {
+            // Started through `/proc/self/fd/<n>`, it would be named by the number.
+            let _ = nix::sys::prctl::set_name(c"cairn-executor");
             let executor = cairn_agent::run_executor(cairn_agent::ExecutorArgs {
                 agent_socket: args.agent_socket,
                 framework_id: args.framework_id,

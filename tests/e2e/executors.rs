@@ -10,8 +10,10 @@ use cairn_test_support::harness::{Cluster, blocking, get_json, guest, wait_for};
 use crate::CAIRN;
 use crate::tenants::launch;
 
-/// What the agent adds to an executor's tasks for the executor itself.
+/// What the agent adds to an executor's tasks for the executor itself, and to each
+/// task for what the executor holds for it.
 const OVERHEAD: u64 = 256 << 20;
+const PER_TASK: u64 = 4 << 20;
 
 /// A cluster whose agent refuses root tasks, with cgroups under a root of its own.
 async fn strict_cluster(extra: &[&str]) -> (Cluster, String) {
@@ -136,7 +138,10 @@ async fn a_framework_executor_runs_as_its_user_in_a_cgroup_sized_to_its_tasks() 
             .unwrap()
     };
     let executor_cgroup = format!("/{root}/executors/{executor_id}");
-    assert_eq!(limit_of(&executor_cgroup), (100 << 20) + OVERHEAD);
+    assert_eq!(
+        limit_of(&executor_cgroup),
+        (100 << 20) + PER_TASK + OVERHEAD
+    );
 
     // A second task grows it before it launches; the wasm task runs in the same
     // unprivileged executor (with no compile cache key: it compiles in memory).
@@ -151,12 +156,12 @@ async fn a_framework_executor_runs_as_its_user_in_a_cgroup_sized_to_its_tasks() 
         move || {
             wait_for("the executor's cgroup to shrink back", || {
                 let limit: u64 = std::fs::read_to_string(&file).ok()?.trim().parse().ok()?;
-                (limit == (100 << 20) + OVERHEAD).then_some(limit)
+                (limit == (100 << 20) + PER_TASK + OVERHEAD).then_some(limit)
             })
         }
     })
     .await;
-    assert_eq!(back, (100 << 20) + OVERHEAD);
+    assert_eq!(back, (100 << 20) + PER_TASK + OVERHEAD);
 
     // A task cannot move itself out of the executor's cgroup, nor raise its limit.
     let (code, body) = scheduler

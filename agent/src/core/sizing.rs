@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use cairn_api::v1::TaskInfo;
 
 use crate::checkpoint::TaskKey;
-use crate::executor_cgroup::ExecutorLimits;
+use crate::executor_cgroup::{ExecutorLimits, HOST_MEM_PER_TASK};
 use crate::executor_process::containerizer::Limits;
 
 #[derive(Debug, Default)]
@@ -33,7 +33,7 @@ impl Sizes {
             .map(|e| Limits::from_resources(&e.resources).unwrap_or(Limits::DEFAULT));
         let charge = ExecutorLimits {
             cpus: own.cpus + custom.map_or(0.0, |c| c.cpus),
-            mem_bytes: own.mem_bytes + custom.map_or(0, |c| c.mem_bytes),
+            mem_bytes: own.mem_bytes + custom.map_or(0, |c| c.mem_bytes) + HOST_MEM_PER_TASK,
         };
         let total = self
             .totals
@@ -114,13 +114,19 @@ mod tests {
         sizes.charge(&a, "e", &task("a", 1.0, 100.0));
         sizes.charge(&b, "e", &task("b", 0.5, 50.0));
         let mib = 1 << 20;
-        assert_eq!(sizes.of("e").mem_bytes, 150 * mib + OVERHEAD_MEM_BYTES);
+        assert_eq!(
+            sizes.of("e").mem_bytes,
+            150 * mib + 2 * HOST_MEM_PER_TASK + OVERHEAD_MEM_BYTES
+        );
         assert!((sizes.of("e").cpus - 1.6).abs() < 1e-9);
         assert_eq!(sizes.take_due(), vec![("e".to_owned(), sizes.of("e"))]);
         assert!(sizes.take_due().is_empty());
         sizes.release(&a);
         sizes.release(&a);
-        assert_eq!(sizes.of("e").mem_bytes, 50 * mib + OVERHEAD_MEM_BYTES);
+        assert_eq!(
+            sizes.of("e").mem_bytes,
+            50 * mib + HOST_MEM_PER_TASK + OVERHEAD_MEM_BYTES
+        );
         assert_eq!(sizes.take_due().len(), 1);
         sizes.forget("e");
         assert_eq!(sizes.of("e"), ExecutorLimits::overhead());
@@ -136,7 +142,7 @@ mod tests {
         sizes.charge(&("f".into(), "t".into()), "e", &bare);
         assert_eq!(
             sizes.of("e").mem_bytes,
-            Limits::DEFAULT.mem_bytes + OVERHEAD_MEM_BYTES
+            Limits::DEFAULT.mem_bytes + HOST_MEM_PER_TASK + OVERHEAD_MEM_BYTES
         );
     }
 }

@@ -113,8 +113,6 @@ struct Executor {
 /// Runs the executor process until it is shut down, or its agent stays away past the
 /// recovery timeout.
 pub async fn run_executor(args: ExecutorArgs) -> Result<(), ExecutorError> {
-    // Started through `/proc/self/fd/<n>`, the process would be named by the number.
-    let _ = nix::sys::prctl::set_name(c"cairn-executor");
     let sandbox = Sandbox::new(sandbox_config(&args)?).map_err(ExecutorError::Sandbox)?;
     let (statuses, status_rx) = mpsc::unbounded_channel();
     let (messages, message_rx) = mpsc::unbounded_channel();
