@@ -52,9 +52,34 @@ fn cached_task(id: &str, agent_id: &Value, module: &std::path::Path) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_module_is_fetched_once_and_its_guests_cannot_write_through_the_link() {
     let cluster = Cluster::start_async(CAIRN).await;
+    guests_cannot_write_through(&cluster, "root").await;
+}
+
+/// For a task of another user than the agent's, the link is a hard link to the
+/// agent's read-only entry (its executor, running as that user, could not read
+/// through a symlink into the agent's 0700 cache): the guest cannot write it either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_module_is_a_read_only_view_for_a_tenant_of_its_own_user() {
+    let flags = ["--allow-root-tasks", "false"];
+    let cluster = Cluster::start_with_flags_async(CAIRN, &[], &flags).await;
+    guests_cannot_write_through(&cluster, "nobody").await;
+    let entry = std::fs::read_dir(cluster.work_dir().join("cache").join("fetch"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .unwrap();
+    let meta = entry.metadata().unwrap();
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o444));
+}
+
+/// Three wasm tasks of a framework of `user` run one cached module that tries to
+/// write over itself: each fails to, the cache holds one copy, unchanged.
+async fn guests_cannot_write_through(cluster: &Cluster, user: &str) {
     let module = cluster.module("m.wasm", OPENS_ITSELF);
     let original = std::fs::read(&module).unwrap();
-    let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
+    let framework = json!({"user": user, "name": "cached"});
+    let (scheduler, mut events) = Scheduler::subscribe_with(&cluster.master_addr, framework).await;
     let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
     let ids = ["first", "second", "third"];
     let tasks = ids
@@ -104,11 +129,11 @@ async fn a_cached_module_is_fetched_once_and_its_guests_cannot_write_through_the
     let links = find_files(&cluster.work_dir().join("frameworks"), "m.wasm");
     assert_eq!(links.len(), ids.len());
     for link in links {
-        assert!(
-            link.symlink_metadata().unwrap().is_symlink(),
-            "{}",
-            link.display()
-        );
+        // A symlink for the agent's own user; a hard link to the entry otherwise.
+        let meta = link.symlink_metadata().unwrap();
+        let shared = meta.is_symlink() || std::os::unix::fs::MetadataExt::nlink(&meta) > 1;
+        assert!(shared, "{} is a copy", link.display());
+        assert_eq!(meta.is_symlink(), user == "root", "{}", link.display());
         assert_eq!(std::fs::read(&link).unwrap(), original);
     }
     cluster.assert_no_panics();
