@@ -373,6 +373,9 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Executor(args) => {
             // Started through `/proc/self/fd/<n>`, it would be named by the number.
             let _ = nix::sys::prctl::set_name(c"cairn-executor");
+            // Its tasks may share its user: none may ptrace it, or read its memory
+            // or descriptors through /proc (their own exec makes them dumpable).
+            let _ = nix::sys::prctl::set_dumpable(false);
             let executor = cairn_agent::run_executor(cairn_agent::ExecutorArgs {
                 agent_socket: args.agent_socket,
                 framework_id: args.framework_id,

@@ -2,7 +2,8 @@
 //! own code runs (the executor may be unprivileged and could not make it).
 //!
 //! ```text
-//! <root>/executors/<executor id>/           sized to its tasks plus the overhead
+//! <root>/executors/<executor id>.<generation>/  one per executor process, sized to
+//!                                               its tasks plus the overhead
 //!                               executor/   the executor process itself
 //!                               containers/ its native tasks' cgroups, one each,
 //!                                           made by the executor: delegated to its user
@@ -20,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use cgroups_rs::fs::cpu::CpuController;
 use cgroups_rs::fs::memory::MemController;
-use cgroups_rs::fs::{Cgroup, Controller, hierarchies};
+use cgroups_rs::fs::pid::PidController;
+use cgroups_rs::fs::{Cgroup, Controller, MaxValue, hierarchies};
 
 /// What every executor adds to its tasks. Mesos adds 32 MB and 0.1 cpu for its small
 /// C++ executor; Cairn's hosts wasmtime and compiles modules in process: 108 MB
@@ -39,11 +41,24 @@ pub const CONTROLLERS: [&str; 4] = ["cpu", "cpuacct", "memory", "pids"];
 /// How long killing what is left in a dead executor's cgroup may take.
 const KILL_DEADLINE: Duration = Duration::from_secs(10);
 
-/// What an executor's cgroup allows: its tasks' sum plus the overhead.
+/// Processes the executor itself may have (its runtime's and blocking pool's threads
+/// count), and each task besides (a native task's own cgroup caps it at as many).
+pub const PIDS_PER_EXECUTOR: i64 = 1024;
+pub const PIDS_PER_TASK: i64 = 1024;
+/// The CFS period quotas are expressed in (Mesos' default).
+const CFS_PERIOD_US: u64 = 100_000;
+/// The executor's CPU quota is never below one CPU: it compiles its tasks' modules
+/// in process, and a quota of a tenth of a CPU would make that ten times slower.
+const MIN_QUOTA_CPUS: f64 = 1.0;
+
+/// What an executor's cgroup allows: its tasks' sum plus the overhead. Its tasks'
+/// own cgroups are the executor user's to change, so these limits, root's, are what
+/// bounds them all.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ExecutorLimits {
     pub cpus: f64,
     pub mem_bytes: u64,
+    pub pids: i64,
 }
 
 impl ExecutorLimits {
@@ -52,6 +67,7 @@ impl ExecutorLimits {
         Self {
             cpus: OVERHEAD_CPUS,
             mem_bytes: OVERHEAD_MEM_BYTES,
+            pids: PIDS_PER_EXECUTOR,
         }
     }
 }
@@ -78,11 +94,25 @@ pub struct ExecutorCgroup {
 }
 
 impl ExecutorCgroup {
-    /// The cgroup of `executor_id` under `root` (relative to each hierarchy's mount).
-    pub fn of(root: &str, executor_id: &str) -> Self {
+    /// A fresh cgroup for a new process of `executor_id` under `root` (relative to each
+    /// hierarchy's mount): never one a dead process of the same executor still holds,
+    /// which is removed off the agent's core while its successor starts.
+    pub fn fresh(root: &str, executor_id: &str) -> Self {
+        let generation = uuid::Uuid::now_v7().simple().to_string();
         Self {
-            path: format!("{root}/executors/{executor_id}"),
+            path: format!("{root}/executors/{executor_id}.{}", &generation[..16]),
         }
+    }
+
+    /// The cgroup at `path`, as recorded in the checkpoint.
+    pub fn at(path: &str) -> Self {
+        Self {
+            path: path.to_owned(),
+        }
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
     }
 
     /// Where the executor's native tasks' cgroups go, for the executor's
@@ -96,21 +126,18 @@ impl ExecutorCgroup {
             "" => self.path.clone(),
             sub => format!("{}/{sub}", self.path),
         };
-        let controllers = CONTROLLERS.iter().map(|c| c.to_string()).collect();
-        Cgroup::load_with_specified_controllers(hierarchies::auto(), path, controllers)
+        Cgroup::load_with_specified_controllers(hierarchies::auto(), path, controllers())
     }
 
     /// Makes the cgroup, limited to `limits`, with `containers/` delegated to `owner`
     /// (uid, gid); returns the `cgroup.procs` files the executor joins between fork
-    /// and exec. What an earlier executor of the same id left is removed first.
-    /// Blocking (a leftover's processes are killed and awaited).
+    /// and exec.
     pub fn create(
         &self,
         limits: ExecutorLimits,
         owner: Option<(u32, u32)>,
     ) -> Result<Vec<std::fs::File>, CgroupError> {
-        self.destroy();
-        let controllers: Vec<String> = CONTROLLERS.iter().map(|c| c.to_string()).collect();
+        let controllers = controllers();
         let make = |path: String| {
             Cgroup::new_with_specified_controllers(
                 hierarchies::auto(),
@@ -177,13 +204,21 @@ impl ExecutorCgroup {
                 shares
             };
             cpu.set_shares(shares).map_err(std::io::Error::other)?;
+            let quota = (limits.cpus.max(MIN_QUOTA_CPUS) * CFS_PERIOD_US as f64) as i64;
+            cpu.set_cfs_quota_and_period(Some(quota), Some(CFS_PERIOD_US))
+                .map_err(std::io::Error::other)?;
+        }
+        if let Some(pids) = cgroup.controller_of::<PidController>() {
+            pids.set_pid_max(MaxValue::Value(limits.pids))
+                .map_err(std::io::Error::other)?;
         }
         Ok(())
     }
 
-    /// The kernel's OOM kills in the cgroup so far (its tasks' cgroups included).
+    /// The kernel's OOM kills of the executor process's own leaf so far (a task's
+    /// OOM in its own cgroup is the task's, and does not count).
     pub fn oom_kills(&self) -> u64 {
-        oom_kills(&self.load(""))
+        oom_kills(&self.load("executor"))
     }
 
     /// Kills whatever is left in the cgroup and its children, then removes them all.
@@ -194,11 +229,10 @@ impl ExecutorCgroup {
         // Children first: a cgroup with children cannot be removed.
         paths.sort_by_key(|p| std::cmp::Reverse(p.len()));
         for path in paths {
-            let controllers = CONTROLLERS.iter().map(|c| c.to_string()).collect();
             let cgroup = Cgroup::load_with_specified_controllers(
                 hierarchies::auto(),
                 path.clone(),
-                controllers,
+                controllers(),
             );
             loop {
                 let procs = cgroup.procs();
@@ -276,6 +310,17 @@ pub fn oom_kills(cgroup: &Cgroup) -> u64 {
             .unwrap_or(0);
     }
     mem.memory_stat().oom_control.oom_kill
+}
+
+/// The controllers this host's hierarchy has of [`CONTROLLERS`]: cgroup v2 has no
+/// `cpuacct` (its `cpu` accounts).
+fn controllers() -> Vec<String> {
+    let v2 = hierarchies::auto().v2();
+    CONTROLLERS
+        .iter()
+        .filter(|c| !(v2 && **c == "cpuacct"))
+        .map(|c| c.to_string())
+        .collect()
 }
 
 /// The directories of a cgroup, one per hierarchy it is in.

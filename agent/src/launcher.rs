@@ -32,8 +32,14 @@ pub struct Launcher {
     pub(crate) placer: std::sync::mpsc::Sender<PlaceJob>,
 }
 
-/// The executor id suffix of a framework's Docker executor.
-pub const DOCKER_SUFFIX: &str = ".docker";
+/// The executor id prefix of a framework's Docker executor (no other executor id
+/// starts so: theirs start `cairn-executor-`).
+pub const DOCKER_PREFIX: &str = "cairn-docker-executor-";
+
+/// Whether an executor id is a framework's Docker executor's.
+pub fn is_docker(executor_id: &str) -> bool {
+    executor_id.starts_with(DOCKER_PREFIX)
+}
 
 /// An executor process to start: whose, which, as whom.
 #[derive(Debug, Clone)]
@@ -44,6 +50,14 @@ pub struct ExecutorSpec {
     pub user: crate::user::TaskUser,
     /// A Docker executor: it speaks to the Docker Engine (see `crate::launcher`).
     pub docker: bool,
+}
+
+/// A started executor: its pid and start time, and its cgroup (empty: none).
+#[derive(Debug, Clone)]
+pub struct Spawned {
+    pub pid: u32,
+    pub start_time: u64,
+    pub cgroup: String,
 }
 
 /// The executable executors are started from, opened once by the agent. An
@@ -106,17 +120,13 @@ pub fn spawn_placer(
 }
 
 impl Launcher {
-    /// Spawns `cairn executor`; returns its pid and start time. The privileged steps
+    /// Spawns `cairn executor`; returns its pid, start time and cgroup. The privileged steps
     /// are the agent's, between fork and exec: the executor joins its cgroup (sized
     /// to `limits`), then drops to its tasks' user with no way back to more
     /// privileges (`PR_SET_NO_NEW_PRIVS`), so its own code starts unprivileged. The
     /// Docker executor stays the agent's user: the Docker Engine's socket it speaks
     /// to is root's to give, and it hosts no tenant code.
-    pub fn spawn(
-        &self,
-        spec: &ExecutorSpec,
-        limits: ExecutorLimits,
-    ) -> std::io::Result<(u32, u64)> {
+    pub fn spawn(&self, spec: &ExecutorSpec, limits: ExecutorLimits) -> std::io::Result<Spawned> {
         let (fw, ex) = (spec.framework_id.as_str(), spec.executor_id.as_str());
         let dir = self.paths.executor_dir(fw, ex);
         std::fs::create_dir_all(&dir)?;
@@ -135,13 +145,14 @@ impl Launcher {
             .create(true)
             .append(true)
             .open(dir.join("executor.log"))?;
-        let cgroup = self.executor_cgroup(ex);
-        let procs = if spec.docker || !nix::unistd::geteuid().is_root() {
-            Vec::new()
-        } else {
+        let cgroup = ExecutorCgroup::fresh(&self.cgroups_root, ex);
+        let in_cgroup = !spec.docker && nix::unistd::geteuid().is_root();
+        let procs = if in_cgroup {
             cgroup
                 .create(limits, user.map(|u| (u.uid, u.gid)))
                 .map_err(std::io::Error::other)?
+        } else {
+            Vec::new()
         };
         let mut cmd = self.command(spec, &dir, &cgroup, user.is_none());
         // What the agent's environment holds is the agent's: an executor gets only
@@ -164,7 +175,15 @@ impl Launcher {
         let as_user = user.map(|u| u.name.as_str());
         tracing::info!(executor_id = ex, pid, user = as_user, "executor started");
         self.reap(ex, pid, child);
-        Ok((pid, start_time))
+        Ok(Spawned {
+            pid,
+            start_time,
+            cgroup: if in_cgroup {
+                cgroup.path().to_owned()
+            } else {
+                String::new()
+            },
+        })
     }
 
     /// `cairn executor` with its arguments; `with_cache`: it may read the compile
@@ -228,24 +247,23 @@ impl Launcher {
         });
     }
 
-    /// The cgroup an executor runs in.
-    pub fn executor_cgroup(&self, executor_id: &str) -> ExecutorCgroup {
-        ExecutorCgroup::of(&self.cgroups_root, executor_id)
-    }
-
-    /// Writes an executor's cgroup's new size.
-    pub fn resize(&self, executor_id: &str, limits: ExecutorLimits) {
-        if !nix::unistd::geteuid().is_root() || executor_id.ends_with(DOCKER_SUFFIX) {
+    /// Writes an executor's cgroup's new size (`cgroup` as [`Spawned`] named it).
+    pub fn resize(&self, cgroup: &str, limits: ExecutorLimits) {
+        if cgroup.is_empty() {
             return;
         }
-        if let Err(e) = self.executor_cgroup(executor_id).resize(limits) {
-            tracing::debug!(executor_id, error = %e, "cannot resize the executor's cgroup");
+        if let Err(e) = ExecutorCgroup::at(cgroup).resize(limits) {
+            tracing::debug!(cgroup, error = %e, "cannot resize an executor's cgroup");
         }
     }
 
-    /// Removes a gone executor's cgroup, and whatever it left running in it.
-    pub fn destroy_cgroup(&self, executor_id: &str) {
-        let cgroup = self.executor_cgroup(executor_id);
+    /// Removes a gone executor's cgroup, and whatever it left running in it, off the
+    /// core: a successor has a cgroup of its own.
+    pub fn destroy_cgroup(&self, cgroup: &str) {
+        if cgroup.is_empty() {
+            return;
+        }
+        let cgroup = ExecutorCgroup::at(cgroup);
         tokio::task::spawn_blocking(move || cgroup.destroy());
     }
 

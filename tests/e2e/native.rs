@@ -38,24 +38,11 @@ impl NativeCluster {
         blocking(move || Self::start(&flags.iter().map(String::as_str).collect::<Vec<_>>())).await
     }
 
-    /// A file of the task's cgroup (the controller's hierarchy on v1).
-    fn cgroup_file(&self, controller: &str, framework_id: &str, task: &str, file: &str) -> PathBuf {
-        let base = PathBuf::from("/sys/fs/cgroup");
-        let base = if base.join("cgroup.controllers").exists() {
-            base
-        } else {
-            base.join(controller)
-        };
-        base.join(self.task_cgroup(framework_id, task)).join(file)
-    }
-
     /// A task's cgroup, relative to the hierarchies' mounts: below its executor's
-    /// (`cairn-executor-<framework>`, whose user these tests' tasks share).
+    /// (`cairn-executor-<framework>.<generation>`, whose user these tests' tasks share;
+    /// the latest generation).
     fn task_cgroup(&self, framework_id: &str, task: &str) -> String {
-        format!(
-            "{}/executors/cairn-executor-{framework_id}/containers/{task}",
-            self.root
-        )
+        task_cgroup_of(&self.root, framework_id, task)
     }
 
     /// Every task's cgroup directory left under the root, in every hierarchy. Fails
@@ -89,6 +76,29 @@ impl NativeCluster {
         );
         left
     }
+}
+
+/// [`NativeCluster::task_cgroup`] of the cgroup root `root`.
+fn task_cgroup_of(root: &str, framework_id: &str, task: &str) -> String {
+    let executors = PathBuf::from("/sys/fs/cgroup/memory")
+        .join(root)
+        .join("executors");
+    let executors = if executors.exists() {
+        executors
+    } else {
+        PathBuf::from("/sys/fs/cgroup").join(root).join("executors")
+    };
+    let prefix = format!("cairn-executor-{framework_id}.");
+    let mut generations: Vec<String> = std::fs::read_dir(executors)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    generations.sort();
+    let executor = generations.pop().unwrap_or_default();
+    format!("{root}/executors/{executor}/containers/{task}")
 }
 
 impl Drop for NativeCluster {
@@ -275,11 +285,19 @@ async fn a_fork_bomb_is_held_by_the_pids_limit_and_ends_at_its_deadline() {
     .await;
     let fw = scheduler.framework_id.clone();
     // Watch the cgroup while it runs: forks are refused at the cap, never past it.
-    let events_file = c.cgroup_file("pids", &fw, "bomb", "pids.events");
-    let current_file = c.cgroup_file("pids", &fw, "bomb", "pids.current");
-    let max_file = c.cgroup_file("pids", &fw, "bomb", "pids.max");
+    let root = c.root.clone();
     let (limit, peak) = blocking(move || {
         let mut peak = 0u64;
+        // The bomb's cgroup is below its executor's, which starts with the task.
+        let file = |name: &str| {
+            let base = PathBuf::from("/sys/fs/cgroup/pids");
+            let base = if base.exists() {
+                base
+            } else {
+                PathBuf::from("/sys/fs/cgroup")
+            };
+            base.join(task_cgroup_of(&root, &fw, "bomb")).join(name)
+        };
         let read = |file: &PathBuf, field: usize| -> u64 {
             std::fs::read_to_string(file)
                 .ok()
@@ -288,8 +306,8 @@ async fn a_fork_bomb_is_held_by_the_pids_limit_and_ends_at_its_deadline() {
         };
         // The first refused fork, with the limit it met and the most processes seen.
         wait_for("the bomb to reach the pids limit", || {
-            peak = peak.max(read(&current_file, 0));
-            (read(&events_file, 1) > 0).then(|| (read(&max_file, 0), peak))
+            peak = peak.max(read(&file("pids.current"), 0));
+            (read(&file("pids.events"), 1) > 0).then(|| (read(&file("pids.max"), 0), peak))
         })
     })
     .await;

@@ -98,6 +98,7 @@ fn history() -> Vec<Record> {
             executor_id: None,
             pid: 4242,
             start_time: 99,
+            cgroup: String::new(),
         }),
         Record::Launched(task_record(
             "f1",

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::{Core, Effect};
 use crate::checkpoint::TaskKey;
-use crate::launcher::{DOCKER_SUFFIX, ExecutorSpec};
+use crate::launcher::{ExecutorSpec, is_docker};
 
 /// A freshly started executor has this long to subscribe (Mesos'
 /// `--executor_registration_timeout` defaults to one minute).
@@ -79,7 +79,7 @@ impl Core {
         if self.checkpoint.state.executors.contains_key(ex) && self.links.contains_key(ex) {
             return Ok(());
         }
-        let (pid, start_time) = self.launcher.spawn(spec, self.sizes.of(ex))?;
+        let spawned = self.launcher.spawn(spec, self.sizes.of(ex))?;
         self.checkpoint
             .record(Record::Executor(CheckpointedExecutor {
                 framework_id: Some(FrameworkId {
@@ -88,8 +88,9 @@ impl Core {
                 executor_id: Some(ExecutorId {
                     value: ex.to_owned(),
                 }),
-                pid,
-                start_time,
+                pid: spawned.pid,
+                start_time: spawned.start_time,
+                cgroup: spawned.cgroup,
             }));
         self.links.insert(
             ex.to_owned(),
@@ -117,7 +118,7 @@ impl Core {
             .map(|(k, t)| (k.clone(), t.executor_id.clone(), t.info.clone()))
             .collect();
         for (key, ex, info) in live {
-            if !ex.ends_with(DOCKER_SUFFIX) {
+            if !is_docker(&ex) {
                 self.sizes.charge(&key, &ex, &info);
             }
         }
@@ -353,6 +354,7 @@ impl Core {
             return;
         }
         let fw = record.framework_id.clone().unwrap_or_default().value;
+        let cgroup = record.cgroup.clone();
         if let Some(link) = self.links.get_mut(ex)
             && link.conn.is_some()
         {
@@ -383,7 +385,8 @@ impl Core {
             .get(ex)
             .is_some_and(|l| l.shutdown_deadline.is_some());
         // The kernel killed in the executor's cgroup: its tasks together outgrew it.
-        let oom = self.launcher.executor_cgroup(ex).oom_kills() > 0;
+        let oom = !cgroup.is_empty()
+            && crate::executor_cgroup::ExecutorCgroup::at(&cgroup).oom_kills() > 0;
         let (state, reason, message) = if shutting_down {
             let why = format!("executor exited ({status}) while the task was running");
             (
@@ -424,11 +427,12 @@ impl Core {
         let Some(record) = self.checkpoint.state.executors.get(ex).cloned() else {
             return;
         };
+        let cgroup = record.cgroup.clone();
         self.checkpoint.record(Record::ExecutorExited(record));
         self.links.remove(ex);
         self.usage.remove(ex);
         // Whatever it left in its cgroup goes with it.
-        self.launcher.destroy_cgroup(ex);
+        self.launcher.destroy_cgroup(&cgroup);
         for key in self.checkpoint.state.live_tasks_on(ex) {
             let launched = self.checkpoint.state.tasks[&key].launched;
             if launched {

@@ -340,8 +340,8 @@ impl Core {
             // Grown before the launches of this batch reach the executors (they are
             // sent once the next inputs are settled, at the earliest).
             for (ex, limits) in self.sizes.take_due() {
-                if self.links.contains_key(&ex) {
-                    self.launcher.resize(&ex, limits);
+                if let Some(record) = self.checkpoint.state.executors.get(&ex) {
+                    self.launcher.resize(&record.cgroup, limits);
                 }
             }
         }

@@ -6,7 +6,7 @@ use cairn_api::v1::{ExecutorId, FrameworkId, FrameworkInfo, TaskInfo, container_
 use super::Core;
 use super::tasks::container_type;
 use crate::checkpoint::TaskKey;
-use crate::launcher::{DOCKER_SUFFIX, ExecutorSpec};
+use crate::launcher::{DOCKER_PREFIX, ExecutorSpec, is_docker};
 
 impl Core {
     /// Which executor process runs a task here. Docker tasks: one per framework,
@@ -23,7 +23,7 @@ impl Core {
         })
         .value;
         if container_type(task) == container_info::Type::Docker as i32 {
-            return Ok(format!("{base}{DOCKER_SUFFIX}"));
+            return Ok(format!("{DOCKER_PREFIX}{fw}"));
         }
         let named = task
             .command
@@ -73,9 +73,7 @@ impl Core {
                     .map(|(_, t)| t.executor_id.clone())
                     .collect();
                 if hosts.is_empty() {
-                    of_framework()
-                        .filter(|e| !e.ends_with(DOCKER_SUFFIX))
-                        .collect()
+                    of_framework().filter(|e| !is_docker(e)).collect()
                 } else {
                     hosts
                 }
@@ -96,7 +94,7 @@ impl Core {
             framework_id: key.0.clone(),
             executor_id: task.executor_id.clone(),
             user,
-            docker: task.executor_id.ends_with(DOCKER_SUFFIX),
+            docker: is_docker(&task.executor_id),
         })
     }
 }

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use cairn_api::v1::TaskInfo;
 
 use crate::checkpoint::TaskKey;
-use crate::executor_cgroup::{ExecutorLimits, HOST_MEM_PER_TASK};
+use crate::executor_cgroup::{ExecutorLimits, HOST_MEM_PER_TASK, PIDS_PER_TASK};
 use crate::executor_process::containerizer::Limits;
 
 #[derive(Debug, Default)]
@@ -34,6 +34,7 @@ impl Sizes {
         let charge = ExecutorLimits {
             cpus: own.cpus + custom.map_or(0.0, |c| c.cpus),
             mem_bytes: own.mem_bytes + custom.map_or(0, |c| c.mem_bytes) + HOST_MEM_PER_TASK,
+            pids: PIDS_PER_TASK,
         };
         let total = self
             .totals
@@ -41,6 +42,7 @@ impl Sizes {
             .or_insert_with(ExecutorLimits::overhead);
         total.cpus += charge.cpus;
         total.mem_bytes += charge.mem_bytes;
+        total.pids += charge.pids;
         self.charged
             .insert(key.clone(), (executor_id.to_owned(), charge));
         self.due.insert(executor_id.to_owned());
@@ -57,6 +59,7 @@ impl Sizes {
                 .mem_bytes
                 .saturating_sub(charge.mem_bytes)
                 .max(ExecutorLimits::overhead().mem_bytes);
+            total.pids = (total.pids - charge.pids).max(ExecutorLimits::overhead().pids);
             self.due.insert(executor_id);
         }
     }

@@ -19,6 +19,11 @@ pub(super) fn enter_container(
     // prepared before the fork, and allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            // The executor is not dumpable (see `cairn executor`'s start); its child
+            // must be, to write its own `/proc/self` maps. Exec makes it so anyway.
+            if nix::libc::prctl(nix::libc::PR_SET_DUMPABLE, 1, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             for &fd in &fds {
                 if nix::libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
                     return Err(std::io::Error::last_os_error());

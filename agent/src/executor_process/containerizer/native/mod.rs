@@ -154,15 +154,41 @@ fn switch_to(spec: &LaunchSpec) -> Option<TaskUser> {
     spec.user.switch.then(|| spec.user.clone())
 }
 
-/// Sends `signal` to every process in the cgroup.
+/// Sends `signal` to every process in the cgroup and in every cgroup below it: the
+/// task's user owns its cgroup, and may make children of it to hide in.
 fn signal_all(cgroup: &Cgroup, signal: nix::sys::signal::Signal) -> usize {
-    let procs = cgroup.procs();
-    for p in &procs {
-        if let Ok(pid) = i32::try_from(p.pid) {
+    let mut signalled = 0;
+    for dir in subtree(cgroup) {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+            signalled += 1;
         }
     }
-    procs.len()
+    signalled
+}
+
+/// The cgroup's directories in every hierarchy and all below them, deepest first.
+/// (cgroupfs holds no links; names are taken as the kernel gives them.)
+fn subtree(cgroup: &Cgroup) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    let mut stack: Vec<PathBuf> = cgroup
+        .subsystems()
+        .iter()
+        .map(|s| s.to_controller().path().to_path_buf())
+        .collect();
+    stack.sort();
+    stack.dedup();
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            }
+        }
+        dirs.push(dir);
+    }
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    dirs
 }
 
 /// Kills everything in the cgroup, however fast it forks, then removes it.
@@ -178,6 +204,13 @@ async fn destroy(cgroup: &Cgroup) {
         }
         // A killed process leaves `cgroup.procs` once the kernel has reaped it.
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Children the task made first: a cgroup with children cannot be removed.
+    for dir in subtree(cgroup)
+        .into_iter()
+        .filter(|d| !d.ends_with(cgroup.path()))
+    {
+        let _ = std::fs::remove_dir(dir);
     }
     let cgroup = cgroup.clone();
     // cgroups-rs retries rmdir with blocking sleeps.
