@@ -247,7 +247,7 @@ impl From<FetcherFlags> for cairn_agent::FetcherConfig {
 #[derive(Args, Clone)]
 pub(crate) struct NativeIsolation {
     /// The cgroup executors' and native tasks' cgroups go under
-    /// (`<root>/executors/<executor>/containers/<task>`), in every hierarchy this host
+    /// (`<root>/executors/<executor>.<generation>/containers/<task>`), in every hierarchy this host
     /// mounts. An executor is handed its own `.../containers` as its root.
     #[arg(long, default_value = "cairn")]
     cgroups_root: String,
