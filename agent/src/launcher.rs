@@ -32,13 +32,9 @@ pub struct Launcher {
     pub(crate) placer: std::sync::mpsc::Sender<PlaceJob>,
 }
 
-/// The executor id prefix of a framework's Docker executor (no other executor id
-/// starts so: theirs start `cairn-executor-`).
-pub const DOCKER_PREFIX: &str = "cairn-docker-executor-";
-
 /// Whether an executor id is a framework's Docker executor's.
 pub fn is_docker(executor_id: &str) -> bool {
-    executor_id.starts_with(DOCKER_PREFIX)
+    executor_id.starts_with(cairn_api::ids::DOCKER_EXECUTOR_PREFIX)
 }
 
 /// An executor process to start: whose, which, as whom.

@@ -6,7 +6,7 @@ use cairn_api::v1::{ExecutorId, FrameworkId, FrameworkInfo, TaskInfo, container_
 use super::Core;
 use super::tasks::container_type;
 use crate::checkpoint::TaskKey;
-use crate::launcher::{DOCKER_PREFIX, ExecutorSpec, is_docker};
+use crate::launcher::{ExecutorSpec, is_docker};
 
 impl Core {
     /// Which executor process runs a task here. Docker tasks: one per framework,
@@ -18,12 +18,12 @@ impl Core {
         framework: &FrameworkInfo,
         task: &TaskInfo,
     ) -> Result<String, String> {
-        let base = cairn_api::ids::executor_id_for(&FrameworkId {
+        let framework_id = FrameworkId {
             value: fw.to_owned(),
-        })
-        .value;
+        };
+        let base = cairn_api::ids::executor_id_for(&framework_id).value;
         if container_type(task) == container_info::Type::Docker as i32 {
-            return Ok(format!("{DOCKER_PREFIX}{fw}"));
+            return Ok(cairn_api::ids::docker_executor_id_for(&framework_id).value);
         }
         let named = task
             .command
@@ -35,7 +35,7 @@ impl Core {
         else {
             return Ok(base);
         };
-        let id = format!("{base}.user.{user}");
+        let id = cairn_api::ids::user_executor_id_for(&framework_id, user).value;
         if cairn_api::ids::is_safe_id(&id) {
             Ok(id)
         } else {

@@ -54,10 +54,16 @@ impl Core {
                 let fw = s.framework_id.unwrap_or_default().value;
                 // Hosted by an executor process of the framework, which kills its
                 // tasks and reports them.
+                // An executor process named itself is shut down whole.
+                let deadline = std::time::Instant::now() + self.config.executor_shutdown_grace;
                 for ex in self.executors_for(&fw, s.executor_id.as_ref()) {
+                    let whole = s.executor_id.as_ref().is_some_and(|e| e.value == ex);
                     let shutdown = ExecutorShutdown {
-                        executor_id: s.executor_id.clone(),
+                        executor_id: s.executor_id.clone().filter(|_| !whole),
                     };
+                    if whole && let Some(link) = self.links.get_mut(&ex) {
+                        link.shutdown_deadline.get_or_insert(deadline);
+                    }
                     self.send_to_executor(ex, executor_event::Event::Shutdown(shutdown));
                 }
             }

@@ -267,9 +267,10 @@ impl Leader {
         Ok(())
     }
 
-    /// A framework has one executor process per agent, `cairn-executor-<framework
-    /// id>`; with `custom`, also the custom executors its tasks there have named
-    /// (hosted by that process). A call naming another, or an unknown agent, is a 404.
+    /// A framework has executor processes on an agent, `cairn-executor-<framework id>`
+    /// and others of that framework's (see `cairn_api::ids::is_agent_executor_of`);
+    /// with `custom`, also the custom executors its tasks there have named (hosted by
+    /// them). A call naming another, or an unknown agent, is a 404.
     fn check_executor(
         &self,
         framework_id: &str,
@@ -287,7 +288,12 @@ impl Leader {
                     .contains(&(framework_id.to_owned(), executor_id.to_owned()))
             })
         };
-        let known = executor_id == ours.value || (custom && custom_here());
+        let framework = FrameworkId {
+            value: framework_id.to_owned(),
+        };
+        let known = executor_id == ours.value
+            || cairn_api::ids::is_agent_executor_of(&framework, executor_id)
+            || (custom && custom_here());
         if !known || !self.agents.contains_key(agent_id) {
             return Err(CallError::UnknownExecutor {
                 framework_id: framework_id.to_owned(),
