@@ -52,7 +52,7 @@ async fn executor_connection(stream: UnixStream, conn: u64, core: mpsc::Sender<I
         id => id,
     };
     let (tx, mut rx) = mpsc::channel::<ExecutorEvent>(1024);
-    let writer_task = tokio::spawn(async move {
+    let mut writer_task = tokio::spawn(async move {
         let mut buf = Vec::new();
         while let Some(event) = rx.recv().await {
             if write_batch(&mut writer, event, &mut rx, &mut buf)
@@ -73,7 +73,14 @@ async fn executor_connection(stream: UnixStream, conn: u64, core: mpsc::Sender<I
         })
         .await;
     loop {
-        match read_frame::<_, ExecutorCall>(&mut reader).await {
+        // The core drops its sender when it refuses the subscription (or takes a newer
+        // connection of the executor's): the writer ends, and so does this connection,
+        // so a refused peer's frames never reach the core.
+        let read = tokio::select! {
+            read = read_frame::<_, ExecutorCall>(&mut reader) => read,
+            _ = &mut writer_task => break,
+        };
+        match read {
             Ok(Some(ExecutorCall { call: Some(call) })) => {
                 let input = Input::FromExecutor {
                     executor_id: executor_id.clone(),
