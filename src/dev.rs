@@ -60,6 +60,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
         executor_reregistration_timeout: Duration::from_secs(5),
         executor_shutdown_grace_period: Duration::from_secs(10),
         custom_executor_call_timeout: Duration::from_secs(5),
+        docker_host_network: "with-ports".into(),
         native: Default::default(),
         fetcher: Default::default(),
         users: dev_users(),

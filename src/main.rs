@@ -118,6 +118,11 @@ pub(crate) struct AgentArgs {
     /// may run before the executor is deemed broken and its tasks fail.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     custom_executor_call_timeout: Duration,
+    /// When a Docker task gets HOST networking (Mesos' default network), in which it
+    /// may bind any port of the host: `with-ports`, only a task holding `ports`
+    /// resources (the others are refused, and may ask for BRIDGE or NONE); `always`.
+    #[arg(long, default_value = "with-ports", value_parser = ["with-ports", "always"])]
+    docker_host_network: String,
     #[command(flatten)]
     native: NativeIsolation,
     #[command(flatten)]
@@ -294,6 +299,9 @@ struct ExecutorArgs {
     #[arg(long, value_delimiter = ',', default_value = "wasm,native,docker",
           value_parser = ["wasm", "native", "docker"])]
     containerizers: Vec<String>,
+    /// Docker tasks get HOST networking without `ports` resources too.
+    #[arg(long)]
+    docker_host_network_always: bool,
     #[command(flatten)]
     native: NativeIsolation,
 }
@@ -387,6 +395,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 native_namespaces: args.native.native_namespaces,
                 compile_cache: args.compile_cache.zip(args.compile_cache_key),
                 containerizers: args.containerizers,
+                docker_host_network_always: args.docker_host_network_always,
             });
             // On a worker thread, not this one: its loop trades messages with every
             // task, and a worker wakes a task on its own thread without a futex call.
@@ -420,6 +429,7 @@ pub(crate) fn agent_config(args: AgentArgs) -> anyhow::Result<cairn_agent::Agent
         custom_executor_call_timeout: args.custom_executor_call_timeout,
         cgroups_root: args.native.cgroups_root,
         native_namespaces: args.native.native_namespaces,
+        docker_host_network_always: args.docker_host_network == "always",
         fetcher: args.fetcher.into(),
         users: cairn_agent::user::UserPolicy {
             switch_user: args.users.switch_user,

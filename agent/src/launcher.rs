@@ -26,6 +26,7 @@ pub struct Launcher {
     pub(crate) custom_call_timeout: Duration,
     pub(crate) cgroups_root: String,
     pub(crate) native_namespaces: Vec<String>,
+    pub(crate) docker_host_network_always: bool,
     pub(crate) core: mpsc::Sender<Input>,
     pub(crate) fetcher: std::sync::Arc<crate::fetcher::Fetcher>,
     /// Sandboxes made only of cached files, made on the placer thread.
@@ -215,6 +216,9 @@ impl Launcher {
                 (!self.native_namespaces.is_empty())
                     .then(|| format!("--native-namespaces={}", self.native_namespaces.join(","))),
             );
+        if spec.docker && self.docker_host_network_always {
+            cmd.arg("--docker-host-network-always");
+        }
         if with_cache {
             cmd.arg("--compile-cache")
                 .arg(self.paths.compile_cache())

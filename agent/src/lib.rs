@@ -68,6 +68,9 @@ pub struct AgentConfig {
     pub cgroups_root: String,
     /// Namespaces native tasks get of their own (`ipc`, `mount`, `network`).
     pub native_namespaces: Vec<String>,
+    /// Docker tasks get HOST networking without `ports` resources too
+    /// (`--docker-host-network always`).
+    pub docker_host_network_always: bool,
     /// The fetcher's limits (`--fetcher-*`).
     pub fetcher: FetcherConfig,
     /// Who tasks run as (`--switch-user`, `--default-user`, `--allow-root-tasks`).
@@ -185,6 +188,7 @@ impl Agent {
             custom_call_timeout: self.config.custom_executor_call_timeout,
             cgroups_root: self.config.cgroups_root.clone(),
             native_namespaces: self.config.native_namespaces.clone(),
+            docker_host_network_always: self.config.docker_host_network_always,
             core: tx.clone(),
             fetcher: std::sync::Arc::new(fetcher::Fetcher::new(
                 paths.fetch_cache(),

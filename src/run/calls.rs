@@ -59,8 +59,10 @@ pub(super) fn task_info(
         }
         let container = args.docker_image.as_ref().map(|image| ContainerInfo {
             r#type: container_info::Type::Docker as i32,
+            // Docker's own network: the command reaches out, and binds no host port.
             docker: Some(container_info::DockerInfo {
                 image: image.clone(),
+                network: container_info::docker_info::Network::Bridge as i32,
                 ..Default::default()
             }),
             ..Default::default()

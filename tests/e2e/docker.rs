@@ -81,7 +81,7 @@ fn docker_task(id: &str, agent_id: &Value, image: &str, command: &str) -> Value 
         "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}},
                       {"name": "mem", "type": "SCALAR", "scalar": {"value": 64}}],
         "command": {"value": command, "shell": true},
-        "container": {"type": "DOCKER", "docker": {"image": image, "network": "HOST"}}
+        "container": {"type": "DOCKER", "docker": {"image": image, "network": "NONE"}}
     })
 }
 
@@ -389,5 +389,61 @@ async fn a_docker_task_runs_as_its_user_and_cannot_raise_its_privileges() {
     // Not root: no effective capabilities at all.
     assert!(output.contains("CapEff:\t0000000000000000"), "{output}");
     assert_removed(&[id.as_str()]).await;
+    cluster.assert_no_panics();
+}
+
+/// HOST networking (Mesos' default) lets a container bind any port of the host: it
+/// is given only to a task holding `ports` resources. Mesos' default network (none
+/// named) counts as HOST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_networking_is_given_only_to_a_task_holding_ports() {
+    let image = blocking(test_image).await;
+    let (bare, unnamed, ported) = (
+        task_id("docker-host-bare"),
+        task_id("docker-host-unnamed"),
+        task_id("docker-host-ported"),
+    );
+    let _cleanup = RemoveOnDrop(vec![bare.clone(), unnamed.clone(), ported.clone()]);
+    let cluster = Cluster::start_async(CAIRN).await;
+    let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
+    let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
+    let agent_id = offer["agent_id"].clone();
+    let mut host = docker_task(&bare, &agent_id, &image, "true");
+    host["container"]["docker"]["network"] = json!("HOST");
+    let mut default = docker_task(&unnamed, &agent_id, &image, "true");
+    default["container"]["docker"]
+        .as_object_mut()
+        .unwrap()
+        .remove("network");
+    let mut with_ports = docker_task(&ported, &agent_id, &image, "true");
+    with_ports["container"]["docker"]["network"] = json!("HOST");
+    with_ports["resources"].as_array_mut().unwrap().push(json!({
+        "name": "ports", "type": "RANGES",
+        "ranges": {"range": [{"begin": 31005, "end": 31005}]}}));
+    let (code, body) = scheduler
+        .call(accept(&offer, vec![host, default, with_ports]))
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let mut ended = std::collections::HashMap::new();
+    while ended.len() < 3 {
+        let status = next_status(&scheduler, &mut events).await;
+        if is_terminal(&status) {
+            let id = status["task_id"]["value"].as_str().unwrap().to_owned();
+            ended.insert(id, status);
+        }
+    }
+    for id in [&bare, &unnamed] {
+        let status = &ended[id.as_str()];
+        assert_eq!(status["state"], "TASK_FAILED", "{status}");
+        assert_eq!(
+            status["reason"], "REASON_CONTAINER_LAUNCH_FAILED",
+            "{status}"
+        );
+        let message = status["message"].as_str().unwrap();
+        assert!(message.contains("HOST networking"), "{message}");
+        assert!(message.contains("ports"), "{message}");
+    }
+    let status = &ended[ported.as_str()];
+    assert_eq!(status["state"], "TASK_FINISHED", "{status}");
     cluster.assert_no_panics();
 }

@@ -38,6 +38,8 @@ pub struct ExecutorArgs {
     pub native_namespaces: Vec<String>,
     /// The container types it runs (`wasm`, `native`, `docker`).
     pub containerizers: Vec<String>,
+    /// Docker tasks get HOST networking without `ports` resources too.
+    pub docker_host_network_always: bool,
 }
 
 /// How long a shut-down executor waits for its killed tasks to report.
@@ -123,7 +125,9 @@ pub async fn run_executor(args: ExecutorArgs) -> Result<(), ExecutorError> {
             args.cgroups_root.clone(),
             &args.native_namespaces,
         )),
-        docker: Arc::new(containerizer::docker::DockerContainerizer::new()),
+        docker: Arc::new(containerizer::docker::DockerContainerizer::new(
+            args.docker_host_network_always,
+        )),
     };
     containerizers
         .clean_up(&args.framework_id, &args.containerizers)

@@ -51,6 +51,8 @@ pub struct DockerContainerizer {
     /// task; a failed connection is retried by the next launch.
     engine: OnceCell<Docker>,
     containers: Mutex<HashMap<String, Entry>>,
+    /// HOST networking for tasks without `ports` resources too.
+    host_network_always: bool,
 }
 
 struct Entry {
@@ -80,8 +82,12 @@ struct Networking {
 }
 
 impl DockerContainerizer {
-    pub fn new() -> Self {
-        Self::default()
+    /// `host_network_always`: HOST networking without `ports` resources too.
+    pub fn new(host_network_always: bool) -> Self {
+        Self {
+            host_network_always,
+            ..Self::default()
+        }
     }
 
     async fn docker(&self) -> Result<&Docker, LaunchError> {
@@ -138,7 +144,7 @@ impl Containerizer for DockerContainerizer {
                 LaunchError::Docker("a DOCKER task needs container.docker.image".into())
             })?;
         let image = info.image.as_str();
-        let network = networking(&spec.task, info)?;
+        let network = networking(&spec.task, info, self.host_network_always)?;
         let limits = Limits::of(&spec.task)?;
         let exec = super::exec(&spec.task)?;
         let sandbox = std::path::absolute(&spec.sandbox).map_err(|e| {
@@ -443,10 +449,27 @@ async fn remove(docker: &Docker, container: &str) -> Result<(), LaunchError> {
 }
 
 /// Host ports are checked against the task's `ports` resources: only what the task
-/// was offered is its to publish.
-fn networking(task: &TaskInfo, info: &DockerInfo) -> Result<Networking, LaunchError> {
+/// was offered is its to publish. HOST networking (Mesos' default) lets a container
+/// bind any port of the host, so it is given only to a task holding `ports`
+/// resources, unless the agent says always (`--docker-host-network always`).
+fn networking(
+    task: &TaskInfo,
+    info: &DockerInfo,
+    host_network_always: bool,
+) -> Result<Networking, LaunchError> {
     let network = Network::try_from(info.network)
         .map_err(|_| LaunchError::Docker(format!("unknown Docker network {}", info.network)))?;
+    let resources = cairn_api::Resources::from_proto(&task.resources)?;
+    let offered = resources.ranges("ports");
+    let holds_ports = offered.is_some_and(|r| !r.is_empty());
+    if matches!(network, Network::Unset | Network::Host) && !host_network_always && !holds_ports {
+        return Err(LaunchError::Docker(
+            "HOST networking (the default) lets a container bind any port of the host, so \
+             it needs the task to hold `ports` resources (or the agent's \
+             --docker-host-network always); ask for BRIDGE or NONE networking instead"
+                .into(),
+        ));
+    }
     let mode = match network {
         Network::Unset | Network::Host => "host",
         Network::Bridge => "bridge",
@@ -464,8 +487,6 @@ fn networking(task: &TaskInfo, info: &DockerInfo) -> Result<Networking, LaunchEr
             ports: None,
         });
     }
-    let resources = cairn_api::Resources::from_proto(&task.resources)?;
-    let offered = resources.ranges("ports");
     let mut bindings: HashMap<String, Vec<PortBinding>> = HashMap::new();
     for m in &info.port_mappings {
         let port = u64::from(m.host_port);
