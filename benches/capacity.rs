@@ -410,7 +410,7 @@ fn short_task(kind: &str, id: &str, agent_id: &Value, image: &str) -> Value {
             "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}},
                           {"name": "mem", "type": "SCALAR", "scalar": {"value": 16}}],
             "command": {"value": "true"},
-            "container": {"type": "DOCKER", "docker": {"image": image, "network": "HOST"}}
+            "container": {"type": "DOCKER", "docker": {"image": image, "network": "NONE"}}
         }),
     }
 }
