@@ -282,3 +282,70 @@ async fn a_process_hidden_in_a_child_cgroup_dies_with_its_task() {
     .await;
     cluster.assert_no_panics();
 }
+
+/// The executor socket is open to every local user (executors run as theirs): a
+/// process that is not the one the agent started for an executor is refused as it,
+/// gets nothing, and is cut off; the executor itself serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_on_the_executor_socket_cannot_subscribe_as_an_executor() {
+    use cairn_api::internal::{ExecutorCall, ExecutorSubscribe, executor_call};
+    use cairn_api::v1::{ExecutorId, FrameworkId};
+    use prost::Message as _;
+    use std::io::{Read as _, Write as _};
+
+    let (cluster, _root) = strict_cluster(&[]).await;
+    let (scheduler, mut events) = Scheduler::subscribe_with(
+        &cluster.master_addr,
+        json!({"user": "nobody", "name": "tenant"}),
+    )
+    .await;
+    launch(&scheduler, &mut events, |agent| {
+        vec![native("holder", agent, 32, "exec sleep 600")]
+    })
+    .await;
+    let status = until(&scheduler, &mut events, "holder", "TASK_RUNNING").await;
+    assert_eq!(status["state"], "TASK_RUNNING", "{status}");
+    let executor = executors(&cluster).await.pop().unwrap();
+    let subscribe = ExecutorCall {
+        call: Some(executor_call::Call::Subscribe(ExecutorSubscribe {
+            framework_id: Some(FrameworkId {
+                value: executor["framework_id"].as_str().unwrap().to_owned(),
+            }),
+            executor_id: Some(ExecutorId {
+                value: executor["executor_id"].as_str().unwrap().to_owned(),
+            }),
+            // Claiming the executor's pid changes nothing: the socket says whose it is.
+            pid: executor["pid"].as_u64().unwrap() as u32,
+            ..Default::default()
+        })),
+    };
+    let socket = cluster.work_dir().join("agent.sock");
+    let answer = blocking(move || {
+        let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+        let body = subscribe.encode_to_vec();
+        stream
+            .write_all(&(body.len() as u32).to_be_bytes())
+            .unwrap();
+        stream.write_all(&body).unwrap();
+        // The agent closes the connection: the read ends, well before this deadline.
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).map(|_| answer)
+    })
+    .await;
+    let answer = answer.expect("the refused connection was left open");
+    assert!(answer.is_empty(), "a stranger was answered: {answer:?}");
+    cluster
+        .agent
+        .logged("executor subscription from the wrong process refused")
+        .await;
+    // The real executor still holds its task, and kills it when asked.
+    let kill = json!({"type": "KILL", "kill": {"task_id": {"value": "holder"}}});
+    let (code, body) = scheduler.call(kill).await;
+    assert_eq!(code, 202, "{body}");
+    let status = until(&scheduler, &mut events, "holder", "TASK_KILLED").await;
+    assert_eq!(status["state"], "TASK_KILLED", "{status}");
+    cluster.assert_no_panics();
+}
