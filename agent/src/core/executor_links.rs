@@ -184,7 +184,10 @@ impl Core {
         // Only the process this agent started may speak for the executor (the socket
         // is open to every user: the executors run as their tasks' users).
         let fw = record.framework_id.clone().unwrap_or_default().value;
+        // And that process, not a later one given its pid: the start time tells.
+        let started = crate::process::start_time(record.pid);
         if pid != Some(record.pid as i32)
+            || started != Some(record.start_time)
             || subscribe.framework_id.as_ref().map(|f| &f.value) != Some(&fw)
         {
             tracing::warn!(
