@@ -224,74 +224,56 @@ impl ExecutorCgroup {
     /// Kills whatever is left in the cgroup and its children, then removes them all.
     /// Blocking: run it off the core.
     pub fn destroy(&self) {
+        let cgroup = self.load("");
         let started = Instant::now();
-        let mut paths = self.descendants();
-        // Children first: a cgroup with children cannot be removed.
-        paths.sort_by_key(|p| std::cmp::Reverse(p.len()));
-        for path in paths {
-            let cgroup = Cgroup::load_with_specified_controllers(
-                hierarchies::auto(),
-                path.clone(),
-                controllers(),
-            );
-            loop {
-                let procs = cgroup.procs();
-                if procs.is_empty() {
-                    break;
-                }
-                if started.elapsed() > KILL_DEADLINE {
-                    tracing::error!(cgroup = path, "processes survive SIGKILL; leaving it");
-                    return;
-                }
-                for p in procs {
-                    if let Ok(pid) = i32::try_from(p.pid) {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(5));
+        while signal_all(&cgroup, nix::sys::signal::Signal::SIGKILL) > 0 {
+            if started.elapsed() > KILL_DEADLINE {
+                tracing::error!(cgroup = self.path, "processes survive SIGKILL; leaving it");
+                return;
             }
-            if let Err(e) = cgroup.delete() {
-                tracing::warn!(cgroup = path, error = %e, "cannot remove an executor's cgroup");
+            // A killed process leaves `cgroup.procs` once the kernel has reaped it.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for dir in subtree(&cgroup) {
+            if let Err(e) = std::fs::remove_dir(&dir) {
+                let dir = dir.display();
+                tracing::warn!(%dir, error = %e, "cannot remove an executor's cgroup");
             }
         }
     }
+}
 
-    /// The cgroup and every cgroup below it, as paths relative to the mounts (read
-    /// from the memory hierarchy, or the unified one).
-    fn descendants(&self) -> Vec<String> {
-        let hierarchy = hierarchies::auto();
-        let base = if hierarchy.v2() {
-            Some(hierarchy.root())
-        } else {
-            hierarchy
-                .subsystems()
-                .iter()
-                .find(|s| s.controller_name() == "memory")
-                .map(|s| s.to_controller().base().to_path_buf())
-        };
-        let Some(base) = base else {
-            return Vec::new();
-        };
-        let mut found = Vec::new();
-        let mut stack = vec![self.path.clone()];
-        while let Some(path) = stack.pop() {
-            let dir = base.join(&path);
-            // Cgroup directories hold no links; a missing one was never made.
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push(format!("{path}/{}", entry.file_name().to_string_lossy()));
-                }
+/// A cgroup's directories in every hierarchy and all below them, deepest first (a
+/// cgroup with children cannot be removed). A task's or executor's user owns some of
+/// them and may make children to hide in: they are all searched. cgroupfs holds no
+/// links; names are taken as the kernel gives them.
+pub fn subtree(cgroup: &Cgroup) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    let mut stack = dirs_of(cgroup);
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
             }
-            found.push(path);
         }
-        found
+        dirs.push(dir);
     }
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    dirs
+}
+
+/// Sends `signal` to every process in the cgroup and every cgroup below it; returns
+/// how many it found.
+pub fn signal_all(cgroup: &Cgroup, signal: nix::sys::signal::Signal) -> usize {
+    let mut signalled = 0;
+    for dir in subtree(cgroup) {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+            signalled += 1;
+        }
+    }
+    signalled
 }
 
 /// The v1 `memory.oom_control` or v2 `memory.events` OOM kill count of a cgroup

@@ -48,22 +48,46 @@ pub fn enter_executor(
     unsafe {
         cmd.pre_exec(move || {
             let _held = &procs;
-            for &fd in &fds {
-                if nix::libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            if nix::libc::prctl(nix::libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if let Some(user) = &user
-                && (nix::libc::setgroups(user.groups.len(), user.groups.as_ptr()) != 0
-                    || nix::libc::setgid(user.gid) != 0
-                    || nix::libc::setuid(user.uid) != 0)
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
+            join_cgroups(&fds)?;
+            become_user(user.as_ref())
         });
     }
+}
+
+/// Between fork and exec: joins the cgroups whose `cgroup.procs` the descriptors
+/// hold open, by writing "0" (this process) to each.
+///
+/// # Safety
+/// Only async-signal-safe calls (write); allocates nothing.
+pub unsafe fn join_cgroups(fds: &[i32]) -> std::io::Result<()> {
+    for &fd in fds {
+        // SAFETY: a write of a static buffer to a descriptor the caller holds open.
+        if unsafe { nix::libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Between fork and exec: forbids any later gain of privileges (no setuid or
+/// file-capability binary, `sudo` or `ping`, raises the process again), then becomes
+/// `user` (groups, gid, uid) when there is one to become.
+///
+/// # Safety
+/// Only async-signal-safe calls (prctl, setgroups, setgid, setuid); allocates nothing.
+pub unsafe fn become_user(user: Option<&crate::user::TaskUser>) -> std::io::Result<()> {
+    // SAFETY: plain system calls on this process, with values prepared before the fork.
+    unsafe {
+        if nix::libc::prctl(nix::libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if let Some(user) = user
+            && (nix::libc::setgroups(user.groups.len(), user.groups.as_ptr()) != 0
+                || nix::libc::setgid(user.gid) != 0
+                || nix::libc::setuid(user.uid) != 0)
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }

@@ -24,11 +24,7 @@ pub(super) fn enter_container(
             if nix::libc::prctl(nix::libc::PR_SET_DUMPABLE, 1, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            for &fd in &fds {
-                if nix::libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
+            crate::process::join_cgroups(&fds)?;
             // Namespaces before the user switch: unsharing needs root, or a user
             // namespace of the task's own mapping only its user.
             let own_user = if user_maps.is_some() {
@@ -59,19 +55,7 @@ pub(super) fn enter_container(
             if unshare & nix::libc::CLONE_NEWPID != 0 {
                 enter_pid_namespace(unshare & nix::libc::CLONE_NEWNS != 0)?;
             }
-            // No setuid or file-capability binary (sudo, ping) raises the task's
-            // privileges after this.
-            if nix::libc::prctl(nix::libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if let Some(ids) = &ids
-                && (nix::libc::setgroups(ids.groups.len(), ids.groups.as_ptr()) != 0
-                    || nix::libc::setgid(ids.gid) != 0
-                    || nix::libc::setuid(ids.uid) != 0)
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
+            crate::process::become_user(ids.as_ref())
         });
     }
 }

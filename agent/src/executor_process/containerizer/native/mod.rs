@@ -29,7 +29,7 @@ use cgroups_rs::fs::pid::PidController;
 use cgroups_rs::fs::{Cgroup, MaxValue, hierarchies};
 use tokio::sync::watch;
 
-use crate::executor_cgroup::oom_kills;
+use crate::executor_cgroup::{oom_kills, signal_all, subtree};
 use crate::user::TaskUser;
 
 use super::{Containerizer, LaunchError, LaunchSpec, Limits, Termination, Usage, label};
@@ -152,43 +152,6 @@ fn procs_files(cgroup: &Cgroup) -> Result<Vec<std::fs::File>, LaunchError> {
 /// than this process (the agent resolved who: see `crate::user`).
 fn switch_to(spec: &LaunchSpec) -> Option<TaskUser> {
     spec.user.switch.then(|| spec.user.clone())
-}
-
-/// Sends `signal` to every process in the cgroup and in every cgroup below it: the
-/// task's user owns its cgroup, and may make children of it to hide in.
-fn signal_all(cgroup: &Cgroup, signal: nix::sys::signal::Signal) -> usize {
-    let mut signalled = 0;
-    for dir in subtree(cgroup) {
-        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
-            signalled += 1;
-        }
-    }
-    signalled
-}
-
-/// The cgroup's directories in every hierarchy and all below them, deepest first.
-/// (cgroupfs holds no links; names are taken as the kernel gives them.)
-fn subtree(cgroup: &Cgroup) -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
-    let mut stack: Vec<PathBuf> = cgroup
-        .subsystems()
-        .iter()
-        .map(|s| s.to_controller().path().to_path_buf())
-        .collect();
-    stack.sort();
-    stack.dedup();
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(entry.path());
-            }
-        }
-        dirs.push(dir);
-    }
-    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-    dirs
 }
 
 /// Kills everything in the cgroup, however fast it forks, then removes it.
