@@ -84,7 +84,7 @@ fn in_cgroups(
                     ..Default::default()
                 },
                 sandbox,
-                cached: Vec::new(),
+                programs: Vec::new(),
                 // The binary timed may sit where only this user can read it.
                 user: cairn_agent::user::current().unwrap(),
             };

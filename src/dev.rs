@@ -65,6 +65,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
         fetcher: Default::default(),
         users: dev_users(),
         gc: Default::default(),
+        compile: Default::default(),
     })?)
     .await?;
     let agent_addr = agent.local_addr()?;

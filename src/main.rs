@@ -1,6 +1,7 @@
 //! `cairn`: one binary for every role — master, agent, the executor processes agents
 //! start, a one-machine dev cluster, and the clients.
 
+mod compile;
 mod component;
 mod dev;
 mod run;
@@ -42,6 +43,9 @@ enum Command {
     /// An executor process; started by agents, not by hand.
     #[command(hide = true)]
     Executor(ExecutorArgs),
+    /// An agent's compile step; started by agents, not by hand.
+    #[command(hide = true)]
+    Compile(compile::CompileArgs),
 }
 
 #[derive(Args)]
@@ -131,6 +135,34 @@ pub(crate) struct AgentArgs {
     users: TaskUsers,
     #[command(flatten)]
     gc: SandboxGc,
+    #[command(flatten)]
+    compile: CompileFlags,
+}
+
+/// What compiling one wasm program may take: the agent compiles every task's program
+/// in a step of its own, as the task's user, bounded by these.
+#[derive(Args, Clone)]
+pub(crate) struct CompileFlags {
+    /// How long one compile may take; a module that takes longer fails its task.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    compile_timeout: Duration,
+    /// The memory, in MB, one compile may use; a module that needs more fails its task.
+    #[arg(long, default_value_t = 1024)]
+    compile_memory: u64,
+    /// The CPUs one compile may use.
+    #[arg(long, default_value_t = 1.0)]
+    compile_cpus: f64,
+}
+
+impl Default for CompileFlags {
+    fn default() -> Self {
+        let config = cairn_agent::CompileConfig::default();
+        Self {
+            compile_timeout: config.timeout,
+            compile_memory: config.memory_bytes >> 20,
+            compile_cpus: config.cpus,
+        }
+    }
 }
 
 /// When finished runs' sandboxes are removed, after Mesos' flags of these names.
@@ -285,12 +317,9 @@ struct ExecutorArgs {
     directory: PathBuf,
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     recovery_timeout: Duration,
-    /// The agent's compile cache, shared by its executors.
-    #[arg(long, requires = "compile_cache_key")]
-    compile_cache: Option<PathBuf>,
-    /// The file holding the key that authenticates the cache's artifacts.
+    /// The agent's artifacts directory: its wasm tasks' compiled programs.
     #[arg(long)]
-    compile_cache_key: Option<PathBuf>,
+    artifacts: Option<PathBuf>,
     /// The bound on each call into a custom executor component.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     custom_executor_call_timeout: Duration,
@@ -378,6 +407,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
             component::run(args)?;
             Ok(0)
         }
+        Command::Compile(args) => compile::run(args),
         Command::Executor(args) => {
             // Started through `/proc/self/fd/<n>`, it would be named by the number.
             let _ = nix::sys::prctl::set_name(c"cairn-executor");
@@ -393,7 +423,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 custom_call_timeout: args.custom_executor_call_timeout,
                 cgroups_root: args.native.cgroups_root,
                 native_namespaces: args.native.native_namespaces,
-                compile_cache: args.compile_cache.zip(args.compile_cache_key),
+                artifacts: args.artifacts,
                 containerizers: args.containerizers,
                 docker_host_network_always: args.docker_host_network_always,
             });
@@ -441,6 +471,11 @@ pub(crate) fn agent_config(args: AgentArgs) -> anyhow::Result<cairn_agent::Agent
             delay: args.gc.gc_delay,
             disk_headroom: args.gc.gc_disk_headroom,
             disk_watch_interval: args.gc.disk_watch_interval,
+        },
+        compile: cairn_agent::CompileConfig {
+            timeout: args.compile.compile_timeout,
+            memory_bytes: args.compile.compile_memory.saturating_mul(1 << 20),
+            cpus: args.compile.compile_cpus,
         },
     })
 }

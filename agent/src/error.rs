@@ -44,6 +44,8 @@ pub enum AgentError {
     },
     #[error("starting the placer thread")]
     Placer(#[source] std::io::Error),
+    #[error("setting up the compile step: {0}")]
+    Compiler(String),
     #[error("serving the agent API")]
     Serve(#[source] std::io::Error),
 }
@@ -51,12 +53,6 @@ pub enum AgentError {
 /// Why an executor process gave up.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecutorError {
-    #[error("reading the compile cache key {path}")]
-    CacheKey {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("setting up the wasm sandbox")]
     Sandbox(#[source] cairn_sandbox::SandboxError),
     #[error("connecting to {socket}")]

@@ -104,6 +104,15 @@ impl ExecutorCgroup {
         }
     }
 
+    /// A fresh cgroup for one run of the agent's compile step, of the same shape: its
+    /// process joins `<path>/executor`.
+    pub fn fresh_compile(root: &str) -> Self {
+        let generation = uuid::Uuid::now_v7().simple().to_string();
+        Self {
+            path: format!("{root}/compiles/{generation}"),
+        }
+    }
+
     /// The cgroup at `path`, as recorded in the checkpoint.
     pub fn at(path: &str) -> Self {
         Self {

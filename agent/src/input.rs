@@ -43,7 +43,8 @@ pub enum Input {
     },
     Fetched {
         run: FetchedRun,
-        result: Result<Vec<crate::fetcher::CachedFile>, String>,
+        /// The task's compiled programs, or why its sandbox or programs failed.
+        result: Result<Vec<cairn_api::internal::CompiledProgram>, String>,
     },
 }
 

@@ -5,15 +5,18 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_api::v1::command_info::Uri;
 use tokio::sync::mpsc;
 
+use crate::compiler::{Compiler, ProgramRef};
 use crate::executor_cgroup::{ExecutorCgroup, ExecutorLimits};
+use crate::fetcher::CachedFile;
 use crate::input::{FetchedRun, Input};
 use crate::paths::Paths;
-use crate::process::{is_alive, start_time};
+use crate::process::{CairnBinary, is_alive, start_time};
 use crate::user::TaskUser;
 
 /// Starts executors and fetches sandboxes, reporting back to the core.
@@ -21,7 +24,7 @@ pub struct Launcher {
     pub(crate) paths: Paths,
     /// The `cairn` binary executors run, open: an executor dropping to its user
     /// execs it through the descriptor, wherever the file lies.
-    pub(crate) binary: ExecutorBinary,
+    pub(crate) binary: std::sync::Arc<CairnBinary>,
     pub(crate) recovery_timeout: Duration,
     pub(crate) custom_call_timeout: Duration,
     pub(crate) cgroups_root: String,
@@ -31,6 +34,8 @@ pub struct Launcher {
     pub(crate) fetcher: std::sync::Arc<crate::fetcher::Fetcher>,
     /// Sandboxes made only of cached files, made on the placer thread.
     pub(crate) placer: std::sync::mpsc::Sender<PlaceJob>,
+    /// Compiles tasks' wasm programs once their sandbox is made.
+    pub(crate) compiler: std::sync::Arc<crate::compiler::Compiler>,
 }
 
 /// Whether an executor id is a framework's Docker executor's.
@@ -57,58 +62,79 @@ pub struct Spawned {
     pub cgroup: String,
 }
 
-/// The executable executors are started from, opened once by the agent. An
-/// unprivileged executor may not be able to reach the file by its path (a build tree
-/// under `/root`); `/proc/self/fd/<n>` reaches it whatever the directories allow, as
-/// `fexecve(3)` does.
-#[derive(Debug)]
-pub struct ExecutorBinary {
-    file: std::fs::File,
-}
-
-impl ExecutorBinary {
-    pub fn open(path: &Path) -> std::io::Result<Self> {
-        Ok(Self {
-            file: std::fs::File::open(path)?,
-        })
-    }
-
-    fn program(&self) -> String {
-        format!(
-            "/proc/self/fd/{}",
-            std::os::fd::AsRawFd::as_raw_fd(&self.file)
-        )
-    }
-}
-
-/// A sandbox to make from the fetcher cache alone.
+/// A sandbox to make from the fetcher cache alone, then the programs to compile.
 pub struct PlaceJob {
     run: FetchedRun,
     sandbox: PathBuf,
     placement: crate::fetcher::Placement,
     link_cached: bool,
+    prepare: Prepare,
+}
+
+/// What follows a task's fetch: compiling its wasm programs (see `crate::compiler`).
+pub struct Prepare {
+    pub programs: Vec<ProgramRef>,
+    pub user: TaskUser,
+    pub compiler: Arc<Compiler>,
+}
+
+impl Prepare {
+    /// Compiles the programs of a sandbox just made, then reports the task fetched.
+    async fn compile_and_report(
+        self,
+        core: mpsc::Sender<Input>,
+        run: FetchedRun,
+        sandbox: PathBuf,
+        fetched: Result<Vec<CachedFile>, String>,
+    ) {
+        let result = match fetched {
+            Ok(cached) => {
+                self.compiler
+                    .compile_all(&self.programs, &sandbox, &cached, &self.user)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let _ = core.send(Input::Fetched { run, result }).await;
+    }
 }
 
 /// Makes sandboxes whose every URI is already in the fetcher cache, one after the
 /// other on one thread: for short tasks, a task and a blocking-pool trip per sandbox
-/// cost the agent more than the directory and link themselves.
+/// cost the agent more than the directory and link themselves. A task whose programs
+/// are compiled already is reported from here; one that needs a compile goes on on
+/// the runtime.
 pub fn spawn_placer(
     core: mpsc::Sender<Input>,
 ) -> std::io::Result<std::sync::mpsc::Sender<PlaceJob>> {
     let (tx, rx) = std::sync::mpsc::channel::<PlaceJob>();
+    let runtime = tokio::runtime::Handle::current();
     std::thread::Builder::new()
         .name("cairn-placer".into())
         .spawn(move || {
             for job in rx {
-                let result = job
+                let placed = job
                     .placement
                     .place(&job.sandbox, job.link_cached)
                     .map_err(|e| e.to_string());
-                let fetched = Input::Fetched {
-                    run: job.run,
-                    result,
+                let PlaceJob {
+                    run,
+                    sandbox,
+                    prepare,
+                    ..
+                } = job;
+                let ready = match &placed {
+                    Ok(cached) => prepare
+                        .compiler
+                        .ready(&prepare.programs, cached, &prepare.user),
+                    Err(e) => Some(Err(e.clone())),
                 };
-                if core.blocking_send(fetched).is_err() {
+                let Some(result) = ready else {
+                    let core = core.clone();
+                    runtime.spawn(prepare.compile_and_report(core, run, sandbox, placed));
+                    continue;
+                };
+                if core.blocking_send(Input::Fetched { run, result }).is_err() {
                     return;
                 }
             }
@@ -151,7 +177,7 @@ impl Launcher {
         } else {
             Vec::new()
         };
-        let mut cmd = self.command(spec, &dir, &cgroup, user.is_none());
+        let mut cmd = self.command(spec, &dir, &cgroup);
         // What the agent's environment holds is the agent's: an executor gets only
         // what it reads.
         let passed = ["RUST_LOG", "PATH", "DOCKER_HOST", "TMPDIR"];
@@ -162,7 +188,7 @@ impl Launcher {
             .stderr(log)
             .process_group(0)
             .kill_on_drop(false);
-        crate::process::enter_executor(&mut cmd, procs, user.cloned());
+        crate::process::confine(&mut cmd, procs, user.cloned());
         let child = cmd.spawn()?;
         let pid = child
             .id()
@@ -183,14 +209,14 @@ impl Launcher {
         })
     }
 
-    /// `cairn executor` with its arguments; `with_cache`: it may read the compile
-    /// cache's key (it runs as the agent's own user; the others compile in memory).
+    /// `cairn executor` with its arguments. It is given where the compiled artifacts
+    /// are, never the key that authenticates them: it loads only what the agent
+    /// names, by the file's sha256.
     fn command(
         &self,
         spec: &ExecutorSpec,
         dir: &Path,
         cgroup: &ExecutorCgroup,
-        with_cache: bool,
     ) -> tokio::process::Command {
         let (fw, ex) = (spec.framework_id.as_str(), spec.executor_id.as_str());
         let mut cmd = tokio::process::Command::new(self.binary.program());
@@ -219,11 +245,8 @@ impl Launcher {
         if spec.docker && self.docker_host_network_always {
             cmd.arg("--docker-host-network-always");
         }
-        if with_cache {
-            cmd.arg("--compile-cache")
-                .arg(self.paths.compile_cache())
-                .arg("--compile-cache-key")
-                .arg(self.paths.compile_cache_key());
+        if !spec.docker {
+            cmd.arg("--artifacts").arg(self.compiler.dir());
         }
         cmd
     }
@@ -289,7 +312,8 @@ impl Launcher {
     }
 
     /// Fetches a task's URIs into its sandbox off the core's thread, as the task's
-    /// `user`; `link_cached` as in [`crate::fetcher::fetch_all`].
+    /// `user` (`link_cached` as in [`crate::fetcher::fetch_all`]), then compiles its
+    /// wasm `programs`.
     pub fn fetch(
         &self,
         run: FetchedRun,
@@ -297,22 +321,29 @@ impl Launcher {
         uris: Vec<Uri>,
         link_cached: bool,
         user: TaskUser,
+        programs: Vec<ProgramRef>,
     ) {
-        if let Some(placement) = self.fetcher.all_cached(&uris, &user) {
+        let prepare = Prepare {
+            programs,
+            compiler: self.compiler.clone(),
+            user,
+        };
+        if let Some(placement) = self.fetcher.all_cached(&uris, &prepare.user) {
             let job = PlaceJob {
                 run,
                 sandbox,
                 placement,
                 link_cached,
+                prepare,
             };
             // If the placer is gone, the ordinary path below still works.
             let Err(std::sync::mpsc::SendError(job)) = self.placer.send(job) else {
                 return;
             };
             tracing::error!("the placer thread is gone; fetching on the runtime");
-            return self.fetch_async(job.run, job.sandbox, uris, link_cached, user);
+            return self.fetch_async(job.run, job.sandbox, uris, link_cached, job.prepare);
         }
-        self.fetch_async(run, sandbox, uris, link_cached, user);
+        self.fetch_async(run, sandbox, uris, link_cached, prepare);
     }
 
     fn fetch_async(
@@ -321,15 +352,18 @@ impl Launcher {
         sandbox: PathBuf,
         uris: Vec<Uri>,
         link_cached: bool,
-        user: TaskUser,
+        prepare: Prepare,
     ) {
         let core = self.core.clone();
         let fetcher = self.fetcher.clone();
         tokio::spawn(async move {
-            let result = crate::fetcher::fetch_all(&uris, &sandbox, &fetcher, link_cached, &user)
+            let user = &prepare.user;
+            let fetched = crate::fetcher::fetch_all(&uris, &sandbox, &fetcher, link_cached, user)
                 .await
                 .map_err(|e| e.to_string());
-            let _ = core.send(Input::Fetched { run, result }).await;
+            prepare
+                .compile_and_report(core, run, sandbox, fetched)
+                .await;
         });
     }
 }

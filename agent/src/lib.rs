@@ -2,7 +2,9 @@
 //! framework's tasks in an executor process of its own, and carries status updates
 //! back until they are acknowledged.
 
+mod artifact_file;
 pub mod checkpoint;
+mod compiler;
 mod core;
 mod error;
 mod executor_cgroup;
@@ -30,6 +32,7 @@ use cairn_api::v1::AgentInfo;
 use tokio::sync::mpsc;
 
 pub use checkpoint::{LogError, ReconfigureError};
+pub use compiler::CompileConfig;
 pub use error::{AgentError, ExecutorError};
 /// The containerizers, public so a benchmark times a native or Docker launch exactly
 /// as an executor makes it.
@@ -77,6 +80,8 @@ pub struct AgentConfig {
     pub users: user::UserPolicy,
     /// When finished runs' sandboxes are removed.
     pub gc: GcConfig,
+    /// What one compile of a task's program may take (`--compile-*`).
+    pub compile: CompileConfig,
 }
 
 /// A configured agent whose HTTP port is bound, not yet running.
@@ -109,9 +114,12 @@ impl Agent {
             .map_err(bind_error)?;
         let port = http.local_addr().map_err(bind_error)?.port();
         let paths = paths::Paths::new(config.work_dir.clone());
-        for dir in paths.private_dirs() {
-            private_dir(&dir).map_err(|source| AgentError::WorkFile {
-                what: "making private",
+        // The artifacts' directory is traversable, not listable: an executor opens
+        // only the file the agent names to it.
+        let dirs = paths.private_dirs().map(|d| (d, 0o700));
+        for (dir, mode) in dirs.into_iter().chain([(paths.artifacts(), 0o711)]) {
+            agent_dir(&dir, mode).map_err(|source| AgentError::WorkFile {
+                what: "making the agent's own",
                 path: dir.clone(),
                 source,
             })?;
@@ -161,29 +169,21 @@ impl Agent {
     /// Runs the agent until the process stops.
     pub async fn run(self) -> Result<(), AgentError> {
         let paths = paths::Paths::new(self.config.work_dir.clone());
-        let socket = paths.socket();
-        let _ = std::fs::remove_file(&socket);
-        let socket_error = |what| {
-            let path = socket.clone();
-            move |source| AgentError::WorkFile { what, path, source }
-        };
-        let listener = tokio::net::UnixListener::bind(&socket)
-            .map_err(socket_error("binding executor socket"))?;
-        // Executors run as their tasks' users, so every user may connect; only the
-        // process the agent started for an executor may subscribe as it (its pid,
-        // from the socket's peer credentials, is checked).
-        std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o666))
-            .map_err(socket_error("opening the executor socket to executors"))?;
+        let listener = executor_listener(&paths)?;
         let (tx, rx) = mpsc::channel(4096);
-        let launcher = launcher::Launcher {
-            paths: paths.clone(),
-            binary: launcher::ExecutorBinary::open(&self.config.executor_binary).map_err(
-                |source| AgentError::WorkFile {
+        let binary = std::sync::Arc::new(
+            process::CairnBinary::open(&self.config.executor_binary).map_err(|source| {
+                AgentError::WorkFile {
                     what: "opening the executor binary",
                     path: self.config.executor_binary.clone(),
                     source,
-                },
-            )?,
+                }
+            })?,
+        );
+        let compiler = self.compiler(&paths, binary.clone())?;
+        let launcher = launcher::Launcher {
+            paths: paths.clone(),
+            binary,
             recovery_timeout: self.config.executor_recovery_timeout,
             custom_call_timeout: self.config.custom_executor_call_timeout,
             cgroups_root: self.config.cgroups_root.clone(),
@@ -195,6 +195,7 @@ impl Agent {
                 self.config.fetcher.clone(),
             )),
             placer: launcher::spawn_placer(tx.clone()).map_err(AgentError::Placer)?,
+            compiler: std::sync::Arc::new(compiler),
         };
         let config = core::CoreConfig {
             heartbeat_interval: self.config.heartbeat_interval,
@@ -241,15 +242,57 @@ impl Agent {
     }
 }
 
-/// Creates `dir` if missing and makes it the agent's alone (0700); refuses a link.
-fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+impl Agent {
+    /// The compile step's set-up: the key that tags artifacts, the engine settings.
+    fn compiler(
+        &self,
+        paths: &paths::Paths,
+        binary: std::sync::Arc<process::CairnBinary>,
+    ) -> Result<compiler::Compiler, AgentError> {
+        let key_file = paths.compile_cache_key();
+        let key = std::fs::read(&key_file).map_err(|source| AgentError::WorkFile {
+            what: "reading the compile cache key",
+            path: key_file,
+            source,
+        })?;
+        compiler::Compiler::new(
+            paths.artifacts(),
+            key,
+            binary,
+            self.config.cgroups_root.clone(),
+            self.config.compile.clone(),
+        )
+        .map_err(AgentError::Compiler)
+    }
+}
+
+/// The executor socket. Executors run as their tasks' users, so every user may
+/// connect; only the process the agent started for an executor may subscribe as it
+/// (its pid, from the socket's peer credentials, is checked).
+fn executor_listener(paths: &paths::Paths) -> Result<tokio::net::UnixListener, AgentError> {
+    let socket = paths.socket();
+    let _ = std::fs::remove_file(&socket);
+    let socket_error = |what| {
+        let path = socket.clone();
+        move |source| AgentError::WorkFile { what, path, source }
+    };
+    let listener =
+        tokio::net::UnixListener::bind(&socket).map_err(socket_error("binding executor socket"))?;
+    std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .map_err(socket_error("opening the executor socket to executors"))?;
+    Ok(listener)
+}
+
+/// Creates `dir` if missing and gives it `mode`, writable by the agent's user alone;
+/// refuses a link.
+fn agent_dir(dir: &std::path::Path, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir)?;
     let meta = std::fs::symlink_metadata(dir)?;
     if !meta.is_dir() {
         return Err(std::io::Error::other("not a directory"));
     }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
 }
 
 /// The machine's boot and the one the checkpoint belongs to: after a reboot nothing

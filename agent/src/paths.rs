@@ -5,7 +5,7 @@
 //! <work_dir>/meta/checkpoint.log                          the checkpoint (see `checkpoint`)
 //! <work_dir>/meta/boot_id                                 the boot the checkpoint belongs to
 //! <work_dir>/meta/cache.key                               authenticates compiled artifacts
-//! <work_dir>/cache/wasm/                                  the compile cache (see cairn-sandbox)
+//! <work_dir>/artifacts/                                   compiled programs (see `artifact_file`)
 //! <work_dir>/cache/fetch/                                 the fetcher cache (see `fetcher`)
 //! <work_dir>/frameworks/<fw>/executors/<ex>/              executor dir: executor.log, pid
 //! <work_dir>/frameworks/<fw>/executors/<ex>/tasks/<task>/runs/<container>/
@@ -44,9 +44,10 @@ impl Paths {
         self.root.join("meta").join("cache.key")
     }
 
-    /// Precompiled wasm artifacts shared by the agent's executors.
-    pub fn compile_cache(&self) -> PathBuf {
-        self.root.join("cache").join("wasm")
+    /// Programs the compile step compiled, for executors to load (mode 0711: an
+    /// executor opens only the file the agent names).
+    pub fn artifacts(&self) -> PathBuf {
+        self.root.join("artifacts")
     }
 
     /// URIs fetched with `cache: true`, named by the sha256 of their content.

@@ -1,5 +1,6 @@
-//! Processes the agent knows by pid and start time: executors it started, or found
-//! still running after a restart. A pid alone may have been reused since.
+//! Processes the agent starts and knows by pid and start time: executors it started,
+//! or found still running after a restart (a pid alone may have been reused since),
+//! and the binary and confinement its children start with.
 
 /// The process's start time in clock ticks since boot (`/proc/<pid>/stat` field 22),
 /// which tells a process from a later one that reuses its pid.
@@ -31,11 +32,11 @@ pub fn kill_group(pid: u32, start: u64) {
     }
 }
 
-/// What an executor's child does between fork and exec, as root still: join the
-/// executor's cgroup (writing "0" to each `cgroup.procs` held open), forbid any
-/// later gain of privileges, then become `user` (groups, gid, uid) when there is
-/// one to become.
-pub fn enter_executor(
+/// What the agent's child (an executor, a compile step) does between fork and exec,
+/// as root still: join its cgroup (writing "0" to each `cgroup.procs` held open),
+/// forbid any later gain of privileges, then become `user` (groups, gid, uid) when
+/// there is one to become.
+pub fn confine(
     cmd: &mut tokio::process::Command,
     procs: Vec<std::fs::File>,
     user: Option<crate::user::TaskUser>,
@@ -90,4 +91,28 @@ pub unsafe fn become_user(user: Option<&crate::user::TaskUser>) -> std::io::Resu
         }
     }
     Ok(())
+}
+
+/// The `cairn` executable the agent starts executors and compile steps from, opened
+/// once. An unprivileged child may not be able to reach the file by its path (a build tree
+/// under `/root`); `/proc/self/fd/<n>` reaches it whatever the directories allow, as
+/// `fexecve(3)` does.
+#[derive(Debug)]
+pub struct CairnBinary {
+    file: std::fs::File,
+}
+
+impl CairnBinary {
+    pub fn open(path: &std::path::Path) -> std::io::Result<Self> {
+        Ok(Self {
+            file: std::fs::File::open(path)?,
+        })
+    }
+
+    pub(crate) fn program(&self) -> String {
+        format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&self.file)
+        )
+    }
 }

@@ -1,20 +1,23 @@
 //! The process-wide [`Sandbox`]: two engines (metered and plain) with their epoch
-//! ticker, the linkers for each kind of program, the compile cache, and the linked
-//! programs kept in memory. Running a program is in `run` (commands) and
+//! ticker, the linkers for each kind of program, and the linked programs kept in
+//! memory, compiled here or loaded from the agent's artifacts. Running a program is in `run` (commands) and
 //! `custom_executor` (custom executors), which build on this.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, Linker, PoolingAllocationConfig};
+use wasmtime::component::Component;
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, Linker, Module, PoolingAllocationConfig,
+    Precompiled,
+};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
 
-use crate::cache::{CacheConfig, CacheStats, CompileCache};
 use crate::error::SandboxError;
 use crate::executor_world::{ExecutorHost, ExecutorPre};
 use crate::program::{Kind, Program};
@@ -47,8 +50,6 @@ pub struct SandboxConfig {
     /// The largest linear memory any one task may ask for (the pooling allocator's
     /// per-memory reservation, 4 GiB, is the ceiling).
     pub max_memory_bytes: usize,
-    /// The on-disk compile cache shared with the agent's other executors, if any.
-    pub cache: Option<CacheConfig>,
     /// Epoch interruption (deadlines and kills). Off only to measure its cost:
     /// without it a run can be neither timed out nor killed.
     pub epoch_interruption: bool,
@@ -59,7 +60,6 @@ impl Default for SandboxConfig {
         Self {
             max_instances: 1000,
             max_memory_bytes: 4 << 30,
-            cache: None,
             epoch_interruption: true,
         }
     }
@@ -78,13 +78,13 @@ pub struct Sandbox {
     pub(crate) config: SandboxConfig,
 }
 
-/// One engine with its linkers, compile cache and linked programs.
+/// One engine with its linkers and linked programs.
 struct Flavor {
     engine: Engine,
     linker: Linker<StoreState<WasiP1Ctx>>,
     command_linker: wasmtime::component::Linker<StoreState<WasiP2>>,
     executor_linker: wasmtime::component::Linker<StoreState<ExecutorHost>>,
-    cache: CompileCache,
+    stats: ProgramStats,
     /// Linked programs by module sha256: a module runs again without compiling or
     /// linking (`InstancePre` reuse).
     programs: Mutex<Programs>,
@@ -117,11 +117,8 @@ impl Flavor {
             .linear_memory_keep_resident(MEMORY_KEEP_RESIDENT)
             .table_keep_resident(KEEP_RESIDENT)
             .async_stack_keep_resident(KEEP_RESIDENT);
-        let mut wasm = Config::new();
-        wasm.epoch_interruption(config.epoch_interruption)
-            .consume_fuel(metered)
-            .memory_init_cow(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+        let mut wasm = wasm_config(config, metered);
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         let engine = Engine::new(&wasm).map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
         let setup = |e: wasmtime::Error| SandboxError::Setup(format!("{e:#}"));
         let mut linker = Linker::new(&engine);
@@ -135,41 +132,31 @@ impl Flavor {
         let mut executor_linker = wasmtime::component::Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut executor_linker).map_err(setup)?;
         crate::executor_world::add_to_linker(&mut executor_linker).map_err(setup)?;
-        let flavor = if metered { "metered" } else { "plain" };
-        let cache = CompileCache::new(&engine, flavor, config.cache.clone());
         Ok(Self {
             engine,
             linker,
             command_linker,
             executor_linker,
-            cache,
+            stats: ProgramStats::default(),
             programs: Mutex::new(Programs::default()),
             compiling: Mutex::new(()),
         })
     }
 
-    fn link_module(&self, digest: &[u8; 32], bytes: &[u8]) -> Result<Kind, SandboxError> {
-        let module = self
-            .cache
-            .module(&self.engine, digest, bytes)
-            .map_err(|e| SandboxError::Invalid(root_cause(&e)))?;
+    fn link_module(&self, module: &Module) -> Result<Kind, SandboxError> {
         if module.get_export("_start").is_none() {
             return Err(SandboxError::NotCommand);
         }
         let pre = self
             .linker
-            .instantiate_pre(&module)
+            .instantiate_pre(module)
             .map_err(|e| SandboxError::Link(root_cause(&e)))?;
         Ok(Kind::Core(pre))
     }
 
     /// A component is a command if it exports `wasi:cli/run`, an executor if it
     /// exports the `cairn:executor` world's functions, and refused otherwise.
-    fn link_component(&self, digest: &[u8; 32], bytes: &[u8]) -> Result<Kind, SandboxError> {
-        let component = self
-            .cache
-            .component(&self.engine, digest, bytes)
-            .map_err(|e| SandboxError::Invalid(root_cause(&e)))?;
+    fn link_component(&self, component: &Component) -> Result<Kind, SandboxError> {
         let ty = component.component_type();
         let exports: Vec<&str> = ty.exports(&self.engine).map(|(name, _)| name).collect();
         let link = |e: wasmtime::Error| SandboxError::Link(root_cause(&e));
@@ -179,7 +166,7 @@ impl Flavor {
         {
             let pre = self
                 .command_linker
-                .instantiate_pre(&component)
+                .instantiate_pre(component)
                 .map_err(link)?;
             return Ok(Kind::Command(CommandPre::new(pre).map_err(link)?));
         }
@@ -189,7 +176,7 @@ impl Flavor {
         {
             let pre = self
                 .executor_linker
-                .instantiate_pre(&component)
+                .instantiate_pre(component)
                 .map_err(link)?;
             return Ok(Kind::Executor(ExecutorPre::new(pre).map_err(link)?));
         }
@@ -203,8 +190,47 @@ impl Flavor {
     /// The program already linked for this digest, counted as a memory hit.
     fn linked(&self, digest: &[u8; 32]) -> Option<Program> {
         let program = self.lock_programs().by_digest.get(digest).cloned()?;
-        self.cache.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+        self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
         Some(program)
+    }
+
+    /// Links a program made by `make` unless another thread got there first, and
+    /// keeps it. One at a time per engine: a thousand tasks launched at once with the
+    /// same new module prepare it once, the rest wait and find it here.
+    fn prepare(
+        &self,
+        digest: &[u8; 32],
+        size: usize,
+        metered: bool,
+        make: impl FnOnce(&Self) -> Result<Kind, SandboxError>,
+    ) -> Result<Program, SandboxError> {
+        if let Some(program) = self.linked(digest) {
+            return Ok(program);
+        }
+        let _preparing = self.compiling.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(program) = self.linked(digest) {
+            return Ok(program);
+        }
+        let program = Program {
+            kind: make(self)?,
+            metered,
+        };
+        let mut programs = self.lock_programs();
+        if programs.by_digest.len() >= MAX_PROGRAMS
+            || programs.bytes.saturating_add(size) > MAX_PROGRAM_BYTES
+        {
+            // A crude bound (running tasks keep their own references); the
+            // artifacts refill it cheaply.
+            *programs = Programs::default();
+        }
+        if programs
+            .by_digest
+            .insert(*digest, program.clone())
+            .is_none()
+        {
+            programs.bytes += size;
+        }
+        Ok(program)
     }
 
     fn lock_programs(&self) -> std::sync::MutexGuard<'_, Programs> {
@@ -226,52 +252,59 @@ impl Sandbox {
 
     /// Validates, compiles and links a program, `metered` when its runs have a fuel
     /// budget: a p1 command module, a p2 component exporting `wasi:cli/run`, or a
-    /// custom executor component. Only binary wasm is accepted: a task's executable
-    /// must never be parsed as text.
+    /// custom executor component. For a process that runs only its own modules
+    /// (benchmarks, tests): an executor loads what the agent compiled instead
+    /// ([`load`](Self::load)).
     pub fn compile(&self, bytes: &[u8], metered: bool) -> Result<Program, SandboxError> {
-        if !bytes.starts_with(b"\0asm") || bytes.len() < 8 {
-            return Err(SandboxError::NotWasm(
-                "the file does not start with the wasm magic bytes".into(),
-            ));
-        }
-        let component = match bytes[4..8] {
-            [1, 0, 0, 0] => false,
-            [0x0d, 0, 1, 0] => true,
-            _ => {
-                return Err(SandboxError::NotWasm(
-                    "an unsupported wasm version (neither a core module nor a component)".into(),
-                ));
-            }
-        };
+        let component = is_component(bytes)?;
         let flavor = if metered { &self.metered } else { &self.plain };
         let digest: [u8; 32] = Sha256::digest(bytes).into();
-        if let Some(program) = flavor.linked(&digest) {
-            return Ok(program);
-        }
-        // One compile at a time per engine: a thousand tasks launched at once with
-        // the same new module compile it once, the rest wait and find it here.
-        let _compiling = flavor.compiling.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(program) = flavor.linked(&digest) {
-            return Ok(program);
-        }
-        let kind = if component {
-            flavor.link_component(&digest, bytes)?
-        } else {
-            flavor.link_module(&digest, bytes)?
-        };
-        let program = Program { kind, metered };
-        let mut programs = flavor.lock_programs();
-        if programs.by_digest.len() >= MAX_PROGRAMS
-            || programs.bytes.saturating_add(bytes.len()) > MAX_PROGRAM_BYTES
-        {
-            // A crude bound (running tasks keep their own references); the disk
-            // cache refills it cheaply.
-            *programs = Programs::default();
-        }
-        if programs.by_digest.insert(digest, program.clone()).is_none() {
-            programs.bytes += bytes.len();
-        }
-        Ok(program)
+        flavor.prepare(&digest, bytes.len(), metered, |flavor| {
+            let invalid = |e: wasmtime::Error| SandboxError::Invalid(root_cause(&e));
+            flavor.stats.compiles.fetch_add(1, Ordering::Relaxed);
+            if component {
+                flavor.link_component(&Component::new(&flavor.engine, bytes).map_err(invalid)?)
+            } else {
+                flavor.link_module(&Module::new(&flavor.engine, bytes).map_err(invalid)?)
+            }
+        })
+    }
+
+    /// Loads and links the artifact [`precompile`](crate::precompile) made of the
+    /// module whose sha256 is `module_sha256`, `metered` as it was compiled; a
+    /// program this process already holds for that module is reused.
+    ///
+    /// # Safety
+    /// `artifact` must be exactly bytes that `precompile` returned, by a build of the
+    /// same wasmtime: loading it runs the machine code it holds. (Wasmtime checks the
+    /// build and settings it was compiled with, not where the code came from.)
+    pub unsafe fn load(
+        &self,
+        module_sha256: &[u8; 32],
+        artifact: &[u8],
+        metered: bool,
+    ) -> Result<Program, SandboxError> {
+        let flavor = if metered { &self.metered } else { &self.plain };
+        flavor.prepare(module_sha256, artifact.len(), metered, |flavor| {
+            let refused = |e: wasmtime::Error| {
+                SandboxError::Invalid(format!("the compiled artifact: {}", root_cause(&e)))
+            };
+            flavor.stats.loads.fetch_add(1, Ordering::Relaxed);
+            match Engine::detect_precompiled(artifact) {
+                // SAFETY: the caller's contract: these are bytes `precompile` made.
+                Some(Precompiled::Module) => flavor.link_module(
+                    &unsafe { Module::deserialize(&flavor.engine, artifact) }.map_err(refused)?,
+                ),
+                // SAFETY: as above.
+                Some(Precompiled::Component) => flavor.link_component(
+                    &unsafe { Component::deserialize(&flavor.engine, artifact) }
+                        .map_err(refused)?,
+                ),
+                None => Err(SandboxError::Invalid(
+                    "the compiled artifact is not one wasmtime made".into(),
+                )),
+            }
+        })
     }
 
     /// The program already compiled and linked for a module with this sha256, if
@@ -282,17 +315,56 @@ impl Sandbox {
         flavor.linked(sha256)
     }
 
-    /// Where compiled modules came from so far (`metered` picks the engine).
-    pub fn cache_stats(&self, metered: bool) -> &CacheStats {
+    /// Where programs came from so far (`metered` picks the engine).
+    pub fn program_stats(&self, metered: bool) -> &ProgramStats {
         if metered {
-            &self.metered.cache.stats
+            &self.metered.stats
         } else {
-            &self.plain.cache.stats
+            &self.plain.stats
         }
     }
 }
 
-fn root_cause(e: &wasmtime::Error) -> String {
+/// The engine settings every program of a flavor is compiled under, wherever it is
+/// compiled (here or in the agent's compile step); instances' allocation is the
+/// caller's to add.
+pub(crate) fn wasm_config(config: &SandboxConfig, metered: bool) -> Config {
+    let mut wasm = Config::new();
+    wasm.epoch_interruption(config.epoch_interruption)
+        .consume_fuel(metered)
+        .memory_init_cow(true);
+    wasm
+}
+
+/// Where this process's programs came from; counted for the metrics and the tests.
+#[derive(Debug, Default)]
+pub struct ProgramStats {
+    /// Programs found already linked in memory.
+    pub memory_hits: AtomicU64,
+    /// Modules compiled in this process ([`Sandbox::compile`]).
+    pub compiles: AtomicU64,
+    /// Artifacts loaded ([`Sandbox::load`]).
+    pub loads: AtomicU64,
+}
+
+/// Whether the bytes are a component (else a core module), from the wasm header.
+/// Only binary wasm is accepted: a task's executable is never parsed as text.
+pub(crate) fn is_component(bytes: &[u8]) -> Result<bool, SandboxError> {
+    if !bytes.starts_with(b"\0asm") || bytes.len() < 8 {
+        return Err(SandboxError::NotWasm(
+            "the file does not start with the wasm magic bytes".into(),
+        ));
+    }
+    match bytes[4..8] {
+        [1, 0, 0, 0] => Ok(false),
+        [0x0d, 0, 1, 0] => Ok(true),
+        _ => Err(SandboxError::NotWasm(
+            "an unsupported wasm version (neither a core module nor a component)".into(),
+        )),
+    }
+}
+
+pub(crate) fn root_cause(e: &wasmtime::Error) -> String {
     e.chain()
         .map(|c| c.to_string())
         .collect::<Vec<_>>()

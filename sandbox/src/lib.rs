@@ -21,7 +21,6 @@
 //!     the executors touch a sandbox only through it.
 //!   - `disk`: the disk quota (counted output streams, sandbox usage polls;
 //!     imports `dir`).
-//!   - `cache`: the on-disk compile cache ([`CacheConfig`], [`CacheStats`]).
 //!   - `store`: a store with a run's limits, the guard that bounds each call by its
 //!     kill handle and deadline, and how a call's error becomes an [`Exit`]
 //!     (imports `disk`, `error`, `limits`, `outcome`, `spec`).
@@ -33,15 +32,18 @@
 //!     [`ExecutorTaskState`], [`ExecutorOutput`] (imports `store`, `wasi`).
 //!   - `program`: [`Program`] and [`ProgramKind`], a compiled and linked program
 //!     (imports `executor_world`, `store`, `wasi`).
-//! - `engine`: [`Sandbox`] and [`SandboxConfig`], the engines, linkers, compile and
-//!   the in-memory program table (imports the modules listed before it).
-//! - Above the engine, each adding methods to [`Sandbox`]:
+//! - `engine`: [`Sandbox`], [`SandboxConfig`] and [`ProgramStats`], the engines,
+//!   linkers, compiling and loading, and the in-memory program table (imports the
+//!   modules listed before it).
+//! - Above the engine:
+//!   - `artifact`: [`precompile`] and [`fingerprint`], compiling ahead of time in
+//!     the agent's compile step, for executors to [`Sandbox::load`].
 //!   - `run`: running a command to its end ([`Sandbox::run`]).
 //!   - `custom_executor`: starting and calling a custom executor
 //!     ([`Sandbox::start_executor`], [`ExecutorInstance`]); "custom executor" is
 //!     the guest component, not the executor process an agent starts.
 
-mod cache;
+mod artifact;
 mod custom_executor;
 pub mod dir;
 mod disk;
@@ -57,10 +59,10 @@ mod spec;
 mod store;
 mod wasi;
 
-pub use cache::{CacheConfig, CacheStats};
+pub use artifact::{fingerprint, precompile};
 pub use custom_executor::ExecutorInstance;
 pub use dir::{SandboxDir, SandboxDirError};
-pub use engine::{Sandbox, SandboxConfig};
+pub use engine::{ProgramStats, Sandbox, SandboxConfig};
 pub use error::{SandboxError, TaskRefused};
 pub use executor_world::{ExecutorOutput, ExecutorTask, ExecutorTaskState};
 pub use outcome::{Exit, Limit, RunOutcome, Usage};

@@ -5,6 +5,7 @@
 use cairn_test_support::harness::Cairn;
 
 mod bad_input;
+mod compile;
 mod components;
 mod docker;
 mod executors;

@@ -194,7 +194,8 @@ fn a_c_program_mallocing_past_its_mem_fails_as_a_memory_limitation() {
 }
 
 #[test]
-fn executors_of_an_agent_share_one_compiled_artifact_per_module() {
+fn executors_of_an_agent_share_one_compiled_artifact_per_module_and_user() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
     let cluster = Cluster::start(CAIRN);
     let hello = guest("hello");
     // Each `cairn run` is a framework of its own, so each gets an executor of its own.
@@ -202,16 +203,20 @@ fn executors_of_an_agent_share_one_compiled_artifact_per_module() {
         let out = cluster.run(&hello, &["cached"]);
         assert!(out.status.success(), "{}", text(&out.stderr));
     }
-    let cache = cluster.work_dir().join("cache/wasm");
-    let artifacts: Vec<_> = std::fs::read_dir(&cache)
+    // Compiled once, by the agent's compile step: one artifact, the agent's, read-only,
+    // in a directory no one else may list.
+    let dir = cluster.work_dir().join("artifacts");
+    let artifacts: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
         .collect();
     assert_eq!(artifacts.len(), 1, "{artifacts:?}");
+    let artifact = std::fs::metadata(&artifacts[0]).unwrap();
+    assert_eq!((artifact.uid(), artifact.mode() & 0o777), (0, 0o444));
+    let dir_mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    assert_eq!(dir_mode & 0o777, 0o711);
     let key = cluster.work_dir().join("meta/cache.key");
-    let mode =
-        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "the cache key is the agent's alone");
     cluster.assert_no_panics();
 }

@@ -5,7 +5,9 @@
 use std::collections::{HashMap, HashSet};
 
 use cairn_api::internal::checkpoint_record::Record;
-use cairn_api::internal::{CheckpointRecord, CheckpointedExecutor, RunTask, TaskRecord};
+use cairn_api::internal::{
+    CheckpointRecord, CheckpointedExecutor, CompiledProgram, RunTask, TaskRecord,
+};
 use cairn_api::v1::{FrameworkId, FrameworkInfo, TaskInfo, TaskState};
 
 use crate::updates::StatusUpdates;
@@ -26,6 +28,8 @@ pub struct Task {
     pub container_id: String,
     /// The executor process that runs it.
     pub executor_id: String,
+    /// Its wasm programs as the agent compiled them, once launched.
+    pub programs: Vec<CompiledProgram>,
 }
 
 #[derive(Debug, Default)]
@@ -70,6 +74,7 @@ impl AgentState {
             Record::Launched(launched) => {
                 if let Some(task) = self.tasks.get_mut(&record_key(&launched)) {
                     task.launched = true;
+                    task.programs = launched.programs;
                     // STAGING when live; a compacted record carries the latest state.
                     if let Ok(state) = TaskState::try_from(launched.state) {
                         task.state = state;
@@ -129,6 +134,7 @@ impl AgentState {
             group: run.group,
             container_id: run.container_id,
             executor_id,
+            programs: Vec::new(),
         });
     }
 
@@ -169,6 +175,7 @@ impl AgentState {
                 if self.updates.head(fw, &task_id_of(&task.info)).is_none() {
                     launched.state = task.state as i32;
                 }
+                launched.programs = task.programs.clone();
                 push(Record::Launched(launched));
             }
         }
@@ -237,6 +244,7 @@ pub fn task_record(fw: &str, task: &TaskInfo) -> TaskRecord {
             ..Default::default()
         }),
         state: TaskState::TaskStaging as i32,
+        programs: Vec::new(),
     }
 }
 

@@ -143,16 +143,14 @@ pub struct Core {
     /// (With the container id of the run being fetched.)
     fetching: HashMap<TaskKey, String>,
     /// Fetched group members waiting for the rest of their group.
-    /// (With the files each placed from the fetcher cache.)
-    fetched: HashMap<TaskKey, Vec<crate::fetcher::CachedFile>>,
+    /// (With the programs compiled for each.)
+    fetched: HashMap<TaskKey, Vec<cairn_api::internal::CompiledProgram>>,
     commit_failure: Option<CommitFailure>,
     metrics: crate::metrics::Metrics,
     /// Each executor's last usage report: (its framework, when, per task).
     usage: HashMap<String, (String, f64, Vec<cairn_api::internal::TaskUsage>)>,
     /// What each executor's cgroup must allow.
     sizes: sizing::Sizes,
-    /// The files each launched task got from the fetcher cache, with their digests.
-    placed: HashMap<TaskKey, Vec<cairn_api::internal::CachedFile>>,
     snapshot: watch::Sender<Arc<AgentSnapshot>>,
     /// The sandbox garbage collector (see `crate::gc`).
     gc: mpsc::UnboundedSender<std::path::PathBuf>,
@@ -196,7 +194,6 @@ impl Core {
             metrics: crate::metrics::Metrics::default(),
             usage: HashMap::new(),
             sizes: sizing::Sizes::default(),
-            placed: HashMap::new(),
             snapshot,
             gc,
         };
@@ -313,6 +310,7 @@ impl Core {
                 framework_id: Some(FrameworkId { value: fw.clone() }),
                 task: Some(t.info.clone()),
                 state: t.state as i32,
+                programs: Vec::new(),
             })
             .collect();
         RegisterAgent {

@@ -3,8 +3,8 @@
 
 use cairn_api::internal::checkpoint_record::Record;
 use cairn_api::internal::{
-    ExecutorKill, ExecutorLaunch, ExecutorLaunchGroup, ExecutorShutdown, RunAs, RunTask,
-    StatusUpdate, StatusUpdateAcknowledgement, executor_event, master_message,
+    CompiledProgram, ExecutorKill, ExecutorLaunch, ExecutorLaunchGroup, ExecutorShutdown, RunAs,
+    RunTask, StatusUpdate, StatusUpdateAcknowledgement, executor_event, master_message,
 };
 use cairn_api::v1::{
     FrameworkId, FrameworkInfo, TaskId, TaskInfo, TaskState, TaskStatus, container_info,
@@ -148,6 +148,24 @@ impl Core {
     }
 }
 
+/// The wasm programs a task needs compiled: its custom executor's component, else
+/// its own module if it is a WASM task. Metered when the container has a fuel budget.
+pub(super) fn programs_of(task: &TaskInfo) -> Vec<crate::compiler::ProgramRef> {
+    let (command, container) = match &task.executor {
+        Some(executor) => (executor.command.as_ref(), executor.container.as_ref()),
+        None => (task.command.as_ref(), task.container.as_ref()),
+    };
+    let wasm = container.is_some_and(|c| c.r#type == container_info::Type::Wasm as i32);
+    let name = command.and_then(|c| c.value.clone()).unwrap_or_default();
+    if !wasm {
+        return Vec::new();
+    }
+    let metered = container
+        .and_then(|c| c.wasm.as_ref())
+        .is_some_and(|w| w.fuel.is_some());
+    vec![crate::compiler::ProgramRef { name, metered }]
+}
+
 /// The container type a task runs in: its own, or its custom executor's.
 pub(super) fn container_type(task: &TaskInfo) -> i32 {
     task.container
@@ -180,6 +198,7 @@ impl Core {
         .collect();
         // Only a wasm guest is sure not to write through a link into the cache.
         let link_cached = container_type(&task.info) == container_info::Type::Wasm as i32;
+        let programs = programs_of(&task.info);
         let container_id = task.container_id.clone();
         let spec = match self.executor_spec(&key) {
             Ok(spec) => spec,
@@ -210,7 +229,8 @@ impl Core {
             task_id: task_id.clone(),
             container_id: container_id.clone(),
         };
-        self.launcher.fetch(run, sandbox, uris, link_cached, user);
+        self.launcher
+            .fetch(run, sandbox, uris, link_cached, user, programs);
         self.fetching.insert(key, container_id);
     }
 
@@ -238,7 +258,7 @@ impl Core {
     pub(super) fn fetched(
         &mut self,
         run: crate::input::FetchedRun,
-        result: Result<Vec<crate::fetcher::CachedFile>, String>,
+        result: Result<Vec<CompiledProgram>, String>,
     ) {
         let (fw, task_id) = (run.framework_id.as_str(), run.task_id.as_str());
         let key = (fw.to_owned(), task_id.to_owned());
@@ -260,8 +280,8 @@ impl Core {
             task.group.clone()
         };
         let reason = task_status::Reason::ContainerLaunchFailed;
-        let cached = match result {
-            Ok(cached) => cached,
+        let programs = match result {
+            Ok(programs) => programs,
             Err(why) => {
                 self.end_before_launch(fw, task_id, TaskState::TaskFailed, reason, why);
                 return;
@@ -282,7 +302,7 @@ impl Core {
             self.end_before_launch(fw, task_id, TaskState::TaskFailed, reason, why);
             return;
         }
-        self.fetched.insert(key, cached);
+        self.fetched.insert(key, programs);
         // A task group goes to its executor in one event, once all of it is here.
         let keys: Vec<TaskKey> = members.iter().map(|m| (fw.to_owned(), m.clone())).collect();
         if !keys.iter().all(|k| self.fetched.contains_key(k)) {
@@ -298,20 +318,13 @@ impl Core {
     fn launch_all(&mut self, fw: &str, keys: &[TaskKey]) -> Option<executor_event::Event> {
         let mut launches = Vec::new();
         for key in keys {
-            let cached = self.fetched.remove(key).unwrap_or_default();
+            let programs = self.fetched.remove(key).unwrap_or_default();
             let Some(info) = self.checkpoint.state.tasks.get(key).map(|t| t.info.clone()) else {
                 continue;
             };
-            self.checkpoint
-                .record(Record::Launched(task_record(fw, &info)));
-            let placed = cached
-                .into_iter()
-                .map(|f| cairn_api::internal::CachedFile {
-                    name: f.name,
-                    sha256: f.sha256.to_vec(),
-                })
-                .collect();
-            self.placed.insert(key.clone(), placed);
+            let mut launched = task_record(fw, &info);
+            launched.programs = programs;
+            self.checkpoint.record(Record::Launched(launched));
             launches.push(self.launch_of(fw, info));
         }
         match (keys.len(), launches.pop()) {
@@ -366,12 +379,12 @@ impl Core {
     fn launch_of(&self, fw: &str, task: TaskInfo) -> ExecutorLaunch {
         let task_id = task.task_id.clone().unwrap_or_default().value;
         let key = (fw.to_owned(), task_id.clone());
-        let container_id = self
+        let (container_id, programs) = self
             .checkpoint
             .state
             .tasks
             .get(&key)
-            .map(|t| t.container_id.clone())
+            .map(|t| (t.container_id.clone(), t.programs.clone()))
             .unwrap_or_default();
         let sandbox = self.paths.sandbox(fw, &task_id, &container_id);
         // Resolved at staging already; a user deleted since is refused by the
@@ -385,10 +398,11 @@ impl Core {
         ExecutorLaunch {
             task: Some(task),
             sandbox_directory: sandbox.display().to_string(),
-            // Kept for a launch sent again (the executor resubscribed before it had it).
-            cached_files: self.placed.get(&key).cloned().unwrap_or_default(),
             container_id,
             user,
+            // Checkpointed, for a launch sent again (the executor resubscribed
+            // before it had it, or after the agent restarted).
+            programs,
         }
     }
 
@@ -518,7 +532,6 @@ impl Core {
         if TaskState::try_from(status.state).is_ok_and(TaskState::is_terminal) {
             self.metrics.task_ended(&status);
             self.sizes.release(&key);
-            self.placed.remove(&key);
         }
         let update = StatusUpdate {
             framework_id: Some(FrameworkId {

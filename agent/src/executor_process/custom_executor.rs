@@ -9,11 +9,11 @@
 //! for that executor id starts a fresh instance, as Mesos starts a new executor).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn_api::internal::CachedFile;
+use cairn_api::internal::CompiledProgram;
 use cairn_api::v1::{ExecutorInfo, TaskInfo, TaskState, TaskStatus, task_status::Reason};
 use cairn_sandbox::{
     CancelHandle, ExecutorInstance, ExecutorOutput, ExecutorTask, ExecutorTaskState, Exit, Limit,
@@ -21,7 +21,7 @@ use cairn_sandbox::{
 };
 use tokio::sync::mpsc;
 
-use super::containerizer::{LaunchError, caps, read_program};
+use super::containerizer::{LaunchError, caps};
 use super::task::Reporter;
 
 /// Caps on a custom executor's own memory and sandbox (see `instantiate`).
@@ -31,9 +31,8 @@ const MAX_EXECUTOR_DISK: u64 = 1 << 30;
 pub(super) enum CustomCall {
     Launch {
         task: Box<TaskInfo>,
-        sandbox: PathBuf,
-        /// Files the fetcher placed from its cache, with their digests.
-        cached: Vec<CachedFile>,
+        /// The task's programs as the agent compiled them (its executor's component).
+        programs: Vec<CompiledProgram>,
     },
     Kill {
         task_id: String,
@@ -64,6 +63,8 @@ impl CustomExecutor {
 /// What a custom executor's actor needs from the executor process.
 pub(super) struct Context {
     pub(super) sandbox: Arc<Sandbox>,
+    /// The agent's artifacts directory.
+    pub(super) artifacts: PathBuf,
     pub(super) executor_id: String,
     /// The executor process's directory; the custom executor gets a subdirectory.
     pub(super) directory: PathBuf,
@@ -149,11 +150,7 @@ impl Actor {
                 call = calls.recv() => call,
             };
             match call {
-                Some(CustomCall::Launch {
-                    task,
-                    sandbox,
-                    cached,
-                }) => self.launch(*task, &sandbox, &cached).await,
+                Some(CustomCall::Launch { task, programs }) => self.launch(*task, &programs).await,
                 Some(CustomCall::Kill { task_id, grace }) => self.kill(task_id, grace).await,
                 Some(CustomCall::Message(data)) => self.message(data).await,
                 Some(CustomCall::Shutdown) | None => {
@@ -164,7 +161,7 @@ impl Actor {
         }
     }
 
-    async fn launch(&mut self, task: TaskInfo, sandbox: &Path, cached: &[CachedFile]) {
+    async fn launch(&mut self, task: TaskInfo, programs: &[CompiledProgram]) {
         let reporter = Reporter {
             task,
             tx: self.context.statuses.clone(),
@@ -179,7 +176,7 @@ impl Actor {
             );
             return;
         }
-        if let Err(why) = self.ensure_instance(&reporter.task, sandbox, cached).await {
+        if let Err(why) = self.ensure_instance(&reporter.task, programs).await {
             reporter.send(
                 TaskState::TaskFailed,
                 why.to_string(),
@@ -228,8 +225,7 @@ impl Actor {
     async fn ensure_instance(
         &mut self,
         task: &TaskInfo,
-        sandbox: &Path,
-        cached: &[CachedFile],
+        programs: &[CompiledProgram],
     ) -> Result<(), LaunchError> {
         let info = task.executor.clone().unwrap_or_default();
         if let Some(first) = &self.info
@@ -245,21 +241,14 @@ impl Actor {
         if self.instance.is_some() {
             return Ok(());
         }
-        let instance = instantiate(
-            &self.context,
-            &self.cancel,
-            &self.out_tx,
-            task,
-            sandbox,
-            cached,
-        )
-        .await
-        .map_err(|why| {
-            LaunchError::Wasm(format!(
-                "cannot start executor {}: {why}",
-                self.context.executor_id
-            ))
-        })?;
+        let instance = instantiate(&self.context, &self.cancel, &self.out_tx, task, programs)
+            .await
+            .map_err(|why| {
+                LaunchError::Wasm(format!(
+                    "cannot start executor {}: {why}",
+                    self.context.executor_id
+                ))
+            })?;
         self.instance = Some(instance);
         self.info = Some(info);
         Ok(())
@@ -421,15 +410,14 @@ impl Actor {
     }
 }
 
-/// Loads the executor's component from the task's sandbox (it came with the
-/// task's URIs) and starts it in a directory of its own.
+/// Loads the executor's component as the agent compiled it (it came with the task's
+/// URIs) and starts it in a directory of its own.
 async fn instantiate(
     context: &Context,
     cancel: &CancelHandle,
     out: &mpsc::UnboundedSender<ExecutorOutput>,
     task: &TaskInfo,
-    sandbox: &Path,
-    cached: &[CachedFile],
+    programs: &[CompiledProgram],
 ) -> Result<ExecutorInstance, LaunchError> {
     let info = task.executor.clone().unwrap_or_default();
     let value = info
@@ -438,14 +426,10 @@ async fn instantiate(
         .and_then(|c| c.value.clone())
         .unwrap_or_default();
     let fuel = super::containerizer::wasm::fuel_of(info.container.as_ref());
-    let (dir_of_task, sandbox_handle) = (sandbox.to_path_buf(), context.sandbox.clone());
-    let name = value.clone();
-    let digest = super::containerizer::wasm::cached_digest(cached, &value);
+    let (sandbox_handle, artifacts) = (context.sandbox.clone(), context.artifacts.clone());
+    let (name, programs) = (value.clone(), programs.to_vec());
     let compiled = tokio::task::spawn_blocking(move || {
-        let bytes = read_program(&dir_of_task, &name, digest)?;
-        sandbox_handle
-            .compile(&bytes, fuel.is_some())
-            .map_err(|e| LaunchError::Wasm(format!("{name}: {e}")))
+        super::containerizer::wasm::load_program(&sandbox_handle, &artifacts, &programs, &name)
     })
     .await
     .map_err(|e| LaunchError::Wasm(e.to_string()))??;

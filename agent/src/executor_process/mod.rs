@@ -28,8 +28,9 @@ pub struct ExecutorArgs {
     pub executor_id: String,
     pub directory: PathBuf,
     pub recovery_timeout: Duration,
-    /// The agent's compile cache directory and the file holding its key.
-    pub compile_cache: Option<(PathBuf, PathBuf)>,
+    /// The agent's artifacts directory: the programs it compiled for this
+    /// executor's wasm tasks (none for a Docker executor).
+    pub artifacts: Option<PathBuf>,
     /// The bound on each call into a custom executor.
     pub custom_call_timeout: Duration,
     /// Where native tasks' cgroups go, under each hierarchy's mount.
@@ -115,12 +116,15 @@ struct Executor {
 /// Runs the executor process until it is shut down, or its agent stays away past the
 /// recovery timeout.
 pub async fn run_executor(args: ExecutorArgs) -> Result<(), ExecutorError> {
-    let sandbox = Sandbox::new(sandbox_config(&args)?).map_err(ExecutorError::Sandbox)?;
+    let sandbox = Sandbox::new(sandbox_config()).map_err(ExecutorError::Sandbox)?;
     let (statuses, status_rx) = mpsc::unbounded_channel();
     let (messages, message_rx) = mpsc::unbounded_channel();
     let (died, died_rx) = mpsc::unbounded_channel();
     let containerizers = Containerizers {
-        wasm: Arc::new(containerizer::wasm::WasmContainerizer::new(sandbox.clone())),
+        wasm: Arc::new(containerizer::wasm::WasmContainerizer::new(
+            sandbox.clone(),
+            args.artifacts.clone().unwrap_or_default(),
+        )),
         native: Arc::new(containerizer::native::NativeContainerizer::new(
             args.cgroups_root.clone(),
             &args.native_namespaces,
@@ -155,27 +159,13 @@ pub async fn run_executor(args: ExecutorArgs) -> Result<(), ExecutorError> {
         .await
 }
 
-/// The wasm sandbox's settings: the agent's compile cache, read-only to executors,
-/// and instance slots for as many tasks as one executor runs.
-fn sandbox_config(args: &ExecutorArgs) -> Result<SandboxConfig, ExecutorError> {
-    let cache = match &args.compile_cache {
-        Some((dir, key_file)) => {
-            let key = std::fs::read(key_file).map_err(|source| ExecutorError::CacheKey {
-                path: key_file.clone(),
-                source,
-            })?;
-            Some(cairn_sandbox::CacheConfig {
-                dir: dir.clone(),
-                key,
-            })
-        }
-        None => None,
-    };
-    Ok(SandboxConfig {
-        cache,
+/// The wasm sandbox's settings: instance slots for as many tasks as one executor
+/// runs. It compiles nothing: its programs are the agent's artifacts.
+fn sandbox_config() -> SandboxConfig {
+    SandboxConfig {
         max_instances: MAX_TASKS,
         ..SandboxConfig::default()
-    })
+    }
 }
 
 /// A status update the executor process itself reports for a task.
@@ -346,6 +336,7 @@ impl Executor {
             let custom = self.customs.entry(executor_id.clone()).or_insert_with(|| {
                 custom_executor::start(custom_executor::Context {
                     sandbox: self.sandbox.clone(),
+                    artifacts: self.args.artifacts.clone().unwrap_or_default(),
                     executor_id: executor_id.clone(),
                     directory: self.args.directory.clone(),
                     statuses: self.statuses.clone(),
@@ -356,8 +347,7 @@ impl Executor {
             });
             custom.send(custom_executor::CustomCall::Launch {
                 task: Box::new(task),
-                sandbox,
-                cached: launch.cached_files,
+                programs: launch.programs,
             });
             self.running.insert(task_id, Running::Custom(executor_id));
             return;
@@ -378,7 +368,7 @@ impl Executor {
             framework_id: self.args.framework_id.clone(),
             task,
             sandbox,
-            cached: launch.cached_files,
+            programs: launch.programs,
             user,
         };
         let containerizer = self.containerizers.of(kind);

@@ -139,6 +139,8 @@ pub struct CachedFile {
     /// Its name in the sandbox.
     pub name: String,
     pub sha256: [u8; 32],
+    /// The cache's entry it was placed from (the agent's alone).
+    pub entry: std::path::PathBuf,
 }
 
 /// Fetches every URI into `sandbox` as `user`, named by `output_file` or the URI's
@@ -260,6 +262,7 @@ impl Placement {
             cached.push(CachedFile {
                 name: file.name.display().to_string(),
                 sha256: file.entry.sha256,
+                entry: file.entry.path.clone(),
             });
         }
         Ok((root, cached))

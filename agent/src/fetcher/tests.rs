@@ -305,13 +305,10 @@ async fn cached_uris_are_fetched_once_and_linked_or_copied() {
     let digest: [u8; 32] = Sha256::digest(b"\0asm-v1").into();
     for (result, sandbox) in fetched.into_iter().zip(&sandboxes) {
         let cached = result.unwrap();
-        assert_eq!(
-            cached,
-            vec![CachedFile {
-                name: "app.wasm".into(),
-                sha256: digest
-            }]
-        );
+        let placed: Vec<(&str, [u8; 32])> =
+            cached.iter().map(|f| (f.name.as_str(), f.sha256)).collect();
+        assert_eq!(placed, vec![("app.wasm", digest)]);
+        assert_eq!(std::fs::read(&cached[0].entry).unwrap(), b"\0asm-v1");
         let placed = sandbox.path().join("app.wasm");
         assert!(placed.symlink_metadata().unwrap().is_symlink());
         assert_eq!(std::fs::read(&placed).unwrap(), b"\0asm-v1");

@@ -8,10 +8,10 @@ pub mod docker;
 pub mod native;
 pub mod wasm;
 
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use cairn_api::internal::CachedFile;
+use cairn_api::internal::CompiledProgram;
 use cairn_api::v1::{Label, TaskInfo, TaskState, container_info, task_status::Reason};
 
 /// Everything a containerizer is given to start one task.
@@ -21,8 +21,8 @@ pub struct LaunchSpec {
     pub task: TaskInfo,
     /// The task's sandbox, already holding its fetched URIs.
     pub sandbox: PathBuf,
-    /// Files the fetcher placed from its cache, with their digests.
-    pub cached: Vec<CachedFile>,
+    /// Its wasm programs, as the agent compiled them.
+    pub programs: Vec<CompiledProgram>,
     /// Who the task runs as (the agent resolved it; `switch` when that is not the
     /// executor's own user).
     pub user: crate::user::TaskUser,
@@ -134,21 +134,6 @@ pub enum LaunchError {
     NoCommand,
     #[error("command.value is empty: it names what the task runs")]
     EmptyCommand,
-    #[error(
-        "command.value {value:?} must name a file inside the sandbox (fetch it with command.uris)"
-    )]
-    ProgramOutsideSandbox { value: String },
-    #[error("cannot read {value}: {error}")]
-    ProgramUnreadable {
-        value: String,
-        error: std::io::Error,
-    },
-    #[error("{value} is {size} bytes; the limit is {limit}")]
-    ProgramTooLarge {
-        value: String,
-        size: u64,
-        limit: u64,
-    },
     /// The wasm runtime could not prepare the task's module.
     #[error("{0}")]
     Wasm(String),
@@ -317,161 +302,9 @@ pub fn exec(task: &TaskInfo) -> Result<Exec, LaunchError> {
     })
 }
 
-/// No task module may be larger than this.
-const MAX_MODULE_BYTES: u64 = 256 << 20;
-
-/// Reads the module or component `value` names in a sandbox: a relative path that
-/// stays inside it, no larger than any program may be, opened beneath the sandbox
-/// following no link. Two of the fetcher's own placements are let through, each only
-/// when the bytes match the digest the fetcher gave (`cached`), so they can only ever
-/// yield bytes the task was given: a hard link to a cached file (a read-only view),
-/// and, from sandboxes placed before those, a symlink to a file named by its sha256.
-/// A file placed from the cache must match its digest whatever it is.
-pub(crate) fn read_program(
-    dir: &Path,
-    value: &str,
-    cached: Option<[u8; 32]>,
-) -> Result<Vec<u8>, LaunchError> {
-    use sha2::Digest as _;
-    use std::io::Read as _;
-    let relative = Path::new(value);
-    if value.is_empty()
-        || !relative
-            .components()
-            .all(|c| matches!(c, Component::Normal(_)))
-    {
-        return Err(LaunchError::ProgramOutsideSandbox {
-            value: value.to_owned(),
-        });
-    }
-    let unreadable = |error| LaunchError::ProgramUnreadable {
-        value: value.to_owned(),
-        error,
-    };
-    let sandbox = cairn_sandbox::SandboxDir::open(dir).map_err(|e| unreadable(e.into()))?;
-    let file = match (sandbox.open_file(relative), cached) {
-        (Ok(file), _) => file,
-        (Err(cairn_sandbox::SandboxDirError::Link { .. }), _) => {
-            return read_cached(&dir.join(relative)).map_err(unreadable);
-        }
-        // Checked against the digest below; an executor that is not root reads
-        // only what its tasks' user may read anyway.
-        (Err(cairn_sandbox::SandboxDirError::HardLinked { .. }), digest)
-            if digest.is_some() || !nix::unistd::geteuid().is_root() =>
-        {
-            sandbox
-                .open_linked_file(relative)
-                .map_err(|e| unreadable(e.into()))?
-        }
-        (Err(e), _) => return Err(unreadable(e.into())),
-    };
-    let size = file.metadata().map_err(unreadable)?.len();
-    if size > MAX_MODULE_BYTES {
-        return Err(LaunchError::ProgramTooLarge {
-            value: value.to_owned(),
-            size,
-            limit: MAX_MODULE_BYTES,
-        });
-    }
-    // Bounded whatever the file claimed: one still growing stops here too.
-    let mut bytes = Vec::new();
-    file.take(MAX_MODULE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(unreadable)?;
-    if bytes.len() as u64 > MAX_MODULE_BYTES {
-        return Err(LaunchError::ProgramTooLarge {
-            value: value.to_owned(),
-            size: bytes.len() as u64,
-            limit: MAX_MODULE_BYTES,
-        });
-    }
-    if let Some(digest) = cached
-        && sha2::Sha256::digest(&bytes).as_slice() != digest
-    {
-        return Err(LaunchError::Wasm(format!(
-            "{value} no longer matches the fetcher cache's digest of it; refusing to run it"
-        )));
-    }
-    Ok(bytes)
-}
-
-/// Reads what a link into the fetcher cache points at: a regular file named by the
-/// hex sha256 of its content (not itself a link), no larger than a program may be,
-/// whose bytes match that name.
-fn read_cached(link: &Path) -> std::io::Result<Vec<u8>> {
-    use sha2::Digest as _;
-    use std::io::Read as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let refused =
-        |why: &str| std::io::Error::other(format!("{why}; links in a sandbox are never followed"));
-    let target = std::fs::read_link(link)?;
-    let digest = target
-        .file_name()
-        .and_then(|n| n.to_str())
-        .filter(|n| n.len() == 64)
-        .and_then(|n| hex::decode(n).ok())
-        .ok_or_else(|| refused("a link, not to a file of the fetcher cache"))?;
-    let file = std::fs::File::options()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW)
-        .open(&target)?;
-    if !file.metadata()?.is_file() {
-        return Err(refused("a link to something other than a regular file"));
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_MODULE_BYTES + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_MODULE_BYTES || sha2::Sha256::digest(&bytes).as_slice() != digest {
-        return Err(refused("a link to a file that does not match its digest"));
-    }
-    Ok(bytes)
-}
-
 /// The linear memory and sandbox bytes a task's (or executor's) resources allow,
 /// with defaults for what they do not name: never unlimited.
 pub(crate) fn caps(resources: &[cairn_api::v1::Resource]) -> Result<(usize, u64), LaunchError> {
     let limits = Limits::from_resources(resources)?;
     Ok((limits.mem_bytes as usize, limits.disk_bytes))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use sha2::Digest as _;
-
-    #[test]
-    fn a_program_is_read_beneath_its_sandbox_and_only_a_cache_link_is_followed() {
-        let sandbox = tempfile::tempdir().unwrap();
-        let cache = tempfile::tempdir().unwrap();
-        std::fs::write(sandbox.path().join("own.wasm"), b"\0asm own").unwrap();
-        assert_eq!(
-            read_program(sandbox.path(), "own.wasm", None).unwrap(),
-            b"\0asm own"
-        );
-        // The fetcher's link: to a file named by its content's digest.
-        let bytes = b"\0asm cached".to_vec();
-        let entry = cache.path().join(hex::encode(sha2::Sha256::digest(&bytes)));
-        std::fs::write(&entry, &bytes).unwrap();
-        std::os::unix::fs::symlink(&entry, sandbox.path().join("cached.wasm")).unwrap();
-        assert_eq!(
-            read_program(sandbox.path(), "cached.wasm", None).unwrap(),
-            bytes
-        );
-        // A link to anything else, or to a digest-named file that does not match it.
-        std::os::unix::fs::symlink("/etc/passwd", sandbox.path().join("passwd.wasm")).unwrap();
-        let forged = cache.path().join("ab".repeat(32));
-        std::fs::write(&forged, b"not what the name says").unwrap();
-        std::os::unix::fs::symlink(&forged, sandbox.path().join("forged.wasm")).unwrap();
-        std::os::unix::fs::symlink(&entry, sandbox.path().join("dir")).unwrap();
-        for name in ["passwd.wasm", "forged.wasm", "../own.wasm", "/etc/passwd"] {
-            let err = read_program(sandbox.path(), name, None)
-                .unwrap_err()
-                .to_string();
-            assert!(
-                err.contains("links in a sandbox are never followed")
-                    || err.contains("must stay inside")
-                    || err.contains("inside the sandbox"),
-                "{name}: {err}"
-            );
-        }
-    }
 }

@@ -3,33 +3,38 @@
 //! resources, fuel and time.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cairn_api::internal::CachedFile;
+use cairn_api::internal::CompiledProgram;
 use cairn_api::v1::{CommandInfo, ContainerInfo, TaskInfo, TaskState, task_status::Reason};
-use cairn_sandbox::{CancelHandle, Exit, Limit, ProgramKind, RunOutcome, RunSpec, Sandbox};
+use cairn_sandbox::{
+    CancelHandle, Exit, Limit, Program, ProgramKind, RunOutcome, RunSpec, Sandbox,
+};
 use tokio::sync::oneshot;
 
+use super::caps;
 use super::{Containerizer, LaunchError, LaunchSpec, Termination, Usage, label};
-use super::{caps, read_program};
 
 struct Run {
     cancel: CancelHandle,
     ended: Option<oneshot::Receiver<Termination>>,
 }
 
-/// Runs wasm tasks in this process's sandbox.
+/// Runs wasm tasks in this process's sandbox, as the agent compiled them.
 pub struct WasmContainerizer {
     sandbox: Arc<Sandbox>,
+    /// The agent's artifacts directory.
+    artifacts: PathBuf,
     runs: Mutex<HashMap<String, Run>>,
 }
 
 impl WasmContainerizer {
-    pub fn new(sandbox: Arc<Sandbox>) -> Self {
+    pub fn new(sandbox: Arc<Sandbox>, artifacts: PathBuf) -> Self {
         Self {
             sandbox,
+            artifacts,
             runs: Mutex::new(HashMap::new()),
         }
     }
@@ -42,14 +47,21 @@ impl WasmContainerizer {
 #[async_trait::async_trait]
 impl Containerizer for WasmContainerizer {
     async fn launch(&self, spec: &LaunchSpec) -> Result<(), LaunchError> {
-        // A module the fetcher cache placed, already compiled here: nothing to read.
-        let prepared = match linked(&self.sandbox, &spec.task, &spec.sandbox, &spec.cached) {
+        // A program this process loaded before: nothing to read.
+        let prepared = match linked(&self.sandbox, &spec.task, &spec.sandbox, &spec.programs) {
             Some(ready) => ready,
-            // Reading, hashing and (on a cache miss) compiling the module block.
+            // Reading, hashing and loading the artifact block.
             None => {
                 let (sandbox, spec) = (self.sandbox.clone(), spec.clone());
+                let artifacts = self.artifacts.clone();
                 tokio::task::spawn_blocking(move || {
-                    prepare(&sandbox, &spec.task, &spec.sandbox, &spec.cached)
+                    prepare(
+                        &sandbox,
+                        &artifacts,
+                        &spec.task,
+                        &spec.sandbox,
+                        &spec.programs,
+                    )
                 })
                 .await
                 .map_err(|e| LaunchError::Wasm(format!("preparing the task failed: {e}")))?
@@ -115,12 +127,46 @@ impl Containerizer for WasmContainerizer {
     }
 }
 
-/// The sha256 the fetcher cache recorded for the file `value` names, if it placed it.
-pub(crate) fn cached_digest(cached: &[CachedFile], value: &str) -> Option<[u8; 32]> {
-    cached
+/// The program the agent compiled for the file `value`, if this process holds it
+/// linked already.
+pub(crate) fn linked_program(
+    sandbox: &Sandbox,
+    programs: &[CompiledProgram],
+    value: &str,
+) -> Option<Program> {
+    let program = programs.iter().find(|p| p.name == value)?;
+    sandbox.linked(
+        program.module_sha256.as_slice().try_into().ok()?,
+        program.metered,
+    )
+}
+
+/// Loads the artifact the agent compiled for the file `value` from its artifacts
+/// directory. Blocking: it reads and hashes the file. An executor compiles nothing:
+/// a program the agent did not compile does not run.
+pub(crate) fn load_program(
+    sandbox: &Sandbox,
+    artifacts: &Path,
+    programs: &[CompiledProgram],
+    value: &str,
+) -> Result<Program, LaunchError> {
+    let program = programs
         .iter()
-        .find(|f| f.name == value)
-        .and_then(|f| f.sha256.as_slice().try_into().ok())
+        .find(|p| p.name == value)
+        .ok_or_else(|| LaunchError::Wasm(format!("the agent compiled no program for {value}")))?;
+    let module: [u8; 32] = program
+        .module_sha256
+        .as_slice()
+        .try_into()
+        .map_err(|_| LaunchError::Wasm(format!("{value}: not a module digest")))?;
+    let artifact =
+        crate::artifact_file::read_checked(artifacts, &program.artifact, &program.artifact_sha256)
+            .map_err(LaunchError::Wasm)?;
+    // SAFETY: the artifact's bytes have the sha256 the agent named, over its socket,
+    // for the file its compile step wrote with `cairn_sandbox::precompile` (and no
+    // one but the agent writes the directory), so they are bytes `precompile` made.
+    unsafe { sandbox.load(&module, &artifact, program.metered) }
+        .map_err(|e| LaunchError::Wasm(format!("{value}: {e}")))
 }
 
 /// A container's `wasm.fuel` budget: a task's for its run, a custom executor's for
@@ -137,43 +183,35 @@ fn module_of(task: &TaskInfo) -> Result<(&CommandInfo, String), LaunchError> {
     Ok((command, command.value.clone().unwrap_or_default()))
 }
 
-/// The task ready to run without touching its module file: its module came from the
-/// fetcher cache and this process has compiled it before.
+/// The task ready to run without reading anything: this process has loaded its
+/// program before.
 fn linked(
     sandbox: &Sandbox,
     task: &TaskInfo,
     dir: &Path,
-    cached: &[CachedFile],
-) -> Option<Result<(cairn_sandbox::Program, RunSpec), LaunchError>> {
+    programs: &[CompiledProgram],
+) -> Option<Result<(Program, RunSpec), LaunchError>> {
     let value = task.command.as_ref()?.value.as_deref()?;
-    let digest = cached_digest(cached, value)?;
-    let program = sandbox.linked(&digest, fuel_of(task.container.as_ref()).is_some())?;
+    let program = linked_program(sandbox, programs, value)?;
     Some(spec(task, dir, program))
 }
 
-/// Reads and compiles the module and turns the task into a [`RunSpec`]; every error
-/// is a message for the task's TASK_FAILED.
+/// Loads the task's program and turns the task into a [`RunSpec`]; every error is a
+/// message for the task's TASK_FAILED.
 fn prepare(
     sandbox: &Sandbox,
+    artifacts: &Path,
     task: &TaskInfo,
     dir: &Path,
-    cached: &[CachedFile],
-) -> Result<(cairn_sandbox::Program, RunSpec), LaunchError> {
+    programs: &[CompiledProgram],
+) -> Result<(Program, RunSpec), LaunchError> {
     let (_, value) = module_of(task)?;
-    let bytes = read_program(dir, &value, cached_digest(cached, &value))?;
-    // Only a task with a fuel budget pays for metering.
-    let program = sandbox
-        .compile(&bytes, fuel_of(task.container.as_ref()).is_some())
-        .map_err(|e| LaunchError::Wasm(format!("{value}: {e}")))?;
+    let program = load_program(sandbox, artifacts, programs, &value)?;
     spec(task, dir, program)
 }
 
 /// The task's [`RunSpec`] for a program already compiled.
-fn spec(
-    task: &TaskInfo,
-    dir: &Path,
-    program: cairn_sandbox::Program,
-) -> Result<(cairn_sandbox::Program, RunSpec), LaunchError> {
+fn spec(task: &TaskInfo, dir: &Path, program: Program) -> Result<(Program, RunSpec), LaunchError> {
     let (command, value) = module_of(task)?;
     let fuel = fuel_of(task.container.as_ref());
     if program.kind() != ProgramKind::Command {

@@ -1,0 +1,284 @@
+//! The compile step: the agent, not its executors, compiles every wasm program a task
+//! runs, before the task reaches its executor. Each compile is `cairn compile` in a
+//! process of its own (see `step`): the task's user, no privileges to regain, a cgroup
+//! bounding its memory, CPU and processes, and a deadline. A module built to make the
+//! compiler take minutes or gigabytes fails its own task with the reason, and costs
+//! no executor, no other tenant and not the agent.
+//!
+//! Artifacts are kept per (module sha256, engine settings, user) in the agent's
+//! artifacts directory (see `crate::artifact_file`): a module compiles once per user
+//! and agent, however many tasks run it at once, and again only after an upgrade
+//! changes the engine. Per user, because the step runs as that user: what one user's
+//! compile step produced only ever runs as that user. A module that failed to compile
+//! fails at once the next time (the failure is the module's, remembered until the
+//! agent restarts).
+
+mod source;
+mod step;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cairn_api::internal::CompiledProgram;
+use tokio::sync::OnceCell;
+
+use crate::artifact_file::{self, ArtifactOf};
+use crate::fetcher::CachedFile;
+use crate::process::CairnBinary;
+use crate::user::TaskUser;
+pub use step::StepError;
+
+/// How much one compile may take (the agent's `--compile-*` flags).
+#[derive(Debug, Clone)]
+pub struct CompileConfig {
+    pub timeout: Duration,
+    pub memory_bytes: u64,
+    pub cpus: f64,
+}
+
+impl Default for CompileConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(60),
+            memory_bytes: 1 << 30,
+            cpus: 1.0,
+        }
+    }
+}
+
+/// A program a task needs compiled: the file its command names, and whether its runs
+/// have a fuel budget (metered code).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramRef {
+    pub name: String,
+    pub metered: bool,
+}
+
+/// Known artifacts kept in memory at most; past it, they are found on disk again.
+const MAX_REMEMBERED: usize = 1 << 16;
+
+/// An artifact, or why its module does not compile.
+type Outcome = Result<Artifact, String>;
+
+#[derive(Debug, Clone)]
+struct Artifact {
+    file: String,
+    sha256: [u8; 32],
+}
+
+/// The agent's compiler: its artifacts, and the compiles under way.
+pub struct Compiler {
+    dir: PathBuf,
+    key: Vec<u8>,
+    /// The engine fingerprints, plain and metered.
+    fingerprints: [String; 2],
+    binary: Arc<CairnBinary>,
+    cgroups_root: String,
+    config: CompileConfig,
+    /// One cell per artifact: concurrent tasks of one module wait for one compile.
+    known: Mutex<HashMap<ArtifactOf, Arc<OnceCell<Outcome>>>>,
+}
+
+impl Compiler {
+    pub fn new(
+        dir: PathBuf,
+        key: Vec<u8>,
+        binary: Arc<CairnBinary>,
+        cgroups_root: String,
+        config: CompileConfig,
+    ) -> Result<Self, String> {
+        if key.len() < artifact_file::MIN_KEY_BYTES {
+            return Err(format!(
+                "the compile cache key is shorter than {} bytes",
+                artifact_file::MIN_KEY_BYTES
+            ));
+        }
+        let sandbox = cairn_sandbox::SandboxConfig::default();
+        let fingerprint =
+            |metered| cairn_sandbox::fingerprint(&sandbox, metered).map_err(|e| e.to_string());
+        Ok(Self {
+            dir,
+            key,
+            fingerprints: [fingerprint(false)?, fingerprint(true)?],
+            binary,
+            cgroups_root,
+            config,
+            known: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Where executors find the artifacts.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn of(&self, module_sha256: [u8; 32], metered: bool, user: &TaskUser) -> ArtifactOf {
+        ArtifactOf {
+            module_sha256,
+            fingerprint: self.fingerprints[usize::from(metered)].clone(),
+            uid: if user.switch {
+                user.uid
+            } else {
+                nix::unistd::geteuid().as_raw()
+            },
+        }
+    }
+
+    fn cell(&self, of: &ArtifactOf) -> Arc<OnceCell<Outcome>> {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() >= MAX_REMEMBERED && !known.contains_key(of) {
+            known.retain(|_, cell| !cell.initialized());
+        }
+        known.entry(of.clone()).or_default().clone()
+    }
+
+    /// The task's programs if every one came from the fetcher cache and is compiled
+    /// already: found without any I/O, for sandboxes made on the placer's thread.
+    pub fn ready(
+        &self,
+        programs: &[ProgramRef],
+        cached: &[CachedFile],
+        user: &TaskUser,
+    ) -> Option<Result<Vec<CompiledProgram>, String>> {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        programs
+            .iter()
+            .map(|program| {
+                let file = cached.iter().find(|f| f.name == program.name)?;
+                let of = self.of(file.sha256, program.metered, user);
+                let outcome = known.get(&of)?.get()?;
+                Some(compiled(program, &of, outcome))
+            })
+            .collect()
+    }
+
+    /// Compiles the task's programs (or finds them compiled): each is read from the
+    /// fetcher cache when it came from there, else from the sandbox. Every error is a
+    /// message for the task's TASK_FAILED.
+    pub async fn compile_all(
+        &self,
+        programs: &[ProgramRef],
+        sandbox: &Path,
+        cached: &[CachedFile],
+        user: &TaskUser,
+    ) -> Result<Vec<CompiledProgram>, String> {
+        let mut out = Vec::with_capacity(programs.len());
+        for program in programs {
+            out.push(self.compile(program, sandbox, cached, user).await?);
+        }
+        Ok(out)
+    }
+
+    async fn compile(
+        &self,
+        program: &ProgramRef,
+        sandbox: &Path,
+        cached: &[CachedFile],
+        user: &TaskUser,
+    ) -> Result<CompiledProgram, String> {
+        let name = program.name.clone();
+        let (sha256, read) = match cached.iter().find(|f| f.name == program.name) {
+            Some(file) => (file.sha256, None),
+            None => {
+                let dir = sandbox.to_owned();
+                let source = blocking(move || source::in_sandbox(&dir, &name)).await?;
+                (source.sha256, Some(source.bytes))
+            }
+        };
+        let of = self.of(sha256, program.metered, user);
+        let cell = self.cell(&of);
+        let entry = cached.iter().find(|f| f.name == program.name).cloned();
+        let outcome = cell
+            .get_or_try_init(|| self.find_or_make(&of, program, entry, read, user))
+            .await
+            .map_err(|e| format!("{}: {e}", program.name))?;
+        compiled(program, &of, outcome)
+    }
+
+    /// The artifact on disk from an earlier run of the agent, else a new compile.
+    /// `Err` is the agent's failure (not remembered); `Ok(Err)` the module's.
+    async fn find_or_make(
+        &self,
+        of: &ArtifactOf,
+        program: &ProgramRef,
+        entry: Option<CachedFile>,
+        read: Option<Vec<u8>>,
+        user: &TaskUser,
+    ) -> Result<Outcome, String> {
+        let (dir, key, found_of) = (self.dir.clone(), self.key.clone(), of.clone());
+        let file = of.file_name(&self.key);
+        if let Some(sha256) =
+            blocking(move || Ok(artifact_file::find(&dir, &key, &found_of))).await?
+        {
+            return Ok(Ok(Artifact { file, sha256 }));
+        }
+        let module = match (read, entry) {
+            (Some(bytes), _) => bytes,
+            (None, Some(entry)) => {
+                let name = program.name.clone();
+                let read = move || source::cache_entry(&name, &entry.entry, &entry.sha256);
+                match blocking(read).await {
+                    Ok(source) => source.bytes,
+                    Err(e) => return Ok(Err(e)),
+                }
+            }
+            (None, None) => return Err("nothing to compile".into()),
+        };
+        let step = step::Step {
+            binary: &self.binary,
+            cgroups_root: &self.cgroups_root,
+            config: &self.config,
+            user: user.switch.then_some(user),
+        };
+        let started = std::time::Instant::now();
+        let artifact = match step.run(Arc::new(module), program.metered).await {
+            Ok(artifact) => artifact,
+            Err(StepError::Module(why)) => {
+                tracing::info!(program = program.name, why, "a module did not compile");
+                return Ok(Err(why));
+            }
+            Err(StepError::Agent(why)) => return Err(why),
+        };
+        tracing::debug!(
+            program = program.name,
+            took = ?started.elapsed(),
+            bytes = artifact.len(),
+            "compiled"
+        );
+        let (dir, key, stored_of) = (self.dir.clone(), self.key.clone(), of.clone());
+        let sha256 = blocking(move || {
+            artifact_file::store(&dir, &key, &stored_of, &artifact)
+                .map_err(|e| format!("cannot store the compiled artifact: {e}"))
+        })
+        .await?;
+        Ok(Ok(Artifact { file, sha256 }))
+    }
+}
+
+fn compiled(
+    program: &ProgramRef,
+    of: &ArtifactOf,
+    outcome: &Outcome,
+) -> Result<CompiledProgram, String> {
+    match outcome {
+        Ok(artifact) => Ok(CompiledProgram {
+            name: program.name.clone(),
+            module_sha256: of.module_sha256.to_vec(),
+            artifact: artifact.file.clone(),
+            artifact_sha256: artifact.sha256.to_vec(),
+            metered: program.metered,
+        }),
+        Err(why) => Err(format!("{}: {why}", program.name)),
+    }
+}
+
+/// Runs file work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| format!("the compile step's file work failed: {e}"))?
+}

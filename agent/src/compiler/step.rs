@@ -1,0 +1,153 @@
+//! One run of the compile step: `cairn compile` as a process of its own, as the
+//! task's user with no way back to privileges, in a cgroup of its own bounded in
+//! memory, CPU and processes, with a deadline. The module goes in on stdin, the
+//! artifact comes back on stdout (bounded); what goes wrong is said on stderr.
+
+use std::process::Stdio;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use super::CompileConfig;
+use crate::executor_cgroup::{ExecutorCgroup, ExecutorLimits};
+use crate::process::CairnBinary;
+use crate::user::TaskUser;
+
+/// No artifact is larger than this (modules are capped at 256 MiB).
+pub const MAX_ARTIFACT_BYTES: u64 = 1 << 30;
+/// What of the compile step's stderr a task's message carries.
+const MAX_ERROR_BYTES: u64 = 4 << 10;
+/// Threads the compiler may start (it compiles functions in parallel).
+const COMPILE_PIDS: i64 = 256;
+
+/// Why a compile step gave no artifact.
+#[derive(Debug, Clone)]
+pub enum StepError {
+    /// The module's doing (invalid, too slow or too large to compile): the same bytes
+    /// would fail the same way, so the failure is remembered.
+    Module(String),
+    /// The agent's (it could not start or confine the step): tried again next time.
+    Agent(String),
+}
+
+/// What one step needs from the agent.
+pub struct Step<'a> {
+    pub binary: &'a CairnBinary,
+    pub cgroups_root: &'a str,
+    pub config: &'a CompileConfig,
+    /// Whom it runs as; none: the agent's own user.
+    pub user: Option<&'a TaskUser>,
+}
+
+impl Step<'_> {
+    /// Compiles `module` (`metered`: with fuel metering); returns the artifact.
+    pub async fn run(&self, module: Arc<Vec<u8>>, metered: bool) -> Result<Vec<u8>, StepError> {
+        let confined = nix::unistd::geteuid().is_root();
+        let cgroup = ExecutorCgroup::fresh_compile(self.cgroups_root);
+        let procs = if confined {
+            let limits = ExecutorLimits {
+                cpus: self.config.cpus,
+                mem_bytes: self.config.memory_bytes,
+                pids: COMPILE_PIDS,
+            };
+            cgroup
+                .create(limits, None)
+                .map_err(|e| StepError::Agent(format!("cannot confine the compile step: {e}")))?
+        } else {
+            Vec::new()
+        };
+        let result = self.spawn_and_wait(procs, module, metered).await;
+        let oom_killed = confined && cgroup.oom_kills() > 0;
+        if confined {
+            let _ = tokio::task::spawn_blocking(move || cgroup.destroy()).await;
+        }
+        match result {
+            Err(Waited::TimedOut) => Err(StepError::Module(format!(
+                "compiling it took longer than {} (the agent's --compile-timeout)",
+                humantime::format_duration(self.config.timeout)
+            ))),
+            Err(Waited::Failed(e)) => Err(StepError::Agent(e)),
+            Ok(_) if oom_killed => Err(StepError::Module(format!(
+                "compiling it needed more than {} MiB of memory (the agent's --compile-memory)",
+                self.config.memory_bytes >> 20
+            ))),
+            Ok(output) => output,
+        }
+    }
+
+    async fn spawn_and_wait(
+        &self,
+        procs: Vec<std::fs::File>,
+        module: Arc<Vec<u8>>,
+        metered: bool,
+    ) -> Result<Result<Vec<u8>, StepError>, Waited> {
+        let mut cmd = tokio::process::Command::new(self.binary.program());
+        cmd.arg0("cairn").arg("compile");
+        if metered {
+            cmd.arg("--metered");
+        }
+        cmd.env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        crate::process::confine(&mut cmd, procs, self.user.cloned());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| Waited::Failed(format!("cannot start the compile step: {e}")))?;
+        let (mut stdin, stdout, stderr) =
+            match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
+                (Some(i), Some(o), Some(e)) => (i, o, e),
+                _ => return Err(Waited::Failed("the compile step has no pipes".into())),
+            };
+        let (mut stdout, mut stderr) = (
+            stdout.take(MAX_ARTIFACT_BYTES + 1),
+            stderr.take(MAX_ERROR_BYTES),
+        );
+        let feed = async move {
+            // A step that dies early closes its end: its exit says why.
+            let _ = stdin.write_all(&module).await;
+            drop(stdin);
+        };
+        let mut artifact = Vec::new();
+        let mut error = Vec::new();
+        let collect = async {
+            let (_, out, err, status) = tokio::join!(
+                feed,
+                stdout.read_to_end(&mut artifact),
+                stderr.read_to_end(&mut error),
+                child.wait(),
+            );
+            (out, err, status)
+        };
+        let (out, _, status) = tokio::time::timeout(self.config.timeout, collect)
+            .await
+            .map_err(|_| Waited::TimedOut)?;
+        let status =
+            status.map_err(|e| Waited::Failed(format!("waiting for the compile step: {e}")))?;
+        if let Err(e) = out {
+            return Err(Waited::Failed(format!(
+                "reading the compile step's output: {e}"
+            )));
+        }
+        if !status.success() {
+            let said = String::from_utf8_lossy(&error).trim().to_owned();
+            return Ok(Err(StepError::Module(if said.is_empty() {
+                format!("the compile step ended {status}")
+            } else {
+                said
+            })));
+        }
+        if artifact.len() as u64 > MAX_ARTIFACT_BYTES {
+            return Ok(Err(StepError::Module(format!(
+                "its compiled code is larger than {MAX_ARTIFACT_BYTES} bytes"
+            ))));
+        }
+        Ok(Ok(artifact))
+    }
+}
+
+enum Waited {
+    TimedOut,
+    Failed(String),
+}
