@@ -47,8 +47,9 @@ pub const PIDS_PER_EXECUTOR: i64 = 1024;
 pub const PIDS_PER_TASK: i64 = 1024;
 /// The CFS period quotas are expressed in (Mesos' default).
 const CFS_PERIOD_US: u64 = 100_000;
-/// The executor's CPU quota is never below one CPU: it compiles its tasks' modules
-/// in process, and a quota of a tenth of a CPU would make that ten times slower.
+/// The executor's CPU quota is never below one CPU: loading its tasks' artifacts and
+/// the host side of thousands of guests are its own work, which a quota of a tenth of
+/// a CPU would make ten times slower.
 const MIN_QUOTA_CPUS: f64 = 1.0;
 
 /// What an executor's cgroup allows: its tasks' sum plus the overhead. Its tasks'

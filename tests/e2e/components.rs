@@ -287,11 +287,19 @@ async fn an_executor_out_of_fuel_fails_its_tasks_and_a_budgeted_one_still_serves
     let agent = offer["agent_id"].clone();
     let tasks = vec![
         fueled_executor_task("held", &agent, "burner", "wait", 20_000_000),
-        fueled_executor_task("spin", &agent, "burner", "spin", 20_000_000),
         fueled_executor_task("sum", &agent, "frugal", "sum 40 2", 1_000_000_000),
     ];
     assert_eq!(scheduler.call(accept(&offer, tasks)).await.0, 202);
     let mut seen = Seen::default();
+    // The burner holds a task before another one spends its fuel (tasks of one accept
+    // reach their executor in no promised order).
+    until(&scheduler, &mut events, &mut seen, |s| {
+        s.state("held") == "TASK_RUNNING"
+    })
+    .await;
+    let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
+    let spin = fueled_executor_task("spin", &agent, "burner", "spin", 20_000_000);
+    assert_eq!(scheduler.call(accept(&offer, vec![spin])).await.0, 202);
     until(&scheduler, &mut events, &mut seen, |s| {
         s.state("held") == "TASK_FAILED"
             && s.state("spin") == "TASK_FAILED"
