@@ -79,7 +79,13 @@ pub struct Compiler {
     config: CompileConfig,
     /// One cell per artifact: concurrent tasks of one module wait for one compile.
     known: Mutex<HashMap<ArtifactOf, Arc<OnceCell<Outcome>>>>,
+    /// Compile steps running per user: a tenant launching a burst of distinct modules
+    /// queues behind its own steps, not other users'.
+    running: Mutex<HashMap<u32, Arc<tokio::sync::Semaphore>>>,
 }
+
+/// Compile steps one user may have running at once.
+const STEPS_PER_USER: usize = 2;
 
 impl Compiler {
     pub fn new(
@@ -106,6 +112,7 @@ impl Compiler {
             cgroups_root,
             config,
             known: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
         })
     }
 
@@ -232,6 +239,17 @@ impl Compiler {
             config: &self.config,
             user: user.switch.then_some(user),
         };
+        let slots = {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            let slots = running
+                .entry(of.uid)
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(STEPS_PER_USER)));
+            slots.clone()
+        };
+        let _slot = slots
+            .acquire_owned()
+            .await
+            .map_err(|_| "the compile step's queue is closed".to_owned())?;
         let started = std::time::Instant::now();
         let artifact = match step.run(Arc::new(module), program.metered).await {
             Ok(artifact) => artifact,
