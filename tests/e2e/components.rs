@@ -231,12 +231,20 @@ async fn a_runaway_executor_fails_its_tasks_and_the_next_task_gets_a_fresh_one()
     let agent = offer["agent_id"].clone();
     let tasks = vec![
         executor_task("held", &agent, "runaway", "wait"),
-        executor_task("spin", &agent, "runaway", "spin"),
         // Commands of the same framework keep running beside it.
         wasm_task("plain", &agent, 0.1),
     ];
     assert_eq!(scheduler.call(accept(&offer, tasks)).await.0, 202);
     let mut seen = Seen::default();
+    // The executor holds a task before another one runs away with it (tasks of one
+    // accept reach their executor in no promised order).
+    until(&scheduler, &mut events, &mut seen, |s| {
+        s.state("held") == "TASK_RUNNING"
+    })
+    .await;
+    let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
+    let spin = executor_task("spin", &agent, "runaway", "spin");
+    assert_eq!(scheduler.call(accept(&offer, vec![spin])).await.0, 202);
     until(&scheduler, &mut events, &mut seen, |s| {
         s.state("held") == "TASK_FAILED"
             && s.state("spin") == "TASK_FAILED"
