@@ -152,6 +152,9 @@ pub(crate) struct CompileFlags {
     /// The CPUs one compile may use.
     #[arg(long, default_value_t = 1.0)]
     compile_cpus: f64,
+    /// The uid (and gid) compiles run as; no task may run as it.
+    #[arg(long, default_value_t = cairn_agent::user::DEFAULT_COMPILE_UID)]
+    compile_uid: u32,
 }
 
 impl Default for CompileFlags {
@@ -161,6 +164,7 @@ impl Default for CompileFlags {
             compile_timeout: config.timeout,
             compile_memory: config.memory_bytes >> 20,
             compile_cpus: config.cpus,
+            compile_uid: config.uid,
         }
     }
 }
@@ -465,6 +469,7 @@ pub(crate) fn agent_config(args: AgentArgs) -> anyhow::Result<cairn_agent::Agent
             switch_user: args.users.switch_user,
             default_user: args.users.default_user,
             allow_root_tasks: args.users.allow_root_tasks,
+            compile_uid: args.compile.compile_uid,
             cache: Default::default(),
         },
         gc: cairn_agent::GcConfig {
@@ -476,6 +481,7 @@ pub(crate) fn agent_config(args: AgentArgs) -> anyhow::Result<cairn_agent::Agent
             timeout: args.compile.compile_timeout,
             memory_bytes: args.compile.compile_memory.saturating_mul(1 << 20),
             cpus: args.compile.compile_cpus,
+            uid: args.compile.compile_uid,
         },
     })
 }

@@ -92,7 +92,9 @@ pub fn store(
         file.write_all(&tag)?;
         file.write_all(artifact)?;
         file.sync_all()?;
-        std::fs::rename(&tmp, &path)
+        std::fs::rename(&tmp, &path)?;
+        // The launch naming it is checkpointed: the name must survive a crash too.
+        std::fs::File::open(dir)?.sync_all()
     })();
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
@@ -140,6 +142,15 @@ pub fn read_checked(dir: &Path, name: &str, sha256: &[u8]) -> Result<Vec<u8>, St
 }
 
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Removes what a crash left mid-write (`.tmp-*` files); run before any store.
+pub fn remove_leftovers(dir: &Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
 
 /// Reads a regular file of a sane size, not through a symlink.
 fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {

@@ -105,12 +105,12 @@ impl ExecutorCgroup {
         }
     }
 
-    /// A fresh cgroup for one run of the agent's compile step, of the same shape: its
-    /// process joins `<path>/executor`.
-    pub fn fresh_compile(root: &str) -> Self {
+    /// A fresh cgroup for one run of the agent's compile step under `parent` (the
+    /// agent's own), of the same shape: its process joins `<path>/executor`.
+    pub fn fresh_compile(parent: &str) -> Self {
         let generation = uuid::Uuid::now_v7().simple().to_string();
         Self {
-            path: format!("{root}/compiles/{generation}"),
+            path: format!("{parent}/{generation}"),
         }
     }
 

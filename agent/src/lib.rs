@@ -255,11 +255,21 @@ impl Agent {
             path: key_file,
             source,
         })?;
+        // Agents of one machine share the cgroup hierarchy: each names its compile
+        // steps' parent after its work dir.
+        let work_dir = self.config.work_dir.display().to_string();
+        let agent =
+            sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(work_dir));
+        let parent = format!(
+            "{}/compiles/{}",
+            self.config.cgroups_root,
+            &hex::encode(agent)[..16]
+        );
         compiler::Compiler::new(
             paths.artifacts(),
             key,
             binary,
-            self.config.cgroups_root.clone(),
+            parent,
             self.config.compile.clone(),
         )
         .map_err(AgentError::Compiler)

@@ -19,6 +19,9 @@ pub struct UserPolicy {
     pub default_user: String,
     /// Whether a task may run as root (uid 0).
     pub allow_root_tasks: bool,
+    /// The uid the agent's compile steps run as, which no task may run as: a task
+    /// sharing it could trace a compile step as it starts and forge its output.
+    pub compile_uid: u32,
     /// Users looked up lately: each lookup parses the user and group databases, and
     /// an agent starting thousands of tasks a second asks for the same few users.
     pub cache: LookupCache,
@@ -61,10 +64,15 @@ impl Default for UserPolicy {
             switch_user: true,
             default_user: "nobody".into(),
             allow_root_tasks: false,
+            compile_uid: DEFAULT_COMPILE_UID,
             cache: LookupCache::default(),
         }
     }
 }
+
+/// The uid (and gid) compile steps run as unless the agent says otherwise: one that
+/// Debian and most distributions leave unassigned, next to `nobody`'s.
+pub const DEFAULT_COMPILE_UID: u32 = 65533;
 
 /// A user a task runs as, looked up on this agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +97,10 @@ pub enum UserRefused {
         "tasks may not run as root (uid 0) on this agent; it allows them with --allow-root-tasks"
     )]
     Root,
+    #[error(
+        "user {0:?} has the uid the agent's compile steps run as (its --compile-uid); no task may run as it"
+    )]
+    CompileUser(String),
 }
 
 impl UserPolicy {
@@ -113,6 +125,9 @@ impl UserPolicy {
         let user = self.cache.lookup(&name)?;
         if user.uid == 0 && !self.allow_root_tasks {
             return Err(UserRefused::Root);
+        }
+        if user.uid == self.compile_uid && agent_is_root {
+            return Err(UserRefused::CompileUser(user.name));
         }
         Ok(TaskUser {
             switch: agent_is_root && user.uid != Uid::effective().as_raw(),
@@ -177,6 +192,22 @@ mod tests {
             allow_root_tasks: allow_root,
             ..UserPolicy::default()
         }
+    }
+
+    #[test]
+    fn no_task_runs_as_the_compile_steps_uid() {
+        if !Uid::effective().is_root() {
+            return; // Only root switches users; the tests run as root here.
+        }
+        let nobody = lookup("nobody").unwrap();
+        let p = UserPolicy {
+            compile_uid: nobody.uid,
+            ..UserPolicy::default()
+        };
+        let refused = p.resolve(Some("nobody"), None).unwrap_err();
+        assert_eq!(refused, UserRefused::CompileUser("nobody".into()));
+        assert!(refused.to_string().contains("--compile-uid"), "{refused}");
+        assert!(policy(false).resolve(Some("nobody"), None).is_ok());
     }
 
     #[test]

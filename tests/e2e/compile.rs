@@ -101,17 +101,25 @@ async fn cluster_with(root: &str, flags: &[&str]) -> Cluster {
     Cluster::start_with_flags_async(CAIRN, &[], &all).await
 }
 
-/// The compile steps' cgroups left under `root`, in every hierarchy.
+/// The compile steps' cgroups left under `root` (`compiles/<agent>/<step>`), in every
+/// hierarchy.
 fn compile_cgroups_left(root: &str) -> Vec<PathBuf> {
+    let subdirs = |dir: PathBuf| {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+    };
     std::fs::read_dir("/sys/fs/cgroup")
         .into_iter()
         .flatten()
         .flatten()
         .map(|h| h.path().join(root).join("compiles"))
         .chain([PathBuf::from("/sys/fs/cgroup").join(root).join("compiles")])
-        .flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten())
-        .map(|e| e.path())
-        .filter(|p| p.is_dir())
+        .flat_map(subdirs)
+        .flat_map(subdirs)
         .collect()
 }
 
@@ -134,7 +142,7 @@ fn assert_compile_failure(status: &Value, flag: &str) {
 }
 
 /// A compile bomb, run twice by a tenant of an agent with `flags`: it fails with the
-/// reason naming `flag`, the second time at once (remembered, not compiled again);
+/// reason naming `flag`, the second time alike (at once when remembered);
 /// then an honest module runs on the same agent, and the bomb left no compile step,
 /// cgroup or artifact behind. `cache`: whether the bomb's URI goes through the
 /// fetcher cache (else the agent reads it from the sandbox).

@@ -1,17 +1,17 @@
 //! The compile step: the agent, not its executors, compiles every wasm program a task
 //! runs, before the task reaches its executor. Each compile is `cairn compile` in a
-//! process of its own (see `step`): the task's user, no privileges to regain, a cgroup
-//! bounding its memory, CPU and processes, and a deadline. A module built to make the
+//! process of its own (see `step`): a uid no task has (`--compile-uid`), no privileges
+//! to regain, a cgroup bounding its memory, CPU and processes, and a deadline. A module built to make the
 //! compiler take minutes or gigabytes fails its own task with the reason, and costs
 //! no executor, no other tenant and not the agent.
 //!
 //! Artifacts are kept per (module sha256, engine settings, user) in the agent's
 //! artifacts directory (see `crate::artifact_file`): a module compiles once per user
 //! and agent, however many tasks run it at once, and again only after an upgrade
-//! changes the engine. Per user, because the step runs as that user: what one user's
-//! compile step produced only ever runs as that user. A module that failed to compile
-//! fails at once the next time (the failure is the module's, remembered until the
-//! agent restarts).
+//! changes the engine. Per user, so that nothing one user's task led to is ever loaded
+//! by another user's executor. A module that does not compile
+//! (invalid, or past the memory bound) fails at once the next time, remembered until
+//! the agent restarts; one whose step ran out of time or was killed is tried again.
 
 mod source;
 mod step;
@@ -30,12 +30,16 @@ use crate::process::CairnBinary;
 use crate::user::TaskUser;
 pub use step::StepError;
 
-/// How much one compile may take (the agent's `--compile-*` flags).
+/// How much one compile may take, and as whom it runs (the agent's `--compile-*`
+/// flags).
 #[derive(Debug, Clone)]
 pub struct CompileConfig {
     pub timeout: Duration,
     pub memory_bytes: u64,
     pub cpus: f64,
+    /// The uid and gid of every compile step, which no task may have (see
+    /// `crate::user::UserPolicy::compile_uid`).
+    pub uid: u32,
 }
 
 impl Default for CompileConfig {
@@ -44,6 +48,7 @@ impl Default for CompileConfig {
             timeout: Duration::from_secs(60),
             memory_bytes: 1 << 30,
             cpus: 1.0,
+            uid: crate::user::DEFAULT_COMPILE_UID,
         }
     }
 }
@@ -59,8 +64,16 @@ pub struct ProgramRef {
 /// Known artifacts kept in memory at most; past it, they are found on disk again.
 const MAX_REMEMBERED: usize = 1 << 16;
 
-/// An artifact, or why its module does not compile.
-type Outcome = Result<Artifact, String>;
+/// An artifact, or why its module did not compile.
+type Outcome = Result<Artifact, Failure>;
+
+/// Why a module did not compile; `remembered` when the same bytes would fail the same
+/// way (not a deadline or a kill, which a busy machine may cause).
+#[derive(Debug, Clone)]
+struct Failure {
+    why: String,
+    remembered: bool,
+}
 
 #[derive(Debug, Clone)]
 struct Artifact {
@@ -75,6 +88,7 @@ pub struct Compiler {
     /// The engine fingerprints, plain and metered.
     fingerprints: [String; 2],
     binary: Arc<CairnBinary>,
+    /// This agent's compile steps' cgroups are below this one (see [`Compiler::new`]).
     cgroups_root: String,
     config: CompileConfig,
     /// One cell per artifact: concurrent tasks of one module wait for one compile.
@@ -88,6 +102,9 @@ pub struct Compiler {
 const STEPS_PER_USER: usize = 2;
 
 impl Compiler {
+    /// `cgroups_root` is this agent's own parent for its compile steps' cgroups
+    /// (agents of one machine share the hierarchy): what is below it at start was a
+    /// crashed run's, and is killed and removed.
     pub fn new(
         dir: PathBuf,
         key: Vec<u8>,
@@ -100,6 +117,12 @@ impl Compiler {
                 "the compile cache key is shorter than {} bytes",
                 artifact_file::MIN_KEY_BYTES
             ));
+        }
+        // What a crashed agent left: half-written artifacts, and compile steps still
+        // running in their cgroups with no one to enforce their deadline.
+        artifact_file::remove_leftovers(&dir);
+        if nix::unistd::geteuid().is_root() {
+            crate::executor_cgroup::ExecutorCgroup::at(&cgroups_root).destroy();
         }
         let sandbox = cairn_sandbox::SandboxConfig::default();
         let fingerprint =
@@ -198,9 +221,20 @@ impl Compiler {
         let cell = self.cell(&of);
         let entry = cached.iter().find(|f| f.name == program.name).cloned();
         let outcome = cell
-            .get_or_try_init(|| self.find_or_make(&of, program, entry, read, user))
-            .await
-            .map_err(|e| format!("{}: {e}", program.name))?;
+            .get_or_try_init(|| self.find_or_make(&of, program, entry, read))
+            .await;
+        let forget = match &outcome {
+            Err(_) => true,
+            Ok(outcome) => outcome.as_ref().is_err_and(|f| !f.remembered),
+        };
+        if forget {
+            // Tasks waiting on this cell share its outcome; later ones try again.
+            let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            if known.get(&of).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                known.remove(&of);
+            }
+        }
+        let outcome = outcome.map_err(|e| format!("{}: {e}", program.name))?;
         compiled(program, &of, outcome)
     }
 
@@ -212,7 +246,6 @@ impl Compiler {
         program: &ProgramRef,
         entry: Option<CachedFile>,
         read: Option<Vec<u8>>,
-        user: &TaskUser,
     ) -> Result<Outcome, String> {
         let (dir, key, found_of) = (self.dir.clone(), self.key.clone(), of.clone());
         let file = of.file_name(&self.key);
@@ -226,18 +259,25 @@ impl Compiler {
             (None, Some(entry)) => {
                 let name = program.name.clone();
                 let read = move || source::cache_entry(&name, &entry.entry, &entry.sha256);
-                match blocking(read).await {
-                    Ok(source) => source.bytes,
-                    Err(e) => return Ok(Err(e)),
-                }
+                blocking(read).await?.bytes
             }
             (None, None) => return Err("nothing to compile".into()),
+        };
+        // A uid of its own, which no task has: a task of the module's user could
+        // otherwise trace the step in the moment after its exec, before it makes itself
+        // undumpable, and forge its output.
+        let compile_user = TaskUser {
+            name: "compile".into(),
+            uid: self.config.uid,
+            gid: self.config.uid,
+            groups: Vec::new(),
+            switch: true,
         };
         let step = step::Step {
             binary: &self.binary,
             cgroups_root: &self.cgroups_root,
             config: &self.config,
-            user: user.switch.then_some(user),
+            user: nix::unistd::geteuid().is_root().then_some(&compile_user),
         };
         let slots = {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
@@ -255,7 +295,13 @@ impl Compiler {
             Ok(artifact) => artifact,
             Err(StepError::Module(why)) => {
                 tracing::info!(program = program.name, why, "a module did not compile");
-                return Ok(Err(why));
+                let remembered = true;
+                return Ok(Err(Failure { why, remembered }));
+            }
+            Err(StepError::Transient(why)) => {
+                tracing::info!(program = program.name, why, "a compile step did not finish");
+                let remembered = false;
+                return Ok(Err(Failure { why, remembered }));
             }
             Err(StepError::Agent(why)) => return Err(why),
         };
@@ -288,7 +334,7 @@ fn compiled(
             artifact_sha256: artifact.sha256.to_vec(),
             metered: program.metered,
         }),
-        Err(why) => Err(format!("{}: {why}", program.name)),
+        Err(failure) => Err(format!("{}: {}", program.name, failure.why)),
     }
 }
 

@@ -23,9 +23,12 @@ const COMPILE_PIDS: i64 = 256;
 /// Why a compile step gave no artifact.
 #[derive(Debug, Clone)]
 pub enum StepError {
-    /// The module's doing (invalid, too slow or too large to compile): the same bytes
-    /// would fail the same way, so the failure is remembered.
+    /// The module's doing (invalid, or too large to compile): the same bytes would
+    /// fail the same way, so the failure is remembered.
     Module(String),
+    /// The step ran out of time or was killed: maybe the module's doing, maybe a busy
+    /// machine's, so the task fails but the next one tries again.
+    Transient(String),
     /// The agent's (it could not start or confine the step): tried again next time.
     Agent(String),
 }
@@ -50,9 +53,16 @@ impl Step<'_> {
                 mem_bytes: self.config.memory_bytes,
                 pids: COMPILE_PIDS,
             };
-            cgroup
-                .create(limits, None)
-                .map_err(|e| StepError::Agent(format!("cannot confine the compile step: {e}")))?
+            match cgroup.create(limits, None) {
+                Ok(procs) => procs,
+                Err(e) => {
+                    // What was made of it before the failure goes too.
+                    let _ = tokio::task::spawn_blocking(move || cgroup.destroy()).await;
+                    return Err(StepError::Agent(format!(
+                        "cannot confine the compile step: {e}"
+                    )));
+                }
+            }
         } else {
             Vec::new()
         };
@@ -62,7 +72,7 @@ impl Step<'_> {
             let _ = tokio::task::spawn_blocking(move || cgroup.destroy()).await;
         }
         match result {
-            Err(Waited::TimedOut) => Err(StepError::Module(format!(
+            Err(Waited::TimedOut) => Err(StepError::Transient(format!(
                 "compiling it took longer than {} (the agent's --compile-timeout)",
                 humantime::format_duration(self.config.timeout)
             ))),
@@ -100,10 +110,6 @@ impl Step<'_> {
                 (Some(i), Some(o), Some(e)) => (i, o, e),
                 _ => return Err(Waited::Failed("the compile step has no pipes".into())),
             };
-        let (mut stdout, mut stderr) = (
-            stdout.take(MAX_ARTIFACT_BYTES + 1),
-            stderr.take(MAX_ERROR_BYTES),
-        );
         let feed = async move {
             // A step that dies early closes its end: its exit says why.
             let _ = stdin.write_all(&module).await;
@@ -114,8 +120,8 @@ impl Step<'_> {
         let collect = async {
             let (_, out, err, status) = tokio::join!(
                 feed,
-                stdout.read_to_end(&mut artifact),
-                stderr.read_to_end(&mut error),
+                read_bounded(stdout, MAX_ARTIFACT_BYTES, &mut artifact),
+                read_bounded(stderr, MAX_ERROR_BYTES, &mut error),
                 child.wait(),
             );
             (out, err, status)
@@ -125,10 +131,13 @@ impl Step<'_> {
             .map_err(|_| Waited::TimedOut)?;
         let status =
             status.map_err(|e| Waited::Failed(format!("waiting for the compile step: {e}")))?;
-        if let Err(e) = out {
-            return Err(Waited::Failed(format!(
-                "reading the compile step's output: {e}"
-            )));
+        let overflowed =
+            out.map_err(|e| Waited::Failed(format!("reading the compile step's output: {e}")))?;
+        if let Some(signal) = std::os::unix::process::ExitStatusExt::signal(&status) {
+            // The cgroup's OOM kill is told apart by the caller.
+            return Ok(Err(StepError::Transient(format!(
+                "the compile step was killed by signal {signal}"
+            ))));
         }
         if !status.success() {
             let said = String::from_utf8_lossy(&error).trim().to_owned();
@@ -138,13 +147,25 @@ impl Step<'_> {
                 said
             })));
         }
-        if artifact.len() as u64 > MAX_ARTIFACT_BYTES {
+        if overflowed {
             return Ok(Err(StepError::Module(format!(
                 "its compiled code is larger than {MAX_ARTIFACT_BYTES} bytes"
             ))));
         }
         Ok(Ok(artifact))
     }
+}
+
+/// Reads `from` to its end, keeping the first `limit` bytes in `into` and dropping the
+/// rest (a step is never left blocked on a full pipe); says whether any was dropped.
+async fn read_bounded(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    limit: u64,
+    into: &mut Vec<u8>,
+) -> std::io::Result<bool> {
+    (&mut from).take(limit).read_to_end(into).await?;
+    let dropped = tokio::io::copy(&mut from, &mut tokio::io::sink()).await?;
+    Ok(dropped > 0)
 }
 
 enum Waited {

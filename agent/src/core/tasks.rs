@@ -112,7 +112,11 @@ impl Core {
             let kind = container_type(&task);
             // A custom executor is a wasm component; a task's own container may be
             // WASM, DOCKER or MESOS (a native process).
-            if task.executor.is_some() && kind != container_info::Type::Wasm as i32 {
+            let executor_kind = task
+                .executor
+                .as_ref()
+                .map(|e| e.container.as_ref().map_or(0, |c| c.r#type));
+            if executor_kind.is_some_and(|k| k != container_info::Type::Wasm as i32) {
                 unsupported.get_or_insert(
                     "a custom executor must be a WASM container (its component)".to_owned(),
                 );
