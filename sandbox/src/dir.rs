@@ -2,9 +2,9 @@
 //! symbolic links (to `/etc/shadow`, to another tenant's sandbox, to `/proc/self/…`),
 //! hard links, FIFOs, or swap a file for a link between two host calls. So every path
 //! the host opens, creates, reads or changes inside a sandbox is resolved beneath the
-//! directory's descriptor by the kernel, following no link at all: `openat2` with
-//! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS` (Linux 5.6 or
-//! later). There is no check-then-open window: the check is the open, and what the
+//! directory's descriptor by the kernel, following no link at all and crossing no
+//! mount: `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+//! RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV` (Linux 5.6 or later). There is no check-then-open window: the check is the open, and what the
 //! host then does (write, `fchown`, read) goes through the descriptor it got.
 //!
 //! The rules every method keeps:
@@ -79,7 +79,8 @@ impl SandboxDirError {
         match errno {
             // RESOLVE_NO_SYMLINKS, RESOLVE_NO_MAGICLINKS and O_NOFOLLOW all say ELOOP.
             Errno::ELOOP => Self::Link { path },
-            // RESOLVE_BENEATH: the resolution would have left the directory.
+            // RESOLVE_BENEATH or RESOLVE_NO_XDEV: the resolution would have left the
+            // directory, or its file system.
             Errno::EXDEV => Self::NotBeneath { path },
             // A FIFO with no reader, a socket, or a directory opened for writing.
             Errno::ENXIO | Errno::EISDIR => Self::NotRegular { path },
@@ -157,10 +158,14 @@ pub struct SandboxDir {
     path: PathBuf,
 }
 
+/// Beneath the directory, following no link, and not into another mount: a mount in
+/// a sandbox (a bind of a host directory, a FUSE file system that never answers) is
+/// nothing the host put there.
 fn resolve() -> ResolveFlag {
     ResolveFlag::RESOLVE_BENEATH
         | ResolveFlag::RESOLVE_NO_SYMLINKS
         | ResolveFlag::RESOLVE_NO_MAGICLINKS
+        | ResolveFlag::RESOLVE_NO_XDEV
 }
 
 /// Refuses anything but plain names (`a/b`): no `..`, no root, never empty.

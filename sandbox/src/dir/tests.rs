@@ -59,6 +59,34 @@ fn assert_link(result: Result<impl std::fmt::Debug>) {
 }
 
 #[test]
+fn a_mount_inside_the_sandbox_is_not_crossed() {
+    let f = Fixture::new();
+    std::fs::create_dir(f.inside("mnt")).unwrap();
+    // A host directory bound into the sandbox (needs CAP_SYS_ADMIN, which the tests
+    // have as root here; without it there is no mount to cross).
+    let bound = nix::mount::mount(
+        Some(f.outside.path()),
+        &f.inside("mnt"),
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    );
+    if bound.is_err() {
+        assert!(
+            !nix::unistd::geteuid().is_root(),
+            "root cannot bind: {bound:?}"
+        );
+        return;
+    }
+    let read = f.dir.open_file(p("mnt/secret"));
+    let _ = nix::mount::umount(&f.inside("mnt"));
+    match read {
+        Err(SandboxDirError::NotBeneath { .. }) => {}
+        other => panic!("expected the mount refused, got {other:?}"),
+    }
+}
+
+#[test]
 fn a_symlink_to_an_absolute_path_outside_is_refused() {
     let f = Fixture::new();
     symlink(f.secret(), f.inside("passwd")).unwrap();
