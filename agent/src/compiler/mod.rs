@@ -148,11 +148,7 @@ impl Compiler {
         ArtifactOf {
             module_sha256,
             fingerprint: self.fingerprints[usize::from(metered)].clone(),
-            uid: if user.switch {
-                user.uid
-            } else {
-                nix::unistd::geteuid().as_raw()
-            },
+            uid: uid_of(user),
         }
     }
 
@@ -213,7 +209,8 @@ impl Compiler {
             Some(file) => (file.sha256, None),
             None => {
                 let dir = sandbox.to_owned();
-                let source = blocking(move || source::in_sandbox(&dir, &name)).await?;
+                let owner = uid_of(user);
+                let source = blocking(move || source::in_sandbox(&dir, &name, owner)).await?;
                 (source.sha256, Some(source.bytes))
             }
         };
@@ -318,6 +315,15 @@ impl Compiler {
         })
         .await?;
         Ok(Ok(Artifact { file, sha256 }))
+    }
+}
+
+/// The uid a task's processes (and its fetched files) have.
+fn uid_of(user: &TaskUser) -> u32 {
+    if user.switch {
+        user.uid
+    } else {
+        nix::unistd::geteuid().as_raw()
     }
 }
 

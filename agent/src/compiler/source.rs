@@ -34,9 +34,10 @@ pub fn cache_entry(name: &str, path: &Path, sha256: &[u8; 32]) -> Result<Source,
 }
 
 /// The file `value` names in the sandbox at `dir`: a relative path that stays inside
-/// it, opened beneath it by the kernel, following no link (symbolic or hard: the
-/// agent reads as root, and must read only what the task put there itself).
-pub fn in_sandbox(dir: &Path, value: &str) -> Result<Source, String> {
+/// it, opened beneath it by the kernel, following no link (symbolic or hard) and
+/// crossing no mount, owned by `owner` (the task's user, whom the fetcher gives its
+/// files): the agent reads as root, and must read only what the task put there itself.
+pub fn in_sandbox(dir: &Path, value: &str, owner: u32) -> Result<Source, String> {
     let relative = Path::new(value);
     if value.is_empty()
         || !relative
@@ -50,6 +51,12 @@ pub fn in_sandbox(dir: &Path, value: &str) -> Result<Source, String> {
     let unreadable = |e: &dyn std::fmt::Display| format!("cannot read {value}: {e}");
     let sandbox = cairn_sandbox::SandboxDir::open(dir).map_err(|e| unreadable(&e))?;
     let file = sandbox.open_file(relative).map_err(|e| unreadable(&e))?;
+    let found = std::os::unix::fs::MetadataExt::uid(&file.metadata().map_err(|e| unreadable(&e))?);
+    if found != owner {
+        return Err(format!(
+            "{value} is owned by uid {found}, not the task's user (uid {owner}); refusing to read it"
+        ));
+    }
     let bytes = read_bounded(value, file)?;
     let sha256 = sha2::Sha256::digest(&bytes).into();
     Ok(Source { bytes, sha256 })
@@ -84,7 +91,8 @@ mod tests {
     fn a_program_is_read_beneath_its_sandbox_and_no_link_is_followed() {
         let sandbox = tempfile::tempdir().unwrap();
         std::fs::write(sandbox.path().join("own.wasm"), b"\0asm own").unwrap();
-        let own = in_sandbox(sandbox.path(), "own.wasm").unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        let own = in_sandbox(sandbox.path(), "own.wasm", me).unwrap();
         assert_eq!(own.bytes, b"\0asm own");
         assert_eq!(
             own.sha256,
@@ -97,12 +105,21 @@ mod tests {
         )
         .unwrap();
         for name in ["passwd.wasm", "hard.wasm", "../own.wasm", "/etc/passwd", ""] {
-            let err = in_sandbox(sandbox.path(), name).err().unwrap();
+            let err = in_sandbox(sandbox.path(), name, me).err().unwrap();
             assert!(
                 err.contains("cannot read") || err.contains("inside the sandbox"),
                 "{name}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn a_program_of_another_owner_than_the_task_user_is_not_read() {
+        let sandbox = tempfile::tempdir().unwrap();
+        std::fs::write(sandbox.path().join("m.wasm"), b"\0asm").unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        let err = in_sandbox(sandbox.path(), "m.wasm", me + 1).err().unwrap();
+        assert!(err.contains("not the task's user"), "{err}");
     }
 
     #[test]
