@@ -81,6 +81,13 @@ struct Artifact {
     sha256: [u8; 32],
 }
 
+/// Where a program's bytes are: read from the sandbox already, or in the fetcher
+/// cache (read only if it must be compiled).
+enum Module {
+    Read(Vec<u8>),
+    Cached(CachedFile),
+}
+
 /// The agent's compiler: its artifacts, and the compiles under way.
 pub struct Compiler {
     dir: PathBuf,
@@ -205,20 +212,19 @@ impl Compiler {
         user: &TaskUser,
     ) -> Result<CompiledProgram, String> {
         let name = program.name.clone();
-        let (sha256, read) = match cached.iter().find(|f| f.name == program.name) {
-            Some(file) => (file.sha256, None),
+        let (sha256, module) = match cached.iter().find(|f| f.name == program.name) {
+            Some(file) => (file.sha256, Module::Cached(file.clone())),
             None => {
                 let dir = sandbox.to_owned();
                 let owner = uid_of(user);
                 let source = blocking(move || source::in_sandbox(&dir, &name, owner)).await?;
-                (source.sha256, Some(source.bytes))
+                (source.sha256, Module::Read(source.bytes))
             }
         };
         let of = self.of(sha256, program.metered, user);
         let cell = self.cell(&of);
-        let entry = cached.iter().find(|f| f.name == program.name).cloned();
         let outcome = cell
-            .get_or_try_init(|| self.find_or_make(&of, program, entry, read))
+            .get_or_try_init(|| self.find_or_make(&of, program, module))
             .await;
         let forget = match &outcome {
             Err(_) => true,
@@ -241,8 +247,7 @@ impl Compiler {
         &self,
         of: &ArtifactOf,
         program: &ProgramRef,
-        entry: Option<CachedFile>,
-        read: Option<Vec<u8>>,
+        module: Module,
     ) -> Result<Outcome, String> {
         let (dir, key, found_of) = (self.dir.clone(), self.key.clone(), of.clone());
         let file = of.file_name(&self.key);
@@ -251,14 +256,13 @@ impl Compiler {
         {
             return Ok(Ok(Artifact { file, sha256 }));
         }
-        let module = match (read, entry) {
-            (Some(bytes), _) => bytes,
-            (None, Some(entry)) => {
+        let module = match module {
+            Module::Read(bytes) => bytes,
+            Module::Cached(entry) => {
                 let name = program.name.clone();
                 let read = move || source::cache_entry(&name, &entry.entry, &entry.sha256);
                 blocking(read).await?.bytes
             }
-            (None, None) => return Err("nothing to compile".into()),
         };
         // A uid of its own, which no task has: a task of the module's user could
         // otherwise trace the step in the moment after its exec, before it makes itself
