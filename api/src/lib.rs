@@ -2,6 +2,7 @@
 //! the protobuf messages (Mesos v1 names, and [Mesos' JSON](json) for them), ids, the
 //! [`Resources`] algebra and task states.
 
+pub mod charges;
 pub mod ids;
 pub mod json;
 pub mod resources;

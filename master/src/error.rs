@@ -282,12 +282,16 @@ pub(crate) enum InvalidTask {
     },
     #[error("task {task_id} asks for no cpus and no mem")]
     NoCpusNoMem { task_id: String },
-    #[error("task {task_id} asks for {asked}; the offers have {remaining} left")]
+    #[error("task {task_id} needs {needed} ({why}); the offers have {remaining} left")]
     BeyondOffers {
         task_id: String,
-        asked: Resources,
+        needed: Resources,
+        /// What the charge is made of.
+        why: String,
         remaining: Resources,
     },
+    #[error("task {task_id}: {why}")]
+    Executor { task_id: String, why: String },
     #[error("task {task_id} has neither a command nor an executor")]
     NoCommandNoExecutor { task_id: String },
     #[error("task {task_id} has both a command and an executor; give exactly one")]

@@ -235,7 +235,7 @@ async fn a_restarted_agent_may_add_resources_but_not_take_any_away() {
     let addr = cluster.agent_addr.clone();
     let id = blocking(move || get_json(&addr, "/state")["id"].clone()).await;
     cluster.agent.kill();
-    let fewer = "cpus:1;mem:1024;disk:1024;ports:[31000-31100]";
+    let fewer = "cpus:1;mem:1024;disk:65536;ports:[31000-31100]";
     let refused = cluster.restart_agent(&["--resources", fewer]).await;
     let line = refused.logged("resources changed from").await;
     assert!(
@@ -245,7 +245,7 @@ async fn a_restarted_agent_may_add_resources_but_not_take_any_away() {
     let status = exit_of(refused).await;
     assert!(!status.success(), "the agent went on: {status}");
 
-    let more = "cpus:4;mem:2048;disk:1024;ports:[31000-31100]";
+    let more = "cpus:4;mem:2048;disk:65536;ports:[31000-31100]";
     let agent = cluster.restart_agent(&["--resources", more]).await;
     agent.logged("registered with the master").await;
     let addr = agent.logged_address("http").await;

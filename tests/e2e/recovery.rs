@@ -422,7 +422,7 @@ async fn tasks_an_agent_re_registers_without_are_lost() {
     let info = cairn_api::v1::AgentInfo {
         hostname: "127.0.0.1".into(),
         port: 1,
-        resources: cairn_api::Resources::parse("cpus:2;mem:1024;disk:1024;ports:[31000-31100]")
+        resources: cairn_api::Resources::parse(cairn_test_support::harness::AGENT_RESOURCES)
             .unwrap()
             .to_proto(),
         attributes: Vec::new(),
@@ -435,6 +435,8 @@ async fn tasks_an_agent_re_registers_without_are_lost() {
             info: Some(info),
             version: cairn_api::VERSION.into(),
             tasks: Vec::new(),
+            charges: None,
+            executors: Vec::new(),
         })),
     };
     tx.send(register).await.unwrap();

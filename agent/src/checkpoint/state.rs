@@ -244,7 +244,7 @@ pub fn task_record(fw: &str, task: &TaskInfo) -> TaskRecord {
             ..Default::default()
         }),
         state: TaskState::TaskStaging as i32,
-        programs: Vec::new(),
+        ..Default::default()
     }
 }
 

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use cairn_api::internal::checkpoint_record::Record;
 use cairn_api::internal::{
-    AgentHeartbeat, AgentMessage, ExecutorEvent, RegisterAgent, TaskRecord, agent_message,
-    executor_event,
+    AgentHeartbeat, AgentMessage, ExecutorEvent, RegisterAgent, RunningExecutor, TaskRecord,
+    agent_message, executor_event,
 };
 use cairn_api::v1::{AgentId, AgentInfo, FrameworkId};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -174,6 +174,7 @@ impl Core {
             .clone()
             .map(|value| AgentId { value });
         let (snapshot, rx) = watch::channel(Arc::new(AgentSnapshot::default()));
+        let switch_user = config.users.switch_user;
         let mut core = Self {
             paths,
             config,
@@ -193,7 +194,7 @@ impl Core {
             commit_failure: None,
             metrics: crate::metrics::Metrics::default(),
             usage: HashMap::new(),
-            sizes: sizing::Sizes::default(),
+            sizes: sizing::Sizes::new(sizing::agent_charges(switch_user)),
             snapshot,
             gc,
         };
@@ -311,12 +312,21 @@ impl Core {
                 task: Some(t.info.clone()),
                 state: t.state as i32,
                 programs: Vec::new(),
+                executor_id: t.executor_id.clone(),
+            })
+            .collect();
+        let executors = (self.checkpoint.state.executors.values())
+            .map(|e| RunningExecutor {
+                framework_id: e.framework_id.clone(),
+                executor_id: e.executor_id.clone(),
             })
             .collect();
         RegisterAgent {
             info: Some(self.info.clone()),
             version: cairn_api::VERSION.into(),
             tasks,
+            charges: Some(self.sizes.charges().to_proto()),
+            executors,
         }
     }
 

@@ -1,17 +1,14 @@
 //! Which executor process runs a task on this agent, and which processes a
 //! scheduler's message or shutdown for an executor id goes to.
 
-use cairn_api::v1::{ExecutorId, FrameworkId, FrameworkInfo, TaskInfo, container_info};
+use cairn_api::v1::{ExecutorId, FrameworkId, FrameworkInfo, TaskInfo};
 
 use super::Core;
-use super::tasks::container_type;
 use crate::checkpoint::TaskKey;
 use crate::launcher::{ExecutorSpec, is_docker};
 
 impl Core {
-    /// Which executor process runs a task here. Docker tasks: one per framework,
-    /// which speaks to the Docker Engine. The others: one per framework and user,
-    /// running as that user, so no executor holds more than its tasks' rights.
+    /// Which executor process runs a task here (as the master counts it too).
     pub(super) fn executor_of(
         &self,
         fw: &str,
@@ -21,28 +18,9 @@ impl Core {
         let framework_id = FrameworkId {
             value: fw.to_owned(),
         };
-        let base = cairn_api::ids::executor_id_for(&framework_id).value;
-        if container_type(task) == container_info::Type::Docker as i32 {
-            return Ok(cairn_api::ids::docker_executor_id_for(&framework_id).value);
-        }
-        let named = task
-            .command
-            .as_ref()
-            .or(task.executor.as_ref().and_then(|e| e.command.as_ref()))
-            .and_then(|c| c.user.as_deref())
-            .filter(|u| !u.is_empty());
-        let Some(user) = named.filter(|u| self.config.users.switch_user && *u != framework.user)
-        else {
-            return Ok(base);
-        };
-        let id = cairn_api::ids::user_executor_id_for(&framework_id, user).value;
-        if cairn_api::ids::is_safe_id(&id) {
-            Ok(id)
-        } else {
-            Err(format!(
-                "user {user:?} cannot name an executor: a user name of letters, digits, '-', '_' and '.' is needed"
-            ))
-        }
+        let switch_user = self.config.users.switch_user;
+        cairn_api::charges::executor_process_of(&framework_id, framework, task, switch_user)
+            .map(|id| id.value)
     }
 
     /// The executor processes a scheduler's message or shutdown for `executor_id`

@@ -1,24 +1,74 @@
-//! What each executor's cgroup must allow: the sum of the tasks it runs (and their
-//! custom executors' resources) plus the executor's own overhead. Kept as running
-//! totals, and written to the cgroups once per batch of inputs, not per task.
+//! What each executor's cgroup must allow: the sum of the tasks it runs and of its
+//! custom executors with tasks, plus the executor's own overhead, counted by
+//! `cairn_api::charges` as the master counts it in offers. Kept as running totals,
+//! and written to the cgroups once per batch of inputs, not per task.
 
 use std::collections::{HashMap, HashSet};
 
+use cairn_api::Resources;
+use cairn_api::charges::AgentCharges;
 use cairn_api::v1::TaskInfo;
 
 use crate::checkpoint::TaskKey;
-use crate::executor_cgroup::{ExecutorLimits, HOST_MEM_PER_TASK, PIDS_PER_TASK};
+use crate::executor_cgroup::{
+    ExecutorLimits, HOST_MEM_PER_TASK, OVERHEAD_CPUS, OVERHEAD_MEM_BYTES, PIDS_PER_TASK,
+};
 use crate::executor_process::containerizer::Limits;
 
-#[derive(Debug, Default)]
+const MIB: f64 = (1 << 20) as f64;
+
+/// This agent's figures, as it tells the master when it registers.
+pub fn agent_charges(switch_user: bool) -> AgentCharges {
+    let d = Limits::DEFAULT;
+    AgentCharges {
+        task_defaults: Resources::new()
+            .with_scalar("cpus", d.cpus)
+            .with_scalar("mem", d.mem_bytes as f64 / MIB)
+            .with_scalar("disk", d.disk_bytes as f64 / MIB),
+        executor_overhead: Resources::new()
+            .with_scalar("cpus", OVERHEAD_CPUS)
+            .with_scalar("mem", OVERHEAD_MEM_BYTES as f64 / MIB),
+        hosted_task_overhead: Resources::new().with_scalar("mem", HOST_MEM_PER_TASK as f64 / MIB),
+        switch_user,
+    }
+}
+
+/// What a task charged its executor, to give back when it ends.
+#[derive(Debug)]
+struct Charged {
+    executor_id: String,
+    own: ExecutorLimits,
+    /// The custom executor it names, if any.
+    custom: Option<String>,
+}
+
+#[derive(Debug)]
 pub struct Sizes {
-    charged: HashMap<TaskKey, (String, ExecutorLimits)>,
+    charges: AgentCharges,
+    charged: HashMap<TaskKey, Charged>,
+    /// Custom executors with tasks, by (executor process, custom executor id): how
+    /// many tasks name each, and what it adds.
+    customs: HashMap<(String, String), (usize, ExecutorLimits)>,
     totals: HashMap<String, ExecutorLimits>,
     /// Executors whose totals changed since their cgroup was last written.
     due: HashSet<String>,
 }
 
 impl Sizes {
+    pub fn new(charges: AgentCharges) -> Self {
+        Self {
+            charges,
+            charged: HashMap::new(),
+            customs: HashMap::new(),
+            totals: HashMap::new(),
+            due: HashSet::new(),
+        }
+    }
+
+    pub fn charges(&self) -> &AgentCharges {
+        &self.charges
+    }
+
     /// Charges a task to its executor, once however often it is staged.
     pub fn charge(&mut self, key: &TaskKey, executor_id: &str, task: &TaskInfo) {
         if self.charged.contains_key(key) {
@@ -26,41 +76,69 @@ impl Sizes {
         }
         // A task whose resources do not parse never launches: charging it the
         // defaults errs on the side of room.
-        let own = Limits::of(task).unwrap_or(Limits::DEFAULT);
-        let custom = task
-            .executor
-            .as_ref()
-            .map(|e| Limits::from_resources(&e.resources).unwrap_or(Limits::DEFAULT));
-        let charge = ExecutorLimits {
-            cpus: own.cpus + custom.map_or(0.0, |c| c.cpus),
-            mem_bytes: own.mem_bytes + custom.map_or(0, |c| c.mem_bytes) + HOST_MEM_PER_TASK,
-            pids: PIDS_PER_TASK,
+        let bare = || {
+            (self.charges)
+                .with_defaults(&Resources::new())
+                .add(&self.charges.hosted_task_overhead)
         };
+        let own = limits(
+            &self.charges.task(task).unwrap_or_else(|_| bare()),
+            PIDS_PER_TASK,
+        );
+        let custom = task.executor.as_ref().map(|info| {
+            let id = info.executor_id.clone().unwrap_or_default().value;
+            let resources = (self.charges.custom_executor(info))
+                .unwrap_or_else(|_| self.charges.with_defaults(&Resources::new()));
+            (id, limits(&resources, 0))
+        });
         let total = self
             .totals
             .entry(executor_id.to_owned())
             .or_insert_with(ExecutorLimits::overhead);
-        total.cpus += charge.cpus;
-        total.mem_bytes += charge.mem_bytes;
-        total.pids += charge.pids;
-        self.charged
-            .insert(key.clone(), (executor_id.to_owned(), charge));
+        grow(total, &own);
+        if let Some((id, extra)) = &custom {
+            let entry = (self.customs)
+                .entry((executor_id.to_owned(), id.clone()))
+                .or_insert((0, *extra));
+            if entry.0 == 0 {
+                grow(total, &entry.1);
+            }
+            entry.0 += 1;
+        }
+        let charged = Charged {
+            executor_id: executor_id.to_owned(),
+            own,
+            custom: custom.map(|(id, _)| id),
+        };
+        self.charged.insert(key.clone(), charged);
         self.due.insert(executor_id.to_owned());
     }
 
-    /// Gives back what an ended task was charged.
+    /// Gives back what an ended task was charged, and its custom executor's share
+    /// with the last task naming it.
     pub fn release(&mut self, key: &TaskKey) {
-        let Some((executor_id, charge)) = self.charged.remove(key) else {
+        let Some(charged) = self.charged.remove(key) else {
             return;
         };
-        if let Some(total) = self.totals.get_mut(&executor_id) {
-            total.cpus = (total.cpus - charge.cpus).max(ExecutorLimits::overhead().cpus);
-            total.mem_bytes = total
-                .mem_bytes
-                .saturating_sub(charge.mem_bytes)
-                .max(ExecutorLimits::overhead().mem_bytes);
-            total.pids = (total.pids - charge.pids).max(ExecutorLimits::overhead().pids);
-            self.due.insert(executor_id);
+        let ex = charged.executor_id;
+        let mut freed = charged.own;
+        if let Some(id) = charged.custom {
+            let custom_key = (ex.clone(), id);
+            if let Some(entry) = self.customs.get_mut(&custom_key) {
+                entry.0 -= 1;
+                if entry.0 == 0 {
+                    grow(&mut freed, &entry.1);
+                    self.customs.remove(&custom_key);
+                }
+            }
+        }
+        if let Some(total) = self.totals.get_mut(&ex) {
+            let floor = ExecutorLimits::overhead();
+            total.cpus = (total.cpus - freed.cpus).max(floor.cpus);
+            total.mem_bytes =
+                (total.mem_bytes.saturating_sub(freed.mem_bytes)).max(floor.mem_bytes);
+            total.pids = (total.pids - freed.pids).max(floor.pids);
+            self.due.insert(ex);
         }
     }
 
@@ -74,7 +152,8 @@ impl Sizes {
 
     /// Forgets an executor that is gone (its tasks were released or failed).
     pub fn forget(&mut self, executor_id: &str) {
-        self.charged.retain(|_, (e, _)| e != executor_id);
+        self.charged.retain(|_, c| c.executor_id != executor_id);
+        self.customs.retain(|(e, _), _| e != executor_id);
         self.totals.remove(executor_id);
         self.due.remove(executor_id);
     }
@@ -86,10 +165,24 @@ impl Sizes {
     }
 }
 
+/// A cgroup's share of `resources` (cpus, and mem in MB), and `pids` processes.
+fn limits(resources: &Resources, pids: i64) -> ExecutorLimits {
+    ExecutorLimits {
+        cpus: resources.cpus(),
+        mem_bytes: (resources.mem() * MIB) as u64,
+        pids,
+    }
+}
+
+fn grow(total: &mut ExecutorLimits, by: &ExecutorLimits) {
+    total.cpus += by.cpus;
+    total.mem_bytes += by.mem_bytes;
+    total.pids += by.pids;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::executor_cgroup::OVERHEAD_MEM_BYTES;
     use cairn_api::v1::{Resource, TaskId, value};
 
     fn task(id: &str, cpus: f64, mem: f64) -> TaskInfo {
@@ -108,7 +201,7 @@ mod tests {
 
     #[test]
     fn an_executor_is_its_tasks_plus_the_overhead_and_shrinks_as_they_end() {
-        let mut sizes = Sizes::default();
+        let mut sizes = Sizes::new(agent_charges(true));
         let (a, b) = (
             ("f".to_owned(), "a".to_owned()),
             ("f".to_owned(), "b".to_owned()),
@@ -137,7 +230,7 @@ mod tests {
 
     #[test]
     fn a_task_naming_no_memory_is_charged_the_default() {
-        let mut sizes = Sizes::default();
+        let mut sizes = Sizes::new(agent_charges(true));
         let bare = TaskInfo {
             task_id: Some(TaskId { value: "t".into() }),
             ..Default::default()
@@ -147,5 +240,35 @@ mod tests {
             sizes.of("e").mem_bytes,
             Limits::DEFAULT.mem_bytes + HOST_MEM_PER_TASK + OVERHEAD_MEM_BYTES
         );
+    }
+
+    #[test]
+    fn a_custom_executor_is_charged_once_while_it_has_tasks() {
+        let mut sizes = Sizes::new(agent_charges(true));
+        let custom = |id: &str| TaskInfo {
+            executor: Some(cairn_api::v1::ExecutorInfo {
+                executor_id: Some(cairn_api::v1::ExecutorId { value: "c".into() }),
+                resources: task("c", 0.5, 100.0).resources,
+                ..Default::default()
+            }),
+            ..task(id, 1.0, 10.0)
+        };
+        let (a, b) = (
+            ("f".to_owned(), "a".to_owned()),
+            ("f".to_owned(), "b".to_owned()),
+        );
+        sizes.charge(&a, "e", &custom("a"));
+        sizes.charge(&b, "e", &custom("b"));
+        let mib = 1 << 20;
+        let executor = |tasks: u64, custom: u64| {
+            tasks * (10 * mib + HOST_MEM_PER_TASK) + custom * 100 * mib + OVERHEAD_MEM_BYTES
+        };
+        assert_eq!(sizes.of("e").mem_bytes, executor(2, 1));
+        assert!((sizes.of("e").cpus - 2.6).abs() < 1e-9);
+        sizes.release(&a);
+        assert_eq!(sizes.of("e").mem_bytes, executor(1, 1));
+        sizes.release(&b);
+        assert_eq!(sizes.of("e").mem_bytes, executor(0, 0));
+        assert_eq!(sizes.of("e").pids, ExecutorLimits::overhead().pids);
     }
 }

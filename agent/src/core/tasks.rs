@@ -109,7 +109,7 @@ impl Core {
                 }
             };
             executors.insert(executor_id.clone());
-            let kind = container_type(&task);
+            let kind = cairn_api::charges::container_type(&task);
             // A custom executor is a wasm component; a task's own container may be
             // WASM, DOCKER or MESOS (a native process).
             let executor_kind = task
@@ -170,15 +170,6 @@ pub(super) fn programs_of(task: &TaskInfo) -> Vec<crate::compiler::ProgramRef> {
     vec![crate::compiler::ProgramRef { name, metered }]
 }
 
-/// The container type a task runs in: its own, or its custom executor's.
-pub(super) fn container_type(task: &TaskInfo) -> i32 {
-    task.container
-        .as_ref()
-        .or(task.executor.as_ref().and_then(|e| e.container.as_ref()))
-        .map(|c| c.r#type)
-        .unwrap_or(container_info::Type::Unset as i32)
-}
-
 impl Core {
     /// Starts a staged task on its way: its executor if there is none, then its fetch.
     /// Runs once the task is durable, so a crash never loses a launched task.
@@ -201,7 +192,8 @@ impl Core {
         .flat_map(|c| c.uris.clone())
         .collect();
         // Only a wasm guest is sure not to write through a link into the cache.
-        let link_cached = container_type(&task.info) == container_info::Type::Wasm as i32;
+        let link_cached =
+            cairn_api::charges::container_type(&task.info) == container_info::Type::Wasm as i32;
         let programs = programs_of(&task.info);
         let container_id = task.container_id.clone();
         let spec = match self.executor_spec(&key) {

@@ -50,6 +50,8 @@ impl AgentRegistry for AgentService {
             .ask(|reply| Input::RegisterAgent {
                 info: Box::new(info),
                 tasks: register.tasks,
+                charges: register.charges,
+                executors: register.executors,
                 sender: tx,
                 reply,
             })

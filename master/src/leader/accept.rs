@@ -12,6 +12,7 @@ use cairn_api::v1::{
     AgentId, OfferId, TaskInfo, TaskState, TaskStatus, call, offer::operation, task_status,
 };
 
+use super::executors::{Charge, ExecutorKey};
 use super::{Leader, OfferEntry, TaskEntry, now_secs, update_event};
 use crate::error::{InvalidOffers, InvalidTask};
 
@@ -141,26 +142,29 @@ impl Leader {
     }
 
     /// Validates each task of `tasks` in turn against what the offers would still
-    /// hold after the ones before it, without taking anything yet.
+    /// hold after the ones before it (and the executors they start), without taking
+    /// anything yet.
     fn validate_tasks(
         &self,
         framework_id: &str,
         placement: &mut Placement,
         tasks: &[TaskInfo],
-    ) -> Vec<Result<Resources, InvalidTask>> {
+    ) -> Vec<Result<Charge, InvalidTask>> {
         let mut scratch = placement.remaining.clone();
+        let mut pending: HashSet<ExecutorKey> = HashSet::new();
         tasks
             .iter()
             .map(|task| {
-                let resources = self.validate_task(
+                let charge = self.validate_task(
                     framework_id,
                     &placement.agent_id,
                     task,
-                    &scratch,
+                    (&scratch, &pending),
                     &mut placement.seen,
                 )?;
-                scratch = scratch.checked_sub(&resources).unwrap_or_default();
-                Ok(resources)
+                scratch = scratch.checked_sub(&charge.total()).unwrap_or_default();
+                pending.extend(charge.new_executors.iter().map(|(k, _)| k.clone()));
+                Ok(charge)
             })
             .collect()
     }
@@ -188,10 +192,10 @@ impl Leader {
             return;
         }
         let mut tasks = Vec::new();
-        for (mut task, resources) in group.into_iter().zip(checked.into_iter().flatten()) {
+        for (mut task, charge) in group.into_iter().zip(checked.into_iter().flatten()) {
             placement.remaining = placement
                 .remaining
-                .checked_sub(&resources)
+                .checked_sub(&charge.total())
                 .unwrap_or_default();
             task.agent_id = Some(AgentId {
                 value: placement.agent_id.clone(),
@@ -201,7 +205,7 @@ impl Leader {
                 &placement.agent_id,
                 &placement.role,
                 &task,
-                resources,
+                charge,
             );
             tasks.push(task);
         }
@@ -219,10 +223,10 @@ impl Leader {
         let checked = self.validate_tasks(framework_id, placement, &tasks);
         for (mut task, result) in tasks.into_iter().zip(checked) {
             match result {
-                Ok(resources) => {
+                Ok(charge) => {
                     placement.remaining = placement
                         .remaining
-                        .checked_sub(&resources)
+                        .checked_sub(&charge.total())
                         .unwrap_or_default();
                     task.agent_id = Some(AgentId {
                         value: placement.agent_id.clone(),
@@ -232,7 +236,7 @@ impl Leader {
                         &placement.agent_id,
                         &placement.role,
                         task,
-                        resources,
+                        charge,
                     );
                 }
                 Err(why) => self.reject_task(
@@ -247,16 +251,17 @@ impl Leader {
     }
 
     /// A task may launch if its id is safe and new, it names no other agent, it asks
-    /// for cpus or mem the offers still hold, and it has a command or an executor.
-    /// Returns the resources it takes; `seen` gathers the ACCEPT's task ids.
+    /// for cpus or mem, the offers still hold what it costs (`remaining`, given the
+    /// executors the ACCEPT starts before it, `pending`), and it has a command or an
+    /// executor. Returns its charge; `seen` gathers the ACCEPT's task ids.
     fn validate_task(
         &self,
         framework_id: &str,
         agent_id: &str,
         task: &TaskInfo,
-        remaining: &Resources,
+        (remaining, pending): (&Resources, &HashSet<ExecutorKey>),
         seen: &mut HashSet<String>,
-    ) -> Result<Resources, InvalidTask> {
+    ) -> Result<Charge, InvalidTask> {
         let task_id = task
             .task_id
             .as_ref()
@@ -295,15 +300,18 @@ impl Leader {
                 task_id: task_id.to_owned(),
             });
         }
-        if !remaining.contains(&resources) {
+        check_command_or_executor(task_id, task)?;
+        let charge = self.charge_of(framework_id, agent_id, task, pending)?;
+        let needed = charge.total();
+        if !remaining.contains(&needed) {
             return Err(InvalidTask::BeyondOffers {
                 task_id: task_id.to_owned(),
-                asked: resources,
+                why: charge.explain(&resources),
+                needed,
                 remaining: remaining.clone(),
             });
         }
-        check_command_or_executor(task_id, task)?;
-        Ok(resources)
+        Ok(charge)
     }
 
     fn launch(
@@ -312,9 +320,9 @@ impl Leader {
         agent_id: &str,
         role: &str,
         task: TaskInfo,
-        resources: Resources,
+        charge: Charge,
     ) {
-        self.track_launch(framework_id, agent_id, role, &task, resources);
+        self.track_launch(framework_id, agent_id, role, &task, charge);
         let framework = self.frameworks[framework_id].info.clone();
         let run = master_message::Message::RunTask(RunTask {
             framework: Some(framework),
@@ -328,18 +336,19 @@ impl Leader {
         self.send_run(agent_id, run);
     }
 
-    /// Records a task as STAGING on its agent, its resources in use.
+    /// Records a task as STAGING on its agent, what it costs in use.
     fn track_launch(
         &mut self,
         framework_id: &str,
         agent_id: &str,
         role: &str,
         task: &TaskInfo,
-        resources: Resources,
+        charge: Charge,
     ) {
         let task_id = task.task_id.clone().unwrap_or_default().value;
+        self.hold_executors(framework_id, agent_id, role, task, &charge);
         if let Some(agent) = self.agents.get_mut(agent_id) {
-            agent.used = agent.used.add(&resources);
+            agent.used = agent.used.add(&charge.task);
             if let Some(id) = task.executor.as_ref().and_then(|e| e.executor_id.as_ref()) {
                 agent
                     .custom_executors
@@ -353,7 +362,8 @@ impl Leader {
                 agent_id: agent_id.to_owned(),
                 role: role.to_owned(),
                 info: task.clone(),
-                resources,
+                resources: charge.task,
+                executor: charge.process,
                 state: TaskState::TaskStaging,
                 status: None,
             },

@@ -2,6 +2,7 @@
 //! updates and disconnection.
 
 use cairn_api::Resources;
+use cairn_api::charges::AgentCharges;
 use cairn_api::internal::{
     AgentRegistered, MasterMessage, StatusUpdate, StatusUpdateAcknowledgement, TaskRecord,
     agent_message, master_message, registry_operation::Operation,
@@ -11,20 +12,64 @@ use cairn_api::v1::{AgentId, AgentInfo, Event, TaskState, event};
 use super::{AgentEntry, AgentSender, Leader, MAX_COMPLETED_TASKS, TaskEntry, update_event};
 use crate::error::CallError;
 
+/// What a registering agent reports besides its info.
+pub(super) struct Reported {
+    /// The tasks it runs, so a restarted master rebuilds its view.
+    pub tasks: Vec<TaskRecord>,
+    pub charges: Option<cairn_api::internal::AgentCharges>,
+    /// Its executor processes running now.
+    pub executors: Vec<cairn_api::internal::RunningExecutor>,
+}
+
 impl Leader {
     /// Admits a new agent (a registry write) or re-registers a known one, and rebuilds
-    /// the master's view of its tasks from what it reports.
+    /// the master's view of its tasks and executors from what it reports.
     pub(super) async fn register_agent(
         &mut self,
         mut info: AgentInfo,
-        tasks: Vec<TaskRecord>,
+        reported: Reported,
         sender: AgentSender,
     ) -> Result<(String, u64), CallError> {
+        let charges = (reported.charges.as_ref())
+            .map(AgentCharges::from_proto)
+            .transpose()
+            .map_err(CallError::AgentResources)?
+            .unwrap_or_default();
         let (agent_id, total) = self.admit_agent(&mut info).await?;
         let conn = self.next_conn_id();
+        let tasks = reported.tasks;
         self.forget_unreported_tasks(&agent_id, &tasks);
         let removed = self.removed_frameworks(&tasks);
-        let (used, allocations) = self.adopt_reported_tasks(&agent_id, tasks);
+        let live = self.adopt_reported_tasks(&agent_id, &charges, tasks);
+        let live_infos: Vec<_> = live
+            .iter()
+            .filter_map(|key| self.tasks.get(key))
+            .map(|t| {
+                (
+                    t.framework_id.clone(),
+                    t.role.clone(),
+                    t.executor.clone(),
+                    &t.info,
+                )
+            })
+            .collect();
+        let executors = super::executors::executors_reported(
+            &charges,
+            &reported.executors,
+            &live_infos,
+            |fw| self.role_of(fw),
+        );
+        let mut used = Resources::new();
+        let mut allocations = Vec::new();
+        for key in &live {
+            let t = &self.tasks[key];
+            used = used.add(&t.resources);
+            allocations.push((t.framework_id.clone(), t.role.clone(), t.resources.clone()));
+        }
+        for ((fw, _, _), held) in &executors {
+            used = used.add(&held.resources);
+            allocations.push((fw.clone(), held.role.clone(), held.resources.clone()));
+        }
         if self.agents.contains_key(&agent_id) {
             // A re-registration replaces the old stream; its offers are void.
             self.rescind_offers_of_agent(&agent_id);
@@ -50,6 +95,8 @@ impl Leader {
                 conn: Some((conn, sender)),
                 last_seen: std::time::Instant::now(),
                 custom_executors,
+                charges,
+                executors,
             },
         );
         Ok((agent_id, conn))
@@ -140,27 +187,28 @@ impl Leader {
     }
 
     /// Takes the agent's reported tasks as the master's view of it: live ones as
-    /// tasks, terminal ones as history. Returns the resources the live ones use, in
-    /// total and per (framework, role) for the allocator.
+    /// tasks (charged by the agent's figures), terminal ones as history. Returns the
+    /// keys of the live ones.
     fn adopt_reported_tasks(
         &mut self,
         agent_id: &str,
+        charges: &AgentCharges,
         reported: Vec<TaskRecord>,
-    ) -> (Resources, Vec<(String, String, Resources)>) {
-        let mut used = Resources::new();
-        let mut allocations = Vec::new();
+    ) -> Vec<(String, String)> {
+        let mut live = Vec::new();
         for record in reported {
             let (Some(fw), Some(task)) = (record.framework_id, record.task) else {
                 continue;
             };
             let state = TaskState::try_from(record.state).unwrap_or(TaskState::TaskUnknown);
             let task_id = task.task_id.clone().unwrap_or_default().value;
-            let resources = Resources::from_proto(&task.resources).unwrap_or_default();
+            let resources = charges.task(&task).unwrap_or_default();
             let role = self.role_of(&fw.value);
-            if !state.is_terminal() {
-                used = used.add(&resources);
-                allocations.push((fw.value.clone(), role.clone(), resources.clone()));
-            }
+            let executor = if record.executor_id.is_empty() {
+                cairn_api::ids::executor_id_for(&fw).value
+            } else {
+                record.executor_id
+            };
             let key = (fw.value.clone(), task_id);
             let entry = TaskEntry {
                 framework_id: fw.value,
@@ -168,6 +216,7 @@ impl Leader {
                 role,
                 info: task,
                 resources,
+                executor,
                 state,
                 status: None,
             };
@@ -177,10 +226,11 @@ impl Leader {
                 self.tasks.remove(&key);
                 self.completed.push_back(entry);
             } else {
-                self.tasks.insert(key, entry);
+                self.tasks.insert(key.clone(), entry);
+                live.push(key);
             }
         }
-        (used, allocations)
+        live
     }
 
     /// REGISTERED on the agent's new stream, then a shutdown for each framework in
@@ -244,6 +294,8 @@ impl Leader {
             agent_message::Message::StatusUpdate(update) => self.status_update(agent_id, update),
             agent_message::Message::ExecutorExited(exited) => {
                 let framework_id = exited.framework_id.clone().unwrap_or_default().value;
+                let executor_id = exited.executor_id.clone().unwrap_or_default().value;
+                self.executor_process_exited(agent_id, &framework_id, &executor_id);
                 self.send_event(
                     &framework_id,
                     Event {
@@ -313,8 +365,14 @@ impl Leader {
                 let resources = task.resources.clone();
                 let role = task.role.clone();
                 let task_agent = task.agent_id.clone();
+                let custom = (task.info.executor.as_ref())
+                    .and_then(|e| e.executor_id.as_ref())
+                    .map(|e| (task.executor.clone(), e.value.clone()));
                 self.allocator
                     .recover(&framework_id, &task_agent, &role, &resources, None);
+                if let Some((process, custom)) = custom {
+                    self.custom_executor_task_ended(&framework_id, &task_agent, process, custom);
+                }
                 if let Some(agent) = self.agents.get_mut(agent_id) {
                     agent.used = agent.used.checked_sub(&resources).unwrap_or_else(|| {
                         tracing::error!(agent_id, task_id, "freed more than the agent had in use");

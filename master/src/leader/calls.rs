@@ -379,6 +379,7 @@ impl Leader {
             task.state = TaskState::TaskKilled;
             self.completed.push_back(task);
         }
+        self.forget_executors_of(framework_id);
         tracing::info!(framework_id, "framework torn down");
         Ok(())
     }

@@ -7,6 +7,7 @@ mod agent_removal;
 mod agents;
 mod allocation;
 mod calls;
+mod executors;
 mod reconcile;
 mod roles;
 mod snapshot;
@@ -19,7 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_api::Resources;
-use cairn_api::internal::{MasterMessage, RoleQuota, RoleWeight, TaskRecord, agent_message};
+use cairn_api::internal::{
+    AgentCharges, MasterMessage, RoleQuota, RoleWeight, RunningExecutor, TaskRecord, agent_message,
+};
 use cairn_api::v1::{
     AgentInfo, Call, Event, FrameworkInfo, Offer, TaskInfo, TaskState, TaskStatus, event,
 };
@@ -46,6 +49,9 @@ pub enum Input {
     RegisterAgent {
         info: Box<AgentInfo>,
         tasks: Vec<TaskRecord>,
+        /// What the agent charges beyond what tasks name (none from older agents).
+        charges: Option<AgentCharges>,
+        executors: Vec<RunningExecutor>,
         sender: AgentSender,
         reply: oneshot::Sender<Result<(String, u64), CallError>>,
     },
@@ -127,6 +133,10 @@ struct AgentEntry {
     /// (framework id, executor id) of the custom executors tasks here have named: a
     /// MESSAGE may reach them even when they hold no task.
     custom_executors: std::collections::HashSet<(String, String)>,
+    /// The agent's figures for what it runs beyond what tasks name.
+    charges: cairn_api::charges::AgentCharges,
+    /// The executors charged here (see `executors`), part of `used`.
+    executors: HashMap<executors::ExecutorKey, executors::ExecutorCharge>,
 }
 
 struct FrameworkEntry {
@@ -150,7 +160,11 @@ struct TaskEntry {
     agent_id: String,
     role: String,
     info: TaskInfo,
+    /// What the task is charged: its resources with the agent's defaults and its
+    /// executor's per-task overhead (its own resources are in `info`).
     resources: Resources,
+    /// The agent's executor process hosting it.
+    executor: String,
     state: TaskState,
     status: Option<TaskStatus>,
 }
@@ -278,10 +292,17 @@ impl Leader {
             Input::RegisterAgent {
                 info,
                 tasks,
+                charges,
+                executors,
                 sender,
                 reply,
             } => {
-                let result = self.register_agent(*info, tasks, sender).await;
+                let reported = agents::Reported {
+                    tasks,
+                    charges,
+                    executors,
+                };
+                let result = self.register_agent(*info, reported, sender).await;
                 let _ = reply.send(result);
                 self.allocate();
             }

@@ -113,7 +113,11 @@ pub(super) fn build(leader: &Leader) -> MasterSnapshot {
         framework_id: t.framework_id.clone(),
         agent_id: t.agent_id.clone(),
         state: t.state.as_str_name().to_owned(),
-        resources: t.resources.to_string(),
+        // The task's own, as Mesos shows them; what it is charged is in the agent's
+        // and role's figures.
+        resources: cairn_api::Resources::from_proto(&t.info.resources)
+            .unwrap_or_default()
+            .to_string(),
         message: t
             .status
             .as_ref()
@@ -185,6 +189,10 @@ fn role_views(leader: &Leader, registry: &crate::registry::RegistryState) -> Vec
     for o in leader.offers.values() {
         let a = allocated.entry(o.role.clone()).or_default();
         *a = a.add(&o.resources);
+    }
+    for held in leader.agents.values().flat_map(|a| a.executors.values()) {
+        let a = allocated.entry(held.role.clone()).or_default();
+        *a = a.add(&held.resources);
     }
     for (name, r) in allocated {
         entry(&mut roles, registry, &name).allocated = r.to_string();

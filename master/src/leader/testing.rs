@@ -117,12 +117,24 @@ impl Cluster {
 
     /// Registers an agent (with the id in `info`, if any: a re-registration).
     pub(super) async fn try_register(&self, info: AgentInfo) -> Result<Agent, CallError> {
+        self.try_register_reporting(info, None, Vec::new()).await
+    }
+
+    /// Registers an agent that reports its charges and running executors.
+    pub(super) async fn try_register_reporting(
+        &self,
+        info: AgentInfo,
+        charges: Option<cairn_api::internal::AgentCharges>,
+        executors: Vec<cairn_api::internal::RunningExecutor>,
+    ) -> Result<Agent, CallError> {
         let (tx, mut messages) = mpsc::channel(crate::STREAM_BUFFER);
         let (id, conn) = self
             .leader
             .ask(|reply| Input::RegisterAgent {
                 info: Box::new(info),
                 tasks: Vec::new(),
+                charges,
+                executors,
                 sender: tx,
                 reply,
             })

@@ -357,6 +357,10 @@ pub fn start_master_with(
     (master, addr)
 }
 
+/// What a test agent offers. The disk is nominal (nothing fills it): roomy enough
+/// for the tasks that leave `disk` unnamed, charged 1 GB each.
+pub const AGENT_RESOURCES: &str = "cpus:2;mem:1024;disk:65536;ports:[31000-31100]";
+
 pub fn start_agent(cairn: Cairn, dir: &Path, master: &str) -> Daemon {
     start_agent_with(cairn, dir, master, &[])
 }
@@ -375,7 +379,7 @@ pub fn start_agent_with(cairn: Cairn, dir: &Path, master: &str, flags: &[&str]) 
         "--work-dir",
         work_dir.to_str().unwrap(),
         "--resources",
-        "cpus:2;mem:1024;disk:1024;ports:[31000-31100]",
+        AGENT_RESOURCES,
         "--executor-recovery-timeout",
         "5s",
         "--heartbeat-interval",

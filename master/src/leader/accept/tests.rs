@@ -87,7 +87,7 @@ async fn a_task_beyond_the_offer_gets_task_error_and_changes_nothing() {
     let offered = Resources::from_proto(&offer.resources).expect("offer resources");
     assert_eq!(
         status.message,
-        format!("task big asks for {asked}; the offers have {offered} left")
+        format!("task big needs {asked} (its resources {asked}); the offers have {offered} left")
     );
     assert!(
         agent.queued_messages().is_empty(),
@@ -243,7 +243,7 @@ async fn launches_share_the_offer_and_a_reused_task_id_is_refused() {
         task_status::Reason::TaskInvalid,
     );
     assert!(
-        beyond.message.starts_with("task t3 asks for "),
+        beyond.message.starts_with("task t3 needs cpus:1;mem:128 "),
         "{}",
         beyond.message
     );

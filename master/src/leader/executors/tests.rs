@@ -1,0 +1,249 @@
+//! Charging through a real leader: an agent reporting its figures, tasks launched
+//! from its offers, and the agent's updates and executor exits giving back what was
+//! charged.
+
+use cairn_api::Resources;
+use cairn_api::charges::AgentCharges;
+use cairn_api::internal::master_message::Message as ToAgent;
+use cairn_api::internal::{ExecutorExited, RunningExecutor, StatusUpdate, agent_message};
+use cairn_api::v1::{
+    Call, ExecutorId, ExecutorInfo, FrameworkId, TaskInfo, TaskState, TaskStatus, call, task_status,
+};
+
+use super::super::testing::{Agent, Cluster, Framework, accept_call, agent_info, command_task};
+
+/// Figures like a real agent's: 0.1 cpu, 64 MB and 1 GB by default, executors of
+/// 0.1 cpu and 256 MB, 4 MB per hosted task.
+fn charges() -> AgentCharges {
+    AgentCharges {
+        task_defaults: res("cpus:0.1;mem:64;disk:1024"),
+        executor_overhead: res("cpus:0.1;mem:256"),
+        hosted_task_overhead: res("mem:4"),
+        switch_user: true,
+    }
+}
+
+fn res(text: &str) -> Resources {
+    Resources::parse(text).expect("test resources")
+}
+
+async fn agent_with(cluster: &Cluster, resources: &str, running: Vec<RunningExecutor>) -> Agent {
+    cluster
+        .try_register_reporting(agent_info(resources), Some(charges().to_proto()), running)
+        .await
+        .expect("register agent")
+}
+
+async fn used(cluster: &Cluster) -> Resources {
+    res(&cluster.snapshot().await.agents[0].used_resources)
+}
+
+async fn launch(
+    cluster: &Cluster,
+    framework: &mut Framework,
+    agent: &mut Agent,
+    tasks: Vec<TaskInfo>,
+) {
+    let n = tasks.len();
+    let offer = framework.next_offers().await.remove(0);
+    cluster
+        .call(framework, accept_call(&offer, tasks))
+        .await
+        .expect("ACCEPT");
+    for _ in 0..n {
+        assert!(matches!(agent.next_message().await, ToAgent::RunTask(_)));
+    }
+}
+
+async fn finish(cluster: &Cluster, agent: &Agent, framework: &mut Framework, task: &str) {
+    let status = TaskStatus {
+        task_id: super::super::testing::task_id(task),
+        state: TaskState::TaskFinished as i32,
+        source: task_status::Source::Executor as i32,
+        uuid: vec![1],
+        ..Default::default()
+    };
+    let update = StatusUpdate {
+        framework_id: Some(FrameworkId {
+            value: framework.id.clone(),
+        }),
+        status: Some(status),
+    };
+    cluster
+        .agent_sends(agent, agent_message::Message::StatusUpdate(update))
+        .await;
+    assert_eq!(
+        framework.next_update().await.state(),
+        TaskState::TaskFinished
+    );
+}
+
+fn revive() -> Call {
+    Call {
+        r#type: call::Type::Revive as i32,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn unnamed_resources_and_a_new_executor_come_out_of_the_offer() {
+    let cluster = Cluster::start().await;
+    let mut agent = agent_with(&cluster, "cpus:2;mem:1024;disk:4096", Vec::new()).await;
+    let mut framework = cluster.subscribe("alpha").await;
+    launch(
+        &cluster,
+        &mut framework,
+        &mut agent,
+        vec![command_task("a", "cpus:1")],
+    )
+    .await;
+    // 1 cpu named; 64 MB and 1 GB by default, 4 MB hosted; the executor's 0.1 and 256.
+    assert_eq!(used(&cluster).await, res("cpus:1.1;mem:324;disk:1024"));
+    // What is left is offered; the second task joins the running executor.
+    cluster.call(&framework, revive()).await.expect("REVIVE");
+    let offer = framework.next_offers().await.remove(0);
+    assert_eq!(
+        Resources::from_proto(&offer.resources).expect("offer"),
+        res("cpus:0.9;mem:700;disk:3072")
+    );
+    let second = command_task("b", "cpus:0.5;mem:10;disk:10");
+    cluster
+        .call(&framework, accept_call(&offer, vec![second]))
+        .await
+        .expect("ACCEPT");
+    assert!(matches!(agent.next_message().await, ToAgent::RunTask(_)));
+    assert_eq!(used(&cluster).await, res("cpus:1.6;mem:338;disk:1034"));
+    // Mesos' task view: the task's own resources.
+    let snapshot = cluster.snapshot().await;
+    let a = snapshot.tasks.iter().find(|t| t.id == "a").expect("task a");
+    assert_eq!(res(&a.resources), res("cpus:1"));
+}
+
+#[tokio::test]
+async fn a_task_that_fits_but_its_executor_does_not_is_refused_and_changes_nothing() {
+    let cluster = Cluster::start().await;
+    let mut agent = agent_with(&cluster, "cpus:1;mem:512;disk:4096", Vec::new()).await;
+    let mut framework = cluster.subscribe("alpha").await;
+    let offer = framework.next_offers().await.remove(0);
+    cluster
+        .call(
+            &framework,
+            accept_call(&offer, vec![command_task("t", "cpus:1;mem:100")]),
+        )
+        .await
+        .expect("the ACCEPT itself is accepted");
+    let status = framework.next_update().await;
+    assert_eq!(status.state(), TaskState::TaskError);
+    assert_eq!(status.reason(), task_status::Reason::TaskInvalid);
+    let executor = format!("cairn-executor-{}", framework.id);
+    assert_eq!(
+        status.message,
+        format!(
+            "task t needs cpus:1.1;disk:1024;mem:360 (its resources cpus:1;mem:100 with the \
+             agent's defaults and per-task overhead, a new executor {executor} \
+             (cpus:0.1;mem:256)); the offers have cpus:1;disk:4096;mem:512 left"
+        )
+    );
+    assert!(
+        agent.queued_messages().is_empty(),
+        "nothing reached the agent"
+    );
+    assert_eq!(used(&cluster).await, Resources::new());
+}
+
+#[tokio::test]
+async fn an_executor_is_held_until_the_agent_says_it_exited() {
+    let cluster = Cluster::start().await;
+    let mut agent = agent_with(&cluster, "cpus:2;mem:1024;disk:4096", Vec::new()).await;
+    let mut framework = cluster.subscribe("alpha").await;
+    let task = command_task("a", "cpus:1;mem:100;disk:100");
+    launch(&cluster, &mut framework, &mut agent, vec![task]).await;
+    finish(&cluster, &agent, &mut framework, "a").await;
+    assert_eq!(
+        used(&cluster).await,
+        res("cpus:0.1;mem:256"),
+        "the executor lives on"
+    );
+    let exited = ExecutorExited {
+        framework_id: Some(FrameworkId {
+            value: framework.id.clone(),
+        }),
+        executor_id: Some(ExecutorId {
+            value: format!("cairn-executor-{}", framework.id),
+        }),
+        status: Some(0),
+        message: "exit status: 0".into(),
+    };
+    cluster
+        .agent_sends(&agent, agent_message::Message::ExecutorExited(exited))
+        .await;
+    assert_eq!(used(&cluster).await, Resources::new());
+    cluster.call(&framework, revive()).await.expect("REVIVE");
+    let offer = framework.next_offers().await.remove(0);
+    assert_eq!(
+        Resources::from_proto(&offer.resources).expect("offer"),
+        res("cpus:2;mem:1024;disk:4096"),
+        "all of it is offered again"
+    );
+}
+
+#[tokio::test]
+async fn a_custom_executor_is_charged_once_while_it_has_tasks() {
+    let cluster = Cluster::start().await;
+    let mut agent = agent_with(&cluster, "cpus:4;mem:2048;disk:4096", Vec::new()).await;
+    let mut framework = cluster.subscribe("alpha").await;
+    let custom = |id: &str| TaskInfo {
+        command: None,
+        executor: Some(ExecutorInfo {
+            executor_id: Some(ExecutorId { value: "c".into() }),
+            resources: res("cpus:0.5;mem:100;disk:10").to_proto(),
+            command: Some(Default::default()),
+            ..Default::default()
+        }),
+        ..command_task(id, "cpus:1;mem:10;disk:10")
+    };
+    launch(
+        &cluster,
+        &mut framework,
+        &mut agent,
+        vec![custom("a"), custom("b")],
+    )
+    .await;
+    // Two tasks (1, 14, 10 each), one custom executor, one executor process.
+    assert_eq!(used(&cluster).await, res("cpus:2.6;mem:384;disk:30"));
+    finish(&cluster, &agent, &mut framework, "a").await;
+    assert_eq!(used(&cluster).await, res("cpus:1.6;mem:370;disk:20"));
+    finish(&cluster, &agent, &mut framework, "b").await;
+    assert_eq!(
+        used(&cluster).await,
+        res("cpus:0.1;mem:256"),
+        "the process alone"
+    );
+}
+
+#[tokio::test]
+async fn a_reregistering_agent_brings_its_executors_back_and_teardown_frees_them() {
+    let cluster = Cluster::start().await;
+    let mut framework = cluster.subscribe("alpha").await;
+    let running = vec![RunningExecutor {
+        framework_id: Some(FrameworkId {
+            value: framework.id.clone(),
+        }),
+        executor_id: Some(ExecutorId {
+            value: format!("cairn-executor-{}", framework.id),
+        }),
+    }];
+    let _agent = agent_with(&cluster, "cpus:2;mem:1024;disk:4096", running).await;
+    assert_eq!(used(&cluster).await, res("cpus:0.1;mem:256"));
+    let offer = framework.next_offers().await.remove(0);
+    assert_eq!(
+        Resources::from_proto(&offer.resources).expect("offer"),
+        res("cpus:1.9;mem:768;disk:4096")
+    );
+    let teardown = Call {
+        r#type: call::Type::Teardown as i32,
+        ..Default::default()
+    };
+    cluster.call(&framework, teardown).await.expect("TEARDOWN");
+    assert_eq!(used(&cluster).await, Resources::new());
+}
