@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use cairn_test_support::framework::{Events, Scheduler, accept};
-use cairn_test_support::harness::{Cluster, blocking, find_files, in_sandbox_of, wait_for};
+use cairn_test_support::framework::{Events, Scheduler, accept, launch_spinning_task};
+use cairn_test_support::harness::{
+    Cluster, blocking, find_files, get_json, in_sandbox_of, wait_for,
+};
 
 use crate::CAIRN;
 
@@ -163,6 +165,17 @@ async fn root_and_unknown_users_are_refused_and_the_default_user_is_nobody() {
         (uid_of("nobody"), 0o700)
     );
 
+    // The executors of the refused tasks never started: the master charges only the
+    // one that ran as nobody (and lives on).
+    let addr = cluster.master_addr.clone();
+    blocking(move || {
+        wait_for("the unstarted executors' charges to go", || {
+            let state = get_json(&addr, "/state");
+            (state["agents"][0]["used_resources"] == "cpus:0.1;mem:256").then_some(())
+        })
+    })
+    .await;
+
     // A framework naming no user gets the agent's default user, nobody.
     let (anonymous, mut events) = Scheduler::subscribe_with(
         &cluster.master_addr,
@@ -267,5 +280,72 @@ async fn a_finished_runs_sandbox_is_collected_without_following_its_links() {
     });
     gone.await;
     assert_eq!(std::fs::read(&keep).unwrap(), b"the host's");
+    cluster.assert_no_panics();
+}
+
+/// A scalar of a Mesos `Resource` list.
+fn scalar(resources: &Value, name: &str) -> f64 {
+    let found = resources
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name);
+    found.map_or(0.0, |r| r["scalar"]["value"].as_f64().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_gets_no_more_than_its_offers_held() {
+    let cluster = Cluster::start_async(CAIRN).await;
+    let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
+    // It names 0.1 cpu and nothing else.
+    launch_spinning_task(&cluster, &scheduler, &mut events).await;
+    let state = scheduler.master_state(&cluster.master_addr).await;
+    // Its 0.1 cpu, 64 MB and 1 GB by default, 4 MB its executor holds for it, and the
+    // executor's own 0.1 cpu and 256 MB.
+    assert_eq!(
+        state["agents"][0]["used_resources"], "cpus:0.2;disk:1024;mem:324",
+        "{state}"
+    );
+    let revive = json!({"type": "REVIVE"});
+    assert_eq!(scheduler.call(revive).await.0, 202);
+    let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
+    let offered = &offer["resources"];
+    assert_eq!(
+        (
+            scalar(offered, "cpus"),
+            scalar(offered, "mem"),
+            scalar(offered, "disk")
+        ),
+        (1.8, 700.0, 64512.0),
+        "{offer}"
+    );
+    // All the memory offered, for a task whose executor holds 4 MB more: refused.
+    let greedy = json!({
+        "name": "greedy", "task_id": {"value": "greedy"}, "agent_id": offer["agent_id"],
+        "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}},
+                      {"name": "mem", "type": "SCALAR", "scalar": {"value": 700}}],
+        "command": {"value": "true"}
+    });
+    assert_eq!(scheduler.call(accept(&offer, vec![greedy])).await.0, 202);
+    let status = events.next_of("UPDATE").await["update"]["status"].clone();
+    assert_eq!(status["state"], "TASK_ERROR", "{status}");
+    assert_eq!(status["reason"], "REASON_TASK_INVALID", "{status}");
+    let message = status["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "task greedy needs cpus:0.1;disk:1024;mem:704 (its resources cpus:0.1;mem:700 \
+             with the agent's defaults and per-task overhead); the offers have "
+        ),
+        "{message}"
+    );
+    let state = scheduler.master_state(&cluster.master_addr).await;
+    assert_eq!(
+        state["agents"][0]["used_resources"], "cpus:0.2;disk:1024;mem:324",
+        "the refusal changed nothing: {state}"
+    );
+    // Torn down, the framework gives back its task and its executor alike.
+    assert_eq!(scheduler.call(json!({"type": "TEARDOWN"})).await.0, 202);
+    let state = scheduler.master_state(&cluster.master_addr).await;
+    assert_eq!(state["agents"][0]["used_resources"], "", "{state}");
     cluster.assert_no_panics();
 }

@@ -349,6 +349,30 @@ impl Core {
         }
     }
 
+    /// The master charged an executor process for a task that ended before it
+    /// started: if none runs and no live task awaits it, the master hears it exited
+    /// (as Mesos reports an executor whose launch failed), which frees the charge.
+    pub(super) fn release_unstarted_executor(&mut self, fw: &str, ex: &str) {
+        let state = &self.checkpoint.state;
+        let awaited = (state.tasks.iter())
+            .any(|((f, _), t)| f == fw && t.executor_id == ex && !t.state.is_terminal());
+        if ex.is_empty() || state.executors.contains_key(ex) || awaited {
+            return;
+        }
+        self.send_to_master(agent_message::Message::ExecutorExited(
+            cairn_api::internal::ExecutorExited {
+                framework_id: Some(FrameworkId {
+                    value: fw.to_owned(),
+                }),
+                executor_id: Some(cairn_api::v1::ExecutorId {
+                    value: ex.to_owned(),
+                }),
+                status: None,
+                message: "the executor never started: its tasks could not launch".to_owned(),
+            },
+        ));
+    }
+
     pub(super) fn executor_exited(&mut self, ex: &str, pid: u32, status: String) {
         let Some(record) = self.checkpoint.state.executors.get(ex) else {
             return;

@@ -109,19 +109,8 @@ impl Core {
                 }
             };
             executors.insert(executor_id.clone());
-            let kind = cairn_api::charges::container_type(&task);
-            // A custom executor is a wasm component; a task's own container may be
-            // WASM, DOCKER or MESOS (a native process).
-            let executor_kind = task
-                .executor
-                .as_ref()
-                .map(|e| e.container.as_ref().map_or(0, |c| c.r#type));
-            if executor_kind.is_some_and(|k| k != container_info::Type::Wasm as i32) {
-                unsupported.get_or_insert(
-                    "a custom executor must be a WASM container (its component)".to_owned(),
-                );
-            } else if container_info::Type::try_from(kind).is_err() {
-                unsupported.get_or_insert(format!("unknown container type {kind}"));
+            if let Some(why) = unsupported_container(&task) {
+                unsupported.get_or_insert(why);
             }
             self.checkpoint.record(Record::Task(RunTask {
                 framework: Some(framework.clone()),
@@ -149,6 +138,28 @@ impl Core {
                 None => self.outbox.push(Effect::Stage((fw.clone(), task_id))),
             }
         }
+        if unsupported.is_some() {
+            for ex in executors {
+                self.release_unstarted_executor(&fw, &ex);
+            }
+        }
+    }
+}
+
+/// Why the agent cannot run a task's container, if it cannot: a custom executor is a
+/// wasm component; a task's own container may be WASM, DOCKER or MESOS (native).
+fn unsupported_container(task: &TaskInfo) -> Option<String> {
+    let kind = cairn_api::charges::container_type(task);
+    let executor_kind = task
+        .executor
+        .as_ref()
+        .map(|e| e.container.as_ref().map_or(0, |c| c.r#type));
+    if executor_kind.is_some_and(|k| k != container_info::Type::Wasm as i32) {
+        Some("a custom executor must be a WASM container (its component)".to_owned())
+    } else if container_info::Type::try_from(kind).is_err() {
+        Some(format!("unknown container type {kind}"))
+    } else {
+        None
     }
 }
 
@@ -344,12 +355,12 @@ impl Core {
         reason: task_status::Reason,
         message: String,
     ) {
-        let group = self
+        let (group, ex) = self
             .checkpoint
             .state
             .tasks
             .get(&(fw.to_owned(), task_id.to_owned()))
-            .map(|t| t.group.clone())
+            .map(|t| (t.group.clone(), t.executor_id.clone()))
             .unwrap_or_default();
         self.fail_task(fw, task_id, state, reason, message.clone());
         for sibling in group.iter().filter(|s| *s != task_id) {
@@ -366,6 +377,7 @@ impl Core {
                 self.fail_task(fw, sibling, state, reason, why);
             }
         }
+        self.release_unstarted_executor(fw, &ex);
     }
 
     pub(super) fn launch_event(&self, fw: &str, task: TaskInfo) -> executor_event::Event {

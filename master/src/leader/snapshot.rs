@@ -102,41 +102,13 @@ pub(super) fn build(leader: &Leader) -> MasterSnapshot {
         })
         .collect();
     agents.sort_by(|a, b| a.id.cmp(&b.id));
-    let view = |t: &super::TaskEntry| TaskView {
-        id: t
-            .info
-            .task_id
-            .as_ref()
-            .map(|i| i.value.clone())
-            .unwrap_or_default(),
-        name: t.info.name.clone(),
-        framework_id: t.framework_id.clone(),
-        agent_id: t.agent_id.clone(),
-        state: t.state.as_str_name().to_owned(),
-        // The task's own, as Mesos shows them; what it is charged is in the agent's
-        // and role's figures.
-        resources: cairn_api::Resources::from_proto(&t.info.resources)
-            .unwrap_or_default()
-            .to_string(),
-        message: t
-            .status
-            .as_ref()
-            .map(|s| s.message.clone())
-            .unwrap_or_default(),
-        reason: t
-            .status
-            .as_ref()
-            .and_then(|s| s.reason)
-            .and_then(|r| cairn_api::v1::task_status::Reason::try_from(r).ok())
-            .map(|r| r.as_str_name().to_owned()),
-    };
     let roles = role_views(leader, &registry);
     MasterSnapshot {
         roles,
         frameworks,
         agents,
-        tasks: leader.tasks.values().map(view).collect(),
-        completed_tasks: leader.completed.iter().map(view).collect(),
+        tasks: leader.tasks.values().map(task_view).collect(),
+        completed_tasks: leader.completed.iter().map(task_view).collect(),
         outstanding_offers: leader.offers.len(),
     }
 }
@@ -198,4 +170,36 @@ fn role_views(leader: &Leader, registry: &crate::registry::RegistryState) -> Vec
         entry(&mut roles, registry, &name).allocated = r.to_string();
     }
     roles.into_values().collect()
+}
+
+/// A task as `/state` shows it.
+fn task_view(t: &super::TaskEntry) -> TaskView {
+    TaskView {
+        id: t
+            .info
+            .task_id
+            .as_ref()
+            .map(|i| i.value.clone())
+            .unwrap_or_default(),
+        name: t.info.name.clone(),
+        framework_id: t.framework_id.clone(),
+        agent_id: t.agent_id.clone(),
+        state: t.state.as_str_name().to_owned(),
+        // The task's own, as Mesos shows them; what it is charged is in the agent's
+        // and role's figures.
+        resources: cairn_api::Resources::from_proto(&t.info.resources)
+            .unwrap_or_default()
+            .to_string(),
+        message: t
+            .status
+            .as_ref()
+            .map(|s| s.message.clone())
+            .unwrap_or_default(),
+        reason: t
+            .status
+            .as_ref()
+            .and_then(|s| s.reason)
+            .and_then(|r| cairn_api::v1::task_status::Reason::try_from(r).ok())
+            .map(|r| r.as_str_name().to_owned()),
+    }
 }
