@@ -61,6 +61,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
         executor_shutdown_grace_period: Duration::from_secs(10),
         custom_executor_call_timeout: Duration::from_secs(5),
         docker_host_network: "with-ports".into(),
+        enforce_container_ports: true,
+        container_ports_watch_interval: Duration::from_secs(30),
         native: Default::default(),
         fetcher: Default::default(),
         users: dev_users(),

@@ -127,6 +127,14 @@ pub(crate) struct AgentArgs {
     /// resources (the others are refused, and may ask for BRIDGE or NONE); `always`.
     #[arg(long, default_value = "with-ports", value_parser = ["with-ports", "always"])]
     docker_host_network: String,
+    /// Kill a native task found listening, in the host's network namespace, on a port
+    /// its `ports` resources do not hold (Mesos' `network/ports` isolator; on here,
+    /// where Mesos leaves it off: tenants share the host's ports).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    enforce_container_ports: bool,
+    /// How often tasks' listening ports are checked.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    container_ports_watch_interval: Duration,
     #[command(flatten)]
     native: NativeIsolation,
     #[command(flatten)]
@@ -464,6 +472,9 @@ pub(crate) fn agent_config(args: AgentArgs) -> anyhow::Result<cairn_agent::Agent
         cgroups_root: args.native.cgroups_root,
         native_namespaces: args.native.native_namespaces,
         docker_host_network_always: args.docker_host_network == "always",
+        ports_watch_interval: args
+            .enforce_container_ports
+            .then_some(args.container_ports_watch_interval),
         fetcher: args.fetcher.into(),
         users: cairn_agent::user::UserPolicy {
             switch_user: args.users.switch_user,

@@ -316,6 +316,17 @@ fn controllers() -> Vec<String> {
 }
 
 /// The directories of a cgroup, one per hierarchy it is in.
+/// Where this host's cgroup hierarchies are mounted (`/sys/fs/cgroup`).
+pub fn mount_root() -> PathBuf {
+    hierarchies::auto().root()
+}
+
+/// The directories of the cgroup at `path` (relative to each hierarchy's mount), one
+/// per hierarchy this host mounts.
+pub fn dirs_at(path: &str) -> Vec<PathBuf> {
+    dirs_of(&Cgroup::load(hierarchies::auto(), path))
+}
+
 fn dirs_of(cgroup: &Cgroup) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = cgroup
         .subsystems()

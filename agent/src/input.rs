@@ -41,6 +41,9 @@ pub enum Input {
         pid: u32,
         status: String,
     },
+    /// A ports scan's findings: tasks (with their run) listening on ports they do
+    /// not hold.
+    PortsChecked(Vec<crate::ports::Violation<(crate::checkpoint::TaskKey, String)>>),
     Fetched {
         run: FetchedRun,
         /// The task's compiled programs, or why its sandbox or programs failed.

@@ -19,6 +19,7 @@ mod launcher;
 mod master_link;
 mod metrics;
 mod paths;
+mod ports;
 mod process;
 mod resources;
 mod updates;
@@ -74,6 +75,9 @@ pub struct AgentConfig {
     /// Docker tasks get HOST networking without `ports` resources too
     /// (`--docker-host-network always`).
     pub docker_host_network_always: bool,
+    /// How often native tasks' listening ports are checked against their `ports`
+    /// resources (`--container-ports-watch-interval`); none: not checked.
+    pub ports_watch_interval: Option<Duration>,
     /// The fetcher's limits (`--fetcher-*`).
     pub fetcher: FetcherConfig,
     /// Who tasks run as (`--switch-user`, `--default-user`, `--allow-root-tasks`).
@@ -203,6 +207,7 @@ impl Agent {
             executor_reregistration_timeout: self.config.executor_reregistration_timeout,
             executor_shutdown_grace: self.config.executor_shutdown_grace,
             users: self.config.users.clone(),
+            ports_watch_interval: self.config.ports_watch_interval,
         };
         // Runs the checkpoint still holds are the core's; any other run on disk
         // finished before the restart and is collected.

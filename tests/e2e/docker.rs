@@ -447,3 +447,39 @@ async fn host_networking_is_given_only_to_a_task_holding_ports() {
     assert_eq!(status["state"], "TASK_FINISHED", "{status}");
     cluster.assert_no_panics();
 }
+
+/// A HOST task listening on a port it does not hold is killed (Mesos' `network/ports`
+/// isolator), as a native task is (`tests/e2e/ports.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_task_listening_on_a_port_it_does_not_hold_is_killed() {
+    let image = blocking(test_image).await;
+    let id = task_id("docker-squatter");
+    let _cleanup = RemoveOnDrop(vec![id.clone()]);
+    let cluster =
+        Cluster::start_with_flags_async(CAIRN, &[], &["--container-ports-watch-interval", "200ms"])
+            .await;
+    let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
+    let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
+    let mut task = docker_task(&id, &offer["agent_id"], &image, "exec nc -l -p 31007");
+    task["container"]["docker"]["network"] = json!("HOST");
+    task["resources"].as_array_mut().unwrap().push(json!({
+        "name": "ports", "type": "RANGES",
+        "ranges": {"range": [{"begin": 31005, "end": 31005}]}}));
+    let (code, body) = scheduler.call(accept(&offer, vec![task])).await;
+    assert_eq!(code, 202, "{body}");
+    let status = loop {
+        let status = next_status(&scheduler, &mut events).await;
+        if is_terminal(&status) {
+            break status;
+        }
+    };
+    assert_eq!(status["state"], "TASK_FAILED", "{status}");
+    assert_eq!(status["reason"], "REASON_CONTAINER_LIMITATION", "{status}");
+    assert_eq!(
+        status["message"],
+        "Task listened on port 31007 outside its ports resources (ports:[31005-31005])",
+        "{status}"
+    );
+    assert_removed(&[id.as_str()]).await;
+    cluster.assert_no_panics();
+}

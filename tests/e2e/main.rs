@@ -15,6 +15,7 @@ mod links;
 mod mesos_http;
 mod native;
 mod operator;
+mod ports;
 mod recovery;
 mod restart;
 mod tenants;

@@ -9,6 +9,7 @@
 //! agent never tells anyone something it could forget.
 
 mod executor_links;
+mod limitations;
 mod routing;
 mod sizing;
 mod snapshot;
@@ -91,6 +92,8 @@ pub struct CoreConfig {
     pub executor_shutdown_grace: Duration,
     /// Who tasks run as.
     pub users: crate::user::UserPolicy,
+    /// How often native tasks' listening ports are checked; none: never.
+    pub ports_watch_interval: Option<Duration>,
 }
 
 /// Something the core does once the records it depends on are durable.
@@ -151,6 +154,7 @@ pub struct Core {
     usage: HashMap<String, (String, f64, Vec<cairn_api::internal::TaskUsage>)>,
     /// What each executor's cgroup must allow.
     sizes: sizing::Sizes,
+    ports: limitations::PortsWatch,
     snapshot: watch::Sender<Arc<AgentSnapshot>>,
     /// The sandbox garbage collector (see `crate::gc`).
     gc: mpsc::UnboundedSender<std::path::PathBuf>,
@@ -195,6 +199,7 @@ impl Core {
             metrics: crate::metrics::Metrics::default(),
             usage: HashMap::new(),
             sizes: sizing::Sizes::new(sizing::agent_charges(switch_user)),
+            ports: limitations::PortsWatch::new(),
             snapshot,
             gc,
         };
@@ -225,6 +230,7 @@ impl Core {
                     self.flush_to_master();
                     self.resend_due_updates();
                     self.check_executor_deadlines();
+                    self.watch_ports();
                     for link in self.links.values_mut() {
                         link.flush();
                     }
@@ -297,6 +303,7 @@ impl Core {
                 status,
             } => self.executor_exited(&executor_id, pid, status),
             Input::Fetched { run, result } => self.fetched(run, result),
+            Input::PortsChecked(found) => self.ports_checked(found),
         }
         self.dirty = true;
     }

@@ -414,7 +414,12 @@ impl Core {
         }
     }
 
-    fn kill_task(&mut self, fw: &str, task_id: TaskId, policy: Option<cairn_api::v1::KillPolicy>) {
+    pub(super) fn kill_task(
+        &mut self,
+        fw: &str,
+        task_id: TaskId,
+        policy: Option<cairn_api::v1::KillPolicy>,
+    ) {
         let key = (fw.to_owned(), task_id.value.clone());
         let Some(task) = self.checkpoint.state.tasks.get(&key) else {
             return;
@@ -537,6 +542,7 @@ impl Core {
             );
             return;
         }
+        self.apply_limitation(&key, &mut status);
         if TaskState::try_from(status.state).is_ok_and(TaskState::is_terminal) {
             self.metrics.task_ended(&status);
             self.sizes.release(&key);

@@ -282,8 +282,60 @@ impl Cluster {
 }
 
 impl Drop for Cluster {
+    /// Kills what the cluster's agent started: its executors, and every process
+    /// left in its cgroups (native tasks outlive their executors by design).
     fn drop(&mut self) {
         kill_executors(&self.work_dir());
+        kill_cgroup_tree(&cgroups_root_of(self.dir.path()));
+    }
+}
+
+/// The cgroup root a test agent puts its executors and native tasks under unless
+/// the test names its own: one per cluster (from its temp dir's name, so a
+/// restarted agent gets the same), so its teardown can kill what is left there.
+fn cgroups_root_of(dir: &Path) -> String {
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("cluster");
+    format!("cairn-test-{}", name.trim_start_matches('.'))
+}
+
+/// SIGKILLs every process in the cgroup `root` (in every hierarchy) and below, then
+/// removes the cgroups, deepest first. Best effort: it runs as tests end.
+pub fn kill_cgroup_tree(root: &str) {
+    let mounts = std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten();
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut stack: Vec<PathBuf> = mounts
+        .map(|m| m.path().join(root))
+        .chain([PathBuf::from("/sys/fs/cgroup").join(root)])
+        .filter(|d| d.is_dir())
+        .collect();
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            }
+        }
+        dirs.push(dir);
+    }
+    for dir in &dirs {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    // A killed process leaves its cgroup once it is reaped: a cleanup poll, bounded.
+    for _ in 0..100 {
+        dirs.retain(|dir| std::fs::remove_dir(dir).is_err() && dir.exists());
+        if dirs.is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -368,6 +420,7 @@ pub fn start_agent(cairn: Cairn, dir: &Path, master: &str) -> Daemon {
 /// An agent with extra flags after the test defaults.
 pub fn start_agent_with(cairn: Cairn, dir: &Path, master: &str, flags: &[&str]) -> Daemon {
     let work_dir = dir.join("agent");
+    let cgroups_root = cgroups_root_of(dir);
     let mut args = vec![
         "agent",
         "--master",
@@ -390,6 +443,8 @@ pub fn start_agent_with(cairn: Cairn, dir: &Path, master: &str, flags: &[&str]) 
         // agents with `--allow-root-tasks false`, the agent's own default.
         "--allow-root-tasks",
         "true",
+        "--cgroups-root",
+        &cgroups_root,
     ];
     override_defaults(&mut args, flags);
     Daemon::start(cairn, &args, next_log(dir, "agent"))

@@ -176,7 +176,7 @@ impl Containerizer for DockerContainerizer {
             }
         }
         let task_id = spec.task_id();
-        let name = format!("cairn-{}-{task_id}", spec.framework_id);
+        let name = container_name(&spec.framework_id, &task_id);
         // A container of this name is what an earlier attempt at this task left.
         remove(docker, &name).await.map_err(|e| {
             LaunchError::Docker(format!("removing the earlier container {name}: {e}"))
@@ -403,6 +403,18 @@ fn create_body(
         }),
         ..Default::default()
     }
+}
+
+/// The container a Docker task runs in (the agent watches its ports by this name).
+pub fn container_name(framework_id: &str, task_id: &str) -> String {
+    format!("cairn-{framework_id}-{task_id}")
+}
+
+/// The pid of a running container's first process, if it has one.
+pub async fn container_pid(name: &str) -> Option<i64> {
+    let docker = connect().await.ok()?;
+    let inspect = docker.inspect_container(name, None).await.ok()?;
+    inspect.state?.pid.filter(|p| *p > 0)
 }
 
 async fn connect() -> Result<Docker, LaunchError> {
