@@ -69,6 +69,10 @@ struct MasterArgs {
     /// (partition-aware frameworks) or TASK_LOST.
     #[arg(long, default_value = "75s", value_parser = humantime::parse_duration)]
     agent_timeout: Duration,
+    /// An agent's executor process with no task this long is shut down, and the
+    /// overhead charged for it given back to its framework.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    executor_idle_timeout: Duration,
     /// Rescind offers outstanding longer than this (default: never, as in Mesos).
     #[arg(long, value_parser = humantime::parse_duration)]
     offer_timeout: Option<Duration>,
@@ -400,6 +404,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                     framework_heartbeat_interval: args.framework_heartbeat_interval,
                     offer_timeout: args.offer_timeout,
                     agent_timeout: args.agent_timeout,
+                    executor_idle_timeout: args.executor_idle_timeout,
                     ..Default::default()
                 },
             })

@@ -349,3 +349,43 @@ async fn a_tenant_gets_no_more_than_its_offers_held() {
     assert_eq!(state["agents"][0]["used_resources"], "", "{state}");
     cluster.assert_no_panics();
 }
+
+/// Runs a wasm task on the next offer and waits for its terminal update.
+async fn run_hello(scheduler: &Scheduler, events: &mut Events, id: &str) -> Value {
+    launch(scheduler, events, |agent| {
+        vec![cairn_test_support::framework::wasm_task(id, agent, 0.1)]
+    })
+    .await;
+    terminal(scheduler, events, id).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_executor_is_stopped_and_its_charge_given_back() {
+    let cluster =
+        Cluster::start_with_flags_async(CAIRN, &["--executor-idle-timeout", "300ms"], &[]).await;
+    let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
+    let status = run_hello(&scheduler, &mut events, "first").await;
+    assert_eq!(status["state"], "TASK_FINISHED", "{status}");
+    let (master, agent) = (cluster.master_addr.clone(), cluster.agent_addr.clone());
+    blocking(move || {
+        wait_for("the idle executor to stop and its charge to go", || {
+            let used = get_json(&master, "/state")["agents"][0]["used_resources"].clone();
+            let executors = get_json(&agent, "/state")["executors"].clone();
+            (used == "" && executors.as_array().is_some_and(Vec::is_empty)).then_some(())
+        })
+    })
+    .await;
+    // The framework heard its executor ended, as Mesos reports every executor's end.
+    let failure = events.next_of("FAILURE").await;
+    assert!(
+        failure["failure"]["executor_id"]["value"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("cairn-executor-")),
+        "{failure}"
+    );
+    // The next task gets a new executor.
+    assert_eq!(scheduler.call(json!({"type": "REVIVE"})).await.0, 202);
+    let status = run_hello(&scheduler, &mut events, "second").await;
+    assert_eq!(status["state"], "TASK_FINISHED", "{status}");
+    cluster.assert_no_panics();
+}

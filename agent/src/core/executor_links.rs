@@ -32,6 +32,8 @@ pub struct ExecutorLink {
     /// Until it first subscribes after being started or re-attached.
     subscribe_deadline: Option<Instant>,
     pub(super) shutdown_deadline: Option<Instant>,
+    /// Shut down for being idle: a task arriving now waits for its successor.
+    pub(super) idle_shutdown: bool,
     /// Killed by the agent; its exit is expected.
     killed: bool,
     /// An exit noticed while its connection was still open: handled once the
@@ -47,6 +49,7 @@ impl ExecutorLink {
             recovered,
             subscribe_deadline: Some(Instant::now() + subscribe_within),
             shutdown_deadline: None,
+            idle_shutdown: false,
             killed: false,
             exited: None,
         }
@@ -369,8 +372,28 @@ impl Core {
                 }),
                 status: None,
                 message: "the executor never started: its tasks could not launch".to_owned(),
+                idle: false,
             },
         ));
+    }
+
+    /// The master's idle shutdown of executor process `ex` of framework `fw`: it
+    /// stops if it still has no task (one that arrives meanwhile waits for its
+    /// successor; see `fetched`).
+    pub(super) fn shutdown_idle_executor(&mut self, fw: &str, ex: &str) {
+        let ours = self.framework_of(ex).is_some_and(|f| f == fw);
+        if !ours || !self.checkpoint.state.live_tasks_on(ex).is_empty() {
+            return;
+        }
+        let Some(link) = self.links.get_mut(ex) else {
+            return;
+        };
+        tracing::info!(executor_id = ex, "shutting down an idle executor");
+        link.idle_shutdown = true;
+        let deadline = Instant::now() + self.config.executor_shutdown_grace;
+        link.shutdown_deadline.get_or_insert(deadline);
+        let shutdown = cairn_api::internal::ExecutorShutdown { executor_id: None };
+        self.send_to_executor(ex.to_owned(), executor_event::Event::Shutdown(shutdown));
     }
 
     pub(super) fn executor_exited(&mut self, ex: &str, pid: u32, status: String) {
@@ -399,12 +422,14 @@ impl Core {
             .or_else(|| status.strip_prefix("signal: "))
             .and_then(|c| c.split_whitespace().next())
             .and_then(|c| c.parse::<i32>().ok());
+        let idle = self.links.get(ex).is_some_and(|l| l.idle_shutdown);
         self.send_to_master(agent_message::Message::ExecutorExited(
             cairn_api::internal::ExecutorExited {
                 framework_id: Some(FrameworkId { value: fw.clone() }),
                 executor_id,
                 status: code,
                 message: status.to_owned(),
+                idle,
             },
         ));
         let shutting_down = self

@@ -10,6 +10,7 @@
 
 mod executor_links;
 mod limitations;
+mod master_messages;
 mod routing;
 mod sizing;
 mod snapshot;

@@ -295,7 +295,7 @@ impl Leader {
             agent_message::Message::ExecutorExited(exited) => {
                 let framework_id = exited.framework_id.clone().unwrap_or_default().value;
                 let executor_id = exited.executor_id.clone().unwrap_or_default().value;
-                self.executor_process_exited(agent_id, &framework_id, &executor_id);
+                self.executor_process_exited(agent_id, &framework_id, &executor_id, exited.idle);
                 self.send_event(
                     &framework_id,
                     Event {
@@ -367,12 +367,11 @@ impl Leader {
                 let task_agent = task.agent_id.clone();
                 let custom = (task.info.executor.as_ref())
                     .and_then(|e| e.executor_id.as_ref())
-                    .map(|e| (task.executor.clone(), e.value.clone()));
+                    .map(|e| e.value.clone());
+                let process = task.executor.clone();
                 self.allocator
                     .recover(&framework_id, &task_agent, &role, &resources, None);
-                if let Some((process, custom)) = custom {
-                    self.custom_executor_task_ended(&framework_id, &task_agent, process, custom);
-                }
+                self.executor_task_ended(&framework_id, &task_agent, process, custom);
                 if let Some(agent) = self.agents.get_mut(agent_id) {
                     agent.used = agent.used.checked_sub(&resources).unwrap_or_else(|| {
                         tracing::error!(agent_id, task_id, "freed more than the agent had in use");

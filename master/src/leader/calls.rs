@@ -256,6 +256,7 @@ impl Leader {
             master_message::Message::ShutdownExecutor(cairn_api::internal::ShutdownExecutor {
                 framework_id: framework,
                 executor_id: Some(executor_id),
+                idle: false,
             })
         };
         self.send_to_agent(

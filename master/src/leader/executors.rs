@@ -6,11 +6,12 @@
 //! that launch them and given back when they end.
 
 use std::collections::HashSet;
+use std::time::Instant;
 
 use cairn_api::Resources;
 use cairn_api::charges::AgentCharges;
-use cairn_api::internal::RunningExecutor;
-use cairn_api::v1::{FrameworkId, TaskInfo};
+use cairn_api::internal::{MasterMessage, RunningExecutor, master_message};
+use cairn_api::v1::{ExecutorId, FrameworkId, TaskInfo};
 
 use super::{AgentEntry, Leader};
 use crate::error::InvalidTask;
@@ -24,9 +25,12 @@ pub(super) type ExecutorKey = (String, String, Option<String>);
 pub(super) struct ExecutorCharge {
     pub role: String,
     pub resources: Resources,
-    /// For a custom executor, the live tasks naming it (it is charged while there are
-    /// any); none for an executor process, charged until the agent says it exited.
-    pub tasks: Option<usize>,
+    /// The live tasks on it. A custom executor is charged while there are any; an
+    /// executor process until it exits or, idle past the master's
+    /// `--executor-idle-timeout`, is shut down.
+    pub tasks: usize,
+    /// Since when an executor process has had no live task.
+    pub idle_since: Option<Instant>,
 }
 
 /// What one task of an ACCEPT costs.
@@ -119,8 +123,8 @@ impl Leader {
         })
     }
 
-    /// Holds what a launched task's charge starts: new executors, and one more task
-    /// on its custom executor.
+    /// Holds what a launched task's charge starts (new executors), and counts the
+    /// task on its executor process and custom executor.
     pub(super) fn hold_executors(
         &mut self,
         framework_id: &str,
@@ -137,50 +141,106 @@ impl Leader {
             let held = ExecutorCharge {
                 role: role.to_owned(),
                 resources: resources.clone(),
-                tasks: key.2.as_ref().map(|_| 0),
+                tasks: 0,
+                idle_since: None,
             };
             agent.executors.insert(key.clone(), held);
         }
-        if let Some(key) = custom_key(framework_id, task, &charge.process)
-            && let Some(held) = agent.executors.get_mut(&key)
-        {
-            *held.tasks.get_or_insert(0) += 1;
+        let process = (framework_id.to_owned(), charge.process.clone(), None);
+        let custom = custom_key(framework_id, task, &charge.process);
+        for key in [Some(process), custom].into_iter().flatten() {
+            if let Some(held) = agent.executors.get_mut(&key) {
+                held.tasks += 1;
+                held.idle_since = None;
+            }
         }
     }
 
-    /// A task naming custom executor `custom`, hosted by `process`, ended: the
-    /// custom executor is given back with its last task.
-    pub(super) fn custom_executor_task_ended(
+    /// A task of `process` (naming custom executor `custom`, if any) ended: the
+    /// custom executor is given back with its last task; the process, idle, starts
+    /// its idle time.
+    pub(super) fn executor_task_ended(
         &mut self,
         framework_id: &str,
         agent_id: &str,
         process: String,
-        custom: String,
+        custom: Option<String>,
     ) {
-        let key = (framework_id.to_owned(), process, Some(custom));
-        let last = self
-            .agents
-            .get_mut(agent_id)
-            .and_then(|a| a.executors.get_mut(&key))
-            .and_then(|held| held.tasks.as_mut())
-            .is_some_and(|n| {
-                *n = n.saturating_sub(1);
-                *n == 0
-            });
+        let Some(agent) = self.agents.get_mut(agent_id) else {
+            return;
+        };
+        let key = (framework_id.to_owned(), process, None);
+        if let Some(held) = agent.executors.get_mut(&key) {
+            held.tasks = held.tasks.saturating_sub(1);
+            if held.tasks == 0 {
+                held.idle_since = Some(Instant::now());
+            }
+        }
+        let Some(custom) = custom else {
+            return;
+        };
+        let key = (key.0, key.1, Some(custom));
+        let last = agent.executors.get_mut(&key).is_some_and(|held| {
+            held.tasks = held.tasks.saturating_sub(1);
+            held.tasks == 0
+        });
         if last {
             self.release_executor(agent_id, &key);
         }
     }
 
-    /// The agent says an executor process exited: its overhead is free again.
+    /// The agent says an executor process exited: its overhead is free again,
+    /// unless the master shut it down for being idle (and so gave it back then; a
+    /// successor may hold it now).
     pub(super) fn executor_process_exited(
         &mut self,
         agent_id: &str,
         framework_id: &str,
         executor_id: &str,
+        idle: bool,
     ) {
         let key = (framework_id.to_owned(), executor_id.to_owned(), None);
-        if self.release_executor(agent_id, &key) {
+        if !idle && self.release_executor(agent_id, &key) {
+            self.allocate();
+        }
+    }
+
+    /// Shuts down the executor processes idle past the idle timeout on connected
+    /// agents, giving their charge back at once (Mesos' command executors end with
+    /// their task; Cairn's are shared, and kept warm this long).
+    pub(super) fn shutdown_idle_executors(&mut self, now: Instant) {
+        let timeout = self.config.executor_idle_timeout;
+        let mut idle = Vec::new();
+        for (agent_id, agent) in self.agents.iter().filter(|(_, a)| a.conn.is_some()) {
+            for (key, held) in &agent.executors {
+                let expired = held
+                    .idle_since
+                    .is_some_and(|at| now.duration_since(at) >= timeout);
+                if key.2.is_none() && held.tasks == 0 && expired {
+                    idle.push((agent_id.clone(), key.clone()));
+                }
+            }
+        }
+        for (agent_id, key) in &idle {
+            self.release_executor(agent_id, key);
+            let shutdown = cairn_api::internal::ShutdownExecutor {
+                framework_id: Some(FrameworkId {
+                    value: key.0.clone(),
+                }),
+                executor_id: Some(ExecutorId {
+                    value: key.1.clone(),
+                }),
+                idle: true,
+            };
+            let message = master_message::Message::ShutdownExecutor(shutdown);
+            self.send_to_agent(
+                agent_id,
+                MasterMessage {
+                    message: Some(message),
+                },
+            );
+        }
+        if !idle.is_empty() {
             self.allocate();
         }
     }
@@ -228,29 +288,38 @@ pub(super) fn executors_reported(
     role_of: impl Fn(&str) -> String,
 ) -> std::collections::HashMap<ExecutorKey, ExecutorCharge> {
     let mut held = std::collections::HashMap::new();
-    let process = |fw: &str| ExecutorCharge {
-        role: role_of(fw),
-        resources: charges.executor_overhead.clone(),
-        tasks: None,
+    let now = Instant::now();
+    let charge = |role: String, resources: Resources| ExecutorCharge {
+        role,
+        resources,
+        tasks: 0,
+        idle_since: Some(now),
     };
     for r in running {
         let fw = r.framework_id.clone().unwrap_or_default().value;
         let id = r.executor_id.clone().unwrap_or_default().value;
-        held.insert((fw.clone(), id.clone(), None), process(&fw));
+        let process = charge(role_of(&fw), charges.executor_overhead.clone());
+        held.insert((fw, id, None), process);
     }
     for (fw, role, ex, task) in live {
-        let key = (fw.clone(), ex.clone(), None);
-        held.entry(key).or_insert_with(|| process(fw));
-        let (Some(key), Some(info)) = (custom_key(fw, task, ex), task.executor.as_ref()) else {
-            continue;
-        };
-        let entry = held.entry(key).or_insert_with(|| ExecutorCharge {
-            role: role.clone(),
-            resources: charges.custom_executor(info).unwrap_or_default(),
-            tasks: Some(0),
+        let process = (fw.clone(), ex.clone(), None);
+        let custom = custom_key(fw, task, ex).zip(task.executor.as_ref());
+        let custom = custom.map(|(key, info)| {
+            let resources = charges.custom_executor(info).unwrap_or_default();
+            (key, resources)
         });
-        *entry.tasks.get_or_insert(0) += 1;
+        let process = Some((process, charges.executor_overhead.clone()));
+        for (key, resources) in [process, custom].into_iter().flatten() {
+            let entry = held
+                .entry(key)
+                .or_insert_with(|| charge(role.clone(), resources));
+            entry.tasks += 1;
+            entry.idle_since = None;
+        }
     }
+    // An agent that reports no figures (an older one) is charged nothing, and so
+    // never told to shut an idle executor down.
+    held.retain(|_, h: &mut ExecutorCharge| !h.resources.is_empty());
     held
 }
 

@@ -105,6 +105,9 @@ pub struct LeaderConfig {
     pub offer_timeout: Option<Duration>,
     /// An agent silent this long is unreachable (Mesos: 5 pings of 15 s).
     pub agent_timeout: Duration,
+    /// An executor process with no task this long is shut down and its charge given
+    /// back (`--executor-idle-timeout`).
+    pub executor_idle_timeout: Duration,
 }
 
 impl Default for LeaderConfig {
@@ -116,6 +119,7 @@ impl Default for LeaderConfig {
             default_refuse: Duration::from_secs(5),
             offer_timeout: None,
             agent_timeout: Duration::from_secs(75),
+            executor_idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -471,7 +475,14 @@ impl Leader {
             .frameworks
             .iter()
             .filter(|(_, f)| {
-                let timeout = Duration::from_secs_f64(f.info.failover_timeout.clamp(0.0, 1e9));
+                // NaN (possible over gRPC) is no time at all, not a panic.
+                let secs = f.info.failover_timeout;
+                let secs = if secs.is_nan() {
+                    0.0
+                } else {
+                    secs.clamp(0.0, 1e9)
+                };
+                let timeout = Duration::from_secs_f64(secs);
                 f.stream.is_none()
                     && f.disconnected_at
                         .is_some_and(|at| now.duration_since(at) >= timeout)
@@ -489,6 +500,7 @@ impl Leader {
         for agent_id in silent {
             self.agent_unreachable(&agent_id);
         }
+        self.shutdown_idle_executors(now);
         for framework_id in expired {
             tracing::info!(
                 framework_id,

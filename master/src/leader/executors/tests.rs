@@ -10,7 +10,9 @@ use cairn_api::v1::{
     Call, ExecutorId, ExecutorInfo, FrameworkId, TaskInfo, TaskState, TaskStatus, call, task_status,
 };
 
-use super::super::testing::{Agent, Cluster, Framework, accept_call, agent_info, command_task};
+use super::super::testing::{
+    Agent, Cluster, Framework, accept_call, agent_info, command_task, quiet_config,
+};
 
 /// Figures like a real agent's: 0.1 cpu, 64 MB and 1 GB by default, executors of
 /// 0.1 cpu and 256 MB, 4 MB per hosted task.
@@ -173,6 +175,7 @@ async fn an_executor_is_held_until_the_agent_says_it_exited() {
         }),
         status: Some(0),
         message: "exit status: 0".into(),
+        idle: false,
     };
     cluster
         .agent_sends(&agent, agent_message::Message::ExecutorExited(exited))
@@ -246,4 +249,47 @@ async fn a_reregistering_agent_brings_its_executors_back_and_teardown_frees_them
     };
     cluster.call(&framework, teardown).await.expect("TEARDOWN");
     assert_eq!(used(&cluster).await, Resources::new());
+}
+
+#[tokio::test]
+async fn an_idle_executor_is_shut_down_and_a_late_exit_frees_nothing_of_its_successor() {
+    let config = super::super::LeaderConfig {
+        executor_idle_timeout: std::time::Duration::ZERO,
+        ..quiet_config()
+    };
+    let cluster = Cluster::start_with(config).await;
+    let mut agent = agent_with(&cluster, "cpus:2;mem:1024;disk:4096", Vec::new()).await;
+    let mut framework = cluster.subscribe("alpha").await;
+    let task = command_task("a", "cpus:1;mem:100;disk:100");
+    launch(&cluster, &mut framework, &mut agent, vec![task]).await;
+    finish(&cluster, &agent, &mut framework, "a").await;
+    let executor = format!("cairn-executor-{}", framework.id);
+    // Idle past the timeout: the agent is told to stop it, and its charge is free.
+    match agent.next_message().await {
+        ToAgent::ShutdownExecutor(s) => {
+            assert!(s.idle, "{s:?}");
+            assert_eq!(s.executor_id.map(|e| e.value), Some(executor.clone()));
+        }
+        other => panic!("expected ShutdownExecutor, got {other:?}"),
+    }
+    assert_eq!(used(&cluster).await, Resources::new());
+    // A task launched now is charged a new executor.
+    cluster.call(&framework, revive()).await.expect("REVIVE");
+    let task = command_task("b", "cpus:1;mem:100;disk:100");
+    launch(&cluster, &mut framework, &mut agent, vec![task]).await;
+    assert_eq!(used(&cluster).await, res("cpus:1.1;mem:360;disk:100"));
+    // The old process's exit, after its idle shutdown, frees nothing of it.
+    let exited = ExecutorExited {
+        framework_id: Some(FrameworkId {
+            value: framework.id.clone(),
+        }),
+        executor_id: Some(ExecutorId { value: executor }),
+        status: Some(0),
+        message: "exit status: 0".into(),
+        idle: true,
+    };
+    cluster
+        .agent_sends(&agent, agent_message::Message::ExecutorExited(exited))
+        .await;
+    assert_eq!(used(&cluster).await, res("cpus:1.1;mem:360;disk:100"));
 }
