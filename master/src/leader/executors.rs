@@ -78,13 +78,14 @@ impl Leader {
     ) -> Result<Charge, InvalidTask> {
         let task_id = task.task_id.clone().unwrap_or_default().value;
         let agent = self.agents.get(agent_id);
-        let charges = agent.map(|a| a.charges.clone()).unwrap_or_default();
-        let framework = self.frameworks[framework_id].info.clone();
+        let none = AgentCharges::default();
+        let charges = agent.map_or(&none, |a| &a.charges);
+        let framework = &self.frameworks[framework_id].info;
         let fw = FrameworkId {
             value: framework_id.to_owned(),
         };
         let process =
-            cairn_api::charges::executor_process_of(&fw, &framework, task, charges.switch_user)
+            cairn_api::charges::executor_process_of(&fw, framework, task, charges.switch_user)
                 .map_err(|why| InvalidTask::Executor {
                     task_id: task_id.clone(),
                     why,
