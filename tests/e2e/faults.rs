@@ -85,6 +85,7 @@ async fn a_full_checkpoint_disk_holds_updates_until_it_has_room_again() {
             master_addr,
             agent,
             agent_addr,
+            cgroups_root: None,
         }
     })
     .await;

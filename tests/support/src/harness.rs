@@ -173,6 +173,9 @@ pub struct Cluster {
     pub master_addr: String,
     pub agent: Daemon,
     pub agent_addr: String,
+    /// The `--cgroups-root` the test gave its agent, if it named one: its teardown
+    /// kills what is left there too.
+    pub cgroups_root: Option<String>,
 }
 
 impl Cluster {
@@ -200,6 +203,10 @@ impl Cluster {
         let agent = start_agent_with(cairn, dir.path(), &master_addr, agent_flags);
         let agent_addr = agent.wait_for_address("http");
         agent.wait_for_log("registered with the master");
+        let at = agent_flags.iter().position(|f| *f == "--cgroups-root");
+        let cgroups_root = at
+            .and_then(|i| agent_flags.get(i + 1))
+            .map(|r| r.to_string());
         Cluster {
             cairn,
             dir,
@@ -207,6 +214,7 @@ impl Cluster {
             master_addr,
             agent,
             agent_addr,
+            cgroups_root,
         }
     }
 
@@ -287,6 +295,9 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         kill_executors(&self.work_dir());
         kill_cgroup_tree(&cgroups_root_of(self.dir.path()));
+        if let Some(root) = &self.cgroups_root {
+            kill_cgroup_tree(root);
+        }
     }
 }
 
