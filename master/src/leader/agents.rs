@@ -40,7 +40,9 @@ impl Leader {
         let tasks = reported.tasks;
         self.forget_unreported_tasks(&agent_id, &tasks);
         let removed = self.removed_frameworks(&tasks);
-        let live = self.adopt_reported_tasks(&agent_id, &charges, tasks);
+        let mut live = self.adopt_reported_tasks(&agent_id, &charges, tasks);
+        live.sort();
+        live.dedup();
         let live_infos: Vec<_> = live
             .iter()
             .filter_map(|key| self.tasks.get(key))
@@ -62,7 +64,11 @@ impl Leader {
         let mut used = Resources::new();
         let mut allocations = Vec::new();
         for key in &live {
-            let t = &self.tasks[key];
+            // A hostile agent may report one task twice: counted once, and never
+            // indexed after a later terminal record removed it.
+            let Some(t) = self.tasks.get(key) else {
+                continue;
+            };
             used = used.add(&t.resources);
             allocations.push((t.framework_id.clone(), t.role.clone(), t.resources.clone()));
         }
