@@ -258,8 +258,13 @@ impl ExecutorCgroup {
 /// them and may make children to hide in: they are all searched. cgroupfs holds no
 /// links; names are taken as the kernel gives them.
 pub fn subtree(cgroup: &Cgroup) -> Vec<PathBuf> {
+    dirs_below(dirs_of(cgroup))
+}
+
+/// `roots` and every cgroup directory below them, deepest first.
+pub fn dirs_below(roots: Vec<PathBuf>) -> Vec<PathBuf> {
     let mut dirs = Vec::new();
-    let mut stack = dirs_of(cgroup);
+    let mut stack = roots;
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
@@ -277,13 +282,21 @@ pub fn subtree(cgroup: &Cgroup) -> Vec<PathBuf> {
 pub fn signal_all(cgroup: &Cgroup, signal: nix::sys::signal::Signal) -> usize {
     let mut signalled = 0;
     for dir in subtree(cgroup) {
-        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        for pid in procs_of(&dir) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
             signalled += 1;
         }
     }
     signalled
+}
+
+/// The processes of one cgroup directory (none if it is gone).
+pub fn procs_of(dir: &std::path::Path) -> Vec<i32> {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    procs
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
 }
 
 /// The v1 `memory.oom_control` or v2 `memory.events` OOM kill count of a cgroup
@@ -315,18 +328,37 @@ fn controllers() -> Vec<String> {
         .collect()
 }
 
-/// The directories of a cgroup, one per hierarchy it is in.
-/// Where this host's cgroup hierarchies are mounted (`/sys/fs/cgroup`).
-pub fn mount_root() -> PathBuf {
-    hierarchies::auto().root()
-}
-
 /// The directories of the cgroup at `path` (relative to each hierarchy's mount), one
 /// per hierarchy this host mounts.
 pub fn dirs_at(path: &str) -> Vec<PathBuf> {
     dirs_of(&Cgroup::load(hierarchies::auto(), path))
 }
 
+/// The cgroup directories process `pid` is in: its memory controller's on cgroup v1,
+/// its one cgroup on v2. None for a process in a root cgroup, which cannot be told
+/// from the rest of the host.
+pub fn dirs_of_process(pid: i64) -> Vec<PathBuf> {
+    let mount = hierarchies::auto().root();
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let path = path.trim_start_matches('/');
+            if path.is_empty() {
+                return None;
+            }
+            match controllers {
+                "" if mount.join("cgroup.controllers").exists() => Some(mount.join(path)),
+                c if c.split(',').any(|c| c == "memory") => Some(mount.join(c).join(path)),
+                _ => None,
+            }
+        })
+        .filter(|dir| dir.is_dir())
+        .collect()
+}
+
+/// The directories of a cgroup, one per hierarchy it is in.
 fn dirs_of(cgroup: &Cgroup) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = cgroup
         .subsystems()

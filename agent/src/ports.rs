@@ -2,15 +2,15 @@
 //! only on the ports it holds. A scan reads the host's listening TCP sockets
 //! (`/proc/net/tcp` and `tcp6` of the agent, which runs in the host's namespace),
 //! finds those a task's processes hold (their `socket:[inode]` descriptors; the
-//! processes are those of the task's cgroup and every cgroup below it), and names
-//! the ports the task does not hold. A socket of a network namespace of the task's
+//! caller finds the processes, in the task's cgroups), and names the ports the task
+//! does not hold. A socket of a network namespace of the task's
 //! own is in no host table, so such a task may listen wherever it likes.
 //!
 //! Reading other users' descriptors needs root (or `CAP_SYS_PTRACE`): an agent
 //! without it sees no task's sockets and so finds nothing.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
 
 use cairn_api::resources::Ranges;
 
@@ -18,8 +18,8 @@ use cairn_api::resources::Ranges;
 #[derive(Debug, Clone)]
 pub struct Watched<K> {
     pub key: K,
-    /// The task's cgroups, one per hierarchy (they hold the same processes).
-    pub cgroups: Vec<PathBuf>,
+    /// The task's processes.
+    pub pids: BTreeSet<i32>,
     /// The ports it holds.
     pub allowed: Ranges,
 }
@@ -39,8 +39,7 @@ pub fn scan<K>(watched: Vec<Watched<K>>) -> Vec<Violation<K>> {
     }
     let mut found = Vec::new();
     for w in watched {
-        let pids = pids_below(&w.cgroups);
-        let ports: Vec<u16> = listening_ports(&pids, &listeners)
+        let ports: Vec<u16> = listening_ports(&w.pids, &listeners)
             .into_iter()
             .filter(|p| {
                 !w.allowed
@@ -80,49 +79,6 @@ fn parse_listeners(text: &str) -> Vec<(u64, u16)> {
             Some((inode, port))
         })
         .collect()
-}
-
-/// The cgroup directories process `pid` is in: its memory controller's on cgroup v1,
-/// its one cgroup on v2 (under `mount`, where the hierarchies are mounted).
-pub fn cgroup_dirs_of(pid: i64, mount: &Path) -> Vec<PathBuf> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    text.lines()
-        .filter_map(|line| {
-            let mut parts = line.splitn(3, ':');
-            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-            let path = path.trim_start_matches('/');
-            // A process in a root cgroup cannot be told from the rest of the host.
-            if path.is_empty() {
-                return None;
-            }
-            match controllers {
-                "" if mount.join("cgroup.controllers").exists() => Some(mount.join(path)),
-                c if c.split(',').any(|c| c == "memory") => Some(mount.join(c).join(path)),
-                _ => None,
-            }
-        })
-        .filter(|dir| dir.is_dir())
-        .collect()
-}
-
-/// Every process in `cgroups` and the cgroups below them.
-fn pids_below(cgroups: &[PathBuf]) -> BTreeSet<i32> {
-    let mut pids = BTreeSet::new();
-    let mut stack: Vec<PathBuf> = cgroups.to_vec();
-    let mut seen = HashSet::new();
-    while let Some(dir) = stack.pop() {
-        if !seen.insert(dir.clone()) {
-            continue;
-        }
-        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        pids.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(entry.path());
-            }
-        }
-    }
-    pids
 }
 
 /// The ports of `listeners` whose sockets one of `pids` holds open.

@@ -16,6 +16,7 @@ use cairn_api::v1::{
 
 use super::Core;
 use crate::checkpoint::TaskKey;
+use crate::executor_cgroup as cgroup;
 use crate::executor_process::containerizer::docker;
 use crate::input::Input;
 use crate::ports::{Violation, Watched};
@@ -73,17 +74,18 @@ impl Core {
                 }
             }
             let scan = tokio::task::spawn_blocking(move || {
-                let mount = crate::executor_cgroup::mount_root();
-                let native = (native.into_iter()).map(|(key, cgroup, allowed)| Watched {
+                // Every process of the task's cgroups and those below them.
+                let watch = |key, roots, allowed| Watched {
                     key,
-                    cgroups: crate::executor_cgroup::dirs_at(&cgroup),
+                    pids: (cgroup::dirs_below(roots).iter())
+                        .flat_map(|d| cgroup::procs_of(d))
+                        .collect(),
                     allowed,
-                });
-                let docker = (pids.into_iter()).map(|(key, pid, allowed)| Watched {
-                    key,
-                    cgroups: crate::ports::cgroup_dirs_of(pid, &mount),
-                    allowed,
-                });
+                };
+                let native = (native.into_iter())
+                    .map(|(key, path, allowed)| watch(key, cgroup::dirs_at(&path), allowed));
+                let docker = (pids.into_iter())
+                    .map(|(key, pid, allowed)| watch(key, cgroup::dirs_of_process(pid), allowed));
                 crate::ports::scan(native.chain(docker).collect())
             });
             let found = scan.await.unwrap_or_default();
@@ -108,9 +110,9 @@ impl Core {
             } else if kind != container_info::Type::Wasm as i32
                 && let Some(executor) = state.executors.get(&t.executor_id)
             {
-                let executor_cgroup = crate::executor_cgroup::ExecutorCgroup::at(&executor.cgroup);
-                let cgroup = format!("{}/{}", executor_cgroup.containers_path(), key.1);
-                native.push((run, cgroup, allowed));
+                let executor_cgroup = cgroup::ExecutorCgroup::at(&executor.cgroup);
+                let path = format!("{}/{}", executor_cgroup.containers_path(), key.1);
+                native.push((run, path, allowed));
             }
         }
         (native, docker)

@@ -1,6 +1,8 @@
 //! Agents: admission through the registry, re-registration with their tasks, status
 //! updates and disconnection.
 
+use std::collections::HashMap;
+
 use cairn_api::Resources;
 use cairn_api::charges::AgentCharges;
 use cairn_api::internal::{
@@ -9,6 +11,7 @@ use cairn_api::internal::{
 };
 use cairn_api::v1::{AgentId, AgentInfo, Event, TaskState, event};
 
+use super::executors::{ExecutorCharge, ExecutorKey};
 use super::{AgentEntry, AgentSender, Leader, MAX_COMPLETED_TASKS, TaskEntry, update_event};
 use crate::error::CallError;
 
@@ -40,9 +43,7 @@ impl Leader {
         let tasks = reported.tasks;
         self.forget_unreported_tasks(&agent_id, &tasks);
         let removed = self.removed_frameworks(&tasks);
-        let mut live = self.adopt_reported_tasks(&agent_id, &charges, tasks);
-        live.sort();
-        live.dedup();
+        let live = self.adopt_reported_tasks(&agent_id, &charges, tasks);
         let live_infos: Vec<_> = live
             .iter()
             .filter_map(|key| self.tasks.get(key))
@@ -61,21 +62,7 @@ impl Leader {
             &live_infos,
             |fw| self.role_of(fw),
         );
-        let mut used = Resources::new();
-        let mut allocations = Vec::new();
-        for key in &live {
-            // A hostile agent may report one task twice: counted once, and never
-            // indexed after a later terminal record removed it.
-            let Some(t) = self.tasks.get(key) else {
-                continue;
-            };
-            used = used.add(&t.resources);
-            allocations.push((t.framework_id.clone(), t.role.clone(), t.resources.clone()));
-        }
-        for ((fw, _, _), held) in &executors {
-            used = used.add(&held.resources);
-            allocations.push((fw.clone(), held.role.clone(), held.resources.clone()));
-        }
+        let (used, allocations) = self.held_on_agent(&live, &executors);
         if self.agents.contains_key(&agent_id) {
             // A re-registration replaces the old stream; its offers are void.
             self.rescind_offers_of_agent(&agent_id);
@@ -106,6 +93,26 @@ impl Leader {
             },
         );
         Ok((agent_id, conn))
+    }
+
+    /// What an agent's live tasks and executors hold: in total, and per (framework,
+    /// role) for the allocator.
+    fn held_on_agent(
+        &self,
+        live: &[(String, String)],
+        executors: &HashMap<ExecutorKey, ExecutorCharge>,
+    ) -> (Resources, Vec<(String, String, Resources)>) {
+        let tasks = (live.iter().filter_map(|key| self.tasks.get(key)))
+            .map(|t| (&t.framework_id, &t.role, &t.resources));
+        let executors =
+            (executors.iter()).map(|((fw, _, _), held)| (fw, &held.role, &held.resources));
+        let mut used = Resources::new();
+        let mut allocations = Vec::new();
+        for (fw, role, resources) in tasks.chain(executors) {
+            used = used.add(resources);
+            allocations.push((fw.clone(), role.clone(), resources.clone()));
+        }
+        (used, allocations)
     }
 
     /// Checks a registering agent and records it in the registry (unless it is
@@ -236,6 +243,11 @@ impl Leader {
                 live.push(key);
             }
         }
+        // A hostile agent may report one task twice: counted once, and gone if a
+        // later record of it was terminal.
+        live.sort();
+        live.dedup();
+        live.retain(|key| self.tasks.contains_key(key));
         live
     }
 
