@@ -167,6 +167,13 @@ pub(crate) struct CompileFlags {
     /// The uid (and gid) compiles run as; no task may run as it.
     #[arg(long, default_value_t = cairn_agent::user::DEFAULT_COMPILE_UID)]
     compile_uid: u32,
+    /// Compiles running at once, all users together (each may use --compile-memory);
+    /// by default one per CPU, at least two.
+    #[arg(long, default_value_t = cairn_agent::default_compile_max_steps())]
+    compile_max_steps: usize,
+    /// How long a compile may wait for its turn; past it, its task fails.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    compile_queue_timeout: Duration,
 }
 
 impl Default for CompileFlags {
@@ -177,6 +184,8 @@ impl Default for CompileFlags {
             compile_memory: config.memory_bytes >> 20,
             compile_cpus: config.cpus,
             compile_uid: config.uid,
+            compile_max_steps: config.max_steps,
+            compile_queue_timeout: config.queue_timeout,
         }
     }
 }
@@ -267,6 +276,10 @@ pub(crate) struct FetcherFlags {
     /// and this agent's own addresses. For local mirrors and tests.
     #[arg(long, value_delimiter = ',')]
     fetcher_allowed_networks: Vec<cairn_agent::AllowedNetwork>,
+    /// A PEM file of CA certificates `https://` servers may chain to, trusted besides
+    /// the system's roots (a private mirror's CA).
+    #[arg(long)]
+    fetcher_ca_file: Option<PathBuf>,
 }
 
 impl Default for FetcherFlags {
@@ -279,6 +292,7 @@ impl Default for FetcherFlags {
             fetcher_max_size: config.max_size,
             fetcher_max_redirects: config.max_redirects,
             fetcher_allowed_networks: config.allowed_networks,
+            fetcher_ca_file: config.ca_file,
         }
     }
 }
@@ -292,6 +306,7 @@ impl From<FetcherFlags> for cairn_agent::FetcherConfig {
             max_size: flags.fetcher_max_size,
             max_redirects: flags.fetcher_max_redirects,
             allowed_networks: flags.fetcher_allowed_networks,
+            ca_file: flags.fetcher_ca_file,
         }
     }
 }
@@ -355,6 +370,8 @@ struct ExecutorArgs {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Before any HTTP client is made (`cairn run`, the agent's fetcher).
+    cairn_api::tls::install_default_provider();
     let cli = Cli::parse();
     let default_log = match cli.command {
         // `run`, `dev` and `component` talk to a person: only warnings interleave with
@@ -498,6 +515,8 @@ pub(crate) fn agent_config(args: AgentArgs) -> anyhow::Result<cairn_agent::Agent
             memory_bytes: args.compile.compile_memory.saturating_mul(1 << 20),
             cpus: args.compile.compile_cpus,
             uid: args.compile.compile_uid,
+            max_steps: args.compile.compile_max_steps,
+            queue_timeout: args.compile.compile_queue_timeout,
         },
     })
 }

@@ -44,6 +44,9 @@ pub enum AgentError {
     },
     #[error("starting the placer thread")]
     Placer(#[source] std::io::Error),
+    /// The fetcher's TLS could not be set up (`--fetcher-ca-file`).
+    #[error("setting up the fetcher: {0}")]
+    Fetcher(String),
     #[error("setting up the compile step: {0}")]
     Compiler(String),
     #[error("serving the agent API")]

@@ -11,8 +11,8 @@ pub const MAX_FRAME_BYTES: u32 = 16 << 20;
 pub enum FrameError {
     #[error("executor socket: {0}")]
     Io(#[from] std::io::Error),
-    #[error("frame of {0} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")]
-    TooLarge(u32),
+    #[error("frame of {len} bytes exceeds the {max}-byte limit")]
+    TooLarge { len: u32, max: u32 },
     #[error("malformed executor message: {0}")]
     Decode(#[from] prost::DecodeError),
 }
@@ -20,9 +20,10 @@ pub enum FrameError {
 /// Appends one frame to `buf`.
 pub fn encode_frame<M: Message>(message: &M, buf: &mut Vec<u8>) -> Result<(), FrameError> {
     let len = message.encoded_len();
-    let len = u32::try_from(len).map_err(|_| FrameError::TooLarge(u32::MAX))?;
-    if len > MAX_FRAME_BYTES {
-        return Err(FrameError::TooLarge(len));
+    let max = MAX_FRAME_BYTES;
+    let len = u32::try_from(len).map_err(|_| FrameError::TooLarge { len: u32::MAX, max })?;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
     }
     buf.reserve(4 + len as usize);
     buf.extend_from_slice(&len.to_be_bytes());
@@ -77,6 +78,15 @@ where
     R: AsyncReadExt + Unpin,
     M: Message + Default,
 {
+    read_frame_of_at_most(r, MAX_FRAME_BYTES).await
+}
+
+/// Reads one frame of at most `max` bytes.
+pub async fn read_frame_of_at_most<R, M>(r: &mut R, max: u32) -> Result<Option<M>, FrameError>
+where
+    R: AsyncReadExt + Unpin,
+    M: Message + Default,
+{
     let mut len = [0u8; 4];
     // End of stream is clean only before a frame's first byte; a cut length is not.
     if r.read(&mut len[..1]).await? == 0 {
@@ -84,8 +94,8 @@ where
     }
     r.read_exact(&mut len[1..]).await?;
     let len = u32::from_be_bytes(len);
-    if len > MAX_FRAME_BYTES {
-        return Err(FrameError::TooLarge(len));
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
     }
     let mut buf = vec![0u8; len as usize];
     r.read_exact(&mut buf).await?;

@@ -36,6 +36,8 @@ pub struct Launcher {
     pub(crate) placer: std::sync::mpsc::Sender<PlaceJob>,
     /// Compiles tasks' wasm programs once their sandbox is made.
     pub(crate) compiler: std::sync::Arc<crate::compiler::Compiler>,
+    /// The executors' pids, for the executor socket (see `crate::executor_socket`).
+    pub(crate) known: std::sync::Arc<crate::executor_socket::KnownExecutors>,
 }
 
 /// Whether an executor id is a framework's Docker executor's.
@@ -60,6 +62,17 @@ pub struct Spawned {
     pub pid: u32,
     pub start_time: u64,
     pub cgroup: String,
+}
+
+/// What to bring into a task's sandbox, and how.
+pub struct Fetch {
+    pub uris: Vec<Uri>,
+    /// Cached URIs become symlinks into the cache (see `crate::fetcher::fetch_all`).
+    pub link_cached: bool,
+    /// The task's disk, in bytes: what its URIs may bring in all.
+    pub disk: u64,
+    /// Its wasm programs, compiled once it is fetched.
+    pub programs: Vec<ProgramRef>,
 }
 
 /// A sandbox to make from the fetcher cache alone, then the programs to compile.
@@ -197,6 +210,7 @@ impl Launcher {
         crate::paths::write_atomic(&dir.join("pid"), pid.to_string().as_bytes())?;
         let as_user = user.map(|u| u.name.as_str());
         tracing::info!(executor_id = ex, pid, user = as_user, "executor started");
+        self.known.add(pid);
         self.reap(ex, pid, child);
         Ok(Spawned {
             pid,
@@ -254,12 +268,14 @@ impl Launcher {
     /// Waits for an executor this agent started, reporting its exit.
     fn reap(&self, executor_id: &str, pid: u32, mut child: tokio::process::Child) {
         let core = self.core.clone();
+        let known = self.known.clone();
         let executor_id = executor_id.to_owned();
         tokio::spawn(async move {
             let status = match child.wait().await {
                 Ok(s) => s.to_string(),
                 Err(e) => format!("wait failed: {e}"),
             };
+            known.remove(pid);
             let _ = core
                 .send(Input::ExecutorExited {
                     executor_id,
@@ -295,12 +311,15 @@ impl Launcher {
     /// it, so it polls, as Mesos' reaper does for processes that are not its children.
     pub fn watch(&self, executor_id: &str, pid: u32, start: u64) {
         let core = self.core.clone();
+        let known = self.known.clone();
+        known.add(pid);
         let executor_id = executor_id.to_owned();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             while is_alive(pid, start) {
                 tick.tick().await;
             }
+            known.remove(pid);
             let _ = core
                 .send(Input::ExecutorExited {
                     executor_id,
@@ -312,23 +331,21 @@ impl Launcher {
     }
 
     /// Fetches a task's URIs into its sandbox off the core's thread, as the task's
-    /// `user` (`link_cached` as in [`crate::fetcher::fetch_all`]), then compiles its
-    /// wasm `programs`.
-    pub fn fetch(
-        &self,
-        run: FetchedRun,
-        sandbox: PathBuf,
-        uris: Vec<Uri>,
-        link_cached: bool,
-        user: TaskUser,
-        programs: Vec<ProgramRef>,
-    ) {
+    /// `user` (`link_cached` as in [`crate::fetcher::fetch_all`]), within its `disk`
+    /// (bytes), then compiles its wasm `programs`.
+    pub fn fetch(&self, run: FetchedRun, sandbox: PathBuf, fetch: Fetch, user: TaskUser) {
+        let Fetch {
+            uris,
+            link_cached,
+            disk,
+            programs,
+        } = fetch;
         let prepare = Prepare {
             programs,
             compiler: self.compiler.clone(),
             user,
         };
-        if let Some(placement) = self.fetcher.all_cached(&uris, &prepare.user) {
+        if let Some(placement) = self.fetcher.all_cached(&uris, &prepare.user, disk) {
             let job = PlaceJob {
                 run,
                 sandbox,
@@ -341,26 +358,27 @@ impl Launcher {
                 return;
             };
             tracing::error!("the placer thread is gone; fetching on the runtime");
-            return self.fetch_async(job.run, job.sandbox, uris, link_cached, job.prepare);
+            let fetch = (uris, link_cached, disk);
+            return self.fetch_async(job.run, job.sandbox, fetch, job.prepare);
         }
-        self.fetch_async(run, sandbox, uris, link_cached, prepare);
+        self.fetch_async(run, sandbox, (uris, link_cached, disk), prepare);
     }
 
     fn fetch_async(
         &self,
         run: FetchedRun,
         sandbox: PathBuf,
-        uris: Vec<Uri>,
-        link_cached: bool,
+        (uris, link_cached, disk): (Vec<Uri>, bool, u64),
         prepare: Prepare,
     ) {
         let core = self.core.clone();
         let fetcher = self.fetcher.clone();
         tokio::spawn(async move {
             let user = &prepare.user;
-            let fetched = crate::fetcher::fetch_all(&uris, &sandbox, &fetcher, link_cached, user)
-                .await
-                .map_err(|e| e.to_string());
+            let fetched =
+                crate::fetcher::fetch_all(&uris, &sandbox, &fetcher, link_cached, user, disk)
+                    .await
+                    .map_err(|e| e.to_string());
             prepare
                 .compile_and_report(core, run, sandbox, fetched)
                 .await;

@@ -33,7 +33,7 @@ use cairn_api::v1::AgentInfo;
 use tokio::sync::mpsc;
 
 pub use checkpoint::{LogError, ReconfigureError};
-pub use compiler::CompileConfig;
+pub use compiler::{CompileConfig, default_max_steps as default_compile_max_steps};
 pub use error::{AgentError, ExecutorError};
 /// The containerizers, public so a benchmark times a native or Docker launch exactly
 /// as an executor makes it.
@@ -175,32 +175,8 @@ impl Agent {
         let paths = paths::Paths::new(self.config.work_dir.clone());
         let listener = executor_listener(&paths)?;
         let (tx, rx) = mpsc::channel(4096);
-        let binary = std::sync::Arc::new(
-            process::CairnBinary::open(&self.config.executor_binary).map_err(|source| {
-                AgentError::WorkFile {
-                    what: "opening the executor binary",
-                    path: self.config.executor_binary.clone(),
-                    source,
-                }
-            })?,
-        );
-        let compiler = self.compiler(&paths, binary.clone())?;
-        let launcher = launcher::Launcher {
-            paths: paths.clone(),
-            binary,
-            recovery_timeout: self.config.executor_recovery_timeout,
-            custom_call_timeout: self.config.custom_executor_call_timeout,
-            cgroups_root: self.config.cgroups_root.clone(),
-            native_namespaces: self.config.native_namespaces.clone(),
-            docker_host_network_always: self.config.docker_host_network_always,
-            core: tx.clone(),
-            fetcher: std::sync::Arc::new(fetcher::Fetcher::new(
-                paths.fetch_cache(),
-                self.config.fetcher.clone(),
-            )),
-            placer: launcher::spawn_placer(tx.clone()).map_err(AgentError::Placer)?,
-            compiler: std::sync::Arc::new(compiler),
-        };
+        let known = std::sync::Arc::new(executor_socket::KnownExecutors::default());
+        let launcher = self.launcher(&paths, tx.clone(), known.clone())?;
         let config = core::CoreConfig {
             heartbeat_interval: self.config.heartbeat_interval,
             update_retry: self.config.update_retry,
@@ -233,7 +209,13 @@ impl Agent {
             gc,
         );
         tokio::spawn(core.run(rx));
-        tokio::spawn(executor_socket::serve_socket(listener, tx.clone()));
+        let limits = executor_socket::SocketLimits::default();
+        tokio::spawn(executor_socket::serve_socket(
+            listener,
+            tx.clone(),
+            known,
+            limits,
+        ));
         tokio::spawn(master_link::run(self.config.master.clone(), tx.clone()));
         let http_addr = self.http.local_addr().map_err(AgentError::Serve)?;
         tracing::info!(
@@ -244,6 +226,45 @@ impl Agent {
         axum::serve(self.http, http::router(snapshot, tx, paths))
             .await
             .map_err(AgentError::Serve)
+    }
+}
+
+impl Agent {
+    /// What starts executors and fills sandboxes: the executor binary, the fetcher
+    /// and the compile step, reporting to the core on `tx`.
+    fn launcher(
+        &self,
+        paths: &paths::Paths,
+        tx: mpsc::Sender<input::Input>,
+        known: std::sync::Arc<executor_socket::KnownExecutors>,
+    ) -> Result<launcher::Launcher, AgentError> {
+        let binary = std::sync::Arc::new(
+            process::CairnBinary::open(&self.config.executor_binary).map_err(|source| {
+                AgentError::WorkFile {
+                    what: "opening the executor binary",
+                    path: self.config.executor_binary.clone(),
+                    source,
+                }
+            })?,
+        );
+        let compiler = self.compiler(paths, binary.clone())?;
+        Ok(launcher::Launcher {
+            paths: paths.clone(),
+            binary,
+            recovery_timeout: self.config.executor_recovery_timeout,
+            custom_call_timeout: self.config.custom_executor_call_timeout,
+            cgroups_root: self.config.cgroups_root.clone(),
+            native_namespaces: self.config.native_namespaces.clone(),
+            docker_host_network_always: self.config.docker_host_network_always,
+            core: tx.clone(),
+            fetcher: std::sync::Arc::new(
+                fetcher::Fetcher::new(paths.fetch_cache(), self.config.fetcher.clone())
+                    .map_err(AgentError::Fetcher)?,
+            ),
+            placer: launcher::spawn_placer(tx).map_err(AgentError::Placer)?,
+            compiler: std::sync::Arc::new(compiler),
+            known,
+        })
     }
 }
 

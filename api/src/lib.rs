@@ -7,6 +7,7 @@ pub mod ids;
 pub mod json;
 pub mod resources;
 mod state;
+pub mod tls;
 
 pub use resources::{Resources, ResourcesError};
 

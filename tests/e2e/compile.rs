@@ -172,17 +172,7 @@ async fn bomb_fails_and_the_agent_serves_on(flags: &[&str], flag: &str, bomb: &[
     .await;
     assert_eq!(ok["state"], "TASK_FINISHED", "{ok}");
     assert_eq!(compile_cgroups_left(&root), Vec::<PathBuf>::new());
-    let steps = std::process::Command::new("pgrep")
-        .args(["-x", "cairn-compile"])
-        .output()
-        .unwrap();
-    let running = String::from_utf8_lossy(&steps.stdout).into_owned();
-    let ours: Vec<&str> = running
-        .lines()
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains(&root))
-        })
-        .collect();
+    let ours = compile_steps_in(&root);
     assert!(ours.is_empty(), "compile steps still running: {ours:?}");
     let artifacts = std::fs::read_dir(cluster.work_dir().join("artifacts")).unwrap();
     assert_eq!(artifacts.count(), 1, "only the honest module was compiled");
@@ -213,6 +203,68 @@ async fn a_module_too_slow_to_compile_fails_its_task_and_the_agent_serves_on() {
         true,
     )
     .await;
+}
+
+/// The compile steps running below `root`, by pid.
+fn compile_steps_in(root: &str) -> Vec<String> {
+    let steps = std::process::Command::new("pgrep")
+        .args(["-x", "cairn-compile"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&steps.stdout)
+        .lines()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains(root))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// One step at a time on this agent: while a bomb holds it, another tenant's module
+/// waits its turn no longer than the queue timeout, and its task fails saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compile_that_cannot_get_a_turn_fails_at_the_queue_timeout() {
+    let root = format!("cairn-test-{}", uuid::Uuid::new_v4().simple());
+    let flags = [
+        "--compile-max-steps",
+        "1",
+        "--compile-queue-timeout",
+        "1s",
+        "--compile-timeout",
+        "120s",
+    ];
+    let cluster = cluster_with(&root, &flags).await;
+    let bomb = module_file(&cluster, "bomb.wasm", &compile_bomb(3000, 2000));
+    let honest = cluster.module("honest.wasm", EXIT_0);
+    let framework = |name: &str| json!({"user": "nobody", "name": name});
+    let (bomber, mut bomber_events) =
+        Scheduler::subscribe_with(&cluster.master_addr, framework("bomber")).await;
+    launch(&bomber, &mut bomber_events, |a| {
+        vec![wasm_task("bomb", a, &bomb, true)]
+    })
+    .await;
+    let root_of_steps = root.clone();
+    cairn_test_support::harness::blocking(move || {
+        cairn_test_support::harness::wait_for("the bomb's compile step", || {
+            compile_steps_in(&root_of_steps).into_iter().next()
+        })
+    })
+    .await;
+    let (other, mut events) =
+        Scheduler::subscribe_with(&cluster.master_addr, framework("other")).await;
+    let status = run_one(&other, &mut events, |a| {
+        wasm_task("waits", a, &honest, true)
+    })
+    .await;
+    assert_compile_failure(&status, "--compile-queue-timeout");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("waited 1s for a turn"),
+        "{status}"
+    );
+    cluster.assert_no_panics();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

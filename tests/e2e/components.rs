@@ -360,7 +360,8 @@ async fn components_of_the_wrong_kind_fail_their_tasks_with_a_reason() {
         );
         assert!(message.contains(needle), "{task}: {message}");
     }
-    // Tasks of one executor id must describe the same executor.
+    // Tasks of one executor id must describe the same executor: the master refuses
+    // another description, as Mesos does.
     for (task, component, words) in [
         ("dup-first", "executor", "wait"),
         ("dup-second", "hello-p2", "sum 1"),
@@ -374,13 +375,20 @@ async fn components_of_the_wrong_kind_fail_their_tasks_with_a_reason() {
         let t = executor_task_of(task, &agent, "dup", component, words);
         assert_eq!(scheduler.call(accept(&offer, vec![t])).await.0, 202);
         until(&scheduler, &mut events, &mut seen, |s| {
-            matches!(s.state(task), "TASK_RUNNING" | "TASK_FAILED")
+            matches!(s.state(task), "TASK_RUNNING" | "TASK_FAILED" | "TASK_ERROR")
         })
         .await;
     }
     assert_eq!(seen.state("dup-first"), "TASK_RUNNING");
-    let (state, message, _) = seen.last("dup-second").unwrap();
-    assert_eq!(state, "TASK_FAILED");
-    assert!(message.contains("different ExecutorInfo"), "{message}");
+    let (state, message, reason) = seen.last("dup-second").unwrap();
+    assert_eq!(
+        (state.as_str(), reason.as_str()),
+        ("TASK_ERROR", "REASON_TASK_INVALID")
+    );
+    assert_eq!(
+        message,
+        "task dup-second: ExecutorInfo is not compatible with existing ExecutorInfo with \
+         same ExecutorID (dup)"
+    );
     cluster.assert_no_panics();
 }

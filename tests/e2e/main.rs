@@ -11,6 +11,7 @@ mod docker;
 mod executors;
 mod faults;
 mod fetcher;
+mod https;
 mod links;
 mod mesos_http;
 mod native;

@@ -3,7 +3,10 @@
 //! process of its own (see `step`): a uid no task has (`--compile-uid`), no privileges
 //! to regain, a cgroup bounding its memory, CPU and processes, and a deadline. A module built to make the
 //! compiler take minutes or gigabytes fails its own task with the reason, and costs
-//! no executor, no other tenant and not the agent.
+//! no executor, no other tenant and not the agent. Steps take turns: two per user and
+//! `--compile-max-steps` in all at once; a compile waits at most
+//! `--compile-queue-timeout` for its turn, and its module is read only then (while
+//! it waits, the agent holds its digest, not its bytes).
 //!
 //! Artifacts are kept per (module sha256, engine settings, user) in the agent's
 //! artifacts directory (see `crate::artifact_file`): a module compiles once per user
@@ -40,6 +43,10 @@ pub struct CompileConfig {
     /// The uid and gid of every compile step, which no task may have (see
     /// `crate::user::UserPolicy::compile_uid`).
     pub uid: u32,
+    /// Compile steps running at once, all users together: each may take `memory_bytes`.
+    pub max_steps: usize,
+    /// How long a compile may wait for its turn before its task fails.
+    pub queue_timeout: Duration,
 }
 
 impl Default for CompileConfig {
@@ -49,6 +56,8 @@ impl Default for CompileConfig {
             memory_bytes: 1 << 30,
             cpus: 1.0,
             uid: crate::user::DEFAULT_COMPILE_UID,
+            max_steps: default_max_steps(),
+            queue_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -81,11 +90,33 @@ struct Artifact {
     sha256: [u8; 32],
 }
 
-/// Where a program's bytes are: read from the sandbox already, or in the fetcher
-/// cache (read only if it must be compiled).
+/// The compile steps an agent runs at once by default: one per CPU, at least two.
+pub fn default_max_steps() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
+}
+
+/// Where a program's bytes are, read only if it must be compiled, and only when its
+/// step's turn comes: in the task's sandbox (the bytes must still have the digest
+/// they had when the task was queued), or in the fetcher cache.
 enum Module {
-    Read(Vec<u8>),
+    Sandbox { dir: PathBuf, owner: u32 },
     Cached(CachedFile),
+}
+
+impl Module {
+    /// Its bytes, when its step's turn has come.
+    async fn read(self, name: &str, sha256: &[u8; 32]) -> Result<Vec<u8>, String> {
+        let (name, sha256) = (name.to_owned(), *sha256);
+        match self {
+            Module::Sandbox { dir, owner } => {
+                blocking(move || source::in_sandbox_as_digested(&dir, &name, owner, &sha256)).await
+            }
+            Module::Cached(entry) => {
+                let read = move || source::cache_entry(&name, &entry.entry, &entry.sha256);
+                Ok(blocking(read).await?.bytes)
+            }
+        }
+    }
 }
 
 /// The agent's compiler: its artifacts, and the compiles under way.
@@ -103,6 +134,8 @@ pub struct Compiler {
     /// Compile steps running per user: a tenant launching a burst of distinct modules
     /// queues behind its own steps, not other users'.
     running: Mutex<HashMap<u32, Arc<tokio::sync::Semaphore>>>,
+    /// Compile steps running in all (`CompileConfig::max_steps`).
+    steps: Arc<tokio::sync::Semaphore>,
 }
 
 /// Compile steps one user may have running at once.
@@ -140,9 +173,10 @@ impl Compiler {
             fingerprints: [fingerprint(false)?, fingerprint(true)?],
             binary,
             cgroups_root,
-            config,
             known: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
+            steps: Arc::new(tokio::sync::Semaphore::new(config.max_steps.max(1))),
+            config,
         })
     }
 
@@ -217,8 +251,10 @@ impl Compiler {
             None => {
                 let dir = sandbox.to_owned();
                 let owner = uid_of(user);
-                let source = blocking(move || source::in_sandbox(&dir, &name, owner)).await?;
-                (source.sha256, Module::Read(source.bytes))
+                let sha256 =
+                    blocking(move || source::digest_in_sandbox(&dir, &name, owner)).await?;
+                let dir = sandbox.to_owned();
+                (sha256, Module::Sandbox { dir, owner })
             }
         };
         let of = self.of(sha256, program.metered, user);
@@ -256,14 +292,6 @@ impl Compiler {
         {
             return Ok(Ok(Artifact { file, sha256 }));
         }
-        let module = match module {
-            Module::Read(bytes) => bytes,
-            Module::Cached(entry) => {
-                let name = program.name.clone();
-                let read = move || source::cache_entry(&name, &entry.entry, &entry.sha256);
-                blocking(read).await?.bytes
-            }
-        };
         // A uid of its own, which no task has: a task of the module's user could
         // otherwise trace the step in the moment after its exec, before it makes itself
         // undumpable, and forge its output.
@@ -280,17 +308,18 @@ impl Compiler {
             config: &self.config,
             user: nix::unistd::geteuid().is_root().then_some(&compile_user),
         };
-        let slots = {
-            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-            let slots = running
-                .entry(of.uid)
-                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(STEPS_PER_USER)));
-            slots.clone()
+        let Some(_turn) = self.turn(of.uid).await? else {
+            let why = format!(
+                "compiling it waited {} for a turn (--compile-queue-timeout): the agent's \
+                 compile steps are all busy",
+                humantime::format_duration(self.config.queue_timeout)
+            );
+            return Ok(Err(Failure {
+                why,
+                remembered: false,
+            }));
         };
-        let _slot = slots
-            .acquire_owned()
-            .await
-            .map_err(|_| "the compile step's queue is closed".to_owned())?;
+        let module = module.read(&program.name, &of.module_sha256).await?;
         let started = std::time::Instant::now();
         let artifact = match step.run(Arc::new(module), program.metered).await {
             Ok(artifact) => artifact,
@@ -319,6 +348,34 @@ impl Compiler {
         })
         .await?;
         Ok(Ok(Artifact { file, sha256 }))
+    }
+}
+
+impl Compiler {
+    /// Waits for a step's turn: one of the user's own slots, then one of the agent's;
+    /// `None` past the queue timeout.
+    async fn turn(
+        &self,
+        uid: u32,
+    ) -> Result<Option<[tokio::sync::OwnedSemaphorePermit; 2]>, String> {
+        let mine = {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            let slots = running
+                .entry(uid)
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(STEPS_PER_USER)));
+            slots.clone()
+        };
+        let all = self.steps.clone();
+        let both = async move {
+            let mine = mine.acquire_owned().await?;
+            let all = all.acquire_owned().await?;
+            Ok::<_, tokio::sync::AcquireError>([mine, all])
+        };
+        match tokio::time::timeout(self.config.queue_timeout, both).await {
+            Ok(Ok(permits)) => Ok(Some(permits)),
+            Ok(Err(_)) => Err("the compile step's queue is closed".to_owned()),
+            Err(_) => Ok(None),
+        }
     }
 }
 

@@ -23,6 +23,7 @@ pub fn cache_entry(name: &str, path: &Path, sha256: &[u8; 32]) -> Result<Source,
         .map_err(|e| format!("cannot read {name} from the fetcher cache: {e}"))?;
     let bytes = read_bounded(name, file)?;
     if sha2::Sha256::digest(&bytes).as_slice() != sha256 {
+        crate::fetcher::discard_changed(path);
         return Err(format!(
             "{name}: the fetcher cache's copy no longer matches its digest; refusing it"
         ));
@@ -38,6 +39,44 @@ pub fn cache_entry(name: &str, path: &Path, sha256: &[u8; 32]) -> Result<Source,
 /// crossing no mount, owned by `owner` (the task's user, whom the fetcher gives its
 /// files): the agent reads as root, and must read only what the task put there itself.
 pub fn in_sandbox(dir: &Path, value: &str, owner: u32) -> Result<Source, String> {
+    let bytes = read_bounded(value, open_in_sandbox(dir, value, owner)?)?;
+    let sha256 = sha2::Sha256::digest(&bytes).into();
+    Ok(Source { bytes, sha256 })
+}
+
+/// The sha256 of the file `value` names in the sandbox (found as [`in_sandbox`]
+/// finds it), streamed: nothing of it is held while its compile waits its turn.
+pub fn digest_in_sandbox(dir: &Path, value: &str, owner: u32) -> Result<[u8; 32], String> {
+    let file = open_in_sandbox(dir, value, owner)?;
+    let mut hasher = sha2::Sha256::new();
+    let read = std::io::copy(&mut file.take(MAX_MODULE_BYTES + 1), &mut hasher)
+        .map_err(|e| format!("cannot read {value}: {e}"))?;
+    if read > MAX_MODULE_BYTES {
+        return Err(format!(
+            "{value} is over {MAX_MODULE_BYTES} bytes; the limit is {MAX_MODULE_BYTES}"
+        ));
+    }
+    Ok(hasher.finalize().into())
+}
+
+/// The file's bytes when its turn to compile comes, which must still be those
+/// `sha256` named when it was queued.
+pub fn in_sandbox_as_digested(
+    dir: &Path,
+    value: &str,
+    owner: u32,
+    sha256: &[u8; 32],
+) -> Result<Vec<u8>, String> {
+    let source = in_sandbox(dir, value, owner)?;
+    if source.sha256 != *sha256 {
+        return Err(format!(
+            "{value} changed while it waited to be compiled; refusing it"
+        ));
+    }
+    Ok(source.bytes)
+}
+
+fn open_in_sandbox(dir: &Path, value: &str, owner: u32) -> Result<std::fs::File, String> {
     let relative = Path::new(value);
     if value.is_empty()
         || !relative
@@ -57,9 +96,7 @@ pub fn in_sandbox(dir: &Path, value: &str, owner: u32) -> Result<Source, String>
             "{value} is owned by uid {found}, not the task's user (uid {owner}); refusing to read it"
         ));
     }
-    let bytes = read_bounded(value, file)?;
-    let sha256 = sha2::Sha256::digest(&bytes).into();
-    Ok(Source { bytes, sha256 })
+    Ok(file)
 }
 
 /// Reads a whole program, bounded whatever its size claims: a file still growing
@@ -98,6 +135,17 @@ mod tests {
             own.sha256,
             <[u8; 32]>::from(sha2::Sha256::digest(b"\0asm own"))
         );
+        let digest = digest_in_sandbox(sandbox.path(), "own.wasm", me).unwrap();
+        assert_eq!(digest, own.sha256);
+        let bytes = in_sandbox_as_digested(sandbox.path(), "own.wasm", me, &digest).unwrap();
+        assert_eq!(bytes, b"\0asm own");
+        std::fs::write(sandbox.path().join("own.wasm"), b"\0asm swapped").unwrap();
+        let err = in_sandbox_as_digested(sandbox.path(), "own.wasm", me, &digest).unwrap_err();
+        assert_eq!(
+            err,
+            "own.wasm changed while it waited to be compiled; refusing it"
+        );
+        std::fs::write(sandbox.path().join("own.wasm"), b"\0asm own").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", sandbox.path().join("passwd.wasm")).unwrap();
         std::fs::hard_link(
             sandbox.path().join("own.wasm"),
@@ -110,6 +158,8 @@ mod tests {
                 err.contains("cannot read") || err.contains("inside the sandbox"),
                 "{name}: {err}"
             );
+            let digest = digest_in_sandbox(sandbox.path(), name, me).unwrap_err();
+            assert_eq!(digest, err, "{name}");
         }
     }
 
@@ -135,5 +185,6 @@ mod tests {
         std::fs::write(&entry, b"\0asm changed").unwrap();
         let err = cache_entry("app.wasm", &entry, &digest).err().unwrap();
         assert!(err.contains("no longer matches"), "{err}");
+        assert!(!entry.exists(), "a changed entry is removed");
     }
 }

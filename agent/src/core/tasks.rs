@@ -56,6 +56,9 @@ impl Core {
         let link_cached =
             cairn_api::charges::container_type(&task.info) == container_info::Type::Wasm as i32;
         let programs = programs_of(&task.info);
+        // What its URIs may bring: its disk, the agent's default where it names none.
+        let named = cairn_api::Resources::from_proto(&task.info.resources).unwrap_or_default();
+        let disk = self.sizes.charges().with_defaults(&named).disk();
         let container_id = task.container_id.clone();
         let spec = match self.executor_spec(&key) {
             Ok(spec) => spec,
@@ -86,8 +89,13 @@ impl Core {
             task_id: task_id.clone(),
             container_id: container_id.clone(),
         };
-        self.launcher
-            .fetch(run, sandbox, uris, link_cached, user, programs);
+        let fetch = crate::launcher::Fetch {
+            uris,
+            link_cached,
+            disk: (disk.max(0.0) * (1u64 << 20) as f64) as u64,
+            programs,
+        };
+        self.launcher.fetch(run, sandbox, fetch, user);
         self.fetching.insert(key, container_id);
     }
 

@@ -3,6 +3,10 @@
 //! hashed there once. As in Mesos, a `file://` entry is also keyed by the user that
 //! read it: a file one user may read is never handed to another from the cache.
 //! `http://` entries are shared, the agent fetching them alike for every user.
+//!
+//! An entry is checked against its digest wherever it is used (copied into a sandbox,
+//! or read by the compile step); one found changed is refused and removed, and an
+//! entry whose file is gone is fetched again by the next task that names it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +17,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::OnceCell;
 
 use super::output::{Owner, Target};
-use super::{FetchError, FetcherConfig};
+use super::{FetchError, Fetcher};
 use crate::user::TaskUser;
 
 /// Bytes the fetcher cache holds at most (Mesos' `--fetcher_cache_size` default);
@@ -24,6 +28,18 @@ const MAX_CACHE_BYTES: u64 = 2 << 30;
 pub(super) struct Entry {
     pub(super) path: PathBuf,
     pub(super) sha256: [u8; 32],
+    size: u64,
+}
+
+impl Entry {
+    pub(super) fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether its file is still there (not removed as changed, or by an operator).
+    fn present(&self) -> bool {
+        std::fs::symlink_metadata(&self.path).is_ok()
+    }
 }
 
 /// The cache's key for `uri` fetched for `user`.
@@ -58,7 +74,7 @@ impl FetchCache {
     /// The entry under `key`, if it is already there.
     pub(super) fn cached(&self, key: &str) -> Option<Entry> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.get(key)?.get().cloned()
+        entries.get(key)?.get().filter(|e| e.present()).cloned()
     }
 
     /// The cached copy of `uri` for `user`, fetched now if it is not there yet; `None`
@@ -67,15 +83,20 @@ impl FetchCache {
         &self,
         uri: &str,
         user: &TaskUser,
-        config: &FetcherConfig,
+        fetcher: &Fetcher,
     ) -> Result<Option<Entry>, FetchError> {
         let key = key(uri, user);
         let cell = {
             let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-            entries.entry(key.clone()).or_default().clone()
+            let cell = entries.entry(key.clone()).or_default();
+            if let Some(gone) = cell.get().filter(|e| !e.present()) {
+                self.release(gone.size);
+                *cell = Arc::default();
+            }
+            cell.clone()
         };
         let result = cell
-            .get_or_try_init(|| self.download(uri, user, config))
+            .get_or_try_init(|| self.download(uri, user, fetcher))
             .await;
         match result {
             Ok(entry) => Ok(Some(entry.clone())),
@@ -102,7 +123,7 @@ impl FetchCache {
         &self,
         uri: &str,
         user: &TaskUser,
-        config: &FetcherConfig,
+        fetcher: &Fetcher,
     ) -> Result<Entry, FetchError> {
         let failed = |why: String| FetchError::Failed {
             uri: uri.to_owned(),
@@ -122,7 +143,10 @@ impl FetchCache {
             owner: Owner::AGENT,
             executable: false,
         };
-        super::fetch_one(&target, user, config).await?;
+        // Shared by every task naming the URI: held to the fetcher's limit; each task's
+        // disk is checked as its copy is placed.
+        let cap = super::Cap::next(&fetcher.config, u64::MAX, u64::MAX);
+        super::fetch_one(&target, user, fetcher, cap).await?;
         let temp = self.dir.join(temp);
         let hashed = {
             let temp = temp.clone();
@@ -151,7 +175,12 @@ impl FetchCache {
         tokio::fs::rename(&temp, &path)
             .await
             .map_err(|e| failed(e.to_string()))?;
-        Ok(Entry { path, sha256 })
+        Ok(Entry { path, sha256, size })
+    }
+
+    fn release(&self, size: u64) {
+        let mut bytes = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
+        *bytes = bytes.saturating_sub(size);
     }
 
     /// Counts `size` more bytes in the cache if they fit.
@@ -162,6 +191,18 @@ impl FetchCache {
             *bytes += size;
         }
         fits
+    }
+}
+
+/// Removes an entry found not to match its digest: the next task that names its URI
+/// fetches it again rather than fail on it too.
+pub fn discard_changed(path: &Path) {
+    tracing::warn!(
+        entry = %path.display(),
+        "a fetcher cache entry no longer matches its digest; removing it"
+    );
+    if let Err(error) = std::fs::remove_file(path) {
+        tracing::warn!(entry = %path.display(), %error, "cannot remove a changed cache entry");
     }
 }
 

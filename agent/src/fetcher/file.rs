@@ -20,41 +20,42 @@ use std::path::PathBuf;
 use nix::libc;
 use tokio::io::AsyncReadExt as _;
 
-use super::FetchError;
 use super::output::Target;
+use super::{Cap, FetchError};
 use crate::user::TaskUser;
 
-/// Copies the file at `path` into `target`, read as `user`.
+/// Copies the file at `path` into `target`, read as `user`, at most `cap` bytes;
+/// returns how many.
 pub(super) async fn fetch(
     path: &str,
     target: &Target<'_>,
     user: &TaskUser,
-    max_size: u64,
-) -> Result<(), FetchError> {
+    cap: Cap,
+) -> Result<u64, FetchError> {
     if !path.starts_with('/') {
         return Err(target.failed("a file:// URI needs an absolute path"));
     }
-    let (source, mode) = open_as(PathBuf::from(path), user, max_size)
+    let (source, mode) = open_as(PathBuf::from(path), user, cap)
         .await
         .map_err(|why| target.failed(why))?;
     let (output, partial) = target.create(mode)?;
-    let mut from = tokio::fs::File::from_std(source).take(max_size + 1);
+    let mut from = tokio::fs::File::from_std(source).take(cap.bytes.saturating_add(1));
     let mut to = tokio::fs::File::from_std(output);
     let copied = tokio::io::copy(&mut from, &mut to)
         .await
         .map_err(|e| target.failed(format!("copying {path}: {e}")))?;
-    if copied > max_size {
+    if copied > cap.bytes {
         // It grew since it was measured.
-        return Err(target.failed(too_large(path, max_size)));
+        return Err(target.failed(too_large(path, cap)));
     }
     partial.keep();
-    Ok(())
+    Ok(copied)
 }
 
 /// Opens `path` for reading on a thread of its own with `user`'s filesystem
 /// identity (the agent's own when it does not switch users); returns the file and
 /// its permission bits.
-async fn open_as(path: PathBuf, user: &TaskUser, max_size: u64) -> Result<(File, u32), String> {
+async fn open_as(path: PathBuf, user: &TaskUser, cap: Cap) -> Result<(File, u32), String> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let as_user = user.clone();
     std::thread::Builder::new()
@@ -64,7 +65,7 @@ async fn open_as(path: PathBuf, user: &TaskUser, max_size: u64) -> Result<(File,
                 true => assume(&as_user),
                 false => Ok(()),
             }
-            .and_then(|()| open(&path, &as_user.name, max_size));
+            .and_then(|()| open(&path, &as_user.name, cap));
             let _ = tx.send(opened);
             // The thread ends here, and its credentials with it.
         })
@@ -74,8 +75,8 @@ async fn open_as(path: PathBuf, user: &TaskUser, max_size: u64) -> Result<(File,
 }
 
 /// Opens a regular file, refusing anything else (a FIFO, a device) and anything
-/// over `max_size`.
-fn open(path: &std::path::Path, user: &str, max_size: u64) -> Result<(File, u32), String> {
+/// over `cap`.
+fn open(path: &std::path::Path, user: &str, cap: Cap) -> Result<(File, u32), String> {
     let shown = path.display();
     // No magic link (`/proc/self/fd/N`, `/proc/<pid>/root`): this thread is in the
     // agent's thread group, and the kernel would let it through to the agent's open
@@ -112,8 +113,8 @@ fn open(path: &std::path::Path, user: &str, max_size: u64) -> Result<(File, u32)
             "{shown} is on {kind}, which the fetcher does not read"
         ));
     }
-    if meta.len() > max_size {
-        return Err(too_large(&shown.to_string(), max_size));
+    if meta.len() > cap.bytes {
+        return Err(too_large(&shown.to_string(), cap));
     }
     Ok((file, meta.permissions().mode()))
 }
@@ -140,8 +141,8 @@ fn pseudo_filesystem(file: &File) -> Option<&'static str> {
     .map(|(_, name)| name)
 }
 
-fn too_large(path: &str, max_size: u64) -> String {
-    format!("{path} is larger than the fetcher's limit of {max_size} bytes (--fetcher-max-size)")
+fn too_large(path: &str, cap: Cap) -> String {
+    format!("{path} is larger than {cap}")
 }
 
 /// Gives the calling thread `user`'s filesystem identity: supplementary groups, then

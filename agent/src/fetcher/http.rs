@@ -1,8 +1,9 @@
-//! `http://` URIs: streamed to disk, never held whole in memory, under the
+//! `http://` and `https://` URIs: streamed to disk, never held whole in memory, under the
 //! fetcher's limits: a size cap (refused at once by `Content-Length`, else enforced
 //! while streaming, the partial file removed), connect, stall and overall timeouts,
 //! and a redirect limit. Redirects are followed here, not by the client, so that
-//! every hop is checked against the address policy (see `net`) and counted.
+//! every hop is checked against the address policy (see `net`) and counted, and a
+//! download that began over TLS never continues in the clear.
 
 use std::sync::Arc;
 
@@ -12,17 +13,22 @@ use tokio::io::AsyncWriteExt as _;
 
 use super::net::{AddressPolicy, GuardedResolver, Refused};
 use super::output::Target;
-use super::{FetchError, FetcherConfig};
+use super::{Cap, FetchError, FetcherConfig};
 
-/// Downloads `target.uri` into `target`.
-pub(super) async fn fetch(target: &Target<'_>, config: &FetcherConfig) -> Result<(), FetchError> {
+/// Downloads `target.uri` into `target`, at most `cap` bytes; returns how many.
+pub(super) async fn fetch(
+    target: &Target<'_>,
+    config: &FetcherConfig,
+    tls: &rustls::ClientConfig,
+    cap: Cap,
+) -> Result<u64, FetchError> {
     let policy = Arc::new(AddressPolicy::new(&config.allowed_networks));
-    let client = client(config, policy.clone()).map_err(|why| target.failed(why))?;
+    let client = client(config, tls, policy.clone()).map_err(|why| target.failed(why))?;
     let download = async {
         let response = follow(&client, target.uri, &policy, config)
             .await
             .map_err(|why| target.failed(why))?;
-        save(response, target, config).await
+        save(response, target, config, cap).await
     };
     // Dropping the download on time-out drops its partial file too.
     tokio::time::timeout(config.timeout, download)
@@ -37,8 +43,13 @@ pub(super) async fn fetch(target: &Target<'_>, config: &FetcherConfig) -> Result
 
 /// A client for one task's downloads: its connections go nowhere else, and it
 /// resolves names through the address policy.
-fn client(config: &FetcherConfig, policy: Arc<AddressPolicy>) -> Result<reqwest::Client, String> {
+fn client(
+    config: &FetcherConfig,
+    tls: &rustls::ClientConfig,
+    policy: Arc<AddressPolicy>,
+) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
+        .tls_backend_preconfigured(tls.clone())
         .redirect(reqwest::redirect::Policy::none())
         // A proxy would connect on the fetcher's behalf, past the address checks.
         .no_proxy()
@@ -58,14 +69,18 @@ async fn follow(
     config: &FetcherConfig,
 ) -> Result<reqwest::Response, String> {
     let mut url = Url::parse(uri).map_err(|e| format!("not a URL: {e}"))?;
+    let secure = url.scheme() == "https";
     let mut redirects = 0;
     loop {
         let hop = |why: String| match redirects {
             0 => why,
             _ => format!("redirected to {url}: {why}"),
         };
-        if url.scheme() != "http" {
-            return Err(hop("only http:// is fetched".into()));
+        match url.scheme() {
+            "https" => {}
+            "http" if !secure => {}
+            "http" => return Err(hop("a download begun over https:// goes on over TLS".into())),
+            _ => return Err(hop("only http:// and https:// are fetched here".into())),
         }
         policy
             .check_host(url.host_str().unwrap_or_default())
@@ -105,17 +120,17 @@ fn is_redirect(status: StatusCode) -> bool {
     matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308)
 }
 
-/// Streams the body into a new file, at most `max_size` bytes of it.
+/// Streams the body into a new file, at most `cap` bytes of it.
 async fn save(
     mut response: reqwest::Response,
     target: &Target<'_>,
     config: &FetcherConfig,
-) -> Result<(), FetchError> {
-    let max = config.max_size;
+    cap: Cap,
+) -> Result<u64, FetchError> {
+    let max = cap.bytes;
     if let Some(length) = response.content_length().filter(|l| *l > max) {
         return Err(target.failed(format!(
-            "its Content-Length of {length} bytes is over the fetcher's limit of {max} bytes \
-             (--fetcher-max-size)"
+            "its Content-Length of {length} bytes is over {cap}"
         )));
     }
     let (file, partial) = target.create(0o644)?;
@@ -128,9 +143,7 @@ async fn save(
     {
         written += chunk.len() as u64;
         if written > max {
-            return Err(target.failed(format!(
-                "the body is larger than the fetcher's limit of {max} bytes (--fetcher-max-size)"
-            )));
+            return Err(target.failed(format!("the body is larger than {cap}")));
         }
         file.write_all(&chunk)
             .await
@@ -140,7 +153,7 @@ async fn save(
         .await
         .map_err(|e| target.failed(format!("writing {}: {e}", target.shown.display())))?;
     partial.keep();
-    Ok(())
+    Ok(written)
 }
 
 /// What went wrong with a request, in the fetcher's terms: a refused address says
@@ -181,3 +194,5 @@ fn describe(e: &reqwest::Error, config: &FetcherConfig) -> String {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;

@@ -8,9 +8,14 @@
 //!   timeouts and a redirect limit, and never reaches loopback, link-local (cloud
 //!   metadata), unspecified or the agent's own addresses unless
 //!   `--fetcher-allowed-networks` lists them (see `http` and `net`). `https://` is
-//!   refused: this agent is built without TLS.
+//!   the same over TLS, trusting the system's roots and `--fetcher-ca-file` (see
+//!   `tls`); a redirect from `https://` to `http://` is refused.
 //! - Outputs are plain relative names, created new (`O_EXCL`) beneath the sandbox
 //!   without following any link, and owned by the task's user.
+//! - What a task's URIs bring counts against its `disk` (the agent's default where it
+//!   names none): each is capped by `--fetcher-max-size` or by what the ones before it
+//!   left of the disk, whichever is less, so no task fills the agent's disk before
+//!   it even starts.
 //!
 //! A URI marked `cache: true` is fetched once per agent into the fetcher cache (see
 //! `cache`). Cached files are the agent's, mode 0444. A wasm task's sandbox then
@@ -25,6 +30,7 @@ mod file;
 mod http;
 mod net;
 mod output;
+mod tls;
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
@@ -34,6 +40,7 @@ use cairn_api::v1::command_info::Uri;
 use cairn_sandbox::SandboxDir;
 
 use crate::user::TaskUser;
+pub use cache::discard_changed;
 pub use net::AllowedNetwork;
 use output::{Owner, Target};
 
@@ -41,13 +48,8 @@ use output::{Owner, Target};
 pub enum FetchError {
     #[error("cannot fetch {uri}: {why}")]
     Failed { uri: String, why: String },
-    #[error("URI {0:?} has an unsupported scheme (file:// and http:// are supported)")]
+    #[error("URI {0:?} has an unsupported scheme (file://, http:// and https:// are supported)")]
     Scheme(String),
-    #[error(
-        "cannot fetch {0}: https:// is not supported (this agent is built without TLS); \
-         use an http:// mirror or file://"
-    )]
-    Https(String),
     #[error("output_file {0:?} must be a relative path inside the sandbox")]
     OutputFile(String),
     #[error("output_file {name:?} {why}")]
@@ -80,6 +82,8 @@ pub struct FetcherConfig {
     /// Networks reachable although the fetcher refuses them by default (loopback,
     /// link-local, unspecified, the agent's own addresses): tests and local mirrors.
     pub allowed_networks: Vec<AllowedNetwork>,
+    /// PEM certificates `https://` servers may chain to besides the system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for FetcherConfig {
@@ -91,27 +95,72 @@ impl Default for FetcherConfig {
             max_size: 1 << 30,
             max_redirects: 5,
             allowed_networks: Vec::new(),
+            ca_file: None,
         }
     }
 }
 
-/// The agent's fetcher: its limits and its cache.
+/// The most one URI may bring, and what sets it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Cap {
+    pub(super) bytes: u64,
+    /// What is left of the task's disk, when that is less than `--fetcher-max-size`.
+    disk: Option<u64>,
+}
+
+impl Cap {
+    fn next(config: &FetcherConfig, disk_left: u64, disk: u64) -> Self {
+        match disk_left < config.max_size {
+            true => Cap {
+                bytes: disk_left,
+                disk: Some(disk),
+            },
+            false => Cap {
+                bytes: config.max_size,
+                disk: None,
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Cap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.disk {
+            Some(disk) => write!(
+                f,
+                "the {} bytes left of the task's disk of {disk} bytes (its URIs count against it)",
+                self.bytes
+            ),
+            None => write!(
+                f,
+                "the fetcher's limit of {} bytes (--fetcher-max-size)",
+                self.bytes
+            ),
+        }
+    }
+}
+
+/// The agent's fetcher: its limits, its TLS and its cache.
 pub struct Fetcher {
     config: FetcherConfig,
+    tls: rustls::ClientConfig,
     cache: cache::FetchCache,
 }
 
 impl Fetcher {
-    pub fn new(cache_dir: PathBuf, config: FetcherConfig) -> Self {
-        Self {
+    /// Fails when `--fetcher-ca-file` cannot be read.
+    pub fn new(cache_dir: PathBuf, config: FetcherConfig) -> Result<Self, String> {
+        Ok(Self {
+            tls: tls::client_config(config.ca_file.as_deref())?,
             config,
             cache: cache::FetchCache::new(cache_dir),
-        }
+        })
     }
 
     /// Every URI's cached copy, when all of them are `cache: true` and already in
-    /// the cache: such a task's sandbox is made without any download.
-    pub fn all_cached(&self, uris: &[Uri], user: &TaskUser) -> Option<Placement> {
+    /// the cache: such a task's sandbox is made without any download. `disk`: the
+    /// task's, in bytes.
+    pub fn all_cached(&self, uris: &[Uri], user: &TaskUser, disk: u64) -> Option<Placement> {
         let names = output_names(uris).ok()?;
         let files = uris
             .iter()
@@ -129,6 +178,7 @@ impl Fetcher {
         Some(Placement {
             files,
             owner: Owner::of(user),
+            disk,
         })
     }
 }
@@ -144,21 +194,23 @@ pub struct CachedFile {
 }
 
 /// Fetches every URI into `sandbox` as `user`, named by `output_file` or the URI's
-/// last segment. `link_cached`: cached URIs become symlinks into the cache (wasm tasks
-/// only; see the module docs). Returns the files that came from the cache.
+/// last segment, all of them within the task's `disk` (bytes). `link_cached`: cached
+/// URIs become symlinks into the cache (wasm tasks only; see the module docs).
+/// Returns the files that came from the cache.
 pub async fn fetch_all(
     uris: &[Uri],
     sandbox: &Path,
     fetcher: &Fetcher,
     link_cached: bool,
     user: &TaskUser,
+    disk: u64,
 ) -> Result<Vec<CachedFile>, FetchError> {
     let names = output_names(uris)?;
     let mut from_cache = Vec::new();
     let mut direct = Vec::new();
     for (uri, name) in uris.iter().zip(names) {
         let entry = match uri.cache {
-            Some(true) => fetcher.cache.get(&uri.value, user, &fetcher.config).await?,
+            Some(true) => fetcher.cache.get(&uri.value, user, fetcher).await?,
             _ => None,
         };
         match entry {
@@ -176,7 +228,9 @@ pub async fn fetch_all(
     let placement = Placement {
         files: from_cache,
         owner: Owner::of(user),
+        disk,
     };
+    let mut left = placement.left()?;
     let dir = sandbox.to_owned();
     let (root, cached) = tokio::task::spawn_blocking(move || placement.place_in(&dir, link_cached))
         .await
@@ -191,26 +245,26 @@ pub async fn fetch_all(
             owner: Owner::of(user),
             executable: uri.executable == Some(true),
         };
-        fetch_one(&target, user, &fetcher.config).await?;
+        let cap = Cap::next(&fetcher.config, left, disk);
+        left -= fetch_one(&target, user, fetcher, cap).await?.min(left);
     }
     Ok(cached)
 }
 
-/// Fetches one URI into `target`, by its scheme.
+/// Fetches one URI into `target`, by its scheme, at most `cap` bytes of it; returns
+/// how many it brought.
 async fn fetch_one(
     target: &Target<'_>,
     user: &TaskUser,
-    config: &FetcherConfig,
-) -> Result<(), FetchError> {
+    fetcher: &Fetcher,
+    cap: Cap,
+) -> Result<u64, FetchError> {
     let uri = target.uri;
     if let Some(path) = uri.strip_prefix("file://") {
-        return file::fetch(path, target, user, config.max_size).await;
+        return file::fetch(path, target, user, cap).await;
     }
-    if uri.starts_with("http://") {
-        return http::fetch(target, config).await;
-    }
-    if uri.starts_with("https://") {
-        return Err(FetchError::Https(uri.to_owned()));
+    if uri.starts_with("http://") || uri.starts_with("https://") {
+        return http::fetch(target, &fetcher.config, &fetcher.tls, cap).await;
     }
     Err(FetchError::Scheme(uri.to_owned()))
 }
@@ -227,12 +281,35 @@ struct Placed {
 pub struct Placement {
     files: Vec<Placed>,
     owner: Owner,
+    /// The task's disk, in bytes.
+    disk: u64,
 }
 
 impl Placement {
     /// Makes the sandbox and places the files: blocking, for the agent's placer thread.
     pub fn place(self, sandbox: &Path, link: bool) -> Result<Vec<CachedFile>, FetchError> {
+        self.left()?;
         self.place_in(sandbox, link).map(|(_, cached)| cached)
+    }
+
+    /// What the cached files leave of the task's disk; refused if they do not fit.
+    fn left(&self) -> Result<u64, FetchError> {
+        let mut left = self.disk;
+        for file in &self.files {
+            let size = file.entry.size();
+            if size > left {
+                let cap = Cap {
+                    bytes: left,
+                    disk: Some(self.disk),
+                };
+                return Err(FetchError::Failed {
+                    uri: file.uri.clone(),
+                    why: format!("its {size} bytes are more than {cap}"),
+                });
+            }
+            left -= size;
+        }
+        Ok(left)
     }
 
     /// Creates the sandbox and links (or copies) the cached files into it; returns

@@ -100,6 +100,7 @@ impl Target<'_> {
             to.write_all(&buf[..n]).map_err(placing)?;
         }
         if hasher.finalize().as_slice() != sha256 {
+            super::cache::discard_changed(source);
             return Err(
                 self.failed("the fetcher cache's copy no longer matches its digest; refusing it")
             );

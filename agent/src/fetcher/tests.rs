@@ -5,6 +5,9 @@ use sha2::{Digest as _, Sha256};
 
 use super::*;
 
+/// A task's disk large enough for every test's URIs.
+const DISK: u64 = 1 << 30;
+
 pub(super) fn uri(value: &str, output: Option<&str>) -> Uri {
     Uri {
         value: value.into(),
@@ -31,7 +34,7 @@ fn nobody() -> TaskUser {
 }
 
 pub(super) fn fetcher_in(dir: &Path, config: FetcherConfig) -> Fetcher {
-    Fetcher::new(dir.join("cache"), config)
+    Fetcher::new(dir.join("cache"), config).expect("the fetcher starts")
 }
 
 /// What a sandbox holds, by name (links included, not followed).
@@ -48,9 +51,65 @@ pub(super) fn listing(dir: &Path) -> Vec<String> {
 
 async fn fetch(uris: &[Uri], sandbox: &Path, user: &TaskUser) -> Result<(), FetchError> {
     let fetcher = fetcher_in(sandbox.parent().unwrap(), FetcherConfig::default());
-    fetch_all(uris, sandbox, &fetcher, false, user)
+    fetch_all(uris, sandbox, &fetcher, false, user, DISK)
         .await
         .map(drop)
+}
+
+/// What a task's URIs bring counts against its disk: a URI past what the ones before
+/// it left fails the task, and so does a cached copy too large to place.
+#[tokio::test]
+async fn a_task_s_uris_bring_no_more_than_its_disk() {
+    let src = tempfile::tempdir().unwrap();
+    let file = |name: &str| {
+        let path = src.path().join(name);
+        std::fs::write(&path, vec![b'x'; 400]).unwrap();
+        uri(&format!("file://{}", path.display()), None)
+    };
+    let uris = [file("a"), file("b"), file("c")];
+    let fetcher = fetcher_in(src.path(), FetcherConfig::default());
+    let sandbox = tempfile::tempdir().unwrap();
+    let err = fetch_all(&uris, sandbox.path(), &fetcher, false, &me(), 1000)
+        .await
+        .unwrap_err();
+    let c = src.path().join("c");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "cannot fetch file://{c}: {c} is larger than the 200 bytes left of the task's disk \
+             of 1000 bytes (its URIs count against it)",
+            c = c.display()
+        )
+    );
+    assert_eq!(listing(sandbox.path()), vec!["a", "b"]);
+    // The same three fit a disk of 1200.
+    let roomy = tempfile::tempdir().unwrap();
+    fetch_all(&uris, roomy.path(), &fetcher, false, &me(), 1200)
+        .await
+        .unwrap();
+    // A cached copy is placed only if it fits, on either path to the sandbox.
+    let cached = Uri {
+        cache: Some(true),
+        ..file("d")
+    };
+    let cached = std::slice::from_ref(&cached);
+    fetch_all(cached, roomy.path(), &fetcher, false, &me(), DISK)
+        .await
+        .unwrap();
+    let small = tempfile::tempdir().unwrap();
+    let err = fetch_all(cached, small.path(), &fetcher, false, &me(), 300)
+        .await
+        .unwrap_err();
+    let refused = format!(
+        "cannot fetch {}: its 400 bytes are more than the 300 bytes left of the task's disk of \
+         300 bytes (its URIs count against it)",
+        cached[0].value
+    );
+    assert_eq!(err.to_string(), refused);
+    let placement = fetcher.all_cached(cached, &me(), 300).unwrap();
+    let err = placement.place(small.path(), false).unwrap_err();
+    assert_eq!(err.to_string(), refused);
+    assert_eq!(listing(small.path()), Vec::<String>::new());
 }
 
 #[tokio::test]
@@ -61,7 +120,7 @@ async fn file_uris_are_copied_into_the_sandbox() {
     std::fs::write(&file, b"\0asm").unwrap();
     let u = uri(&format!("file://{}", file.display()), None);
     let fetcher = fetcher_in(src.path(), FetcherConfig::default());
-    fetch_all(&[u], sandbox.path(), &fetcher, false, &me())
+    fetch_all(&[u], sandbox.path(), &fetcher, false, &me(), DISK)
         .await
         .unwrap();
     assert_eq!(
@@ -89,16 +148,7 @@ async fn output_files_must_be_plain_relative_names() {
         .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "URI \"ftp://h/x\" has an unsupported scheme (file:// and http:// are supported)"
-    );
-    let err = fetch(&[uri("https://h/x", None)], &sandbox, &me())
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string().starts_with(
-            "cannot fetch https://h/x: https:// is not supported (this agent is built without TLS)"
-        ),
-        "{err}"
+        "URI \"ftp://h/x\" has an unsupported scheme (file://, http:// and https:// are supported)"
     );
     let err = fetch(&[uri("file:///nonexistent/x.wasm", None)], &sandbox, &me())
         .await
@@ -284,7 +334,7 @@ async fn non_regular_files_are_refused() {
 }
 
 #[tokio::test]
-async fn cached_uris_are_fetched_once_and_linked_or_copied() {
+async fn cached_uris_are_fetched_once_linked_or_copied_and_fetched_again_when_changed() {
     let src = tempfile::tempdir().unwrap();
     let file = src.path().join("app.wasm");
     std::fs::write(&file, b"\0asm-v1").unwrap();
@@ -296,11 +346,16 @@ async fn cached_uris_are_fetched_once_and_linked_or_copied() {
     let sandboxes: Vec<_> = (0..8).map(|_| tempfile::tempdir().unwrap()).collect();
     let user = me();
     // Eight tasks at once, one download.
-    let fetched = futures::future::join_all(
-        sandboxes
-            .iter()
-            .map(|s| fetch_all(std::slice::from_ref(&u), s.path(), &fetcher, true, &user)),
-    )
+    let fetched = futures::future::join_all(sandboxes.iter().map(|s| {
+        fetch_all(
+            std::slice::from_ref(&u),
+            s.path(),
+            &fetcher,
+            true,
+            &user,
+            DISK,
+        )
+    }))
     .await;
     let digest: [u8; 32] = Sha256::digest(b"\0asm-v1").into();
     for (result, sandbox) in fetched.into_iter().zip(&sandboxes) {
@@ -321,7 +376,7 @@ async fn cached_uris_are_fetched_once_and_linked_or_copied() {
     let copy = tempfile::tempdir().unwrap();
     assert!(
         fetcher
-            .all_cached(std::slice::from_ref(&u), &user)
+            .all_cached(std::slice::from_ref(&u), &user, DISK)
             .is_some()
     );
     fetch_all(
@@ -330,6 +385,7 @@ async fn cached_uris_are_fetched_once_and_linked_or_copied() {
         &fetcher,
         false,
         &user,
+        DISK,
     )
     .await
     .unwrap();
@@ -350,6 +406,7 @@ async fn cached_uris_are_fetched_once_and_linked_or_copied() {
         &fetcher,
         false,
         &user,
+        DISK,
     )
     .await
     .unwrap_err();
@@ -359,6 +416,28 @@ async fn cached_uris_are_fetched_once_and_linked_or_copied() {
         "{err}"
     );
     assert_eq!(listing(refused.path()), Vec::<String>::new());
+    // ... and removed: the next task fetches the URI again, getting what it holds now.
+    assert!(!entry.exists(), "the changed entry is removed");
+    assert!(
+        fetcher
+            .all_cached(std::slice::from_ref(&u), &user, DISK)
+            .is_none()
+    );
+    let again = tempfile::tempdir().unwrap();
+    fetch_all(
+        std::slice::from_ref(&u),
+        again.path(),
+        &fetcher,
+        false,
+        &user,
+        DISK,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        std::fs::read(again.path().join("app.wasm")).unwrap(),
+        b"\0asm-v2"
+    );
 }
 
 #[tokio::test]
@@ -380,12 +459,13 @@ async fn a_cached_file_is_not_handed_to_a_user_who_may_not_read_it() {
         &fetcher,
         false,
         &me(),
+        DISK,
     )
     .await
     .unwrap();
     assert!(
         fetcher
-            .all_cached(std::slice::from_ref(&u), &nobody())
+            .all_cached(std::slice::from_ref(&u), &nobody(), DISK)
             .is_none()
     );
     let err = fetch_all(
@@ -394,6 +474,7 @@ async fn a_cached_file_is_not_handed_to_a_user_who_may_not_read_it() {
         &fetcher,
         false,
         &nobody(),
+        DISK,
     )
     .await
     .unwrap_err();
@@ -418,7 +499,8 @@ async fn a_failed_cached_fetch_is_not_remembered() {
             sandbox.path(),
             &fetcher,
             true,
-            &user
+            &user,
+            DISK
         )
         .await
         .is_err()
@@ -430,6 +512,7 @@ async fn a_failed_cached_fetch_is_not_remembered() {
         &fetcher,
         true,
         &user,
+        DISK,
     )
     .await
     .unwrap();

@@ -2,14 +2,15 @@
 //! group) is validated against what the offers hold, valid ones are launched on the
 //! offers' agent and invalid ones refused with a TASK_ERROR saying why.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Display;
 use std::time::Instant;
 
 use cairn_api::Resources;
 use cairn_api::internal::{MasterMessage, RunTask, RunTaskGroup, master_message};
 use cairn_api::v1::{
-    AgentId, OfferId, TaskInfo, TaskState, TaskStatus, call, offer::operation, task_status,
+    AgentId, ExecutorInfo, OfferId, TaskInfo, TaskState, TaskStatus, call, offer::operation,
+    task_status,
 };
 
 use super::executors::{Charge, ExecutorKey};
@@ -151,7 +152,7 @@ impl Leader {
         tasks: &[TaskInfo],
     ) -> Vec<Result<Charge, InvalidTask>> {
         let mut scratch = placement.remaining.clone();
-        let mut pending: HashSet<ExecutorKey> = HashSet::new();
+        let mut pending: HashMap<ExecutorKey, Option<ExecutorInfo>> = HashMap::new();
         tasks
             .iter()
             .map(|task| {
@@ -163,7 +164,8 @@ impl Leader {
                     &mut placement.seen,
                 )?;
                 scratch = scratch.checked_sub(&charge.total()).unwrap_or_default();
-                pending.extend(charge.new_executors.iter().map(|(k, _)| k.clone()));
+                let started = charge.new_executors.iter();
+                pending.extend(started.map(|e| (e.key.clone(), e.info.clone())));
                 Ok(charge)
             })
             .collect()
@@ -259,7 +261,7 @@ impl Leader {
         framework_id: &str,
         agent_id: &str,
         task: &TaskInfo,
-        (remaining, pending): (&Resources, &HashSet<ExecutorKey>),
+        (remaining, pending): (&Resources, &HashMap<ExecutorKey, Option<ExecutorInfo>>),
         seen: &mut HashSet<String>,
     ) -> Result<Charge, InvalidTask> {
         let task_id = task

@@ -5,13 +5,13 @@
 //! Executor charges are the framework's, like its tasks': taken out of the offers
 //! that launch them and given back when they end.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::Instant;
 
 use cairn_api::Resources;
 use cairn_api::charges::AgentCharges;
 use cairn_api::internal::{MasterMessage, RunningExecutor, master_message};
-use cairn_api::v1::{ExecutorId, FrameworkId, TaskInfo};
+use cairn_api::v1::{ExecutorId, ExecutorInfo, FrameworkId, TaskInfo};
 
 use super::{AgentEntry, Leader};
 use crate::error::InvalidTask;
@@ -31,6 +31,35 @@ pub(super) struct ExecutorCharge {
     pub tasks: usize,
     /// Since when an executor process has had no live task.
     pub idle_since: Option<Instant>,
+    /// The agent said the process exited while the master still counted tasks on
+    /// it (their terminal updates are on their way): the charge goes with the last
+    /// of them, unless a task launched since is hosted by a successor.
+    pub exited: bool,
+    /// A custom executor's `ExecutorInfo`: every task naming its id must carry the
+    /// same (Mesos' rule).
+    pub info: Option<ExecutorInfo>,
+}
+
+impl ExecutorCharge {
+    fn new(role: String, resources: Resources, info: Option<ExecutorInfo>) -> Self {
+        Self {
+            role,
+            resources,
+            tasks: 0,
+            idle_since: None,
+            exited: false,
+            info,
+        }
+    }
+}
+
+/// An executor a task is the first to need on its agent.
+#[derive(Debug)]
+pub(super) struct NewExecutor {
+    pub key: ExecutorKey,
+    pub resources: Resources,
+    /// A custom executor's definition.
+    pub info: Option<ExecutorInfo>,
 }
 
 /// What one task of an ACCEPT costs.
@@ -42,12 +71,12 @@ pub(super) struct Charge {
     /// The executor process that will host it.
     pub process: String,
     /// Executors this task is the first to need on the agent, and what each holds.
-    pub new_executors: Vec<(ExecutorKey, Resources)>,
+    pub new_executors: Vec<NewExecutor>,
 }
 
 impl Charge {
     pub fn total(&self) -> Resources {
-        (self.new_executors.iter()).fold(self.task.clone(), |t, (_, r)| t.add(r))
+        (self.new_executors.iter()).fold(self.task.clone(), |t, e| t.add(&e.resources))
     }
 
     /// What the charge is made of, for a refusal.
@@ -56,7 +85,9 @@ impl Charge {
         if self.task != *named {
             why.push_str(" with the agent's defaults and per-task overhead");
         }
-        for ((_, process, custom), r) in &self.new_executors {
+        for NewExecutor { key, resources, .. } in &self.new_executors {
+            let (_, process, custom) = key;
+            let r = resources;
             match custom {
                 Some(id) => why.push_str(&format!(", custom executor {id} ({r})")),
                 None => why.push_str(&format!(", a new executor {process} ({r})")),
@@ -68,13 +99,15 @@ impl Charge {
 
 impl Leader {
     /// What `task` costs on the agent, given the executors already there and those
-    /// the ACCEPT's earlier tasks start (`pending`).
+    /// the ACCEPT's earlier tasks start (`pending`, with their custom definitions).
+    /// A task naming a custom executor the agent holds, or an earlier task started,
+    /// with another `ExecutorInfo` is refused, as Mesos refuses it.
     pub(super) fn charge_of(
         &self,
         framework_id: &str,
         agent_id: &str,
         task: &TaskInfo,
-        pending: &HashSet<ExecutorKey>,
+        pending: &HashMap<ExecutorKey, Option<ExecutorInfo>>,
     ) -> Result<Charge, InvalidTask> {
         let task_id = task.task_id.clone().unwrap_or_default().value;
         let agent = self.agents.get(agent_id);
@@ -104,8 +137,23 @@ impl Leader {
         }
         let mut new_executors = Vec::new();
         for (key, custom) in wanted {
-            let held = agent.is_some_and(|a| a.executors.contains_key(&key));
-            if held || pending.contains(&key) {
+            let held = agent.and_then(|a| a.executors.get(&key));
+            let existing = match (held, pending.get(&key)) {
+                (Some(held), _) => Some(&held.info),
+                (None, Some(info)) => Some(info),
+                (None, None) => None,
+            };
+            if let Some(existing) = existing {
+                if existing.as_ref() != custom {
+                    return Err(InvalidTask::Executor {
+                        task_id: task_id.clone(),
+                        why: format!(
+                            "ExecutorInfo is not compatible with existing ExecutorInfo with \
+                             same ExecutorID ({})",
+                            key.2.unwrap_or_default()
+                        ),
+                    });
+                }
                 continue;
             }
             let resources = match custom {
@@ -114,7 +162,12 @@ impl Leader {
             };
             // An agent that reports no figures (an older one) is charged nothing.
             if !resources.is_empty() {
-                new_executors.push((key, resources));
+                let info = custom.cloned();
+                new_executors.push(NewExecutor {
+                    key,
+                    resources,
+                    info,
+                });
             }
         }
         Ok(Charge {
@@ -137,15 +190,11 @@ impl Leader {
         let Some(agent) = self.agents.get_mut(agent_id) else {
             return;
         };
-        for (key, resources) in &charge.new_executors {
-            agent.used = agent.used.add(resources);
-            let held = ExecutorCharge {
-                role: role.to_owned(),
-                resources: resources.clone(),
-                tasks: 0,
-                idle_since: None,
-            };
-            agent.executors.insert(key.clone(), held);
+        for new in &charge.new_executors {
+            agent.used = agent.used.add(&new.resources);
+            let held =
+                ExecutorCharge::new(role.to_owned(), new.resources.clone(), new.info.clone());
+            agent.executors.insert(new.key.clone(), held);
         }
         let process = (framework_id.to_owned(), charge.process.clone(), None);
         let custom = custom_key(framework_id, task, &charge.process);
@@ -153,6 +202,9 @@ impl Leader {
             if let Some(held) = agent.executors.get_mut(&key) {
                 held.tasks += 1;
                 held.idle_since = None;
+                // A task sent after the process exited starts its successor, which
+                // this charge now stands for.
+                held.exited = false;
             }
         }
     }
@@ -171,28 +223,35 @@ impl Leader {
             return;
         };
         let key = (framework_id.to_owned(), process, None);
+        let mut gone = false;
         if let Some(held) = agent.executors.get_mut(&key) {
             held.tasks = held.tasks.saturating_sub(1);
             if held.tasks == 0 {
                 held.idle_since = Some(Instant::now());
+                gone = held.exited;
             }
         }
-        let Some(custom) = custom else {
-            return;
-        };
-        let key = (key.0, key.1, Some(custom));
-        let last = agent.executors.get_mut(&key).is_some_and(|held| {
-            held.tasks = held.tasks.saturating_sub(1);
-            held.tasks == 0
+        let custom = custom.map(|custom| (key.0.clone(), key.1.clone(), Some(custom)));
+        let last = custom.as_ref().is_some_and(|custom| {
+            agent.executors.get_mut(custom).is_some_and(|held| {
+                held.tasks = held.tasks.saturating_sub(1);
+                held.tasks == 0
+            })
         });
-        if last {
+        if gone {
             self.release_executor(agent_id, &key);
+        }
+        if let Some(custom) = custom.filter(|_| last) {
+            self.release_executor(agent_id, &custom);
         }
     }
 
     /// The agent says an executor process exited: its overhead is free again,
     /// unless the master shut it down for being idle (and so gave it back then; a
-    /// successor may hold it now).
+    /// successor may hold it now). A process that exited with tasks the master
+    /// still counts (a crash, whose tasks' updates follow) keeps its charge until
+    /// the last of them ends: a task launched meanwhile starts a successor, and
+    /// the charge stays with that one.
     pub(super) fn executor_process_exited(
         &mut self,
         agent_id: &str,
@@ -200,8 +259,19 @@ impl Leader {
         executor_id: &str,
         idle: bool,
     ) {
+        if idle {
+            return;
+        }
         let key = (framework_id.to_owned(), executor_id.to_owned(), None);
-        if !idle && self.release_executor(agent_id, &key) {
+        let busy = self
+            .agents
+            .get_mut(agent_id)
+            .and_then(|a| a.executors.get_mut(&key));
+        if let Some(held) = busy.filter(|held| held.tasks > 0) {
+            held.exited = true;
+            return;
+        }
+        if self.release_executor(agent_id, &key) {
             self.allocate();
         }
     }
@@ -287,19 +357,17 @@ pub(super) fn executors_reported(
     running: &[RunningExecutor],
     live: &[(String, String, String, &TaskInfo)],
     role_of: impl Fn(&str) -> String,
-) -> std::collections::HashMap<ExecutorKey, ExecutorCharge> {
-    let mut held = std::collections::HashMap::new();
+) -> HashMap<ExecutorKey, ExecutorCharge> {
+    let mut held = HashMap::new();
     let now = Instant::now();
-    let charge = |role: String, resources: Resources| ExecutorCharge {
-        role,
-        resources,
-        tasks: 0,
+    let charge = |role: String, resources: Resources, info: Option<ExecutorInfo>| ExecutorCharge {
         idle_since: Some(now),
+        ..ExecutorCharge::new(role, resources, info)
     };
     for r in running {
         let fw = r.framework_id.clone().unwrap_or_default().value;
         let id = r.executor_id.clone().unwrap_or_default().value;
-        let process = charge(role_of(&fw), charges.executor_overhead.clone());
+        let process = charge(role_of(&fw), charges.executor_overhead.clone(), None);
         held.insert((fw, id, None), process);
     }
     for (fw, role, ex, task) in live {
@@ -307,13 +375,13 @@ pub(super) fn executors_reported(
         let custom = custom_key(fw, task, ex).zip(task.executor.as_ref());
         let custom = custom.map(|(key, info)| {
             let resources = charges.custom_executor(info).unwrap_or_default();
-            (key, resources)
+            (key, resources, Some(info.clone()))
         });
-        let process = Some((process, charges.executor_overhead.clone()));
-        for (key, resources) in [process, custom].into_iter().flatten() {
+        let process = Some((process, charges.executor_overhead.clone(), None));
+        for (key, resources, info) in [process, custom].into_iter().flatten() {
             let entry = held
                 .entry(key)
-                .or_insert_with(|| charge(role.clone(), resources));
+                .or_insert_with(|| charge(role.clone(), resources, info));
             entry.tasks += 1;
             entry.idle_since = None;
         }

@@ -65,6 +65,7 @@ impl Scheduler {
     }
 
     pub async fn subscribe_with(master: &str, framework_info: Value) -> (Scheduler, Events) {
+        cairn_api::tls::install_default_provider();
         let http = reqwest::Client::new();
         let url = format!("http://{master}/api/v1/scheduler");
         let response = http

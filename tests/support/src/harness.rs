@@ -93,6 +93,8 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(cairn: Cairn, args: &[&str], log: PathBuf) -> Daemon {
+        // Tests speak HTTP to what they start (see `cairn_api::tls`).
+        cairn_api::tls::install_default_provider();
         let file = std::fs::File::create(&log).expect("creating the log file");
         let child = cairn
             .command()

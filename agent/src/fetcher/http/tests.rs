@@ -6,15 +6,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::TcpListener;
 
 use crate::fetcher::tests::{fetcher_in, listing, me, uri};
 use crate::fetcher::{FetchError, FetcherConfig, fetch_all};
 
 /// What the server answers.
 #[derive(Clone)]
-enum Reply {
+pub(super) enum Reply {
     /// A body, with or without a `Content-Length` (else it ends with the connection).
     Body {
         body: Vec<u8>,
@@ -30,38 +30,69 @@ enum Reply {
     Status(u16),
 }
 
-struct Server {
+pub(super) struct Server {
     addr: SocketAddr,
+    scheme: &'static str,
     /// Connections accepted so far.
     connections: Arc<AtomicUsize>,
 }
 
 impl Server {
-    async fn start(ip: &str, reply: impl Fn(&str) -> Reply + Send + Sync + 'static) -> Server {
+    pub(super) async fn start(
+        ip: &str,
+        reply: impl Fn(&str) -> Reply + Send + Sync + 'static,
+    ) -> Server {
+        Self::serve(ip, None, reply).await
+    }
+
+    /// A server that answers over TLS with `acceptor`'s certificate.
+    pub(super) async fn serve(
+        ip: &str,
+        tls: Option<cairn_test_support::tls::TlsAcceptor>,
+        reply: impl Fn(&str) -> Reply + Send + Sync + 'static,
+    ) -> Server {
         let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let (count, reply) = (connections.clone(), Arc::new(reply));
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
-                let reply = reply.clone();
-                tokio::spawn(async move { answer(stream, &*reply).await });
+                let (reply, tls) = (reply.clone(), tls.clone());
+                tokio::spawn(async move {
+                    match tls {
+                        // A handshake the client gives up on ends the connection.
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(stream).await {
+                                answer(stream, &*reply).await
+                            }
+                        }
+                        None => answer(stream, &*reply).await,
+                    }
+                });
             }
         });
-        Server { addr, connections }
+        Server {
+            addr,
+            scheme,
+            connections,
+        }
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+    pub(super) fn url(&self, path: &str) -> String {
+        format!("{}://{}{path}", self.scheme, self.addr)
     }
 
-    fn connections(&self) -> usize {
+    pub(super) fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
 }
 
-async fn answer(mut stream: TcpStream, reply: &(dyn Fn(&str) -> Reply + Send + Sync)) {
+async fn answer(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    reply: &(dyn Fn(&str) -> Reply + Send + Sync),
+) {
     let mut request = Vec::new();
     let mut buf = [0u8; 1024];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -116,7 +147,7 @@ async fn answer(mut stream: TcpStream, reply: &(dyn Fn(&str) -> Reply + Send + S
 }
 
 /// Limits small enough for a test: 1000 bytes, short timeouts; `allowed` networks.
-fn limits(allowed: &[&str]) -> FetcherConfig {
+pub(super) fn limits(allowed: &[&str]) -> FetcherConfig {
     FetcherConfig {
         max_size: 1000,
         connect_timeout: Duration::from_secs(5),
@@ -128,14 +159,25 @@ fn limits(allowed: &[&str]) -> FetcherConfig {
 }
 
 /// Fetches `url` into `sandbox` as `out`.
-async fn get(url: &str, sandbox: &Path, config: FetcherConfig) -> Result<(), FetchError> {
+pub(super) async fn get(
+    url: &str,
+    sandbox: &Path,
+    config: FetcherConfig,
+) -> Result<(), FetchError> {
     let fetcher = fetcher_in(sandbox.parent().unwrap(), config);
-    fetch_all(&[uri(url, Some("out"))], sandbox, &fetcher, false, &me())
-        .await
-        .map(drop)
+    fetch_all(
+        &[uri(url, Some("out"))],
+        sandbox,
+        &fetcher,
+        false,
+        &me(),
+        1 << 30,
+    )
+    .await
+    .map(drop)
 }
 
-fn body(size: usize, length: bool) -> Reply {
+pub(super) fn body(size: usize, length: bool) -> Reply {
     Reply::Body {
         body: vec![b'b'; size],
         length,

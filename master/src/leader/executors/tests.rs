@@ -293,3 +293,107 @@ async fn an_idle_executor_is_shut_down_and_a_late_exit_frees_nothing_of_its_succ
         .await;
     assert_eq!(used(&cluster).await, res("cpus:1.1;mem:360;disk:100"));
 }
+
+fn exited(framework: &Framework, idle: bool) -> agent_message::Message {
+    agent_message::Message::ExecutorExited(ExecutorExited {
+        framework_id: Some(FrameworkId {
+            value: framework.id.clone(),
+        }),
+        executor_id: Some(ExecutorId {
+            value: format!("cairn-executor-{}", framework.id),
+        }),
+        status: Some(137),
+        message: "killed by signal 9".into(),
+        idle,
+    })
+}
+
+/// A process that crashes with tasks the master still counts keeps its charge until
+/// their updates arrive; a task launched in between starts a successor, which the
+/// charge then stands for (it is not given back under it).
+#[tokio::test]
+async fn a_crashed_executor_is_charged_until_its_tasks_end_and_then_for_its_successor() {
+    let cluster = Cluster::start().await;
+    let mut agent = agent_with(&cluster, "cpus:3;mem:2048;disk:4096", Vec::new()).await;
+    let mut framework = cluster.subscribe("alpha").await;
+    let task = |id: &str| command_task(id, "cpus:1;mem:100;disk:100");
+    launch(&cluster, &mut framework, &mut agent, vec![task("a")]).await;
+    let one = res("cpus:1.1;mem:360;disk:100");
+    assert_eq!(used(&cluster).await, one);
+    cluster.agent_sends(&agent, exited(&framework, false)).await;
+    assert_eq!(used(&cluster).await, one, "task a still counts on it");
+    finish(&cluster, &agent, &mut framework, "a").await;
+    assert_eq!(
+        used(&cluster).await,
+        Resources::new(),
+        "gone with its last task"
+    );
+    // Again, with a task launched between the crash and the old task's end.
+    cluster.call(&framework, revive()).await.expect("REVIVE");
+    launch(&cluster, &mut framework, &mut agent, vec![task("b")]).await;
+    cluster.agent_sends(&agent, exited(&framework, false)).await;
+    cluster.call(&framework, revive()).await.expect("REVIVE");
+    launch(&cluster, &mut framework, &mut agent, vec![task("c")]).await;
+    let two = res("cpus:2.1;mem:464;disk:200");
+    assert_eq!(used(&cluster).await, two, "c's successor is charged once");
+    finish(&cluster, &agent, &mut framework, "b").await;
+    assert_eq!(used(&cluster).await, one, "the successor keeps the charge");
+}
+
+#[tokio::test]
+async fn a_custom_executor_id_named_with_another_executor_info_is_refused() {
+    let cluster = Cluster::start().await;
+    let mut agent = agent_with(&cluster, "cpus:4;mem:2048;disk:4096", Vec::new()).await;
+    let mut framework = cluster.subscribe("alpha").await;
+    let custom = |id: &str, cpus: f64| TaskInfo {
+        command: None,
+        executor: Some(ExecutorInfo {
+            executor_id: Some(ExecutorId { value: "c".into() }),
+            resources: res(&format!("cpus:{cpus};mem:100;disk:10")).to_proto(),
+            command: Some(Default::default()),
+            ..Default::default()
+        }),
+        ..command_task(id, "cpus:0.5;mem:10;disk:10")
+    };
+    let refusal = |task: &str| {
+        format!(
+            "task {task}: ExecutorInfo is not compatible with existing ExecutorInfo with \
+             same ExecutorID (c)"
+        )
+    };
+    // In one ACCEPT: the first defines it, the second differs and is refused.
+    let offer = framework.next_offers().await.remove(0);
+    let tasks = vec![custom("a", 0.5), custom("b", 0.25)];
+    cluster
+        .call(&framework, accept_call(&offer, tasks))
+        .await
+        .expect("ACCEPT");
+    let status = framework.next_update().await;
+    assert_eq!(
+        (status.state(), status.reason(), status.message.clone()),
+        (
+            TaskState::TaskError,
+            task_status::Reason::TaskInvalid,
+            refusal("b")
+        )
+    );
+    match agent.next_message().await {
+        ToAgent::RunTask(run) => assert_eq!(run.task.expect("task").name, "a"),
+        other => panic!("expected RunTask, got {other:?}"),
+    }
+    let held = used(&cluster).await;
+    // Against the running one, in a later ACCEPT: refused, nothing charged.
+    cluster.call(&framework, revive()).await.expect("REVIVE");
+    let offer = framework.next_offers().await.remove(0);
+    cluster
+        .call(&framework, accept_call(&offer, vec![custom("d", 1.0)]))
+        .await
+        .expect("ACCEPT");
+    let status = framework.next_update().await;
+    assert_eq!(status.message, refusal("d"));
+    assert!(
+        agent.queued_messages().is_empty(),
+        "nothing reached the agent"
+    );
+    assert_eq!(used(&cluster).await, held);
+}
