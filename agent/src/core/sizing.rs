@@ -46,8 +46,9 @@ struct Charged {
 pub struct Sizes {
     charges: AgentCharges,
     charged: HashMap<TaskKey, Charged>,
-    /// Custom executors with tasks, by (executor process, custom executor id): how
-    /// many tasks name each, and what it adds.
+    /// Custom executors, by (executor process, custom executor id): how many live
+    /// tasks name each, and what it adds. One is charged from its first task until its
+    /// process ends (its instance outlives its tasks there, as a Mesos executor does).
     customs: HashMap<(String, String), (usize, ExecutorLimits)>,
     totals: HashMap<String, ExecutorLimits>,
     /// Executors whose totals changed since their cgroup was last written.
@@ -99,10 +100,10 @@ impl Sizes {
         if let Some((id, extra)) = &custom {
             let entry = (self.customs)
                 .entry((executor_id.to_owned(), id.clone()))
-                .or_insert((0, *extra));
-            if entry.0 == 0 {
-                grow(total, &entry.1);
-            }
+                .or_insert_with(|| {
+                    grow(total, extra);
+                    (0, *extra)
+                });
             entry.0 += 1;
         }
         let charged = Charged {
@@ -114,23 +115,18 @@ impl Sizes {
         self.due.insert(executor_id.to_owned());
     }
 
-    /// Gives back what an ended task was charged, and its custom executor's share
-    /// with the last task naming it.
+    /// Gives back what an ended task was charged (its custom executor's share stays
+    /// until the process ends: see [`Sizes::forget`]).
     pub fn release(&mut self, key: &TaskKey) {
         let Some(charged) = self.charged.remove(key) else {
             return;
         };
         let ex = charged.executor_id;
-        let mut freed = charged.own;
-        if let Some(id) = charged.custom {
-            let custom_key = (ex.clone(), id);
-            if let Some(entry) = self.customs.get_mut(&custom_key) {
-                entry.0 -= 1;
-                if entry.0 == 0 {
-                    grow(&mut freed, &entry.1);
-                    self.customs.remove(&custom_key);
-                }
-            }
+        let freed = charged.own;
+        if let Some(id) = charged.custom
+            && let Some(entry) = self.customs.get_mut(&(ex.clone(), id))
+        {
+            entry.0 = entry.0.saturating_sub(1);
         }
         if let Some(total) = self.totals.get_mut(&ex) {
             let floor = ExecutorLimits::overhead();
@@ -243,7 +239,7 @@ mod tests {
     }
 
     #[test]
-    fn a_custom_executor_is_charged_once_while_it_has_tasks() {
+    fn a_custom_executor_is_charged_once_until_its_process_ends() {
         let mut sizes = Sizes::new(agent_charges(true));
         let custom = |id: &str| TaskInfo {
             executor: Some(cairn_api::v1::ExecutorInfo {
@@ -268,6 +264,15 @@ mod tests {
         sizes.release(&a);
         assert_eq!(sizes.of("e").mem_bytes, executor(1, 1));
         sizes.release(&b);
+        assert_eq!(
+            sizes.of("e").mem_bytes,
+            executor(0, 1),
+            "it outlives its tasks"
+        );
+        // A later task naming it is not charged it again.
+        sizes.charge(&a, "e", &custom("a"));
+        assert_eq!(sizes.of("e").mem_bytes, executor(1, 1));
+        sizes.forget("e");
         assert_eq!(sizes.of("e").mem_bytes, executor(0, 0));
         assert_eq!(sizes.of("e").pids, ExecutorLimits::overhead().pids);
     }

@@ -1,7 +1,8 @@
 //! What a launch costs beyond the resources its tasks name, charged by the agent's own
 //! figures (`cairn_api::charges`): the defaults for what a task leaves unnamed, its
 //! executor process's per-task overhead, the overhead of an executor process the
-//! task is the first to need, and a custom executor's resources while it has tasks.
+//! task is the first to need, and a custom executor's resources from its first task
+//! until the process hosting it ends (its instance outlives its tasks there).
 //! Executor charges are the framework's, like its tasks': taken out of the offers
 //! that launch them and given back when they end.
 
@@ -25,9 +26,9 @@ pub(super) type ExecutorKey = (String, String, Option<String>);
 pub(super) struct ExecutorCharge {
     pub role: String,
     pub resources: Resources,
-    /// The live tasks on it. A custom executor is charged while there are any; an
-    /// executor process until it exits or, idle past the master's
-    /// `--executor-idle-timeout`, is shut down.
+    /// The live tasks on it. An executor process, and the custom executors it hosts,
+    /// are charged until it exits or, idle past the master's `--executor-idle-timeout`,
+    /// is shut down.
     pub tasks: usize,
     /// Since when an executor process has had no live task.
     pub idle_since: Option<Instant>,
@@ -209,9 +210,9 @@ impl Leader {
         }
     }
 
-    /// A task of `process` (naming custom executor `custom`, if any) ended: the
-    /// custom executor is given back with its last task; the process, idle, starts
-    /// its idle time.
+    /// A task of `process` (naming custom executor `custom`, if any) ended: an idle
+    /// process starts its idle time (a process the agent said exited goes now, with
+    /// its custom executors).
     pub(super) fn executor_task_ended(
         &mut self,
         framework_id: &str,
@@ -232,17 +233,11 @@ impl Leader {
             }
         }
         let custom = custom.map(|custom| (key.0.clone(), key.1.clone(), Some(custom)));
-        let last = custom.as_ref().is_some_and(|custom| {
-            agent.executors.get_mut(custom).is_some_and(|held| {
-                held.tasks = held.tasks.saturating_sub(1);
-                held.tasks == 0
-            })
-        });
+        if let Some(held) = custom.and_then(|custom| agent.executors.get_mut(&custom)) {
+            held.tasks = held.tasks.saturating_sub(1);
+        }
         if gone {
             self.release_executor(agent_id, &key);
-        }
-        if let Some(custom) = custom.filter(|_| last) {
-            self.release_executor(agent_id, &custom);
         }
     }
 
@@ -316,19 +311,30 @@ impl Leader {
         }
     }
 
-    /// Gives an executor's charge back to its framework's allocation and the
-    /// agent; whether there was one.
+    /// Gives an executor process's charge, and that of the custom executors it
+    /// hosts, back to its framework's allocation and the agent; whether there was one.
     fn release_executor(&mut self, agent_id: &str, key: &ExecutorKey) -> bool {
         let Some(agent) = self.agents.get_mut(agent_id) else {
             return false;
         };
-        let Some(held) = agent.executors.remove(key) else {
-            return false;
-        };
-        agent.used = agent.used.checked_sub(&held.resources).unwrap_or_default();
-        self.allocator
-            .recover(&key.0, agent_id, &held.role, &held.resources, None);
-        true
+        let hosted = |k: &ExecutorKey| k.0 == key.0 && k.1 == key.1 && k.2.is_some();
+        let customs: Vec<ExecutorKey> = agent
+            .executors
+            .keys()
+            .filter(|k| hosted(k))
+            .cloned()
+            .collect();
+        let mut released = false;
+        for key in customs.iter().chain([key]) {
+            let Some(held) = agent.executors.remove(key) else {
+                continue;
+            };
+            agent.used = agent.used.checked_sub(&held.resources).unwrap_or_default();
+            self.allocator
+                .recover(&key.0, agent_id, &held.role, &held.resources, None);
+            released = true;
+        }
+        released
     }
 
     /// Forgets a torn-down framework's executors (the allocator already let go of

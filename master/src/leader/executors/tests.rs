@@ -191,7 +191,7 @@ async fn an_executor_is_held_until_the_agent_says_it_exited() {
 }
 
 #[tokio::test]
-async fn a_custom_executor_is_charged_once_while_it_has_tasks() {
+async fn a_custom_executor_is_charged_once_until_its_process_ends() {
     let cluster = Cluster::start().await;
     let mut agent = agent_with(&cluster, "cpus:4;mem:2048;disk:4096", Vec::new()).await;
     let mut framework = cluster.subscribe("alpha").await;
@@ -219,8 +219,14 @@ async fn a_custom_executor_is_charged_once_while_it_has_tasks() {
     finish(&cluster, &agent, &mut framework, "b").await;
     assert_eq!(
         used(&cluster).await,
-        res("cpus:0.1;mem:256"),
-        "the process alone"
+        res("cpus:0.6;mem:356;disk:10"),
+        "the process and the custom executor it hosts"
+    );
+    cluster.agent_sends(&agent, exited(&framework, false)).await;
+    assert_eq!(
+        used(&cluster).await,
+        Resources::new(),
+        "gone with its process"
     );
 }
 
