@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use cairn_api::internal::checkpoint_record::Record;
 use cairn_api::internal::{
-    CheckpointRecord, CheckpointedExecutor, CompiledProgram, RunTask, TaskRecord,
+    CheckpointRecord, CheckpointedExecutor, CompiledProgram, RunTask, TaskLimited, TaskRecord,
 };
 use cairn_api::v1::{FrameworkId, FrameworkInfo, TaskInfo, TaskState};
 
@@ -30,6 +30,8 @@ pub struct Task {
     pub executor_id: String,
     /// Its wasm programs as the agent compiled them, once launched.
     pub programs: Vec<CompiledProgram>,
+    /// Why the agent killed this run, if it did over a limit it watches.
+    pub limited: Option<TaskLimited>,
 }
 
 #[derive(Debug, Default)]
@@ -111,6 +113,15 @@ impl AgentState {
             Record::FrameworkRemoved(id) => {
                 self.frameworks.remove(&id.value);
             }
+            Record::Limited(limited) => {
+                let fw = limited.framework_id.clone().unwrap_or_default().value;
+                let task_id = limited.task_id.clone().unwrap_or_default().value;
+                if let Some(task) = self.tasks.get_mut(&(fw, task_id))
+                    && task.container_id == limited.container_id
+                {
+                    task.limited = Some(limited);
+                }
+            }
         }
     }
 
@@ -135,6 +146,7 @@ impl AgentState {
             container_id: run.container_id,
             executor_id,
             programs: Vec::new(),
+            limited: None,
         });
     }
 
@@ -177,6 +189,9 @@ impl AgentState {
                 }
                 launched.programs = task.programs.clone();
                 push(Record::Launched(launched));
+            }
+            if let Some(limited) = &task.limited {
+                push(Record::Limited(limited.clone()));
             }
         }
         for update in self.updates.all() {

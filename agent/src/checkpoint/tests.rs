@@ -47,14 +47,27 @@ fn ack(f: &str, task: &str, uuid: u8) -> Record {
     })
 }
 
+fn limited(f: &str, task: &str, run: &str, port: u32) -> Record {
+    Record::Limited(cairn_api::internal::TaskLimited {
+        framework_id: Some(FrameworkId { value: f.into() }),
+        task_id: Some(TaskId { value: task.into() }),
+        container_id: run.into(),
+        message: format!("Task listened on port {port}"),
+        ports: vec![port],
+    })
+}
+
 /// A compact, comparable view of the state.
 fn summary(state: &AgentState) -> String {
     let mut tasks: Vec<String> = state
         .tasks
         .iter()
         .map(|((f, t), task)| {
+            let limited = (task.limited.as_ref())
+                .map(|l| format!("{} {:?}", l.message, l.ports))
+                .unwrap_or_default();
             format!(
-                "{f}/{t}:{}:{}",
+                "{f}/{t}:{}:{}:{limited}",
                 task.state.as_str_name(),
                 if task.launched { "launched" } else { "staged" }
             )
@@ -127,6 +140,9 @@ fn history() -> Vec<Record> {
         )),
         update("f1", "d", TaskState::TaskRunning, 5),
         ack("f1", "d", 5),
+        // The agent killed d over ports; a limitation of another run is no one's.
+        limited("f1", "d", "d-run", 8080),
+        limited("f1", "d", "an-earlier-run", 9090),
     ]
 }
 
@@ -182,7 +198,7 @@ fn compaction_keeps_the_state_and_a_reboot_starts_fresh() {
     live.commit().unwrap();
     let expected = summary(&live.state);
     assert!(
-        expected.contains("f1/d:TASK_RUNNING:launched"),
+        expected.contains("f1/d:TASK_RUNNING:launched:Task listened on port 8080 [8080]"),
         "{expected}"
     );
     let size = std::fs::metadata(&path).unwrap().len();

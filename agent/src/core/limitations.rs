@@ -2,15 +2,18 @@
 //! the ports a native task listens on in the host's network namespace (Mesos'
 //! `network/ports` isolator, see `crate::ports`). A task found over its limit is
 //! killed at once, and its terminal update says why: TASK_FAILED,
-//! REASON_CONTAINER_LIMITATION, the ports in `limitation.resources`.
+//! REASON_CONTAINER_LIMITATION, the ports in `limitation.resources`. Why is
+//! checkpointed before the kill is sent, so an update arriving after an agent
+//! restart says it too.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use cairn_api::Resources;
+use cairn_api::internal::TaskLimited;
+use cairn_api::internal::checkpoint_record::Record;
 use cairn_api::resources::Ranges;
 use cairn_api::v1::{
-    DurationInfo, KillPolicy, TaskId, TaskResourceLimitation, TaskState, TaskStatus,
+    DurationInfo, FrameworkId, KillPolicy, TaskId, TaskResourceLimitation, TaskState, TaskStatus,
     container_info, task_status,
 };
 
@@ -31,10 +34,6 @@ type ToWatch = (Run, String, Ranges);
 pub(super) struct PortsWatch {
     next: Instant,
     scanning: bool,
-    /// Tasks killed over ports they listened on, with what their terminal update
-    /// will say (until the agent restarts: a kill sent before then reports
-    /// TASK_KILLED).
-    limited: HashMap<TaskKey, (String, Vec<u16>)>,
 }
 
 impl PortsWatch {
@@ -42,7 +41,6 @@ impl PortsWatch {
         Self {
             next: Instant::now(),
             scanning: false,
-            limited: HashMap::new(),
         }
     }
 }
@@ -126,13 +124,10 @@ impl Core {
             ports,
         } in found
         {
-            let live = self
-                .checkpoint
-                .state
-                .tasks
-                .get(&key)
-                .is_some_and(|t| t.container_id == run && t.launched && !t.state.is_terminal());
-            if !live || self.ports.limited.contains_key(&key) {
+            let live = self.checkpoint.state.tasks.get(&key).is_some_and(|t| {
+                t.container_id == run && t.launched && !t.state.is_terminal() && t.limited.is_none()
+            });
+            if !live {
                 continue;
             }
             let held = (self.checkpoint.state.tasks[&key].info.resources.iter())
@@ -150,7 +145,17 @@ impl Core {
                 message,
                 "killing task"
             );
-            self.ports.limited.insert(key.clone(), (message, ports));
+            self.checkpoint.record(Record::Limited(TaskLimited {
+                framework_id: Some(FrameworkId {
+                    value: key.0.clone(),
+                }),
+                task_id: Some(TaskId {
+                    value: key.1.clone(),
+                }),
+                container_id: run,
+                message,
+                ports: ports.iter().map(|p| u32::from(*p)).collect(),
+            }));
             let now = KillPolicy {
                 grace_period: Some(DurationInfo { nanoseconds: 0 }),
             };
@@ -166,14 +171,15 @@ impl Core {
         if !TaskState::try_from(status.state).is_ok_and(TaskState::is_terminal) {
             return;
         }
-        let Some((message, ports)) = self.ports.limited.remove(key) else {
+        let Some(limited) = (self.checkpoint.state.tasks.get(key)).and_then(|t| t.limited.clone())
+        else {
             return;
         };
-        let ranges = ports.iter().map(|p| (*p as u64, *p as u64));
+        let ranges = limited.ports.iter().map(|p| (u64::from(*p), u64::from(*p)));
         status.state = TaskState::TaskFailed as i32;
         status.reason = Some(task_status::Reason::ContainerLimitation as i32);
         status.source = task_status::Source::Agent as i32;
-        status.message = message;
+        status.message = limited.message;
         status.limitation = Some(TaskResourceLimitation {
             resources: Resources::new().with_ranges("ports", ranges).to_proto(),
         });
