@@ -194,18 +194,6 @@ impl FetchCache {
     }
 }
 
-/// Removes an entry found not to match its digest: the next task that names its URI
-/// fetches it again rather than fail on it too.
-pub fn discard_changed(path: &Path) {
-    tracing::warn!(
-        entry = %path.display(),
-        "a fetcher cache entry no longer matches its digest; removing it"
-    );
-    if let Err(error) = std::fs::remove_file(path) {
-        tracing::warn!(entry = %path.display(), %error, "cannot remove a changed cache entry");
-    }
-}
-
 /// The file's sha256 and size, read in pieces (a download may be large).
 fn hash(path: &Path) -> std::io::Result<([u8; 32], u64)> {
     let mut hasher = Sha256::new();

@@ -40,8 +40,8 @@ use cairn_api::v1::command_info::Uri;
 use cairn_sandbox::SandboxDir;
 
 use crate::user::TaskUser;
-pub use cache::discard_changed;
 pub use net::AllowedNetwork;
+pub use output::discard_changed;
 use output::{Owner, Target};
 
 #[derive(Debug, thiserror::Error)]

@@ -100,7 +100,7 @@ impl Target<'_> {
             to.write_all(&buf[..n]).map_err(placing)?;
         }
         if hasher.finalize().as_slice() != sha256 {
-            super::cache::discard_changed(source);
+            discard_changed(source);
             return Err(
                 self.failed("the fetcher cache's copy no longer matches its digest; refusing it")
             );
@@ -233,5 +233,17 @@ fn output_error(name: &Path, e: SandboxDirError) -> FetchError {
     FetchError::Output {
         name: name.display().to_string(),
         why,
+    }
+}
+
+/// Removes an entry found not to match its digest: the next task that names its URI
+/// fetches it again rather than fail on it too.
+pub fn discard_changed(path: &Path) {
+    tracing::warn!(
+        entry = %path.display(),
+        "a fetcher cache entry no longer matches its digest; removing it"
+    );
+    if let Err(error) = std::fs::remove_file(path) {
+        tracing::warn!(entry = %path.display(), %error, "cannot remove a changed cache entry");
     }
 }
