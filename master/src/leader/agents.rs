@@ -375,6 +375,21 @@ impl Leader {
         let task_id = status.task_id.clone().unwrap_or_default().value;
         let state = TaskState::try_from(status.state).unwrap_or(TaskState::TaskUnknown);
         let key = (framework_id.clone(), task_id.clone());
+        if let Some(owner) = self.agent_running(&key).filter(|owner| *owner != agent_id) {
+            // No agent speaks for another's tasks: a broken or hostile agent's word
+            // on them reaches no framework and changes nothing.
+            tracing::warn!(
+                agent_id,
+                framework_id,
+                task_id,
+                runs_on = owner,
+                "dropped a status update from an agent that does not run the task"
+            );
+            // Acknowledged to the sender alone, so it stops resending it (a reused
+            // task id's old update from the agent that ran the earlier one).
+            self.acknowledge_to_agent(agent_id, &framework_id, &task_id, status.uuid);
+            return;
+        }
         if let Some(task) = self.tasks.get_mut(&key) {
             let was_terminal = task.state.is_terminal();
             task.state = state;
@@ -426,6 +441,17 @@ impl Leader {
             // here so the agent can let it go.
             self.acknowledge_to_agent(agent_id, &framework_id, &task_id, status.uuid);
         }
+    }
+
+    /// The agent a task runs (or last ran) on, if the master knows the task.
+    fn agent_running(&self, key: &(String, String)) -> Option<&str> {
+        if let Some(task) = self.tasks.get(key) {
+            return Some(&task.agent_id);
+        }
+        let done = self.completed.iter().rev();
+        done.filter(|t| t.framework_id == key.0)
+            .find(|t| t.info.task_id.as_ref().is_some_and(|id| id.value == key.1))
+            .map(|t| t.agent_id.as_str())
     }
 
     pub(super) fn acknowledge_to_agent(
@@ -497,3 +523,6 @@ pub(super) fn master_status(
     task.status = Some(status.clone());
     status
 }
+
+#[cfg(test)]
+mod tests;

@@ -130,6 +130,24 @@ impl Leader {
             error,
         };
         let own = charges.task(task).map_err(resources_error)?;
+        if let Some(info) = &task.executor {
+            let id = info.executor_id.clone().unwrap_or_default().value;
+            // Mesos' key is the executor id on the agent, whichever process hosts it.
+            let same_id = |k: &ExecutorKey| k.0 == framework_id && k.2.as_deref() == Some(&id);
+            let held = agent.into_iter().flat_map(|a| a.executors.iter());
+            let mut known = (held.filter(|(k, _)| same_id(k)).map(|(_, h)| &h.info))
+                .chain(pending.iter().filter(|(k, _)| same_id(k)).map(|(_, i)| i))
+                .flatten();
+            if known.any(|existing| !same_executor(existing, info)) {
+                return Err(InvalidTask::Executor {
+                    task_id: task_id.clone(),
+                    why: format!(
+                        "ExecutorInfo is not compatible with existing ExecutorInfo with same \
+                         ExecutorID ({id})"
+                    ),
+                });
+            }
+        }
         let mut wanted = vec![((framework_id.to_owned(), process.clone(), None), None)];
         if let Some(info) = &task.executor {
             let id = info.executor_id.clone().unwrap_or_default().value;
@@ -138,23 +156,8 @@ impl Leader {
         }
         let mut new_executors = Vec::new();
         for (key, custom) in wanted {
-            let held = agent.and_then(|a| a.executors.get(&key));
-            let existing = match (held, pending.get(&key)) {
-                (Some(held), _) => Some(&held.info),
-                (None, Some(info)) => Some(info),
-                (None, None) => None,
-            };
-            if let Some(existing) = existing {
-                if existing.as_ref() != custom {
-                    return Err(InvalidTask::Executor {
-                        task_id: task_id.clone(),
-                        why: format!(
-                            "ExecutorInfo is not compatible with existing ExecutorInfo with \
-                             same ExecutorID ({})",
-                            key.2.unwrap_or_default()
-                        ),
-                    });
-                }
+            let held = agent.is_some_and(|a| a.executors.contains_key(&key));
+            if held || pending.contains_key(&key) {
                 continue;
             }
             let resources = match custom {
@@ -199,13 +202,31 @@ impl Leader {
         }
         let process = (framework_id.to_owned(), charge.process.clone(), None);
         let custom = custom_key(framework_id, task, &charge.process);
-        for key in [Some(process), custom].into_iter().flatten() {
+        let mut successor = false;
+        for key in [Some(process.clone()), custom.clone()]
+            .into_iter()
+            .flatten()
+        {
             if let Some(held) = agent.executors.get_mut(&key) {
                 held.tasks += 1;
                 held.idle_since = None;
                 // A task sent after the process exited starts its successor, which
                 // this charge now stands for.
-                held.exited = false;
+                successor |= std::mem::take(&mut held.exited);
+            }
+        }
+        if successor {
+            // The dead process's custom executors died with it: those no task names
+            // now are not the successor's.
+            let dead = |k: &ExecutorKey, h: &ExecutorCharge| {
+                k.0 == process.0 && k.1 == process.1 && k.2.is_some() && h.tasks == 0
+            };
+            let gone: Vec<ExecutorKey> = (agent.executors.iter())
+                .filter(|(k, h)| dead(k, h) && Some(*k) != custom.as_ref())
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in gone {
+                self.release_one(agent_id, &key);
             }
         }
     }
@@ -237,7 +258,11 @@ impl Leader {
             held.tasks = held.tasks.saturating_sub(1);
         }
         if gone {
+            // The process the agent said exited: its charge goes now. Had a successor
+            // started for a task sent before that word arrived, nothing would charge
+            // it, so it is told to stop if it is idle.
             self.release_executor(agent_id, &key);
+            self.send_idle_shutdown(agent_id, &key);
         }
     }
 
@@ -289,32 +314,38 @@ impl Leader {
         }
         for (agent_id, key) in &idle {
             self.release_executor(agent_id, key);
-            let shutdown = cairn_api::internal::ShutdownExecutor {
-                framework_id: Some(FrameworkId {
-                    value: key.0.clone(),
-                }),
-                executor_id: Some(ExecutorId {
-                    value: key.1.clone(),
-                }),
-                idle: true,
-            };
-            let message = master_message::Message::ShutdownExecutor(shutdown);
-            self.send_to_agent(
-                agent_id,
-                MasterMessage {
-                    message: Some(message),
-                },
-            );
+            self.send_idle_shutdown(agent_id, key);
         }
         if !idle.is_empty() {
             self.allocate();
         }
     }
 
+    /// Tells the agent to stop an executor process if it has no task: its charge
+    /// was given back.
+    fn send_idle_shutdown(&mut self, agent_id: &str, key: &ExecutorKey) {
+        let shutdown = cairn_api::internal::ShutdownExecutor {
+            framework_id: Some(FrameworkId {
+                value: key.0.clone(),
+            }),
+            executor_id: Some(ExecutorId {
+                value: key.1.clone(),
+            }),
+            idle: true,
+        };
+        let message = master_message::Message::ShutdownExecutor(shutdown);
+        self.send_to_agent(
+            agent_id,
+            MasterMessage {
+                message: Some(message),
+            },
+        );
+    }
+
     /// Gives an executor process's charge, and that of the custom executors it
     /// hosts, back to its framework's allocation and the agent; whether there was one.
     fn release_executor(&mut self, agent_id: &str, key: &ExecutorKey) -> bool {
-        let Some(agent) = self.agents.get_mut(agent_id) else {
+        let Some(agent) = self.agents.get(agent_id) else {
             return false;
         };
         let hosted = |k: &ExecutorKey| k.0 == key.0 && k.1 == key.1 && k.2.is_some();
@@ -326,15 +357,23 @@ impl Leader {
             .collect();
         let mut released = false;
         for key in customs.iter().chain([key]) {
-            let Some(held) = agent.executors.remove(key) else {
-                continue;
-            };
-            agent.used = agent.used.checked_sub(&held.resources).unwrap_or_default();
-            self.allocator
-                .recover(&key.0, agent_id, &held.role, &held.resources, None);
-            released = true;
+            released |= self.release_one(agent_id, key);
         }
         released
+    }
+
+    /// Gives one executor's charge back; whether there was one.
+    fn release_one(&mut self, agent_id: &str, key: &ExecutorKey) -> bool {
+        let Some(agent) = self.agents.get_mut(agent_id) else {
+            return false;
+        };
+        let Some(held) = agent.executors.remove(key) else {
+            return false;
+        };
+        agent.used = agent.used.checked_sub(&held.resources).unwrap_or_default();
+        self.allocator
+            .recover(&key.0, agent_id, &held.role, &held.resources, None);
+        true
     }
 
     /// Forgets a torn-down framework's executors (the allocator already let go of
@@ -396,6 +435,17 @@ pub(super) fn executors_reported(
     // never told to shut an idle executor down.
     held.retain(|_, h: &mut ExecutorCharge| !h.resources.is_empty());
     held
+}
+
+/// Whether two `ExecutorInfo`s describe one executor, as Mesos compares them: field
+/// by field, but resources as resources (in any order).
+fn same_executor(a: &ExecutorInfo, b: &ExecutorInfo) -> bool {
+    let bare = |e: &ExecutorInfo| ExecutorInfo {
+        resources: Vec::new(),
+        ..e.clone()
+    };
+    let resources = |e: &ExecutorInfo| Resources::from_proto(&e.resources).ok();
+    bare(a) == bare(b) && resources(a) == resources(b)
 }
 
 /// The key of the custom executor a task of `framework_id` names, hosted by `process`.

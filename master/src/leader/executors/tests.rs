@@ -334,6 +334,10 @@ async fn a_crashed_executor_is_charged_until_its_tasks_end_and_then_for_its_succ
         Resources::new(),
         "gone with its last task"
     );
+    match agent.next_message().await {
+        ToAgent::ShutdownExecutor(shutdown) => assert!(shutdown.idle, "{shutdown:?}"),
+        other => panic!("expected an idle ShutdownExecutor, got {other:?}"),
+    }
     // Again, with a task launched between the crash and the old task's end.
     cluster.call(&framework, revive()).await.expect("REVIVE");
     launch(&cluster, &mut framework, &mut agent, vec![task("b")]).await;
