@@ -460,6 +460,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 artifacts: args.artifacts,
                 containerizers: args.containerizers,
                 docker_host_network_always: args.docker_host_network_always,
+                hosted: None,
             });
             // On a worker thread, not this one: its loop trades messages with every
             // task, and a worker wakes a task on its own thread without a futex call.

@@ -11,6 +11,7 @@
 //! user can hold the agent's descriptors or memory.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -146,6 +147,16 @@ pub async fn serve_socket(
             executor_connection(stream, conn, pid, core, limits, peer).await;
         });
     }
+}
+
+/// Serves the executor the agent hosts in its own process (the launcher's `hosted`)
+/// on the agent's end of its socket pair: a known executor, whose pid is the agent's.
+pub async fn serve_hosted(stream: UnixStream, core: mpsc::Sender<Input>) {
+    // Apart from the socket's connections, which count up from 1.
+    static NEXT_CONN: AtomicU64 = AtomicU64::new(1 << 63);
+    let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    let (pid, limits) = (std::process::id(), SocketLimits::default());
+    executor_connection(stream, conn, pid, core, limits, Peer::Known).await;
 }
 
 /// Who is on the other end: an executor of this agent, or a stranger holding its

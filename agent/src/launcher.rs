@@ -1,8 +1,12 @@
 //! The launcher: starts executor processes (one per framework on this agent), each in
 //! its own process group so it outlives an agent restart, watches re-attached ones,
-//! and fills task sandboxes (the fetcher, or the placer thread for cached files),
-//! reporting every outcome to the core as an [`Input`].
+//! hosts Docker executors in the agent itself (`hosted`), and fills task sandboxes
+//! (the fetcher, or the placer thread for cached files), reporting every outcome to
+//! the core as an [`Input`].
 
+mod hosted;
+
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -38,6 +42,8 @@ pub struct Launcher {
     pub(crate) compiler: std::sync::Arc<crate::compiler::Compiler>,
     /// The executors' pids, for the executor socket (see `crate::executor_socket`).
     pub(crate) known: std::sync::Arc<crate::executor_socket::KnownExecutors>,
+    /// The executors hosted in the agent (see `hosted`), by executor id.
+    pub(crate) hosted: Arc<std::sync::Mutex<HashMap<String, tokio::task::AbortHandle>>>,
 }
 
 /// Whether an executor id is a framework's Docker executor's.
@@ -52,7 +58,7 @@ pub struct ExecutorSpec {
     pub executor_id: String,
     /// The user of every task it runs.
     pub user: crate::user::TaskUser,
-    /// A Docker executor: it speaks to the Docker Engine (see `crate::launcher`).
+    /// A Docker executor: the agent hosts it and makes its Engine calls (see `hosted`).
     pub docker: bool,
 }
 
@@ -159,14 +165,16 @@ impl Launcher {
     /// Spawns `cairn executor`; returns its pid, start time and cgroup. The privileged steps
     /// are the agent's, between fork and exec: the executor joins its cgroup (sized
     /// to `limits`), then drops to its tasks' user with no way back to more
-    /// privileges (`PR_SET_NO_NEW_PRIVS`), so its own code starts unprivileged. The
-    /// Docker executor stays the agent's user: the Docker Engine's socket it speaks
-    /// to is root's to give, and it hosts no tenant code.
+    /// privileges (`PR_SET_NO_NEW_PRIVS`), so its own code starts unprivileged. A
+    /// Docker executor is no process: the agent hosts it (see `hosted`).
     pub fn spawn(&self, spec: &ExecutorSpec, limits: ExecutorLimits) -> std::io::Result<Spawned> {
         let (fw, ex) = (spec.framework_id.as_str(), spec.executor_id.as_str());
+        if spec.docker {
+            return self.host(fw, ex, false);
+        }
         let dir = self.paths.executor_dir(fw, ex);
         std::fs::create_dir_all(&dir)?;
-        let user = (!spec.docker && spec.user.switch).then_some(&spec.user);
+        let user = spec.user.switch.then_some(&spec.user);
         // Custom executors keep their files here: the executor's to write.
         let custom = dir.join("custom");
         if let Some(user) = user {
@@ -182,7 +190,7 @@ impl Launcher {
             .append(true)
             .open(dir.join("executor.log"))?;
         let cgroup = ExecutorCgroup::fresh(&self.cgroups_root, ex);
-        let in_cgroup = !spec.docker && nix::unistd::geteuid().is_root();
+        let in_cgroup = nix::unistd::geteuid().is_root();
         let procs = if in_cgroup {
             cgroup
                 .create(limits, user.map(|u| (u.uid, u.gid)))
@@ -193,7 +201,7 @@ impl Launcher {
         let mut cmd = self.command(spec, &dir, &cgroup);
         // What the agent's environment holds is the agent's: an executor gets only
         // what it reads.
-        let passed = ["RUST_LOG", "PATH", "DOCKER_HOST", "TMPDIR"];
+        let passed = ["RUST_LOG", "PATH", "TMPDIR"];
         cmd.env_clear()
             .envs(std::env::vars_os().filter(|(k, _)| passed.iter().any(|p| k == p)))
             .stdin(Stdio::null())
@@ -251,17 +259,13 @@ impl Launcher {
             .arg("--cgroups-root")
             .arg(cgroup.containers_path())
             .arg("--containerizers")
-            .arg(if spec.docker { "docker" } else { "wasm,native" })
+            .arg("wasm,native")
             .args(
                 (!self.native_namespaces.is_empty())
                     .then(|| format!("--native-namespaces={}", self.native_namespaces.join(","))),
-            );
-        if spec.docker && self.docker_host_network_always {
-            cmd.arg("--docker-host-network-always");
-        }
-        if !spec.docker {
-            cmd.arg("--artifacts").arg(self.compiler.dir());
-        }
+            )
+            .arg("--artifacts")
+            .arg(self.compiler.dir());
         cmd
     }
 

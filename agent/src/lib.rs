@@ -264,6 +264,7 @@ impl Agent {
             placer: launcher::spawn_placer(tx).map_err(AgentError::Placer)?,
             compiler: std::sync::Arc::new(compiler),
             known,
+            hosted: Default::default(),
         })
     }
 }

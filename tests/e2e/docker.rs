@@ -15,7 +15,7 @@ use cairn_test_support::harness::{Cluster, blocking, find_files, in_sandbox_of, 
 use crate::CAIRN;
 
 /// The engine's containers, running or not, that Cairn labelled with this task id.
-fn containers_of(task_id: &str) -> Vec<String> {
+pub(crate) fn containers_of(task_id: &str) -> Vec<String> {
     let filter = format!("label=cairn.task_id={task_id}");
     let out = docker(&["ps", "-a", "-q", "--filter", filter.as_str()]);
     assert!(out.status.success(), "docker ps: {}", text(&out.stderr));
@@ -26,14 +26,14 @@ fn containers_of(task_id: &str) -> Vec<String> {
 }
 
 /// [`containers_of`] for async tests: `docker ps` runs off the runtime's workers.
-async fn containers_of_async(task_id: &str) -> Vec<String> {
+pub(crate) async fn containers_of_async(task_id: &str) -> Vec<String> {
     let task_id = task_id.to_owned();
     blocking(move || containers_of(&task_id)).await
 }
 
 /// Waits until the engine holds no container of these tasks: Cairn removes each
 /// one after its terminal update.
-async fn assert_removed(task_ids: &[&str]) {
+pub(crate) async fn assert_removed(task_ids: &[&str]) {
     assert!(!task_ids.is_empty(), "which tasks' containers?");
     let task_ids: Vec<String> = task_ids.iter().map(|&id| id.to_owned()).collect();
     blocking(move || {
@@ -49,7 +49,7 @@ async fn assert_removed(task_ids: &[&str]) {
 
 /// Removes the tests' containers however a test ends, so a failed one leaves no
 /// `sleep 600` on the shared engine.
-struct RemoveOnDrop(Vec<String>);
+pub(crate) struct RemoveOnDrop(pub(crate) Vec<String>);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
@@ -71,11 +71,11 @@ impl Drop for RemoveOnDrop {
 }
 
 /// A task id unique on the shared engine: tests and test runs share it.
-fn task_id(name: &str) -> String {
+pub(crate) fn task_id(name: &str) -> String {
     format!("{name}-{}", std::process::id())
 }
 
-fn docker_task(id: &str, agent_id: &Value, image: &str, command: &str) -> Value {
+pub(crate) fn docker_task(id: &str, agent_id: &Value, image: &str, command: &str) -> Value {
     json!({
         "name": id, "task_id": {"value": id}, "agent_id": agent_id,
         "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}},
@@ -85,7 +85,7 @@ fn docker_task(id: &str, agent_id: &Value, image: &str, command: &str) -> Value 
     })
 }
 
-fn is_terminal(status: &Value) -> bool {
+pub(crate) fn is_terminal(status: &Value) -> bool {
     !matches!(
         status["state"].as_str().unwrap_or_default(),
         "TASK_STAGING" | "TASK_STARTING" | "TASK_RUNNING" | "TASK_KILLING"
@@ -93,7 +93,7 @@ fn is_terminal(status: &Value) -> bool {
 }
 
 /// Acknowledges one update and returns its status.
-async fn next_status(scheduler: &Scheduler, events: &mut Events) -> Value {
+pub(crate) async fn next_status(scheduler: &Scheduler, events: &mut Events) -> Value {
     let update = events.next_of("UPDATE").await;
     let status = update["update"]["status"].clone();
     scheduler.acknowledge(&status).await;
@@ -189,57 +189,6 @@ async fn a_killed_docker_task_stops_and_a_missing_image_fails_clearly() {
         "{failed}"
     );
     assert_removed(&[sleeper.as_str(), missing.as_str()]).await;
-    cluster.assert_no_panics();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_docker_task_outlives_an_agent_restart_and_finishes_in_the_same_container() {
-    let image = blocking(test_image).await;
-    let id = task_id("docker-restart");
-    let _cleanup = RemoveOnDrop(vec![id.clone()]);
-    let mut cluster = Cluster::start_async(CAIRN).await;
-    let (scheduler, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
-    let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
-    // Waits for a file the test drops into its sandbox (mounted at MESOS_SANDBOX).
-    let gate = "while [ ! -f \"$MESOS_SANDBOX/go\" ]; do sleep 0.1; done; echo went on";
-    let task = docker_task(&id, &offer["agent_id"], &image, gate);
-    assert_eq!(scheduler.call(accept(&offer, vec![task])).await.0, 202);
-    loop {
-        let status = next_status(&scheduler, &mut events).await;
-        assert!(!is_terminal(&status), "{status}");
-        if status["state"] == "TASK_RUNNING" {
-            break;
-        }
-    }
-    let before = containers_of_async(&id).await;
-    assert_eq!(before.len(), 1, "{before:?}");
-
-    cluster.agent.kill();
-    let agent = cluster.restart_agent(&[]).await;
-    agent.logged("registered with the master").await;
-    cluster.agent = agent;
-    assert_eq!(
-        containers_of_async(&id).await,
-        before,
-        "the container survived the agent"
-    );
-
-    let sandbox = find_files(&cluster.work_dir(), "stdout")
-        .into_iter()
-        .find(|p| in_sandbox_of(p, &id))
-        .and_then(|p| p.parent().map(|d| d.to_owned()))
-        .unwrap_or_else(|| panic!("no sandbox for {id}"));
-    std::fs::write(sandbox.join("go"), b"").unwrap();
-    let last = loop {
-        let status = next_status(&scheduler, &mut events).await;
-        if is_terminal(&status) {
-            break status;
-        }
-    };
-    assert_eq!(last["state"], "TASK_FINISHED", "{last}");
-    let output = std::fs::read_to_string(sandbox.join("stdout")).unwrap();
-    assert!(output.contains("went on"), "{output:?}");
-    assert_removed(&[id.as_str()]).await;
     cluster.assert_no_panics();
 }
 

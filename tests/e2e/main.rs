@@ -8,6 +8,7 @@ mod bad_input;
 mod compile;
 mod components;
 mod docker;
+mod docker_restart;
 mod executors;
 mod faults;
 mod fetcher;

@@ -112,6 +112,7 @@ fn history() -> Vec<Record> {
             pid: 4242,
             start_time: 99,
             cgroup: String::new(),
+            hosted: false,
         }),
         Record::Launched(task_record(
             "f1",

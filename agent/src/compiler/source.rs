@@ -19,11 +19,12 @@ pub struct Source {
 /// The fetcher cache's entry at `path`, checked against the digest it was stored
 /// under (the cache is the agent's, but a disk can still lie).
 pub fn cache_entry(name: &str, path: &Path, sha256: &[u8; 32]) -> Result<Source, String> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| format!("cannot read {name} from the fetcher cache: {e}"))?;
+    let unreadable = |e: std::io::Error| format!("cannot read {name} from the fetcher cache: {e}");
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    let found = file.metadata().map_err(unreadable)?;
     let bytes = read_bounded(name, file)?;
     if sha2::Sha256::digest(&bytes).as_slice() != sha256 {
-        crate::fetcher::discard_changed(path);
+        crate::fetcher::discard_changed(path, &found);
         return Err(format!(
             "{name}: the fetcher cache's copy no longer matches its digest; refusing it"
         ));

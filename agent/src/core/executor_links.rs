@@ -94,6 +94,7 @@ impl Core {
                 pid: spawned.pid,
                 start_time: spawned.start_time,
                 cgroup: spawned.cgroup,
+                hosted: spec.docker,
             }));
         self.links.insert(
             ex.to_owned(),
@@ -127,7 +128,9 @@ impl Core {
         }
         for executor in recorded {
             let ex = executor.executor_id.clone().unwrap_or_default().value;
-            if crate::process::is_alive(executor.pid, executor.start_time) {
+            if executor.hosted {
+                self.host_again(executor);
+            } else if crate::process::is_alive(executor.pid, executor.start_time) {
                 tracing::info!(
                     executor_id = ex,
                     pid = executor.pid,
@@ -158,6 +161,28 @@ impl Core {
         staged.sort();
         for key in staged {
             self.outbox.push(Effect::Stage(key));
+        }
+    }
+
+    /// A Docker executor the previous agent hosted: this one hosts it again, and it
+    /// re-subscribes with the tasks whose containers outlived the restart.
+    fn host_again(&mut self, mut executor: CheckpointedExecutor) {
+        let ex = executor.executor_id.clone().unwrap_or_default().value;
+        let fw = executor.framework_id.clone().unwrap_or_default().value;
+        match self.launcher.host(&fw, &ex, true) {
+            Ok(spawned) => {
+                executor.pid = spawned.pid;
+                executor.start_time = spawned.start_time;
+                self.checkpoint.record(Record::Executor(executor));
+                let within = self.config.executor_reregistration_timeout;
+                self.links.insert(ex, ExecutorLink::new(true, within));
+            }
+            Err(e) => self.executor_gone(
+                &ex,
+                TaskState::TaskLost,
+                task_status::Reason::ExecutorTerminated,
+                &format!("the agent could not host the Docker executor again: {e}"),
+            ),
         }
     }
 
@@ -326,6 +351,13 @@ impl Core {
                 task_id,
                 "update for a task of another executor dropped"
             );
+            // Acknowledged all the same, so the executor lets go of it (a Docker
+            // executor removes the container then) rather than resend it forever.
+            let ack = ExecutorAcknowledged {
+                task_id: status.task_id,
+                uuid: status.uuid,
+            };
+            self.send_to_executor(ex.to_owned(), executor_event::Event::Acknowledged(ack));
             return;
         }
         status.source = task_status::Source::Executor as i32;
@@ -522,9 +554,13 @@ impl Core {
                 executor_id = ex,
                 pid = record.pid,
                 missed_subscription = missed,
-                "killing the executor's process group"
+                "killing the executor"
             );
-            crate::process::kill_group(record.pid, record.start_time);
+            // A hosted executor's pid is the agent's own.
+            match record.hosted {
+                true => self.launcher.kill_hosted(&ex),
+                false => crate::process::kill_group(record.pid, record.start_time),
+            }
             if missed {
                 let (state, reason, message) = if recovered {
                     (

@@ -157,13 +157,14 @@ impl Executor {
         &self,
     ) -> Result<(OwnedWriteHalf, mpsc::Receiver<ExecutorEvent>), ExecutorError> {
         let socket = &self.args.agent_socket;
-        let stream =
-            UnixStream::connect(socket)
-                .await
-                .map_err(|source| ExecutorError::Connect {
-                    socket: socket.clone(),
-                    source,
-                })?;
+        let stream = match &self.args.hosted {
+            Some(hosted) => (hosted.connect)(),
+            None => UnixStream::connect(socket).await,
+        }
+        .map_err(|source| ExecutorError::Connect {
+            socket: socket.clone(),
+            source,
+        })?;
         let (reader, mut writer) = stream.into_split();
         let mut reader = tokio::io::BufReader::with_capacity(64 << 10, reader);
         let subscribe = ExecutorCall {

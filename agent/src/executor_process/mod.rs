@@ -3,6 +3,10 @@
 //! framework's custom executors (`custom`), and speaks the executor API to its
 //! agent. It outlives its agent: when the socket drops it keeps its tasks running
 //! and re-subscribes, giving up only after the recovery timeout.
+//!
+//! The same code runs inside the agent, hosted (see [`HostedLink`]), for a
+//! framework's Docker tasks: their containers are the Docker Engine's, whose socket
+//! no executor process is given.
 
 mod agent_link;
 pub mod containerizer;
@@ -41,6 +45,28 @@ pub struct ExecutorArgs {
     pub containerizers: Vec<String>,
     /// Docker tasks get HOST networking without `ports` resources too.
     pub docker_host_network_always: bool,
+    /// Hosted by the agent, in its own process: how it reaches the agent. `None`: an
+    /// executor process of its own, reaching it through `agent_socket`.
+    pub hosted: Option<HostedLink>,
+}
+
+/// How an executor hosted by the agent connects to it: `connect` gives one end of a
+/// fresh socket pair, whose other end the agent serves as it serves a connection
+/// to its socket, so the two speak the executor API exactly as over the socket.
+#[derive(Clone)]
+pub struct HostedLink {
+    pub connect: Arc<dyn Fn() -> std::io::Result<tokio::net::UnixStream> + Send + Sync>,
+    /// Hosted again by an agent that restarted: the containers its tasks run in
+    /// outlived the last agent and are re-attached, not stopped.
+    pub recover: bool,
+}
+
+impl std::fmt::Debug for HostedLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostedLink")
+            .field("recover", &self.recover)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How long a shut-down executor waits for its killed tasks to report.
@@ -61,15 +87,42 @@ enum Running {
     Custom(String),
 }
 
-/// The containerizers, one per `container.type`.
+/// The containerizers this executor runs, one per `container.type`.
 struct Containerizers {
-    wasm: Arc<dyn containerizer::Containerizer>,
-    native: Arc<dyn containerizer::Containerizer>,
-    docker: Arc<dyn containerizer::Containerizer>,
+    wasm: Option<Arc<dyn containerizer::Containerizer>>,
+    native: Option<Arc<dyn containerizer::Containerizer>>,
+    docker: Option<Arc<dyn containerizer::Containerizer>>,
 }
 
 impl Containerizers {
-    fn of(&self, kind: containerizer::Kind) -> Arc<dyn containerizer::Containerizer> {
+    /// Those `args` names; wasm's with `sandbox`, the wasm runtime.
+    fn new(args: &ExecutorArgs, sandbox: Option<&Arc<Sandbox>>) -> Self {
+        let runs = |kind: &str| args.containerizers.iter().any(|c| c == kind);
+        let wasm = sandbox.filter(|_| runs("wasm")).map(|sandbox| {
+            Arc::new(containerizer::wasm::WasmContainerizer::new(
+                sandbox.clone(),
+                args.artifacts.clone().unwrap_or_default(),
+            )) as Arc<dyn containerizer::Containerizer>
+        });
+        let native = runs("native").then(|| {
+            Arc::new(containerizer::native::NativeContainerizer::new(
+                args.cgroups_root.clone(),
+                &args.native_namespaces,
+            )) as Arc<dyn containerizer::Containerizer>
+        });
+        let docker = runs("docker").then(|| {
+            Arc::new(containerizer::docker::DockerContainerizer::new(
+                args.docker_host_network_always,
+            )) as Arc<dyn containerizer::Containerizer>
+        });
+        Self {
+            wasm,
+            native,
+            docker,
+        }
+    }
+
+    fn of(&self, kind: containerizer::Kind) -> Option<Arc<dyn containerizer::Containerizer>> {
         match kind {
             containerizer::Kind::Wasm => self.wasm.clone(),
             containerizer::Kind::Native => self.native.clone(),
@@ -77,24 +130,36 @@ impl Containerizers {
         }
     }
 
-    /// Removes what a previous executor process of this framework left running:
-    /// its tasks were already failed when it died.
-    async fn clean_up(&self, framework_id: &str, kinds: &[String]) {
-        let mine = [("native", &self.native), ("docker", &self.docker)];
-        let mine = mine.iter().filter(|(k, _)| kinds.iter().any(|m| m == k));
-        for (_, c) in mine {
+    /// Removes what a previous executor of this framework left running: its tasks
+    /// were already failed when it died.
+    async fn clean_up(&self, framework_id: &str) {
+        for c in [&self.native, &self.docker].into_iter().flatten() {
             for task_id in c.recover(framework_id).await {
                 tracing::warn!(task_id, "stopping a container a dead executor left");
                 c.kill(&task_id, Duration::ZERO).await;
                 c.wait(&task_id).await;
+                c.release(&task_id).await;
             }
         }
     }
 }
 
+/// Stops and removes every container framework `framework_id`'s Docker tasks left:
+/// its hosted executor ended without stopping them.
+pub(crate) async fn stop_docker_containers(framework_id: &str) {
+    let docker = containerizer::docker::DockerContainerizer::new(false);
+    let containerizers = Containerizers {
+        wasm: None,
+        native: None,
+        docker: Some(Arc::new(docker)),
+    };
+    containerizers.clean_up(framework_id).await;
+}
+
 struct Executor {
     args: ExecutorArgs,
-    sandbox: Arc<Sandbox>,
+    /// The wasm runtime, for an executor of wasm tasks and custom executors.
+    sandbox: Option<Arc<Sandbox>>,
     containerizers: Containerizers,
     running: HashMap<String, Running>,
     /// Custom executors by executor id.
@@ -108,6 +173,9 @@ struct Executor {
     /// has that update, it never sends the run again, and the run leaves `started`.
     runs: HashMap<String, String>,
     ending: HashMap<Vec<u8>, String>,
+    /// Ended containers, by their terminal update's uuid: released (see
+    /// [`containerizer::Containerizer::release`]) once the agent acknowledges it.
+    releasing: HashMap<Vec<u8>, (String, Arc<dyn containerizer::Containerizer>)>,
     /// Updates sent but not yet acknowledged, resent after a re-subscription.
     unacked: agent_link::Unacked,
     statuses: mpsc::UnboundedSender<TaskStatus>,
@@ -116,27 +184,21 @@ struct Executor {
 /// Runs the executor process until it is shut down, or its agent stays away past the
 /// recovery timeout.
 pub async fn run_executor(args: ExecutorArgs) -> Result<(), ExecutorError> {
-    let sandbox = Sandbox::new(sandbox_config()).map_err(ExecutorError::Sandbox)?;
+    // Its instance slots and epoch thread are for wasm: a Docker executor, hosted
+    // in the agent, has none.
+    let sandbox = match args.containerizers.iter().any(|c| c == "wasm") {
+        true => Some(Sandbox::new(sandbox_config()).map_err(ExecutorError::Sandbox)?),
+        false => None,
+    };
     let (statuses, status_rx) = mpsc::unbounded_channel();
     let (messages, message_rx) = mpsc::unbounded_channel();
     let (died, died_rx) = mpsc::unbounded_channel();
-    let containerizers = Containerizers {
-        wasm: Arc::new(containerizer::wasm::WasmContainerizer::new(
-            sandbox.clone(),
-            args.artifacts.clone().unwrap_or_default(),
-        )),
-        native: Arc::new(containerizer::native::NativeContainerizer::new(
-            args.cgroups_root.clone(),
-            &args.native_namespaces,
-        )),
-        docker: Arc::new(containerizer::docker::DockerContainerizer::new(
-            args.docker_host_network_always,
-        )),
-    };
-    containerizers
-        .clean_up(&args.framework_id, &args.containerizers)
-        .await;
-    let executor = Executor {
+    let containerizers = Containerizers::new(&args, sandbox.as_ref());
+    let recover = args.hosted.as_ref().is_some_and(|h| h.recover);
+    if !recover {
+        containerizers.clean_up(&args.framework_id).await;
+    }
+    let mut executor = Executor {
         args,
         sandbox,
         containerizers,
@@ -147,9 +209,13 @@ pub async fn run_executor(args: ExecutorArgs) -> Result<(), ExecutorError> {
         started: std::collections::HashSet::new(),
         runs: HashMap::new(),
         ending: HashMap::new(),
+        releasing: HashMap::new(),
         unacked: agent_link::Unacked::default(),
         statuses,
     };
+    if recover {
+        executor.adopt().await;
+    }
     executor
         .serve(agent_link::Inbound {
             statuses: status_rx,
@@ -192,6 +258,19 @@ fn status(
 }
 
 impl Executor {
+    /// Follows again the Docker containers that outlived the agent hosting this
+    /// executor (it subscribes holding their tasks).
+    async fn adopt(&mut self) {
+        let Some(docker) = self.containerizers.docker.clone() else {
+            return;
+        };
+        for task_id in docker.recover(&self.args.framework_id).await {
+            let kill = task::adopt(docker.clone(), task_id.clone(), self.statuses.clone());
+            self.running
+                .insert(task_id, Running::Command(kill, docker.clone()));
+        }
+    }
+
     /// Handles one event from the agent; returns true when asked to shut down.
     fn on_event(&mut self, event: ExecutorEvent) -> bool {
         match event.event {
@@ -205,41 +284,14 @@ impl Executor {
                     self.launch(launch);
                 }
             }
-            Some(executor_event::Event::Kill(kill)) => {
-                let task_id = kill.task_id.unwrap_or_default().value;
-                let Some(running) = self.running.get(&task_id) else {
-                    return false;
-                };
-                if kill.report_killing {
-                    let _ = self.statuses.send(status(
-                        &task_id,
-                        cairn_api::v1::TaskState::TaskKilling,
-                        "killing the task".into(),
-                        None,
-                    ));
-                }
-                let grace = kill
-                    .kill_policy
-                    .and_then(|p| p.grace_period)
-                    .filter(|d| d.nanoseconds >= 0)
-                    .map(|d| Duration::from_nanos(d.nanoseconds as u64))
-                    .unwrap_or(DEFAULT_KILL_GRACE);
-                match running {
-                    Running::Command(kill, _) => {
-                        let _ = kill.send(grace);
-                    }
-                    // A custom executor is asked, and given the grace period.
-                    Running::Custom(executor_id) => {
-                        if let Some(custom) = self.customs.get(executor_id) {
-                            custom.send(custom_executor::CustomCall::Kill { task_id, grace });
-                        }
-                    }
-                }
-            }
+            Some(executor_event::Event::Kill(kill)) => self.kill(kill),
             Some(executor_event::Event::Acknowledged(ack)) => {
                 self.unacked.remove(&ack.uuid);
                 if let Some(run) = self.ending.remove(&ack.uuid) {
                     self.started.remove(&run);
+                }
+                if let Some((task_id, containerizer)) = self.releasing.remove(&ack.uuid) {
+                    tokio::spawn(async move { containerizer.release(&task_id).await });
                 }
             }
             Some(executor_event::Event::Message(m)) => {
@@ -271,6 +323,39 @@ impl Executor {
             None => {}
         }
         false
+    }
+
+    /// Kills a task, as its kill policy says (or with Mesos' default grace).
+    fn kill(&mut self, kill: cairn_api::internal::ExecutorKill) {
+        let task_id = kill.task_id.unwrap_or_default().value;
+        let Some(running) = self.running.get(&task_id) else {
+            return;
+        };
+        if kill.report_killing {
+            let _ = self.statuses.send(status(
+                &task_id,
+                cairn_api::v1::TaskState::TaskKilling,
+                "killing the task".into(),
+                None,
+            ));
+        }
+        let grace = kill
+            .kill_policy
+            .and_then(|p| p.grace_period)
+            .filter(|d| d.nanoseconds >= 0)
+            .map(|d| Duration::from_nanos(d.nanoseconds as u64))
+            .unwrap_or(DEFAULT_KILL_GRACE);
+        match running {
+            Running::Command(kill, _) => {
+                let _ = kill.send(grace);
+            }
+            // A custom executor is asked, and given the grace period.
+            Running::Custom(executor_id) => {
+                if let Some(custom) = self.customs.get(executor_id) {
+                    custom.send(custom_executor::CustomCall::Kill { task_id, grace });
+                }
+            }
+        }
     }
 
     /// A custom executor's actor died of a bug: its tasks fail, and the next task for
@@ -333,27 +418,11 @@ impl Executor {
             .and_then(|e| e.executor_id.as_ref())
             .map(|e| e.value.clone())
         {
-            let custom = self.customs.entry(executor_id.clone()).or_insert_with(|| {
-                custom_executor::start(custom_executor::Context {
-                    sandbox: self.sandbox.clone(),
-                    artifacts: self.args.artifacts.clone().unwrap_or_default(),
-                    executor_id: executor_id.clone(),
-                    directory: self.args.directory.clone(),
-                    statuses: self.statuses.clone(),
-                    messages: self.messages.clone(),
-                    died: self.died.clone(),
-                    call_timeout: self.args.custom_call_timeout,
-                })
-            });
-            custom.send(custom_executor::CustomCall::Launch {
-                task: Box::new(task),
-                programs: launch.programs,
-            });
-            self.running.insert(task_id, Running::Custom(executor_id));
+            self.launch_custom(executor_id, task, launch.programs);
             return;
         }
-        let kind = match self.kind_of(&task) {
-            Ok(kind) => kind,
+        let containerizer = match self.containerizer_of(&task) {
+            Ok(containerizer) => containerizer,
             Err(refused) => {
                 let _ = self.statuses.send(status(
                     &task_id,
@@ -371,21 +440,58 @@ impl Executor {
             programs: launch.programs,
             user,
         };
-        let containerizer = self.containerizers.of(kind);
         let kill = task::launch(containerizer.clone(), spec, self.statuses.clone());
         self.running
             .insert(task_id, Running::Command(kill, containerizer));
     }
 
+    /// Hands a task to the framework's custom executor `executor_id`, started first
+    /// if it is not running.
+    fn launch_custom(
+        &mut self,
+        executor_id: String,
+        task: cairn_api::v1::TaskInfo,
+        programs: Vec<cairn_api::internal::CompiledProgram>,
+    ) {
+        let task_id = task.task_id.clone().unwrap_or_default().value;
+        let Some(runtime) = &self.sandbox else {
+            let _ = self.statuses.send(status(
+                &task_id,
+                cairn_api::v1::TaskState::TaskFailed,
+                "this executor hosts no custom executors".into(),
+                Some(cairn_api::v1::task_status::Reason::ContainerLaunchFailed),
+            ));
+            return;
+        };
+        let custom = self.customs.entry(executor_id.clone()).or_insert_with(|| {
+            custom_executor::start(custom_executor::Context {
+                sandbox: runtime.clone(),
+                artifacts: self.args.artifacts.clone().unwrap_or_default(),
+                executor_id: executor_id.clone(),
+                directory: self.args.directory.clone(),
+                statuses: self.statuses.clone(),
+                messages: self.messages.clone(),
+                died: self.died.clone(),
+                call_timeout: self.args.custom_call_timeout,
+            })
+        });
+        custom.send(custom_executor::CustomCall::Launch {
+            task: Box::new(task),
+            programs,
+        });
+        self.running.insert(task_id, Running::Custom(executor_id));
+    }
+
     /// The containerizer a task asks for, if this executor runs that kind.
-    fn kind_of(&self, task: &cairn_api::v1::TaskInfo) -> Result<containerizer::Kind, String> {
+    fn containerizer_of(
+        &self,
+        task: &cairn_api::v1::TaskInfo,
+    ) -> Result<Arc<dyn containerizer::Containerizer>, String> {
         let kind = containerizer::Kind::of(task).map_err(|e| e.to_string())?;
-        let name = format!("{kind:?}").to_lowercase();
-        if self.args.containerizers.contains(&name) {
-            Ok(kind)
-        } else {
-            Err(format!("this executor does not run {name} tasks"))
-        }
+        self.containerizers.of(kind).ok_or_else(|| {
+            let name = format!("{kind:?}").to_lowercase();
+            format!("this executor does not run {name} tasks")
+        })
     }
 
     /// What each running task's container uses now (those that can say).
@@ -415,7 +521,10 @@ impl Executor {
         if state.is_terminal()
             && let Some(task_id) = &status.task_id
         {
-            self.running.remove(&task_id.value);
+            if let Some(Running::Command(_, containerizer)) = self.running.remove(&task_id.value) {
+                let ended = (task_id.value.clone(), containerizer);
+                self.releasing.insert(status.uuid.clone(), ended);
+            }
             if let Some(run) = self.runs.remove(&task_id.value) {
                 self.ending.insert(status.uuid.clone(), run);
             }

@@ -54,13 +54,44 @@ pub(super) fn launch(
     spec: LaunchSpec,
     tx: UnboundedSender<TaskStatus>,
 ) -> KillSender {
-    let (kill, kills) = mpsc::unbounded_channel();
     let reporter = Reporter {
         task: spec.task.clone(),
         tx,
     };
+    spawn(reporter, |reporter, kills| async move {
+        run(containerizer, spec, &reporter, kills).await;
+    })
+}
+
+/// Follows a task whose container `recover` re-attached (it outlived the agent that
+/// hosts this executor) to its end, as if this executor had launched it.
+pub(super) fn adopt(
+    containerizer: Arc<dyn Containerizer>,
+    task_id: String,
+    tx: UnboundedSender<TaskStatus>,
+) -> KillSender {
+    let task = TaskInfo {
+        task_id: Some(cairn_api::v1::TaskId {
+            value: task_id.clone(),
+        }),
+        ..Default::default()
+    };
+    let reporter = Reporter { task, tx };
+    spawn(reporter, |reporter, kills| async move {
+        let limit = containerizer.completion_deadline(&task_id);
+        follow(containerizer, &task_id, limit, &reporter, kills).await;
+    })
+}
+
+/// Runs one task's life on its own tokio task; returns where kills go.
+fn spawn<F, Fut>(reporter: Reporter, life: F) -> KillSender
+where
+    F: FnOnce(Reporter, mpsc::UnboundedReceiver<Duration>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (kill, kills) = mpsc::unbounded_channel();
     let watcher = reporter.clone();
-    let running = tokio::spawn(async move { run(containerizer, spec, &reporter, kills).await });
+    let running = tokio::spawn(life(reporter, kills));
     // A bug that panics the run must not leave its task non-terminal forever.
     tokio::spawn(async move {
         if let Err(e) = running.await
@@ -84,17 +115,19 @@ async fn run(
     reporter: &Reporter,
     mut kills: mpsc::UnboundedReceiver<Duration>,
 ) {
-    let launch = containerizer.launch(&spec);
-    tokio::pin!(launch);
-    let launched = match tokio::time::timeout(STARTING_AFTER, &mut launch).await {
-        Ok(launched) => launched,
-        Err(_) => {
-            // A kill that came meanwhile may have been reported (TASK_KILLING):
-            // nothing may go back to STARTING after it.
-            if kills.is_empty() {
-                reporter.send(TaskState::TaskStarting, String::new(), None, Vec::new());
+    let launched = {
+        let launch = containerizer.launch(&spec);
+        tokio::pin!(launch);
+        match tokio::time::timeout(STARTING_AFTER, &mut launch).await {
+            Ok(launched) => launched,
+            Err(_) => {
+                // A kill that came meanwhile may have been reported (TASK_KILLING):
+                // nothing may go back to STARTING after it.
+                if kills.is_empty() {
+                    reporter.send(TaskState::TaskStarting, String::new(), None, Vec::new());
+                }
+                launch.await
             }
-            launch.await
         }
     };
     if let Err(message) = launched {
@@ -114,27 +147,40 @@ async fn run(
     }
     let limit = spec
         .max_completion_time()
-        .filter(|_| !containerizer.enforces_completion_time());
+        .filter(|_| !containerizer.enforces_completion_time())
+        .map(|limit| (limit, limit));
+    follow(containerizer, &task_id, limit, reporter, kills).await;
+}
+
+/// Waits for a started container's end, killing it when asked or once `limit` (the
+/// time left, and the `max_completion_time` it stands for) runs out, and reports it.
+async fn follow(
+    containerizer: Arc<dyn Containerizer>,
+    task_id: &str,
+    limit: Option<(Duration, Duration)>,
+    reporter: &Reporter,
+    mut kills: mpsc::UnboundedReceiver<Duration>,
+) {
     let deadline = async {
         match limit {
-            Some(limit) => tokio::time::sleep(limit).await,
+            Some((left, _)) => tokio::time::sleep(left).await,
             None => std::future::pending().await,
         }
     };
     tokio::pin!(deadline);
-    let wait = containerizer.wait(&task_id);
+    let wait = containerizer.wait(task_id);
     tokio::pin!(wait);
     let (mut timed_out, mut kills_open) = (false, true);
     let mut termination = loop {
         tokio::select! {
             termination = &mut wait => break termination,
             grace = kills.recv(), if kills_open => match grace {
-                Some(grace) => containerizer.kill(&task_id, grace).await,
+                Some(grace) => containerizer.kill(task_id, grace).await,
                 None => kills_open = false,
             },
             () = &mut deadline, if !timed_out => {
                 timed_out = true;
-                containerizer.kill(&task_id, Duration::ZERO).await;
+                containerizer.kill(task_id, Duration::ZERO).await;
             }
         }
     };
@@ -142,7 +188,7 @@ async fn run(
         let labels = std::mem::take(&mut termination.labels);
         termination = Termination {
             labels,
-            ..Termination::timed_out(limit.unwrap_or_default())
+            ..Termination::timed_out(limit.map(|(_, limit)| limit).unwrap_or_default())
         };
     }
     reporter.end(termination);

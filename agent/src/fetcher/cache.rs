@@ -7,10 +7,17 @@
 //! An entry is checked against its digest wherever it is used (copied into a sandbox,
 //! or read by the compile step); one found changed is refused and removed, and an
 //! entry whose file is gone is fetched again by the next task that names it.
+//!
+//! The cache holds at most `MAX_CACHE_BYTES`, counted once per file (URIs of equal
+//! content share one). A new entry that would not fit evicts the least recently used
+//! ones, but never one used in the last `EVICTABLE_AFTER`; if that frees too little
+//! the URI is fetched uncached, like any other. As in Mesos, the cache starts empty
+//! with the agent: what a previous agent left is removed.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use cairn_sandbox::SandboxDir;
 use sha2::{Digest as _, Sha256};
@@ -20,9 +27,12 @@ use super::output::{Owner, Target};
 use super::{FetchError, Fetcher};
 use crate::user::TaskUser;
 
-/// Bytes the fetcher cache holds at most (Mesos' `--fetcher_cache_size` default);
-/// past it, cached URIs are fetched like any other.
+/// Bytes the fetcher cache holds at most (Mesos' `--fetcher_cache_size` default).
 const MAX_CACHE_BYTES: u64 = 2 << 30;
+/// An entry used more recently is never evicted: a task placed from it may still be
+/// waiting for its compile step to read it (`--compile-queue-timeout`, 5 minutes, then
+/// the compile itself), and a wasm sandbox of the agent's own user links to it.
+const EVICTABLE_AFTER: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Debug, Clone)]
 pub(super) struct Entry {
@@ -58,23 +68,54 @@ pub(super) fn key(uri: &str, user: &TaskUser) -> String {
 /// Failed downloads are not remembered, so the next task tries again.
 pub(super) struct FetchCache {
     dir: PathBuf,
-    entries: Mutex<HashMap<String, Arc<OnceCell<Entry>>>>,
-    bytes: Mutex<u64>,
+    index: Mutex<Index>,
+}
+
+/// What the cache holds: entries by key, and their files by content.
+#[derive(Default)]
+struct Index {
+    entries: HashMap<String, Arc<OnceCell<Entry>>>,
+    files: HashMap<[u8; 32], Stored>,
+    /// The sum of `files`' sizes.
+    bytes: u64,
+}
+
+/// One file of the cache: its size and when an entry of it was last used.
+struct Stored {
+    path: PathBuf,
+    size: u64,
+    used: Instant,
 }
 
 impl FetchCache {
+    /// The cache in `dir`, emptied of what an earlier agent left there.
     pub(super) fn new(dir: PathBuf) -> Self {
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot empty the fetcher cache");
+        }
         Self {
             dir,
-            entries: Mutex::new(HashMap::new()),
-            bytes: Mutex::new(0),
+            index: Mutex::default(),
         }
+    }
+
+    fn index(&self) -> MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The entry under `key`, if it is already there.
     pub(super) fn cached(&self, key: &str) -> Option<Entry> {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.get(key)?.get().filter(|e| e.present()).cloned()
+        let mut index = self.index();
+        let entry = index
+            .entries
+            .get(key)?
+            .get()
+            .filter(|e| e.present())
+            .cloned()?;
+        index.touch(&entry.sha256, Instant::now());
+        Some(entry)
     }
 
     /// The cached copy of `uri` for `user`, fetched now if it is not there yet; `None`
@@ -87,19 +128,22 @@ impl FetchCache {
     ) -> Result<Option<Entry>, FetchError> {
         let key = key(uri, user);
         let cell = {
-            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-            let cell = entries.entry(key.clone()).or_default();
+            let mut index = self.index();
+            let cell = index.entries.entry(key.clone()).or_default().clone();
             if let Some(gone) = cell.get().filter(|e| !e.present()) {
-                self.release(gone.size);
-                *cell = Arc::default();
+                index.drop_file(&gone.sha256);
+                index.entries.insert(key.clone(), Arc::default());
             }
-            cell.clone()
+            index.entries[&key].clone()
         };
         let result = cell
             .get_or_try_init(|| self.download(uri, user, fetcher))
             .await;
         match result {
-            Ok(entry) => Ok(Some(entry.clone())),
+            Ok(entry) => {
+                self.index().touch(&entry.sha256, Instant::now());
+                Ok(Some(entry.clone()))
+            }
             Err(FetchError::CacheFull) => {
                 self.forget(&key);
                 Ok(None)
@@ -112,9 +156,9 @@ impl FetchCache {
     }
 
     fn forget(&self, key: &str) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.get(key).is_some_and(|c| c.get().is_none()) {
-            entries.remove(key);
+        let mut index = self.index();
+        if index.entries.get(key).is_some_and(|c| c.get().is_none()) {
+            index.entries.remove(key);
         }
     }
 
@@ -162,11 +206,21 @@ impl FetchCache {
                 return Err(e);
             }
         };
-        if !self.admit(size) {
+        let path = self.dir.join(hex::encode(sha256));
+        let admitted = self.index().admit(
+            sha256,
+            &path,
+            size,
+            Instant::now(),
+            Limits {
+                max_bytes: MAX_CACHE_BYTES,
+                evictable_after: EVICTABLE_AFTER,
+            },
+        );
+        if !admitted {
             let _ = tokio::fs::remove_file(&temp).await;
             return Err(FetchError::CacheFull);
         }
-        let path = self.dir.join(hex::encode(sha256));
         // Read-only to all: sandboxes hold hard links to it.
         let read_only = std::os::unix::fs::PermissionsExt::from_mode(0o444);
         tokio::fs::set_permissions(&temp, read_only)
@@ -177,20 +231,88 @@ impl FetchCache {
             .map_err(|e| failed(e.to_string()))?;
         Ok(Entry { path, sha256, size })
     }
+}
 
-    fn release(&self, size: u64) {
-        let mut bytes = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
-        *bytes = bytes.saturating_sub(size);
+/// How much the cache holds, and how long an entry is safe from eviction.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_bytes: u64,
+    evictable_after: Duration,
+}
+
+impl Index {
+    fn touch(&mut self, sha256: &[u8; 32], now: Instant) {
+        if let Some(file) = self.files.get_mut(sha256) {
+            file.used = file.used.max(now);
+        }
     }
 
-    /// Counts `size` more bytes in the cache if they fit.
-    fn admit(&self, size: u64) -> bool {
-        let mut bytes = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
-        let fits = *bytes + size <= MAX_CACHE_BYTES;
-        if fits {
-            *bytes += size;
+    /// Counts a file of `size` bytes with this content, about to be renamed to
+    /// `path`, evicting the least recently used files idle past the limit to make
+    /// room; whether it fits. A file of content already held costs nothing more.
+    fn admit(
+        &mut self,
+        sha256: [u8; 32],
+        path: &Path,
+        size: u64,
+        now: Instant,
+        limits: Limits,
+    ) -> bool {
+        if self.files.contains_key(&sha256) {
+            self.touch(&sha256, now);
+            return true;
         }
-        fits
+        if size > limits.max_bytes {
+            return false;
+        }
+        let mut idle: Vec<([u8; 32], Instant)> = (self.files.iter())
+            .filter(|(_, f)| now.saturating_duration_since(f.used) >= limits.evictable_after)
+            .map(|(sha, f)| (*sha, f.used))
+            .collect();
+        idle.sort_by_key(|(_, used)| *used);
+        let evictable: u64 = idle.iter().map(|(sha, _)| self.files[sha].size).sum();
+        if self.bytes + size > limits.max_bytes + evictable {
+            return false;
+        }
+        for (sha, _) in idle {
+            if self.bytes + size <= limits.max_bytes {
+                break;
+            }
+            self.evict(&sha);
+        }
+        let path = path.to_owned();
+        self.files.insert(
+            sha256,
+            Stored {
+                path,
+                size,
+                used: now,
+            },
+        );
+        self.bytes += size;
+        true
+    }
+
+    /// Removes a file and every entry of it.
+    fn evict(&mut self, sha256: &[u8; 32]) {
+        let Some(file) = self.drop_file(sha256) else {
+            return;
+        };
+        tracing::info!(entry = %file.path.display(), bytes = file.size, "fetcher cache entry evicted");
+        if let Err(e) = std::fs::remove_file(&file.path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(entry = %file.path.display(), error = %e, "cannot evict a cache entry");
+        }
+    }
+
+    /// Forgets a file (gone, or being evicted) and the entries of it.
+    fn drop_file(&mut self, sha256: &[u8; 32]) -> Option<Stored> {
+        let file = self.files.remove(sha256)?;
+        self.bytes = self.bytes.saturating_sub(file.size);
+        self.entries
+            .retain(|_, cell| cell.get().is_none_or(|e| &e.sha256 != sha256));
+        Some(file)
     }
 }
 
@@ -199,4 +321,69 @@ fn hash(path: &Path) -> std::io::Result<([u8; 32], u64)> {
     let mut hasher = Sha256::new();
     let size = std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
     Ok((hasher.finalize().into(), size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_bytes: 100,
+        evictable_after: Duration::from_secs(60),
+    };
+
+    /// A file of `size` bytes in `dir`, named for `n`, admitted `at`.
+    fn add(index: &mut Index, dir: &Path, n: u8, size: u64, at: Instant) -> bool {
+        let path = dir.join(n.to_string());
+        std::fs::write(&path, vec![0; size as usize]).unwrap();
+        let entry = Entry {
+            path: path.clone(),
+            sha256: [n; 32],
+            size,
+        };
+        let admitted = index.admit([n; 32], &path, size, at, LIMITS);
+        if admitted {
+            let cell = Arc::new(OnceCell::new_with(Some(entry)));
+            index.entries.insert(format!("uri-{n}"), cell);
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+        admitted
+    }
+
+    #[test]
+    fn the_least_recently_used_idle_entries_make_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = Index::default();
+        let t0 = Instant::now();
+        let later = |s: u64| t0 + Duration::from_secs(s);
+        assert!(add(&mut index, dir.path(), 1, 40, t0));
+        assert!(add(&mut index, dir.path(), 2, 40, later(1)));
+        index.touch(&[1; 32], later(2));
+        // Both used within the last minute: nothing may go, so a third is not cached.
+        assert!(!add(&mut index, dir.path(), 3, 40, later(30)));
+        assert_eq!(index.bytes, 80);
+        // A minute on, 2 (used least recently) goes for it; 1 stays.
+        assert!(add(&mut index, dir.path(), 3, 40, later(90)));
+        assert_eq!(index.bytes, 80);
+        assert!(!dir.path().join("2").exists(), "its file is removed");
+        assert!(!index.entries.contains_key("uri-2"), "and its entry");
+        assert!(dir.path().join("1").exists() && index.entries.contains_key("uri-1"));
+        // Content already held costs nothing; a file larger than the cache never fits.
+        assert!(index.admit([1; 32], &dir.path().join("1"), 40, later(91), LIMITS));
+        assert_eq!(index.bytes, 80);
+        assert!(!add(&mut index, dir.path(), 4, 101, later(500)));
+        assert_eq!(index.bytes, 80, "nothing was evicted for it");
+    }
+
+    #[test]
+    fn a_new_cache_starts_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache_dir = dir.path().join("fetch");
+        std::fs::create_dir(&cache_dir).unwrap();
+        std::fs::write(cache_dir.join("left-behind"), b"old").unwrap();
+        let cache = FetchCache::new(cache_dir.clone());
+        assert!(!cache_dir.join("left-behind").exists());
+        assert_eq!(cache.index().bytes, 0);
+    }
 }

@@ -111,12 +111,14 @@ impl AddressPolicy {
 }
 
 /// The IPv4 address an IPv6 one carries on to an IPv4 host: NAT64 (64:ff9b::/96),
-/// 6to4 (2002::/16) and the old IPv4-compatible form (::a.b.c.d).
+/// 6to4 (2002::/16), Teredo (2001::/32: its client's address, inverted, in the low
+/// 32 bits) and the old IPv4-compatible form (::a.b.c.d).
 fn embedded_v4(addr: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = addr.segments();
     let low = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
     match s {
         [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(low),
+        [0x2001, 0, ..] => Some(Ipv4Addr::from(!u32::from(low))),
         [0x2002, hi, lo, ..] => Some(Ipv4Addr::new(
             (hi >> 8) as u8,
             hi as u8,
@@ -141,6 +143,10 @@ fn refused_kind(addr: IpAddr) -> Option<&'static str> {
         IpAddr::V6(a) if a.is_unspecified() => Some("an unspecified"),
         IpAddr::V6(a) if a.is_multicast() => Some("a multicast"),
         IpAddr::V6(a) if a == AWS_METADATA_V6 => Some("a cloud metadata"),
+        // 64:ff9b:1::/48 (RFC 8215): a site's own translator, which may place the IPv4
+        // address at any of RFC 6052's offsets; none can be told apart, so the whole
+        // prefix is refused unless allowed.
+        IpAddr::V6(a) if a.segments()[..3] == [0x64, 0xff9b, 1] => Some("a local-use NAT64"),
         IpAddr::V4(a) if a == ALIBABA_METADATA => Some("a cloud metadata"),
         _ => None,
     }
@@ -229,6 +235,11 @@ mod tests {
             ("64:ff9b::c000:209", Some("this agent's own")),
             ("100.100.100.200", Some("a cloud metadata")),
             ("64:ff9b::5db8:d822", None),
+            ("64:ff9b:1::5db8:d822", Some("a local-use NAT64")),
+            ("64:ff9b:1:ab00::7f00:1", Some("a local-use NAT64")),
+            // Teredo: client 127.0.0.1 (inverted: 80ff:fffe) behind a public server.
+            ("2001:0:4136:e378:8000:63bf:80ff:fffe", Some("a loopback")),
+            ("2001:0:4136:e378:8000:63bf:a247:2ddd", None),
             ("10.1.2.3", None),
             ("93.184.216.34", None),
             ("2001:db8::1", None),

@@ -87,7 +87,8 @@ impl Target<'_> {
         use std::io::{Read as _, Write as _};
         let placing = |e: std::io::Error| self.failed(format!("placing the cached copy: {e}"));
         let mut from = std::fs::File::open(source).map_err(placing)?;
-        let mode = from.metadata().map_err(placing)?.permissions().mode();
+        let found = from.metadata().map_err(placing)?;
+        let mode = found.permissions().mode();
         let (mut to, partial) = self.create(mode)?;
         let mut hasher = sha2::Sha256::new();
         let mut buf = vec![0; 64 << 10];
@@ -100,7 +101,7 @@ impl Target<'_> {
             to.write_all(&buf[..n]).map_err(placing)?;
         }
         if hasher.finalize().as_slice() != sha256 {
-            discard_changed(source);
+            discard_changed(source, &found);
             return Err(
                 self.failed("the fetcher cache's copy no longer matches its digest; refusing it")
             );
@@ -236,14 +237,42 @@ fn output_error(name: &Path, e: SandboxDirError) -> FetchError {
     }
 }
 
-/// Removes an entry found not to match its digest: the next task that names its URI
-/// fetches it again rather than fail on it too.
-pub fn discard_changed(path: &Path) {
+/// Removes an entry found not to match its digest (`found`: the file that was read),
+/// so the next task that names its URI fetches it again rather than fail on it too.
+/// Only that file goes: one fetched afresh into its place meanwhile stays.
+pub fn discard_changed(path: &Path, found: &std::fs::Metadata) {
+    use std::os::unix::fs::MetadataExt as _;
     tracing::warn!(
         entry = %path.display(),
         "a fetcher cache entry no longer matches its digest; removing it"
     );
+    let same = |now: &std::fs::Metadata| now.dev() == found.dev() && now.ino() == found.ino();
+    if !std::fs::symlink_metadata(path).is_ok_and(|now| same(&now)) {
+        return;
+    }
     if let Err(error) = std::fs::remove_file(path) {
         tracing::warn!(entry = %path.display(), %error, "cannot remove a changed cache entry");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::discard_changed;
+
+    #[test]
+    fn a_changed_entry_goes_but_one_fetched_afresh_into_its_place_stays() {
+        let cache = tempfile::tempdir().unwrap();
+        let entry = cache.path().join("entry");
+        std::fs::write(&entry, b"changed").unwrap();
+        let found = std::fs::metadata(&entry).unwrap();
+        // Fetched afresh meanwhile: a new file renamed over the changed one.
+        let fresh = cache.path().join("fresh");
+        std::fs::write(&fresh, b"fresh").unwrap();
+        std::fs::rename(&fresh, &entry).unwrap();
+        discard_changed(&entry, &found);
+        assert_eq!(std::fs::read(&entry).unwrap(), b"fresh");
+        let found = std::fs::metadata(&entry).unwrap();
+        discard_changed(&entry, &found);
+        assert!(!entry.exists(), "the file read is removed");
     }
 }

@@ -169,9 +169,21 @@ pub trait Containerizer: Send + Sync + 'static {
     /// in it once `grace` has passed. Returns at once; `wait` reports the end.
     async fn kill(&self, task_id: &str, grace: Duration);
 
-    /// Re-attaches containers a previous executor process of this framework left
-    /// running, returning their task ids; the rest of what it left is removed.
+    /// Re-attaches containers a previous executor of this framework left running
+    /// (or, for Docker, that ended since with a status still to report), returning
+    /// their task ids; the rest of what it left is removed.
     async fn recover(&self, framework_id: &str) -> Vec<String>;
+
+    /// Lets go of an ended container once its terminal update is acknowledged:
+    /// Docker's is removed then, so an agent restart before that finds it, and its
+    /// end is reported again rather than its task launched again.
+    async fn release(&self, _task_id: &str) {}
+
+    /// For a task `recover` re-attached: the time left to its `max_completion_time`
+    /// and that limit, if it set one and the containerizer kept it.
+    fn completion_deadline(&self, _task_id: &str) -> Option<(Duration, Duration)> {
+        None
+    }
 
     /// What the container uses now; `None` once it is gone (or for wasm, whose usage
     /// is reported at the end).

@@ -3,32 +3,29 @@
 //! the sandbox is mounted at `/mnt/mesos/sandbox`, and the container's output is
 //! copied into the sandbox's `stdout` and `stderr` like any other task's.
 
+mod create;
 mod output;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bollard::Docker;
 use bollard::errors::Error;
-use bollard::models::{
-    ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, PortBinding, PortMap,
-};
+use bollard::models::ContainerSummaryStateEnum;
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     StatsOptionsBuilder, StopContainerOptionsBuilder,
 };
-use cairn_api::v1::TaskInfo;
-use cairn_api::v1::container_info::DockerInfo;
-use cairn_api::v1::container_info::docker_info::Network;
 use futures::StreamExt as _;
 use tokio::sync::{OnceCell, watch};
 use tokio::task::JoinHandle;
 
 use super::{Containerizer, LaunchError, LaunchSpec, Limits, Termination, Usage};
+use create::{create_body, deadline_of, networking};
 use output::copy_output;
 
 /// Where the task finds its sandbox, as in Mesos.
@@ -38,6 +35,10 @@ const FRAMEWORK_LABEL: &str = "cairn.framework_id";
 const TASK_LABEL: &str = "cairn.task_id";
 /// The task's disk, which caps the output a re-attached container may still write.
 const DISK_LABEL: &str = "cairn.disk_bytes";
+/// When the task's `max_completion_time` runs out (Unix milliseconds), and that time
+/// itself (milliseconds), for a container re-attached after an agent restart.
+const DEADLINE_LABEL: &str = "cairn.deadline_ms";
+const LIMIT_LABEL: &str = "cairn.max_completion_time_ms";
 const PIDS_LIMIT: i64 = 4096;
 /// A kill's grace stays under bollard's 120 s request timeout, or the stop request
 /// itself would fail while the engine is still waiting.
@@ -51,6 +52,8 @@ pub struct DockerContainerizer {
     /// task; a failed connection is retried by the next launch.
     engine: OnceCell<Docker>,
     containers: Mutex<HashMap<String, Entry>>,
+    /// Containers that ended, by task id, kept until their end is acknowledged.
+    ended: Mutex<HashMap<String, String>>,
     /// HOST networking for tasks without `ports` resources too.
     host_network_always: bool,
 }
@@ -61,6 +64,9 @@ struct Entry {
     killed: Arc<AtomicBool>,
     /// The one waiter per container publishes its end here.
     end: watch::Receiver<Option<Termination>>,
+    /// A re-attached container's time left to its `max_completion_time`, and that
+    /// limit (see [`Containerizer::completion_deadline`]).
+    deadline: Option<(Duration, Duration)>,
 }
 
 /// What the background tasks need to follow one started container.
@@ -69,16 +75,10 @@ struct Follow {
     sandbox: PathBuf,
     mem_bytes: u64,
     disk_bytes: u64,
-    /// Unix seconds from which output is copied: 0 at launch, the re-attach time on
-    /// recovery so what the previous executor copied is not copied twice.
-    since: i32,
-}
-
-/// The container's network, and for BRIDGE the ports it publishes.
-struct Networking {
-    mode: &'static str,
-    exposed: Option<Vec<String>>,
-    ports: Option<PortMap>,
+    /// Re-attached after an agent restart: the output copied goes on after the last
+    /// line the sandbox's files hold, so none is copied twice (see `output`).
+    resume: bool,
+    deadline: Option<(Duration, Duration)>,
 }
 
 impl DockerContainerizer {
@@ -111,6 +111,7 @@ impl DockerContainerizer {
                 container: follow.container.clone(),
                 killed: Arc::clone(&killed),
                 end,
+                deadline: follow.deadline,
             },
         );
         let output = tokio::spawn(copy_output(
@@ -118,7 +119,7 @@ impl DockerContainerizer {
             follow.container.clone(),
             follow.sandbox,
             follow.disk_bytes,
-            follow.since,
+            follow.resume,
         ));
         tokio::spawn(await_end(
             docker.clone(),
@@ -205,7 +206,8 @@ impl Containerizer for DockerContainerizer {
             sandbox,
             mem_bytes: limits.mem_bytes,
             disk_bytes: limits.disk_bytes,
-            since: 0,
+            resume: false,
+            deadline: None,
         };
         self.attach(docker, task_id, follow);
         Ok(())
@@ -219,7 +221,10 @@ impl Containerizer for DockerContainerizer {
             Ok(published) => (*published).clone(),
             Err(_) => None,
         };
-        self.entries().remove(task_id);
+        if let Some(entry) = self.entries().remove(task_id) {
+            let mut ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
+            ended.insert(task_id.to_owned(), entry.container);
+        }
         termination.unwrap_or_else(|| {
             Termination::launch_failed("the container's waiter ended without its exit status")
         })
@@ -271,17 +276,24 @@ impl Containerizer for DockerContainerizer {
                 return Vec::new();
             }
         };
-        let since = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i32::try_from(d.as_secs()).unwrap_or(i32::MAX));
         let mut recovered = Vec::new();
         for summary in containers {
             let Some(container) = summary.id else {
                 continue;
             };
             let mut labels = summary.labels.unwrap_or_default();
-            let running = matches!(summary.state, Some(ContainerSummaryStateEnum::RUNNING));
-            if let (true, Some(task_id)) = (running, labels.remove(TASK_LABEL)) {
+            // One that ended while nobody followed it still has its exit status and
+            // the rest of its output to give; one never started has neither.
+            let started = matches!(
+                summary.state,
+                Some(
+                    ContainerSummaryStateEnum::RUNNING
+                        | ContainerSummaryStateEnum::PAUSED
+                        | ContainerSummaryStateEnum::RESTARTING
+                        | ContainerSummaryStateEnum::EXITED
+                )
+            );
+            if let (true, Some(task_id)) = (started, labels.remove(TASK_LABEL)) {
                 match created_with(docker, &container).await {
                     Ok((sandbox, mem_bytes)) => {
                         // A task that named no disk gets the default one.
@@ -298,7 +310,8 @@ impl Containerizer for DockerContainerizer {
                             sandbox,
                             mem_bytes,
                             disk_bytes,
-                            since,
+                            resume: true,
+                            deadline: deadline_of(&labels),
                         };
                         self.attach(docker, task_id, follow);
                         continue;
@@ -313,6 +326,27 @@ impl Containerizer for DockerContainerizer {
             }
         }
         recovered
+    }
+
+    async fn release(&self, task_id: &str) {
+        let ended = self
+            .ended
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(task_id);
+        let Some(container) = ended else {
+            return;
+        };
+        let Some(docker) = self.engine.get() else {
+            return;
+        };
+        if let Err(e) = remove(docker, &container).await {
+            tracing::warn!(%container, error = %e, "could not remove the ended container");
+        }
+    }
+
+    fn completion_deadline(&self, task_id: &str) -> Option<(Duration, Duration)> {
+        self.entries().get(task_id)?.deadline
     }
 
     async fn usage(&self, task_id: &str) -> Option<Usage> {
@@ -336,72 +370,6 @@ impl Containerizer for DockerContainerizer {
             memory_bytes: sample.memory_stats.and_then(|m| m.usage).unwrap_or(0),
             processes: sample.pids_stats.and_then(|p| p.current).unwrap_or(0),
         })
-    }
-}
-
-/// The container's definition: the task's command in place of the image's
-/// entrypoint, Mesos' environment, Cairn's labels, the sandbox mounted, and the
-/// task's limits as the engine's.
-fn create_body(
-    spec: &LaunchSpec,
-    image: &str,
-    exec: super::Exec,
-    network: Networking,
-    limits: &Limits,
-    sandbox: &Path,
-) -> ContainerCreateBody {
-    // The task's command replaces the image's entrypoint, as `super::exec` runs it.
-    let shell = spec.task.command.as_ref().and_then(|c| c.shell);
-    let (entrypoint, cmd) = if shell.unwrap_or(true) {
-        let mut entrypoint = exec.argv;
-        let cmd = entrypoint.split_off(entrypoint.len().min(2));
-        (entrypoint, cmd)
-    } else {
-        (vec![exec.program], exec.argv.into_iter().skip(1).collect())
-    };
-    let env = super::environment(spec, SANDBOX)
-        .into_iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    let labels = HashMap::from([
-        (MANAGED_LABEL.to_owned(), "true".to_owned()),
-        (FRAMEWORK_LABEL.to_owned(), spec.framework_id.clone()),
-        (TASK_LABEL.to_owned(), spec.task_id()),
-        (DISK_LABEL.to_owned(), limits.disk_bytes.to_string()),
-    ]);
-    // The engine refuses more CPUs than the host has; an agent may offer more.
-    let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let memory = i64::try_from(limits.mem_bytes).unwrap_or(i64::MAX);
-    let user = &spec.user;
-    ContainerCreateBody {
-        image: Some(image.to_owned()),
-        // The task's user by number: the image need not know its name.
-        user: Some(format!("{}:{}", user.uid, user.gid)),
-        entrypoint: Some(entrypoint),
-        cmd: Some(cmd),
-        env: Some(env),
-        labels: Some(labels),
-        exposed_ports: network.exposed,
-        host_config: Some(HostConfig {
-            binds: Some(vec![format!("{}:{SANDBOX}", sandbox.display())]),
-            memory: Some(memory),
-            // Swap would let the task exceed its memory.
-            memory_swap: Some(memory),
-            nano_cpus: Some(((limits.cpus.min(host_cpus) * 1e9) as i64).max(10_000_000)),
-            cpu_shares: Some(((limits.cpus * 1024.0) as i64).max(2)),
-            pids_limit: Some(PIDS_LIMIT),
-            network_mode: Some(network.mode.to_owned()),
-            port_bindings: network.ports,
-            // The exit code and OOMKilled are read after the exit, then it is removed.
-            auto_remove: Some(false),
-            group_add: Some(user.groups.iter().map(u32::to_string).collect()),
-            // No setuid binary in the image raises the task's privileges, and it
-            // cannot forge packets on the host's networks.
-            security_opt: Some(vec!["no-new-privileges".to_owned()]),
-            cap_drop: Some(vec!["NET_RAW".to_owned()]),
-            ..Default::default()
-        }),
-        ..Default::default()
     }
 }
 
@@ -460,74 +428,6 @@ async fn remove(docker: &Docker, container: &str) -> Result<(), LaunchError> {
     }
 }
 
-/// Host ports are checked against the task's `ports` resources: only what the task
-/// was offered is its to publish. HOST networking (Mesos' default) lets a container
-/// bind any port of the host, so it is given only to a task holding `ports`
-/// resources, unless the agent says always (`--docker-host-network always`).
-fn networking(
-    task: &TaskInfo,
-    info: &DockerInfo,
-    host_network_always: bool,
-) -> Result<Networking, LaunchError> {
-    let network = Network::try_from(info.network)
-        .map_err(|_| LaunchError::Docker(format!("unknown Docker network {}", info.network)))?;
-    let resources = cairn_api::Resources::from_proto(&task.resources)?;
-    let offered = resources.ranges("ports");
-    let holds_ports = offered.is_some_and(|r| !r.is_empty());
-    if matches!(network, Network::Unset | Network::Host) && !host_network_always && !holds_ports {
-        return Err(LaunchError::Docker(
-            "HOST networking (the default) lets a container bind any port of the host, so \
-             it needs the task to hold `ports` resources (or the agent's \
-             --docker-host-network always); ask for BRIDGE or NONE networking instead"
-                .into(),
-        ));
-    }
-    let mode = match network {
-        Network::Unset | Network::Host => "host",
-        Network::Bridge => "bridge",
-        Network::None => "none",
-    };
-    if network != Network::Bridge {
-        if !info.port_mappings.is_empty() {
-            return Err(LaunchError::Docker(
-                "port_mappings need BRIDGE networking".into(),
-            ));
-        }
-        return Ok(Networking {
-            mode,
-            exposed: None,
-            ports: None,
-        });
-    }
-    let mut bindings: HashMap<String, Vec<PortBinding>> = HashMap::new();
-    for m in &info.port_mappings {
-        let port = u64::from(m.host_port);
-        if !offered.is_some_and(|r| r.iter().any(|(b, e)| b <= port && port <= e)) {
-            return Err(LaunchError::Docker(format!(
-                "host port {port} is not among the task's ports resources"
-            )));
-        }
-        let protocol = m.protocol.as_deref().unwrap_or("tcp");
-        if !matches!(protocol, "tcp" | "udp") {
-            return Err(LaunchError::Docker(format!(
-                "port mapping protocol {protocol:?} is neither tcp nor udp"
-            )));
-        }
-        bindings
-            .entry(format!("{}/{protocol}", m.container_port))
-            .or_default()
-            .push(PortBinding {
-                host_ip: Some("0.0.0.0".to_owned()),
-                host_port: Some(port.to_string()),
-            });
-    }
-    Ok(Networking {
-        mode,
-        exposed: Some(bindings.keys().cloned().collect()),
-        ports: Some(bindings.into_iter().map(|(k, v)| (k, Some(v))).collect()),
-    })
-}
-
 /// A running container's sandbox and memory limit, as `launch` created it.
 async fn created_with(docker: &Docker, container: &str) -> Result<(PathBuf, u64), LaunchError> {
     let host = docker
@@ -551,7 +451,7 @@ async fn created_with(docker: &Docker, container: &str) -> Result<(PathBuf, u64)
 }
 
 /// Awaits the container's end and publishes it, once its output is in the sandbox
-/// and the container is removed.
+/// (the container stays until `release`).
 async fn await_end(
     docker: Docker,
     container: String,
@@ -586,9 +486,6 @@ async fn await_end(
     };
     if tokio::time::timeout(OUTPUT_DRAIN, output).await.is_err() {
         tracing::warn!(%container, "the container's output did not end with it");
-    }
-    if let Err(e) = remove(&docker, &container).await {
-        tracing::warn!(%container, error = %e, "could not remove the ended container");
     }
     publish.send_replace(Some(termination));
 }

@@ -1,8 +1,15 @@
 //! A Docker task's output, copied from the engine into the sandbox's `stdout` and
 //! `stderr` as it is written, like any other task's, up to the task's disk.
+//!
+//! The engine keeps a container's output, each line stamped with the time it
+//! received it, and the container outlives the agent that follows it. Each line
+//! copied stamps its file's modification time with its own timestamp, so after an
+//! agent restart the later of the two files' times says exactly where copying
+//! stopped: what the container wrote meanwhile is copied once, and nothing twice.
 
 use std::path::{Path, PathBuf};
 use std::pin::pin;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bollard::Docker;
 use bollard::container::LogOutput;
@@ -13,25 +20,37 @@ use tokio::fs::File;
 use tokio::io::AsyncWriteExt as _;
 
 /// Copies the container's output into the sandbox, stopping at the task's disk so a
-/// chatty task cannot fill the host's.
+/// chatty task cannot fill the host's. `resume`: the container was followed before
+/// (by an agent since restarted), and copying goes on after the last line copied.
 pub(super) async fn copy_output(
     docker: Docker,
     container: String,
     sandbox: PathBuf,
     disk_bytes: u64,
-    since: i32,
+    resume: bool,
 ) {
-    let (mut stdout, mut stderr, mut left) = match open_logs(&sandbox).await {
-        Ok((stdout, stderr, used)) => (stdout, stderr, disk_bytes.saturating_sub(used)),
+    let (mut stdout, mut stderr, used) = match open_logs(&sandbox).await {
+        Ok(opened) => opened,
         Err(e) => {
             tracing::warn!(%container, error = %e, "cannot open the sandbox's output files");
             return;
         }
     };
+    let mut left = disk_bytes.saturating_sub(used);
+    let after = if resume {
+        last_copied(&stdout, &stderr)
+    } else {
+        None
+    };
+    // The engine takes whole seconds; the lines of the last one are sifted below.
+    let since = after
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| i32::try_from(d.as_secs()).unwrap_or(i32::MAX));
     let options = LogsOptionsBuilder::new()
         .follow(true)
         .stdout(true)
         .stderr(true)
+        .timestamps(true)
         .since(since)
         .build();
     let mut logs = pin!(docker.logs(&container, Some(options)));
@@ -47,15 +66,20 @@ pub(super) async fn copy_output(
                 return;
             }
         };
-        let n = message
-            .len()
-            .min(usize::try_from(left).unwrap_or(usize::MAX));
-        if let Err(e) = append(file, &message[..n]).await {
+        let (at, line) = match split_timestamp(&message) {
+            Some((at, line)) => (Some(at), line),
+            None => (None, &message[..]),
+        };
+        if at.zip(after).is_some_and(|(at, after)| at <= after) {
+            continue;
+        }
+        let n = line.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        if let Err(e) = file.append(&line[..n], at).await {
             tracing::warn!(%container, error = %e, "cannot write the container's output");
             return;
         }
         left -= n as u64;
-        if n < message.len() {
+        if n < line.len() {
             tracing::warn!(
                 %container,
                 disk_bytes,
@@ -66,12 +90,40 @@ pub(super) async fn copy_output(
     }
 }
 
+/// One of the sandbox's output files, appended to.
+struct Output {
+    file: File,
+    /// The same open file, to stamp its modification time.
+    stamp: std::fs::File,
+}
+
+impl Output {
+    fn new(file: std::fs::File) -> std::io::Result<Self> {
+        Ok(Self {
+            stamp: file.try_clone()?,
+            file: File::from_std(file),
+        })
+    }
+
+    /// Appends `bytes`, received by the engine `at`, and stamps the file with it.
+    async fn append(&mut self, bytes: &[u8], at: Option<SystemTime>) -> std::io::Result<()> {
+        self.file.write_all(bytes).await?;
+        // tokio writes in the background: flushed, the bytes are in the file before
+        // the terminal update says the task is done, and before the stamp says so.
+        self.file.flush().await?;
+        match at {
+            Some(at) => self.stamp.set_modified(at),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The sandbox's `stdout` and `stderr`, appended to, and the bytes they already hold.
-/// The container wrote the sandbox (as root, through its bind mount) and may have
-/// left a link, a FIFO or a hard link under either name, notably before the agent
-/// attaches again after a restart: each is opened beneath the sandbox following no
-/// link, and must be a regular file with one link.
-async fn open_logs(sandbox: &Path) -> std::io::Result<(File, File, u64)> {
+/// The container wrote the sandbox (as its user, through its bind mount) and may
+/// have left a link, a FIFO or a hard link under either name, notably before the
+/// agent attaches again after a restart: each is opened beneath the sandbox
+/// following no link, and must be a regular file with one link.
+async fn open_logs(sandbox: &Path) -> std::io::Result<(Output, Output, u64)> {
     let sandbox = sandbox.to_owned();
     let (stdout, stderr) = tokio::task::spawn_blocking(move || {
         let dir = SandboxDir::open(&sandbox)?;
@@ -79,16 +131,28 @@ async fn open_logs(sandbox: &Path) -> std::io::Result<(File, File, u64)> {
         Ok::<_, SandboxDirError>((open("stdout")?, open("stderr")?))
     })
     .await??;
-    let (stdout, stderr) = (File::from_std(stdout), File::from_std(stderr));
-    let used = stdout.metadata().await?.len() + stderr.metadata().await?.len();
-    Ok((stdout, stderr, used))
+    let used = stdout.metadata()?.len() + stderr.metadata()?.len();
+    Ok((Output::new(stdout)?, Output::new(stderr)?, used))
 }
 
-async fn append(file: &mut File, bytes: &[u8]) -> std::io::Result<()> {
-    file.write_all(bytes).await?;
-    // tokio writes in the background: flushed, the bytes are in the file before the
-    // terminal update says the task is done.
-    file.flush().await
+/// When the engine received the last line copied: the later stamp of the two files,
+/// if either holds anything (an empty file's time is its creation's, not a line's).
+fn last_copied(stdout: &Output, stderr: &Output) -> Option<SystemTime> {
+    [stdout, stderr]
+        .iter()
+        .filter_map(|o| o.stamp.metadata().ok())
+        .filter(|m| m.len() > 0)
+        .filter_map(|m| m.modified().ok())
+        .max()
+}
+
+/// A line as the engine gives it with `timestamps`: its RFC 3339 time (nanoseconds,
+/// trailing zeros trimmed), a space, then the line.
+fn split_timestamp(message: &[u8]) -> Option<(SystemTime, &[u8])> {
+    let space = message.iter().position(|&b| b == b' ')?;
+    let at = std::str::from_utf8(&message[..space]).ok()?;
+    let at = humantime::parse_rfc3339(at).ok()?;
+    Some((at, &message[space + 1..]))
 }
 
 #[cfg(test)]
@@ -118,11 +182,36 @@ mod tests {
         std::fs::write(sandbox.path().join("stdout"), "12345").unwrap();
         let (mut stdout, _stderr, used) = open_logs(sandbox.path()).await.unwrap();
         assert_eq!(used, 5);
-        append(&mut stdout, b"678").await.unwrap();
+        stdout.append(b"678", None).await.unwrap();
         assert_eq!(
             std::fs::read_to_string(sandbox.path().join("stdout")).unwrap(),
             "12345678"
         );
         assert_eq!(std::fs::read(sandbox.path().join("stderr")).unwrap(), b"");
+    }
+
+    #[tokio::test]
+    async fn copying_resumes_after_the_last_line_stamped() {
+        let sandbox = tempfile::tempdir().unwrap();
+        let (mut stdout, mut stderr, _) = open_logs(sandbox.path()).await.unwrap();
+        assert_eq!(last_copied(&stdout, &stderr), None, "nothing copied yet");
+        let (first, _) = split_timestamp(b"2026-12-05T12:00:00.5Z a\n").unwrap();
+        let (second, line) = split_timestamp(b"2026-12-05T12:00:00.500000001Z b\n").unwrap();
+        assert!(first < second);
+        assert_eq!(line, b"b\n");
+        stderr.append(b"b\n", Some(second)).await.unwrap();
+        stdout.append(b"a\n", Some(first)).await.unwrap();
+        assert_eq!(last_copied(&stdout, &stderr), Some(second));
+        // Reopened, as after a restart: the stamps are what the files say.
+        drop((stdout, stderr));
+        let (stdout, stderr, used) = open_logs(sandbox.path()).await.unwrap();
+        assert_eq!(used, 4);
+        assert_eq!(last_copied(&stdout, &stderr), Some(second));
+    }
+
+    #[test]
+    fn a_line_without_a_timestamp_is_not_split() {
+        assert_eq!(split_timestamp(b"no-timestamp here"), None);
+        assert_eq!(split_timestamp(b"line"), None);
     }
 }
