@@ -5,9 +5,10 @@
 //!
 //! - a task leaving `cpus`, `mem` or `disk` unnamed is charged the agent's default
 //!   for it, the limit it then runs with;
-//! - each executor process the agent starts (one per framework and user; one per
-//!   framework for Docker tasks, see [`executor_process_of`]) holds its own overhead
-//!   from its first task until it exits;
+//! - each executor process the agent starts (one per framework and user, see
+//!   [`executor_process_of`]) holds its own overhead from its first task until it
+//!   exits; a framework's Docker executor is no process (the agent hosts it, and
+//!   makes its Engine calls) and holds none;
 //! - each task an executor process hosts (all but Docker tasks, which run in
 //!   containers of their own) adds the per-task overhead of its host;
 //! - a custom executor's `ExecutorInfo` resources, with the same defaults, are
@@ -71,6 +72,15 @@ impl AgentCharges {
         } else {
             own.add(&self.hosted_task_overhead)
         })
+    }
+
+    /// What the executor process running `task` holds of its own: the overhead, but
+    /// nothing for a Docker task's executor, which the agent hosts in its own process.
+    pub fn executor_process(&self, task: &TaskInfo) -> Resources {
+        match is_docker(task) {
+            true => Resources::new(),
+            false => self.executor_overhead.clone(),
+        }
     }
 
     /// What a custom executor costs while it has tasks: its resources with the defaults.
@@ -178,6 +188,15 @@ mod tests {
         assert_eq!(all, Resources::parse("cpus:1;mem:10;disk:5").unwrap());
         let round = AgentCharges::from_proto(&c.to_proto()).unwrap();
         assert_eq!(round, c);
+    }
+
+    #[test]
+    fn a_docker_executor_hosted_by_the_agent_holds_no_overhead() {
+        let charges = charges();
+        let docker = task("cpus:1;mem:10", None, container_info::Type::Docker);
+        let native = task("cpus:1;mem:10", None, container_info::Type::Mesos);
+        assert_eq!(charges.executor_process(&docker), Resources::new());
+        assert_eq!(charges.executor_process(&native), charges.executor_overhead);
     }
 
     #[test]

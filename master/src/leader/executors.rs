@@ -162,7 +162,7 @@ impl Leader {
             }
             let resources = match custom {
                 Some(info) => charges.custom_executor(info).map_err(resources_error)?,
-                None => charges.executor_overhead.clone(),
+                None => charges.executor_process(task),
             };
             // An agent that reports no figures (an older one) is charged nothing.
             if !resources.is_empty() {
