@@ -174,6 +174,10 @@ pub(crate) struct CompileFlags {
     /// How long a compile may wait for its turn; past it, its task fails.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     compile_queue_timeout: Duration,
+    /// What the compiled artifacts may take on disk, in MB; past it, those least
+    /// recently used (none in the last 15 minutes) are removed.
+    #[arg(long, default_value_t = 4096)]
+    compile_cache_size: u64,
 }
 
 impl Default for CompileFlags {
@@ -186,6 +190,7 @@ impl Default for CompileFlags {
             compile_uid: config.uid,
             compile_max_steps: config.max_steps,
             compile_queue_timeout: config.queue_timeout,
+            compile_cache_size: config.cache_bytes >> 20,
         }
     }
 }
@@ -518,6 +523,7 @@ pub(crate) fn agent_config(args: AgentArgs) -> anyhow::Result<cairn_agent::Agent
             uid: args.compile.compile_uid,
             max_steps: args.compile.compile_max_steps,
             queue_timeout: args.compile.compile_queue_timeout,
+            cache_bytes: args.compile.compile_cache_size.saturating_mul(1 << 20),
         },
     })
 }

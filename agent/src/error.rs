@@ -71,6 +71,9 @@ pub enum ExecutorError {
         #[source]
         last: Box<ExecutorError>,
     },
+    /// Hosted again after an agent restart, it could not find what its tasks run in.
+    #[error("re-attaching the containers that outlived the agent: {0}")]
+    Reattach(String),
     #[error("subscribing on {socket}")]
     Subscribe {
         socket: PathBuf,

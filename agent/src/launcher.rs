@@ -44,6 +44,69 @@ pub struct Launcher {
     pub(crate) known: std::sync::Arc<crate::executor_socket::KnownExecutors>,
     /// The executors hosted in the agent (see `hosted`), by executor id.
     pub(crate) hosted: Arc<std::sync::Mutex<HashMap<String, tokio::task::AbortHandle>>>,
+    /// The fetches and compiles under way.
+    pub(crate) preparing: Preparing,
+}
+
+/// The fetches and compiles under way, by the container id of the run they prepare
+/// (with the work's handle once it runs on the runtime): a task killed before its
+/// launch stops its own, whether it waits for the placer thread, is being placed, or
+/// fetches and compiles (a compile step it started is killed with it; tasks of the
+/// same module waiting on that step start their own).
+#[derive(Debug, Clone, Default)]
+pub struct Preparing(Arc<std::sync::Mutex<Runs>>);
+
+/// Runs being prepared, with the handle of their work on the runtime if it runs there.
+type Runs = HashMap<String, Option<tokio::task::AbortHandle>>;
+
+impl Preparing {
+    fn runs(&self) -> std::sync::MutexGuard<'_, Runs> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A run's preparation begins (before it is queued anywhere).
+    fn begin(&self, container_id: &str) {
+        self.runs().insert(container_id.to_owned(), None);
+    }
+
+    /// Whether the run was cancelled (or has ended).
+    fn cancelled(&self, container_id: &str) -> bool {
+        !self.runs().contains_key(container_id)
+    }
+
+    /// The run's preparation ended without work on the runtime.
+    fn end(&self, container_id: &str) {
+        self.runs().remove(container_id);
+    }
+
+    /// Runs `work` for the run until it ends or is cancelled; nothing if the run was
+    /// cancelled already.
+    fn spawn(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        container_id: String,
+        work: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let this = self.clone();
+        // Held while spawning: the work cannot remove its entry before it is in.
+        let mut runs = self.runs();
+        let Some(entry) = runs.get_mut(&container_id) else {
+            return;
+        };
+        let id = container_id.clone();
+        let handle = runtime.spawn(async move {
+            work.await;
+            this.end(&id);
+        });
+        *entry = Some(handle.abort_handle());
+    }
+
+    /// Stops the fetch or compile of the run, wherever it is.
+    pub fn cancel(&self, container_id: &str) {
+        if let Some(Some(handle)) = self.runs().remove(container_id) {
+            handle.abort();
+        }
+    }
 }
 
 /// Whether an executor id is a framework's Docker executor's.
@@ -95,6 +158,7 @@ pub struct Prepare {
     pub programs: Vec<ProgramRef>,
     pub user: TaskUser,
     pub compiler: Arc<Compiler>,
+    pub preparing: Preparing,
 }
 
 impl Prepare {
@@ -132,6 +196,10 @@ pub fn spawn_placer(
         .name("cairn-placer".into())
         .spawn(move || {
             for job in rx {
+                let preparing = job.prepare.preparing.clone();
+                if preparing.cancelled(&job.run.container_id) {
+                    continue;
+                }
                 let placed = job
                     .placement
                     .place(&job.sandbox, job.link_cached)
@@ -149,10 +217,12 @@ pub fn spawn_placer(
                     Err(e) => Some(Err(e.clone())),
                 };
                 let Some(result) = ready else {
-                    let core = core.clone();
-                    runtime.spawn(prepare.compile_and_report(core, run, sandbox, placed));
+                    let container_id = run.container_id.clone();
+                    let compile = prepare.compile_and_report(core.clone(), run, sandbox, placed);
+                    preparing.spawn(&runtime, container_id, compile);
                     continue;
                 };
+                preparing.end(&run.container_id);
                 if core.blocking_send(Input::Fetched { run, result }).is_err() {
                     return;
                 }
@@ -348,7 +418,9 @@ impl Launcher {
             programs,
             compiler: self.compiler.clone(),
             user,
+            preparing: self.preparing.clone(),
         };
+        self.preparing.begin(&run.container_id);
         if let Some(placement) = self.fetcher.all_cached(&uris, &prepare.user, disk) {
             let job = PlaceJob {
                 run,
@@ -377,7 +449,9 @@ impl Launcher {
     ) {
         let core = self.core.clone();
         let fetcher = self.fetcher.clone();
-        tokio::spawn(async move {
+        let (preparing, container_id) = (self.preparing.clone(), run.container_id.clone());
+        let runtime = tokio::runtime::Handle::current();
+        preparing.spawn(&runtime, container_id, async move {
             let user = &prepare.user;
             let fetched =
                 crate::fetcher::fetch_all(&uris, &sandbox, &fetcher, link_cached, user, disk)

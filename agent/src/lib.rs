@@ -265,6 +265,7 @@ impl Agent {
             compiler: std::sync::Arc::new(compiler),
             known,
             hosted: Default::default(),
+            preparing: Default::default(),
         })
     }
 }

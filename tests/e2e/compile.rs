@@ -267,6 +267,63 @@ async fn a_compile_that_cannot_get_a_turn_fails_at_the_queue_timeout() {
     cluster.assert_no_panics();
 }
 
+/// A task killed while its module compiles ends at once, and its compile step and
+/// the step's cgroup go with it, long before the step's deadline; the agent serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_task_mid_compile_stops_its_compile_step() {
+    let root = format!("cairn-test-{}", uuid::Uuid::new_v4().simple());
+    let cluster = cluster_with(&root, &["--compile-timeout", "300s"]).await;
+    let bomb = module_file(&cluster, "bomb.wasm", &compile_bomb(3000, 2000));
+    let honest = cluster.module("honest.wasm", EXIT_0);
+    let (scheduler, mut events) = Scheduler::subscribe_with(
+        &cluster.master_addr,
+        json!({"user": "nobody", "name": "killer"}),
+    )
+    .await;
+    launch(&scheduler, &mut events, |a| {
+        vec![wasm_task("bomb", a, &bomb, true)]
+    })
+    .await;
+    let steps_root = root.clone();
+    cairn_test_support::harness::blocking(move || {
+        cairn_test_support::harness::wait_for("the bomb's compile step", || {
+            compile_steps_in(&steps_root).into_iter().next()
+        })
+    })
+    .await;
+    let kill = json!({"type": "KILL", "kill": {"task_id": {"value": "bomb"}}});
+    assert_eq!(scheduler.call(kill).await.0, 202);
+    let killed = loop {
+        let status = events.next_of("UPDATE").await["update"]["status"].clone();
+        scheduler.acknowledge(&status).await;
+        if status["task_id"]["value"] == "bomb" {
+            break status;
+        }
+    };
+    assert_eq!(killed["state"], "TASK_KILLED", "{killed}");
+    assert_eq!(
+        killed["reason"], "REASON_TASK_KILLED_DURING_LAUNCH",
+        "{killed}"
+    );
+    let steps_root = root.clone();
+    cairn_test_support::harness::blocking(move || {
+        cairn_test_support::harness::wait_for("the compile step and its cgroup to go", || {
+            let gone = compile_steps_in(&steps_root).is_empty();
+            (gone && compile_cgroups_left(&steps_root).is_empty()).then_some(())
+        })
+    })
+    .await;
+    let ok = run_one(&scheduler, &mut events, |a| {
+        wasm_task("honest", a, &honest, true)
+    })
+    .await;
+    assert_eq!(ok["state"], "TASK_FINISHED", "{ok}");
+    // A step left to run would have ended with the bomb compiled and stored.
+    let artifacts = std::fs::read_dir(cluster.work_dir().join("artifacts")).unwrap();
+    assert_eq!(artifacts.count(), 1, "only the honest module was compiled");
+    cluster.assert_no_panics();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn executors_hold_no_key_and_load_only_the_artifact_the_agent_wrote() {
     let cluster = Cluster::start_async(CAIRN).await;

@@ -165,6 +165,15 @@ async fn a_killed_docker_task_stops_and_a_missing_image_fails_clearly() {
         let status = next_status(&scheduler, &mut events).await;
         let id = status["task_id"]["value"].as_str().unwrap_or_default();
         if id == sleeper && status["state"] == "TASK_RUNNING" && !kill_sent {
+            // The engine keeps no more of its output than the task's disk allows.
+            let container = containers_of_async(&sleeper).await.remove(0);
+            let format = "{{json .HostConfig.LogConfig}}";
+            let inspect = blocking(move || docker(&["inspect", "-f", format, &container])).await;
+            let log: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+            assert_eq!(log["Type"], "json-file", "{log}");
+            assert_eq!(log["Config"]["max-file"], "2", "{log}");
+            let max_size = log["Config"]["max-size"].as_str().unwrap_or_default();
+            assert!(max_size.parse::<u64>().is_ok_and(|b| b >= 1 << 20), "{log}");
             kill_sent = true;
             let kill = json!({"type": "KILL",
                 "kill": {"task_id": {"value": sleeper}, "agent_id": agent_id}});

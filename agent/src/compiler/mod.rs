@@ -15,14 +15,18 @@
 //! by another user's executor. A module that does not compile
 //! (invalid, or past the memory bound) fails at once the next time, remembered until
 //! the agent restarts; one whose step ran out of time or was killed is tried again.
+//! The directory is held to `--compile-cache-size`, least recently used first (see
+//! `eviction`).
 
+mod eviction;
 mod source;
 mod step;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use cairn_api::internal::CompiledProgram;
 use tokio::sync::OnceCell;
@@ -47,6 +51,8 @@ pub struct CompileConfig {
     pub max_steps: usize,
     /// How long a compile may wait for its turn before its task fails.
     pub queue_timeout: Duration,
+    /// What the artifacts directory may hold before the least recently used go.
+    pub cache_bytes: u64,
 }
 
 impl Default for CompileConfig {
@@ -58,6 +64,7 @@ impl Default for CompileConfig {
             uid: crate::user::DEFAULT_COMPILE_UID,
             max_steps: default_max_steps(),
             queue_timeout: Duration::from_secs(300),
+            cache_bytes: 4 << 30,
         }
     }
 }
@@ -88,7 +95,28 @@ struct Failure {
 struct Artifact {
     file: String,
     sha256: [u8; 32],
+    /// When a task last got it, in seconds since the epoch (see `eviction`).
+    used: Arc<AtomicU64>,
 }
+
+impl Artifact {
+    fn new(file: String, sha256: [u8; 32]) -> Self {
+        let used = Arc::new(AtomicU64::new(now_secs()));
+        Self { file, sha256, used }
+    }
+
+    fn last_used(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(self.used.load(Ordering::Relaxed))
+    }
+}
+
+fn now_secs() -> u64 {
+    let since = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH);
+    since.map_or(0, |d| d.as_secs())
+}
+
+/// The compiles known, by what they are of: one cell per artifact.
+type Known = Mutex<HashMap<ArtifactOf, Arc<OnceCell<Outcome>>>>;
 
 /// The compile steps an agent runs at once by default: one per CPU, at least two.
 pub fn default_max_steps() -> usize {
@@ -98,6 +126,7 @@ pub fn default_max_steps() -> usize {
 /// Where a program's bytes are, read only if it must be compiled, and only when its
 /// step's turn comes: in the task's sandbox (the bytes must still have the digest
 /// they had when the task was queued), or in the fetcher cache.
+#[derive(Clone)]
 enum Module {
     Sandbox { dir: PathBuf, owner: u32 },
     Cached(CachedFile),
@@ -130,7 +159,10 @@ pub struct Compiler {
     cgroups_root: String,
     config: CompileConfig,
     /// One cell per artifact: concurrent tasks of one module wait for one compile.
-    known: Mutex<HashMap<ArtifactOf, Arc<OnceCell<Outcome>>>>,
+    /// A task gets an artifact under this lock, and eviction removes one under it.
+    known: Arc<Known>,
+    /// Held while the directory is searched for an artifact or evicted from.
+    disk: Arc<Mutex<()>>,
     /// Compile steps running per user: a tenant launching a burst of distinct modules
     /// queues behind its own steps, not other users'.
     running: Mutex<HashMap<u32, Arc<tokio::sync::Semaphore>>>,
@@ -173,7 +205,8 @@ impl Compiler {
             fingerprints: [fingerprint(false)?, fingerprint(true)?],
             binary,
             cgroups_root,
-            known: Mutex::new(HashMap::new()),
+            known: Default::default(),
+            disk: Default::default(),
             running: Mutex::new(HashMap::new()),
             steps: Arc::new(tokio::sync::Semaphore::new(config.max_steps.max(1))),
             config,
@@ -196,7 +229,12 @@ impl Compiler {
     fn cell(&self, of: &ArtifactOf) -> Arc<OnceCell<Outcome>> {
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         if known.len() >= MAX_REMEMBERED && !known.contains_key(of) {
-            known.retain(|_, cell| !cell.initialized());
+            // Failures go first: a flood of modules that do not compile must not
+            // take the artifacts' last uses with it (eviction goes by them).
+            known.retain(|_, cell| cell.get().is_none_or(Result::is_ok));
+            if known.len() >= MAX_REMEMBERED {
+                known.retain(|_, cell| !cell.initialized());
+            }
         }
         known.entry(of.clone()).or_default().clone()
     }
@@ -258,23 +296,33 @@ impl Compiler {
             }
         };
         let of = self.of(sha256, program.metered, user);
-        let cell = self.cell(&of);
-        let outcome = cell
-            .get_or_try_init(|| self.find_or_make(&of, program, module))
-            .await;
-        let forget = match &outcome {
-            Err(_) => true,
-            Ok(outcome) => outcome.as_ref().is_err_and(|f| !f.remembered),
-        };
-        if forget {
-            // Tasks waiting on this cell share its outcome; later ones try again.
+        // Twice at most: an artifact evicted between its compile and its hand-over is
+        // made again (one evicted again at once is an agent bound too small to run it).
+        for _ in 0..2 {
+            let cell = self.cell(&of);
+            let outcome = cell
+                .get_or_try_init(|| self.find_or_make(&of, program, module.clone()))
+                .await;
+            let forget = match &outcome {
+                Err(_) => true,
+                Ok(outcome) => outcome.as_ref().is_err_and(|f| !f.remembered),
+            };
             let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-            if known.get(&of).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            let current = known.get(&of).is_some_and(|c| Arc::ptr_eq(c, &cell));
+            if forget && current {
+                // Tasks waiting on this cell share its outcome; later ones try again.
                 known.remove(&of);
             }
+            let outcome = outcome.map_err(|e| format!("{}: {e}", program.name))?;
+            if current || outcome.is_err() {
+                return compiled(program, &of, outcome);
+            }
         }
-        let outcome = outcome.map_err(|e| format!("{}: {e}", program.name))?;
-        compiled(program, &of, outcome)
+        Err(format!(
+            "{}: its compiled artifact was evicted as soon as it was made (the agent's \
+             --compile-cache-size is too small)",
+            program.name
+        ))
     }
 
     /// The artifact on disk from an earlier run of the agent, else a new compile.
@@ -287,10 +335,13 @@ impl Compiler {
     ) -> Result<Outcome, String> {
         let (dir, key, found_of) = (self.dir.clone(), self.key.clone(), of.clone());
         let file = of.file_name(&self.key);
-        if let Some(sha256) =
-            blocking(move || Ok(artifact_file::find(&dir, &key, &found_of))).await?
-        {
-            return Ok(Ok(Artifact { file, sha256 }));
+        let disk = self.disk.clone();
+        let find = move || {
+            let _searching = disk.lock().unwrap_or_else(|p| p.into_inner());
+            Ok(artifact_file::find(&dir, &key, &found_of))
+        };
+        if let Some(sha256) = blocking(find).await? {
+            return Ok(Ok(Artifact::new(file, sha256)));
         }
         // A uid of its own, which no task has: a task of the module's user could
         // otherwise trace the step in the moment after its exec, before it makes itself
@@ -347,7 +398,49 @@ impl Compiler {
                 .map_err(|e| format!("cannot store the compiled artifact: {e}"))
         })
         .await?;
-        Ok(Ok(Artifact { file, sha256 }))
+        let (dir, known, disk) = (self.dir.clone(), self.known.clone(), self.disk.clone());
+        let max_bytes = self.config.cache_bytes;
+        tokio::task::spawn_blocking(move || evict(&dir, &known, &disk, max_bytes));
+        Ok(Ok(Artifact::new(file, sha256)))
+    }
+}
+
+/// Removes the least recently used artifacts past `max_bytes` (see `eviction`), with
+/// their cells: a later task of one compiles it again.
+fn evict(dir: &Path, known: &Known, disk: &Mutex<()>, max_bytes: u64) {
+    let _evicting = disk.lock().unwrap_or_else(|p| p.into_inner());
+    let got = |known: &HashMap<_, Arc<OnceCell<Outcome>>>| -> HashMap<String, SystemTime> {
+        let artifacts = known.values().filter_map(|cell| cell.get()?.as_ref().ok());
+        artifacts.map(|a| (a.file.clone(), a.last_used())).collect()
+    };
+    let used = got(&known.lock().unwrap_or_else(|p| p.into_inner()));
+    let now = SystemTime::now();
+    let victims: HashSet<String> = eviction::victims(eviction::scan(dir), &used, max_bytes, now)
+        .into_iter()
+        .collect();
+    if victims.is_empty() {
+        return;
+    }
+    let cutoff = now - eviction::EVICTABLE_AFTER;
+    let gone: Vec<String> = {
+        let mut known = known.lock().unwrap_or_else(|p| p.into_inner());
+        // One a task got since the look above stays.
+        let kept: HashSet<String> = got(&known)
+            .into_iter()
+            .filter(|(file, at)| victims.contains(file) && *at > cutoff)
+            .map(|(file, _)| file)
+            .collect();
+        known.retain(|_, cell| {
+            let file = cell.get().and_then(|o| o.as_ref().ok()).map(|a| &a.file);
+            !file.is_some_and(|f| victims.contains(f) && !kept.contains(f))
+        });
+        victims.difference(&kept).cloned().collect()
+    };
+    for name in gone {
+        match std::fs::remove_file(dir.join(&name)) {
+            Ok(()) => tracing::debug!(artifact = name, "evicted a compiled artifact"),
+            Err(e) => tracing::warn!(artifact = name, error = %e, "cannot evict an artifact"),
+        }
     }
 }
 
@@ -388,11 +481,16 @@ fn uid_of(user: &TaskUser) -> u32 {
     }
 }
 
+/// What a task gets of an outcome; called under the `known` lock, so eviction sees
+/// the use it records.
 fn compiled(
     program: &ProgramRef,
     of: &ArtifactOf,
     outcome: &Outcome,
 ) -> Result<CompiledProgram, String> {
+    if let Ok(artifact) = outcome {
+        artifact.used.store(now_secs(), Ordering::Relaxed);
+    }
     match outcome {
         Ok(artifact) => Ok(CompiledProgram {
             name: program.name.clone(),
@@ -412,4 +510,53 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| format!("the compile step's file work failed: {e}"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A known artifact in `file`, last got `ago` before now.
+    fn known_artifact(known: &Known, n: u8, file: &str, ago: Duration) {
+        let artifact = Artifact::new(file.into(), [0; 32]);
+        let at = SystemTime::now() - ago;
+        let secs = at.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+        artifact.used.store(secs, Ordering::Relaxed);
+        let of = ArtifactOf {
+            module_sha256: [n; 32],
+            fingerprint: "f".into(),
+            uid: 1000,
+        };
+        let cell = Arc::new(OnceCell::new_with(Some(Ok(artifact))));
+        known.lock().unwrap().insert(of, cell);
+    }
+
+    #[test]
+    fn eviction_removes_stale_artifacts_with_their_cells_and_keeps_recent_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let hours_ago = SystemTime::now() - Duration::from_secs(7200);
+        for name in ["stale.cwasm", "got-now.cwasm", "stored-now.cwasm"] {
+            let file = std::fs::File::create(dir.path().join(name)).unwrap();
+            file.set_len(100).unwrap();
+            if name != "stored-now.cwasm" {
+                file.set_modified(hours_ago).unwrap();
+            }
+        }
+        let known = Known::default();
+        known_artifact(&known, 1, "stale.cwasm", Duration::from_secs(7000));
+        known_artifact(&known, 2, "got-now.cwasm", Duration::ZERO);
+        evict(dir.path(), &known, &Mutex::new(()), 150);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        // Still past the bound: what stays was used too recently to go.
+        assert_eq!(left, ["got-now.cwasm", "stored-now.cwasm"]);
+        let known = known.lock().unwrap();
+        let files: Vec<&str> = (known.values())
+            .map(|c| c.get().unwrap().as_ref().unwrap().file.as_str())
+            .collect();
+        assert_eq!(files, ["got-now.cwasm"]);
+    }
 }

@@ -46,18 +46,21 @@ impl Step<'_> {
     /// Compiles `module` (`metered`: with fuel metering); returns the artifact.
     pub async fn run(&self, module: Arc<Vec<u8>>, metered: bool) -> Result<Vec<u8>, StepError> {
         let confined = nix::unistd::geteuid().is_root();
-        let cgroup = ExecutorCgroup::fresh_compile(self.cgroups_root);
+        let mut cgroup = Confinement(None);
         let procs = if confined {
             let limits = ExecutorLimits {
                 cpus: self.config.cpus,
                 mem_bytes: self.config.memory_bytes,
                 pids: COMPILE_PIDS,
             };
-            match cgroup.create(limits, None) {
+            // Made inside the guard: what is made of it goes however the step ends.
+            let made = cgroup
+                .0
+                .insert(ExecutorCgroup::fresh_compile(self.cgroups_root));
+            match made.create(limits, None) {
                 Ok(procs) => procs,
                 Err(e) => {
-                    // What was made of it before the failure goes too.
-                    let _ = tokio::task::spawn_blocking(move || cgroup.destroy()).await;
+                    cgroup.destroy().await;
                     return Err(StepError::Agent(format!(
                         "cannot confine the compile step: {e}"
                     )));
@@ -67,20 +70,22 @@ impl Step<'_> {
             Vec::new()
         };
         let result = self.spawn_and_wait(procs, module, metered).await;
-        let oom_killed = confined && cgroup.oom_kills() > 0;
-        if confined {
-            let _ = tokio::task::spawn_blocking(move || cgroup.destroy()).await;
-        }
+        let oom_killed = cgroup.0.as_ref().is_some_and(|c| c.oom_kills() > 0);
+        cgroup.destroy().await;
+        let too_much = || {
+            StepError::Module(format!(
+                "compiling it needed more than {} MiB of memory (the agent's --compile-memory)",
+                self.config.memory_bytes >> 20
+            ))
+        };
         match result {
             Err(Waited::TimedOut) => Err(StepError::Transient(format!(
                 "compiling it took longer than {} (the agent's --compile-timeout)",
                 humantime::format_duration(self.config.timeout)
             ))),
             Err(Waited::Failed(e)) => Err(StepError::Agent(e)),
-            Ok(_) if oom_killed => Err(StepError::Module(format!(
-                "compiling it needed more than {} MiB of memory (the agent's --compile-memory)",
-                self.config.memory_bytes >> 20
-            ))),
+            Ok(_) if oom_killed => Err(too_much()),
+            Ok(Err(StepError::Transient(why))) if why == ALLOCATION_FAILED => Err(too_much()),
             Ok(output) => output,
         }
     }
@@ -102,6 +107,7 @@ impl Step<'_> {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         crate::process::confine(&mut cmd, procs, self.user.cloned());
+        bound_data(&mut cmd, self.config.memory_bytes);
         let mut child = cmd
             .spawn()
             .map_err(|e| Waited::Failed(format!("cannot start the compile step: {e}")))?;
@@ -134,6 +140,10 @@ impl Step<'_> {
         let overflowed =
             out.map_err(|e| Waited::Failed(format!("reading the compile step's output: {e}")))?;
         if let Some(signal) = std::os::unix::process::ExitStatusExt::signal(&status) {
+            // Past its data limit, an allocation fails and Rust aborts, saying so.
+            if signal == nix::libc::SIGABRT && error.starts_with(b"memory allocation of ") {
+                return Ok(Err(StepError::Transient(ALLOCATION_FAILED.to_owned())));
+            }
             // The cgroup's OOM kill is told apart by the caller.
             return Ok(Err(StepError::Transient(format!(
                 "the compile step was killed by signal {signal}"
@@ -171,4 +181,48 @@ async fn read_bounded(
 enum Waited {
     TimedOut,
     Failed(String),
+}
+
+/// What a step that ran out of memory under its data limit said, told apart by `run`.
+const ALLOCATION_FAILED: &str = "the compile step could not allocate memory";
+
+/// Bounds the step's data (heap and every private writable mapping) to `bytes`: its
+/// memory bound where the agent cannot make cgroups (it does not run as root), and
+/// under a cgroup the bound that is hit first, with a clear end (an allocation that
+/// fails) rather than a kill.
+fn bound_data(cmd: &mut tokio::process::Command, bytes: u64) {
+    let limit = nix::libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: bytes,
+    };
+    // SAFETY: between fork and exec the closure makes one async-signal-safe system
+    // call (setrlimit) on a value prepared before the fork, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if nix::libc::setrlimit(nix::libc::RLIMIT_DATA, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A compile step's cgroup, removed with whatever still runs in it however the step
+/// ends: a task killed while its module compiles drops the step mid-way.
+struct Confinement(Option<ExecutorCgroup>);
+
+impl Confinement {
+    async fn destroy(&mut self) {
+        if let Some(cgroup) = self.0.take() {
+            let _ = tokio::task::spawn_blocking(move || cgroup.destroy()).await;
+        }
+    }
+}
+
+impl Drop for Confinement {
+    fn drop(&mut self) {
+        if let Some(cgroup) = self.0.take() {
+            tokio::task::spawn_blocking(move || cgroup.destroy());
+        }
+    }
 }

@@ -369,6 +369,10 @@ impl Core {
             message,
             "task ended by the agent"
         );
+        // Ended before its launch: what was still fetching or compiling for it stops.
+        if let Some(container_id) = self.fetching.remove(&(fw.to_owned(), task_id.to_owned())) {
+            self.launcher.preparing.cancel(&container_id);
+        }
         let status = TaskStatus {
             task_id: Some(TaskId {
                 value: task_id.to_owned(),

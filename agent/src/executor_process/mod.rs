@@ -214,7 +214,7 @@ pub async fn run_executor(args: ExecutorArgs) -> Result<(), ExecutorError> {
         statuses,
     };
     if recover {
-        executor.adopt().await;
+        executor.adopt().await?;
     }
     executor
         .serve(agent_link::Inbound {
@@ -260,15 +260,18 @@ fn status(
 impl Executor {
     /// Follows again the Docker containers that outlived the agent hosting this
     /// executor (it subscribes holding their tasks).
-    async fn adopt(&mut self) {
+    async fn adopt(&mut self) -> Result<(), ExecutorError> {
         let Some(docker) = self.containerizers.docker.clone() else {
-            return;
+            return Ok(());
         };
-        for task_id in docker.recover(&self.args.framework_id).await {
+        let reattached = (docker.reattach(&self.args.framework_id).await)
+            .map_err(|e| ExecutorError::Reattach(e.to_string()))?;
+        for task_id in reattached {
             let kill = task::adopt(docker.clone(), task_id.clone(), self.statuses.clone());
             self.running
                 .insert(task_id, Running::Command(kill, docker.clone()));
         }
+        Ok(())
     }
 
     /// Handles one event from the agent; returns true when asked to shut down.

@@ -135,10 +135,18 @@ async fn run(
         return;
     }
     let task_id = spec.task_id();
-    // A kill that came during the launch: the container is stopped at once.
+    // A kill that came during the launch: the container is stopped at once. So is
+    // one whose executor is gone (the kill's sender with it): no one would stop it.
     let mut kill_now = None;
-    while let Ok(grace) = kills.try_recv() {
-        kill_now = Some(grace);
+    loop {
+        match kills.try_recv() {
+            Ok(grace) => kill_now = Some(grace),
+            Err(mpsc::error::TryRecvError::Empty) => break,
+            Err(mpsc::error::TryRecvError::Disconnected) => {
+                kill_now = Some(kill_now.unwrap_or(Duration::ZERO));
+                break;
+            }
+        }
     }
     if let Some(grace) = kill_now {
         containerizer.kill(&task_id, grace).await;
@@ -176,7 +184,11 @@ async fn follow(
             termination = &mut wait => break termination,
             grace = kills.recv(), if kills_open => match grace {
                 Some(grace) => containerizer.kill(task_id, grace).await,
-                None => kills_open = false,
+                // Its executor is gone (ended or aborted): nothing else would stop it.
+                None => {
+                    kills_open = false;
+                    containerizer.kill(task_id, Duration::ZERO).await;
+                }
             },
             () = &mut deadline, if !timed_out => {
                 timed_out = true;

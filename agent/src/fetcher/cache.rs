@@ -190,24 +190,26 @@ impl FetchCache {
         // Shared by every task naming the URI: held to the fetcher's limit; each task's
         // disk is checked as its copy is placed.
         let cap = super::Cap::next(&fetcher.config, u64::MAX, u64::MAX);
+        // Removed if this ends before the entry is named, a cancelled fetch included.
+        let mut leftover = Leftover(Some(self.dir.join(&temp)));
         super::fetch_one(&target, user, fetcher, cap).await?;
         let temp = self.dir.join(temp);
-        let hashed = {
+        let (sha256, size) = {
             let temp = temp.clone();
             tokio::task::spawn_blocking(move || hash(&temp))
                 .await
                 .map_err(|e| failed(e.to_string()))
-                .and_then(|r| r.map_err(|e| failed(e.to_string())))
+                .and_then(|r| r.map_err(|e| failed(e.to_string())))?
         };
-        let (sha256, size) = match hashed {
-            Ok(h) => h,
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&temp).await;
-                return Err(e);
-            }
-        };
+        // Read-only to all: sandboxes hold hard links to it.
+        let read_only = std::os::unix::fs::PermissionsExt::from_mode(0o444);
+        tokio::fs::set_permissions(&temp, read_only)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
         let path = self.dir.join(hex::encode(sha256));
-        let admitted = self.index().admit(
+        let mut index = self.index();
+        let new_file = !index.files.contains_key(&sha256);
+        let admitted = index.admit(
             sha256,
             &path,
             size,
@@ -218,18 +220,30 @@ impl FetchCache {
             },
         );
         if !admitted {
-            let _ = tokio::fs::remove_file(&temp).await;
             return Err(FetchError::CacheFull);
         }
-        // Read-only to all: sandboxes hold hard links to it.
-        let read_only = std::os::unix::fs::PermissionsExt::from_mode(0o444);
-        tokio::fs::set_permissions(&temp, read_only)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        tokio::fs::rename(&temp, &path)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
+        // Named under the index's lock, with no await since the admission: a fetch
+        // cancelled meanwhile never leaves bytes counted for a file that is not there.
+        if let Err(e) = std::fs::rename(&temp, &path) {
+            if new_file {
+                index.drop_file(&sha256);
+            }
+            return Err(failed(e.to_string()));
+        }
+        drop(index);
+        leftover.0 = None;
         Ok(Entry { path, sha256, size })
+    }
+}
+
+/// A download's temporary file, removed when dropped still holding it.
+struct Leftover(Option<PathBuf>);
+
+impl Drop for Leftover {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 

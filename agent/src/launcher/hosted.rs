@@ -67,16 +67,14 @@ impl Launcher {
             let status = match running.await {
                 Ok(Ok(())) => "exit status: 0".to_owned(),
                 Ok(Err(e)) => format!("exit status: 1 ({e})"),
-                Err(e) => {
-                    // Ended by `kill_hosted`, or by a bug: what its tasks run is
-                    // stopped before a successor may start.
-                    crate::executor_process::stop_docker_containers(&fw).await;
-                    match e.is_cancelled() {
-                        true => "killed by the agent".to_owned(),
-                        false => "the hosted executor panicked".to_owned(),
-                    }
-                }
+                Err(e) if e.is_cancelled() => "killed by the agent".to_owned(),
+                Err(_) => "the hosted executor panicked".to_owned(),
             };
+            if status != "exit status: 0" {
+                // Ended by `kill_hosted`, a failure or a bug: its tasks are reported
+                // failed, so what they run is stopped before a successor may start.
+                crate::executor_process::stop_docker_containers(&fw).await;
+            }
             hosted.lock().unwrap_or_else(|p| p.into_inner()).remove(&ex);
             tracing::info!(executor_id = ex, status, "hosted executor ended");
             let _ = core

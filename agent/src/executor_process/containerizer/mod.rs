@@ -174,6 +174,13 @@ pub trait Containerizer: Send + Sync + 'static {
     /// their task ids; the rest of what it left is removed.
     async fn recover(&self, framework_id: &str) -> Vec<String>;
 
+    /// `recover`, for an executor that goes on with what it re-attaches (the agent
+    /// hosting it restarted): an error when what was left cannot be listed, so its
+    /// tasks are not taken for gone (and launched again) while their containers run.
+    async fn reattach(&self, framework_id: &str) -> Result<Vec<String>, LaunchError> {
+        Ok(self.recover(framework_id).await)
+    }
+
     /// Lets go of an ended container once its terminal update is acknowledged:
     /// Docker's is removed then, so an agent restart before that finds it, and its
     /// end is reported again rather than its task launched again.

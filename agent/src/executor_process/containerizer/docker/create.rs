@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bollard::models::{ContainerCreateBody, HostConfig, PortBinding, PortMap};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, PortBinding, PortMap};
 use cairn_api::v1::TaskInfo;
 use cairn_api::v1::container_info::DockerInfo;
 use cairn_api::v1::container_info::docker_info::Network;
@@ -93,9 +93,25 @@ pub(super) fn create_body(
             // cannot forge packets on the host's networks.
             security_opt: Some(vec!["no-new-privileges".to_owned()]),
             cap_drop: Some(vec!["NET_RAW".to_owned()]),
+            log_config: Some(engine_log(limits.disk_bytes)),
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// The engine's own copy of the task's output, which the agent copies into the
+/// sandbox up to the task's `disk`: held to about as much (two files of at most
+/// `disk`, at least 1 MiB each), or an endless writer would fill the engine's disk,
+/// which every tenant and the agent share.
+fn engine_log(disk_bytes: u64) -> HostConfigLogConfig {
+    let max_size = disk_bytes.clamp(1 << 20, 1 << 30).to_string();
+    HostConfigLogConfig {
+        typ: Some("json-file".to_owned()),
+        config: Some(HashMap::from([
+            ("max-size".to_owned(), max_size),
+            ("max-file".to_owned(), "2".to_owned()),
+        ])),
     }
 }
 

@@ -43,6 +43,10 @@ const PIDS_LIMIT: i64 = 4096;
 /// A kill's grace stays under bollard's 120 s request timeout, or the stop request
 /// itself would fail while the engine is still waiting.
 const MAX_STOP_SECS: f64 = 100.0;
+/// Listing a framework's containers after an agent restart: tries, and the pause
+/// between them.
+const LIST_TRIES: u32 = 4;
+const LIST_RETRY: Duration = Duration::from_millis(500);
 /// How long the terminal update waits for the last of the output to land.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
 
@@ -92,6 +96,24 @@ impl DockerContainerizer {
 
     async fn docker(&self) -> Result<&Docker, LaunchError> {
         self.engine.get_or_try_init(connect).await
+    }
+
+    /// The engine and the containers it holds of the framework, running or not.
+    async fn list(
+        &self,
+        framework_id: &str,
+    ) -> Result<(&Docker, Vec<bollard::models::ContainerSummary>), LaunchError> {
+        let docker = self.docker().await?;
+        let filters = HashMap::from([("label", vec![format!("{FRAMEWORK_LABEL}={framework_id}")])]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let containers = docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| LaunchError::Docker(format!("listing the framework's containers: {e}")))?;
+        Ok((docker, containers))
     }
 
     fn entries(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
@@ -256,24 +278,26 @@ impl Containerizer for DockerContainerizer {
     }
 
     async fn recover(&self, framework_id: &str) -> Vec<String> {
-        let docker = match self.docker().await {
-            Ok(docker) => docker,
-            Err(e) => {
-                // Without an engine there is nothing to recover.
-                tracing::debug!(error = %e, "cannot recover Docker containers");
-                return Vec::new();
-            }
-        };
-        let filters = HashMap::from([("label", vec![format!("{FRAMEWORK_LABEL}={framework_id}")])]);
-        let options = ListContainersOptionsBuilder::new()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let containers = match docker.list_containers(Some(options)).await {
-            Ok(containers) => containers,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list the framework's Docker containers");
-                return Vec::new();
+        self.reattach(framework_id).await.unwrap_or_else(|e| {
+            // Without an engine there is nothing to recover.
+            tracing::debug!(error = %e, "cannot recover Docker containers");
+            Vec::new()
+        })
+    }
+
+    async fn reattach(&self, framework_id: &str) -> Result<Vec<String>, LaunchError> {
+        let mut tries = 1;
+        let (docker, containers) = loop {
+            match self.list(framework_id).await {
+                Ok(listed) => break listed,
+                // The engine may be restarting with the host: a few tries, well
+                // within the executor's re-subscription timeout.
+                Err(e) if tries < LIST_TRIES => {
+                    tracing::debug!(error = %e, "cannot list Docker containers yet");
+                    tries += 1;
+                    tokio::time::sleep(LIST_RETRY).await;
+                }
+                Err(e) => return Err(e),
             }
         };
         let mut recovered = Vec::new();
@@ -325,7 +349,7 @@ impl Containerizer for DockerContainerizer {
                 tracing::warn!(%container, error = %e, "could not remove a container left behind");
             }
         }
-        recovered
+        Ok(recovered)
     }
 
     async fn release(&self, task_id: &str) {
