@@ -44,6 +44,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
         data_dir: data_dir.join("master"),
         node_id: 1,
         leader: Default::default(),
+        authentication: Default::default(),
     })
     .await?;
     let master_addr = master.local_addr()?;

@@ -1,6 +1,7 @@
 //! `cairn`: one binary for every role — master, agent, the executor processes agents
 //! start, a one-machine dev cluster, and the clients.
 
+mod authn_flags;
 mod compile;
 mod component;
 mod dev;
@@ -80,6 +81,8 @@ struct MasterArgs {
     /// framework is noticed).
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     framework_heartbeat_interval: Duration,
+    #[command(flatten)]
+    auth: authn_flags::AuthFlags,
 }
 
 #[derive(Args)]
@@ -429,6 +432,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                     executor_idle_timeout: args.executor_idle_timeout,
                     ..Default::default()
                 },
+                authentication: args.auth.authentication()?,
             })
             .await?;
             tracing::info!(address = %master.local_addr()?, "master listening");

@@ -77,6 +77,11 @@ pub enum CallError {
     },
     #[error("framework_info.name must not be empty")]
     FrameworkWithoutName,
+    #[error("changing framework {framework_id}'s principal ('{principal}') is not allowed")]
+    PrincipalChanged {
+        framework_id: String,
+        principal: String,
+    },
     #[error("role {role:?} is invalid: {why}")]
     InvalidRole { role: String, why: &'static str },
     #[error("weight {weight} for role {role} must be a positive number")]
@@ -154,6 +159,19 @@ pub enum CallError {
     #[error("framework {framework_id} is not connected")]
     FrameworkNotConnected { framework_id: String },
     #[error(
+        "authenticated principal '{principal}' does not match principal '{info_principal}' \
+         set in `FrameworkInfo`"
+    )]
+    PrincipalMismatch {
+        principal: String,
+        info_principal: String,
+    },
+    #[error("framework {framework_id} was registered by another principal than '{principal}'")]
+    NotFrameworksPrincipal {
+        framework_id: String,
+        principal: String,
+    },
+    #[error(
         "agent {agent_id} was marked gone by the operator and may not register again; \
          start it on a fresh work dir to join as a new agent"
     )]
@@ -213,6 +231,7 @@ impl CallError {
             | SubscribeIdsDiffer { .. }
             | UpdateFrameworkIdDiffers { .. }
             | FrameworkWithoutName
+            | PrincipalChanged { .. }
             | InvalidRole { .. }
             | InvalidWeight { .. }
             | UnparsableQuota { .. }
@@ -234,9 +253,11 @@ impl CallError {
             | UnknownFramework { .. }
             | UnknownExecutor { .. }
             | UnknownAgent { .. } => NOT_FOUND,
-            NotCurrentStream { .. } | FrameworkNotConnected { .. } | AgentMarkedGone { .. } => {
-                FORBIDDEN
-            }
+            NotCurrentStream { .. }
+            | FrameworkNotConnected { .. }
+            | PrincipalMismatch { .. }
+            | NotFrameworksPrincipal { .. }
+            | AgentMarkedGone { .. } => FORBIDDEN,
             SubscriptionClosed { .. } | AgentStreamClosed { .. } | ShuttingDown | Registry(_) => {
                 UNAVAILABLE
             }

@@ -3,6 +3,7 @@
 
 pub mod allocator;
 mod api;
+pub mod authn;
 mod error;
 mod leader;
 mod registry;
@@ -28,6 +29,8 @@ pub struct MasterConfig {
     /// This master's Raft node id.
     pub node_id: u64,
     pub leader: LeaderConfig,
+    /// Which realms ask who calls (see [`authn`]).
+    pub authentication: authn::Authentication,
 }
 
 /// A master bound to its port, not yet serving.
@@ -58,7 +61,12 @@ impl Master {
             })?;
         Ok(Self {
             listener,
-            router: api::router(leader, registry, flags(&config)),
+            router: api::router(
+                leader,
+                registry,
+                flags(&config),
+                config.authentication.clone(),
+            ),
         })
     }
 
@@ -78,7 +86,8 @@ impl Master {
 /// The master's effective configuration as Mesos' GET_FLAGS reports it: name, value.
 fn flags(config: &MasterConfig) -> Vec<(String, String)> {
     let d = |d: std::time::Duration| humantime::format_duration(d).to_string();
-    let l = &config.leader;
+    let (l, auth) = (&config.leader, &config.authentication);
+    use authn::Realm;
     vec![
         ("listen".into(), config.listen.to_string()),
         ("data_dir".into(), config.data_dir.display().to_string()),
@@ -96,6 +105,18 @@ fn flags(config: &MasterConfig) -> Vec<(String, String)> {
         (
             "offer_timeout".into(),
             l.offer_timeout.map(d).unwrap_or_else(|| "none".into()),
+        ),
+        (
+            "authenticate_frameworks".into(),
+            auth.required(Realm::Scheduler).to_string(),
+        ),
+        (
+            "authenticate_http_readwrite".into(),
+            auth.required(Realm::ReadWrite).to_string(),
+        ),
+        (
+            "authenticate_http_readonly".into(),
+            auth.required(Realm::ReadOnly).to_string(),
         ),
     ]
 }

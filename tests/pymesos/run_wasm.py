@@ -1,11 +1,15 @@
 """Runs one wasm task on a Cairn master with pymesos, an unmodified Mesos v1 HTTP
 scheduler library from PyPI. Prints each state it sees; exits 0 on TASK_FINISHED.
 
-usage: run_wasm.py MASTER_HOST:PORT /abs/path/hello.wasm
+usage: run_wasm.py MASTER_HOST:PORT /abs/path/hello.wasm [PRINCIPAL SECRET]
+
+With a principal and secret, pymesos authenticates with HTTP Basic. If the master
+refuses the driver (pymesos aborts on any status but 200, 307 and 503), it exits 2.
 """
 import logging
 import sys
 import threading
+import time
 
 from pymesos import MesosSchedulerDriver, Scheduler
 
@@ -52,12 +56,25 @@ class WasmScheduler(Scheduler):
 
 def main():
     master, module = sys.argv[1], sys.argv[2]
+    principal, secret = (sys.argv[3], sys.argv[4]) if len(sys.argv) > 4 else (None, None)
     logging.basicConfig(level=logging.WARNING)
     scheduler = WasmScheduler(module)
     framework = {"user": "root", "name": "pymesos-wasm", "hostname": "localhost"}
-    driver = MesosSchedulerDriver(scheduler, framework, master, use_addict=True)
+    driver = MesosSchedulerDriver(
+        scheduler, framework, master, use_addict=True, principal=principal, secret=secret
+    )
     driver.start()
-    finished = scheduler.done.wait(60)
+    deadline = time.monotonic() + 60
+    try:
+        # pymesos marks the driver aborted when its connection thread gives up.
+        while not scheduler.done.wait(0.1) and time.monotonic() < deadline:
+            if driver.aborted:
+                raise KeyboardInterrupt
+    except (KeyboardInterrupt, RuntimeError) as e:
+        # pymesos raises its connection thread's error in the main thread.
+        print(f"refused: {e}", flush=True)
+        sys.exit(2)
+    finished = scheduler.done.is_set()
     driver.stop()
     driver.join()
     sys.exit(0 if finished and scheduler.final == "TASK_FINISHED" else 1)

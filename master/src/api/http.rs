@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 use serde_json::json;
 
+use crate::authn::{Authentication, Realm};
 use crate::leader::LeaderHandle;
 use crate::registry::Registry;
 
@@ -14,14 +15,21 @@ struct HttpState {
     registry: Registry,
 }
 
-pub(super) fn router(leader: LeaderHandle, registry: Registry) -> Router {
+/// State is read-only (`--authenticate-http-readonly`); `/health` and `/version`
+/// ask no one, as in Mesos.
+pub(super) fn router(leader: LeaderHandle, registry: Registry, auth: Authentication) -> Router {
+    let read_only = (auth, Realm::ReadOnly);
     Router::new()
-        .route("/health", get(health))
-        .route("/version", get(version))
         .route("/state", get(state))
         .route("/master/state", get(master_state))
         .route("/master/state.json", get(master_state))
         .with_state(HttpState { leader, registry })
+        .layer(axum::middleware::from_fn_with_state(
+            read_only,
+            super::authenticate,
+        ))
+        .route("/health", get(health))
+        .route("/version", get(version))
 }
 
 async fn health() -> &'static str {
@@ -75,6 +83,7 @@ async fn master_state(State(s): State<HttpState>) -> Json<serde_json::Value> {
         .map(|f| {
             json!({
                 "id": f.id, "name": f.name, "role": f.role, "active": f.active,
+                "principal": f.principal,
                 "tasks": tasks_of(&f.id, &snap.tasks),
                 "completed_tasks": tasks_of(&f.id, &snap.completed_tasks),
             })

@@ -4,7 +4,7 @@
 //! is answered `202 Accepted`, or a 4xx saying why.
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cairn_api::json::{from_json, to_json};
@@ -13,7 +13,7 @@ use futures::StreamExt as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{refuse, subscribe_info};
+use super::{Caller, refuse, subscribe_info};
 use crate::error::CallError;
 use crate::leader::{Input, LeaderHandle};
 
@@ -26,6 +26,7 @@ fn record(json: String) -> Bytes {
 
 pub(super) async fn scheduler(
     State(leader): State<LeaderHandle>,
+    Extension(Caller(principal)): Extension<Caller>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -45,7 +46,7 @@ pub(super) async fn scheduler(
         Err(e) => return refuse(CallError::UnparsableCall(e)),
     };
     if call.r#type == call::Type::Subscribe as i32 {
-        return subscribe(leader, call).await;
+        return subscribe(leader, call, principal).await;
     }
     let stream_id = headers
         .get(STREAM_ID)
@@ -55,6 +56,7 @@ pub(super) async fn scheduler(
         .ask(|reply| Input::Call {
             call: Box::new(call),
             stream_id,
+            principal,
             reply,
         })
         .await
@@ -64,7 +66,7 @@ pub(super) async fn scheduler(
     }
 }
 
-async fn subscribe(leader: LeaderHandle, call: Call) -> Response {
+async fn subscribe(leader: LeaderHandle, call: Call, principal: Option<String>) -> Response {
     let info = match subscribe_info(call) {
         Ok(info) => info,
         Err(e) => return refuse(e),
@@ -73,6 +75,7 @@ async fn subscribe(leader: LeaderHandle, call: Call) -> Response {
     let stream_id = match leader
         .ask(|reply| Input::Subscribe {
             info: Box::new(info),
+            principal,
             events: tx,
             reply,
         })

@@ -8,11 +8,15 @@ mod operator;
 mod scheduler;
 
 use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use cairn_api::internal::agent_registry_server::AgentRegistryServer;
 use cairn_api::v1::scheduler_server::SchedulerServer;
 use cairn_api::v1::{Call, FrameworkInfo};
 
+use crate::authn::{Authentication, Realm, Unauthenticated};
 use crate::error::CallError;
 use crate::leader::LeaderHandle;
 use crate::registry::Registry;
@@ -25,31 +29,74 @@ pub(crate) fn router(
     leader: LeaderHandle,
     registry: Registry,
     flags: Vec<(String, String)>,
+    auth: Authentication,
 ) -> Router {
+    let scheduler = scheduler::SchedulerService::new(leader.clone(), auth.clone());
     let grpc = tonic::service::Routes::new(
         AgentRegistryServer::new(agents::AgentService::new(leader.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
     )
-    .add_service(
-        SchedulerServer::new(scheduler::SchedulerService::new(leader.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES),
-    )
+    .add_service(SchedulerServer::new(scheduler).max_decoding_message_size(MAX_MESSAGE_BYTES))
     .into_axum_router();
-    let mesos = Router::new()
+    let scheduler_http = Router::new()
         .route(
             "/api/v1/scheduler",
             axum::routing::post(mesos_http::scheduler),
         )
         .with_state(leader.clone())
+        .layer(from_fn_with_state(
+            (auth.clone(), Realm::Scheduler),
+            authenticate,
+        ));
+    let operator_http = Router::new()
         .route("/api/v1", axum::routing::post(operator::operator))
         .with_state(operator::OperatorState {
             leader: leader.clone(),
             flags: std::sync::Arc::new(flags),
-        });
-    http::router(leader, registry)
-        .merge(mesos)
+        })
+        .layer(from_fn_with_state(
+            (auth.clone(), Realm::ReadWrite),
+            authenticate,
+        ));
+    http::router(leader, registry, auth)
+        .merge(scheduler_http)
+        .merge(operator_http)
         .merge(grpc)
         .fallback(http::not_found)
+}
+
+/// Who called, as the request's realm authenticated it (`None`: the realm asks no
+/// one); handlers read it as an extension.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller(pub Option<String>);
+
+/// Refuses callers of the realm who do not authenticate (401) and tells the handler
+/// who the others are; a layer, with its realm as state.
+pub(super) async fn authenticate(
+    State((auth, realm)): State<(Authentication, Realm)>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let header = request.headers().get(header::AUTHORIZATION);
+    match auth.principal(realm, header.map(HeaderValue::as_bytes)) {
+        Ok(principal) => {
+            request.extensions_mut().insert(Caller(principal));
+            next.run(request).await
+        }
+        Err(e) => unauthenticated(e),
+    }
+}
+
+/// 401 as Mesos' basic authenticator answers it, with the reason in the body.
+fn unauthenticated(e: Unauthenticated) -> Response {
+    let challenge = format!("Basic realm=\"{}\"", e.realm.name());
+    let mut response = (StatusCode::UNAUTHORIZED, format!("{e}\n")).into_response();
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
 }
 
 /// Mesos answers a refused HTTP call with its status code and a plain-text reason.

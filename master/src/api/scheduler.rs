@@ -4,6 +4,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::authn::{Authentication, Realm};
 use crate::error::CallError;
 use crate::leader::{Input, LeaderHandle};
 
@@ -14,11 +15,20 @@ pub const STREAM_ID: &str = "mesos-stream-id";
 /// other call is a unary `Send` carrying the stream id.
 pub(crate) struct SchedulerService {
     leader: LeaderHandle,
+    auth: Authentication,
 }
 
 impl SchedulerService {
-    pub(crate) fn new(leader: LeaderHandle) -> Self {
-        Self { leader }
+    pub(crate) fn new(leader: LeaderHandle, auth: Authentication) -> Self {
+        Self { leader, auth }
+    }
+
+    /// Who calls, from the `authorization` metadata, as the HTTP API reads it.
+    fn principal<T>(&self, request: &Request<T>) -> Result<Option<String>, Status> {
+        let header = request.metadata().get("authorization");
+        self.auth
+            .principal(Realm::Scheduler, header.map(|v| v.as_bytes()))
+            .map_err(|e| Status::unauthenticated(e.to_string()))
     }
 }
 
@@ -30,6 +40,7 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<Call>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let principal = self.principal(&request)?;
         let call = request.into_inner();
         if call.r#type != call::Type::Subscribe as i32 {
             return Err(CallError::NotSubscribe.into());
@@ -40,6 +51,7 @@ impl Scheduler for SchedulerService {
             .leader
             .ask(|reply| Input::Subscribe {
                 info: Box::new(info),
+                principal,
                 events: tx,
                 reply,
             })
@@ -58,6 +70,7 @@ impl Scheduler for SchedulerService {
             .get(STREAM_ID)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let principal = self.principal(&request)?;
         let call = request.into_inner();
         if call.r#type == call::Type::Subscribe as i32 {
             return Err(CallError::SubscribeOnSend.into());
@@ -66,6 +79,7 @@ impl Scheduler for SchedulerService {
             .ask(|reply| Input::Call {
                 call: Box::new(call),
                 stream_id,
+                principal,
                 reply,
             })
             .await?;

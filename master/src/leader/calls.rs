@@ -33,8 +33,9 @@ impl Leader {
         &mut self,
         call: Call,
         stream_id: Option<String>,
+        principal: Option<String>,
     ) -> Result<(), CallError> {
-        let framework_id = self.caller(&call, stream_id)?;
+        let framework_id = self.caller(&call, stream_id, principal)?;
         let framework_id = framework_id.as_str();
         match call::Type::try_from(call.r#type).unwrap_or(call::Type::Unknown) {
             call::Type::Teardown => self.teardown(framework_id).await,
@@ -94,9 +95,15 @@ impl Leader {
         }
     }
 
-    /// The id of the framework making `call`, if it is subscribed and `stream_id` is
-    /// its current stream: a call on a stream it failed over from is refused.
-    fn caller(&self, call: &Call, stream_id: Option<String>) -> Result<String, CallError> {
+    /// The id of the framework making `call`, if it is subscribed, `stream_id` is its
+    /// current stream (a call on a stream it failed over from is refused), and the
+    /// authenticated `principal`, if any, is the framework's.
+    fn caller(
+        &self,
+        call: &Call,
+        stream_id: Option<String>,
+        principal: Option<String>,
+    ) -> Result<String, CallError> {
         let framework_id = call
             .framework_id
             .as_ref()
@@ -106,6 +113,14 @@ impl Leader {
         let Some(framework) = self.frameworks.get(&framework_id) else {
             return Err(CallError::FrameworkNotSubscribed { framework_id });
         };
+        if let Some(principal) = principal
+            && framework.info.principal != principal
+        {
+            return Err(CallError::NotFrameworksPrincipal {
+                framework_id,
+                principal,
+            });
+        }
         match (&framework.stream, stream_id) {
             (Some((current, _)), Some(given)) if *current == given => Ok(framework_id),
             (Some(_), Some(stream_id)) => Err(CallError::NotCurrentStream {
@@ -319,6 +334,13 @@ impl Leader {
             });
         }
         check_framework_info(&mut info)?;
+        let principal = self.frameworks.get(framework_id).map(|f| &f.info.principal);
+        if let Some(principal) = principal.filter(|p| **p != info.principal) {
+            return Err(CallError::PrincipalChanged {
+                framework_id: framework_id.to_owned(),
+                principal: principal.clone(),
+            });
+        }
         info.id = Some(FrameworkId {
             value: framework_id.to_owned(),
         });

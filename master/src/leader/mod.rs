@@ -66,12 +66,16 @@ pub enum Input {
     },
     Subscribe {
         info: Box<FrameworkInfo>,
+        /// Who subscribes, when the scheduler realm authenticates (see `crate::authn`).
+        principal: Option<String>,
         events: EventSender,
         reply: oneshot::Sender<Result<String, CallError>>,
     },
     Call {
         call: Box<Call>,
         stream_id: Option<String>,
+        /// Who calls, when the scheduler realm authenticates.
+        principal: Option<String>,
         reply: oneshot::Sender<Result<(), CallError>>,
     },
     UpdateWeights {
@@ -318,19 +322,21 @@ impl Leader {
             Input::AgentDisconnected { agent_id, conn } => self.agent_disconnected(&agent_id, conn),
             Input::Subscribe {
                 info,
+                principal,
                 events,
                 reply,
             } => {
-                let result = self.subscribe(*info, events).await;
+                let result = self.subscribe(*info, principal, events).await;
                 let _ = reply.send(result);
                 self.allocate();
             }
             Input::Call {
                 call,
                 stream_id,
+                principal,
                 reply,
             } => {
-                let result = self.call(*call, stream_id).await;
+                let result = self.call(*call, stream_id, principal).await;
                 let _ = reply.send(result);
             }
             Input::UpdateWeights { weights, reply } => {

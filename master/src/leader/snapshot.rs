@@ -31,6 +31,8 @@ pub struct FrameworkView {
     pub id: String,
     pub name: String,
     pub role: String,
+    /// Who registered it (empty: an unauthenticated framework that named no one).
+    pub principal: String,
     /// Subscribed right now (Mesos' `connected` and `active`).
     pub active: bool,
 }
@@ -68,6 +70,7 @@ pub(super) fn build(leader: &Leader) -> MasterSnapshot {
             id: id.clone(),
             name: info.name.clone(),
             role: info.role.clone(),
+            principal: info.principal.clone(),
             active: leader
                 .frameworks
                 .get(id)

@@ -10,14 +10,34 @@ use crate::error::CallError;
 
 impl Leader {
     /// SUBSCRIBE: a new framework is recorded in the registry; one that names its id
-    /// fails over onto this new stream. Returns the new stream's id.
+    /// fails over onto this new stream. Returns the new stream's id. Where the caller
+    /// is authenticated, `FrameworkInfo.principal` must be its `principal`, and only
+    /// the principal that registered a framework may fail it over.
     pub(super) async fn subscribe(
         &mut self,
         mut info: FrameworkInfo,
+        principal: Option<String>,
         events: EventSender,
     ) -> Result<String, CallError> {
         check_framework_info(&mut info)?;
+        if let Some(principal) = &principal {
+            check_principal(&mut info, principal)?;
+        }
         let framework_id = self.framework_id_for(&info)?;
+        if let Some(principal) = principal {
+            // A failover (or a re-subscription after a master restart) is the owner's.
+            let owner = match self.frameworks.get(&framework_id) {
+                Some(f) => Some(f.info.principal.clone()),
+                None => (self.registry.state().frameworks.get(&framework_id))
+                    .map(|i| i.principal.clone()),
+            };
+            if owner.is_some_and(|owner| owner != principal) {
+                return Err(CallError::NotFrameworksPrincipal {
+                    framework_id,
+                    principal,
+                });
+            }
+        }
         info.id = Some(FrameworkId {
             value: framework_id.clone(),
         });
@@ -109,6 +129,21 @@ pub(super) fn check_framework_info(info: &mut FrameworkInfo) -> Result<(), CallE
         if !role.is_empty() {
             super::roles::validate_role(role)?;
         }
+    }
+    Ok(())
+}
+
+/// An authenticated subscriber's FrameworkInfo names it as its principal: one that
+/// names none is given it, one that names another is refused.
+fn check_principal(info: &mut FrameworkInfo, principal: &str) -> Result<(), CallError> {
+    if info.principal.is_empty() {
+        info.principal = principal.to_owned();
+    }
+    if info.principal != principal {
+        return Err(CallError::PrincipalMismatch {
+            principal: principal.to_owned(),
+            info_principal: info.principal.clone(),
+        });
     }
     Ok(())
 }

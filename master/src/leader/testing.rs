@@ -83,6 +83,7 @@ impl Cluster {
             .leader
             .ask(|reply| Input::Subscribe {
                 info: Box::new(info),
+                principal: None,
                 events: tx,
                 reply,
             })
@@ -166,6 +167,7 @@ impl Cluster {
             .ask(|reply| Input::Call {
                 call: Box::new(call),
                 stream_id,
+                principal: None,
                 reply,
             })
             .await

@@ -57,6 +57,8 @@ pub struct Scheduler {
     url: String,
     pub framework_id: String,
     pub stream_id: String,
+    /// HTTP Basic principal and secret, sent with every call.
+    pub credential: Option<(String, String)>,
 }
 
 impl Scheduler {
@@ -65,20 +67,49 @@ impl Scheduler {
     }
 
     pub async fn subscribe_with(master: &str, framework_info: Value) -> (Scheduler, Events) {
+        Self::subscribe_as(master, framework_info, None).await
+    }
+
+    /// SUBSCRIBE with HTTP Basic `credential` (principal, secret), sent with every
+    /// later call too; panics if refused.
+    pub async fn subscribe_as(
+        master: &str,
+        framework_info: Value,
+        credential: Option<(&str, &str)>,
+    ) -> (Scheduler, Events) {
+        let subscribe =
+            json!({"type": "SUBSCRIBE", "subscribe": {"framework_info": framework_info}});
+        match Self::try_subscribe(master, &subscribe, credential).await {
+            Ok(subscribed) => subscribed,
+            Err((status, body)) => panic!("SUBSCRIBE refused: {status} {body}"),
+        }
+    }
+
+    /// Sends the SUBSCRIBE call `subscribe`; a refusal is its status and body.
+    pub async fn try_subscribe(
+        master: &str,
+        subscribe: &Value,
+        credential: Option<(&str, &str)>,
+    ) -> Result<(Scheduler, Events), (u16, String)> {
         cairn_api::tls::install_default_provider();
         let http = reqwest::Client::new();
         let url = format!("http://{master}/api/v1/scheduler");
-        let response = http
+        let credential = credential.map(|(p, s)| (p.to_owned(), s.to_owned()));
+        let mut request = http
             .post(&url)
             .header("Content-Type", "application/json")
-            .body(
-                json!({"type": "SUBSCRIBE", "subscribe": {"framework_info": framework_info}})
-                    .to_string(),
-            )
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
+            .body(subscribe.to_string());
+        if let Some((principal, secret)) = &credential {
+            request = request.basic_auth(principal, Some(secret));
+        }
+        let response = request.send().await.unwrap();
+        if response.status() != 200 {
+            let status = response.status().as_u16();
+            let www = (response.headers().get("WWW-Authenticate"))
+                .map(|v| format!("WWW-Authenticate: {}\n", v.to_str().unwrap_or_default()))
+                .unwrap_or_default();
+            return Err((status, format!("{www}{}", response.text().await.unwrap())));
+        }
         let stream_id = response.headers()["Mesos-Stream-Id"]
             .to_str()
             .unwrap()
@@ -93,15 +124,14 @@ impl Scheduler {
             .as_str()
             .unwrap()
             .to_owned();
-        (
-            Scheduler {
-                http,
-                url,
-                framework_id,
-                stream_id,
-            },
-            events,
-        )
+        let scheduler = Scheduler {
+            http,
+            url,
+            framework_id,
+            stream_id,
+            credential,
+        };
+        Ok((scheduler, events))
     }
 
     /// Sends a call with this framework's id and stream id; returns status and body.
@@ -122,14 +152,11 @@ impl Scheduler {
     /// The master's `/state`.
     pub async fn master_state(&self, master: &str) -> Value {
         let url = format!("http://{master}/state");
-        self.http
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        let mut request = self.http.get(&url);
+        if let Some((principal, secret)) = &self.credential {
+            request = request.basic_auth(principal, Some(secret));
+        }
+        request.send().await.unwrap().json().await.unwrap()
     }
 
     /// Reads the master's `/state` until `done` holds for it, failing at the deadline.
@@ -161,6 +188,9 @@ impl Scheduler {
             .body(body.to_owned());
         if let Some(id) = stream_id {
             req = req.header("Mesos-Stream-Id", id);
+        }
+        if let Some((principal, secret)) = &self.credential {
+            req = req.basic_auth(principal, Some(secret));
         }
         let response = req.send().await.unwrap();
         (response.status().as_u16(), response.text().await.unwrap())

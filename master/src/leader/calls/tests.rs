@@ -53,6 +53,7 @@ async fn a_call_must_name_a_subscribed_framework_and_its_current_stream() {
         .ask(|reply| super::super::Input::Call {
             call: Box::new(revive.clone()),
             stream_id: Some(framework.stream_id.clone()),
+            principal: None,
             reply,
         })
         .await

@@ -1,0 +1,219 @@
+//! Every caller is someone: a master with `--credentials` and the `--authenticate-*`
+//! flags, called by two principals and by callers who say no one or lie. Refusals
+//! are 401 with Mesos' `WWW-Authenticate` challenge, or 403, and change nothing.
+
+use serde_json::{Value, json};
+
+use cairn_test_support::framework::Scheduler;
+use cairn_test_support::harness::{Cluster, DEADLINE, guest, output_within, text};
+
+use crate::CAIRN;
+
+const ALICE: (&str, &str) = ("alice", "alice-secret");
+const BOB: (&str, &str) = ("bob", "bob-secret");
+
+/// A cluster whose master authenticates every realm against alice's and bob's
+/// credentials, in Mesos' JSON form.
+async fn authenticating_cluster() -> Cluster {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let credentials = dir.join("credentials.json");
+    let file = json!({"credentials": [
+        {"principal": ALICE.0, "secret": ALICE.1},
+        {"principal": BOB.0, "secret": BOB.1},
+    ]});
+    std::fs::write(&credentials, file.to_string()).unwrap();
+    let credentials = credentials.display().to_string();
+    let master_flags = [
+        "--credentials",
+        credentials.as_str(),
+        "--authenticate-frameworks",
+        "--authenticate-http-readwrite",
+        "--authenticate-http-readonly",
+    ];
+    Cluster::start_with_flags_async(CAIRN, &master_flags, &[]).await
+}
+
+fn subscribe_call(framework_info: Value) -> Value {
+    json!({"type": "SUBSCRIBE", "subscribe": {"framework_info": framework_info}})
+}
+
+fn framework(name: &str) -> Value {
+    json!({"user": "nobody", "name": name})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedulers_must_say_who_they_are_and_may_act_only_on_their_own_frameworks() {
+    let cluster = authenticating_cluster().await;
+    let master = cluster.master_addr.as_str();
+    // No credentials, a wrong secret, an unknown principal: 401 with the challenge.
+    for credential in [None, Some((ALICE.0, "wrong")), Some(("mallory", "x"))] {
+        let refused = Scheduler::try_subscribe(master, &subscribe_call(framework("f")), credential)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{credential:?} was let in"));
+        assert_eq!(refused.0, 401, "{refused:?}");
+        assert!(
+            refused
+                .1
+                .contains(r#"WWW-Authenticate: Basic realm="mesos-master-scheduler""#),
+            "{refused:?}"
+        );
+    }
+    // A FrameworkInfo naming another principal than the caller: 403.
+    let mut as_bob = framework("liar");
+    as_bob["principal"] = json!(BOB.0);
+    let refused = Scheduler::try_subscribe(master, &subscribe_call(as_bob), Some(ALICE))
+        .await
+        .err()
+        .expect("alice subscribed as bob");
+    assert_eq!(refused.0, 403, "{refused:?}");
+    assert!(
+        refused.1.contains("does not match principal 'bob'"),
+        "{refused:?}"
+    );
+
+    // Alice subscribes naming no principal: she is its principal.
+    let (alice, mut alice_events) =
+        Scheduler::subscribe_as(master, framework("alice-fw"), Some(ALICE)).await;
+    let state = alice.master_state(master).await;
+    let registered = (state["frameworks"].as_array().unwrap().iter())
+        .find(|f| f["id"] == alice.framework_id.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("alice's framework is not in {state}"));
+    assert_eq!(registered["principal"], ALICE.0, "{registered}");
+
+    // Bob may not fail alice's framework over, even naming her as its principal.
+    let mut takeover = framework("alice-fw");
+    takeover["id"] = json!({"value": alice.framework_id});
+    takeover["principal"] = json!(ALICE.0);
+    let refused = Scheduler::try_subscribe(master, &subscribe_call(takeover.clone()), Some(BOB))
+        .await
+        .err()
+        .expect("bob took over alice's framework");
+    assert_eq!(refused.0, 403, "{refused:?}");
+    takeover["principal"] = json!(BOB.0);
+    let refused = Scheduler::try_subscribe(master, &subscribe_call(takeover), Some(BOB))
+        .await
+        .err()
+        .expect("bob took over alice's framework");
+    assert_eq!(refused.0, 403, "{refused:?}");
+    assert!(
+        refused.1.contains("another principal than 'bob'"),
+        "{refused:?}"
+    );
+
+    // Nor act on it with her stream id: TEARDOWN by bob is refused, and changes nothing.
+    let mut stolen = alice.clone();
+    stolen.credential = Some((BOB.0.into(), BOB.1.into()));
+    let (status, body) = stolen.call(json!({"type": "TEARDOWN"})).await;
+    assert_eq!(status, 403, "{body}");
+    // Alice's stream is still hers: her own calls are accepted.
+    assert_eq!(alice.call(json!({"type": "REVIVE"})).await.0, 202);
+    let offers = alice_events.next_of("OFFERS").await;
+    assert!(!offers["offers"]["offers"].as_array().unwrap().is_empty());
+    let state = alice.master_state(master).await;
+    let alive = (state["frameworks"].as_array().unwrap().iter())
+        .any(|f| f["id"] == alice.framework_id.as_str() && f["active"] == true);
+    assert!(alive, "alice's framework is gone: {state}");
+    cluster.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_and_state_endpoints_ask_for_credentials_and_health_does_not() {
+    let cluster = authenticating_cluster().await;
+    let master = cluster.master_addr.as_str();
+    let http = reqwest::Client::new();
+    let weights = json!({"type": "UPDATE_WEIGHTS", "update_weights": {
+        "weight_infos": [{"role": "analytics", "weight": 3.0}]}});
+    let get_weights = json!({"type": "GET_WEIGHTS"});
+    let operator = |call: &Value, credential: Option<(&str, &str)>| {
+        let mut request = http
+            .post(format!("http://{master}/api/v1"))
+            .header("Content-Type", "application/json")
+            .body(call.to_string());
+        if let Some((principal, secret)) = credential {
+            request = request.basic_auth(principal, Some(secret));
+        }
+        request.send()
+    };
+    for credential in [None, Some((BOB.0, "wrong"))] {
+        let refused = operator(&weights, credential).await.unwrap();
+        assert_eq!(refused.status(), 401);
+        assert_eq!(
+            refused.headers()["WWW-Authenticate"],
+            r#"Basic realm="mesos-master-readwrite""#
+        );
+    }
+    // Nothing changed.
+    let read = operator(&get_weights, Some(BOB)).await.unwrap();
+    assert_eq!(read.status(), 200);
+    let body: Value = read.json().await.unwrap();
+    assert!(!body.to_string().contains("analytics"), "{body}");
+    assert_eq!(operator(&weights, Some(BOB)).await.unwrap().status(), 200);
+    let body: Value = operator(&get_weights, Some(BOB))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(body.to_string().contains("analytics"), "{body}");
+
+    for path in ["state", "master/state"] {
+        let url = format!("http://{master}/{path}");
+        let refused = http.get(&url).send().await.unwrap();
+        assert_eq!(refused.status(), 401, "{path}");
+        assert_eq!(
+            refused.headers()["WWW-Authenticate"],
+            r#"Basic realm="mesos-master-readonly""#
+        );
+        let read = http
+            .get(&url)
+            .basic_auth(ALICE.0, Some(ALICE.1))
+            .send()
+            .await;
+        assert_eq!(read.unwrap().status(), 200, "{path}");
+    }
+    let health = http.get(format!("http://{master}/health")).send().await;
+    assert_eq!(health.unwrap().status(), 200);
+    cluster.assert_no_panics();
+}
+
+/// pymesos, unmodified from PyPI, sends its principal and secret as HTTP Basic: with
+/// them it runs a task; without, the master refuses it (401) and it aborts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pymesos_authenticates_with_principal_and_secret() {
+    let cluster = authenticating_cluster().await;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pymesos/run_wasm.py");
+    let run = |credential: Option<(&str, &str)>| {
+        let mut cmd = std::process::Command::new("python3");
+        cmd.arg(&script)
+            .arg(&cluster.master_addr)
+            .arg(guest("hello"));
+        if let Some((principal, secret)) = credential {
+            cmd.args([principal, secret]);
+        }
+        cmd
+    };
+    let (with, without) = (run(Some(ALICE)), run(None));
+    let (with, without) = cairn_test_support::harness::blocking(move || {
+        (
+            output_within(with, DEADLINE),
+            output_within(without, DEADLINE),
+        )
+    })
+    .await;
+    assert!(
+        with.status.success(),
+        "pymesos with credentials failed:\n{}\n{}",
+        text(&with.stdout),
+        text(&with.stderr)
+    );
+    assert!(text(&with.stdout).contains("TASK_FINISHED"));
+    assert_eq!(without.status.code(), Some(2), "{}", text(&without.stderr));
+    assert!(
+        text(&without.stderr).contains("Failed with HTTP 401"),
+        "{}",
+        text(&without.stderr)
+    );
+    cluster.assert_no_panics();
+}
