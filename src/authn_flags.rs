@@ -16,6 +16,10 @@ pub(crate) struct AuthFlags {
     #[arg(long, alias = "authenticate-http-frameworks", default_value_t = false,
           num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     authenticate_frameworks: bool,
+    /// Agents must authenticate to register (they send `--credential`).
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true",
+          action = clap::ArgAction::Set)]
+    authenticate_agents: bool,
     /// Operator calls (`/api/v1`) must authenticate.
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true",
           action = clap::ArgAction::Set)]
@@ -32,12 +36,13 @@ impl AuthFlags {
             Some(path) => Some(cairn_master::authn::Credentials::load(path)?),
             None => None,
         };
-        cairn_master::authn::Authentication::new(
-            credentials,
-            self.authenticate_frameworks,
-            self.authenticate_http_readwrite,
-            self.authenticate_http_readonly,
-        )
-        .context("the master's authentication flags")
+        let realms = cairn_master::authn::Realms {
+            frameworks: self.authenticate_frameworks,
+            agents: self.authenticate_agents,
+            readwrite: self.authenticate_http_readwrite,
+            readonly: self.authenticate_http_readonly,
+        };
+        cairn_master::authn::Authentication::new(credentials, realms)
+            .context("the master's authentication flags")
     }
 }

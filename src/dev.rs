@@ -50,6 +50,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
     let master_addr = master.local_addr()?;
     let agent = cairn_agent::Agent::bind(crate::agent_config(crate::AgentArgs {
         master: master_addr.to_string(),
+        credential: None,
         listen: args.agent_listen,
         work_dir: data_dir.join("agent"),
         resources: args.resources,

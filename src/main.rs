@@ -90,6 +90,10 @@ pub(crate) struct AgentArgs {
     /// The master's HOST:PORT.
     #[arg(long, env = "CAIRN_MASTER", default_value = "127.0.0.1:5050")]
     master: String,
+    /// The principal and secret to register with, for a master that authenticates
+    /// agents: Mesos' `{"principal": …, "secret": …}` or `principal secret`.
+    #[arg(long)]
+    credential: Option<PathBuf>,
     /// Address for the agent's HTTP API.
     #[arg(long, default_value = "0.0.0.0:5051")]
     listen: SocketAddr,
@@ -487,8 +491,13 @@ pub(crate) fn agent_config(args: AgentArgs) -> anyhow::Result<cairn_agent::Agent
         None if !args.listen.ip().is_unspecified() => args.listen.ip().to_string(),
         None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
     };
+    let credential = (args.credential.as_deref())
+        .map(cairn_agent::Credential::load)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     Ok(cairn_agent::AgentConfig {
         master: args.master,
+        credential,
         listen: args.listen,
         work_dir: args.work_dir,
         resources: args.resources,

@@ -17,6 +17,7 @@ mod http;
 mod input;
 mod launcher;
 mod master_link;
+pub use master_link::Credential;
 mod metrics;
 mod paths;
 mod ports;
@@ -47,6 +48,8 @@ pub use resources::{FlagError, agent_resources, parse_attributes};
 pub struct AgentConfig {
     /// The master's HOST:PORT.
     pub master: String,
+    /// Whom the agent authenticates to the master as (Mesos' `--credential`).
+    pub credential: Option<master_link::Credential>,
     pub listen: SocketAddr,
     pub work_dir: PathBuf,
     /// `--resources` text; what it leaves out is detected.
@@ -216,7 +219,8 @@ impl Agent {
             known,
             limits,
         ));
-        tokio::spawn(master_link::run(self.config.master.clone(), tx.clone()));
+        let (master, credential) = (self.config.master.clone(), self.config.credential.clone());
+        tokio::spawn(master_link::run(master, credential, tx.clone()));
         let http_addr = self.http.local_addr().map_err(AgentError::Serve)?;
         tracing::info!(
             http = %http_addr,

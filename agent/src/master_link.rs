@@ -13,11 +13,56 @@ use crate::input::Input;
 /// Kept short: an agent notices a restarted master within this long.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
-pub async fn run(master: String, core: mpsc::Sender<Input>) {
+/// The principal and secret the agent authenticates to the master with (Mesos'
+/// `--credential`): sent as HTTP Basic in the registration's metadata.
+#[derive(Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credential {
+    principal: String,
+    secret: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret, in a log or a panic message.
+        f.debug_struct("Credential")
+            .field("principal", &self.principal)
+            .finish()
+    }
+}
+
+impl Credential {
+    /// Reads Mesos' credential file: `{"principal": …, "secret": …}`, or its text
+    /// form, `principal secret` on one line.
+    pub fn load(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading the credential file {}: {e}", path.display()))?;
+        let bad = |why: String| format!("the credential file {}: {why}", path.display());
+        if text.trim_start().starts_with('{') {
+            return serde_json::from_str(&text).map_err(|e| bad(e.to_string()));
+        }
+        match text.split_whitespace().collect::<Vec<_>>()[..] {
+            [principal, secret] => Ok(Self {
+                principal: principal.to_owned(),
+                secret: secret.to_owned(),
+            }),
+            _ => Err(bad("not `principal secret`".into())),
+        }
+    }
+
+    fn header(&self) -> Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
+        use base64::Engine as _;
+        let pair = format!("{}:{}", self.principal, self.secret);
+        let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+        format!("Basic {encoded}").parse().ok()
+    }
+}
+
+pub async fn run(master: String, credential: Option<Credential>, core: mpsc::Sender<Input>) {
     let mut backoff = Duration::from_millis(500);
     let mut failures = 0u32;
     loop {
-        match connect_once(&master, &core).await {
+        match connect_once(&master, credential.as_ref(), &core).await {
             Ok(()) => {
                 tracing::warn!(master, "lost the connection to the master; reconnecting");
                 backoff = Duration::from_millis(500);
@@ -66,7 +111,11 @@ enum LinkError {
 }
 
 /// One registration and session; returns when the stream ends.
-async fn connect_once(master: &str, core: &mpsc::Sender<Input>) -> Result<(), LinkError> {
+async fn connect_once(
+    master: &str,
+    credential: Option<&Credential>,
+    core: &mpsc::Sender<Input>,
+) -> Result<(), LinkError> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{master}"))
         .map_err(|source| LinkError::Address {
             master: master.to_owned(),
@@ -88,8 +137,12 @@ async fn connect_once(master: &str, core: &mpsc::Sender<Input>) -> Result<(), Li
     .await
     .map_err(|_| LinkError::Stopping)?;
     let refused = |s: tonic::Status| LinkError::Refused(s.message().to_owned());
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(header) = credential.and_then(Credential::header) {
+        request.metadata_mut().insert("authorization", header);
+    }
     let mut inbound = client
-        .register(ReceiverStream::new(rx))
+        .register(request)
         .await
         .map_err(refused)?
         .into_inner();

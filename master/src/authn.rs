@@ -3,7 +3,9 @@
 //! (`mesos-master-scheduler` for the scheduler API, `mesos-master-readwrite` for the
 //! operator API, `mesos-master-readonly` for state). A realm whose
 //! `--authenticate-*` flag is off asks no one: its callers have no principal, as in
-//! Mesos. gRPC callers send the same `authorization` header as metadata.
+//! Mesos. gRPC callers (schedulers, and agents registering, whose realm is Cairn's
+//! `mesos-master-agent` where Mesos uses SASL) send the same `authorization` header
+//! as metadata.
 //!
 //! A refusal is 401 with `WWW-Authenticate: Basic realm="…"` (what Mesos' basic
 //! authenticator answers) and a body saying why. Secrets are compared in constant
@@ -147,6 +149,8 @@ enum Parsed {
 pub enum Realm {
     /// The scheduler API (`--authenticate-frameworks`).
     Scheduler,
+    /// Agents registering (`--authenticate-agents`).
+    Agent,
     /// The operator API and other calls that change state (`--authenticate-http-readwrite`).
     ReadWrite,
     /// State and metrics (`--authenticate-http-readonly`).
@@ -157,19 +161,27 @@ impl Realm {
     pub fn name(self) -> &'static str {
         match self {
             Realm::Scheduler => "mesos-master-scheduler",
+            Realm::Agent => "mesos-master-agent",
             Realm::ReadWrite => "mesos-master-readwrite",
             Realm::ReadOnly => "mesos-master-readonly",
         }
     }
 }
 
+/// Which realms ask who calls (Mesos' `--authenticate-*` flags).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Realms {
+    pub frameworks: bool,
+    pub agents: bool,
+    pub readwrite: bool,
+    pub readonly: bool,
+}
+
 /// Which realms ask who calls, and whom they accept.
 #[derive(Debug, Clone, Default)]
 pub struct Authentication {
     credentials: Arc<Credentials>,
-    frameworks: bool,
-    readwrite: bool,
-    readonly: bool,
+    realms: Realms,
 }
 
 /// A caller that did not say who it is, or said it wrongly.
@@ -183,16 +195,12 @@ pub struct Unauthenticated {
 impl Authentication {
     /// The realms with their flags set ask for a principal of `credentials`; a flag
     /// set with no credentials is refused (no one could ever call).
-    pub fn new(
-        credentials: Option<Credentials>,
-        frameworks: bool,
-        readwrite: bool,
-        readonly: bool,
-    ) -> Result<Self, CredentialsError> {
+    pub fn new(credentials: Option<Credentials>, realms: Realms) -> Result<Self, CredentialsError> {
         let flags = [
-            (frameworks, "--authenticate-frameworks"),
-            (readwrite, "--authenticate-http-readwrite"),
-            (readonly, "--authenticate-http-readonly"),
+            (realms.frameworks, "--authenticate-frameworks"),
+            (realms.agents, "--authenticate-agents"),
+            (realms.readwrite, "--authenticate-http-readwrite"),
+            (realms.readonly, "--authenticate-http-readonly"),
         ];
         if credentials.is_none()
             && let Some((_, flag)) = flags.iter().find(|(on, _)| *on)
@@ -201,18 +209,17 @@ impl Authentication {
         }
         Ok(Self {
             credentials: Arc::new(credentials.unwrap_or_default()),
-            frameworks,
-            readwrite,
-            readonly,
+            realms,
         })
     }
 
     /// Whether callers of `realm` must say who they are.
     pub fn required(&self, realm: Realm) -> bool {
         match realm {
-            Realm::Scheduler => self.frameworks,
-            Realm::ReadWrite => self.readwrite,
-            Realm::ReadOnly => self.readonly,
+            Realm::Scheduler => self.realms.frameworks,
+            Realm::Agent => self.realms.agents,
+            Realm::ReadWrite => self.realms.readwrite,
+            Realm::ReadOnly => self.realms.readonly,
         }
     }
 

@@ -166,6 +166,8 @@ pub enum CallError {
         principal: String,
         info_principal: String,
     },
+    #[error("agent {agent_id} was registered by another principal than '{principal}'")]
+    NotAgentsPrincipal { agent_id: String, principal: String },
     #[error("framework {framework_id} was registered by another principal than '{principal}'")]
     NotFrameworksPrincipal {
         framework_id: String,
@@ -257,6 +259,7 @@ impl CallError {
             | FrameworkNotConnected { .. }
             | PrincipalMismatch { .. }
             | NotFrameworksPrincipal { .. }
+            | NotAgentsPrincipal { .. }
             | AgentMarkedGone { .. } => FORBIDDEN,
             SubscriptionClosed { .. } | AgentStreamClosed { .. } | ShuttingDown | Registry(_) => {
                 UNAVAILABLE

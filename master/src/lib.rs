@@ -111,6 +111,10 @@ fn flags(config: &MasterConfig) -> Vec<(String, String)> {
             auth.required(Realm::Scheduler).to_string(),
         ),
         (
+            "authenticate_agents".into(),
+            auth.required(Realm::Agent).to_string(),
+        ),
+        (
             "authenticate_http_readwrite".into(),
             auth.required(Realm::ReadWrite).to_string(),
         ),

@@ -217,3 +217,108 @@ async fn pymesos_authenticates_with_principal_and_secret() {
     );
     cluster.assert_no_panics();
 }
+
+/// Registers a fake agent (the test's own gRPC client) under `agent_id` with the
+/// HTTP Basic `credential`; returns the refusal, if any.
+async fn fake_agent(
+    master: &str,
+    agent_id: &str,
+    credential: Option<(&str, &str)>,
+) -> Result<(), tonic::Status> {
+    use base64::Engine as _;
+    use cairn_api::internal::agent_registry_client::AgentRegistryClient;
+    use cairn_api::internal::{AgentMessage, RegisterAgent, agent_message};
+
+    let mut client = AgentRegistryClient::connect(format!("http://{master}"))
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let info = cairn_api::v1::AgentInfo {
+        hostname: "127.0.0.1".into(),
+        port: 1,
+        resources: cairn_api::Resources::parse("cpus:64;mem:65536")
+            .unwrap()
+            .to_proto(),
+        attributes: Vec::new(),
+        id: Some(cairn_api::v1::AgentId {
+            value: agent_id.to_owned(),
+        }),
+    };
+    let register = RegisterAgent {
+        info: Some(info),
+        version: cairn_api::VERSION.into(),
+        ..Default::default()
+    };
+    let message = agent_message::Message::Register(register);
+    tx.send(AgentMessage {
+        message: Some(message),
+    })
+    .await
+    .unwrap();
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Some((principal, secret)) = credential {
+        let pair =
+            base64::engine::general_purpose::STANDARD.encode(format!("{principal}:{secret}"));
+        let header = format!("Basic {pair}").parse().unwrap();
+        request.metadata_mut().insert("authorization", header);
+    }
+    let mut inbound = client.register(request).await?.into_inner();
+    inbound.message().await?;
+    Ok(())
+}
+
+/// With `--authenticate-agents`, an agent registers with its `--credential`, and its
+/// id is its principal's: a fake agent without credentials, or with another
+/// principal's, can take neither its id nor a new one, and the real agent serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_authenticate_and_no_other_principal_takes_an_agents_id() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let credentials = dir.join("credentials.json");
+    let file = json!({"credentials": [
+        {"principal": "agent-a", "secret": "agent-secret"},
+        {"principal": BOB.0, "secret": BOB.1},
+    ]});
+    std::fs::write(&credentials, file.to_string()).unwrap();
+    let credential = dir.join("credential");
+    std::fs::write(&credential, "agent-a agent-secret\n").unwrap();
+    let (credentials, credential) = (
+        credentials.display().to_string(),
+        credential.display().to_string(),
+    );
+    let master_flags = [
+        "--credentials",
+        credentials.as_str(),
+        "--authenticate-agents",
+    ];
+    let agent_flags = ["--credential", credential.as_str()];
+    let cluster = Cluster::start_with_flags_async(CAIRN, &master_flags, &agent_flags).await;
+    let master = cluster.master_addr.as_str();
+    let (scheduler, mut events) = Scheduler::subscribe(master).await;
+    let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
+    let agent_id = offer["agent_id"]["value"].as_str().unwrap().to_owned();
+
+    let refused = fake_agent(master, &agent_id, None).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let refused = fake_agent(master, &agent_id, Some((BOB.0, "wrong"))).await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::Unauthenticated);
+    let refused = fake_agent(master, &agent_id, Some(BOB)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("another principal than 'bob'"),
+        "{refused:?}"
+    );
+    // The real agent still holds its id: a task launched on it runs.
+    let task = cairn_test_support::framework::wasm_task("after-fakes", &offer["agent_id"], 0.1);
+    let accept = cairn_test_support::framework::accept(&offer, vec![task]);
+    assert_eq!(scheduler.call(accept).await.0, 202);
+    loop {
+        let status = events.next_of("UPDATE").await["update"]["status"].clone();
+        scheduler.acknowledge(&status).await;
+        if status["state"] == "TASK_FINISHED" {
+            assert_eq!(status["agent_id"]["value"], agent_id.as_str(), "{status}");
+            break;
+        }
+        assert_eq!(status["state"], "TASK_RUNNING", "{status}");
+    }
+    cluster.assert_no_panics();
+}

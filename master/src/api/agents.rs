@@ -4,6 +4,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::authn::{Authentication, Realm};
 use crate::error::CallError;
 use crate::leader::{Input, LeaderHandle};
 
@@ -12,11 +13,12 @@ use crate::leader::{Input, LeaderHandle};
 /// and acknowledgements flow down.
 pub(crate) struct AgentService {
     leader: LeaderHandle,
+    auth: Authentication,
 }
 
 impl AgentService {
-    pub(crate) fn new(leader: LeaderHandle) -> Self {
-        Self { leader }
+    pub(crate) fn new(leader: LeaderHandle, auth: Authentication) -> Self {
+        Self { leader, auth }
     }
 }
 
@@ -28,6 +30,10 @@ impl AgentRegistry for AgentService {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::RegisterStream>, Status> {
+        let header = request.metadata().get("authorization");
+        let principal = (self.auth)
+            .principal(Realm::Agent, header.map(|v| v.as_bytes()))
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -52,6 +58,7 @@ impl AgentRegistry for AgentService {
                 tasks: register.tasks,
                 charges: register.charges,
                 executors: register.executors,
+                principal,
                 sender: tx,
                 reply,
             })

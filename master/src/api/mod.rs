@@ -33,7 +33,7 @@ pub(crate) fn router(
 ) -> Router {
     let scheduler = scheduler::SchedulerService::new(leader.clone(), auth.clone());
     let grpc = tonic::service::Routes::new(
-        AgentRegistryServer::new(agents::AgentService::new(leader.clone()))
+        AgentRegistryServer::new(agents::AgentService::new(leader.clone(), auth.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
     )
     .add_service(SchedulerServer::new(scheduler).max_decoding_message_size(MAX_MESSAGE_BYTES))

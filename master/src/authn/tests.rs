@@ -12,7 +12,11 @@ fn frameworks_only() -> Authentication {
     )
     .ok()
     .unwrap();
-    Authentication::new(Some(credentials), true, false, false).unwrap()
+    let realms = Realms {
+        frameworks: true,
+        ..Default::default()
+    };
+    Authentication::new(Some(credentials), realms).unwrap()
 }
 
 #[test]
@@ -79,12 +83,16 @@ fn a_realm_whose_flag_is_off_asks_no_one() {
 
 #[test]
 fn a_flag_without_credentials_is_refused_at_start() {
-    let e = Authentication::new(None, false, true, false).unwrap_err();
+    let readwrite = Realms {
+        readwrite: true,
+        ..Default::default()
+    };
+    let e = Authentication::new(None, readwrite).unwrap_err();
     assert!(
         e.to_string().contains("--authenticate-http-readwrite"),
         "{e}"
     );
-    assert!(Authentication::new(None, false, false, false).is_ok());
+    assert!(Authentication::new(None, Realms::default()).is_ok());
 }
 
 #[test]

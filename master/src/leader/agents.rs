@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use cairn_api::Resources;
 use cairn_api::charges::AgentCharges;
 use cairn_api::internal::{
-    AgentRegistered, MasterMessage, StatusUpdate, StatusUpdateAcknowledgement, TaskRecord,
-    agent_message, master_message, registry_operation::Operation,
+    AgentPrincipal, AgentRegistered, MasterMessage, StatusUpdate, StatusUpdateAcknowledgement,
+    TaskRecord, agent_message, master_message, registry_operation::Operation,
 };
 use cairn_api::v1::{AgentId, AgentInfo, Event, TaskState, event};
 
@@ -31,6 +31,7 @@ impl Leader {
         &mut self,
         mut info: AgentInfo,
         reported: Reported,
+        principal: Option<String>,
         sender: AgentSender,
     ) -> Result<(String, u64), CallError> {
         let charges = (reported.charges.as_ref())
@@ -38,7 +39,7 @@ impl Leader {
             .transpose()
             .map_err(CallError::AgentResources)?
             .unwrap_or_default();
-        let (agent_id, total) = self.admit_agent(&mut info).await?;
+        let (agent_id, total) = self.admit_agent(&mut info, principal).await?;
         let conn = self.next_conn_id();
         let tasks = reported.tasks;
         self.forget_unreported_tasks(&agent_id, &tasks);
@@ -117,10 +118,12 @@ impl Leader {
 
     /// Checks a registering agent and records it in the registry (unless it is
     /// there unchanged): its id, kept or new, is set in `info`. Returns the id and
-    /// the agent's total resources.
+    /// the agent's total resources. An authenticated agent's id is its principal's:
+    /// no other principal may register under it again.
     async fn admit_agent(
         &mut self,
         info: &mut AgentInfo,
+        principal: Option<String>,
     ) -> Result<(String, Resources), CallError> {
         let total = Resources::from_proto(&info.resources).map_err(CallError::AgentResources)?;
         if info.hostname.is_empty() {
@@ -134,6 +137,15 @@ impl Leader {
                 if self.registry.state().gone_agents.contains(&id) {
                     return Err(CallError::AgentMarkedGone { agent_id: id });
                 }
+                let owner = self.registry.state().agent_principals.get(&id).cloned();
+                if let (Some(owner), Some(principal)) = (owner, &principal)
+                    && owner != *principal
+                {
+                    return Err(CallError::NotAgentsPrincipal {
+                        agent_id: id,
+                        principal: principal.clone(),
+                    });
+                }
                 id
             }
             _ => cairn_api::ids::new_agent_id().value,
@@ -145,6 +157,21 @@ impl Leader {
         if !known {
             self.registry
                 .propose(Operation::AdmitAgent(info.clone()))
+                .await?;
+        }
+        let bound = self
+            .registry
+            .state()
+            .agent_principals
+            .get(&agent_id)
+            .cloned();
+        if let Some(principal) = principal.filter(|p| bound.as_ref() != Some(p)) {
+            let bind = AgentPrincipal {
+                agent_id: agent_id.clone(),
+                principal,
+            };
+            self.registry
+                .propose(Operation::BindAgentPrincipal(bind))
                 .await?;
         }
         Ok((agent_id, total))

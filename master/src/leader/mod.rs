@@ -52,6 +52,8 @@ pub enum Input {
         /// What the agent charges beyond what tasks name (none from older agents).
         charges: Option<AgentCharges>,
         executors: Vec<RunningExecutor>,
+        /// Who registers, when agents authenticate (see `crate::authn`).
+        principal: Option<String>,
         sender: AgentSender,
         reply: oneshot::Sender<Result<(String, u64), CallError>>,
     },
@@ -302,6 +304,7 @@ impl Leader {
                 tasks,
                 charges,
                 executors,
+                principal,
                 sender,
                 reply,
             } => {
@@ -310,7 +313,9 @@ impl Leader {
                     charges,
                     executors,
                 };
-                let result = self.register_agent(*info, reported, sender).await;
+                let result = self
+                    .register_agent(*info, reported, principal, sender)
+                    .await;
                 let _ = reply.send(result);
                 self.allocate();
             }

@@ -137,6 +137,7 @@ impl Cluster {
                 charges,
                 executors,
                 sender: tx,
+                principal: None,
                 reply,
             })
             .await?;

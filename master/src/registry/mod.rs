@@ -45,5 +45,7 @@ pub struct RegistryState {
     pub quotas: BTreeMap<String, RoleQuota>,
     /// Agents the operator marked gone: refused if they ever come back.
     pub gone_agents: std::collections::BTreeSet<String>,
+    /// The principal each authenticated agent registered as, by agent id.
+    pub agent_principals: BTreeMap<String, String>,
     pub applied: u64,
 }

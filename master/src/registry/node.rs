@@ -169,6 +169,9 @@ fn load_state(storage: &RaftStorage) -> Result<RegistryState, RegistryError> {
             state.weights.insert(role.to_owned(), w.weight);
         } else if let Some(id) = key.strip_prefix("gone/") {
             state.gone_agents.insert(id.to_owned());
+        } else if let Some(id) = key.strip_prefix("agent_principal/") {
+            let principal = String::from_utf8_lossy(&value).into_owned();
+            state.agent_principals.insert(id.to_owned(), principal);
         } else if let Some(role) = key.strip_prefix("quota/") {
             let q = cairn_api::internal::RoleQuota::decode(&*value).map_err(corrupt)?;
             state.quotas.insert(role.to_owned(), q);
@@ -394,8 +397,17 @@ impl Driver {
             Some(Operation::MarkAgentGone(id)) => {
                 batch.delete_cf(cf, format!("agent/{}", id.value));
                 batch.put_cf(cf, format!("gone/{}", id.value), []);
+                batch.delete_cf(cf, format!("agent_principal/{}", id.value));
                 state.agents.remove(&id.value);
+                state.agent_principals.remove(&id.value);
                 state.gone_agents.insert(id.value);
+            }
+            Some(Operation::BindAgentPrincipal(bound)) => {
+                let key = format!("agent_principal/{}", bound.agent_id);
+                batch.put_cf(cf, key, bound.principal.as_bytes());
+                state
+                    .agent_principals
+                    .insert(bound.agent_id, bound.principal);
             }
             None => return Err(RegistryError::Rejected("empty registry operation".into())),
         }
