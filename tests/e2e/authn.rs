@@ -233,17 +233,7 @@ async fn fake_agent(
         .await
         .unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let info = cairn_api::v1::AgentInfo {
-        hostname: "127.0.0.1".into(),
-        port: 1,
-        resources: cairn_api::Resources::parse("cpus:64;mem:65536")
-            .unwrap()
-            .to_proto(),
-        attributes: Vec::new(),
-        id: Some(cairn_api::v1::AgentId {
-            value: agent_id.to_owned(),
-        }),
-    };
+    let info = cairn_test_support::framework::fake_agent_info(agent_id, "cpus:64;mem:65536");
     let register = RegisterAgent {
         info: Some(info),
         version: cairn_api::VERSION.into(),

@@ -419,17 +419,10 @@ async fn tasks_an_agent_re_registers_without_are_lost() {
         .await
         .unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let info = cairn_api::v1::AgentInfo {
-        hostname: "127.0.0.1".into(),
-        port: 1,
-        resources: cairn_api::Resources::parse(cairn_test_support::harness::AGENT_RESOURCES)
-            .unwrap()
-            .to_proto(),
-        attributes: Vec::new(),
-        id: Some(cairn_api::v1::AgentId {
-            value: agent_id["value"].as_str().unwrap().to_owned(),
-        }),
-    };
+    let info = cairn_test_support::framework::fake_agent_info(
+        agent_id["value"].as_str().unwrap(),
+        cairn_test_support::harness::AGENT_RESOURCES,
+    );
     let register = AgentMessage {
         message: Some(agent_message::Message::Register(RegisterAgent {
             info: Some(info),

@@ -242,3 +242,17 @@ pub async fn launch_spinning_task(
         }
     }
 }
+
+/// What a fake agent (a test's own gRPC client of the master) registers as: an agent
+/// on loopback under `agent_id`, holding `resources`.
+pub fn fake_agent_info(agent_id: &str, resources: &str) -> cairn_api::v1::AgentInfo {
+    cairn_api::v1::AgentInfo {
+        hostname: "127.0.0.1".into(),
+        port: 1,
+        resources: cairn_api::Resources::parse(resources).unwrap().to_proto(),
+        attributes: Vec::new(),
+        id: Some(cairn_api::v1::AgentId {
+            value: agent_id.to_owned(),
+        }),
+    }
+}
