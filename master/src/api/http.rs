@@ -1,9 +1,10 @@
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Json};
+use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde_json::json;
+use std::time::Duration;
 
 use crate::authn::{Authentication, Realm};
 use crate::leader::LeaderHandle;
@@ -19,6 +20,13 @@ struct HttpState {
 /// ask no one, as in Mesos.
 pub(super) fn router(leader: LeaderHandle, registry: Registry, auth: Authentication) -> Router {
     let read_only = (auth, Realm::ReadOnly);
+    let open = Router::new()
+        .route("/health", get(health))
+        .route("/version", get(version))
+        .with_state(HttpState {
+            leader: leader.clone(),
+            registry: registry.clone(),
+        });
     Router::new()
         .route("/state", get(state))
         .route("/master/state", get(master_state))
@@ -28,12 +36,29 @@ pub(super) fn router(leader: LeaderHandle, registry: Registry, auth: Authenticat
             read_only,
             super::authenticate,
         ))
-        .route("/health", get(health))
-        .route("/version", get(version))
+        .merge(open)
 }
 
-async fn health() -> &'static str {
-    "ok\n"
+/// How long the leader's actor may take to answer a health check.
+const HEALTH_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether this master serves: its registry takes writes here and its leader's actor
+/// answers. Else why not.
+pub(super) async fn healthy(leader: &LeaderHandle, registry: &Registry) -> Result<(), String> {
+    registry.health()?;
+    leader.answers(HEALTH_WAIT).await
+}
+
+/// 200 when [`healthy`], else 503 saying why.
+async fn health(State(s): State<HttpState>) -> Response {
+    match healthy(&s.leader, &s.registry).await {
+        Ok(()) => "ok\n".into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {why}\n"),
+        )
+            .into_response(),
+    }
 }
 
 async fn version() -> Json<serde_json::Value> {
@@ -123,4 +148,24 @@ fn v0_resources(text: &str) -> serde_json::Value {
         out.insert("ports".into(), json!(format!("[{}]", items.join(", "))));
     }
     serde_json::Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn health_says_what_is_true_of_the_registry_and_the_leader() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(&dir.path().join("registry"), 1).unwrap();
+        registry
+            .wait_for_leadership(Duration::from_secs(10))
+            .await
+            .unwrap();
+        let leader = crate::leader::Leader::spawn(Default::default(), registry.clone());
+        assert_eq!(healthy(&leader, &registry).await, Ok(()));
+        registry.stop();
+        let why = healthy(&leader, &registry).await.unwrap_err();
+        assert!(why.contains("raft thread has stopped"), "{why}");
+    }
 }

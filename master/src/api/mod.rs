@@ -52,6 +52,7 @@ pub(crate) fn router(
         .route("/api/v1", axum::routing::post(operator::operator))
         .with_state(operator::OperatorState {
             leader: leader.clone(),
+            registry: registry.clone(),
             flags: std::sync::Arc::new(flags),
         })
         .layer(from_fn_with_state(

@@ -51,6 +51,7 @@ fn text_to_quantities(text: &str) -> Value {
 #[derive(Clone)]
 pub(crate) struct OperatorState {
     pub(crate) leader: LeaderHandle,
+    pub(crate) registry: crate::registry::Registry,
     pub(crate) flags: std::sync::Arc<Vec<(String, String)>>,
 }
 
@@ -62,6 +63,14 @@ pub(super) async fn operator(State(state): State<OperatorState>, body: Bytes) ->
     let Some(kind) = call["type"].as_str() else {
         return refuse(CallError::NoCallType);
     };
+    if kind == "GET_HEALTH" {
+        let healthy = super::http::healthy(&state.leader, &state.registry).await;
+        if let Err(why) = &healthy {
+            tracing::warn!(why, "GET_HEALTH: unhealthy");
+        }
+        let health = json!({"healthy": healthy.is_ok()});
+        return Json(json!({"type": kind, "get_health": health})).into_response();
+    }
     let snap = state.leader.fresh_snapshot().await;
     if let Some(answer) = read(kind, &snap, &state.flags) {
         return answer;
@@ -75,7 +84,6 @@ pub(super) async fn operator(State(state): State<OperatorState>, body: Bytes) ->
 /// The read calls, answered from the snapshot; `None` if `kind` is not one.
 fn read(kind: &str, snap: &MasterSnapshot, flags: &[(String, String)]) -> Option<Response> {
     let answer = match kind {
-        "GET_HEALTH" => Json(json!({"type": kind, "get_health": {"healthy": true}})).into_response(),
         "GET_VERSION" => Json(json!({"type": kind, "get_version": {"version_info": {"version": cairn_api::VERSION}}}))
             .into_response(),
         "GET_FRAMEWORKS" => Json(json!({"type": kind, "get_frameworks": {"frameworks": snap.frameworks.iter().map(|f| json!({

@@ -224,6 +224,24 @@ impl LeaderHandle {
         self.snapshot.borrow().clone()
     }
 
+    /// Whether the leader's actor is alive and answers within `within` (it handles
+    /// every input in turn, so a stuck or dead actor serves no call).
+    pub async fn answers(&self, within: Duration) -> Result<(), String> {
+        let (reply, done) = oneshot::channel();
+        self.inputs
+            .send_timeout(Input::Publish { reply }, within)
+            .await
+            .map_err(|_| "the leader's actor does not take inputs".to_owned())?;
+        match tokio::time::timeout(within, done).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err("the leader's actor has stopped".to_owned()),
+            Err(_) => Err(format!(
+                "the leader's actor did not answer within {}",
+                humantime::format_duration(within)
+            )),
+        }
+    }
+
     /// Sends an input and waits for its reply.
     pub async fn ask<T>(
         &self,

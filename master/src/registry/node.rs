@@ -127,6 +127,19 @@ impl Registry {
         }
     }
 
+    /// Whether the registry can take writes here: its raft thread runs and this
+    /// master leads its group.
+    pub fn health(&self) -> Result<(), String> {
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner());
+        if thread.as_ref().is_none_or(|t| t.is_finished()) {
+            return Err("the registry's raft thread has stopped".into());
+        }
+        if !*self.leader.borrow() {
+            return Err("this master does not lead its registry group".into());
+        }
+        Ok(())
+    }
+
     pub fn state(&self) -> Arc<RegistryState> {
         self.state.borrow().clone()
     }
