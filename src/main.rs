@@ -81,6 +81,12 @@ struct MasterArgs {
     /// framework is noticed).
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     framework_heartbeat_interval: Duration,
+    /// Completed tasks kept per framework for state and reconciliation.
+    #[arg(long, default_value_t = 1000)]
+    max_completed_tasks_per_framework: usize,
+    /// Torn-down frameworks whose completed tasks are kept.
+    #[arg(long, default_value_t = 50)]
+    max_completed_frameworks: usize,
     #[command(flatten)]
     auth: authn_flags::AuthFlags,
 }
@@ -434,6 +440,8 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                     offer_timeout: args.offer_timeout,
                     agent_timeout: args.agent_timeout,
                     executor_idle_timeout: args.executor_idle_timeout,
+                    max_completed_tasks_per_framework: args.max_completed_tasks_per_framework,
+                    max_completed_frameworks: args.max_completed_frameworks,
                     ..Default::default()
                 },
                 authentication: args.auth.authentication()?,

@@ -107,6 +107,14 @@ fn flags(config: &MasterConfig) -> Vec<(String, String)> {
             l.offer_timeout.map(d).unwrap_or_else(|| "none".into()),
         ),
         (
+            "max_completed_tasks_per_framework".into(),
+            l.max_completed_tasks_per_framework.to_string(),
+        ),
+        (
+            "max_completed_frameworks".into(),
+            l.max_completed_frameworks.to_string(),
+        ),
+        (
             "authenticate_frameworks".into(),
             auth.required(Realm::Scheduler).to_string(),
         ),

@@ -6,7 +6,7 @@ use cairn_api::internal::registry_operation::Operation;
 use cairn_api::v1::{AgentId, TaskState};
 
 use super::agents::master_status;
-use super::{Leader, MAX_COMPLETED_TASKS, update_event};
+use super::{Leader, update_event};
 use crate::error::CallError;
 
 impl Leader {
@@ -85,10 +85,7 @@ impl Leader {
                 cairn_api::v1::task_status::Reason::AgentRemovedByOperator,
                 format!("agent {agent_id} was marked gone by the operator"),
             );
-            self.completed.push_back(task);
-            if self.completed.len() > MAX_COMPLETED_TASKS {
-                self.completed.pop_front();
-            }
+            self.completed.push(task);
             self.send_event(&key.0, update_event(status));
         }
         self.allocate();

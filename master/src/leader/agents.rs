@@ -12,7 +12,7 @@ use cairn_api::internal::{
 use cairn_api::v1::{AgentId, AgentInfo, Event, TaskState, event};
 
 use super::executors::{ExecutorCharge, ExecutorKey};
-use super::{AgentEntry, AgentSender, Leader, MAX_COMPLETED_TASKS, TaskEntry, update_event};
+use super::{AgentEntry, AgentSender, Leader, TaskEntry, update_event};
 use crate::error::CallError;
 
 /// What a registering agent reports besides its info.
@@ -205,7 +205,7 @@ impl Leader {
                 cairn_api::v1::task_status::Reason::AgentReregistered,
                 format!("agent {agent_id} re-registered without the task"),
             );
-            self.completed.push_back(task);
+            self.completed.push(task);
             self.send_event(&key.0, update_event(status));
         }
     }
@@ -264,7 +264,7 @@ impl Leader {
                 // Reported only until acknowledged: history, not a live task. A live
                 // entry from before must go, or its resent update would free it twice.
                 self.tasks.remove(&key);
-                self.completed.push_back(entry);
+                self.completed.push(entry);
             } else {
                 self.tasks.insert(key.clone(), entry);
                 live.push(key);
@@ -439,10 +439,7 @@ impl Leader {
                     });
                 }
                 let done = self.tasks.remove(&key).expect("task present");
-                self.completed.push_back(done);
-                if self.completed.len() > MAX_COMPLETED_TASKS {
-                    self.completed.pop_front();
-                }
+                self.completed.push(done);
                 self.allocate();
             }
         }
@@ -475,10 +472,8 @@ impl Leader {
         if let Some(task) = self.tasks.get(key) {
             return Some(&task.agent_id);
         }
-        let done = self.completed.iter().rev();
-        done.filter(|t| t.framework_id == key.0)
-            .find(|t| t.info.task_id.as_ref().is_some_and(|id| id.value == key.1))
-            .map(|t| t.agent_id.as_str())
+        let done = self.completed.latest(&key.0, &key.1);
+        done.map(|t| t.agent_id.as_str())
     }
 
     pub(super) fn acknowledge_to_agent(

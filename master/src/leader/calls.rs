@@ -400,8 +400,9 @@ impl Leader {
                 agent.used = agent.used.checked_sub(&task.resources).unwrap_or_default();
             }
             task.state = TaskState::TaskKilled;
-            self.completed.push_back(task);
+            self.completed.push(task);
         }
+        self.completed.framework_removed(framework_id);
         self.forget_executors_of(framework_id);
         tracing::info!(framework_id, "framework torn down");
         Ok(())

@@ -7,6 +7,7 @@ mod agent_removal;
 mod agents;
 mod allocation;
 mod calls;
+mod completed;
 mod executors;
 mod reconcile;
 mod roles;
@@ -15,7 +16,7 @@ mod subscribe;
 #[cfg(test)]
 mod testing;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -114,6 +115,11 @@ pub struct LeaderConfig {
     /// An executor process with no task this long is shut down and its charge given
     /// back (`--executor-idle-timeout`).
     pub executor_idle_timeout: Duration,
+    /// Completed tasks kept per framework (Mesos' `--max_completed_tasks_per_framework`).
+    pub max_completed_tasks_per_framework: usize,
+    /// Torn-down frameworks whose completed tasks are kept (Mesos'
+    /// `--max_completed_frameworks`).
+    pub max_completed_frameworks: usize,
 }
 
 impl Default for LeaderConfig {
@@ -126,6 +132,8 @@ impl Default for LeaderConfig {
             offer_timeout: None,
             agent_timeout: Duration::from_secs(75),
             executor_idle_timeout: Duration::from_secs(60),
+            max_completed_tasks_per_framework: 1000,
+            max_completed_frameworks: 50,
         }
     }
 }
@@ -184,9 +192,6 @@ const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 /// How long a reader waits for a busy leader to publish before taking the last one.
 const PUBLISH_WAIT: Duration = Duration::from_secs(1);
 
-/// How many finished tasks the leader keeps for `/state` (Mesos keeps 1000 per framework).
-const MAX_COMPLETED_TASKS: usize = 1000;
-
 pub struct Leader {
     config: LeaderConfig,
     registry: Registry,
@@ -196,7 +201,7 @@ pub struct Leader {
     offers: HashMap<String, OfferEntry>,
     /// Keyed by (framework id, task id): task ids are unique per framework.
     tasks: HashMap<(String, String), TaskEntry>,
-    completed: VecDeque<TaskEntry>,
+    completed: completed::Completed,
     snapshot: watch::Sender<Arc<MasterSnapshot>>,
     next_conn: u64,
     /// Something changed since the last published snapshot.
@@ -261,6 +266,10 @@ impl Leader {
     pub fn spawn(config: LeaderConfig, registry: Registry) -> LeaderHandle {
         let (inputs, rx) = mpsc::channel(4096);
         let (snapshot, snapshot_rx) = watch::channel(Arc::new(MasterSnapshot::default()));
+        let completed = completed::Completed::new(
+            config.max_completed_tasks_per_framework,
+            config.max_completed_frameworks,
+        );
         let mut leader = Leader {
             config,
             registry,
@@ -269,7 +278,7 @@ impl Leader {
             frameworks: HashMap::new(),
             offers: HashMap::new(),
             tasks: HashMap::new(),
-            completed: VecDeque::new(),
+            completed,
             snapshot,
             next_conn: 1,
             dirty: true,

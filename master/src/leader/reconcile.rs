@@ -40,12 +40,7 @@ impl Leader {
             let known = self
                 .tasks
                 .get(&(framework_id.to_owned(), id.value.clone()))
-                .or_else(|| {
-                    self.completed.iter().rev().find(|c| {
-                        c.framework_id == framework_id
-                            && c.info.task_id.as_ref().is_some_and(|t| t.value == id.value)
-                    })
-                });
+                .or_else(|| self.completed.latest(framework_id, &id.value));
             if known.is_some() {
                 statuses.push(reconcile_status(Some(id), known));
                 continue;
