@@ -3,6 +3,7 @@
 
 pub mod allocator;
 mod api;
+mod audit;
 pub mod authn;
 mod error;
 mod leader;

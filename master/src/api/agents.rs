@@ -4,6 +4,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::audit::{Audit, Outcome};
 use crate::authn::{Authentication, Realm};
 use crate::error::CallError;
 use crate::leader::{Input, LeaderHandle};
@@ -14,11 +15,16 @@ use crate::leader::{Input, LeaderHandle};
 pub(crate) struct AgentService {
     leader: LeaderHandle,
     auth: Authentication,
+    audit: Audit,
 }
 
 impl AgentService {
-    pub(crate) fn new(leader: LeaderHandle, auth: Authentication) -> Self {
-        Self { leader, auth }
+    pub(crate) fn new(leader: LeaderHandle, auth: Authentication, audit: Audit) -> Self {
+        Self {
+            leader,
+            auth,
+            audit,
+        }
     }
 }
 
@@ -31,9 +37,14 @@ impl AgentRegistry for AgentService {
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::RegisterStream>, Status> {
         let header = request.metadata().get("authorization");
-        let principal = (self.auth)
-            .principal(Realm::Agent, header.map(|v| v.as_bytes()))
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let principal = match (self.auth).principal(Realm::Agent, header.map(|v| v.as_bytes())) {
+            Ok(principal) => principal,
+            Err(e) => {
+                let outcome = Outcome::Unauthenticated;
+                self.audit.record(None, "REGISTER_AGENT", "-", outcome);
+                return Err(Status::unauthenticated(e.to_string()));
+            }
+        };
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -51,18 +62,30 @@ impl AgentRegistry for AgentService {
         }
         let info = register.info.ok_or(CallError::AgentWithoutInfo)?;
         let (tx, rx) = mpsc::channel(crate::STREAM_BUFFER);
-        let (agent_id, conn) = self
+        let named = info
+            .id
+            .as_ref()
+            .map_or("new", |id| id.value.as_str())
+            .to_owned();
+        let registered = self
             .leader
             .ask(|reply| Input::RegisterAgent {
                 info: Box::new(info),
                 tasks: register.tasks,
                 charges: register.charges,
                 executors: register.executors,
-                principal,
+                principal: principal.clone(),
                 sender: tx,
                 reply,
             })
-            .await?;
+            .await;
+        let outcome = match &registered {
+            Ok(_) => Outcome::Accepted,
+            Err(e) => Outcome::of(e.http_status()),
+        };
+        let target = registered.as_ref().map_or(named, |(id, _)| id.clone());
+        (self.audit).record(principal.as_deref(), "REGISTER_AGENT", &target, outcome);
+        let (agent_id, conn) = registered?;
         let inputs = self.leader.inputs.clone();
         tokio::spawn(async move {
             while let Ok(Some(m)) = inbound.message().await {

@@ -6,6 +6,7 @@ use axum::routing::get;
 use serde_json::json;
 use std::time::Duration;
 
+use crate::audit::Audit;
 use crate::authn::{Authentication, Realm};
 use crate::leader::LeaderHandle;
 use crate::registry::Registry;
@@ -14,29 +15,50 @@ use crate::registry::Registry;
 struct HttpState {
     leader: LeaderHandle,
     registry: Registry,
+    audit: Audit,
 }
 
 /// State is read-only (`--authenticate-http-readonly`); `/health` and `/version`
 /// ask no one, as in Mesos.
-pub(super) fn router(leader: LeaderHandle, registry: Registry, auth: Authentication) -> Router {
-    let read_only = (auth, Realm::ReadOnly);
+pub(super) fn router(
+    leader: LeaderHandle,
+    registry: Registry,
+    read_only: (Authentication, Realm, Audit),
+) -> Router {
+    let audit = read_only.2.clone();
     let open = Router::new()
         .route("/health", get(health))
         .route("/version", get(version))
         .with_state(HttpState {
             leader: leader.clone(),
             registry: registry.clone(),
+            audit: audit.clone(),
         });
     Router::new()
         .route("/state", get(state))
         .route("/master/state", get(master_state))
         .route("/master/state.json", get(master_state))
-        .with_state(HttpState { leader, registry })
+        .route("/metrics", get(metrics))
+        .with_state(HttpState {
+            leader,
+            registry,
+            audit,
+        })
         .layer(axum::middleware::from_fn_with_state(
             read_only,
             super::authenticate,
         ))
         .merge(open)
+}
+
+/// The master's counters, in Prometheus' text format.
+async fn metrics(State(s): State<HttpState>) -> Response {
+    let content_type = "text/plain; version=0.0.4";
+    (
+        [(axum::http::header::CONTENT_TYPE, content_type)],
+        s.audit.render(),
+    )
+        .into_response()
 }
 
 /// How long the leader's actor may take to answer a health check.

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{Caller, refuse, subscribe_info};
+use crate::audit::{Audit, Outcome};
 use crate::error::CallError;
 use crate::leader::{Input, LeaderHandle};
 
@@ -25,7 +26,7 @@ fn record(json: String) -> Bytes {
 }
 
 pub(super) async fn scheduler(
-    State(leader): State<LeaderHandle>,
+    State((leader, audit)): State<(LeaderHandle, Audit)>,
     Extension(Caller(principal)): Extension<Caller>,
     headers: HeaderMap,
     body: Bytes,
@@ -45,9 +46,23 @@ pub(super) async fn scheduler(
         Ok(c) => c,
         Err(e) => return refuse(CallError::UnparsableCall(e)),
     };
-    if call.r#type == call::Type::Subscribe as i32 {
-        return subscribe(leader, call, principal).await;
-    }
+    let (kind, target) = super::audited(&call);
+    let answer = if call.r#type == call::Type::Subscribe as i32 {
+        subscribe(leader, call, principal.clone()).await
+    } else {
+        send(leader, &headers, call, principal.clone()).await
+    };
+    let outcome = Outcome::of(answer.status());
+    audit.record(principal.as_deref(), kind, &target, outcome);
+    answer
+}
+
+async fn send(
+    leader: LeaderHandle,
+    headers: &HeaderMap,
+    call: Call,
+    principal: Option<String>,
+) -> Response {
     let stream_id = headers
         .get(STREAM_ID)
         .and_then(|v| v.to_str().ok())

@@ -16,6 +16,7 @@ use cairn_api::internal::agent_registry_server::AgentRegistryServer;
 use cairn_api::v1::scheduler_server::SchedulerServer;
 use cairn_api::v1::{Call, FrameworkInfo};
 
+use crate::audit::{Audit, Outcome};
 use crate::authn::{Authentication, Realm, Unauthenticated};
 use crate::error::CallError;
 use crate::leader::LeaderHandle;
@@ -31,35 +32,32 @@ pub(crate) fn router(
     flags: Vec<(String, String)>,
     auth: Authentication,
 ) -> Router {
-    let scheduler = scheduler::SchedulerService::new(leader.clone(), auth.clone());
+    let audit = Audit::default();
+    let scheduler = scheduler::SchedulerService::new(leader.clone(), auth.clone(), audit.clone());
+    let agents = agents::AgentService::new(leader.clone(), auth.clone(), audit.clone());
     let grpc = tonic::service::Routes::new(
-        AgentRegistryServer::new(agents::AgentService::new(leader.clone(), auth.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        AgentRegistryServer::new(agents).max_decoding_message_size(MAX_MESSAGE_BYTES),
     )
     .add_service(SchedulerServer::new(scheduler).max_decoding_message_size(MAX_MESSAGE_BYTES))
     .into_axum_router();
+    let realm = |realm| (auth.clone(), realm, audit.clone());
     let scheduler_http = Router::new()
         .route(
             "/api/v1/scheduler",
             axum::routing::post(mesos_http::scheduler),
         )
-        .with_state(leader.clone())
-        .layer(from_fn_with_state(
-            (auth.clone(), Realm::Scheduler),
-            authenticate,
-        ));
+        .with_state((leader.clone(), audit.clone()))
+        .layer(from_fn_with_state(realm(Realm::Scheduler), authenticate));
     let operator_http = Router::new()
         .route("/api/v1", axum::routing::post(operator::operator))
         .with_state(operator::OperatorState {
             leader: leader.clone(),
             registry: registry.clone(),
             flags: std::sync::Arc::new(flags),
+            audit: audit.clone(),
         })
-        .layer(from_fn_with_state(
-            (auth.clone(), Realm::ReadWrite),
-            authenticate,
-        ));
-    http::router(leader, registry, auth)
+        .layer(from_fn_with_state(realm(Realm::ReadWrite), authenticate));
+    http::router(leader, registry, realm(Realm::ReadOnly))
         .merge(scheduler_http)
         .merge(operator_http)
         .merge(grpc)
@@ -74,7 +72,7 @@ pub(crate) struct Caller(pub Option<String>);
 /// Refuses callers of the realm who do not authenticate (401) and tells the handler
 /// who the others are; a layer, with its realm as state.
 pub(super) async fn authenticate(
-    State((auth, realm)): State<(Authentication, Realm)>,
+    State((auth, realm, audit)): State<(Authentication, Realm, Audit)>,
     mut request: Request,
     next: Next,
 ) -> Response {
@@ -84,8 +82,26 @@ pub(super) async fn authenticate(
             request.extensions_mut().insert(Caller(principal));
             next.run(request).await
         }
-        Err(e) => unauthenticated(e),
+        Err(e) => {
+            let call = format!("{} {}", request.method(), request.uri().path());
+            audit.record(None, &call, "-", Outcome::Unauthenticated);
+            unauthenticated(e)
+        }
     }
+}
+
+/// A scheduler call's type and the framework it names, for the audit log (`new`: a
+/// SUBSCRIBE naming none).
+fn audited(call: &Call) -> (&'static str, String) {
+    let kind = cairn_api::v1::call::Type::try_from(call.r#type)
+        .unwrap_or(cairn_api::v1::call::Type::Unknown)
+        .as_str_name();
+    let named = call.framework_id.as_ref().or_else(|| {
+        let info = call.subscribe.as_ref()?.framework_info.as_ref()?;
+        info.id.as_ref()
+    });
+    let target = named.map_or_else(|| "new".to_owned(), |id| id.value.clone());
+    (kind, target)
 }
 
 /// 401 as Mesos' basic authenticator answers it, with the reason in the body.

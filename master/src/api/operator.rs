@@ -3,13 +3,14 @@
 //! leader (and the registry). Responses use Mesos' JSON shapes.
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use cairn_api::internal::{RoleQuota, RoleWeight};
 use serde_json::{Value, json};
 
-use super::refuse;
+use super::{Caller, refuse};
+use crate::audit::{Audit, Outcome};
 use crate::error::{CallError, QuantityProblem};
 use crate::leader::{Input, LeaderHandle, MasterSnapshot};
 
@@ -53,9 +54,14 @@ pub(crate) struct OperatorState {
     pub(crate) leader: LeaderHandle,
     pub(crate) registry: crate::registry::Registry,
     pub(crate) flags: std::sync::Arc<Vec<(String, String)>>,
+    pub(crate) audit: Audit,
 }
 
-pub(super) async fn operator(State(state): State<OperatorState>, body: Bytes) -> Response {
+pub(super) async fn operator(
+    State(state): State<OperatorState>,
+    Extension(Caller(principal)): Extension<Caller>,
+    body: Bytes,
+) -> Response {
     let call: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return refuse(CallError::InvalidJson(e)),
@@ -75,10 +81,13 @@ pub(super) async fn operator(State(state): State<OperatorState>, body: Bytes) ->
     if let Some(answer) = read(kind, &snap, &state.flags) {
         return answer;
     }
-    match write(kind, &call, &state.leader).await {
+    let answer = match write(kind, &call, &state.leader).await {
         Ok(()) => StatusCode::OK.into_response(),
         Err(e) => refuse(e),
-    }
+    };
+    let outcome = Outcome::of(answer.status());
+    (state.audit).record(principal.as_deref(), kind, &target_of(kind, &call), outcome);
+    answer
 }
 
 /// The read calls, answered from the snapshot; `None` if `kind` is not one.
@@ -196,6 +205,22 @@ async fn write(kind: &str, call: &Value, leader: &LeaderHandle) -> Result<(), Ca
         other => Err(CallError::UnsupportedOperatorCall {
             call_type: other.to_owned(),
         }),
+    }
+}
+
+/// What a write names, for the audit log: roles, an agent or a framework.
+fn target_of(kind: &str, call: &Value) -> String {
+    let roles = |list: &Value, key: &str| -> String {
+        let roles = list.as_array().into_iter().flatten();
+        let names: Vec<&str> = roles.filter_map(|r| r[key].as_str()).collect();
+        names.join(",")
+    };
+    match kind {
+        "UPDATE_WEIGHTS" => roles(&call["update_weights"]["weight_infos"], "role"),
+        "UPDATE_QUOTA" => roles(&call["update_quota"]["quota_configs"], "role"),
+        "MARK_AGENT_GONE" => call["mark_agent_gone"]["agent_id"]["value"].to_string(),
+        "TEARDOWN" => call["teardown"]["framework_id"]["value"].to_string(),
+        _ => String::new(),
     }
 }
 

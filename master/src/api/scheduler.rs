@@ -4,6 +4,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::audit::{Audit, Outcome};
 use crate::authn::{Authentication, Realm};
 use crate::error::CallError;
 use crate::leader::{Input, LeaderHandle};
@@ -16,19 +17,48 @@ pub const STREAM_ID: &str = "mesos-stream-id";
 pub(crate) struct SchedulerService {
     leader: LeaderHandle,
     auth: Authentication,
+    audit: Audit,
 }
 
 impl SchedulerService {
-    pub(crate) fn new(leader: LeaderHandle, auth: Authentication) -> Self {
-        Self { leader, auth }
+    pub(crate) fn new(leader: LeaderHandle, auth: Authentication, audit: Audit) -> Self {
+        Self {
+            leader,
+            auth,
+            audit,
+        }
+    }
+
+    /// Logs a call with its outcome (see `crate::audit`).
+    fn audit<T>(
+        &self,
+        principal: Option<&str>,
+        (kind, target): (&str, String),
+        result: &Result<T, Status>,
+    ) {
+        let outcome = match result {
+            Ok(_) => Outcome::Accepted,
+            Err(status) => match status.code() {
+                tonic::Code::Unauthenticated => Outcome::Unauthenticated,
+                tonic::Code::PermissionDenied => Outcome::Forbidden,
+                tonic::Code::Unavailable | tonic::Code::Internal => Outcome::Failed,
+                _ => Outcome::Refused,
+            },
+        };
+        self.audit.record(principal, kind, &target, outcome);
     }
 
     /// Who calls, from the `authorization` metadata, as the HTTP API reads it.
-    fn principal<T>(&self, request: &Request<T>) -> Result<Option<String>, Status> {
+    fn principal<T>(&self, request: &Request<T>, rpc: &str) -> Result<Option<String>, Status> {
         let header = request.metadata().get("authorization");
-        self.auth
+        let principal = self
+            .auth
             .principal(Realm::Scheduler, header.map(|v| v.as_bytes()))
-            .map_err(|e| Status::unauthenticated(e.to_string()))
+            .map_err(|e| Status::unauthenticated(e.to_string()));
+        if principal.is_err() {
+            self.audit(None, (rpc, "-".into()), &principal);
+        }
+        principal
     }
 }
 
@@ -40,8 +70,35 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<Call>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let principal = self.principal(&request)?;
+        let principal = self.principal(&request, "Subscribe")?;
         let call = request.into_inner();
+        let audited = super::audited(&call);
+        let result = self.open_stream(call, principal.clone()).await;
+        self.audit(principal.as_deref(), audited, &result);
+        result
+    }
+
+    async fn send(&self, request: Request<Call>) -> Result<Response<CallAccepted>, Status> {
+        let stream_id = request
+            .metadata()
+            .get(STREAM_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let principal = self.principal(&request, "Send")?;
+        let call = request.into_inner();
+        let audited = super::audited(&call);
+        let result = self.send_call(call, stream_id, principal.clone()).await;
+        self.audit(principal.as_deref(), audited, &result);
+        result
+    }
+}
+
+impl SchedulerService {
+    async fn open_stream(
+        &self,
+        call: Call,
+        principal: Option<String>,
+    ) -> Result<Response<ReceiverStream<Result<Event, Status>>>, Status> {
         if call.r#type != call::Type::Subscribe as i32 {
             return Err(CallError::NotSubscribe.into());
         }
@@ -64,14 +121,12 @@ impl Scheduler for SchedulerService {
         Ok(response)
     }
 
-    async fn send(&self, request: Request<Call>) -> Result<Response<CallAccepted>, Status> {
-        let stream_id = request
-            .metadata()
-            .get(STREAM_ID)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let principal = self.principal(&request)?;
-        let call = request.into_inner();
+    async fn send_call(
+        &self,
+        call: Call,
+        stream_id: Option<String>,
+        principal: Option<String>,
+    ) -> Result<Response<CallAccepted>, Status> {
         if call.r#type == call::Type::Subscribe as i32 {
             return Err(CallError::SubscribeOnSend.into());
         }
