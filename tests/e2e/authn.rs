@@ -329,7 +329,10 @@ async fn agents_authenticate_and_no_other_principal_takes_an_agents_id() {
             break;
         }
         let state = status["state"].as_str().unwrap_or_default();
-        assert!(matches!(state, "TASK_STARTING" | "TASK_RUNNING"), "{status}");
+        assert!(
+            matches!(state, "TASK_STARTING" | "TASK_RUNNING"),
+            "{status}"
+        );
     }
     cluster.assert_no_panics();
 }
