@@ -5,6 +5,7 @@ pub mod allocator;
 mod api;
 mod audit;
 pub mod authn;
+pub mod authz;
 mod error;
 mod leader;
 mod registry;
