@@ -158,13 +158,23 @@ pub enum CallError {
     },
     #[error("framework {framework_id} is not connected")]
     FrameworkNotConnected { framework_id: String },
+    /// Mesos' text and status (400) for a SUBSCRIBE.
     #[error(
-        "authenticated principal '{principal}' does not match principal '{info_principal}' \
-         set in `FrameworkInfo`"
+        "Failed to validate scheduler::Call: Authenticated principal '{principal}' does not \
+         match principal '{info_principal}' set in `FrameworkInfo`"
     )]
     PrincipalMismatch {
         principal: String,
         info_principal: String,
+    },
+    /// Mesos' text and status (400) for any other scheduler call.
+    #[error(
+        "Authenticated principal '{principal}' does not match principal \
+         '{framework_principal}' set in `FrameworkInfo`"
+    )]
+    CallPrincipalMismatch {
+        principal: String,
+        framework_principal: String,
     },
     #[error("agent {agent_id} was registered by another principal than '{principal}'")]
     NotAgentsPrincipal { agent_id: String, principal: String },
@@ -234,6 +244,8 @@ impl CallError {
             | UpdateFrameworkIdDiffers { .. }
             | FrameworkWithoutName
             | PrincipalChanged { .. }
+            | PrincipalMismatch { .. }
+            | CallPrincipalMismatch { .. }
             | InvalidRole { .. }
             | InvalidWeight { .. }
             | UnparsableQuota { .. }
@@ -257,7 +269,6 @@ impl CallError {
             | UnknownAgent { .. } => NOT_FOUND,
             NotCurrentStream { .. }
             | FrameworkNotConnected { .. }
-            | PrincipalMismatch { .. }
             | NotFrameworksPrincipal { .. }
             | NotAgentsPrincipal { .. }
             | AgentMarkedGone { .. } => FORBIDDEN,

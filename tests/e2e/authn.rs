@@ -66,7 +66,7 @@ async fn schedulers_must_say_who_they_are_and_may_act_only_on_their_own_framewor
         .await
         .err()
         .expect("alice subscribed as bob");
-    assert_eq!(refused.0, 403, "{refused:?}");
+    assert_eq!(refused.0, 400, "{refused:?}");
     assert!(
         refused.1.contains("does not match principal 'bob'"),
         "{refused:?}"
@@ -90,7 +90,7 @@ async fn schedulers_must_say_who_they_are_and_may_act_only_on_their_own_framewor
         .await
         .err()
         .expect("bob took over alice's framework");
-    assert_eq!(refused.0, 403, "{refused:?}");
+    assert_eq!(refused.0, 400, "{refused:?}");
     takeover["principal"] = json!(BOB.0);
     let refused = Scheduler::try_subscribe(master, &subscribe_call(takeover), Some(BOB))
         .await
@@ -106,7 +106,8 @@ async fn schedulers_must_say_who_they_are_and_may_act_only_on_their_own_framewor
     let mut stolen = alice.clone();
     stolen.credential = Some((BOB.0.into(), BOB.1.into()));
     let (status, body) = stolen.call(json!({"type": "TEARDOWN"})).await;
-    assert_eq!(status, 403, "{body}");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("Authenticated principal 'bob' does not match principal 'alice'"));
     // Alice's stream is still hers: her own calls are accepted.
     assert_eq!(alice.call(json!({"type": "REVIVE"})).await.0, 202);
     let offers = alice_events.next_of("OFFERS").await;

@@ -116,9 +116,9 @@ impl Leader {
         if let Some(principal) = principal
             && framework.info.principal != principal
         {
-            return Err(CallError::NotFrameworksPrincipal {
-                framework_id,
+            return Err(CallError::CallPrincipalMismatch {
                 principal,
+                framework_principal: framework.info.principal.clone(),
             });
         }
         match (&framework.stream, stream_id) {
