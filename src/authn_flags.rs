@@ -1,6 +1,7 @@
-//! The master's authentication flags, Mesos' names in kebab case.
+//! The master's authentication and authorization flags, Mesos' names in kebab case.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
@@ -28,21 +29,80 @@ pub(crate) struct AuthFlags {
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true",
           action = clap::ArgAction::Set)]
     authenticate_http_readonly: bool,
+    /// What each principal may do, in Mesos' ACL JSON with Cairn's actions beside
+    /// Mesos' (see docs/security.md); without it, everything is allowed.
+    #[arg(long)]
+    acls: Option<PathBuf>,
 }
 
 impl AuthFlags {
-    pub(crate) fn authentication(&self) -> anyhow::Result<cairn_master::authn::Authentication> {
+    /// The `--acls` file, read and checked; permissive when none is given.
+    pub(crate) fn acls(&self) -> anyhow::Result<Arc<cairn_api::authz::Acls>> {
+        load_acls(self.acls.as_deref())
+    }
+
+    pub(crate) fn authentication(&self) -> anyhow::Result<cairn_api::authn::Authentication> {
         let credentials = match &self.credentials {
-            Some(path) => Some(cairn_master::authn::Credentials::load(path)?),
+            Some(path) => Some(cairn_api::authn::Credentials::load(path)?),
             None => None,
         };
-        let realms = cairn_master::authn::Realms {
+        let realms = cairn_api::authn::Realms {
             frameworks: self.authenticate_frameworks,
             agents: self.authenticate_agents,
             readwrite: self.authenticate_http_readwrite,
             readonly: self.authenticate_http_readonly,
         };
-        cairn_master::authn::Authentication::new(credentials, realms)
+        cairn_api::authn::Authentication::new(credentials, realms)
             .context("the master's authentication flags")
     }
+}
+
+/// Who may call an agent's HTTP API, and what each may see (Mesos' agent flags).
+#[derive(Args, Clone, Default)]
+pub(crate) struct AgentAuthFlags {
+    /// Principals and secrets for the agent's HTTP API, in Mesos' JSON or text form
+    /// (Mesos' agent `--http_credentials`).
+    #[arg(long)]
+    http_credentials: Option<PathBuf>,
+    /// Reads of the agent's state, metrics and sandboxes must authenticate.
+    #[arg(long = "authenticate-http-readonly", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    readonly: bool,
+    /// What each principal may see here (`view_tasks`, `view_frameworks`,
+    /// `access_sandboxes`), in Mesos' ACL JSON; without it, everything.
+    #[arg(long = "acls")]
+    acls: Option<PathBuf>,
+}
+
+impl AgentAuthFlags {
+    pub(crate) fn authentication(&self) -> anyhow::Result<cairn_api::authn::Authentication> {
+        let credentials = match &self.http_credentials {
+            Some(path) => Some(cairn_api::authn::Credentials::load(path)?),
+            None => None,
+        };
+        let realms = cairn_api::authn::Realms {
+            readonly: self.readonly,
+            ..Default::default()
+        };
+        cairn_api::authn::Authentication::new(credentials, realms)
+            .context("the agent's authentication flags")
+    }
+
+    pub(crate) fn acls(&self) -> anyhow::Result<Arc<cairn_api::authz::Acls>> {
+        load_acls(self.acls.as_deref())
+    }
+}
+
+fn load_acls(path: Option<&std::path::Path>) -> anyhow::Result<Arc<cairn_api::authz::Acls>> {
+    let Some(path) = path else {
+        return Ok(Arc::default());
+    };
+    let acls = cairn_api::authz::Acls::load(path)?;
+    for action in acls.unchecked_actions() {
+        tracing::warn!(
+            action,
+            "--acls: Cairn has no calls this Mesos action governs"
+        );
+    }
+    Ok(Arc::new(acls))
 }

@@ -51,6 +51,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
     let agent = cairn_agent::Agent::bind(crate::agent_config(crate::AgentArgs {
         master: master_addr.to_string(),
         credential: None,
+        http_auth: Default::default(),
         listen: args.agent_listen,
         work_dir: data_dir.join("agent"),
         resources: args.resources,

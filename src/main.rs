@@ -100,6 +100,8 @@ pub(crate) struct AgentArgs {
     /// agents: Mesos' `{"principal": …, "secret": …}` or `principal secret`.
     #[arg(long)]
     credential: Option<PathBuf>,
+    #[command(flatten)]
+    http_auth: authn_flags::AgentAuthFlags,
     /// Address for the agent's HTTP API.
     #[arg(long, default_value = "0.0.0.0:5051")]
     listen: SocketAddr,
@@ -442,6 +444,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                     executor_idle_timeout: args.executor_idle_timeout,
                     max_completed_tasks_per_framework: args.max_completed_tasks_per_framework,
                     max_completed_frameworks: args.max_completed_frameworks,
+                    acls: args.auth.acls()?,
                     ..Default::default()
                 },
                 authentication: args.auth.authentication()?,
@@ -506,6 +509,8 @@ pub(crate) fn agent_config(args: AgentArgs) -> anyhow::Result<cairn_agent::Agent
     Ok(cairn_agent::AgentConfig {
         master: args.master,
         credential,
+        http_authentication: args.http_auth.authentication()?,
+        acls: args.http_auth.acls()?,
         listen: args.listen,
         work_dir: args.work_dir,
         resources: args.resources,

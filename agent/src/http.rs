@@ -1,10 +1,14 @@
 //! The agent's HTTP API: `/health`, `/state`, and `/files/read` for task sandboxes.
+//! Everything but `/health` is in the readonly realm and shows a caller only what
+//! its grants allow (see [`access`]).
+
+mod access;
 
 use std::path::{Component, Path};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
@@ -18,11 +22,15 @@ use crate::core::AgentSnapshot;
 /// The most one `/files/read` returns, as Mesos pages its sandbox reads.
 const MAX_READ: u64 = 1 << 20;
 
+pub use access::Access;
+use access::Caller;
+
 #[derive(Clone)]
 struct HttpState {
     snapshot: watch::Receiver<Arc<AgentSnapshot>>,
     core: tokio::sync::mpsc::Sender<crate::input::Input>,
     paths: crate::paths::Paths,
+    access: Access,
 }
 
 impl HttpState {
@@ -45,19 +53,26 @@ pub fn router(
     snapshot: watch::Receiver<Arc<AgentSnapshot>>,
     core: tokio::sync::mpsc::Sender<crate::input::Input>,
     paths: crate::paths::Paths,
+    access: Access,
 ) -> Router {
+    let state = HttpState {
+        snapshot,
+        core,
+        paths,
+        access: access.clone(),
+    };
     Router::new()
-        .route("/health", get(health))
         .route("/metrics", get(metrics))
-        .route("/state", get(state))
+        .route("/state", get(state_json))
         .route("/monitor/statistics", get(statistics))
         .route("/files/read", get(read))
+        .layer(axum::middleware::from_fn_with_state(
+            access,
+            access::authenticate,
+        ))
+        .route("/health", get(health))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such endpoint\n") })
-        .with_state(HttpState {
-            snapshot,
-            core,
-            paths,
-        })
+        .with_state(state)
 }
 
 /// Healthy while the agent can keep its promises: an unwritable checkpoint holds
@@ -91,13 +106,17 @@ async fn metrics(State(s): State<HttpState>) -> Response {
         .into_response()
 }
 
-async fn state(State(s): State<HttpState>) -> Json<serde_json::Value> {
-    let snap = s.snapshot().await;
+async fn state_json(
+    State(s): State<HttpState>,
+    Extension(Caller(principal)): Extension<Caller>,
+) -> Json<serde_json::Value> {
+    let snap = s.access.visible(s.snapshot().await, principal.as_deref());
     Json(json!({
         "version": cairn_api::VERSION,
         "id": snap.agent_id,
         "master_connected": snap.master_connected,
         "tasks": snap.tasks,
+        "completed_tasks": snap.completed_tasks,
         "pending_updates": snap.pending_updates,
         "executors": snap.executors,
         "checkpoint_error": snap.checkpoint_error,
@@ -107,8 +126,11 @@ async fn state(State(s): State<HttpState>) -> Json<serde_json::Value> {
 /// Mesos' `/monitor/statistics`: one entry per running native or Docker task (each is
 /// its own container, as under Mesos' command executor, so `executor_id` is the task's
 /// id). CPU time is reported whole, as user time.
-async fn statistics(State(s): State<HttpState>) -> Json<serde_json::Value> {
-    let snap = s.snapshot().await;
+async fn statistics(
+    State(s): State<HttpState>,
+    Extension(Caller(principal)): Extension<Caller>,
+) -> Json<serde_json::Value> {
+    let snap = s.access.visible(s.snapshot().await, principal.as_deref());
     let entries: Vec<serde_json::Value> = snap
         .statistics
         .iter()
@@ -147,11 +169,35 @@ fn bad(status: StatusCode, message: String) -> Response {
 }
 
 /// Reads part of a file in a task's sandbox; answers `{"data", "offset"}` like Mesos.
-async fn read(State(s): State<HttpState>, Query(q): Query<ReadQuery>) -> Response {
+async fn read(
+    State(s): State<HttpState>,
+    Extension(Caller(principal)): Extension<Caller>,
+    Query(q): Query<ReadQuery>,
+) -> Response {
     if !cairn_api::ids::is_safe_id(&q.framework_id) || !cairn_api::ids::is_safe_id(&q.task_id) {
         return bad(
             StatusCode::BAD_REQUEST,
             "framework_id and task_id must be valid ids".into(),
+        );
+    }
+    // The live task, else its last completed run. A task the agent no longer lists has no known user: only a grant for ANY
+    // user opens its sandbox.
+    let snap = s.snapshot().await;
+    let is_it =
+        |t: &&crate::core::TaskView| t.framework_id == q.framework_id && t.task_id == q.task_id;
+    let task = (snap.tasks.iter().find(is_it)).or_else(|| snap.completed_tasks.iter().rfind(is_it));
+    let user = task.map_or("", |t| t.user.as_str());
+    let principal = principal.as_deref();
+    if !(s.access).may(principal, cairn_api::authz::Action::AccessSandboxes, user) {
+        let who = principal.map_or("an unauthenticated caller".into(), |p| {
+            format!("principal '{p}'")
+        });
+        return bad(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{who} may not read the sandbox of task {} (the agent's --acls: access_sandboxes)",
+                q.task_id
+            ),
         );
     }
     let relative = Path::new(&q.path);

@@ -50,6 +50,10 @@ pub struct AgentConfig {
     pub master: String,
     /// Whom the agent authenticates to the master as (Mesos' `--credential`).
     pub credential: Option<master_link::Credential>,
+    /// Who may call the HTTP API (`--http-credentials`, `--authenticate-http-readonly`).
+    pub http_authentication: cairn_api::authn::Authentication,
+    /// What each caller may see of tasks and sandboxes (`--acls`).
+    pub acls: std::sync::Arc<cairn_api::authz::Acls>,
     pub listen: SocketAddr,
     pub work_dir: PathBuf,
     /// `--resources` text; what it leaves out is detected.
@@ -227,7 +231,11 @@ impl Agent {
             work_dir = %self.config.work_dir.display(),
             "agent running"
         );
-        axum::serve(self.http, http::router(snapshot, tx, paths))
+        let access = http::Access {
+            authentication: self.config.http_authentication.clone(),
+            acls: self.config.acls.clone(),
+        };
+        axum::serve(self.http, http::router(snapshot, tx, paths, access))
             .await
             .map_err(AgentError::Serve)
     }

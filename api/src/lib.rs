@@ -2,7 +2,11 @@
 //! the protobuf messages (Mesos v1 names, and [Mesos' JSON](json) for them), ids, the
 //! [`Resources`] algebra and task states.
 
+pub mod authn;
+pub mod authz;
 pub mod charges;
+#[cfg(test)]
+mod fuzz;
 pub mod ids;
 pub mod json;
 pub mod resources;

@@ -188,6 +188,9 @@ pub enum CallError {
          start it on a fresh work dir to join as a new agent"
     )]
     AgentMarkedGone { agent_id: String },
+    /// The master's `--acls` do not allow it.
+    #[error(transparent)]
+    Unauthorized(#[from] crate::authz::Refused),
 
     // The master cannot serve it now; a retry may succeed: 503, UNAVAILABLE.
     #[error("subscription stream closed")]
@@ -271,7 +274,8 @@ impl CallError {
             | FrameworkNotConnected { .. }
             | NotFrameworksPrincipal { .. }
             | NotAgentsPrincipal { .. }
-            | AgentMarkedGone { .. } => FORBIDDEN,
+            | AgentMarkedGone { .. }
+            | Unauthorized(_) => FORBIDDEN,
             SubscriptionClosed { .. } | AgentStreamClosed { .. } | ShuttingDown | Registry(_) => {
                 UNAVAILABLE
             }
@@ -327,6 +331,12 @@ pub(crate) enum InvalidTask {
     },
     #[error("task {task_id}: {why}")]
     Executor { task_id: String, why: String },
+    /// Its launch is not allowed by the master's `--acls` (REASON_TASK_UNAUTHORIZED).
+    #[error("task {task_id} is not authorized to launch: {refused}")]
+    Unauthorized {
+        task_id: String,
+        refused: crate::authz::Refused,
+    },
     #[error("task {task_id} has neither a command nor an executor")]
     NoCommandNoExecutor { task_id: String },
     #[error("task {task_id} has both a command and an executor; give exactly one")]

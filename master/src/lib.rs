@@ -4,8 +4,8 @@
 pub mod allocator;
 mod api;
 mod audit;
-pub mod authn;
-pub mod authz;
+/// Who calls, and what they may do: shared with the agent, so they live in `cairn_api`.
+pub use cairn_api::{authn, authz};
 mod error;
 mod leader;
 mod registry;
@@ -68,6 +68,7 @@ impl Master {
                 registry,
                 flags(&config),
                 config.authentication.clone(),
+                config.leader.acls.clone(),
             ),
         })
     }

@@ -4,6 +4,7 @@
 
 use cairn_test_support::harness::Cairn;
 
+mod acls;
 mod authn;
 mod bad_input;
 mod compile;

@@ -41,6 +41,9 @@ pub struct AgentSnapshot {
     pub agent_id: Option<String>,
     pub master_connected: bool,
     pub tasks: Vec<TaskView>,
+    /// The last [`MAX_COMPLETED_TASKS`] tasks whose end was acknowledged, whose
+    /// sandboxes may still be read (Mesos' agent keeps its completed tasks so).
+    pub completed_tasks: Vec<TaskView>,
     pub executors: Vec<ExecutorView>,
     pub pending_updates: usize,
     /// Why the checkpoint cannot be written, while it cannot.
@@ -51,6 +54,9 @@ pub struct AgentSnapshot {
     #[serde(skip)]
     pub statistics: Vec<TaskStatistics>,
 }
+
+/// Completed tasks the agent remembers (Mesos keeps 200 per executor).
+pub const MAX_COMPLETED_TASKS: usize = 1000;
 
 /// One running task's usage, for `/monitor/statistics`.
 #[derive(Debug, Clone)]
@@ -69,6 +75,9 @@ pub struct TaskView {
     pub executor_id: String,
     pub state: String,
     pub directory: String,
+    /// Whom the task names to run as (its command's user, else its framework's;
+    /// empty: the agent's `--default-user`), which `--acls` grants are about.
+    pub user: String,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -159,6 +168,9 @@ pub struct Core {
     snapshot: watch::Sender<Arc<AgentSnapshot>>,
     /// The sandbox garbage collector (see `crate::gc`).
     gc: mpsc::UnboundedSender<std::path::PathBuf>,
+    /// The last tasks gone from the checkpoint, newest last: `/state` lists them and
+    /// `/files/read` knows whose their sandboxes are.
+    completed: std::collections::VecDeque<TaskView>,
 }
 
 impl Core {
@@ -189,6 +201,7 @@ impl Core {
             to_master: Default::default(),
             dirty: true,
             published_at: Instant::now(),
+            completed: Default::default(),
             publish_waiters: Vec::new(),
             checkpoint,
             links: HashMap::new(),

@@ -4,30 +4,43 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{AgentSnapshot, Core, ExecutorView, TaskStatistics, TaskView};
+use super::{AgentSnapshot, Core, ExecutorView, MAX_COMPLETED_TASKS, TaskStatistics, TaskView};
+use crate::checkpoint::TaskKey;
 
 impl Core {
+    /// A task of the checkpoint as `/state` shows it.
+    pub(super) fn task_view(&self, key: &TaskKey) -> Option<TaskView> {
+        let state = &self.checkpoint.state;
+        let t = state.tasks.get(key)?;
+        let (fw, id) = key;
+        let framework_user = state.frameworks.get(fw).map_or("", |f| f.user.as_str());
+        Some(TaskView {
+            framework_id: fw.clone(),
+            task_id: id.clone(),
+            directory: (self.paths.sandbox(fw, id, &t.container_id))
+                .display()
+                .to_string(),
+            executor_id: t.executor_id.clone(),
+            state: t.state.as_str_name().to_owned(),
+            user: cairn_api::authz::task_user(framework_user, &t.info).to_owned(),
+        })
+    }
+
+    /// Remembers a task gone from the checkpoint, forgetting the oldest past
+    /// [`MAX_COMPLETED_TASKS`].
+    pub(super) fn remember_completed(&mut self, task: TaskView) {
+        if self.completed.len() == MAX_COMPLETED_TASKS {
+            self.completed.pop_front();
+        }
+        self.completed.push_back(task);
+    }
+
     pub(super) fn publish(&mut self) {
         self.dirty = false;
         self.published_at = Instant::now();
         let state = &self.checkpoint.state;
-        let tasks = state
-            .tasks
-            .iter()
-            .map(|((fw, id), t)| {
-                let executor_id = t.executor_id.clone();
-                TaskView {
-                    framework_id: fw.clone(),
-                    task_id: id.clone(),
-                    directory: self
-                        .paths
-                        .sandbox(fw, id, &t.container_id)
-                        .display()
-                        .to_string(),
-                    executor_id,
-                    state: t.state.as_str_name().to_owned(),
-                }
-            })
+        let tasks = (state.tasks.keys())
+            .filter_map(|key| self.task_view(key))
             .collect();
         let executors = state
             .executors
@@ -44,6 +57,7 @@ impl Core {
             agent_id: self.info.id.as_ref().map(|i| i.value.clone()),
             master_connected: self.master.is_some(),
             tasks,
+            completed_tasks: self.completed.iter().cloned().collect(),
             executors,
             pending_updates: state.updates.pending(),
             checkpoint_error: self.commit_failure.as_ref().map(|f| f.error.clone()),

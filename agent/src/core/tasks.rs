@@ -449,7 +449,11 @@ impl Core {
             .tasks
             .get(&key)
             .map(|t| t.container_id.clone());
+        let view = self.task_view(&key);
         self.checkpoint.record(Record::Ack(ack));
+        if let Some(view) = view.filter(|_| !self.checkpoint.state.tasks.contains_key(&key)) {
+            self.remember_completed(view);
+        }
         // Its terminal update acknowledged, the task is gone: its run's sandbox is
         // garbage now (kept a while for a look at its files).
         if let Some(container_id) =

@@ -1,13 +1,17 @@
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde_json::json;
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::Caller;
+use super::views::visible;
 use crate::audit::Audit;
 use crate::authn::{Authentication, Realm};
+use crate::authz::Acls;
 use crate::leader::LeaderHandle;
 use crate::registry::Registry;
 
@@ -16,6 +20,7 @@ struct HttpState {
     leader: LeaderHandle,
     registry: Registry,
     audit: Audit,
+    acls: Arc<Acls>,
 }
 
 /// State is read-only (`--authenticate-http-readonly`); `/health` and `/version`
@@ -23,6 +28,7 @@ struct HttpState {
 pub(super) fn router(
     leader: LeaderHandle,
     registry: Registry,
+    acls: Arc<Acls>,
     read_only: (Authentication, Realm, Audit),
 ) -> Router {
     let audit = read_only.2.clone();
@@ -33,6 +39,7 @@ pub(super) fn router(
             leader: leader.clone(),
             registry: registry.clone(),
             audit: audit.clone(),
+            acls: acls.clone(),
         });
     Router::new()
         .route("/state", get(state))
@@ -43,6 +50,7 @@ pub(super) fn router(
             leader,
             registry,
             audit,
+            acls,
         })
         .layer(axum::middleware::from_fn_with_state(
             read_only,
@@ -90,8 +98,12 @@ async fn version() -> Json<serde_json::Value> {
 /// The master's state as JSON: the leader's snapshot, published for this request
 /// (or its last one if the leader is too busy to answer), plus the registry's
 /// applied index.
-async fn state(State(s): State<HttpState>) -> Json<serde_json::Value> {
+async fn state(
+    State(s): State<HttpState>,
+    Extension(Caller(principal)): Extension<Caller>,
+) -> Json<serde_json::Value> {
     let snapshot = s.leader.fresh_snapshot().await;
+    let snapshot = visible(snapshot, &s.acls, principal.as_deref());
     Json(json!({
         "version": cairn_api::VERSION,
         "registry_applied_index": s.registry.state().applied,
@@ -109,8 +121,12 @@ pub(super) async fn not_found() -> impl IntoResponse {
 
 /// Mesos' v0 `/master/state` shape, which many Mesos tools and dashboards read:
 /// `slaves` for agents, resources as `{"cpus": 2, "mem": 1024, "ports": "[…]"}`.
-async fn master_state(State(s): State<HttpState>) -> Json<serde_json::Value> {
+async fn master_state(
+    State(s): State<HttpState>,
+    Extension(Caller(principal)): Extension<Caller>,
+) -> Json<serde_json::Value> {
     let snap = s.leader.fresh_snapshot().await;
+    let snap = visible(snap, &s.acls, principal.as_deref());
     let tasks_of = |fw: &str, tasks: &[crate::leader::TaskView]| -> Vec<serde_json::Value> {
         tasks
             .iter()

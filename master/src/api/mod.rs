@@ -6,6 +6,7 @@ mod http;
 mod mesos_http;
 mod operator;
 mod scheduler;
+mod views;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -31,6 +32,7 @@ pub(crate) fn router(
     registry: Registry,
     flags: Vec<(String, String)>,
     auth: Authentication,
+    acls: std::sync::Arc<crate::authz::Acls>,
 ) -> Router {
     let audit = Audit::default();
     let scheduler = scheduler::SchedulerService::new(leader.clone(), auth.clone(), audit.clone());
@@ -55,9 +57,10 @@ pub(crate) fn router(
             registry: registry.clone(),
             flags: std::sync::Arc::new(flags),
             audit: audit.clone(),
+            acls: acls.clone(),
         })
         .layer(from_fn_with_state(realm(Realm::ReadWrite), authenticate));
-    http::router(leader, registry, realm(Realm::ReadOnly))
+    http::router(leader, registry, acls, realm(Realm::ReadOnly))
         .merge(scheduler_http)
         .merge(operator_http)
         .merge(grpc)
@@ -106,14 +109,9 @@ fn audited(call: &Call) -> (&'static str, String) {
 
 /// 401 as Mesos' basic authenticator answers it, with the reason in the body.
 fn unauthenticated(e: Unauthenticated) -> Response {
-    let challenge = format!("Basic realm=\"{}\"", e.realm.name());
-    let mut response = (StatusCode::UNAUTHORIZED, format!("{e}\n")).into_response();
-    if let Ok(value) = HeaderValue::from_str(&challenge) {
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, value);
-    }
-    response
+    let challenge = HeaderValue::from_str(&e.challenge());
+    let headers = challenge.map(|v| [(header::WWW_AUTHENTICATE, v)]).ok();
+    (StatusCode::UNAUTHORIZED, headers, format!("{e}\n")).into_response()
 }
 
 /// Mesos answers a refused HTTP call with its status code and a plain-text reason.

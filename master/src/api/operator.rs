@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::{Caller, refuse};
 use crate::audit::{Audit, Outcome};
 use crate::error::{CallError, QuantityProblem};
-use crate::leader::{Input, LeaderHandle, MasterSnapshot};
+use crate::leader::{Input, LeaderHandle, MasterSnapshot, OperatorCall};
 
 /// Mesos' `{"cpus": {"value": 10}, ...}` map of scalar quantities, as resources text.
 fn quantities(v: &Value, field: &'static str) -> Result<String, QuantityProblem> {
@@ -55,6 +55,7 @@ pub(crate) struct OperatorState {
     pub(crate) registry: crate::registry::Registry,
     pub(crate) flags: std::sync::Arc<Vec<(String, String)>>,
     pub(crate) audit: Audit,
+    pub(crate) acls: std::sync::Arc<crate::authz::Acls>,
 }
 
 pub(super) async fn operator(
@@ -78,10 +79,11 @@ pub(super) async fn operator(
         return Json(json!({"type": kind, "get_health": health})).into_response();
     }
     let snap = state.leader.fresh_snapshot().await;
+    let snap = super::views::visible(snap, &state.acls, principal.as_deref());
     if let Some(answer) = read(kind, &snap, &state.flags) {
         return answer;
     }
-    let answer = match write(kind, &call, &state.leader).await {
+    let answer = match write(kind, &call, principal.clone(), &state.leader).await {
         Ok(()) => StatusCode::OK.into_response(),
         Err(e) => refuse(e),
     };
@@ -137,8 +139,13 @@ fn read(kind: &str, snap: &MasterSnapshot, flags: &[(String, String)]) -> Option
 }
 
 /// The write calls, which go through the leader (and the registry).
-async fn write(kind: &str, call: &Value, leader: &LeaderHandle) -> Result<(), CallError> {
-    match kind {
+async fn write(
+    kind: &str,
+    call: &Value,
+    principal: Option<String>,
+    leader: &LeaderHandle,
+) -> Result<(), CallError> {
+    let call = match kind {
         "UPDATE_WEIGHTS" => {
             let infos = call["update_weights"]["weight_infos"].as_array().ok_or(
                 CallError::OperatorCallNeeds {
@@ -156,9 +163,7 @@ async fn write(kind: &str, call: &Value, leader: &LeaderHandle) -> Result<(), Ca
                     weight,
                 });
             }
-            leader
-                .ask(|reply| Input::UpdateWeights { weights, reply })
-                .await
+            OperatorCall::UpdateWeights(weights)
         }
         "UPDATE_QUOTA" => {
             let configs = call["update_quota"]["quota_configs"].as_array().ok_or(
@@ -171,9 +176,7 @@ async fn write(kind: &str, call: &Value, leader: &LeaderHandle) -> Result<(), Ca
                 .iter()
                 .map(quota_config)
                 .collect::<Result<Vec<_>, _>>()?;
-            leader
-                .ask(|reply| Input::UpdateQuota { quotas, reply })
-                .await
+            OperatorCall::UpdateQuota(quotas)
         }
         "MARK_AGENT_GONE" => {
             let agent_id = call["mark_agent_gone"]["agent_id"]["value"]
@@ -183,9 +186,7 @@ async fn write(kind: &str, call: &Value, leader: &LeaderHandle) -> Result<(), Ca
                     path: "mark_agent_gone.agent_id.value",
                 })?
                 .to_owned();
-            leader
-                .ask(|reply| Input::MarkAgentGone { agent_id, reply })
-                .await
+            OperatorCall::MarkAgentGone { agent_id }
         }
         "TEARDOWN" => {
             let framework_id = call["teardown"]["framework_id"]["value"]
@@ -195,17 +196,21 @@ async fn write(kind: &str, call: &Value, leader: &LeaderHandle) -> Result<(), Ca
                     path: "teardown.framework_id.value",
                 })?
                 .to_owned();
-            leader
-                .ask(|reply| Input::Teardown {
-                    framework_id,
-                    reply,
-                })
-                .await
+            OperatorCall::Teardown { framework_id }
         }
-        other => Err(CallError::UnsupportedOperatorCall {
-            call_type: other.to_owned(),
-        }),
-    }
+        other => {
+            return Err(CallError::UnsupportedOperatorCall {
+                call_type: other.to_owned(),
+            });
+        }
+    };
+    (leader)
+        .ask(|reply| Input::Operator {
+            call,
+            principal,
+            reply,
+        })
+        .await
 }
 
 /// What a write names, for the audit log: roles, an agent or a framework.

@@ -181,15 +181,13 @@ impl Leader {
     ) {
         let checked = self.validate_tasks(framework_id, placement, &group);
         if let Some(why) = checked.iter().find_map(|r| r.as_ref().err()) {
+            let reason = match why {
+                InvalidTask::Unauthorized { .. } => task_status::Reason::TaskGroupUnauthorized,
+                _ => task_status::Reason::TaskGroupInvalid,
+            };
             let why = format!("task group refused: {why}");
             for task in &group {
-                self.reject_task(
-                    framework_id,
-                    task,
-                    TaskState::TaskError,
-                    task_status::Reason::TaskGroupInvalid,
-                    &why,
-                );
+                self.reject_task(framework_id, task, TaskState::TaskError, reason, &why);
             }
             return;
         }
@@ -241,18 +239,19 @@ impl Leader {
                         charge,
                     );
                 }
-                Err(why) => self.reject_task(
-                    framework_id,
-                    &task,
-                    TaskState::TaskError,
-                    task_status::Reason::TaskInvalid,
-                    &why,
-                ),
+                Err(why) => {
+                    let reason = match why {
+                        InvalidTask::Unauthorized { .. } => task_status::Reason::TaskUnauthorized,
+                        _ => task_status::Reason::TaskInvalid,
+                    };
+                    self.reject_task(framework_id, &task, TaskState::TaskError, reason, &why)
+                }
             }
         }
     }
 
-    /// A task may launch if its id is safe and new, it names no other agent, it asks
+    /// A task may launch if its framework's principal may launch it (`--acls`), its
+    /// id is safe and new, it names no other agent, it asks
     /// for cpus or mem, the offers still hold what it costs (`remaining`, given the
     /// executors the ACCEPT starts before it, `pending`), and it has a command or an
     /// executor. Returns its charge; `seen` gathers the ACCEPT's task ids.
@@ -274,6 +273,13 @@ impl Leader {
                 task_id: task_id.to_owned(),
             });
         }
+        let framework = &self.frameworks[framework_id].info;
+        (self.config.acls)
+            .check_task(framework, task)
+            .map_err(|refused| InvalidTask::Unauthorized {
+                task_id: task_id.to_owned(),
+                refused,
+            })?;
         if !seen.insert(task_id.to_owned())
             || self
                 .tasks

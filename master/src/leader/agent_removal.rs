@@ -101,10 +101,10 @@ mod tests {
     use cairn_api::v1::framework_info::capability::Type as CapabilityType;
     use cairn_api::v1::{AgentId, TaskState, TaskStatus, task_status};
 
-    use super::super::Input;
     use super::super::testing::{
         Cluster, agent_id, agent_info, command_task, framework_info, quiet_config, task_id,
     };
+    use super::super::{Input, OperatorCall};
     use crate::error::CallError;
 
     fn assert_removed(status: &TaskStatus, state: TaskState, reason: task_status::Reason) {
@@ -151,9 +151,11 @@ mod tests {
             .accept_one(&mut framework, command_task("t1", "cpus:1;mem:128"))
             .await;
         let gone = |agent_id: String| {
-            cluster
-                .leader
-                .ask(move |reply| Input::MarkAgentGone { agent_id, reply })
+            cluster.leader.ask(move |reply| Input::Operator {
+                call: OperatorCall::MarkAgentGone { agent_id },
+                principal: None,
+                reply,
+            })
         };
         gone(agent.id.clone()).await.expect("MARK_AGENT_GONE");
         let status = framework.next_update().await;

@@ -320,8 +320,9 @@ impl Leader {
         Ok(())
     }
 
-    /// UPDATE_FRAMEWORK: a new FrameworkInfo for a subscribed framework (same id),
-    /// recorded in the registry; role changes take effect at the next allocation.
+    /// UPDATE_FRAMEWORK: a new FrameworkInfo for a subscribed framework (same id and
+    /// principal, roles it may register under), recorded in the registry; role
+    /// changes take effect at the next allocation.
     async fn update_framework(
         &mut self,
         framework_id: &str,
@@ -341,13 +342,14 @@ impl Leader {
                 principal: principal.clone(),
             });
         }
+        let roles = roles_of(&info);
+        (self.config.acls).check_roles(&info, &roles)?;
         info.id = Some(FrameworkId {
             value: framework_id.to_owned(),
         });
         self.registry
             .propose(Operation::AddFramework(info.clone()))
             .await?;
-        let roles = roles_of(&info);
         self.allocator.set_framework_roles(framework_id, &roles);
         if let Some(fw) = self.frameworks.get_mut(framework_id) {
             fw.info = info;

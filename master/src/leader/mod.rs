@@ -3,12 +3,15 @@
 //! an immutable snapshot, so `/state` and other readers never wait on allocation.
 
 mod accept;
+#[cfg(test)]
+mod acl_tests;
 mod agent_removal;
 mod agents;
 mod allocation;
 mod calls;
 mod completed;
 mod executors;
+mod operator;
 mod reconcile;
 mod roles;
 mod snapshot;
@@ -22,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use cairn_api::Resources;
 use cairn_api::internal::{
-    AgentCharges, MasterMessage, RoleQuota, RoleWeight, RunningExecutor, TaskRecord, agent_message,
+    AgentCharges, MasterMessage, RunningExecutor, TaskRecord, agent_message,
 };
 use cairn_api::v1::{
     AgentInfo, Call, Event, FrameworkInfo, Offer, TaskInfo, TaskState, TaskStatus, event,
@@ -33,6 +36,7 @@ use crate::allocator::Allocator;
 use crate::error::CallError;
 use crate::registry::Registry;
 
+pub use operator::OperatorCall;
 pub use snapshot::{MasterSnapshot, TaskView};
 
 /// Events for one framework's subscription stream.
@@ -81,21 +85,10 @@ pub enum Input {
         principal: Option<String>,
         reply: oneshot::Sender<Result<(), CallError>>,
     },
-    UpdateWeights {
-        weights: Vec<RoleWeight>,
-        reply: oneshot::Sender<Result<(), CallError>>,
-    },
-    UpdateQuota {
-        quotas: Vec<RoleQuota>,
-        reply: oneshot::Sender<Result<(), CallError>>,
-    },
-    /// An operator's TEARDOWN of any framework.
-    Teardown {
-        framework_id: String,
-        reply: oneshot::Sender<Result<(), CallError>>,
-    },
-    MarkAgentGone {
-        agent_id: String,
+    /// An operator's write, by `principal` (none: its realm asks no one).
+    Operator {
+        call: OperatorCall,
+        principal: Option<String>,
         reply: oneshot::Sender<Result<(), CallError>>,
     },
 }
@@ -120,6 +113,8 @@ pub struct LeaderConfig {
     /// Torn-down frameworks whose completed tasks are kept (Mesos'
     /// `--max_completed_frameworks`).
     pub max_completed_frameworks: usize,
+    /// What each principal may do (`--acls`; permissive when none is given).
+    pub acls: Arc<crate::authz::Acls>,
 }
 
 impl Default for LeaderConfig {
@@ -134,6 +129,7 @@ impl Default for LeaderConfig {
             executor_idle_timeout: Duration::from_secs(60),
             max_completed_tasks_per_framework: 1000,
             max_completed_frameworks: 50,
+            acls: Arc::default(),
         }
     }
 }
@@ -371,25 +367,12 @@ impl Leader {
                 let result = self.call(*call, stream_id, principal).await;
                 let _ = reply.send(result);
             }
-            Input::UpdateWeights { weights, reply } => {
-                let _ = reply.send(self.update_weights(weights).await);
-            }
-            Input::UpdateQuota { quotas, reply } => {
-                let _ = reply.send(self.update_quota(quotas).await);
-            }
-            Input::Teardown {
-                framework_id,
+            Input::Operator {
+                call,
+                principal,
                 reply,
             } => {
-                let result = if self.registry.state().frameworks.contains_key(&framework_id) {
-                    self.teardown(&framework_id).await
-                } else {
-                    Err(CallError::UnknownFramework { framework_id })
-                };
-                let _ = reply.send(result);
-            }
-            Input::MarkAgentGone { agent_id, reply } => {
-                let _ = reply.send(self.mark_agent_gone(&agent_id).await);
+                let _ = reply.send(self.operator_call(call, principal).await);
             }
         }
         true

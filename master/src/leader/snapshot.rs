@@ -33,6 +33,8 @@ pub struct FrameworkView {
     pub role: String,
     /// Who registered it (empty: an unauthenticated framework that named no one).
     pub principal: String,
+    /// Whom its tasks run as unless they name another (`FrameworkInfo.user`).
+    pub user: String,
     /// Subscribed right now (Mesos' `connected` and `active`).
     pub active: bool,
 }
@@ -59,6 +61,8 @@ pub struct TaskView {
     pub resources: String,
     pub message: String,
     pub reason: Option<String>,
+    /// Whom it runs as (see `crate::authz::task_user`; empty: the agent's default).
+    pub user: String,
 }
 
 pub(super) fn build(leader: &Leader) -> MasterSnapshot {
@@ -71,6 +75,7 @@ pub(super) fn build(leader: &Leader) -> MasterSnapshot {
             name: info.name.clone(),
             role: info.role.clone(),
             principal: info.principal.clone(),
+            user: info.user.clone(),
             active: leader
                 .frameworks
                 .get(id)
@@ -110,8 +115,14 @@ pub(super) fn build(leader: &Leader) -> MasterSnapshot {
         roles,
         frameworks,
         agents,
-        tasks: leader.tasks.values().map(task_view).collect(),
-        completed_tasks: leader.completed.iter().map(task_view).collect(),
+        tasks: leader
+            .tasks
+            .values()
+            .map(|t| task_view(t, &registry))
+            .collect(),
+        completed_tasks: (leader.completed.iter())
+            .map(|t| task_view(t, &registry))
+            .collect(),
         outstanding_offers: leader.offers.len(),
     }
 }
@@ -176,8 +187,11 @@ fn role_views(leader: &Leader, registry: &crate::registry::RegistryState) -> Vec
 }
 
 /// A task as `/state` shows it.
-fn task_view(t: &super::TaskEntry) -> TaskView {
+fn task_view(t: &super::TaskEntry, registry: &crate::registry::RegistryState) -> TaskView {
+    let framework = registry.frameworks.get(&t.framework_id);
+    let framework_user = framework.map_or("", |f| f.user.as_str());
     TaskView {
+        user: crate::authz::task_user(framework_user, &t.info).to_owned(),
         id: t
             .info
             .task_id

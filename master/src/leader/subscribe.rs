@@ -12,7 +12,8 @@ impl Leader {
     /// SUBSCRIBE: a new framework is recorded in the registry; one that names its id
     /// fails over onto this new stream. Returns the new stream's id. Where the caller
     /// is authenticated, `FrameworkInfo.principal` must be its `principal`, and only
-    /// the principal that registered a framework may fail it over.
+    /// the principal that registered a framework may fail it over. Its principal
+    /// must be allowed each of its roles (`register_frameworks`).
     pub(super) async fn subscribe(
         &mut self,
         mut info: FrameworkInfo,
@@ -23,6 +24,7 @@ impl Leader {
         if let Some(principal) = &principal {
             check_principal(&mut info, principal)?;
         }
+        (self.config.acls).check_roles(&info, &roles_of(&info))?;
         let framework_id = self.framework_id_for(&info)?;
         if let Some(principal) = principal {
             // A failover (or a re-subscription after a master restart) is the owner's.

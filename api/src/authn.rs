@@ -1,7 +1,8 @@
 //! Who a caller is: Mesos' HTTP Basic authentication against the principals and
 //! secrets of the `--credentials` file, per realm as Mesos' master has them
 //! (`mesos-master-scheduler` for the scheduler API, `mesos-master-readwrite` for the
-//! operator API, `mesos-master-readonly` for state). A realm whose
+//! operator API, `mesos-master-readonly` for state; the agent's `mesos-agent-readonly`
+//! for its state and sandboxes). Master and agent both use it. A realm whose
 //! `--authenticate-*` flag is off asks no one: its callers have no principal, as in
 //! Mesos. gRPC callers (schedulers, and agents registering, whose realm is Cairn's
 //! `mesos-master-agent` where Mesos uses SASL) send the same `authorization` header
@@ -86,7 +87,7 @@ impl Credentials {
         })
     }
 
-    fn parse(text: &str) -> Result<Self, Parsed> {
+    pub(crate) fn parse(text: &str) -> Result<Self, Parsed> {
         let pairs: Vec<(String, String)> = if text.trim_start().starts_with('{') {
             let file: CredentialsFile =
                 serde_json::from_str(text).map_err(|e| Parsed::Invalid(e.to_string()))?;
@@ -139,12 +140,12 @@ impl Credentials {
     }
 }
 
-enum Parsed {
+pub(crate) enum Parsed {
     Invalid(String),
     Duplicate(String),
 }
 
-/// The master's realms, named as Mesos names them.
+/// The master's and the agent's realms, named as Mesos names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Realm {
     /// The scheduler API (`--authenticate-frameworks`).
@@ -155,6 +156,10 @@ pub enum Realm {
     ReadWrite,
     /// State and metrics (`--authenticate-http-readonly`).
     ReadOnly,
+    /// An agent's calls that change something (its `--authenticate-http-readwrite`).
+    AgentReadWrite,
+    /// An agent's state, metrics and sandboxes (its `--authenticate-http-readonly`).
+    AgentReadOnly,
 }
 
 impl Realm {
@@ -164,6 +169,8 @@ impl Realm {
             Realm::Agent => "mesos-master-agent",
             Realm::ReadWrite => "mesos-master-readwrite",
             Realm::ReadOnly => "mesos-master-readonly",
+            Realm::AgentReadWrite => "mesos-agent-readwrite",
+            Realm::AgentReadOnly => "mesos-agent-readonly",
         }
     }
 }
@@ -192,6 +199,13 @@ pub struct Unauthenticated {
     pub why: String,
 }
 
+impl Unauthenticated {
+    /// The `WWW-Authenticate` value of the 401, as Mesos' basic authenticator sends it.
+    pub fn challenge(&self) -> String {
+        format!("Basic realm=\"{}\"", self.realm.name())
+    }
+}
+
 impl Authentication {
     /// The realms with their flags set ask for a principal of `credentials`; a flag
     /// set with no credentials is refused (no one could ever call).
@@ -218,8 +232,8 @@ impl Authentication {
         match realm {
             Realm::Scheduler => self.realms.frameworks,
             Realm::Agent => self.realms.agents,
-            Realm::ReadWrite => self.realms.readwrite,
-            Realm::ReadOnly => self.realms.readonly,
+            Realm::ReadWrite | Realm::AgentReadWrite => self.realms.readwrite,
+            Realm::ReadOnly | Realm::AgentReadOnly => self.realms.readonly,
         }
     }
 

@@ -13,6 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::v1::{FrameworkInfo, TaskInfo, container_info};
 use serde::Deserialize;
 
 /// An ACL file that cannot be used.
@@ -104,8 +105,15 @@ pub enum Action {
     TeardownFrameworks,
     /// UPDATE_WEIGHTS of a role (object: `roles`).
     UpdateWeights,
-    /// UPDATE_QUOTA of a role (object: `roles`).
+    /// UPDATE_QUOTA of a role (`update_quotas`, object: `roles`).
     UpdateQuota,
+    /// Seeing a framework whose tasks run as a user (object: `users`,
+    /// `FrameworkInfo.user`).
+    ViewFrameworks,
+    /// Seeing a task run as a user (object: `users`).
+    ViewTasks,
+    /// Reading the sandbox of an executor run as a user (object: `users`).
+    AccessSandboxes,
     /// MARK_AGENT_GONE (object: `agents`).
     MarkAgentGone,
     /// A native task run as a user (object: `users`).
@@ -123,7 +131,10 @@ impl Action {
             Action::RunTasks => "run_tasks",
             Action::TeardownFrameworks => "teardown_frameworks",
             Action::UpdateWeights => "update_weights",
-            Action::UpdateQuota => "update_quota",
+            Action::UpdateQuota => "update_quotas",
+            Action::ViewFrameworks => "view_frameworks",
+            Action::ViewTasks => "view_tasks",
+            Action::AccessSandboxes => "access_sandboxes",
             Action::MarkAgentGone => "mark_agent_gone",
             Action::LaunchNative => "launch_native",
             Action::LaunchDocker => "launch_docker",
@@ -132,8 +143,8 @@ impl Action {
     }
 }
 
-/// Mesos' ACL JSON, with Cairn's actions beside Mesos'. Actions the master does not
-/// check yet are read (so a Mesos file loads) and kept for later.
+/// Mesos' ACL JSON, with Cairn's actions beside Mesos'. Mesos actions with no
+/// counterpart in Cairn are read (so a Mesos file loads) and named at start.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct Acls {
@@ -142,7 +153,12 @@ pub struct Acls {
     run_tasks: Vec<Rule>,
     teardown_frameworks: Vec<Rule>,
     update_weights: Vec<Rule>,
-    update_quota: Vec<Rule>,
+    /// Mesos' name; `update_quota` is read as it too.
+    #[serde(alias = "update_quota")]
+    update_quotas: Vec<Rule>,
+    view_frameworks: Vec<Rule>,
+    view_tasks: Vec<Rule>,
+    access_sandboxes: Vec<Rule>,
     mark_agent_gone: Vec<Rule>,
     launch_native: Vec<Rule>,
     launch_docker: Vec<Rule>,
@@ -150,6 +166,32 @@ pub struct Acls {
     #[serde(flatten)]
     others: std::collections::HashMap<String, serde_json::Value>,
 }
+
+/// Mesos' ACL actions that no Cairn call corresponds to: a Mesos file naming them
+/// loads, and they allow or refuse nothing.
+const UNCHECKED: [&str; 21] = [
+    "reserve_resources",
+    "unreserve_resources",
+    "create_volumes",
+    "destroy_volumes",
+    "get_endpoints",
+    "get_quotas",
+    "view_executors",
+    "access_mesos_logs",
+    "view_roles",
+    "view_flags",
+    "launch_nested_containers_as_user",
+    "launch_nested_containers_under_parent_with_user",
+    "kill_nested_containers",
+    "wait_nested_containers",
+    "launch_nested_container_sessions_as_user",
+    "launch_nested_container_sessions_under_parent_with_user",
+    "attach_containers_input",
+    "attach_containers_output",
+    "view_containers",
+    "set_log_level",
+    "remove_nested_containers",
+];
 
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -174,20 +216,28 @@ impl Acls {
 
     pub fn parse(text: &str) -> Result<Self, String> {
         let acls: Acls = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        const MESOS_ONLY: [&str; 4] = [
-            "view_frameworks",
-            "view_tasks",
-            "access_sandboxes",
-            "get_endpoints",
-        ];
         if let Some(unknown) = acls
             .others
             .keys()
-            .find(|k| !MESOS_ONLY.contains(&k.as_str()))
+            .find(|k| !UNCHECKED.contains(&k.as_str()))
         {
             return Err(format!("unknown ACL action {unknown:?}"));
         }
         Ok(acls)
+    }
+
+    /// The actions of the file that Cairn reads but has nothing to check against
+    /// (Mesos' reservations, volumes, nested containers...), for a warning at start.
+    pub fn unchecked_actions(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.others.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Whether any request for `action` could be refused: false when no rule names
+    /// it and the file is permissive, so callers can skip the checks.
+    pub fn may_refuse(&self, action: Action) -> bool {
+        !self.rules(action).is_empty() || self.permissive == Some(false)
     }
 
     fn rules(&self, action: Action) -> &[Rule] {
@@ -196,7 +246,10 @@ impl Acls {
             Action::RunTasks => &self.run_tasks,
             Action::TeardownFrameworks => &self.teardown_frameworks,
             Action::UpdateWeights => &self.update_weights,
-            Action::UpdateQuota => &self.update_quota,
+            Action::UpdateQuota => &self.update_quotas,
+            Action::ViewFrameworks => &self.view_frameworks,
+            Action::ViewTasks => &self.view_tasks,
+            Action::AccessSandboxes => &self.access_sandboxes,
             Action::MarkAgentGone => &self.mark_agent_gone,
             Action::LaunchNative => &self.launch_native,
             Action::LaunchDocker => &self.launch_docker,
@@ -227,6 +280,55 @@ impl Acls {
                 Entity::Some { values } => values.join(", "),
                 Entity::Kind { .. } => "any".into(),
             },
+        })
+    }
+}
+
+/// The user a task names: its command's, else its custom executor's, else its
+/// framework's (`framework_user`). Empty when none names one; the agent then runs it
+/// as its `--default-user`, which the master cannot know, so only rules for ANY user
+/// allow it.
+pub fn task_user<'a>(framework_user: &'a str, task: &'a TaskInfo) -> &'a str {
+    let command = task
+        .command
+        .as_ref()
+        .or(task.executor.as_ref().and_then(|e| e.command.as_ref()));
+    command
+        .and_then(|c| c.user.as_deref())
+        .filter(|u| !u.is_empty())
+        .unwrap_or(framework_user)
+}
+
+impl Acls {
+    /// Whether `framework`'s principal may launch `task`: `run_tasks` as its user,
+    /// `launch_native` or `launch_docker` as its kind (a wasm task needs neither),
+    /// and `run_as_root` when that user is root.
+    pub fn check_task(&self, framework: &FrameworkInfo, task: &TaskInfo) -> Result<(), Refused> {
+        let principal = Some(framework.principal.as_str()).filter(|p| !p.is_empty());
+        let user = task_user(&framework.user, task);
+        let object = if user.is_empty() {
+            Entity::ANY
+        } else {
+            Entity::one(user)
+        };
+        self.check(principal, Action::RunTasks, &object)?;
+        let kind = crate::charges::container_type(task);
+        if kind == container_info::Type::Docker as i32 {
+            self.check(principal, Action::LaunchDocker, &object)?;
+        } else if kind != container_info::Type::Wasm as i32 {
+            self.check(principal, Action::LaunchNative, &object)?;
+        }
+        if user == "root" {
+            self.check(principal, Action::RunAsRoot, &object)?;
+        }
+        Ok(())
+    }
+
+    /// Whether `framework`'s principal may register under each of its roles.
+    pub fn check_roles(&self, framework: &FrameworkInfo, roles: &[String]) -> Result<(), Refused> {
+        let principal = Some(framework.principal.as_str()).filter(|p| !p.is_empty());
+        roles.iter().try_for_each(|role| {
+            self.check(principal, Action::RegisterFrameworks, &Entity::one(role))
         })
     }
 }
