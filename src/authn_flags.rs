@@ -38,6 +38,13 @@ pub(crate) struct AuthFlags {
 impl AuthFlags {
     /// The `--acls` file, read and checked; permissive when none is given.
     pub(crate) fn acls(&self) -> anyhow::Result<Arc<cairn_api::authz::Acls>> {
+        if self.acls.is_some() && !self.authenticate_frameworks {
+            tracing::warn!(
+                "--acls without --authenticate-frameworks: a framework's principal is \
+                 whatever its FrameworkInfo claims, so its grants hold only against \
+                 honest frameworks"
+            );
+        }
         load_acls(self.acls.as_deref())
     }
 

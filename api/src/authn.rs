@@ -116,6 +116,12 @@ impl Credentials {
                     "principal {principal:?} is empty or holds a ':' (HTTP Basic cannot send it)"
                 )));
             }
+            if secret.is_empty() {
+                // Anyone could call as it, with `principal:` alone.
+                return Err(Parsed::Invalid(format!(
+                    "principal {principal:?} has no secret"
+                )));
+            }
             if secrets
                 .insert(principal.clone(), secret.into_bytes())
                 .is_some()

@@ -30,16 +30,46 @@ pub enum AclsError {
 }
 
 /// One side of a rule, or of a request: some named values, anyone, or no one.
+/// Read as Mesos reads it: `type` (SOME by default) decides, and SOME needs values.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
+#[serde(try_from = "RawEntity")]
 pub enum Entity {
-    Some {
-        values: Vec<String>,
-    },
-    Kind {
-        #[serde(rename = "type")]
-        kind: EntityKind,
-    },
+    Some { values: Vec<String> },
+    Kind { kind: EntityKind },
+}
+
+/// An entity as written: `{"type": "ANY"}`, `{"values": [...]}`, or both.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEntity {
+    #[serde(rename = "type", default)]
+    kind: Option<RawKind>,
+    values: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+enum RawKind {
+    Some,
+    Any,
+    None,
+}
+
+impl TryFrom<RawEntity> for Entity {
+    type Error = &'static str;
+
+    fn try_from(raw: RawEntity) -> Result<Self, Self::Error> {
+        match (raw.kind, raw.values) {
+            (Some(RawKind::Any), _) => Ok(Entity::ANY),
+            (Some(RawKind::None), _) => Ok(Entity::Kind {
+                kind: EntityKind::None,
+            }),
+            (Some(RawKind::Some) | None, Some(values)) => Ok(Entity::Some { values }),
+            (Some(RawKind::Some) | None, None) => {
+                Err("an entity needs \"values\", or a \"type\" of ANY or NONE")
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -81,17 +111,40 @@ impl Entity {
     }
 }
 
-/// One rule: its subject, and its object under the action's own name for it.
+/// One rule: its subject, and its object under the action's own name for it
+/// (`roles`, `users`, ...; see [`Action::object`]), which [`Acls::parse`] checks.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Rule {
     principals: Entity,
-    #[serde(
-        alias = "roles",
-        alias = "users",
-        alias = "framework_principals",
-        alias = "agents"
-    )]
-    object: Entity,
+    roles: Option<Entity>,
+    users: Option<Entity>,
+    framework_principals: Option<Entity>,
+    agents: Option<Entity>,
+}
+
+impl Rule {
+    /// The objects named, by key.
+    fn objects(&self) -> [(&'static str, Option<&Entity>); 4] {
+        [
+            ("roles", self.roles.as_ref()),
+            ("users", self.users.as_ref()),
+            ("framework_principals", self.framework_principals.as_ref()),
+            ("agents", self.agents.as_ref()),
+        ]
+    }
+
+    /// The object of a rule for `action` (checked present at parse).
+    fn object(&self, action: Action) -> &Entity {
+        const NONE: Entity = Entity::Kind {
+            kind: EntityKind::None,
+        };
+        let named = self
+            .objects()
+            .into_iter()
+            .find(|(key, _)| *key == action.object());
+        named.and_then(|(_, entity)| entity).unwrap_or(&NONE)
+    }
 }
 
 /// The actions the master checks, named as in Mesos' ACL JSON.
@@ -125,6 +178,31 @@ pub enum Action {
 }
 
 impl Action {
+    pub const ALL: [Action; 12] = [
+        Action::RegisterFrameworks,
+        Action::RunTasks,
+        Action::TeardownFrameworks,
+        Action::UpdateWeights,
+        Action::UpdateQuota,
+        Action::ViewFrameworks,
+        Action::ViewTasks,
+        Action::AccessSandboxes,
+        Action::MarkAgentGone,
+        Action::LaunchNative,
+        Action::LaunchDocker,
+        Action::RunAsRoot,
+    ];
+
+    /// The key its rules name their object by, as in Mesos.
+    pub fn object(self) -> &'static str {
+        match self {
+            Action::RegisterFrameworks | Action::UpdateWeights | Action::UpdateQuota => "roles",
+            Action::TeardownFrameworks => "framework_principals",
+            Action::MarkAgentGone => "agents",
+            _ => "users",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Action::RegisterFrameworks => "register_frameworks",
@@ -135,7 +213,7 @@ impl Action {
             Action::ViewFrameworks => "view_frameworks",
             Action::ViewTasks => "view_tasks",
             Action::AccessSandboxes => "access_sandboxes",
-            Action::MarkAgentGone => "mark_agent_gone",
+            Action::MarkAgentGone => "mark_agents_gone",
             Action::LaunchNative => "launch_native",
             Action::LaunchDocker => "launch_docker",
             Action::RunAsRoot => "run_as_root",
@@ -153,13 +231,15 @@ pub struct Acls {
     run_tasks: Vec<Rule>,
     teardown_frameworks: Vec<Rule>,
     update_weights: Vec<Rule>,
+    /// Mesos' name; `mark_agent_gone` is read as it too.
+    #[serde(alias = "mark_agent_gone")]
+    mark_agents_gone: Vec<Rule>,
     /// Mesos' name; `update_quota` is read as it too.
     #[serde(alias = "update_quota")]
     update_quotas: Vec<Rule>,
     view_frameworks: Vec<Rule>,
     view_tasks: Vec<Rule>,
     access_sandboxes: Vec<Rule>,
-    mark_agent_gone: Vec<Rule>,
     launch_native: Vec<Rule>,
     launch_docker: Vec<Rule>,
     run_as_root: Vec<Rule>,
@@ -169,7 +249,7 @@ pub struct Acls {
 
 /// Mesos' ACL actions that no Cairn call corresponds to: a Mesos file naming them
 /// loads, and they allow or refuse nothing.
-const UNCHECKED: [&str; 21] = [
+const UNCHECKED: [&str; 39] = [
     "reserve_resources",
     "unreserve_resources",
     "create_volumes",
@@ -191,6 +271,24 @@ const UNCHECKED: [&str; 21] = [
     "view_containers",
     "set_log_level",
     "remove_nested_containers",
+    "register_agents",
+    "update_maintenance_schedules",
+    "get_maintenance_schedules",
+    "start_maintenances",
+    "stop_maintenances",
+    "get_maintenance_statuses",
+    "launch_standalone_containers",
+    "kill_standalone_containers",
+    "wait_standalone_containers",
+    "remove_standalone_containers",
+    "view_standalone_containers",
+    "view_resource_providers",
+    "modify_resource_provider_configs",
+    "prune_images",
+    "resize_volumes",
+    "drain_agents",
+    "deactivate_agents",
+    "reactivate_agents",
 ];
 
 /// Why a request was refused.
@@ -223,6 +321,20 @@ impl Acls {
         {
             return Err(format!("unknown ACL action {unknown:?}"));
         }
+        for action in Action::ALL {
+            for rule in acls.rules(action) {
+                let named: Vec<&str> = (rule.objects().into_iter())
+                    .filter_map(|(key, entity)| entity.map(|_| key))
+                    .collect();
+                if named != [action.object()] {
+                    return Err(format!(
+                        "each {} rule names its object as \"{}\" (and nothing else), not {named:?}",
+                        action.name(),
+                        action.object()
+                    ));
+                }
+            }
+        }
         Ok(acls)
     }
 
@@ -250,7 +362,7 @@ impl Acls {
             Action::ViewFrameworks => &self.view_frameworks,
             Action::ViewTasks => &self.view_tasks,
             Action::AccessSandboxes => &self.access_sandboxes,
-            Action::MarkAgentGone => &self.mark_agent_gone,
+            Action::MarkAgentGone => &self.mark_agents_gone,
             Action::LaunchNative => &self.launch_native,
             Action::LaunchDocker => &self.launch_docker,
             Action::RunAsRoot => &self.run_as_root,
@@ -266,8 +378,8 @@ impl Acls {
     ) -> Result<(), Refused> {
         let subject = principal.map_or(Entity::ANY, Entity::one);
         let decided = (self.rules(action).iter())
-            .find(|rule| rule.principals.matches(&subject) && rule.object.matches(object))
-            .map(|rule| rule.principals.allows(&subject) && rule.object.allows(object));
+            .find(|rule| rule.principals.matches(&subject) && rule.object(action).matches(object))
+            .map(|rule| rule.principals.allows(&subject) && rule.object(action).allows(object));
         if decided.unwrap_or(self.permissive.unwrap_or(true)) {
             return Ok(());
         }

@@ -77,11 +77,18 @@ pub enum CallError {
     },
     #[error("framework_info.name must not be empty")]
     FrameworkWithoutName,
-    #[error("changing framework {framework_id}'s principal ('{principal}') is not allowed")]
-    PrincipalChanged {
-        framework_id: String,
-        principal: String,
+    /// A field Mesos does not let UPDATE_FRAMEWORK or a failover change (principal,
+    /// user): grants were checked against it, and agents run tasks as it.
+    #[error(
+        "Updating 'FrameworkInfo.{field}' is unsupported; attempted to update from '{from}' to '{to}'"
+    )]
+    ImmutableChanged {
+        field: &'static str,
+        from: String,
+        to: String,
     },
+    #[error("'FrameworkInfo.role' and 'FrameworkInfo.roles' may not both be set")]
+    RoleAndRoles,
     #[error("role {role:?} is invalid: {why}")]
     InvalidRole { role: String, why: &'static str },
     #[error("weight {weight} for role {role} must be a positive number")]
@@ -246,7 +253,8 @@ impl CallError {
             | SubscribeIdsDiffer { .. }
             | UpdateFrameworkIdDiffers { .. }
             | FrameworkWithoutName
-            | PrincipalChanged { .. }
+            | ImmutableChanged { .. }
+            | RoleAndRoles
             | PrincipalMismatch { .. }
             | CallPrincipalMismatch { .. }
             | InvalidRole { .. }

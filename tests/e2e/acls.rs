@@ -48,7 +48,7 @@ fn acl_file() -> Value {
         "access_sandboxes": users("users"),
         "update_weights": operator("roles"),
         "update_quotas": operator("roles"),
-        "mark_agent_gone": operator("agents"),
+        "mark_agents_gone": operator("agents"),
     })
 }
 
@@ -278,7 +278,7 @@ async fn each_tenant_sees_and_touches_only_its_own() {
         (ALICE, teardown(ids[1]), "teardown_frameworks"),
         (BOB, weights.clone(), "update_weights"),
         (BOB, quota.clone(), "update_quotas"),
-        (ALICE, gone.clone(), "mark_agent_gone"),
+        (ALICE, gone.clone(), "mark_agents_gone"),
     ] {
         let (status, body) = operator(master, who, call.clone()).await;
         assert_eq!(status, 403, "{} {call}: {body}", who.0);

@@ -109,6 +109,8 @@ fn both_of_mesos_credentials_forms_are_read_and_bad_ones_refused() {
         r#"{"credentials": [{"principal": "a", "secret": "x"}, {"principal": "a", "secret": "y"}]}"#,
         r#"{"credentials": [{"principal": "a", "secret": "x", "role": "r"}]}"#,
         r#"{"credentials": "#,
+        r#"{"credentials": [{"principal": "a"}]}"#,
+        r#"{"credentials": [{"principal": "a", "secret": ""}]}"#,
     ] {
         assert!(Credentials::parse(bad).is_err(), "{bad}");
     }

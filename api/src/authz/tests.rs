@@ -73,3 +73,44 @@ fn mesos_files_load_and_unknown_actions_or_entities_are_refused() {
         assert!(Acls::parse(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn entities_and_objects_are_read_as_mesos_reads_them() {
+    // `type` decides: NONE with values is still NONE (it must not fail open).
+    let acls = Acls::parse(
+        r#"{"run_tasks": [{"principals": {"type": "NONE", "values": ["bob"]}, "users": {"type": "ANY"}}]}"#,
+    )
+    .unwrap();
+    assert!(
+        acls.check(Some("bob"), Action::RunTasks, &Entity::one("x"))
+            .is_err()
+    );
+    // Each action names its object as Mesos does, and only that.
+    for wrong in [
+        r#"{"run_tasks": [{"principals": {"type": "ANY"}, "roles": {"type": "NONE"}}]}"#,
+        r#"{"view_tasks": [{"principals": {"type": "ANY"}, "users": {"type": "ANY"}, "roles": {"type": "ANY"}}]}"#,
+        r#"{"teardown_frameworks": [{"principals": {"type": "ANY"}, "users": {"type": "ANY"}}]}"#,
+    ] {
+        let why = Acls::parse(wrong).unwrap_err();
+        assert!(why.contains("names its object as"), "{wrong}: {why}");
+    }
+    // Mesos' names load, and Cairn's earlier spellings with them.
+    let acls = Acls::parse(
+        r#"{"mark_agents_gone": [{"principals": {"type": "NONE"}, "agents": {"type": "ANY"}}],
+            "update_quota": [{"principals": {"type": "NONE"}, "roles": {"type": "ANY"}}],
+            "register_agents": [], "get_maintenance_statuses": []}"#,
+    )
+    .unwrap();
+    assert!(
+        acls.check(Some("ops"), Action::MarkAgentGone, &Entity::ANY)
+            .is_err()
+    );
+    assert!(
+        acls.check(Some("ops"), Action::UpdateQuota, &roles(&["r"]))
+            .is_err()
+    );
+    assert_eq!(
+        acls.unchecked_actions(),
+        ["get_maintenance_statuses", "register_agents"]
+    );
+}

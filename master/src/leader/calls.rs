@@ -11,7 +11,7 @@ use cairn_api::v1::{
     task_status,
 };
 
-use super::subscribe::{check_framework_info, roles_of};
+use super::subscribe::{check_framework_info, check_unchanged, roles_of};
 use super::{Leader, now_secs, update_event};
 use crate::error::CallError;
 
@@ -335,12 +335,8 @@ impl Leader {
             });
         }
         check_framework_info(&mut info)?;
-        let principal = self.frameworks.get(framework_id).map(|f| &f.info.principal);
-        if let Some(principal) = principal.filter(|p| **p != info.principal) {
-            return Err(CallError::PrincipalChanged {
-                framework_id: framework_id.to_owned(),
-                principal: principal.clone(),
-            });
+        if let Some(framework) = self.frameworks.get(framework_id) {
+            check_unchanged(&framework.info, &info)?;
         }
         let roles = roles_of(&info);
         (self.config.acls).check_roles(&info, &roles)?;

@@ -37,6 +37,8 @@ use crate::error::CallError;
 use crate::registry::Registry;
 
 pub use operator::OperatorCall;
+#[cfg(test)]
+pub use snapshot::for_tests as snapshot_for_tests;
 pub use snapshot::{MasterSnapshot, TaskView};
 
 /// Events for one framework's subscription stream.

@@ -44,16 +44,22 @@ impl Leader {
                 self.update_quota(quotas).await
             }
             OperatorCall::Teardown { framework_id } => {
+                // Whether the caller may comes first: a refusal says nothing of
+                // whether the framework exists.
                 let state = self.registry.state();
-                let Some(info) = state.frameworks.get(&framework_id) else {
-                    return Err(CallError::UnknownFramework { framework_id });
-                };
-                let owner = match info.principal.as_str() {
-                    "" => Entity::ANY,
-                    owner => Entity::one(owner),
-                };
+                let owner = state
+                    .frameworks
+                    .get(&framework_id)
+                    .map(|info| info.principal.clone());
                 drop(state);
-                acls.check(principal, Action::TeardownFrameworks, &owner)?;
+                let object = match owner.as_deref() {
+                    None | Some("") => Entity::ANY,
+                    Some(owner) => Entity::one(owner),
+                };
+                acls.check(principal, Action::TeardownFrameworks, &object)?;
+                if owner.is_none() {
+                    return Err(CallError::UnknownFramework { framework_id });
+                }
                 self.teardown(&framework_id).await
             }
             OperatorCall::MarkAgentGone { agent_id } => {

@@ -220,3 +220,34 @@ fn task_view(t: &super::TaskEntry, registry: &crate::registry::RegistryState) ->
             .map(|r| r.as_str_name().to_owned()),
     }
 }
+
+/// Views built by hand, for the API's unit tests.
+#[cfg(test)]
+pub mod for_tests {
+    use super::{FrameworkView, TaskView};
+
+    pub fn framework(id: &str, user: &str) -> FrameworkView {
+        FrameworkView {
+            id: id.into(),
+            name: id.into(),
+            role: "*".into(),
+            principal: String::new(),
+            user: user.into(),
+            active: true,
+        }
+    }
+
+    pub fn task(id: &str, framework_id: &str, user: &str) -> TaskView {
+        TaskView {
+            id: id.into(),
+            name: id.into(),
+            framework_id: framework_id.into(),
+            agent_id: "a".into(),
+            state: "TASK_RUNNING".into(),
+            resources: String::new(),
+            message: String::new(),
+            reason: None,
+            user: user.into(),
+        }
+    }
+}

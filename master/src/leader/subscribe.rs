@@ -40,6 +40,9 @@ impl Leader {
                 });
             }
         }
+        if let Some(registered) = self.registry.state().frameworks.get(&framework_id) {
+            check_unchanged(registered, &info)?;
+        }
         info.id = Some(FrameworkId {
             value: framework_id.clone(),
         });
@@ -124,12 +127,33 @@ pub(super) fn check_framework_info(info: &mut FrameworkInfo) -> Result<(), CallE
     if info.name.is_empty() {
         return Err(CallError::FrameworkWithoutName);
     }
+    if !info.role.is_empty() && !info.roles.is_empty() {
+        return Err(CallError::RoleAndRoles);
+    }
     if info.role.is_empty() && info.roles.is_empty() {
         info.role = "*".into();
     }
     for role in info.roles.iter().chain(std::iter::once(&info.role)) {
         if !role.is_empty() {
             super::roles::validate_role(role)?;
+        }
+    }
+    Ok(())
+}
+
+/// What a failover or UPDATE_FRAMEWORK may not change, as in Mesos: the principal
+/// (whose grants were checked) and the user (whom agents run tasks as).
+pub(super) fn check_unchanged(old: &FrameworkInfo, new: &FrameworkInfo) -> Result<(), CallError> {
+    for (field, from, to) in [
+        ("principal", &old.principal, &new.principal),
+        ("user", &old.user, &new.user),
+    ] {
+        if from != to {
+            return Err(CallError::ImmutableChanged {
+                field,
+                from: from.clone(),
+                to: to.clone(),
+            });
         }
     }
     Ok(())

@@ -343,6 +343,61 @@ async fn update_framework_keeps_the_id_and_records_the_new_role() {
     assert_eq!(snapshot.frameworks.len(), 1);
     assert_eq!(snapshot.frameworks[0].id, framework.id);
     assert_eq!(snapshot.frameworks[0].role, "eng");
+
+    // Its user (whom agents run its tasks as) and its role and roles together: no.
+    let mut as_root = update(&framework.id, "eng");
+    let info = as_root
+        .update_framework
+        .as_mut()
+        .unwrap()
+        .framework_info
+        .as_mut()
+        .unwrap();
+    info.user = "root".into();
+    let refused = cluster.call(&framework, as_root).await.unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        "Updating 'FrameworkInfo.user' is unsupported; attempted to update from '' to 'root'"
+    );
+    let mut both = update(&framework.id, "eng");
+    let info = both
+        .update_framework
+        .as_mut()
+        .unwrap()
+        .framework_info
+        .as_mut()
+        .unwrap();
+    info.roles = vec!["prod".into()];
+    let refused = cluster.call(&framework, both).await.unwrap_err();
+    assert!(matches!(refused, CallError::RoleAndRoles), "{refused}");
+    let snapshot = cluster.snapshot().await;
+    assert_eq!(
+        (
+            snapshot.frameworks[0].role.as_str(),
+            snapshot.frameworks[0].user.as_str()
+        ),
+        ("eng", "")
+    );
+}
+
+#[tokio::test]
+async fn a_failover_may_not_change_the_user() {
+    let cluster = Cluster::start().await;
+    let framework = cluster.subscribe("alpha").await;
+    let mut failover = framework_info("alpha");
+    failover.id = Some(FrameworkId {
+        value: framework.id.clone(),
+    });
+    failover.user = "root".into();
+    let refused = cluster.try_subscribe(failover).await.err();
+    assert!(
+        matches!(
+            &refused,
+            Some(CallError::ImmutableChanged { field: "user", .. })
+        ),
+        "{:?}",
+        refused.map(|e| e.to_string())
+    );
 }
 
 #[tokio::test]
