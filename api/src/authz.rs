@@ -121,12 +121,14 @@ struct Rule {
     users: Option<Entity>,
     framework_principals: Option<Entity>,
     agents: Option<Entity>,
+    flags: Option<Entity>,
 }
 
 impl Rule {
     /// The objects named, by key.
-    fn objects(&self) -> [(&'static str, Option<&Entity>); 4] {
+    fn objects(&self) -> [(&'static str, Option<&Entity>); 5] {
         [
+            ("flags", self.flags.as_ref()),
             ("roles", self.roles.as_ref()),
             ("users", self.users.as_ref()),
             ("framework_principals", self.framework_principals.as_ref()),
@@ -167,6 +169,12 @@ pub enum Action {
     ViewTasks,
     /// Reading the sandbox of an executor run as a user (object: `users`).
     AccessSandboxes,
+    /// Seeing a role, its weight and what it holds (object: `roles`).
+    ViewRoles,
+    /// Seeing a role's quota (object: `roles`).
+    GetQuotas,
+    /// Reading the daemon's flags (object: `flags`, ANY or NONE).
+    ViewFlags,
     /// MARK_AGENT_GONE (object: `agents`).
     MarkAgentGone,
     /// A native task run as a user (object: `users`).
@@ -178,7 +186,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 12] = [
+    pub const ALL: [Action; 15] = [
         Action::RegisterFrameworks,
         Action::RunTasks,
         Action::TeardownFrameworks,
@@ -187,6 +195,9 @@ impl Action {
         Action::ViewFrameworks,
         Action::ViewTasks,
         Action::AccessSandboxes,
+        Action::ViewRoles,
+        Action::GetQuotas,
+        Action::ViewFlags,
         Action::MarkAgentGone,
         Action::LaunchNative,
         Action::LaunchDocker,
@@ -196,7 +207,12 @@ impl Action {
     /// The key its rules name their object by, as in Mesos.
     pub fn object(self) -> &'static str {
         match self {
-            Action::RegisterFrameworks | Action::UpdateWeights | Action::UpdateQuota => "roles",
+            Action::RegisterFrameworks
+            | Action::UpdateWeights
+            | Action::UpdateQuota
+            | Action::ViewRoles
+            | Action::GetQuotas => "roles",
+            Action::ViewFlags => "flags",
             Action::TeardownFrameworks => "framework_principals",
             Action::MarkAgentGone => "agents",
             _ => "users",
@@ -213,6 +229,9 @@ impl Action {
             Action::ViewFrameworks => "view_frameworks",
             Action::ViewTasks => "view_tasks",
             Action::AccessSandboxes => "access_sandboxes",
+            Action::ViewRoles => "view_roles",
+            Action::GetQuotas => "get_quotas",
+            Action::ViewFlags => "view_flags",
             Action::MarkAgentGone => "mark_agents_gone",
             Action::LaunchNative => "launch_native",
             Action::LaunchDocker => "launch_docker",
@@ -240,6 +259,9 @@ pub struct Acls {
     view_frameworks: Vec<Rule>,
     view_tasks: Vec<Rule>,
     access_sandboxes: Vec<Rule>,
+    view_roles: Vec<Rule>,
+    get_quotas: Vec<Rule>,
+    view_flags: Vec<Rule>,
     launch_native: Vec<Rule>,
     launch_docker: Vec<Rule>,
     run_as_root: Vec<Rule>,
@@ -249,17 +271,14 @@ pub struct Acls {
 
 /// Mesos' ACL actions that no Cairn call corresponds to: a Mesos file naming them
 /// loads, and they allow or refuse nothing.
-const UNCHECKED: [&str; 39] = [
+const UNCHECKED: [&str; 36] = [
     "reserve_resources",
     "unreserve_resources",
     "create_volumes",
     "destroy_volumes",
     "get_endpoints",
-    "get_quotas",
     "view_executors",
     "access_mesos_logs",
-    "view_roles",
-    "view_flags",
     "launch_nested_containers_as_user",
     "launch_nested_containers_under_parent_with_user",
     "kill_nested_containers",
@@ -362,6 +381,9 @@ impl Acls {
             Action::ViewFrameworks => &self.view_frameworks,
             Action::ViewTasks => &self.view_tasks,
             Action::AccessSandboxes => &self.access_sandboxes,
+            Action::ViewRoles => &self.view_roles,
+            Action::GetQuotas => &self.get_quotas,
+            Action::ViewFlags => &self.view_flags,
             Action::MarkAgentGone => &self.mark_agents_gone,
             Action::LaunchNative => &self.launch_native,
             Action::LaunchDocker => &self.launch_docker,

@@ -46,6 +46,10 @@ fn acl_file() -> Value {
         "view_frameworks": users("users"),
         "view_tasks": users("users"),
         "access_sandboxes": users("users"),
+        "view_roles": rename(each(json!({"values": ["alice"]}), json!({"values": ["bob"]}),
+                                  Some(json!({"type": "ANY"}))), "roles"),
+        "get_quotas": operator("roles"),
+        "view_flags": operator("flags"),
         "update_weights": operator("roles"),
         "update_quotas": operator("roles"),
         "mark_agents_gone": operator("agents"),
@@ -234,6 +238,19 @@ async fn each_tenant_sees_and_touches_only_its_own() {
             who.0
         );
     }
+    // Roles: each its own; quotas and flags: ops only.
+    let (_, roles) = operator(master, ALICE, json!({"type": "GET_ROLES"})).await;
+    let names: Vec<&str> = (roles["get_roles"]["roles"].as_array().unwrap().iter())
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alice"], "{roles}");
+    let (status, body) = operator(master, BOB, json!({"type": "GET_FLAGS"})).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.to_string().contains("view_flags"), "{body}");
+    assert_eq!(
+        operator(master, OPS, json!({"type": "GET_FLAGS"})).await.0,
+        200
+    );
     let (_, everything) = get(&format!("http://{master}/state"), Some(OPS)).await;
     assert_eq!(
         named(&everything, &ids).len(),
@@ -293,6 +310,8 @@ async fn each_tenant_sees_and_touches_only_its_own() {
     );
     let (_, weights_now) = operator(master, OPS, json!({"type": "GET_WEIGHTS"})).await;
     assert!(!weights_now.to_string().contains("bob"), "{weights_now}");
+    let (_, quota_now) = operator(master, OPS, json!({"type": "GET_QUOTA"})).await;
+    assert!(!quota_now.to_string().contains("bob"), "{quota_now}");
 
     // A task run as the other tenant's user: TASK_ERROR, REASON_TASK_UNAUTHORIZED.
     assert_eq!(alice.scheduler.call(json!({"type": "REVIVE"})).await.0, 202);
@@ -317,6 +336,16 @@ async fn each_tenant_sees_and_touches_only_its_own() {
 
     // Each may tear down its own; ops may weigh.
     assert_eq!(operator(master, OPS, weights).await.0, 200);
+    let (_, weights_now) = operator(master, OPS, json!({"type": "GET_WEIGHTS"})).await;
+    assert!(
+        weights_now.to_string().contains("bob"),
+        "ops sees the weight: {weights_now}"
+    );
+    let (_, weights_now) = operator(master, ALICE, json!({"type": "GET_WEIGHTS"})).await;
+    assert!(
+        !weights_now.to_string().contains("bob"),
+        "alice sees bob's role: {weights_now}"
+    );
     assert_eq!(operator(master, BOB, teardown(ids[1])).await.0, 200);
     let (_, state) = get(&format!("http://{master}/state"), Some(OPS)).await;
     assert_eq!(named(&state["frameworks"], &ids[..2]), [ids[0]], "{state}");

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::{Caller, refuse};
 use crate::audit::{Audit, Outcome};
+use crate::authz::{Action, Entity};
 use crate::error::{CallError, QuantityProblem};
 use crate::leader::{Input, LeaderHandle, MasterSnapshot, OperatorCall};
 
@@ -80,6 +81,19 @@ pub(super) async fn operator(
     }
     let snap = state.leader.fresh_snapshot().await;
     let snap = super::views::visible(snap, &state.acls, principal.as_deref());
+    let snap = match kind {
+        "GET_QUOTA" => super::views::quotas_visible(snap, &state.acls, principal.as_deref()),
+        "GET_FLAGS" => {
+            let flags = Entity::ANY;
+            if let Err(refused) =
+                (state.acls).check(principal.as_deref(), Action::ViewFlags, &flags)
+            {
+                return refuse(CallError::Unauthorized(refused));
+            }
+            snap
+        }
+        _ => snap,
+    };
     if let Some(answer) = read(kind, &snap, &state.flags) {
         return answer;
     }

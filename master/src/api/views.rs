@@ -1,5 +1,6 @@
-//! What a caller may see of the master's state: the frameworks and tasks its
-//! `view_frameworks` and `view_tasks` grants allow (Mesos filters its GETs so).
+//! What a caller may see of the master's state: the frameworks, tasks, roles and
+//! quotas its `view_frameworks`, `view_tasks`, `view_roles` and `get_quotas` grants
+//! allow (Mesos filters its GETs so).
 
 use std::sync::Arc;
 
@@ -7,14 +8,15 @@ use crate::authz::{Acls, Action, Entity};
 use crate::leader::{MasterSnapshot, TaskView};
 
 /// `snapshot` as `principal` may see it: the frameworks `view_frameworks` allows,
-/// the tasks `view_tasks` and `view_frameworks` both allow. Without view rules that could refuse
-/// anything, the snapshot itself.
+/// the tasks `view_tasks` and `view_frameworks` both allow, the roles `view_roles`
+/// allows. Without view rules that could refuse anything, the snapshot itself.
 pub(super) fn visible(
     snapshot: Arc<MasterSnapshot>,
     acls: &Acls,
     principal: Option<&str>,
 ) -> Arc<MasterSnapshot> {
-    if !acls.may_refuse(Action::ViewFrameworks) && !acls.may_refuse(Action::ViewTasks) {
+    let filters = [Action::ViewFrameworks, Action::ViewTasks, Action::ViewRoles];
+    if !filters.iter().any(|a| acls.may_refuse(*a)) {
         return snapshot;
     }
     let may = |action, user: &str| {
@@ -46,9 +48,32 @@ pub(super) fn visible(
         .cloned()
         .collect();
     (seen.tasks, seen.completed_tasks) = (tasks, completed);
+    seen.roles.retain(|r| {
+        acls.check(principal, Action::ViewRoles, &Entity::one(&r.name))
+            .is_ok()
+    });
     for role in &mut seen.roles {
         role.frameworks
             .retain(|id| seen.frameworks.iter().any(|f| f.id == *id));
+    }
+    Arc::new(seen)
+}
+
+/// `snapshot` with the quotas of roles `get_quotas` does not allow blanked.
+pub(super) fn quotas_visible(
+    snapshot: Arc<MasterSnapshot>,
+    acls: &Acls,
+    principal: Option<&str>,
+) -> Arc<MasterSnapshot> {
+    if !acls.may_refuse(Action::GetQuotas) {
+        return snapshot;
+    }
+    let mut seen = (*snapshot).clone();
+    for role in &mut seen.roles {
+        let object = Entity::one(&role.name);
+        if acls.check(principal, Action::GetQuotas, &object).is_err() {
+            (role.guarantee, role.limit) = (String::new(), String::new());
+        }
     }
     Arc::new(seen)
 }
