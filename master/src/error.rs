@@ -224,6 +224,19 @@ pub enum QuantityProblem {
 }
 
 impl CallError {
+    /// Whether the call came from no live subscription of its framework (not
+    /// subscribed, not connected, an old or missing stream id): what a crashed or
+    /// hostile scheduler repeats in a loop.
+    pub(crate) fn is_from_a_stale_caller(&self) -> bool {
+        matches!(
+            self,
+            CallError::FrameworkNotSubscribed { .. }
+                | CallError::FrameworkNotConnected { .. }
+                | CallError::NotCurrentStream { .. }
+                | CallError::NoStreamId
+        )
+    }
+
     /// The one table from a refusal to its HTTP status (Mesos' codes) and gRPC code.
     fn codes(&self) -> (StatusCode, tonic::Code) {
         use CallError::*;

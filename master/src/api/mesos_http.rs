@@ -77,7 +77,10 @@ async fn send(
         .await
     {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
-        Err(e) => refuse(e),
+        Err(e) => {
+            super::slow_down_stale(&e).await;
+            refuse(e)
+        }
     }
 }
 

@@ -114,6 +114,20 @@ fn unauthenticated(e: Unauthenticated) -> Response {
     (StatusCode::UNAUTHORIZED, headers, format!("{e}\n")).into_response()
 }
 
+/// How long a call from no live subscription waits for its refusal. A scheduler
+/// that loops on such refusals (crashed, or hostile) is slowed to a few calls a
+/// second per connection instead of taking the leader's time from the others; the
+/// wait costs the master a timer, and an honest scheduler meets it only once, when
+/// it learns its subscription is gone.
+const STALE_CALL_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Waits [`STALE_CALL_DELAY`] before `e` is answered, where it is a stale caller's.
+async fn slow_down_stale(e: &CallError) {
+    if e.is_from_a_stale_caller() {
+        tokio::time::sleep(STALE_CALL_DELAY).await;
+    }
+}
+
 /// Mesos answers a refused HTTP call with its status code and a plain-text reason.
 fn refuse(e: CallError) -> Response {
     (e.http_status(), format!("{e}\n")).into_response()

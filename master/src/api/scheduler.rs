@@ -130,14 +130,16 @@ impl SchedulerService {
         if call.r#type == call::Type::Subscribe as i32 {
             return Err(CallError::SubscribeOnSend.into());
         }
-        self.leader
-            .ask(|reply| Input::Call {
-                call: Box::new(call),
-                stream_id,
-                principal,
-                reply,
-            })
-            .await?;
+        let sent = self.leader.ask(|reply| Input::Call {
+            call: Box::new(call),
+            stream_id,
+            principal,
+            reply,
+        });
+        if let Err(e) = sent.await {
+            super::slow_down_stale(&e).await;
+            return Err(e.into());
+        }
         Ok(Response::new(CallAccepted {}))
     }
 }

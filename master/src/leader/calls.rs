@@ -50,7 +50,7 @@ impl Leader {
             call::Type::Revive => {
                 let roles = call.revive.map(|r| r.roles).unwrap_or_default();
                 self.allocator.revive(framework_id, &roles);
-                self.allocate();
+                self.revived.0 = true;
                 Ok(())
             }
             call::Type::Suppress => {

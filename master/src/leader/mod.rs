@@ -185,6 +185,9 @@ struct TaskEntry {
     status: Option<TaskStatus>,
 }
 
+/// The longest a flood of REVIVEs defers the allocation they ask for.
+const REVIVE_BATCH: Duration = Duration::from_millis(20);
+
 /// The longest a busy leader goes without publishing a fresh snapshot for `/state`.
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 /// How long a reader waits for a busy leader to publish before taking the last one.
@@ -205,6 +208,8 @@ pub struct Leader {
     /// Something changed since the last published snapshot.
     dirty: bool,
     published_at: Instant,
+    /// A REVIVE asked for an allocation not yet run, and when one last ran for it.
+    revived: (bool, Instant),
 }
 
 /// A handle to send inputs to the leader and read its snapshots.
@@ -281,6 +286,7 @@ impl Leader {
             next_conn: 1,
             dirty: true,
             published_at: Instant::now(),
+            revived: (false, Instant::now()),
         };
         leader.load_roles();
         leader.publish();
@@ -306,6 +312,14 @@ impl Leader {
                 _ = timers.tick() => { self.expire().await; true }
             };
             self.dirty |= changed;
+            // REVIVEs are batched, as Mesos' allocator batches them: one allocation
+            // once the queue is drained (or every REVIVE_BATCH under a flood), so a
+            // framework reviving in a loop cannot make the leader do nothing else.
+            let (revived, at) = self.revived;
+            if revived && (rx.is_empty() || at.elapsed() >= REVIVE_BATCH) {
+                self.revived = (false, Instant::now());
+                self.allocate();
+            }
             // Building the snapshot walks every task: it is built when a reader asks
             // for it (Input::Publish) or every PUBLISH_EVERY, never per input.
             if self.dirty && self.published_at.elapsed() >= PUBLISH_EVERY {
