@@ -155,3 +155,21 @@ fn subscribe_info(call: Call) -> Result<FrameworkInfo, CallError> {
     }
     Ok(info)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_a_stale_callers_refusal_waits() {
+        let start = tokio::time::Instant::now();
+        slow_down_stale(&CallError::UnsupportedCall { call_type: "X" }).await;
+        assert!(start.elapsed() < STALE_CALL_DELAY);
+        let start = tokio::time::Instant::now();
+        let stale = CallError::FrameworkNotConnected {
+            framework_id: "f".into(),
+        };
+        slow_down_stale(&stale).await;
+        assert!(start.elapsed() >= STALE_CALL_DELAY);
+    }
+}
