@@ -85,6 +85,8 @@ struct Counts {
     calls: AtomicU64,
     refused: AtomicU64,
     sleepers: AtomicU64,
+    /// Told on every change above, for the wait until the load has built up.
+    changed: tokio::sync::Notify,
 }
 
 /// Opens a subscription and drops it at once, `churn` times, eight at a time.
@@ -131,6 +133,7 @@ async fn hog_and_flood(addr: String, flooders: usize, counts: Arc<Counts>, stop:
         202
     );
     counts.sleepers.fetch_add(200, Ordering::Relaxed);
+    counts.changed.notify_waiters();
     // Its events are never read past this: the master must not queue them forever.
     flood(&scheduler, flooders, &counts, &stop).await;
     drop(events);
@@ -153,6 +156,7 @@ async fn flood(
             while !stop.load(Ordering::Relaxed) {
                 let (status, body) = scheduler.call(call.clone()).await;
                 counts.calls.fetch_add(1, Ordering::Relaxed);
+                counts.changed.notify_waiters();
                 if status >= 400 && counts.refused.fetch_add(1, Ordering::Relaxed) == 0 {
                     eprintln!("the first refused flood call: {status} {body}");
                 }
@@ -219,11 +223,20 @@ async fn run(o: &Options) {
     ));
     // Let the hostile load build up before the honest run starts.
     let calls = if o.flooders == 0 { 0 } else { 1000 };
-    while counts.calls.load(Ordering::Relaxed) < calls
-        || counts.sleepers.load(Ordering::Relaxed) == 0
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let built_up = async {
+        loop {
+            let changed = counts.changed.notified();
+            if counts.calls.load(Ordering::Relaxed) >= calls
+                && counts.sleepers.load(Ordering::Relaxed) > 0
+            {
+                return;
+            }
+            changed.await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), built_up)
+        .await
+        .expect("the hostile tenants started within a minute");
     let beside = tokio::time::timeout(BESIDE_DEADLINE, honest(&addr, "beside", o.tasks)).await;
     stop.store(true, Ordering::Relaxed);
     let Ok((beside, failed_beside)) = beside else {
