@@ -337,3 +337,70 @@ async fn agents_authenticate_and_no_other_principal_takes_an_agents_id() {
     }
     cluster.assert_no_panics();
 }
+
+/// The gRPC scheduler API asks for the same credentials, as `authorization` metadata:
+/// none or a wrong secret is UNAUTHENTICATED and registers nothing; the right one
+/// subscribes, and the framework is its principal's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_schedulers_authenticate_too() {
+    use base64::Engine as _;
+    use cairn_api::v1::scheduler_client::SchedulerClient;
+    use cairn_api::v1::{Call, FrameworkInfo, call, event};
+
+    let cluster = authenticating_cluster().await;
+    let master = cluster.master_addr.as_str();
+    let mut client = SchedulerClient::connect(format!("http://{master}"))
+        .await
+        .unwrap();
+    let subscribe = |credential: Option<(&str, &str)>| {
+        let call = Call {
+            r#type: call::Type::Subscribe as i32,
+            subscribe: Some(call::Subscribe {
+                framework_info: Some(FrameworkInfo {
+                    name: "grpc".into(),
+                    user: "nobody".into(),
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        };
+        let mut request = tonic::Request::new(call);
+        if let Some((principal, secret)) = credential {
+            let basic =
+                base64::engine::general_purpose::STANDARD.encode(format!("{principal}:{secret}"));
+            let value = format!("Basic {basic}").parse().unwrap();
+            request.metadata_mut().insert("authorization", value);
+        }
+        request
+    };
+    for credential in [None, Some((ALICE.0, "wrong"))] {
+        let refused = client.subscribe(subscribe(credential)).await.err();
+        let status = refused.unwrap_or_else(|| panic!("{credential:?} subscribed over gRPC"));
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+        assert!(!status.message().is_empty(), "{status:?}");
+    }
+    let state = || async {
+        let request = reqwest::Client::new().get(format!("http://{master}/state"));
+        let response = request
+            .basic_auth(ALICE.0, Some(ALICE.1))
+            .send()
+            .await
+            .unwrap();
+        response.json::<Value>().await.unwrap()
+    };
+    let before = state().await;
+    assert!(
+        before["frameworks"].as_array().unwrap().is_empty(),
+        "{before}"
+    );
+    let mut events = client
+        .subscribe(subscribe(Some(ALICE)))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = events.message().await.unwrap().unwrap();
+    assert_eq!(first.r#type, event::Type::Subscribed as i32);
+    let after = state().await;
+    assert_eq!(after["frameworks"][0]["principal"], ALICE.0, "{after}");
+    cluster.assert_no_panics();
+}
