@@ -84,6 +84,15 @@ impl Entity {
         kind: EntityKind::Any,
     };
 
+    /// A name the request is about, or ANY where it is unknown (empty): a task naming
+    /// no user, a framework registered with no principal.
+    pub fn named_or_any(value: &str) -> Entity {
+        match value {
+            "" => Entity::ANY,
+            value => Entity::one(value),
+        }
+    }
+
     /// One named value.
     pub fn one(value: &str) -> Entity {
         Entity::Some {
@@ -440,11 +449,7 @@ impl Acls {
     pub fn check_task(&self, framework: &FrameworkInfo, task: &TaskInfo) -> Result<(), Refused> {
         let principal = Some(framework.principal.as_str()).filter(|p| !p.is_empty());
         let user = task_user(&framework.user, task);
-        let object = if user.is_empty() {
-            Entity::ANY
-        } else {
-            Entity::one(user)
-        };
+        let object = Entity::named_or_any(user);
         self.check(principal, Action::RunTasks, &object)?;
         let kind = crate::charges::container_type(task);
         if kind == container_info::Type::Docker as i32 {

@@ -56,11 +56,9 @@ impl Access {
     /// Whether `principal` may do `action` to what runs as `user` (empty: unknown,
     /// which only a grant for ANY user allows).
     pub(super) fn may(&self, principal: Option<&str>, action: Action, user: &str) -> bool {
-        let object = match user {
-            "" => Entity::ANY,
-            user => Entity::one(user),
-        };
-        self.acls.check(principal, action, &object).is_ok()
+        (self.acls)
+            .check(principal, action, &Entity::named_or_any(user))
+            .is_ok()
     }
 
     /// `snapshot` as `principal` may see it: the tasks its `view_tasks` allows, and

@@ -19,13 +19,8 @@ pub(super) fn visible(
     if !filters.iter().any(|a| acls.may_refuse(*a)) {
         return snapshot;
     }
-    let may = |action, user: &str| {
-        let object = match user {
-            "" => Entity::ANY,
-            user => Entity::one(user),
-        };
-        acls.check(principal, action, &object).is_ok()
-    };
+    let may =
+        |action, user: &str| (acls.check(principal, action, &Entity::named_or_any(user))).is_ok();
     let mut seen = (*snapshot).clone();
     seen.frameworks
         .retain(|f| may(Action::ViewFrameworks, &f.user));

@@ -52,10 +52,7 @@ impl Leader {
                     .get(&framework_id)
                     .map(|info| info.principal.clone());
                 drop(state);
-                let object = match owner.as_deref() {
-                    None | Some("") => Entity::ANY,
-                    Some(owner) => Entity::one(owner),
-                };
+                let object = Entity::named_or_any(owner.as_deref().unwrap_or(""));
                 acls.check(principal, Action::TeardownFrameworks, &object)?;
                 if owner.is_none() {
                     return Err(CallError::UnknownFramework { framework_id });
