@@ -8,6 +8,7 @@
 //! to a framework until [`Allocator::recover`] gives them back (offer declined,
 //! rescinded or partly unused, task terminal).
 
+mod order;
 mod quantities;
 mod roles;
 
@@ -19,8 +20,10 @@ use std::time::{Duration, Instant};
 
 use cairn_api::Resources;
 
+pub use order::DECLINE_YIELD;
 pub use quantities::Quantities;
-use roles::{Entry, RoleTree};
+use order::Declines;
+use roles::RoleTree;
 
 /// A role's quota: what it is guaranteed, and what it may never exceed.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -47,6 +50,8 @@ struct AgentSlot {
     active: bool,
     /// (framework slot, role node) -> what is allocated to it here.
     allocations: HashMap<(u32, u32), Resources>,
+    /// Frameworks that declined all they were offered here, lately.
+    declines: Declines,
 }
 
 struct FrameworkSlot {
@@ -116,6 +121,7 @@ impl Allocator {
             total: total.clone(),
             active: true,
             allocations: HashMap::new(),
+            declines: Declines::default(),
         });
         self.total.add(&Quantities::of(&total));
         for (framework_id, role, resources) in used {
@@ -216,6 +222,7 @@ impl Allocator {
             return;
         };
         for agent in self.agents.iter_mut().flatten() {
+            agent.declines.clear(slot);
             let mine: Vec<(u32, u32)> = agent
                 .allocations
                 .keys()
@@ -343,6 +350,19 @@ impl Allocator {
         }
     }
 
+    /// DECLINE (or an ACCEPT that used nothing) of everything `framework_id` was
+    /// offered of `agent_id`: it goes behind the other frameworks for this agent for
+    /// [`DECLINE_YIELD`] (see `order.rs`).
+    pub fn declined(&mut self, framework_id: &str, agent_id: &str, now: Instant) {
+        if let (Some(&fw), Some(&slot)) = (
+            self.framework_index.get(framework_id),
+            self.agent_index.get(agent_id),
+        ) && let Some(agent) = self.agents[slot as usize].as_mut()
+        {
+            agent.declines.mark(fw, now);
+        }
+    }
+
     /// One allocation cycle over every agent: first roles below their guarantee, then
     /// weighted DRF for the rest, holding back what unmet guarantees still need.
     pub fn allocate(&mut self, now: Instant) -> Vec<Grant> {
@@ -450,6 +470,9 @@ impl Allocator {
         for fw in self.frameworks.iter_mut().flatten() {
             fw.filters.retain(|_, until| *until > now);
         }
+        for agent in self.agents.iter_mut().flatten() {
+            agent.declines.expire(now);
+        }
     }
 
     fn shuffle(&mut self, order: &mut [u32]) {
@@ -461,32 +484,6 @@ impl Allocator {
             let j = (self.rng % (i as u64 + 1)) as usize;
             order.swap(i, j);
         }
-    }
-
-    /// The first framework in fair-share order under `node` that may be offered `agent`.
-    fn pick(&self, node: u32, agent: u32, now: Instant) -> Option<(u32, u32)> {
-        if self.roles.at_limit(node) {
-            return None;
-        }
-        for entry in self.roles.sorted(node) {
-            match entry {
-                Entry::Role(child) => {
-                    if let Some(found) = self.pick(child, agent, now) {
-                        return Some(found);
-                    }
-                }
-                Entry::Framework(fw) => {
-                    let f = self.frameworks[fw as usize]
-                        .as_ref()
-                        .expect("sorted framework");
-                    let filtered = f.filters.get(&agent).is_some_and(|until| *until > now);
-                    if f.active && !f.suppressed.contains(&node) && !filtered {
-                        return Some((fw, node));
-                    }
-                }
-            }
-        }
-        None
     }
 
     /// Allocates the agent's available resources (trimmed to the role's limits) to
@@ -522,6 +519,7 @@ impl Allocator {
             return None;
         }
         agent.available_q.sub(&q);
+        agent.declines.clear(fw);
         match agent.allocations.entry((fw, role)) {
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(resources.clone());

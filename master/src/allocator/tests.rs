@@ -153,6 +153,9 @@ proptest! {
                     let g = outstanding.swap_remove(index % outstanding.len());
                     let filter = refuse.then_some((Duration::from_secs(5), now));
                     a.recover(&g.framework_id, &g.agent_id, &g.role, &g.resources, filter);
+                    if refuse {
+                        a.declined(&g.framework_id, &g.agent_id, now);
+                    }
                 }
                 Op::Recover { .. } => {}
                 Op::AddAgent(i) => {
@@ -254,4 +257,73 @@ fn unmet_guarantees_hold_resources_back_from_other_roles() {
     let grants = a.allocate(Instant::now());
     assert_eq!(grants.len(), 1, "{grants:?}");
     assert_eq!(grants[0].role, "other");
+}
+
+/// One agent; "holder" already runs tasks on half of it, so "decliner" (holding
+/// nothing) is first under DRF.
+fn decliner_and_holder() -> Allocator {
+    let mut a = Allocator::new(5);
+    a.add_framework("decliner", &["a".to_string()]);
+    a.add_framework("holder", &["b".to_string()]);
+    let half = Resources::parse("cpus:1;mem:1024").unwrap();
+    a.add_agent(
+        "agent-0",
+        Resources::parse("cpus:2;mem:2048").unwrap(),
+        vec![("holder".into(), "b".into(), half)],
+    );
+    a
+}
+
+/// Declines `g` with `refuse_seconds: 0`, as a framework that wants nothing but
+/// to be offered everything again would.
+fn decline(a: &mut Allocator, g: &Grant, now: Instant) {
+    a.recover(&g.framework_id, &g.agent_id, &g.role, &g.resources, Some((Duration::ZERO, now)));
+    a.declined(&g.framework_id, &g.agent_id, now);
+}
+
+#[test]
+fn a_framework_that_declines_an_agent_goes_behind_the_others_for_it() {
+    let mut a = decliner_and_holder();
+    let t0 = Instant::now();
+    let g = a.allocate(t0).pop().unwrap();
+    assert_eq!(g.framework_id, "decliner", "DRF: the lower share goes first");
+    decline(&mut a, &g, t0);
+    a.revive("decliner", &[]);
+    // Revived and with the lower share, it still waits while another takes the agent.
+    for step in 1..5 {
+        let now = t0 + Duration::from_millis(10 * step);
+        let g = a.allocate(now).pop().unwrap();
+        assert_eq!(g.framework_id, "holder", "step {step}");
+        a.recover(&g.framework_id, &g.agent_id, &g.role, &g.resources, None);
+    }
+    let g = a.allocate(t0 + DECLINE_YIELD).pop().unwrap();
+    assert_eq!(g.framework_id, "decliner", "its turn comes back after the yield");
+}
+
+#[test]
+fn a_declined_agent_goes_back_to_its_decliner_when_no_one_else_may_take_it() {
+    let mut a = decliner_and_holder();
+    let t0 = Instant::now();
+    let g = a.allocate(t0).pop().unwrap();
+    decline(&mut a, &g, t0);
+    a.suppress("holder", &[]);
+    let g = a.allocate(t0).pop().expect("offered again at once");
+    assert_eq!(g.framework_id, "decliner");
+}
+
+#[test]
+fn of_two_decliners_the_one_that_declined_longest_ago_goes_first() {
+    let mut a = decliner_and_holder();
+    let t0 = Instant::now();
+    let g = a.allocate(t0).pop().unwrap();
+    decline(&mut a, &g, t0);
+    let t1 = t0 + Duration::from_millis(5);
+    let g = a.allocate(t1).pop().unwrap();
+    assert_eq!(g.framework_id, "holder");
+    decline(&mut a, &g, t1);
+    let g = a.allocate(t1).pop().unwrap();
+    assert_eq!(g.framework_id, "decliner", "it declined first");
+    decline(&mut a, &g, t1 + Duration::from_millis(1));
+    let g = a.allocate(t1 + Duration::from_millis(1)).pop().unwrap();
+    assert_eq!(g.framework_id, "holder", "its decline is now the older");
 }

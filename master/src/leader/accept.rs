@@ -46,6 +46,7 @@ impl Leader {
             return;
         }
         let mut placement = self.use_offers(&entries);
+        let offered = placement.remaining.clone();
         for group in groups {
             if group.all_or_none {
                 self.launch_group(framework_id, &mut placement, group.tasks);
@@ -61,6 +62,11 @@ impl Leader {
                 &placement.remaining,
                 Some((refuse, Instant::now())),
             );
+            if placement.remaining == offered {
+                // Nothing launched: a DECLINE by another name.
+                self.allocator
+                    .declined(framework_id, &placement.agent_id, Instant::now());
+            }
         }
         self.allocate();
     }

@@ -2,7 +2,7 @@
 //! caller's stream and hands each type to its own method. ACCEPT lives in
 //! `accept.rs` and RECONCILE in `reconcile.rs`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cairn_api::internal::registry_operation::Operation;
 use cairn_api::internal::{KillTask, MasterMessage, ShutdownFramework, master_message};
@@ -132,7 +132,8 @@ impl Leader {
         }
     }
 
-    /// DECLINE: the offers go back, filtered from this framework for `refuse_seconds`.
+    /// DECLINE: the offers go back, filtered from this framework for `refuse_seconds`,
+    /// and the framework goes behind the others for their agents for a while.
     fn decline(&mut self, framework_id: &str, decline: call::Decline) {
         let refuse = self.refuse_for(decline.filters.as_ref());
         for id in decline.offer_ids {
@@ -143,7 +144,10 @@ impl Leader {
             {
                 continue; // unknown or rescinded: nothing to give back
             }
-            self.remove_offer(&id.value, Some(refuse));
+            if let Some(entry) = self.remove_offer(&id.value, Some(refuse)) {
+                self.allocator
+                    .declined(framework_id, &entry.agent_id, Instant::now());
+            }
         }
     }
 

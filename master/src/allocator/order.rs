@@ -1,0 +1,109 @@
+//! Who is offered an agent next: the first framework in fair-share order that may be
+//! offered it (active, not suppressed for the role, not filtered from the agent) and
+//! has not just declined it.
+//!
+//! The last rule is Cairn's, not Mesos'. A framework that holds nothing has a
+//! dominant share of zero, so DRF puts it first every time; if it declines whatever
+//! it is offered with `refuse_seconds: 0` (and REVIVEs, which clears filters), it is
+//! offered the same agent again and again and the frameworks behind it never see it.
+//! So a framework that declined everything it was offered of an agent goes behind the
+//! others for that agent for [`DECLINE_YIELD`]: it is still offered the agent at once
+//! when no one else may take it, and REVIVE does not undo this, because it is an
+//! order and not a filter.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::Allocator;
+use super::roles::Entry;
+
+/// How long a framework that declined an agent goes behind the others for it: Mesos'
+/// default allocation interval, the longest Mesos makes any framework wait for a
+/// re-offer.
+pub const DECLINE_YIELD: Duration = Duration::from_secs(1);
+
+/// The frameworks (slots) that declined an agent, and when they last did.
+#[derive(Default)]
+pub(super) struct Declines(HashMap<u32, Instant>);
+
+impl Declines {
+    pub(super) fn mark(&mut self, framework: u32, now: Instant) {
+        self.0.insert(framework, now);
+    }
+
+    pub(super) fn clear(&mut self, framework: u32) {
+        self.0.remove(&framework);
+    }
+
+    /// When `framework` declined the agent, if it still goes behind the others.
+    fn since(&self, framework: u32, now: Instant) -> Option<Instant> {
+        self.0
+            .get(&framework)
+            .copied()
+            .filter(|t| now.saturating_duration_since(*t) < DECLINE_YIELD)
+    }
+
+    pub(super) fn expire(&mut self, now: Instant) {
+        self.0
+            .retain(|_, t| now.saturating_duration_since(*t) < DECLINE_YIELD);
+    }
+}
+
+impl Allocator {
+    /// The framework and role `agent` goes to next under `node`: the first in
+    /// fair-share order that may be offered it and has not just declined it; failing
+    /// that, of those that declined it, the one that did so longest ago.
+    pub(super) fn pick(&self, node: u32, agent: u32, now: Instant) -> Option<(u32, u32)> {
+        let declines = &self.agents[agent as usize]
+            .as_ref()
+            .expect("agent in order")
+            .declines;
+        let mut yielded: Option<(Instant, u32, u32)> = None;
+        let first = self.first_eligible(node, agent, now, &mut |fw, role| {
+            match declines.since(fw, now) {
+                None => true,
+                Some(t) => {
+                    if yielded.is_none_or(|(oldest, _, _)| t < oldest) {
+                        yielded = Some((t, fw, role));
+                    }
+                    false
+                }
+            }
+        });
+        first.or(yielded.map(|(_, fw, role)| (fw, role)))
+    }
+
+    /// Walks the role tree under `node` in fair-share order and returns the first
+    /// framework that may be offered `agent` and that `take` takes.
+    fn first_eligible(
+        &self,
+        node: u32,
+        agent: u32,
+        now: Instant,
+        take: &mut impl FnMut(u32, u32) -> bool,
+    ) -> Option<(u32, u32)> {
+        if self.roles.at_limit(node) {
+            return None;
+        }
+        for entry in self.roles.sorted(node) {
+            match entry {
+                Entry::Role(child) => {
+                    if let Some(found) = self.first_eligible(child, agent, now, take) {
+                        return Some(found);
+                    }
+                }
+                Entry::Framework(fw) => {
+                    let f = self.frameworks[fw as usize]
+                        .as_ref()
+                        .expect("sorted framework");
+                    let filtered = f.filters.get(&agent).is_some_and(|until| *until > now);
+                    if f.active && !f.suppressed.contains(&node) && !filtered && take(fw, node)
+                    {
+                        return Some((fw, node));
+                    }
+                }
+            }
+        }
+        None
+    }
+}
