@@ -26,7 +26,7 @@ use cairn_test_support::{docker_image, fake_master, framework};
 use serde_json::{Value, json};
 
 mod common;
-use common::{CAIRN, cluster, drive, is_terminal, task};
+use common::{CAIRN, cluster_with, drive, is_terminal, task};
 
 struct Options {
     mode: String,
@@ -111,7 +111,7 @@ async fn throughput(o: &Options) {
     let dir = tempfile::tempdir().unwrap();
     eprintln!("logs in {}", dir.path().display());
     let dir = scopeguard_keep(dir);
-    let (_master, _agent, addr) = cluster(dir.path()).await;
+    let (_master, _agent, addr) = cluster_with(dir.path(), &[]).await;
     let info = json!({"user": "root", "name": "capacity"});
     let (scheduler, mut events) = framework::Scheduler::subscribe_with(&addr, info).await;
     let mut failed = 0usize;
@@ -144,7 +144,7 @@ async fn idle(o: &Options) {
     let dir = tempfile::tempdir().unwrap();
     eprintln!("logs in {}", dir.path().display());
     let dir = scopeguard_keep(dir);
-    let (_master, agent, addr) = cluster(dir.path()).await;
+    let (_master, agent, addr) = cluster_with(dir.path(), &[]).await;
     let info = json!({"user": "root", "name": "capacity"});
     let (scheduler, mut events) = framework::Scheduler::subscribe_with(&addr, info).await;
     // One task first, so the executor exists and its baseline can be measured.
@@ -293,7 +293,7 @@ async fn latency(o: &Options) {
     let dir = tempfile::tempdir().unwrap();
     eprintln!("logs in {}", dir.path().display());
     let dir = scopeguard_keep(dir);
-    let (_master, _agent, addr) = cluster(dir.path()).await;
+    let (_master, _agent, addr) = cluster_with(dir.path(), &[]).await;
     let info = json!({"user": "root", "name": "capacity"});
     let (scheduler, mut events) = framework::Scheduler::subscribe_with(&addr, info).await;
     let mut offers: Vec<Value> = Vec::new();

@@ -5,8 +5,13 @@
 //! never reads its events (so its stream is dropped and its calls refused), and one
 //! that stays subscribed and sends calls the master accepts.
 //!
+//! Every tenant authenticates as its own principal, and the master holds scheduler
+//! calls to Mesos' `--rate-limits` as an operator protecting a high-SLA framework would
+//! set them: the honest principal listed without a rate, everyone else sharing the
+//! aggregate default. `--unlimited` runs the same without rate limits.
+//!
 //! ```text
-//! cargo bench --workspace --profile dev --bench hostile -- [--tasks 2000] [--churn 300] [--flooders 8]
+//! cargo bench --workspace --profile dev --bench hostile -- [--tasks 2000] [--churn 300] [--flooders 8] [--unlimited]
 //! ```
 
 mod common;
@@ -16,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use cairn_test_support::framework::{self, Scheduler};
-use common::{cluster, drive, is_terminal, task};
+use common::{cluster_with, drive, is_terminal, task};
 use serde_json::{Value, json};
 
 /// How long the honest run beside the hostile tenants may take before it counts as
@@ -29,6 +34,57 @@ struct Options {
     churn: usize,
     /// Concurrent callers flooding the master.
     flooders: usize,
+    /// No `--rate-limits` on the master.
+    unlimited: bool,
+}
+
+/// Each tenant's principal and secret.
+const HONEST: (&str, &str) = ("honest", "honest-secret");
+const CHURNER: (&str, &str) = ("churner", "churner-secret");
+const HOG: (&str, &str) = ("hog", "hog-secret");
+const CHATTER: (&str, &str) = ("chatter", "chatter-secret");
+
+/// The honest principal unthrottled; the others share 100 calls a second, with at
+/// most 100 held back.
+const RATE_LIMITS: &str = r#"{"limits": [{"principal": "honest"}],
+    "aggregate_default_qps": 100, "aggregate_default_capacity": 100}"#;
+
+/// The master's flags: an offer timeout, credentials for every tenant, and the rate
+/// limits unless `unlimited`.
+fn master_flags(dir: &std::path::Path, unlimited: bool) -> Vec<String> {
+    let credentials: Vec<Value> = [HONEST, CHURNER, HOG, CHATTER]
+        .iter()
+        .map(|(principal, secret)| json!({"principal": principal, "secret": secret}))
+        .collect();
+    let credentials_file = dir.join("credentials.json");
+    std::fs::write(
+        &credentials_file,
+        json!({ "credentials": credentials }).to_string(),
+    )
+    .unwrap();
+    let mut flags = vec![
+        // A framework that never answers its offers (the hog, once it stops reading
+        // its events) would hold them for ever: Mesos' bound on that.
+        "--offer-timeout".to_owned(),
+        "5s".to_owned(),
+        "--credentials".to_owned(),
+        credentials_file.display().to_string(),
+        "--authenticate-frameworks".to_owned(),
+    ];
+    if !unlimited {
+        let limits_file = dir.join("rate-limits.json");
+        std::fs::write(&limits_file, RATE_LIMITS).unwrap();
+        flags.extend([
+            "--rate-limits".to_owned(),
+            limits_file.display().to_string(),
+        ]);
+    }
+    flags
+}
+
+/// A FrameworkInfo for `principal`, run as `nobody`.
+fn framework_info(name: &str, principal: &str) -> Value {
+    json!({"user": "nobody", "name": name, "principal": principal})
 }
 
 fn options() -> Options {
@@ -36,6 +92,7 @@ fn options() -> Options {
         tasks: 2000,
         churn: 300,
         flooders: 8,
+        unlimited: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -45,6 +102,7 @@ fn options() -> Options {
             "--tasks" => o.tasks = value().parse().expect("--tasks N"),
             "--churn" => o.churn = value().parse().expect("--churn N"),
             "--flooders" => o.flooders = value().parse().expect("--flooders N"),
+            "--unlimited" => o.unlimited = true,
             _ => {} // cargo bench passes --bench
         }
     }
@@ -54,8 +112,8 @@ fn options() -> Options {
 /// The honest framework: `total` short wasm tasks; its rate and how many did not
 /// finish.
 async fn honest(addr: &str, name: &str, total: usize) -> (f64, usize) {
-    let info = json!({"user": "nobody", "name": name});
-    let (scheduler, mut events) = Scheduler::subscribe_with(addr, info).await;
+    let info = framework_info(name, HONEST.0);
+    let (scheduler, mut events) = Scheduler::subscribe_as(addr, info, Some(HONEST)).await;
     let mut failed = 0usize;
     let (started, ended) = drive(
         &scheduler,
@@ -98,9 +156,10 @@ async fn churn(addr: String, churn: usize, counts: Arc<Counts>, stop: Arc<Atomic
             while !stop.load(Ordering::Relaxed)
                 && next.fetch_add(1, Ordering::Relaxed) < churn as u64
             {
-                let subscribe = json!({"type": "SUBSCRIBE", "subscribe": {"framework_info":
-                    {"user": "nobody", "name": "churn", "failover_timeout": 0.0}}});
-                match Scheduler::try_subscribe(&addr, &subscribe, None).await {
+                let mut info = framework_info("churn", CHURNER.0);
+                info["failover_timeout"] = json!(0.0);
+                let subscribe = json!({"type": "SUBSCRIBE", "subscribe": {"framework_info": info}});
+                match Scheduler::try_subscribe(&addr, &subscribe, Some(CHURNER)).await {
                     Ok(_) => counts.subscriptions.fetch_add(1, Ordering::Relaxed),
                     Err(_) => counts.refused.fetch_add(1, Ordering::Relaxed),
                 };
@@ -115,8 +174,8 @@ async fn churn(addr: String, churn: usize, counts: Arc<Counts>, stop: Arc<Atomic
 /// A framework that takes every offer for tasks that sleep for ten hours, and keeps
 /// the offers' rest; then floods the master with REVIVE and RECONCILE calls.
 async fn hog_and_flood(addr: String, flooders: usize, counts: Arc<Counts>, stop: Arc<AtomicBool>) {
-    let info = json!({"user": "nobody", "name": "hog"});
-    let (scheduler, mut events) = Scheduler::subscribe_with(&addr, info).await;
+    let info = framework_info("hog", HOG.0);
+    let (scheduler, mut events) = Scheduler::subscribe_as(&addr, info, Some(HOG)).await;
     let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
     let sleepers: Vec<Value> = (0..200)
         .map(|i| {
@@ -172,8 +231,8 @@ async fn flood(
 /// A framework that stays subscribed (it reads its events) and floods the master
 /// with calls it accepts: REVIVE and RECONCILE.
 async fn chatter(addr: String, flooders: usize, counts: Arc<Counts>, stop: Arc<AtomicBool>) {
-    let info = json!({"user": "nobody", "name": "chatter"});
-    let (scheduler, mut events) = Scheduler::subscribe_with(&addr, info).await;
+    let info = framework_info("chatter", CHATTER.0);
+    let (scheduler, mut events) = Scheduler::subscribe_as(&addr, info, Some(CHATTER)).await;
     // It declines every offer at once, asking for it again: holding them would be
     // hoarding, which only `--offer-timeout` bounds (as in Mesos).
     let decliner = scheduler.clone();
@@ -197,7 +256,8 @@ async fn chatter(addr: String, flooders: usize, counts: Arc<Counts>, stop: Arc<A
 async fn run(o: &Options) {
     let dir = tempfile::tempdir().unwrap();
     eprintln!("logs in {}", dir.path().display());
-    let (_master, _agent, addr) = cluster(dir.path()).await;
+    let flags = master_flags(dir.path(), o.unlimited);
+    let (_master, _agent, addr) = cluster_with(dir.path(), &flags).await;
     // A first run warms the agent's compile cache and executor for the honest user.
     honest(&addr, "warm-up", o.tasks / 4).await;
     let (alone, failed_alone) = honest(&addr, "alone", o.tasks).await;
@@ -237,11 +297,17 @@ async fn run(o: &Options) {
     tokio::time::timeout(Duration::from_secs(60), built_up)
         .await
         .expect("the hostile tenants started within a minute");
+    let limits = if o.unlimited {
+        ", no rate limits"
+    } else {
+        ", rate limits"
+    };
     let beside = tokio::time::timeout(BESIDE_DEADLINE, honest(&addr, "beside", o.tasks)).await;
     stop.store(true, Ordering::Relaxed);
     let Ok((beside, failed_beside)) = beside else {
         println!(
-            "| honest short wasm tasks, beside hostile tenants | {} | not done within {BESIDE_DEADLINE:?} | starved; hostile: {} subscriptions opened and dropped, {} calls, {} refused |",
+            "| honest short wasm tasks, beside hostile tenants{} | {} | not done within {BESIDE_DEADLINE:?} | starved; hostile: {} subscriptions opened and dropped, {} calls, {} refused |",
+            limits,
             o.tasks,
             counts.subscriptions.load(Ordering::Relaxed),
             counts.calls.load(Ordering::Relaxed),
@@ -255,7 +321,8 @@ async fn run(o: &Options) {
     let _ = tokio::time::timeout(Duration::from_secs(30), chatty).await;
 
     println!(
-        "| honest short wasm tasks, beside hostile tenants | {} | {beside:.0} tasks/s ({:.0}% of alone) | {failed_beside} not FINISHED; hostile: {} subscriptions opened and dropped, {} calls, {} refused, {} tasks that never end |",
+        "| honest short wasm tasks, beside hostile tenants{} | {} | {beside:.0} tasks/s ({:.0}% of alone) | {failed_beside} not FINISHED; hostile: {} subscriptions opened and dropped, {} calls, {} refused, {} tasks that never end |",
+        limits,
         o.tasks,
         100.0 * beside / alone,
         counts.subscriptions.load(Ordering::Relaxed),

@@ -33,9 +33,24 @@ pub(crate) struct AuthFlags {
     /// Mesos' (see docs/security.md); without it, everything is allowed.
     #[arg(long)]
     acls: Option<PathBuf>,
+    /// How fast each principal's schedulers may call, in Mesos' RateLimits JSON
+    /// (`limits` of `principal`, `qps`, `capacity`; `aggregate_default_qps`,
+    /// `aggregate_default_capacity`). Calls over the rate wait; past the capacity they
+    /// are refused with 429. Without --authenticate-frameworks every caller counts
+    /// against the aggregate.
+    #[arg(long)]
+    rate_limits: Option<PathBuf>,
 }
 
 impl AuthFlags {
+    /// The `--rate-limits` file, read and checked; no limits when none is given.
+    pub(crate) fn rate_limits(&self) -> anyhow::Result<cairn_master::rate_limits::RateLimits> {
+        Ok(match &self.rate_limits {
+            Some(path) => cairn_master::rate_limits::RateLimits::load(path)?,
+            None => Default::default(),
+        })
+    }
+
     /// The `--acls` file, read and checked; permissive when none is given.
     pub(crate) fn acls(&self) -> anyhow::Result<Arc<cairn_api::authz::Acls>> {
         if self.acls.is_some() && !self.authenticate_frameworks {

@@ -45,6 +45,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
         node_id: 1,
         leader: Default::default(),
         authentication: Default::default(),
+        rate_limits: Default::default(),
     })
     .await?;
     let master_addr = master.local_addr()?;

@@ -448,6 +448,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                     ..Default::default()
                 },
                 authentication: args.auth.authentication()?,
+                rate_limits: args.auth.rate_limits()?,
             })
             .await?;
             tracing::info!(address = %master.local_addr()?, "master listening");

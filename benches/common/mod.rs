@@ -27,6 +27,32 @@ pub fn task(id: &str, agent_id: &Value, module: &str, args: &[&str]) -> Value {
     })
 }
 
+/// What one task of [`task`] takes of an offer, as the master charges it: its cpus
+/// and mem, the agent's default disk (1 GiB), and 4 MiB of host memory per hosted
+/// task; and what the framework's executor takes when its first task starts it.
+const TASK_TAKES: [(&str, f64); 3] = [("cpus", 0.01), ("mem", 6.0), ("disk", 1024.0)];
+const EXECUTOR_TAKES: [(&str, f64); 3] = [("cpus", 0.1), ("mem", 256.0), ("disk", 0.0)];
+
+/// How many tasks of [`task`] an offer holds (a fragment of an agent may hold few),
+/// keeping room for the executor on the `first` launch.
+fn tasks_that_fit(offer: &Value, first: bool) -> usize {
+    let scalar = |name: &str| {
+        (offer["resources"].as_array().into_iter().flatten())
+            .filter(|r| r["name"] == name)
+            .filter_map(|r| r["scalar"]["value"].as_f64())
+            .sum::<f64>()
+    };
+    TASK_TAKES
+        .iter()
+        .zip(EXECUTOR_TAKES)
+        .map(|((name, each), (_, executor))| {
+            let executor = if first { executor } else { 0.0 };
+            ((scalar(name) - executor).max(0.0) / each + 1e-9).floor() as usize
+        })
+        .min()
+        .unwrap_or(0)
+}
+
 pub fn is_terminal(state: &str) -> bool {
     !matches!(
         state,
@@ -34,17 +60,19 @@ pub fn is_terminal(state: &str) -> bool {
     )
 }
 
-/// A master and one agent big enough (in declared resources) for every task; their
-/// start-up is waited for off the runtime's workers.
-pub async fn cluster(dir: &std::path::Path) -> (harness::Daemon, harness::Daemon, String) {
+/// A master (with `master_flags` beside the defaults) and one agent big enough (in
+/// declared resources) for every task; their start-up is waited for off the runtime's
+/// workers.
+pub async fn cluster_with(
+    dir: &std::path::Path,
+    master_flags: &[String],
+) -> (harness::Daemon, harness::Daemon, String) {
     let dir = dir.to_owned();
+    let mut flags = vec!["--allocation-interval".to_owned(), "20ms".to_owned()];
+    flags.extend_from_slice(master_flags);
     harness::blocking(move || {
-        let (master, addr) = harness::start_master_with(
-            CAIRN,
-            &dir,
-            "127.0.0.1:0",
-            &["--allocation-interval", "20ms"],
-        );
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let (master, addr) = harness::start_master_with(CAIRN, &dir, "127.0.0.1:0", &flags);
         let agent = harness::start_agent_with(
             CAIRN,
             &dir,
@@ -90,7 +118,8 @@ pub async fn drive(
                     // rest of the offer comes back in the next cycle.
                     let room = (total - launched)
                         .min(inflight - (launched - finished.len()))
-                        .min(500);
+                        .min(500)
+                        .min(tasks_that_fit(&offer, launched == 0));
                     if room == 0 {
                         let decline = json!({"type": "DECLINE", "decline": {
                             "offer_ids": [offer["id"]], "filters": {"refuse_seconds": 0.01}}});

@@ -115,6 +115,12 @@ pub enum CallError {
         task_id: String,
         len: usize,
     },
+    // Too many calls held back: 429, RESOURCE_EXHAUSTED.
+    #[error(
+        "principal {principal} already has {capacity} calls waiting (its --rate-limits \
+         capacity); slow down"
+    )]
+    Throttled { principal: String, capacity: u64 },
     #[error("message of {size} bytes exceeds the {limit}-byte limit")]
     MessageTooLarge {
         framework_id: String,
@@ -225,12 +231,13 @@ pub enum QuantityProblem {
 
 impl CallError {
     /// Whether the call came from no live subscription of its framework (not
-    /// subscribed, not connected, an old or missing stream id): what a crashed or
-    /// hostile scheduler repeats in a loop.
-    pub(crate) fn is_from_a_stale_caller(&self) -> bool {
+    /// subscribed, not connected, an old or missing stream id), or over its
+    /// principal's rate: what a crashed or hostile scheduler repeats in a loop.
+    pub(crate) fn is_answered_late(&self) -> bool {
         matches!(
             self,
-            CallError::FrameworkNotSubscribed { .. }
+            CallError::Throttled { .. }
+                | CallError::FrameworkNotSubscribed { .. }
                 | CallError::FrameworkNotConnected { .. }
                 | CallError::NotCurrentStream { .. }
                 | CallError::NoStreamId
@@ -300,6 +307,10 @@ impl CallError {
             SubscriptionClosed { .. } | AgentStreamClosed { .. } | ShuttingDown | Registry(_) => {
                 UNAVAILABLE
             }
+            Throttled { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                tonic::Code::ResourceExhausted,
+            ),
             StreamIdNotMetadata => (StatusCode::INTERNAL_SERVER_ERROR, tonic::Code::Internal),
         }
     }

@@ -8,6 +8,7 @@ mod audit;
 pub use cairn_api::{authn, authz};
 mod error;
 mod leader;
+pub mod rate_limits;
 mod registry;
 
 use std::net::SocketAddr;
@@ -33,6 +34,8 @@ pub struct MasterConfig {
     pub leader: LeaderConfig,
     /// Which realms ask who calls (see [`authn`]).
     pub authentication: authn::Authentication,
+    /// Mesos' `--rate_limits` on scheduler calls, per principal.
+    pub rate_limits: rate_limits::RateLimits,
 }
 
 /// A master bound to its port, not yet serving.
@@ -69,6 +72,7 @@ impl Master {
                 flags(&config),
                 config.authentication.clone(),
                 config.leader.acls.clone(),
+                std::sync::Arc::new(rate_limits::Limiter::new(&config.rate_limits)),
             ),
         })
     }
@@ -91,7 +95,7 @@ fn flags(config: &MasterConfig) -> Vec<(String, String)> {
     let d = |d: std::time::Duration| humantime::format_duration(d).to_string();
     let (l, auth) = (&config.leader, &config.authentication);
     use authn::Realm;
-    vec![
+    let mut flags = vec![
         ("listen".into(), config.listen.to_string()),
         ("data_dir".into(), config.data_dir.display().to_string()),
         ("node_id".into(), config.node_id.to_string()),
@@ -133,5 +137,10 @@ fn flags(config: &MasterConfig) -> Vec<(String, String)> {
             "authenticate_http_readonly".into(),
             auth.required(Realm::ReadOnly).to_string(),
         ),
-    ]
+    ];
+    if config.rate_limits != Default::default() {
+        let json = serde_json::to_string(&config.rate_limits).unwrap_or_default();
+        flags.push(("rate_limits".into(), json));
+    }
+    flags
 }

@@ -256,6 +256,31 @@ async fn offers_time_out_and_a_vanished_framework_is_removed_after_its_failover_
     cluster.assert_no_panics();
 }
 
+/// A scheduler that hangs up (its event stream's connection closed) is disconnected
+/// at once and its offers go to others, as Mesos notices a closed HTTP connection;
+/// not only when the next heartbeat to it fails (an hour here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_framework_that_hangs_up_gives_its_offers_back_at_once() {
+    let cluster =
+        Cluster::start_with_flags_async(CAIRN, &["--framework-heartbeat-interval", "1h"], &[])
+            .await;
+    let info = json!({"user": "root", "name": "hangs-up", "failover_timeout": 3600.0});
+    let (gone, mut events) = Scheduler::subscribe_with(&cluster.master_addr, info).await;
+    let held = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
+    drop(events);
+    let (_, mut events) = Scheduler::subscribe(&cluster.master_addr).await;
+    let offer = events.next_of("OFFERS").await["offers"]["offers"][0].clone();
+    assert_eq!(offer["agent_id"], held["agent_id"]);
+    assert_eq!(offer["resources"], held["resources"], "all it held, back");
+    let state = gone.master_state(&cluster.master_addr).await;
+    let framework = (state["frameworks"].as_array().unwrap().iter())
+        .find(|f| f["id"] == gone.framework_id.as_str())
+        .expect("kept for its failover timeout")
+        .clone();
+    assert_eq!(framework["active"], false, "{framework}");
+    cluster.assert_no_panics();
+}
+
 /// pymesos, an unmodified Mesos scheduler library from PyPI (installed by
 /// `scripts/setup`), runs a wasm task on Cairn.
 #[test]

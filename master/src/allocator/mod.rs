@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use cairn_api::Resources;
 
 pub use order::DECLINE_YIELD;
-pub use quantities::Quantities;
 use order::Declines;
+pub use quantities::Quantities;
 use roles::RoleTree;
 
 /// A role's quota: what it is guaranteed, and what it may never exceed.

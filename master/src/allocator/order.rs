@@ -59,15 +59,15 @@ impl Allocator {
             .expect("agent in order")
             .declines;
         let mut yielded: Option<(Instant, u32, u32)> = None;
-        let first = self.first_eligible(node, agent, now, &mut |fw, role| {
-            match declines.since(fw, now) {
-                None => true,
-                Some(t) => {
-                    if yielded.is_none_or(|(oldest, _, _)| t < oldest) {
-                        yielded = Some((t, fw, role));
-                    }
-                    false
+        let first = self.first_eligible(node, agent, now, &mut |fw, role| match declines
+            .since(fw, now)
+        {
+            None => true,
+            Some(t) => {
+                if yielded.is_none_or(|(oldest, _, _)| t < oldest) {
+                    yielded = Some((t, fw, role));
                 }
+                false
             }
         });
         first.or(yielded.map(|(_, fw, role)| (fw, role)))
@@ -97,8 +97,7 @@ impl Allocator {
                         .as_ref()
                         .expect("sorted framework");
                     let filtered = f.filters.get(&agent).is_some_and(|until| *until > now);
-                    if f.active && !f.suppressed.contains(&node) && !filtered && take(fw, node)
-                    {
+                    if f.active && !f.suppressed.contains(&node) && !filtered && take(fw, node) {
                         return Some((fw, node));
                     }
                 }

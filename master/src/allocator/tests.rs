@@ -277,7 +277,13 @@ fn decliner_and_holder() -> Allocator {
 /// Declines `g` with `refuse_seconds: 0`, as a framework that wants nothing but
 /// to be offered everything again would.
 fn decline(a: &mut Allocator, g: &Grant, now: Instant) {
-    a.recover(&g.framework_id, &g.agent_id, &g.role, &g.resources, Some((Duration::ZERO, now)));
+    a.recover(
+        &g.framework_id,
+        &g.agent_id,
+        &g.role,
+        &g.resources,
+        Some((Duration::ZERO, now)),
+    );
     a.declined(&g.framework_id, &g.agent_id, now);
 }
 
@@ -286,7 +292,10 @@ fn a_framework_that_declines_an_agent_goes_behind_the_others_for_it() {
     let mut a = decliner_and_holder();
     let t0 = Instant::now();
     let g = a.allocate(t0).pop().unwrap();
-    assert_eq!(g.framework_id, "decliner", "DRF: the lower share goes first");
+    assert_eq!(
+        g.framework_id, "decliner",
+        "DRF: the lower share goes first"
+    );
     decline(&mut a, &g, t0);
     a.revive("decliner", &[]);
     // Revived and with the lower share, it still waits while another takes the agent.
@@ -297,7 +306,10 @@ fn a_framework_that_declines_an_agent_goes_behind_the_others_for_it() {
         a.recover(&g.framework_id, &g.agent_id, &g.role, &g.resources, None);
     }
     let g = a.allocate(t0 + DECLINE_YIELD).pop().unwrap();
-    assert_eq!(g.framework_id, "decliner", "its turn comes back after the yield");
+    assert_eq!(
+        g.framework_id, "decliner",
+        "its turn comes back after the yield"
+    );
 }
 
 #[test]

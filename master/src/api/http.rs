@@ -13,6 +13,7 @@ use crate::audit::Audit;
 use crate::authn::{Authentication, Realm};
 use crate::authz::Acls;
 use crate::leader::LeaderHandle;
+use crate::rate_limits::Limiter;
 use crate::registry::Registry;
 
 #[derive(Clone)]
@@ -21,6 +22,7 @@ struct HttpState {
     registry: Registry,
     audit: Audit,
     acls: Arc<Acls>,
+    limiter: Arc<Limiter>,
 }
 
 /// State is read-only (`--authenticate-http-readonly`); `/health` and `/version`
@@ -29,6 +31,7 @@ pub(super) fn router(
     leader: LeaderHandle,
     registry: Registry,
     acls: Arc<Acls>,
+    limiter: Arc<Limiter>,
     read_only: (Authentication, Realm, Audit),
 ) -> Router {
     let audit = read_only.2.clone();
@@ -40,6 +43,7 @@ pub(super) fn router(
             registry: registry.clone(),
             audit: audit.clone(),
             acls: acls.clone(),
+            limiter: limiter.clone(),
         });
     Router::new()
         .route("/state", get(state))
@@ -51,6 +55,7 @@ pub(super) fn router(
             registry,
             audit,
             acls,
+            limiter,
         })
         .layer(axum::middleware::from_fn_with_state(
             read_only,
@@ -64,7 +69,7 @@ async fn metrics(State(s): State<HttpState>) -> Response {
     let content_type = "text/plain; version=0.0.4";
     (
         [(axum::http::header::CONTENT_TYPE, content_type)],
-        s.audit.render(),
+        s.audit.render() + &s.limiter.render(),
     )
         .into_response()
 }

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use cairn_api::json::{from_json, to_json};
 use cairn_api::v1::{Call, call};
 use futures::StreamExt as _;
+use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -17,6 +18,7 @@ use super::{Caller, refuse, subscribe_info};
 use crate::audit::{Audit, Outcome};
 use crate::error::CallError;
 use crate::leader::{Input, LeaderHandle};
+use crate::rate_limits::Limiter;
 
 const STREAM_ID: &str = "Mesos-Stream-Id";
 
@@ -26,7 +28,7 @@ fn record(json: String) -> Bytes {
 }
 
 pub(super) async fn scheduler(
-    State((leader, audit)): State<(LeaderHandle, Audit)>,
+    State((leader, audit, limiter)): State<(LeaderHandle, Audit, Arc<Limiter>)>,
     Extension(Caller(principal)): Extension<Caller>,
     headers: HeaderMap,
     body: Bytes,
@@ -47,7 +49,10 @@ pub(super) async fn scheduler(
         Err(e) => return refuse(CallError::UnparsableCall(e)),
     };
     let (kind, target) = super::audited(&call);
-    let answer = if call.r#type == call::Type::Subscribe as i32 {
+    let answer = if let Err(e) = limiter.admit(principal.as_deref()).await {
+        super::slow_down(&e).await;
+        refuse(e)
+    } else if call.r#type == call::Type::Subscribe as i32 {
         subscribe(leader, call, principal.clone()).await
     } else {
         send(leader, &headers, call, principal.clone()).await
@@ -78,7 +83,7 @@ async fn send(
     {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(e) => {
-            super::slow_down_stale(&e).await;
+            super::slow_down(&e).await;
             refuse(e)
         }
     }
@@ -104,7 +109,11 @@ async fn subscribe(leader: LeaderHandle, call: Call, principal: Option<String>) 
     };
     // The stream ends when the leader drops the framework's sender (teardown, failover
     // to a newer subscription) or reports an error on it.
+    let hangup = super::Hangup::new(leader, &stream_id);
     let events = ReceiverStream::new(rx)
+        .inspect(move |_| {
+            let _ = &hangup;
+        })
         .take_while(|e| std::future::ready(e.is_ok()))
         .filter_map(|e| {
             std::future::ready(

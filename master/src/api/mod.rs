@@ -21,6 +21,7 @@ use crate::audit::{Audit, Outcome};
 use crate::authn::{Authentication, Realm, Unauthenticated};
 use crate::error::CallError;
 use crate::leader::LeaderHandle;
+use crate::rate_limits::Limiter;
 use crate::registry::Registry;
 
 /// Large enough for a big task list on agent re-registration; bounded so one peer
@@ -33,9 +34,15 @@ pub(crate) fn router(
     flags: Vec<(String, String)>,
     auth: Authentication,
     acls: std::sync::Arc<crate::authz::Acls>,
+    limiter: std::sync::Arc<Limiter>,
 ) -> Router {
     let audit = Audit::default();
-    let scheduler = scheduler::SchedulerService::new(leader.clone(), auth.clone(), audit.clone());
+    let scheduler = scheduler::SchedulerService::new(
+        leader.clone(),
+        auth.clone(),
+        audit.clone(),
+        limiter.clone(),
+    );
     let agents = agents::AgentService::new(leader.clone(), auth.clone(), audit.clone());
     let grpc = tonic::service::Routes::new(
         AgentRegistryServer::new(agents).max_decoding_message_size(MAX_MESSAGE_BYTES),
@@ -48,7 +55,7 @@ pub(crate) fn router(
             "/api/v1/scheduler",
             axum::routing::post(mesos_http::scheduler),
         )
-        .with_state((leader.clone(), audit.clone()))
+        .with_state((leader.clone(), audit.clone(), limiter.clone()))
         .layer(from_fn_with_state(realm(Realm::Scheduler), authenticate));
     let operator_http = Router::new()
         .route("/api/v1", axum::routing::post(operator::operator))
@@ -60,7 +67,7 @@ pub(crate) fn router(
             acls: acls.clone(),
         })
         .layer(from_fn_with_state(realm(Realm::ReadWrite), authenticate));
-    http::router(leader, registry, acls, realm(Realm::ReadOnly))
+    http::router(leader, registry, acls, limiter, realm(Realm::ReadOnly))
         .merge(scheduler_http)
         .merge(operator_http)
         .merge(grpc)
@@ -114,17 +121,48 @@ fn unauthenticated(e: Unauthenticated) -> Response {
     (StatusCode::UNAUTHORIZED, headers, format!("{e}\n")).into_response()
 }
 
-/// How long a call from no live subscription waits for its refusal. A scheduler
-/// that loops on such refusals (crashed, or hostile) is slowed to a few calls a
-/// second per connection instead of taking the leader's time from the others; the
-/// wait costs the master a timer, and an honest scheduler meets it only once, when
-/// it learns its subscription is gone.
-const STALE_CALL_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long a call from no live subscription, or over its principal's rate limit,
+/// waits for its refusal. A scheduler that loops on such refusals (crashed, or
+/// hostile) is slowed to a few calls a second per connection instead of taking the
+/// leader's time from the others; the wait costs the master a timer, and an honest
+/// scheduler meets it only once, when it learns its subscription is gone or that it
+/// calls too fast.
+const LATE_REFUSAL_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// Waits [`STALE_CALL_DELAY`] before `e` is answered, where it is a stale caller's.
-async fn slow_down_stale(e: &CallError) {
-    if e.is_from_a_stale_caller() {
-        tokio::time::sleep(STALE_CALL_DELAY).await;
+/// Waits [`LATE_REFUSAL_DELAY`] before `e` is answered, where it is answered late.
+async fn slow_down(e: &CallError) {
+    if e.is_answered_late() {
+        tokio::time::sleep(LATE_REFUSAL_DELAY).await;
+    }
+}
+
+/// Tells the leader when a subscription's event stream is dropped (the scheduler hung
+/// up), as Mesos notices an HTTP framework's closed connection: without it, offers
+/// to a framework that has gone would be held until the next event to it failed.
+/// Carried by the stream, so it goes when the stream goes.
+pub(super) struct Hangup {
+    leader: LeaderHandle,
+    stream_id: String,
+}
+
+impl Hangup {
+    pub(super) fn new(leader: LeaderHandle, stream_id: &str) -> Self {
+        Hangup {
+            leader,
+            stream_id: stream_id.to_owned(),
+        }
+    }
+}
+
+impl Drop for Hangup {
+    fn drop(&mut self) {
+        let input = crate::leader::Input::StreamClosed {
+            stream_id: std::mem::take(&mut self.stream_id),
+        };
+        let inputs = self.leader.inputs.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { inputs.send(input).await });
+        }
     }
 }
 
@@ -163,13 +201,13 @@ mod tests {
     #[tokio::test]
     async fn only_a_stale_callers_refusal_waits() {
         let start = tokio::time::Instant::now();
-        slow_down_stale(&CallError::UnsupportedCall { call_type: "X" }).await;
-        assert!(start.elapsed() < STALE_CALL_DELAY);
+        slow_down(&CallError::UnsupportedCall { call_type: "X" }).await;
+        assert!(start.elapsed() < LATE_REFUSAL_DELAY);
         let start = tokio::time::Instant::now();
         let stale = CallError::FrameworkNotConnected {
             framework_id: "f".into(),
         };
-        slow_down_stale(&stale).await;
-        assert!(start.elapsed() >= STALE_CALL_DELAY);
+        slow_down(&stale).await;
+        assert!(start.elapsed() >= LATE_REFUSAL_DELAY);
     }
 }

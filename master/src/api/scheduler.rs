@@ -1,5 +1,8 @@
+use std::sync::Arc;
+
 use cairn_api::v1::scheduler_server::Scheduler;
 use cairn_api::v1::{Call, CallAccepted, Event, call};
+use futures::StreamExt as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -8,6 +11,7 @@ use crate::audit::{Audit, Outcome};
 use crate::authn::{Authentication, Realm};
 use crate::error::CallError;
 use crate::leader::{Input, LeaderHandle};
+use crate::rate_limits::Limiter;
 
 /// The metadata key carrying a subscription's stream id, as Mesos' HTTP header.
 pub const STREAM_ID: &str = "mesos-stream-id";
@@ -18,15 +22,31 @@ pub(crate) struct SchedulerService {
     leader: LeaderHandle,
     auth: Authentication,
     audit: Audit,
+    limiter: Arc<Limiter>,
 }
 
 impl SchedulerService {
-    pub(crate) fn new(leader: LeaderHandle, auth: Authentication, audit: Audit) -> Self {
+    pub(crate) fn new(
+        leader: LeaderHandle,
+        auth: Authentication,
+        audit: Audit,
+        limiter: Arc<Limiter>,
+    ) -> Self {
         Self {
             leader,
             auth,
             audit,
+            limiter,
         }
+    }
+
+    /// Holds the call to its principal's rate (see `crate::rate_limits`).
+    async fn admit(&self, principal: Option<&str>) -> Result<(), Status> {
+        if let Err(e) = self.limiter.admit(principal).await {
+            super::slow_down(&e).await;
+            return Err(e.into());
+        }
+        Ok(())
     }
 
     /// Logs a call with its outcome (see `crate::audit`).
@@ -64,7 +84,8 @@ impl SchedulerService {
 
 #[tonic::async_trait]
 impl Scheduler for SchedulerService {
-    type SubscribeStream = ReceiverStream<Result<Event, Status>>;
+    type SubscribeStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<Event, Status>> + Send>>;
 
     async fn subscribe(
         &self,
@@ -73,7 +94,10 @@ impl Scheduler for SchedulerService {
         let principal = self.principal(&request, "Subscribe")?;
         let call = request.into_inner();
         let audited = super::audited(&call);
-        let result = self.open_stream(call, principal.clone()).await;
+        let result = match self.admit(principal.as_deref()).await {
+            Ok(()) => self.open_stream(call, principal.clone()).await,
+            Err(e) => Err(e),
+        };
         self.audit(principal.as_deref(), audited, &result);
         result
     }
@@ -87,7 +111,10 @@ impl Scheduler for SchedulerService {
         let principal = self.principal(&request, "Send")?;
         let call = request.into_inner();
         let audited = super::audited(&call);
-        let result = self.send_call(call, stream_id, principal.clone()).await;
+        let result = match self.admit(principal.as_deref()).await {
+            Ok(()) => self.send_call(call, stream_id, principal.clone()).await,
+            Err(e) => Err(e),
+        };
         self.audit(principal.as_deref(), audited, &result);
         result
     }
@@ -98,7 +125,7 @@ impl SchedulerService {
         &self,
         call: Call,
         principal: Option<String>,
-    ) -> Result<Response<ReceiverStream<Result<Event, Status>>>, Status> {
+    ) -> Result<Response<<Self as Scheduler>::SubscribeStream>, Status> {
         if call.r#type != call::Type::Subscribe as i32 {
             return Err(CallError::NotSubscribe.into());
         }
@@ -113,7 +140,11 @@ impl SchedulerService {
                 reply,
             })
             .await?;
-        let mut response = Response::new(ReceiverStream::new(rx));
+        let hangup = super::Hangup::new(self.leader.clone(), &stream_id);
+        let events = ReceiverStream::new(rx).inspect(move |_| {
+            let _ = &hangup;
+        });
+        let mut response = Response::new(Box::pin(events) as <Self as Scheduler>::SubscribeStream);
         let value = stream_id
             .parse()
             .map_err(|_| CallError::StreamIdNotMetadata)?;
@@ -137,7 +168,7 @@ impl SchedulerService {
             reply,
         });
         if let Err(e) = sent.await {
-            super::slow_down_stale(&e).await;
+            super::slow_down(&e).await;
             return Err(e.into());
         }
         Ok(Response::new(CallAccepted {}))

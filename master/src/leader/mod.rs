@@ -87,6 +87,11 @@ pub enum Input {
         principal: Option<String>,
         reply: oneshot::Sender<Result<(), CallError>>,
     },
+    /// A subscription's event stream was dropped: the scheduler hung up (or the
+    /// leader ended the stream itself, and this changes nothing).
+    StreamClosed {
+        stream_id: String,
+    },
     /// An operator's write, by `principal` (none: its realm asks no one).
     Operator {
         call: OperatorCall,
@@ -390,6 +395,16 @@ impl Leader {
             } => {
                 let _ = reply.send(self.operator_call(call, principal).await);
             }
+            Input::StreamClosed { stream_id } => {
+                let hung_up = (self.frameworks.iter())
+                    .find(|(_, f)| f.stream.as_ref().is_some_and(|(id, _)| *id == stream_id))
+                    .map(|(id, _)| id.clone());
+                if let Some(framework_id) = hung_up {
+                    tracing::info!(framework_id, "framework hung up; framework disconnected");
+                    self.disconnect_framework(&framework_id);
+                    self.allocate();
+                }
+            }
         }
         true
     }
@@ -419,13 +434,21 @@ impl Leader {
                 framework_id,
                 "framework stream closed or full; framework disconnected"
             );
-            fw.stream = None;
-            fw.disconnected_at = Some(Instant::now());
-            self.allocator.set_framework_active(framework_id, false);
-            self.rescind_offers_of_framework(framework_id);
+            self.disconnect_framework(framework_id);
             return false;
         }
         true
+    }
+
+    /// The framework's stream is gone: no offers for it until it subscribes again
+    /// (its failover timeout runs from now), and those it holds go back.
+    fn disconnect_framework(&mut self, framework_id: &str) {
+        if let Some(fw) = self.frameworks.get_mut(framework_id) {
+            fw.stream = None;
+            fw.disconnected_at = Some(Instant::now());
+        }
+        self.allocator.set_framework_active(framework_id, false);
+        self.rescind_offers_of_framework(framework_id);
     }
 
     fn send_to_agent(&mut self, agent_id: &str, message: MasterMessage) -> bool {
@@ -504,7 +527,17 @@ impl Leader {
                 .map(|(id, _)| id.clone())
                 .collect();
             if !old.is_empty() {
+                let lapsed: Vec<(String, String)> = (old.iter())
+                    .filter_map(|id| self.offers.get(id))
+                    .map(|o| (o.framework_id.clone(), o.agent_id.clone()))
+                    .collect();
                 self.rescind(old);
+                // An offer left to lapse was declined: its framework goes behind the
+                // others for the agent, or a framework that never answers would be
+                // offered the same agent again at once (it holds the least).
+                for (framework_id, agent_id) in lapsed {
+                    self.allocator.declined(&framework_id, &agent_id, now);
+                }
                 self.allocate();
             }
         }

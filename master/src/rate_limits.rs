@@ -1,0 +1,223 @@
+//! Mesos' framework rate limiting (`--rate-limits`, Mesos' `RateLimits` JSON): the
+//! master handles the scheduler calls of each principal at most `qps` a second,
+//! holding the rest back in arrival order; past `capacity` calls held back, it
+//! refuses the next (429, gRPC RESOURCE_EXHAUSTED) and counts it. Principals the file
+//! does not list share one aggregate limit, `aggregate_default_qps`.
+//!
+//! The principal is the one the scheduler realm authenticated. Without
+//! `--authenticate-frameworks` no caller is anyone, so every call counts against the
+//! aggregate limit: a principal a caller merely claims in its FrameworkInfo would let
+//! it pick a listed, unthrottled principal.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::error::CallError;
+
+/// Mesos' `RateLimits`, as the file holds it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    #[serde(default)]
+    pub limits: Vec<RateLimit>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregate_default_qps: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregate_default_capacity: Option<u64>,
+}
+
+/// Mesos' `RateLimit`: no `qps` means not throttled (and `capacity` is ignored).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub principal: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qps: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u64>,
+}
+
+#[derive(Debug, Error)]
+pub enum RateLimitsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not Mesos' RateLimits JSON: {source}")]
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("{what}: qps must be a positive number, not {qps}")]
+    BadQps { what: String, qps: f64 },
+    #[error("principal {0:?} is listed twice")]
+    Duplicate(String),
+    #[error("a limit names an empty principal")]
+    EmptyPrincipal,
+}
+
+impl RateLimits {
+    pub fn load(path: &Path) -> Result<Self, RateLimitsError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read(path).map_err(|source| RateLimitsError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let limits: RateLimits =
+            serde_json::from_slice(&text).map_err(|source| RateLimitsError::Parse {
+                path: shown,
+                source,
+            })?;
+        limits.check()?;
+        Ok(limits)
+    }
+
+    fn check(&self) -> Result<(), RateLimitsError> {
+        let bad = |qps: f64| !(qps.is_finite() && qps > 0.0);
+        let mut seen = std::collections::HashSet::new();
+        for l in &self.limits {
+            if l.principal.is_empty() {
+                return Err(RateLimitsError::EmptyPrincipal);
+            }
+            if !seen.insert(&l.principal) {
+                return Err(RateLimitsError::Duplicate(l.principal.clone()));
+            }
+            if let Some(qps) = l.qps.filter(|q| bad(*q)) {
+                let what = format!("principal {:?}", l.principal);
+                return Err(RateLimitsError::BadQps { what, qps });
+            }
+        }
+        if let Some(qps) = self.aggregate_default_qps.filter(|q| bad(*q)) {
+            let what = "aggregate_default_qps".to_owned();
+            return Err(RateLimitsError::BadQps { what, qps });
+        }
+        Ok(())
+    }
+}
+
+/// One throttled principal (or the aggregate): the next free slot and how many
+/// calls wait for theirs.
+#[derive(Debug)]
+struct Bucket {
+    interval: Duration,
+    capacity: Option<u64>,
+    next: Instant,
+    waiting: u64,
+}
+
+impl Bucket {
+    fn new(qps: f64, capacity: Option<u64>) -> Mutex<Self> {
+        Mutex::new(Bucket {
+            interval: Duration::from_secs_f64(1.0 / qps),
+            capacity,
+            next: Instant::now(),
+            waiting: 0,
+        })
+    }
+}
+
+/// The name the aggregate limit goes by in refusals and metrics.
+const AGGREGATE: &str = "(aggregate default)";
+
+/// The limits in force: handed every scheduler call before the leader sees it.
+#[derive(Debug, Default)]
+pub struct Limiter {
+    /// Listed principals; `None`: listed without a rate, never throttled.
+    principals: HashMap<String, Option<Mutex<Bucket>>>,
+    aggregate: Option<Mutex<Bucket>>,
+    delayed: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// Gives a held-back call's place in its bucket's queue back however the wait ends
+/// (served, or the caller gone).
+struct Waiting<'a>(&'a Mutex<Bucket>);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut b = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        b.waiting = b.waiting.saturating_sub(1);
+    }
+}
+
+impl Limiter {
+    pub fn new(limits: &RateLimits) -> Self {
+        let principals = limits
+            .limits
+            .iter()
+            .map(|l| {
+                (
+                    l.principal.clone(),
+                    l.qps.map(|q| Bucket::new(q, l.capacity)),
+                )
+            })
+            .collect();
+        let aggregate = limits
+            .aggregate_default_qps
+            .map(|q| Bucket::new(q, limits.aggregate_default_capacity));
+        Limiter {
+            principals,
+            aggregate,
+            ..Default::default()
+        }
+    }
+
+    /// Waits for this principal's next slot; refuses the call at once when its
+    /// bucket already holds `capacity` calls back.
+    pub async fn admit(&self, principal: Option<&str>) -> Result<(), CallError> {
+        let (name, bucket) = match principal.and_then(|p| self.principals.get_key_value(p)) {
+            Some((_, None)) => return Ok(()),
+            Some((name, Some(bucket))) => (name.as_str(), bucket),
+            None => match &self.aggregate {
+                Some(bucket) => (AGGREGATE, bucket),
+                None => return Ok(()),
+            },
+        };
+        let now = Instant::now();
+        let (slot, _waiting) = {
+            let mut b = bucket.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(capacity) = b.capacity
+                && b.waiting >= capacity
+            {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                return Err(CallError::Throttled {
+                    principal: name.to_owned(),
+                    capacity,
+                });
+            }
+            let slot = b.next.max(now);
+            b.next = slot + b.interval;
+            b.waiting += 1;
+            (slot, Waiting(bucket))
+        };
+        if slot > now {
+            self.delayed.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep_until(slot).await;
+        }
+        Ok(())
+    }
+
+    /// The counters in Prometheus' text format.
+    pub fn render(&self) -> String {
+        format!(
+            "# HELP cairn_master_calls_throttled_total Scheduler calls held back or refused \
+             by --rate-limits.\n# TYPE cairn_master_calls_throttled_total counter\n\
+             cairn_master_calls_throttled_total{{result=\"delayed\"}} {}\n\
+             cairn_master_calls_throttled_total{{result=\"refused\"}} {}\n",
+            self.delayed.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;
