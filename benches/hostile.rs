@@ -66,7 +66,7 @@ fn master_flags(dir: &std::path::Path, unlimited: bool) -> Vec<String> {
         // A framework that never answers its offers (the hog, once it stops reading
         // its events) would hold them for ever: Mesos' bound on that.
         "--offer-timeout".to_owned(),
-        "5s".to_owned(),
+        "1s".to_owned(),
         "--credentials".to_owned(),
         credentials_file.display().to_string(),
         "--authenticate-frameworks".to_owned(),

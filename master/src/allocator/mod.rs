@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use cairn_api::Resources;
 
-pub use order::DECLINE_YIELD;
 use order::Declines;
+pub use order::{DECLINE_YIELD, MAX_LAPSE_BACKOFF};
 pub use quantities::Quantities;
 use roles::RoleTree;
 
@@ -64,6 +64,8 @@ struct FrameworkSlot {
     filters: HashMap<u32, Instant>,
     /// role node -> allocated to this framework under that role.
     allocated: HashMap<u32, Quantities>,
+    /// Offers it let lapse in a row, and until when it gets no more (see `order.rs`).
+    backoff: Option<(u32, Instant)>,
 }
 
 pub struct Allocator {
@@ -194,6 +196,7 @@ impl Allocator {
             suppressed: Default::default(),
             filters: HashMap::new(),
             allocated: HashMap::new(),
+            backoff: None,
         });
     }
 
@@ -360,6 +363,26 @@ impl Allocator {
         ) && let Some(agent) = self.agents[slot as usize].as_mut()
         {
             agent.declines.mark(fw, now);
+        }
+    }
+
+    /// `framework_id` let its offers lapse (the offer timeout passed unanswered): it
+    /// gets no offers for `timeout` times 2 to the number of lapses in a row before
+    /// this one, at most [`MAX_LAPSE_BACKOFF`] (see `order.rs`).
+    pub fn lapsed(&mut self, framework_id: &str, now: Instant, timeout: Duration) {
+        if let Some(fw) = self.framework_mut(framework_id) {
+            let lapses = fw.backoff.map_or(0, |(n, _)| n).saturating_add(1);
+            let wait = timeout
+                .saturating_mul(1 << (lapses - 1).min(16))
+                .min(MAX_LAPSE_BACKOFF);
+            fw.backoff = Some((lapses, now + wait));
+        }
+    }
+
+    /// `framework_id` answered an offer (ACCEPT or DECLINE): its lapses are forgiven.
+    pub fn answered(&mut self, framework_id: &str) {
+        if let Some(fw) = self.framework_mut(framework_id) {
+            fw.backoff = None;
         }
     }
 

@@ -1,6 +1,6 @@
 //! Who is offered an agent next: the first framework in fair-share order that may be
-//! offered it (active, not suppressed for the role, not filtered from the agent) and
-//! has not just declined it.
+//! offered it (active, not suppressed for the role, not filtered from the agent, not
+//! backed off for letting offers lapse) and has not just declined it.
 //!
 //! The last rule is Cairn's, not Mesos'. A framework that holds nothing has a
 //! dominant share of zero, so DRF puts it first every time; if it declines whatever
@@ -10,6 +10,12 @@
 //! others for that agent for [`DECLINE_YIELD`]: it is still offered the agent at once
 //! when no one else may take it, and REVIVE does not undo this, because it is an
 //! order and not a filter.
+//!
+//! A framework that lets an offer lapse (never answers it within the offer timeout)
+//! holds the agent for the whole timeout each time and, holding the least, would be
+//! offered it again at once. So it gets no offers at all for a while, doubling with
+//! each lapse in a row, until it answers one. Nor does REVIVE undo this: a framework
+//! that does not read its offers gains nothing from more of them.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -21,6 +27,9 @@ use super::roles::Entry;
 /// default allocation interval, the longest Mesos makes any framework wait for a
 /// re-offer.
 pub const DECLINE_YIELD: Duration = Duration::from_secs(1);
+
+/// The longest a framework that keeps letting its offers lapse goes without one.
+pub const MAX_LAPSE_BACKOFF: Duration = Duration::from_secs(60);
 
 /// The frameworks (slots) that declined an agent, and when they last did.
 #[derive(Default)]
@@ -96,7 +105,8 @@ impl Allocator {
                     let f = self.frameworks[fw as usize]
                         .as_ref()
                         .expect("sorted framework");
-                    let filtered = f.filters.get(&agent).is_some_and(|until| *until > now);
+                    let filtered = f.filters.get(&agent).is_some_and(|until| *until > now)
+                        || f.backoff.is_some_and(|(_, until)| until > now);
                     if f.active && !f.suppressed.contains(&node) && !filtered && take(fw, node) {
                         return Some((fw, node));
                     }

@@ -339,3 +339,33 @@ fn of_two_decliners_the_one_that_declined_longest_ago_goes_first() {
     let g = a.allocate(t1 + Duration::from_millis(1)).pop().unwrap();
     assert_eq!(g.framework_id, "holder", "its decline is now the older");
 }
+
+#[test]
+fn a_framework_that_lets_offers_lapse_gets_none_for_a_doubling_while() {
+    let mut a = decliner_and_holder();
+    let t0 = Instant::now();
+    let timeout = Duration::from_secs(1);
+    let lapse = |a: &mut Allocator, now: Instant| {
+        let g = a.allocate(now).pop().unwrap();
+        assert_eq!(
+            g.framework_id, "decliner",
+            "DRF: the lower share goes first"
+        );
+        a.recover(&g.framework_id, &g.agent_id, &g.role, &g.resources, None);
+        a.lapsed("decliner", now, timeout);
+    };
+    lapse(&mut a, t0);
+    a.revive("decliner", &[]);
+    a.suppress("holder", &[]);
+    assert!(a.allocate(t0).is_empty(), "backed off, REVIVE or not");
+    lapse(&mut a, t0 + timeout);
+    // The second lapse in a row: two timeouts now.
+    assert!(a.allocate(t0 + timeout * 2).is_empty());
+    lapse(&mut a, t0 + timeout * 3);
+    a.answered("decliner");
+    assert_eq!(
+        a.allocate(t0 + timeout * 3).len(),
+        1,
+        "forgiven once it answers"
+    );
+}

@@ -45,6 +45,7 @@ impl Leader {
             self.drop_accept(framework_id, &entries, groups, &why);
             return;
         }
+        self.allocator.answered(framework_id);
         let mut placement = self.use_offers(&entries);
         let offered = placement.remaining.clone();
         for group in groups {

@@ -145,6 +145,7 @@ impl Leader {
                 continue; // unknown or rescinded: nothing to give back
             }
             if let Some(entry) = self.remove_offer(&id.value, Some(refuse)) {
+                self.allocator.answered(framework_id);
                 self.allocator
                     .declined(framework_id, &entry.agent_id, Instant::now());
             }

@@ -527,16 +527,15 @@ impl Leader {
                 .map(|(id, _)| id.clone())
                 .collect();
             if !old.is_empty() {
-                let lapsed: Vec<(String, String)> = (old.iter())
+                let lapsed: std::collections::HashSet<String> = (old.iter())
                     .filter_map(|id| self.offers.get(id))
-                    .map(|o| (o.framework_id.clone(), o.agent_id.clone()))
+                    .map(|o| o.framework_id.clone())
                     .collect();
                 self.rescind(old);
-                // An offer left to lapse was declined: its framework goes behind the
-                // others for the agent, or a framework that never answers would be
-                // offered the same agent again at once (it holds the least).
-                for (framework_id, agent_id) in lapsed {
-                    self.allocator.declined(&framework_id, &agent_id, now);
+                // Or a framework that never answers, holding the least, would be
+                // offered the same resources again at once.
+                for framework_id in lapsed {
+                    self.allocator.lapsed(&framework_id, now, timeout);
                 }
                 self.allocate();
             }
