@@ -45,6 +45,13 @@ pub(crate) struct AuthFlags {
 impl AuthFlags {
     /// The `--rate-limits` file, read and checked; no limits when none is given.
     pub(crate) fn rate_limits(&self) -> anyhow::Result<cairn_master::rate_limits::RateLimits> {
+        if self.rate_limits.is_some() && !self.authenticate_frameworks {
+            tracing::warn!(
+                "--rate-limits without --authenticate-frameworks: no caller is anyone, so \
+                 every call counts against the aggregate default (Mesos would use each \
+                 framework's claimed principal)"
+            );
+        }
         Ok(match &self.rate_limits {
             Some(path) => cairn_master::rate_limits::RateLimits::load(path)?,
             None => Default::default(),

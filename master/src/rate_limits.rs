@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -57,7 +56,7 @@ pub enum RateLimitsError {
         path: String,
         source: serde_json::Error,
     },
-    #[error("{what}: qps must be a positive number, not {qps}")]
+    #[error("{what}: qps must be a number of at least one a day (1.2e-5), not {qps}")]
     BadQps { what: String, qps: f64 },
     #[error("principal {0:?} is listed twice")]
     Duplicate(String),
@@ -82,7 +81,7 @@ impl RateLimits {
     }
 
     fn check(&self) -> Result<(), RateLimitsError> {
-        let bad = |qps: f64| !(qps.is_finite() && qps > 0.0);
+        let bad = |qps: f64| !(qps.is_finite() && qps >= MIN_QPS);
         let mut seen = std::collections::HashSet::new();
         for l in &self.limits {
             if l.principal.is_empty() {
@@ -104,26 +103,34 @@ impl RateLimits {
     }
 }
 
-/// One throttled principal (or the aggregate): the next free slot and how many
-/// calls wait for theirs.
+/// One throttled principal (or the aggregate): its calls queue for `next` in
+/// arrival order (tokio's mutex is fair), and a call's time is taken only once it is
+/// served, so one that gives up while it waits (a client's deadline) costs the
+/// others nothing.
 #[derive(Debug)]
 struct Bucket {
     interval: Duration,
     capacity: Option<u64>,
-    next: Instant,
-    waiting: u64,
+    /// When the next call may be served.
+    next: tokio::sync::Mutex<Instant>,
+    /// Calls waiting, for the capacity check.
+    waiting: AtomicU64,
 }
 
 impl Bucket {
-    fn new(qps: f64, capacity: Option<u64>) -> Mutex<Self> {
-        Mutex::new(Bucket {
-            interval: Duration::from_secs_f64(1.0 / qps),
+    fn new(qps: f64, capacity: Option<u64>) -> Self {
+        Bucket {
+            // `check` keeps qps at or above MIN_QPS, so this is at most a day.
+            interval: Duration::from_secs_f64(1.0 / qps.max(MIN_QPS)),
             capacity,
-            next: Instant::now(),
-            waiting: 0,
-        })
+            next: tokio::sync::Mutex::new(Instant::now()),
+            waiting: AtomicU64::new(0),
+        }
     }
 }
+
+/// The slowest rate a limit may name: one call a day.
+const MIN_QPS: f64 = 1.0 / 86_400.0;
 
 /// The name the aggregate limit goes by in refusals and metrics.
 const AGGREGATE: &str = "(aggregate default)";
@@ -132,20 +139,18 @@ const AGGREGATE: &str = "(aggregate default)";
 #[derive(Debug, Default)]
 pub struct Limiter {
     /// Listed principals; `None`: listed without a rate, never throttled.
-    principals: HashMap<String, Option<Mutex<Bucket>>>,
-    aggregate: Option<Mutex<Bucket>>,
+    principals: HashMap<String, Option<Bucket>>,
+    aggregate: Option<Bucket>,
     delayed: AtomicU64,
     refused: AtomicU64,
 }
 
-/// Gives a held-back call's place in its bucket's queue back however the wait ends
-/// (served, or the caller gone).
-struct Waiting<'a>(&'a Mutex<Bucket>);
+/// Counts a call as waiting until it is served or its caller gives up.
+struct Waiting<'a>(&'a AtomicU64);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        let mut b = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        b.waiting = b.waiting.saturating_sub(1);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -182,27 +187,26 @@ impl Limiter {
                 None => return Ok(()),
             },
         };
+        let waiting = bucket.waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&bucket.waiting);
+        if let Some(capacity) = bucket.capacity
+            && waiting >= capacity
+        {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(CallError::Throttled {
+                principal: name.to_owned(),
+                capacity,
+            });
+        }
+        let mut next = bucket.next.lock().await;
         let now = Instant::now();
-        let (slot, _waiting) = {
-            let mut b = bucket.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(capacity) = b.capacity
-                && b.waiting >= capacity
-            {
-                self.refused.fetch_add(1, Ordering::Relaxed);
-                return Err(CallError::Throttled {
-                    principal: name.to_owned(),
-                    capacity,
-                });
-            }
-            let slot = b.next.max(now);
-            b.next = slot + b.interval;
-            b.waiting += 1;
-            (slot, Waiting(bucket))
-        };
+        let slot = (*next).max(now);
         if slot > now {
             self.delayed.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep_until(slot).await;
         }
+        // Only now, served: a caller gone while it waited took no time.
+        *next = slot + bucket.interval;
         Ok(())
     }
 

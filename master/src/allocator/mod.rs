@@ -179,6 +179,9 @@ impl Allocator {
                 }
             }
             fw.active = true;
+            // A new subscription (a failover): a fresh scheduler, no lapses held
+            // against it.
+            fw.backoff = None;
             for r in role_nodes {
                 self.roles.subscribe(r, slot);
             }
@@ -368,10 +371,15 @@ impl Allocator {
 
     /// `framework_id` let its offers lapse (the offer timeout passed unanswered): it
     /// gets no offers for `timeout` times 2 to the number of lapses in a row before
-    /// this one, at most [`MAX_LAPSE_BACKOFF`] (see `order.rs`).
+    /// this one, at most [`MAX_LAPSE_BACKOFF`] (see `order.rs`). Offers that lapse
+    /// while it is backed off (made in earlier cycles) count as the same lapse.
     pub fn lapsed(&mut self, framework_id: &str, now: Instant, timeout: Duration) {
         if let Some(fw) = self.framework_mut(framework_id) {
-            let lapses = fw.backoff.map_or(0, |(n, _)| n).saturating_add(1);
+            let (before, until) = fw.backoff.unwrap_or((0, now));
+            if until > now {
+                return;
+            }
+            let lapses = before.saturating_add(1);
             let wait = timeout
                 .saturating_mul(1 << (lapses - 1).min(16))
                 .min(MAX_LAPSE_BACKOFF);
@@ -379,10 +387,14 @@ impl Allocator {
         }
     }
 
-    /// `framework_id` answered an offer (ACCEPT or DECLINE): its lapses are forgiven.
+    /// `framework_id` answered an offer (ACCEPT or DECLINE): its next lapse counts as
+    /// its first. The backoff it is in holds: answering a newer offer right after a
+    /// lapse must not win back the agents it just let lapse.
     pub fn answered(&mut self, framework_id: &str) {
-        if let Some(fw) = self.framework_mut(framework_id) {
-            fw.backoff = None;
+        if let Some(fw) = self.framework_mut(framework_id)
+            && let Some((lapses, _)) = fw.backoff.as_mut()
+        {
+            *lapses = 0;
         }
     }
 

@@ -361,11 +361,37 @@ fn a_framework_that_lets_offers_lapse_gets_none_for_a_doubling_while() {
     lapse(&mut a, t0 + timeout);
     // The second lapse in a row: two timeouts now.
     assert!(a.allocate(t0 + timeout * 2).is_empty());
+    // Offers of an earlier cycle lapsing within the backoff are the same lapse.
+    a.lapsed("decliner", t0 + timeout * 2, timeout);
     lapse(&mut a, t0 + timeout * 3);
+    // The third in a row: four timeouts. Answering a newer offer keeps it.
     a.answered("decliner");
-    assert_eq!(
-        a.allocate(t0 + timeout * 3).len(),
-        1,
-        "forgiven once it answers"
+    assert!(
+        a.allocate(t0 + timeout * 6).is_empty(),
+        "answering keeps the backoff"
     );
+    lapse(&mut a, t0 + timeout * 7);
+    // Forgiven by the answer: this lapse counts as a first, one timeout.
+    assert!(a.allocate(t0 + timeout * 7 + timeout / 2).is_empty());
+    assert_eq!(a.allocate(t0 + timeout * 8).len(), 1);
+}
+
+#[test]
+fn lapse_backoff_stops_at_its_cap_and_ends_with_a_new_subscription() {
+    let mut a = decliner_and_holder();
+    a.suppress("holder", &[]);
+    let timeout = Duration::from_secs(10);
+    let mut now = Instant::now();
+    for _ in 0..10 {
+        a.lapsed("decliner", now, timeout);
+        now += MAX_LAPSE_BACKOFF;
+    }
+    assert!(a.allocate(now - Duration::from_secs(1)).is_empty());
+    let g = a.allocate(now).pop().expect("never longer than the cap");
+    a.recover(&g.framework_id, &g.agent_id, &g.role, &g.resources, None);
+    a.lapsed("decliner", now, timeout);
+    assert!(a.allocate(now).is_empty());
+    // It subscribes again (a failover): a fresh scheduler.
+    a.add_framework("decliner", &["a".to_string()]);
+    assert_eq!(a.allocate(now).len(), 1);
 }

@@ -44,15 +44,17 @@ pub(super) async fn scheduler(
         )
             .into_response();
     }
+    if let Err(e) = limiter.admit(principal.as_deref()).await {
+        super::slow_down(&e).await;
+        audit.record(principal.as_deref(), "-", "-", Outcome::Refused);
+        return refuse(e);
+    }
     let call: Call = match from_json(&body) {
         Ok(c) => c,
         Err(e) => return refuse(CallError::UnparsableCall(e)),
     };
     let (kind, target) = super::audited(&call);
-    let answer = if let Err(e) = limiter.admit(principal.as_deref()).await {
-        super::slow_down(&e).await;
-        refuse(e)
-    } else if call.r#type == call::Type::Subscribe as i32 {
+    let answer = if call.r#type == call::Type::Subscribe as i32 {
         subscribe(leader, call, principal.clone()).await
     } else {
         send(leader, &headers, call, principal.clone()).await

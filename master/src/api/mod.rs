@@ -159,8 +159,13 @@ impl Drop for Hangup {
         let input = crate::leader::Input::StreamClosed {
             stream_id: std::mem::take(&mut self.stream_id),
         };
-        let inputs = self.leader.inputs.clone();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        // A full queue (a busy leader) waits on a task; the leader's own check of
+        // closed streams, each tick, catches what cannot be sent at all.
+        if let Err(tokio::sync::mpsc::error::TrySendError::Full(input)) =
+            self.leader.inputs.try_send(input)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let inputs = self.leader.inputs.clone();
             runtime.spawn(async move { inputs.send(input).await });
         }
     }

@@ -146,8 +146,12 @@ impl Leader {
             }
             if let Some(entry) = self.remove_offer(&id.value, Some(refuse)) {
                 self.allocator.answered(framework_id);
-                self.allocator
-                    .declined(framework_id, &entry.agent_id, Instant::now());
+                let holds_more = (self.offers.values())
+                    .any(|o| o.framework_id == framework_id && o.agent_id == entry.agent_id);
+                if !holds_more {
+                    self.allocator
+                        .declined(framework_id, &entry.agent_id, Instant::now());
+                }
             }
         }
     }

@@ -519,6 +519,15 @@ impl Leader {
     /// tasks killed), as in Mesos.
     async fn expire(&mut self) {
         let now = Instant::now();
+        // Streams whose schedulers hung up, where the API's word of it was lost.
+        let hung_up: Vec<String> = (self.frameworks.iter())
+            .filter(|(_, f)| f.stream.as_ref().is_some_and(|(_, tx)| tx.is_closed()))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for framework_id in hung_up {
+            tracing::info!(framework_id, "framework hung up; framework disconnected");
+            self.disconnect_framework(&framework_id);
+        }
         if let Some(timeout) = self.config.offer_timeout {
             let old: Vec<String> = self
                 .offers

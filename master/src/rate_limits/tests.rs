@@ -30,8 +30,15 @@ fn mesos_documented_example_loads() {
 #[test]
 fn malformed_limits_are_refused_saying_why() {
     for (json, why) in [
-        (r#"{"limits": [{"principal": "a", "qps": 0}]}"#, "positive"),
-        (r#"{"limits": [{"principal": "a", "qps": -1}]}"#, "positive"),
+        (r#"{"limits": [{"principal": "a", "qps": 0}]}"#, "one a day"),
+        (
+            r#"{"limits": [{"principal": "a", "qps": -1}]}"#,
+            "one a day",
+        ),
+        (
+            r#"{"limits": [{"principal": "a", "qps": 1e-30}]}"#,
+            "one a day",
+        ),
         (r#"{"aggregate_default_qps": 0}"#, "aggregate_default_qps"),
         (
             r#"{"limits": [{"principal": "a"}, {"principal": "a"}]}"#,
@@ -133,4 +140,22 @@ async fn a_caller_that_gives_up_frees_its_place() {
     }
     // Dropped while it waited: its place is free.
     l.admit(Some("p")).await.unwrap();
+}
+
+#[tokio::test]
+async fn callers_that_give_up_cost_the_others_no_time() {
+    let l = Limiter::new(&limits(r#"{"limits": [{"principal": "p", "qps": 2}]}"#).unwrap());
+    l.admit(Some("p")).await.unwrap();
+    let start = Instant::now();
+    for _ in 0..20 {
+        let mut gives_up = pin!(l.admit(Some("p")));
+        assert!(poll!(&mut gives_up).is_pending());
+    }
+    // Had each taken its half second, this would wait ten.
+    l.admit(Some("p")).await.unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
 }
