@@ -39,15 +39,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
         None => PathBuf::from(std::env::var("HOME").context("HOME is not set; pass --data-dir")?)
             .join(".cairn"),
     };
-    let master = cairn_master::Master::bind(cairn_master::MasterConfig {
-        listen: args.master_listen,
-        data_dir: data_dir.join("master"),
-        node_id: 1,
-        leader: Default::default(),
-        authentication: Default::default(),
-        rate_limits: Default::default(),
-    })
-    .await?;
+    let master = cairn_master::Master::bind(master_config(args.master_listen, &data_dir)).await?;
     let master_addr = master.local_addr()?;
     let agent = cairn_agent::Agent::bind(crate::agent_config(crate::AgentArgs {
         master: master_addr.to_string(),
@@ -113,6 +105,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
         _ = tokio::signal::ctrl_c() => {}
     }
     Ok(0)
+}
+
+/// One master on embedded defaults: no authentication, no rate limits.
+fn master_config(
+    listen: std::net::SocketAddr,
+    data_dir: &std::path::Path,
+) -> cairn_master::MasterConfig {
+    cairn_master::MasterConfig {
+        listen,
+        data_dir: data_dir.join("master"),
+        node_id: 1,
+        leader: Default::default(),
+        authentication: Default::default(),
+        rate_limits: Default::default(),
+    }
 }
 
 /// The dev cluster has one tenant, whoever started it: its tasks run as that user,

@@ -356,48 +356,6 @@ impl Allocator {
         }
     }
 
-    /// DECLINE (or an ACCEPT that used nothing) of everything `framework_id` was
-    /// offered of `agent_id`: it goes behind the other frameworks for this agent for
-    /// [`DECLINE_YIELD`] (see `order.rs`).
-    pub fn declined(&mut self, framework_id: &str, agent_id: &str, now: Instant) {
-        if let (Some(&fw), Some(&slot)) = (
-            self.framework_index.get(framework_id),
-            self.agent_index.get(agent_id),
-        ) && let Some(agent) = self.agents[slot as usize].as_mut()
-        {
-            agent.declines.mark(fw, now);
-        }
-    }
-
-    /// `framework_id` let its offers lapse (the offer timeout passed unanswered): it
-    /// gets no offers for `timeout` times 2 to the number of lapses in a row before
-    /// this one, at most [`MAX_LAPSE_BACKOFF`] (see `order.rs`). Offers that lapse
-    /// while it is backed off (made in earlier cycles) count as the same lapse.
-    pub fn lapsed(&mut self, framework_id: &str, now: Instant, timeout: Duration) {
-        if let Some(fw) = self.framework_mut(framework_id) {
-            let (before, until) = fw.backoff.unwrap_or((0, now));
-            if until > now {
-                return;
-            }
-            let lapses = before.saturating_add(1);
-            let wait = timeout
-                .saturating_mul(1 << (lapses - 1).min(16))
-                .min(MAX_LAPSE_BACKOFF);
-            fw.backoff = Some((lapses, now + wait));
-        }
-    }
-
-    /// `framework_id` answered an offer (ACCEPT or DECLINE): its next lapse counts as
-    /// its first. The backoff it is in holds: answering a newer offer right after a
-    /// lapse must not win back the agents it just let lapse.
-    pub fn answered(&mut self, framework_id: &str) {
-        if let Some(fw) = self.framework_mut(framework_id)
-            && let Some((lapses, _)) = fw.backoff.as_mut()
-        {
-            *lapses = 0;
-        }
-    }
-
     /// One allocation cycle over every agent: first roles below their guarantee, then
     /// weighted DRF for the rest, holding back what unmet guarantees still need.
     pub fn allocate(&mut self, now: Instant) -> Vec<Grant> {
