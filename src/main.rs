@@ -6,6 +6,7 @@ mod compile;
 mod component;
 mod dev;
 mod run;
+mod tokens;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,6 +42,8 @@ enum Command {
     Run(run::RunArgs),
     /// Work with WebAssembly components (make one of a wasm32-wasip1 module).
     Component(component::ComponentArgs),
+    /// Mint, list and revoke bearer tokens for your principal.
+    Tokens(tokens::TokensArgs),
     /// An executor process; started by agents, not by hand.
     #[command(hide = true)]
     Executor(ExecutorArgs),
@@ -396,7 +399,7 @@ fn main() -> ExitCode {
     let default_log = match cli.command {
         // `run`, `dev` and `component` talk to a person: only warnings interleave with
         // their output.
-        Command::Run(_) | Command::Dev(_) | Command::Component(_) => "warn",
+        Command::Run(_) | Command::Dev(_) | Command::Component(_) | Command::Tokens(_) => "warn",
         _ => "info",
     };
     let mut filter = cli.log.clone().unwrap_or_else(|| default_log.to_owned());
@@ -462,6 +465,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         }
         Command::Dev(args) => dev::run(args).await,
         Command::Run(args) => run::run(args).await,
+        Command::Tokens(args) => tokens::run(args).await,
         Command::Component(args) => {
             component::run(args)?;
             Ok(0)

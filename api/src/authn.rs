@@ -12,6 +12,8 @@
 //! authenticator answers) and a body saying why. Secrets are compared in constant
 //! time, so a caller cannot learn one a byte at a time from the answers' timing.
 
+pub mod tokens;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -191,10 +193,22 @@ pub struct Realms {
 }
 
 /// Which realms ask who calls, and whom they accept.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Authentication {
     credentials: Arc<Credentials>,
     realms: Realms,
+    /// Where bearer tokens are found (the master's registry); none: Basic only.
+    tokens: Option<Arc<dyn tokens::TokenBook>>,
+}
+
+impl std::fmt::Debug for Authentication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authentication")
+            .field("credentials", &self.credentials)
+            .field("realms", &self.realms)
+            .field("tokens", &self.tokens.is_some())
+            .finish()
+    }
 }
 
 /// A caller that did not say who it is, or said it wrongly.
@@ -230,7 +244,14 @@ impl Authentication {
         Ok(Self {
             credentials: Arc::new(credentials.unwrap_or_default()),
             realms,
+            tokens: None,
         })
+    }
+
+    /// Accepts bearer tokens found in `book` too, in every realm but the agents'.
+    pub fn with_tokens(mut self, book: Arc<dyn tokens::TokenBook>) -> Self {
+        self.tokens = Some(book);
+        self
     }
 
     /// Whether callers of `realm` must say who they are.
@@ -260,6 +281,16 @@ impl Authentication {
         let header = authorization.ok_or_else(|| {
             refuse("this endpoint needs credentials: send HTTP Basic authentication")
         })?;
+        if let Some(token) = bearer(header) {
+            return match &self.tokens {
+                Some(book) if realm != Realm::Agent => {
+                    tokens::verify(book.as_ref(), token, now_secs())
+                        .map(Some)
+                        .map_err(refuse)
+                }
+                _ => Err(refuse("bearer tokens are not taken here: send HTTP Basic")),
+            };
+        }
         let (principal, secret) = basic(header).ok_or_else(|| {
             refuse("the Authorization header is not HTTP Basic with principal:secret in base64")
         })?;
@@ -268,6 +299,21 @@ impl Authentication {
         }
         Ok(Some(principal))
     }
+}
+
+/// The token of `Bearer <token>`, if the header is one.
+pub fn bearer(header: &[u8]) -> Option<&str> {
+    let header = std::str::from_utf8(header).ok()?.trim();
+    let (scheme, token) = header.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// `Basic base64(principal:secret)`, split at the first ':'.

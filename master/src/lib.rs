@@ -13,6 +13,7 @@ mod registry;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::{CallError, MasterError};
@@ -58,6 +59,8 @@ impl Master {
             .await
             .map_err(MasterError::Election)?;
         let leader = leader::Leader::spawn(config.leader.clone(), registry.clone());
+        let tokens = api::RegistryTokens(registry.clone());
+        let authentication = (config.authentication.clone()).with_tokens(Arc::new(tokens));
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| MasterError::Bind {
@@ -70,7 +73,7 @@ impl Master {
                 leader,
                 registry,
                 flags(&config),
-                config.authentication.clone(),
+                authentication,
                 config.leader.acls.clone(),
                 std::sync::Arc::new(rate_limits::Limiter::new(&config.rate_limits)),
             ),

@@ -9,12 +9,12 @@ use cairn_test_support::harness::{Cluster, DEADLINE, guest, output_within, text}
 
 use crate::CAIRN;
 
-const ALICE: (&str, &str) = ("alice", "alice-secret");
-const BOB: (&str, &str) = ("bob", "bob-secret");
+pub(crate) const ALICE: (&str, &str) = ("alice", "alice-secret");
+pub(crate) const BOB: (&str, &str) = ("bob", "bob-secret");
 
 /// A cluster whose master authenticates every realm against alice's and bob's
 /// credentials, in Mesos' JSON form.
-async fn authenticating_cluster() -> Cluster {
+pub(crate) async fn authenticating_cluster() -> Cluster {
     let dir = tempfile::tempdir().unwrap().keep();
     let credentials = dir.join("credentials.json");
     let file = json!({"credentials": [

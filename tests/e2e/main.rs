@@ -23,6 +23,7 @@ mod ports;
 mod recovery;
 mod restart;
 mod tenants;
+mod tokens;
 mod wasm_tasks;
 
 /// The `cairn` binary under test (Cargo builds it for the root package's tests).

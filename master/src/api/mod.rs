@@ -6,7 +6,10 @@ mod http;
 mod mesos_http;
 mod operator;
 mod scheduler;
+mod tokens;
 mod views;
+
+pub(crate) use tokens::RegistryTokens;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -67,9 +70,15 @@ pub(crate) fn router(
             acls: acls.clone(),
         })
         .layer(from_fn_with_state(realm(Realm::ReadWrite), authenticate));
+    let tokens_http = tokens::router(tokens::TokensState {
+        registry: registry.clone(),
+        audit: audit.clone(),
+    })
+    .layer(from_fn_with_state(realm(Realm::ReadWrite), authenticate));
     http::router(leader, registry, acls, limiter, realm(Realm::ReadOnly))
         .merge(scheduler_http)
         .merge(operator_http)
+        .merge(tokens_http)
         .merge(grpc)
         .fallback(http::not_found)
 }

@@ -47,5 +47,7 @@ pub struct RegistryState {
     pub gone_agents: std::collections::BTreeSet<String>,
     /// The principal each authenticated agent registered as, by agent id.
     pub agent_principals: BTreeMap<String, String>,
+    /// Bearer tokens by id, revoked ones included until a day past their expiry.
+    pub tokens: BTreeMap<String, cairn_api::internal::TokenRecord>,
     pub applied: u64,
 }

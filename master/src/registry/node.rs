@@ -185,6 +185,9 @@ fn load_state(storage: &RaftStorage) -> Result<RegistryState, RegistryError> {
         } else if let Some(id) = key.strip_prefix("agent_principal/") {
             let principal = String::from_utf8_lossy(&value).into_owned();
             state.agent_principals.insert(id.to_owned(), principal);
+        } else if let Some(id) = key.strip_prefix("token/") {
+            let t = cairn_api::internal::TokenRecord::decode(&*value).map_err(corrupt)?;
+            state.tokens.insert(id.to_owned(), t);
         } else if let Some(role) = key.strip_prefix("quota/") {
             let q = cairn_api::internal::RoleQuota::decode(&*value).map_err(corrupt)?;
             state.quotas.insert(role.to_owned(), q);
@@ -422,11 +425,51 @@ impl Driver {
                     .agent_principals
                     .insert(bound.agent_id, bound.principal);
             }
+            Some(op @ (Operation::AddToken(_) | Operation::RevokeToken(_))) => {
+                apply_token_operation(op, state, batch, cf);
+            }
             None => return Err(RegistryError::Rejected("empty registry operation".into())),
         }
         Ok(())
     }
 }
+
+/// Mints or revokes a bearer token (`Operation::AddToken`, `RevokeToken`).
+fn apply_token_operation(
+    op: Operation,
+    state: &mut RegistryState,
+    batch: &mut WriteBatch,
+    cf: &rocksdb::ColumnFamily,
+) {
+    match op {
+        Operation::AddToken(token) => {
+            // Records a day past their expiry go: the registry holds a bounded
+            // number per principal's minting (`now` is the op's, the same on
+            // every replica).
+            let stale: Vec<String> = (state.tokens.values())
+                .filter(|t| t.expires_at + TOKEN_KEPT_AFTER_EXPIRY < token.created_at)
+                .map(|t| t.id.clone())
+                .collect();
+            for id in stale {
+                batch.delete_cf(cf, format!("token/{id}"));
+                state.tokens.remove(&id);
+            }
+            batch.put_cf(cf, format!("token/{}", token.id), token.encode_to_vec());
+            state.tokens.insert(token.id.clone(), token);
+        }
+        Operation::RevokeToken(id) => {
+            if let Some(t) = state.tokens.get_mut(&id) {
+                t.revoked = true;
+                batch.put_cf(cf, format!("token/{id}"), t.encode_to_vec());
+            }
+        }
+        _ => {}
+    }
+}
+
+/// How long a token's record outlives its expiry, so a caller still hears "expired"
+/// (or "revoked") rather than "unknown".
+const TOKEN_KEPT_AFTER_EXPIRY: f64 = 86_400.0;
 
 fn context_of(entry: &Entry) -> Option<u64> {
     let bytes: [u8; 8] = entry.context[..].try_into().ok()?;
