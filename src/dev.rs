@@ -91,6 +91,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
             timeout: Some(Duration::from_secs(30)),
             fuel: None,
             offer_timeout: Duration::from_secs(30),
+            caller: Default::default(),
         })
         .await?;
         println!("Demo task exited with status {code}");

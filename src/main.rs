@@ -2,6 +2,7 @@
 //! start, a one-machine dev cluster, and the clients.
 
 mod authn_flags;
+mod caller;
 mod compile;
 mod component;
 mod dev;

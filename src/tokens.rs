@@ -1,12 +1,13 @@
 //! `cairn tokens create|ls|revoke`: bearer tokens for the CLI and the web UI, minted by
 //! the master for the principal that asks (see the master's `api/tokens.rs`).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
+
+use crate::caller::CallerFlags;
 
 #[derive(Args)]
 pub struct TokensArgs {
@@ -40,15 +41,8 @@ struct Client {
     /// The master's address.
     #[arg(long, default_value = "127.0.0.1:5050", env = "CAIRN_MASTER")]
     master: String,
-    /// Your principal, for HTTP Basic with its secret.
-    #[arg(long, env = "CAIRN_PRINCIPAL")]
-    principal: Option<String>,
-    /// A file holding the principal's secret (else the CAIRN_SECRET variable).
-    #[arg(long)]
-    secret_file: Option<PathBuf>,
-    /// A bearer token to call with instead of a principal and secret.
-    #[arg(long, env = "CAIRN_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    #[command(flatten)]
+    caller: CallerFlags,
 }
 
 impl Client {
@@ -60,22 +54,21 @@ impl Client {
         cairn_api::tls::install_default_provider();
         let url = format!("http://{}{path}", self.master);
         let request = reqwest::Client::new().request(method, url);
-        Ok(match (&self.principal, &self.token) {
-            (Some(principal), _) => {
-                let secret = match &self.secret_file {
-                    Some(f) => std::fs::read_to_string(f)
-                        .with_context(|| format!("reading {}", f.display()))?
-                        .trim_end_matches(['\n', '\r'])
-                        .to_owned(),
-                    None => std::env::var("CAIRN_SECRET")
-                        .context("--principal needs --secret-file or CAIRN_SECRET")?,
-                };
-                request.basic_auth(principal, Some(secret))
-            }
-            (None, Some(token)) => request.bearer_auth(token),
-            (None, None) => request,
+        Ok(match self.caller.authorization()? {
+            Some(value) => request.header(reqwest::header::AUTHORIZATION, value),
+            None => request,
         })
     }
+}
+
+/// An expiry time as RFC 3339, whatever the master sent.
+fn expiry(secs: Option<f64>) -> String {
+    (secs.and_then(|s| Duration::try_from_secs_f64(s).ok()))
+        .and_then(|d| std::time::UNIX_EPOCH.checked_add(d))
+        .map_or_else(
+            || "?".to_owned(),
+            |t| humantime::format_rfc3339_seconds(t).to_string(),
+        )
 }
 
 /// The body of a 2xx answer, or the master's refusal as the error.
@@ -125,11 +118,8 @@ pub async fn run(args: TokensArgs) -> anyhow::Result<u8> {
                     "{}\t{}\t{state}\texpires {}\t{}",
                     t["id"].as_str().unwrap_or_default(),
                     t["principal"].as_str().unwrap_or_default(),
-                    humantime::format_rfc3339_seconds(
-                        std::time::UNIX_EPOCH
-                            + Duration::from_secs_f64(t["expires_at"].as_f64().unwrap_or(0.0))
-                    ),
-                    t["description"].as_str().unwrap_or_default(),
+                    expiry(t["expires_at"].as_f64()),
+                    t["description"].as_str().unwrap_or_default().escape_debug(),
                 );
             }
         }

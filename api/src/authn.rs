@@ -284,9 +284,15 @@ impl Authentication {
         if let Some(token) = bearer(header) {
             return match &self.tokens {
                 Some(book) if realm != Realm::Agent => {
-                    tokens::verify(book.as_ref(), token, now_secs())
-                        .map(Some)
-                        .map_err(refuse)
+                    let principal =
+                        tokens::verify(book.as_ref(), token, now_secs()).map_err(refuse)?;
+                    // A principal taken out of --credentials takes its tokens with it.
+                    if !self.credentials.secrets.contains_key(&principal) {
+                        return Err(refuse(
+                            "the bearer token's principal is no longer in --credentials",
+                        ));
+                    }
+                    Ok(Some(principal))
                 }
                 _ => Err(refuse("bearer tokens are not taken here: send HTTP Basic")),
             };

@@ -61,6 +61,9 @@ pub struct RunArgs {
     /// How long to wait for an offer that fits.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub offer_timeout: Duration,
+    /// Who to call the master (and the agent, for the task's output) as.
+    #[command(flatten)]
+    pub caller: crate::caller::CallerFlags,
 }
 
 const STREAM_ID: &str = "mesos-stream-id";
@@ -69,6 +72,8 @@ struct Framework {
     client: SchedulerClient<Channel>,
     framework_id: FrameworkId,
     stream_id: String,
+    /// The `authorization` metadata every call carries, if any.
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl Framework {
@@ -78,6 +83,11 @@ impl Framework {
         request
             .metadata_mut()
             .insert(STREAM_ID, self.stream_id.parse().context("stream id")?);
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
         self.client
             .send(request)
             .await
@@ -152,11 +162,17 @@ impl Plan {
 /// Runs the task and returns the exit code `cairn` itself should exit with.
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let plan = Plan::new(args)?;
-    let (client, stream_id, mut events) = subscribe(&plan.args.master).await?;
+    let authorization = match plan.args.caller.authorization()? {
+        Some(v) => Some(v.parse().context("the credentials are not header-safe")?),
+        None => None,
+    };
+    let (client, stream_id, mut events) =
+        subscribe(&plan.args.master, authorization.as_ref()).await?;
     let mut session = Session {
         plan,
         client,
         stream_id,
+        authorization,
         framework: None,
         launched_on: None,
     };
@@ -187,6 +203,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
 /// and the event stream.
 async fn subscribe(
     master: &str,
+    authorization: Option<&tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 ) -> anyhow::Result<(SchedulerClient<Channel>, String, tonic::Streaming<Event>)> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{master}"))
         .with_context(|| format!("{master:?} is not HOST:PORT"))?
@@ -207,8 +224,14 @@ async fn subscribe(
         }),
         ..Default::default()
     };
+    let mut request = tonic::Request::new(subscribe);
+    if let Some(value) = authorization {
+        request
+            .metadata_mut()
+            .insert("authorization", value.clone());
+    }
     let response = client
-        .subscribe(subscribe)
+        .subscribe(request)
         .await
         .map_err(|s| anyhow::anyhow!("subscription refused: {}", s.message()))?;
     let stream_id = response
@@ -225,6 +248,7 @@ struct Session {
     plan: Plan,
     client: SchedulerClient<Channel>,
     stream_id: String,
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     framework: Option<Framework>,
     launched_on: Option<Offer>,
 }
@@ -243,6 +267,7 @@ impl Session {
                     client: self.client.clone(),
                     framework_id: id,
                     stream_id: self.stream_id.clone(),
+                    authorization: self.authorization.clone(),
                 });
             }
             event::Type::Offers => {
@@ -310,7 +335,9 @@ impl Session {
             return Ok(None);
         }
         if let Some(offer) = &self.launched_on {
-            print_sandbox_files(offer, &fw.framework_id.value, &self.plan.task_id).await;
+            let basic = self.plan.args.caller.basic_authorization().ok().flatten();
+            let (framework_id, task_id) = (&fw.framework_id.value, &self.plan.task_id);
+            print_sandbox_files(offer, framework_id, task_id, basic.as_deref()).await;
         }
         let _ = fw
             .send(Call {
@@ -369,13 +396,18 @@ fn exit_code(status: &TaskStatus, state: TaskState) -> u8 {
 }
 
 /// Prints the task's stdout to stdout and its stderr to stderr, read from the agent.
-async fn print_sandbox_files(offer: &Offer, framework_id: &str, task_id: &str) {
+async fn print_sandbox_files(
+    offer: &Offer,
+    framework_id: &str,
+    task_id: &str,
+    authorization: Option<&str>,
+) {
     let Some(address) = offer.url.as_ref().and_then(|u| u.address.as_ref()) else {
         return;
     };
     let base = format!("http://{}:{}", address.hostname, address.port);
     for (file, to_stdout) in [("stdout", true), ("stderr", false)] {
-        match read_sandbox_file(&base, framework_id, task_id, file).await {
+        match read_sandbox_file(&base, framework_id, task_id, file, authorization).await {
             Ok(data) if to_stdout => print!("{data}"),
             Ok(data) => eprint!("{data}"),
             Err(e) => eprintln!("cairn: cannot read the task's {file}: {e:#}"),
@@ -388,6 +420,7 @@ async fn read_sandbox_file(
     framework_id: &str,
     task_id: &str,
     file: &str,
+    authorization: Option<&str>,
 ) -> anyhow::Result<String> {
     #[derive(serde::Deserialize)]
     struct Page {
@@ -397,8 +430,11 @@ async fn read_sandbox_file(
     let mut out = String::new();
     let mut offset = 0usize;
     loop {
-        let response = client
-            .get(format!("{base}/files/read"))
+        let mut request = client.get(format!("{base}/files/read"));
+        if let Some(value) = authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, value);
+        }
+        let response = request
             .query(&[
                 ("framework_id", framework_id),
                 ("task_id", task_id),

@@ -58,9 +58,10 @@ fn missing_wrong_or_malformed_credentials_are_refused_with_the_realm() {
     ] {
         assert!(refused(Some(&wrong)).why.contains("wrong"), "{wrong:?}");
     }
+    // Without a token book (the agent), a bearer token is no credential at all.
+    assert!(refused(Some(b"Bearer abc")).why.contains("not taken here"));
     for malformed in [
-        &b"Bearer abc"[..],
-        b"Basic !!!not-base64",
+        &b"Basic !!!not-base64"[..],
         b"Basic",
         b"Basic YWxpY2U=", // "alice": no colon
         b"\xff\xfe",
@@ -116,4 +117,58 @@ fn both_of_mesos_credentials_forms_are_read_and_bad_ones_refused() {
     }
     // Its Debug never shows a secret.
     assert!(!format!("{text:?}").contains("s3cret"));
+}
+
+/// One token per principal named, all valid for an hour.
+struct Book(Vec<(String, crate::internal::TokenRecord)>);
+
+impl tokens::TokenBook for Book {
+    fn find(&self, id: &str) -> Option<crate::internal::TokenRecord> {
+        self.0
+            .iter()
+            .find(|(_, r)| r.id == id)
+            .map(|(_, r)| r.clone())
+    }
+}
+
+#[test]
+fn bearer_tokens_stand_for_principals_still_in_the_credentials() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let alice = tokens::mint("alice", now, now + 3600.0, "");
+    let gone = tokens::mint("carol", now, now + 3600.0, "");
+    let book = Book(vec![
+        (alice.token.clone(), alice.record),
+        (gone.token.clone(), gone.record),
+    ]);
+    let auth = frameworks_only().with_tokens(Arc::new(book));
+    let header = |t: &str| format!("Bearer {t}").into_bytes();
+    assert_eq!(
+        auth.principal(Realm::Scheduler, Some(&header(&alice.token)))
+            .unwrap(),
+        Some("alice".to_owned())
+    );
+    let refused = auth
+        .principal(Realm::Scheduler, Some(&header(&gone.token)))
+        .unwrap_err();
+    assert!(
+        refused.why.contains("no longer in --credentials"),
+        "{refused}"
+    );
+    // Agents register with their credential only.
+    let agents = Authentication::new(
+        Credentials::parse(r#"{"credentials": [{"principal": "alice", "secret": "s"}]}"#).ok(),
+        Realms {
+            agents: true,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .with_tokens(Arc::new(Book(vec![])));
+    let refused = agents
+        .principal(Realm::Agent, Some(&header(&alice.token)))
+        .unwrap_err();
+    assert!(refused.why.contains("not taken here"), "{refused}");
 }

@@ -42,6 +42,7 @@ pub fn mint(principal: &str, now: f64, expires_at: f64, description: &str) -> Mi
             expires_at,
             revoked: false,
             description: description.to_owned(),
+            revoked_at: 0.0,
         },
     }
 }

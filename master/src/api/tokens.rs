@@ -21,13 +21,11 @@ use serde_json::json;
 
 use super::Caller;
 use crate::audit::{Audit, Outcome};
-use crate::registry::Registry;
+use crate::registry::{Registry, RegistryError};
 
 /// How long a token lives unless asked otherwise, and at most.
 const DEFAULT_TTL: Duration = Duration::from_secs(30 * 86_400);
 const MAX_TTL: Duration = Duration::from_secs(365 * 86_400);
-/// Live tokens one principal may hold at once.
-pub(crate) const MAX_TOKENS_PER_PRINCIPAL: usize = 100;
 
 #[derive(Clone)]
 pub(super) struct TokensState {
@@ -86,28 +84,34 @@ async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let answer = mint(&s, &caller, &headers, &body).await;
-    s.audit.record(
-        caller.0.as_deref(),
-        "CREATE_TOKEN",
-        "-",
-        Outcome::of(answer.status()),
-    );
+    let (answer, id) = mint(&s, &caller, &headers, &body).await;
+    let outcome = Outcome::of(answer.status());
+    let target = id.as_deref().unwrap_or("-");
+    s.audit
+        .record(caller.0.as_deref(), "CREATE_TOKEN", target, outcome);
     answer
 }
 
-async fn mint(s: &TokensState, caller: &Caller, headers: &HeaderMap, body: &[u8]) -> Response {
+async fn mint(
+    s: &TokensState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> (Response, Option<String>) {
     let principal = match owner(caller) {
         Ok(p) => p,
-        Err(r) => return *r,
+        Err(r) => return (*r, None),
     };
     let by_token = (headers.get(header::AUTHORIZATION))
         .and_then(|h| cairn_api::authn::bearer(h.as_bytes()))
         .is_some();
     if by_token {
-        return refused(
-            StatusCode::FORBIDDEN,
-            "a token cannot mint tokens: authenticate with the principal's secret",
+        return (
+            refused(
+                StatusCode::FORBIDDEN,
+                "a token cannot mint tokens: authenticate with the principal's secret",
+            ),
+            None,
         );
     }
     let ask: CreateToken = if body.is_empty() {
@@ -115,7 +119,10 @@ async fn mint(s: &TokensState, caller: &Caller, headers: &HeaderMap, body: &[u8]
     } else {
         match serde_json::from_slice(body) {
             Ok(a) => a,
-            Err(e) => return refused(StatusCode::BAD_REQUEST, format!("cannot parse: {e}")),
+            Err(e) => {
+                let why = format!("cannot parse: {e}");
+                return (refused(StatusCode::BAD_REQUEST, why), None);
+            }
         }
     };
     let ttl = match ask.ttl_seconds {
@@ -125,31 +132,29 @@ async fn mint(s: &TokensState, caller: &Caller, headers: &HeaderMap, body: &[u8]
         }
         Some(t) => {
             let why = format!("ttl_seconds must be above 0 and at most a year, not {t}");
-            return refused(StatusCode::BAD_REQUEST, why);
+            return (refused(StatusCode::BAD_REQUEST, why), None);
         }
     };
     if ask.description.len() > 256 {
-        return refused(StatusCode::BAD_REQUEST, "description: at most 256 bytes");
+        return (
+            refused(StatusCode::BAD_REQUEST, "description: at most 256 bytes"),
+            None,
+        );
     }
     let now = now_secs();
-    let live = (s.registry.state().tokens.values())
-        .filter(|t| t.principal == principal && !t.revoked && t.expires_at > now)
-        .count();
-    if live >= MAX_TOKENS_PER_PRINCIPAL {
-        let why = format!(
-            "{principal} already holds {live} live tokens (at most \
-             {MAX_TOKENS_PER_PRINCIPAL}): revoke one first"
-        );
-        return refused(StatusCode::CONFLICT, why);
-    }
     let minted = tokens::mint(principal, now, now + ttl.as_secs_f64(), &ask.description);
     let shown = view(&minted.record);
-    if let Err(e) = s.registry.propose(Operation::AddToken(minted.record)).await {
-        return refused(StatusCode::SERVICE_UNAVAILABLE, e);
+    // The registry refuses past its cap of records per principal, checked as the
+    // write applies: concurrent mints cannot both slip under it.
+    match s.registry.propose(Operation::AddToken(minted.record)).await {
+        Ok(()) => {}
+        Err(e @ RegistryError::Rejected(_)) => return (refused(StatusCode::CONFLICT, e), None),
+        Err(e) => return (refused(StatusCode::SERVICE_UNAVAILABLE, e), None),
     }
     let mut shown = shown;
     shown["token"] = json!(minted.token);
-    Json(shown).into_response()
+    let id = shown["id"].as_str().map(str::to_owned);
+    (Json(shown).into_response(), id)
 }
 
 /// A token as listed: never its secret, nor its hash.
@@ -183,7 +188,11 @@ async fn revoke(
         Ok(principal) => match s.registry.state().tokens.get(&id) {
             // Another's token is as good as unknown: ids are not for guessing.
             Some(t) if t.principal == principal => {
-                match s.registry.propose(Operation::RevokeToken(id.clone())).await {
+                let revoke = cairn_api::internal::RevokeToken {
+                    id: id.clone(),
+                    revoked_at: now_secs(),
+                };
+                match s.registry.propose(Operation::RevokeToken(revoke)).await {
                     Ok(()) => StatusCode::OK.into_response(),
                     Err(e) => refused(StatusCode::SERVICE_UNAVAILABLE, e),
                 }

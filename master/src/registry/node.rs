@@ -426,7 +426,7 @@ impl Driver {
                     .insert(bound.agent_id, bound.principal);
             }
             Some(op @ (Operation::AddToken(_) | Operation::RevokeToken(_))) => {
-                apply_token_operation(op, state, batch, cf);
+                apply_token_operation(op, state, batch, cf)?;
             }
             None => return Err(RegistryError::Rejected("empty registry operation".into())),
         }
@@ -434,42 +434,59 @@ impl Driver {
     }
 }
 
-/// Mints or revokes a bearer token (`Operation::AddToken`, `RevokeToken`).
+/// Mints or revokes a bearer token (`Operation::AddToken`, `RevokeToken`). Only the
+/// operation's own times are read, so every replica applies it alike.
 fn apply_token_operation(
     op: Operation,
     state: &mut RegistryState,
     batch: &mut WriteBatch,
     cf: &rocksdb::ColumnFamily,
-) {
+) -> Result<(), RegistryError> {
     match op {
         Operation::AddToken(token) => {
-            // Records a day past their expiry go: the registry holds a bounded
-            // number per principal's minting (`now` is the op's, the same on
-            // every replica).
+            let now = token.created_at;
             let stale: Vec<String> = (state.tokens.values())
-                .filter(|t| t.expires_at + TOKEN_KEPT_AFTER_EXPIRY < token.created_at)
+                .filter(|t| {
+                    t.expires_at + TOKEN_KEPT_AFTER_EXPIRY < now
+                        || (t.revoked && t.revoked_at + TOKEN_KEPT_AFTER_EXPIRY < now)
+                })
                 .map(|t| t.id.clone())
                 .collect();
             for id in stale {
                 batch.delete_cf(cf, format!("token/{id}"));
                 state.tokens.remove(&id);
             }
+            let held = (state.tokens.values())
+                .filter(|t| t.principal == token.principal)
+                .count();
+            if held >= MAX_TOKEN_RECORDS_PER_PRINCIPAL {
+                return Err(RegistryError::Rejected(format!(
+                    "{} already holds {held} tokens, revoked and expired ones of the last \
+                     day included (at most {MAX_TOKEN_RECORDS_PER_PRINCIPAL})",
+                    token.principal
+                )));
+            }
             batch.put_cf(cf, format!("token/{}", token.id), token.encode_to_vec());
             state.tokens.insert(token.id.clone(), token);
         }
-        Operation::RevokeToken(id) => {
-            if let Some(t) = state.tokens.get_mut(&id) {
+        Operation::RevokeToken(revoke) => {
+            if let Some(t) = state.tokens.get_mut(&revoke.id) {
                 t.revoked = true;
-                batch.put_cf(cf, format!("token/{id}"), t.encode_to_vec());
+                t.revoked_at = revoke.revoked_at;
+                batch.put_cf(cf, format!("token/{}", revoke.id), t.encode_to_vec());
             }
         }
         _ => {}
     }
+    Ok(())
 }
 
-/// How long a token's record outlives its expiry, so a caller still hears "expired"
-/// (or "revoked") rather than "unknown".
+/// How long a token's record outlives its expiry or revocation, so a caller still
+/// hears "expired" or "revoked" rather than "unknown".
 const TOKEN_KEPT_AFTER_EXPIRY: f64 = 86_400.0;
+
+/// Token records one principal may hold: the registry's bound on minting.
+pub const MAX_TOKEN_RECORDS_PER_PRINCIPAL: usize = 100;
 
 fn context_of(entry: &Entry) -> Option<u64> {
     let bytes: [u8; 8] = entry.context[..].try_into().ok()?;
