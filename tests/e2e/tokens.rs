@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use cairn_test_support::harness::{Cluster, DEADLINE, output_within_async, text};
+use cairn_test_support::harness::{Cluster, DEADLINE, guest, output_within_async, text};
 
 use crate::CAIRN;
 use crate::authn::{ALICE, BOB, authenticating_cluster};
@@ -141,5 +141,47 @@ async fn a_token_stands_for_its_principal_until_revoked_or_expired() {
     let out = output_within_async(cmd, DEADLINE).await;
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("401"), "{}", text(&out.stderr));
+    cluster.assert_no_panics();
+}
+
+/// `cairn run` calls as a principal (HTTP Basic) or with a token, and without either
+/// is refused with the master's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cairn_run_calls_as_its_principal_or_with_a_token() {
+    let cluster = authenticating_cluster().await;
+    let token = cairn_tokens(&cluster, ALICE, &["create"]).await.unwrap();
+    let token_file = cluster.work_dir().join("alice.token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let hello = guest("hello");
+    let as_alice = ["--timeout", "30s", "--principal", ALICE.0];
+    let by_token = [
+        "--timeout",
+        "30s",
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ];
+    for (flags, secret) in [(&as_alice[..], Some(ALICE.1)), (&by_token[..], None)] {
+        let mut cmd = cluster.run_command(&hello, flags, &["x"]);
+        cmd.env_remove("CAIRN_TOKEN").env_remove("CAIRN_PRINCIPAL");
+        if let Some(secret) = secret {
+            cmd.env("CAIRN_SECRET", secret);
+        }
+        let out = output_within_async(cmd, DEADLINE).await;
+        assert!(out.status.success(), "{flags:?}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains("args: x"),
+            "{}",
+            text(&out.stdout)
+        );
+    }
+    let mut cmd = cluster.run_command(&hello, &["--timeout", "30s"], &["x"]);
+    cmd.env_remove("CAIRN_TOKEN").env_remove("CAIRN_PRINCIPAL");
+    let out = output_within_async(cmd, DEADLINE).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("needs credentials"),
+        "{}",
+        text(&out.stderr)
+    );
     cluster.assert_no_panics();
 }
