@@ -364,6 +364,10 @@ impl Default for NativeIsolation {
 struct ExecutorArgs {
     #[arg(long)]
     agent_socket: PathBuf,
+    /// What it proves itself with to the agent: from the environment the agent gives
+    /// it, never its command line (which every local user may read).
+    #[arg(skip = std::env::var("MESOS_EXECUTOR_AUTHENTICATION_TOKEN").unwrap_or_default())]
+    authentication_token: String,
     #[arg(long)]
     framework_id: String,
     #[arg(long)]
@@ -491,6 +495,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 containerizers: args.containerizers,
                 docker_host_network_always: args.docker_host_network_always,
                 hosted: None,
+                authentication_token: args.authentication_token,
             });
             // On a worker thread, not this one: its loop trades messages with every
             // task, and a worker wakes a task on its own thread without a futex call.

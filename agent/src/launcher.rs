@@ -46,6 +46,8 @@ pub struct Launcher {
     pub(crate) hosted: Arc<std::sync::Mutex<HashMap<String, tokio::task::AbortHandle>>>,
     /// The fetches and compiles under way.
     pub(crate) preparing: Preparing,
+    /// Makes each executor's token (see `crate::executor_token`).
+    pub(crate) tokens: std::sync::Arc<crate::executor_token::ExecutorTokens>,
 }
 
 /// The fetches and compiles under way, by the container id of the run they prepare
@@ -272,8 +274,10 @@ impl Launcher {
         // What the agent's environment holds is the agent's: an executor gets only
         // what it reads.
         let passed = ["RUST_LOG", "PATH", "TMPDIR"];
+        let token = self.tokens.token(&spec.framework_id, &spec.executor_id);
         cmd.env_clear()
             .envs(std::env::vars_os().filter(|(k, _)| passed.iter().any(|p| k == p)))
+            .env("MESOS_EXECUTOR_AUTHENTICATION_TOKEN", token)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -10,6 +10,7 @@ mod error;
 mod executor_cgroup;
 mod executor_process;
 mod executor_socket;
+mod executor_token;
 mod fetcher;
 mod framing;
 mod gc;
@@ -259,7 +260,9 @@ impl Agent {
                 }
             })?,
         );
-        let compiler = self.compiler(paths, binary.clone())?;
+        let key = self.key(paths)?;
+        let tokens = executor_token::ExecutorTokens::new(key.clone());
+        let compiler = self.compiler(paths, binary.clone(), key)?;
         Ok(launcher::Launcher {
             paths: paths.clone(),
             binary,
@@ -278,6 +281,17 @@ impl Agent {
             known,
             hosted: Default::default(),
             preparing: Default::default(),
+            tokens: std::sync::Arc::new(tokens),
+        })
+    }
+
+    /// The agent's key: it tags compiled artifacts and makes executor tokens.
+    fn key(&self, paths: &paths::Paths) -> Result<Vec<u8>, AgentError> {
+        let key_file = paths.compile_cache_key();
+        std::fs::read(&key_file).map_err(|source| AgentError::WorkFile {
+            what: "reading the compile cache key",
+            path: key_file,
+            source,
         })
     }
 }
@@ -288,13 +302,8 @@ impl Agent {
         &self,
         paths: &paths::Paths,
         binary: std::sync::Arc<process::CairnBinary>,
+        key: Vec<u8>,
     ) -> Result<compiler::Compiler, AgentError> {
-        let key_file = paths.compile_cache_key();
-        let key = std::fs::read(&key_file).map_err(|source| AgentError::WorkFile {
-            what: "reading the compile cache key",
-            path: key_file,
-            source,
-        })?;
         // Agents of one machine share the cgroup hierarchy: each names its compile
         // steps' parent after its work dir.
         let work_dir = self.config.work_dir.display().to_string();

@@ -339,7 +339,7 @@ async fn a_stranger_on_the_executor_socket_cannot_subscribe_as_an_executor() {
     assert!(answer.is_empty(), "a stranger was answered: {answer:?}");
     cluster
         .agent
-        .logged("executor subscription from the wrong process refused")
+        .logged("executor subscription from the wrong process, or with a wrong token, refused")
         .await;
     // The real executor still holds its task, and kills it when asked.
     let kill = json!({"type": "KILL", "kill": {"task_id": {"value": "holder"}}});

@@ -214,15 +214,18 @@ impl Core {
         let fw = record.framework_id.clone().unwrap_or_default().value;
         // And that process, not a later one given its pid: the start time tells.
         let started = crate::process::start_time(record.pid);
+        // And with the token this agent gave it (Mesos' executor authentication).
+        let token = &subscribe.authentication_token;
         if pid != Some(record.pid as i32)
             || started != Some(record.start_time)
             || subscribe.framework_id.as_ref().map(|f| &f.value) != Some(&fw)
+            || !self.launcher.tokens.verify(&fw, ex, token)
         {
             tracing::warn!(
                 executor_id = ex,
                 ?pid,
                 expected = record.pid,
-                "executor subscription from the wrong process refused"
+                "executor subscription from the wrong process, or with a wrong token, refused"
             );
             return;
         }

@@ -176,6 +176,7 @@ impl Executor {
                     value: self.args.executor_id.clone(),
                 }),
                 pid: std::process::id(),
+                authentication_token: self.args.authentication_token.clone(),
                 tasks: self
                     .running
                     .keys()

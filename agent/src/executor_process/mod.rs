@@ -48,6 +48,8 @@ pub struct ExecutorArgs {
     /// Hosted by the agent, in its own process: how it reaches the agent. `None`: an
     /// executor process of its own, reaching it through `agent_socket`.
     pub hosted: Option<HostedLink>,
+    /// What it proves itself with when it subscribes (see `crate::executor_token`).
+    pub authentication_token: String,
 }
 
 /// How an executor hosted by the agent connects to it: `connect` gives one end of a

@@ -45,6 +45,7 @@ impl Launcher {
             containerizers: vec!["docker".to_owned()],
             docker_host_network_always: self.docker_host_network_always,
             hosted: Some(HostedLink { connect, recover }),
+            authentication_token: self.tokens.token(fw, ex),
         };
         let pid = std::process::id();
         let start_time = crate::process::start_time(pid).unwrap_or_default();
