@@ -239,6 +239,35 @@ async fn pymesos_authenticates_with_principal_and_secret() {
     cluster.assert_no_panics();
 }
 
+/// mesoshttp's `set_credentials` puts the principal and secret in its SUBSCRIBE's body
+/// (`subscribe.credentials`, a field Mesos' scheduler API does not have) and sends no
+/// `Authorization`: a master that authenticates frameworks refuses it with 401, as
+/// Mesos does. (mesoshttp authenticates to Mesos only with a DC/OS service account.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesoshttp_credentials_are_not_http_authentication() {
+    let cluster = authenticating_cluster().await;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mesoshttp/run_wasm.py");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(&script)
+        .arg(&cluster.master_addr)
+        .arg(guest("hello"))
+        .args([ALICE.0, ALICE.1]);
+    let out = cairn_test_support::harness::output_within_async(cmd, DEADLINE).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("refused"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stderr).contains("needs credentials"),
+        "{}",
+        text(&out.stderr)
+    );
+    cluster.assert_no_panics();
+}
+
 /// Registers a fake agent (the test's own gRPC client) under `agent_id` with the
 /// HTTP Basic `credential`; returns the refusal, if any.
 async fn fake_agent(

@@ -305,6 +305,30 @@ fn pymesos_runs_a_wasm_task() {
     cluster.assert_no_panics();
 }
 
+/// mesoshttp, another unmodified Mesos scheduler library from PyPI (installed by
+/// `scripts/setup`), runs a wasm task on Cairn. It sends TaskInfo's old `slave_id`
+/// beside `agent_id`; the unknown field is ignored, as Mesos ignores it.
+#[test]
+fn mesoshttp_runs_a_wasm_task() {
+    let cluster = Cluster::start(CAIRN);
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mesoshttp/run_wasm.py");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(script)
+        .arg(&cluster.master_addr)
+        .arg(guest("hello"));
+    let out = output_within(cmd, DEADLINE);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "mesoshttp failed:\n{stdout}\n{}",
+        text(&out.stderr)
+    );
+    let states: Vec<&str> = stdout.lines().collect();
+    assert_eq!(launch_states(&states), ["TASK_RUNNING", "TASK_FINISHED"]);
+    cluster.assert_no_panics();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_reach_the_executor_and_its_death_is_a_failure_event() {
     let cluster = Cluster::start_async(CAIRN).await;
