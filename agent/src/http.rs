@@ -89,7 +89,19 @@ async fn health(State(s): State<HttpState>) -> Response {
     }
 }
 
-async fn metrics(State(s): State<HttpState>) -> Response {
+async fn metrics(
+    State(s): State<HttpState>,
+    Extension(Caller(principal)): Extension<Caller>,
+) -> Response {
+    let path = cairn_api::authz::Entity::one("/metrics");
+    let allowed = (s.access.acls).check(
+        principal.as_deref(),
+        cairn_api::authz::Action::GetEndpoints,
+        &path,
+    );
+    if let Err(refused) = allowed {
+        return bad(StatusCode::FORBIDDEN, format!("{refused}"));
+    }
     let snap = s.snapshot().await;
     let gauges = crate::metrics::Gauges {
         tasks: snap.tasks.len(),

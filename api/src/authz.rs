@@ -131,13 +131,15 @@ struct Rule {
     framework_principals: Option<Entity>,
     agents: Option<Entity>,
     flags: Option<Entity>,
+    paths: Option<Entity>,
 }
 
 impl Rule {
     /// The objects named, by key.
-    fn objects(&self) -> [(&'static str, Option<&Entity>); 5] {
+    fn objects(&self) -> [(&'static str, Option<&Entity>); 6] {
         [
             ("flags", self.flags.as_ref()),
+            ("paths", self.paths.as_ref()),
             ("roles", self.roles.as_ref()),
             ("users", self.users.as_ref()),
             ("framework_principals", self.framework_principals.as_ref()),
@@ -192,10 +194,12 @@ pub enum Action {
     LaunchDocker,
     /// A task run as root (object: `users`).
     RunAsRoot,
+    /// Reading an endpoint Mesos gates this way: `/metrics` here (object: `paths`).
+    GetEndpoints,
 }
 
 impl Action {
-    pub const ALL: [Action; 15] = [
+    pub const ALL: [Action; 16] = [
         Action::RegisterFrameworks,
         Action::RunTasks,
         Action::TeardownFrameworks,
@@ -211,6 +215,7 @@ impl Action {
         Action::LaunchNative,
         Action::LaunchDocker,
         Action::RunAsRoot,
+        Action::GetEndpoints,
     ];
 
     /// The key its rules name their object by, as in Mesos.
@@ -222,6 +227,7 @@ impl Action {
             | Action::ViewRoles
             | Action::GetQuotas => "roles",
             Action::ViewFlags => "flags",
+            Action::GetEndpoints => "paths",
             Action::TeardownFrameworks => "framework_principals",
             Action::MarkAgentGone => "agents",
             _ => "users",
@@ -245,6 +251,7 @@ impl Action {
             Action::LaunchNative => "launch_native",
             Action::LaunchDocker => "launch_docker",
             Action::RunAsRoot => "run_as_root",
+            Action::GetEndpoints => "get_endpoints",
         }
     }
 }
@@ -274,18 +281,18 @@ pub struct Acls {
     launch_native: Vec<Rule>,
     launch_docker: Vec<Rule>,
     run_as_root: Vec<Rule>,
+    get_endpoints: Vec<Rule>,
     #[serde(flatten)]
     others: std::collections::HashMap<String, serde_json::Value>,
 }
 
 /// Mesos' ACL actions that no Cairn call corresponds to: a Mesos file naming them
 /// loads, and they allow or refuse nothing.
-const UNCHECKED: [&str; 36] = [
+const UNCHECKED: [&str; 35] = [
     "reserve_resources",
     "unreserve_resources",
     "create_volumes",
     "destroy_volumes",
-    "get_endpoints",
     "view_executors",
     "access_mesos_logs",
     "launch_nested_containers_as_user",
@@ -397,6 +404,7 @@ impl Acls {
             Action::LaunchNative => &self.launch_native,
             Action::LaunchDocker => &self.launch_docker,
             Action::RunAsRoot => &self.run_as_root,
+            Action::GetEndpoints => &self.get_endpoints,
         }
     }
 

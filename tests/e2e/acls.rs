@@ -53,6 +53,7 @@ fn acl_file() -> Value {
         "update_weights": operator("roles"),
         "update_quotas": operator("roles"),
         "mark_agents_gone": operator("agents"),
+        "get_endpoints": operator("paths"),
     })
 }
 
@@ -251,6 +252,14 @@ async fn each_tenant_sees_and_touches_only_its_own() {
         operator(master, OPS, json!({"type": "GET_FLAGS"})).await.0,
         200
     );
+    // The metrics, on both daemons, to ops alone (`get_endpoints`).
+    for daemon in [master, agent] {
+        let url = format!("http://{daemon}/metrics");
+        let (status, body) = get(&url, Some(ALICE)).await;
+        assert_eq!(status, 403, "{url}: {body}");
+        assert!(body.to_string().contains("get_endpoints"), "{body}");
+        assert_eq!(get(&url, Some(OPS)).await.0, 200, "{url}");
+    }
     let (_, everything) = get(&format!("http://{master}/state"), Some(OPS)).await;
     assert_eq!(
         named(&everything, &ids).len(),

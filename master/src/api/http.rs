@@ -64,8 +64,21 @@ pub(super) fn router(
         .merge(open)
 }
 
-/// The master's counters, in Prometheus' text format.
-async fn metrics(State(s): State<HttpState>) -> Response {
+/// The master's counters, in Prometheus' text format, to whom `get_endpoints` allows
+/// `/metrics`.
+async fn metrics(
+    State(s): State<HttpState>,
+    Extension(Caller(principal)): Extension<Caller>,
+) -> Response {
+    let path = crate::authz::Entity::one("/metrics");
+    let allowed = (s.acls).check(
+        principal.as_deref(),
+        crate::authz::Action::GetEndpoints,
+        &path,
+    );
+    if let Err(refused) = allowed {
+        return (StatusCode::FORBIDDEN, format!("{refused}\n")).into_response();
+    }
     let content_type = "text/plain; version=0.0.4";
     (
         [(axum::http::header::CONTENT_TYPE, content_type)],
