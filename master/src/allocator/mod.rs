@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use cairn_api::Resources;
 
 use order::Declines;
-pub use order::{DECLINE_YIELD, MAX_LAPSE_BACKOFF};
+pub use order::{DECLINE_YIELD, MAX_DECLINE_YIELD, MAX_LAPSE_BACKOFF};
 pub use quantities::Quantities;
 use roles::RoleTree;
 
@@ -512,7 +512,6 @@ impl Allocator {
             return None;
         }
         agent.available_q.sub(&q);
-        agent.declines.clear(fw);
         match agent.allocations.entry((fw, role)) {
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(resources.clone());

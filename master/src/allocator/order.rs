@@ -25,36 +25,53 @@ use super::roles::Entry;
 
 /// How long a framework that declined an agent goes behind the others for it: Mesos'
 /// default allocation interval, the longest Mesos makes any framework wait for a
-/// re-offer.
+/// re-offer. It doubles with each decline of the agent in a row, up to
+/// [`MAX_DECLINE_YIELD`], until the framework launches something there: a framework
+/// that only ever declines would otherwise hold the agent's free resources (while
+/// its answer is on its way) once a second.
 pub const DECLINE_YIELD: Duration = Duration::from_secs(1);
+
+/// The longest a framework that keeps declining an agent goes behind the others for
+/// it: Mesos' default `refuse_seconds` plus a little.
+pub const MAX_DECLINE_YIELD: Duration = Duration::from_secs(8);
 
 /// The longest a framework that keeps letting its offers lapse goes without one.
 pub const MAX_LAPSE_BACKOFF: Duration = Duration::from_secs(60);
 
-/// The frameworks (slots) that declined an agent, and when they last did.
+/// The frameworks (slots) that declined an agent: when they last did, and how many
+/// times in a row.
 #[derive(Default)]
-pub(super) struct Declines(HashMap<u32, Instant>);
+pub(super) struct Declines(HashMap<u32, (Instant, u32)>);
+
+/// How long a framework goes behind the others after `count` declines in a row.
+fn yield_after(count: u32) -> Duration {
+    DECLINE_YIELD
+        .saturating_mul(1 << count.saturating_sub(1).min(8))
+        .min(MAX_DECLINE_YIELD)
+}
 
 impl Declines {
     pub(super) fn mark(&mut self, framework: u32, now: Instant) {
-        self.0.insert(framework, now);
+        let count = self.0.get(&framework).map_or(0, |(_, n)| *n);
+        self.0.insert(framework, (now, count.saturating_add(1)));
     }
 
+    /// The framework launched something here (or is gone): its declines are over.
     pub(super) fn clear(&mut self, framework: u32) {
         self.0.remove(&framework);
     }
 
     /// When `framework` declined the agent, if it still goes behind the others.
     fn since(&self, framework: u32, now: Instant) -> Option<Instant> {
-        self.0
-            .get(&framework)
-            .copied()
-            .filter(|t| now.saturating_duration_since(*t) < DECLINE_YIELD)
+        let (t, count) = *self.0.get(&framework)?;
+        (now.saturating_duration_since(t) < yield_after(count)).then_some(t)
     }
 
+    /// Forgets declines long past: a framework quiet for twice the longest yield
+    /// starts again at one.
     pub(super) fn expire(&mut self, now: Instant) {
         self.0
-            .retain(|_, t| now.saturating_duration_since(*t) < DECLINE_YIELD);
+            .retain(|_, (t, _)| now.saturating_duration_since(*t) < MAX_DECLINE_YIELD * 2);
     }
 }
 
@@ -69,6 +86,18 @@ impl Allocator {
         ) && let Some(agent) = self.agents[slot as usize].as_mut()
         {
             agent.declines.mark(fw, now);
+        }
+    }
+
+    /// `framework_id` launched something on `agent_id`: its declines of the agent are
+    /// over.
+    pub fn launched(&mut self, framework_id: &str, agent_id: &str) {
+        if let (Some(&fw), Some(&slot)) = (
+            self.framework_index.get(framework_id),
+            self.agent_index.get(agent_id),
+        ) && let Some(agent) = self.agents[slot as usize].as_mut()
+        {
+            agent.declines.clear(fw);
         }
     }
 

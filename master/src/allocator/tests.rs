@@ -395,3 +395,39 @@ fn lapse_backoff_stops_at_its_cap_and_ends_with_a_new_subscription() {
     a.add_framework("decliner", &["a".to_string()]);
     assert_eq!(a.allocate(now).len(), 1);
 }
+
+#[test]
+fn each_decline_in_a_row_doubles_the_yield_until_a_launch() {
+    let mut a = decliner_and_holder();
+    let mut now = Instant::now();
+    let second = Duration::from_secs(1);
+    let holder_takes = |a: &mut Allocator, at: Instant, why: &str| {
+        let g = a.allocate(at).pop().unwrap();
+        assert_eq!(g.framework_id, "holder", "{why}");
+        a.recover(&g.framework_id, &g.agent_id, &g.role, &g.resources, None);
+    };
+    // Each decline once the last yield is over: 1 s, 2 s, 4 s, then the cap.
+    for yielded in [1, 2, 4, 8, 8] {
+        let g = a.allocate(now).pop().unwrap();
+        assert_eq!(g.framework_id, "decliner", "after {yielded} s");
+        decline(&mut a, &g, now);
+        let just_before = now + second * yielded - Duration::from_millis(1);
+        holder_takes(&mut a, just_before, "within the yield");
+        now += second * yielded;
+        assert!(second * yielded <= MAX_DECLINE_YIELD);
+    }
+    // It launches something here: its next decline counts as a first.
+    let g = a.allocate(now).pop().unwrap();
+    assert_eq!(g.framework_id, "decliner");
+    a.launched("decliner", "agent-0");
+    decline(&mut a, &g, now);
+    holder_takes(
+        &mut a,
+        now + second - Duration::from_millis(1),
+        "one second",
+    );
+    assert_eq!(
+        a.allocate(now + second).pop().unwrap().framework_id,
+        "decliner"
+    );
+}

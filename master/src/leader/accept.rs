@@ -63,11 +63,13 @@ impl Leader {
                 &placement.remaining,
                 Some((refuse, Instant::now())),
             );
-            if placement.remaining == offered {
-                // Nothing launched: a DECLINE by another name.
-                self.allocator
-                    .declined(framework_id, &placement.agent_id, Instant::now());
-            }
+        }
+        if placement.remaining == offered {
+            // Nothing launched: a DECLINE by another name.
+            self.allocator
+                .declined(framework_id, &placement.agent_id, Instant::now());
+        } else {
+            self.allocator.launched(framework_id, &placement.agent_id);
         }
         self.allocate();
     }
