@@ -278,6 +278,17 @@ async fn a_framework_that_hangs_up_gives_its_offers_back_at_once() {
         .expect("kept for its failover timeout")
         .clone();
     assert_eq!(framework["active"], false, "{framework}");
+    // Counted on the metrics.
+    let metrics = reqwest::get(format!("http://{}/metrics", cluster.master_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("cairn_master_framework_streams_dropped_total{reason=\"hung_up\"} 1"),
+        "{metrics}"
+    );
     cluster.assert_no_panics();
 }
 

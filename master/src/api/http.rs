@@ -82,7 +82,7 @@ async fn metrics(
     let content_type = "text/plain; version=0.0.4";
     (
         [(axum::http::header::CONTENT_TYPE, content_type)],
-        s.audit.render() + &s.limiter.render(),
+        s.audit.render() + &s.limiter.render() + &s.leader.stream_counts.render(),
     )
         .into_response()
 }

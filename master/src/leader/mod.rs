@@ -15,6 +15,7 @@ mod operator;
 mod reconcile;
 mod roles;
 mod snapshot;
+mod streams;
 mod subscribe;
 #[cfg(test)]
 mod testing;
@@ -215,6 +216,8 @@ pub struct Leader {
     published_at: Instant,
     /// A REVIVE asked for an allocation not yet run, and when one last ran for it.
     revived: (bool, Instant),
+    /// Framework streams dropped, by why (on `/metrics`).
+    stream_counts: Arc<streams::StreamCounts>,
 }
 
 /// A handle to send inputs to the leader and read its snapshots.
@@ -222,6 +225,8 @@ pub struct Leader {
 pub struct LeaderHandle {
     pub inputs: mpsc::Sender<Input>,
     pub snapshot: watch::Receiver<Arc<MasterSnapshot>>,
+    /// Framework streams the leader dropped, by why.
+    pub stream_counts: Arc<streams::StreamCounts>,
 }
 
 impl LeaderHandle {
@@ -292,13 +297,16 @@ impl Leader {
             dirty: true,
             published_at: Instant::now(),
             revived: (false, Instant::now()),
+            stream_counts: Arc::default(),
         };
+        let stream_counts = leader.stream_counts.clone();
         leader.load_roles();
         leader.publish();
         tokio::spawn(leader.run(rx));
         LeaderHandle {
             inputs,
             snapshot: snapshot_rx,
+            stream_counts,
         }
     }
 
@@ -395,16 +403,7 @@ impl Leader {
             } => {
                 let _ = reply.send(self.operator_call(call, principal).await);
             }
-            Input::StreamClosed { stream_id } => {
-                let hung_up = (self.frameworks.iter())
-                    .find(|(_, f)| f.stream.as_ref().is_some_and(|(id, _)| *id == stream_id))
-                    .map(|(id, _)| id.clone());
-                if let Some(framework_id) = hung_up {
-                    tracing::info!(framework_id, "framework hung up; framework disconnected");
-                    self.disconnect_framework(&framework_id);
-                    self.allocate();
-                }
-            }
+            Input::StreamClosed { stream_id } => self.stream_closed(&stream_id),
         }
         true
     }
@@ -419,36 +418,6 @@ impl Leader {
     fn next_conn_id(&mut self) -> u64 {
         self.next_conn += 1;
         self.next_conn
-    }
-
-    /// Sends an event to a framework; a closed or overflowing stream disconnects it.
-    fn send_event(&mut self, framework_id: &str, event: Event) -> bool {
-        let Some(fw) = self.frameworks.get_mut(framework_id) else {
-            return false;
-        };
-        let Some((_, tx)) = &fw.stream else {
-            return false;
-        };
-        if tx.try_send(Ok(event)).is_err() {
-            tracing::info!(
-                framework_id,
-                "framework stream closed or full; framework disconnected"
-            );
-            self.disconnect_framework(framework_id);
-            return false;
-        }
-        true
-    }
-
-    /// The framework's stream is gone: no offers for it until it subscribes again
-    /// (its failover timeout runs from now), and those it holds go back.
-    fn disconnect_framework(&mut self, framework_id: &str) {
-        if let Some(fw) = self.frameworks.get_mut(framework_id) {
-            fw.stream = None;
-            fw.disconnected_at = Some(Instant::now());
-        }
-        self.allocator.set_framework_active(framework_id, false);
-        self.rescind_offers_of_framework(framework_id);
     }
 
     fn send_to_agent(&mut self, agent_id: &str, message: MasterMessage) -> bool {
@@ -519,15 +488,7 @@ impl Leader {
     /// tasks killed), as in Mesos.
     async fn expire(&mut self) {
         let now = Instant::now();
-        // Streams whose schedulers hung up, where the API's word of it was lost.
-        let hung_up: Vec<String> = (self.frameworks.iter())
-            .filter(|(_, f)| f.stream.as_ref().is_some_and(|(_, tx)| tx.is_closed()))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for framework_id in hung_up {
-            tracing::info!(framework_id, "framework hung up; framework disconnected");
-            self.disconnect_framework(&framework_id);
-        }
+        self.find_hung_up_streams();
         if let Some(timeout) = self.config.offer_timeout {
             let old: Vec<String> = self
                 .offers
