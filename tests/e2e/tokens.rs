@@ -85,7 +85,7 @@ async fn a_token_stands_for_its_principal_until_revoked_or_expired() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    drop(r);
+    let stream = r;
 
     // A wrong secret, another scheme's garbage: 401 saying why.
     let mut wrong = token.clone();
@@ -112,12 +112,19 @@ async fn a_token_stands_for_its_principal_until_revoked_or_expired() {
     assert!(refused.contains("404"), "{refused}");
     assert_eq!(get(&cluster, "/state", &token).await.0, 200);
 
-    // Revoked: refused from the next call on.
+    // Revoked: refused from the next call on, and the subscription it opened ends
+    // with an ERROR saying why.
     cairn_tokens(&cluster, ALICE, &["revoke", id])
         .await
         .unwrap();
     let (status, why) = get(&cluster, "/state", &token).await;
     assert_eq!((status, why.trim()), (401, "the bearer token was revoked"));
+    let rest = tokio::time::timeout(DEADLINE, stream.text())
+        .await
+        .expect("the subscription ended")
+        .unwrap();
+    assert!(rest.contains("\"type\":\"ERROR\""), "{rest}");
+    assert!(rest.contains("was revoked"), "{rest}");
 
     // Expired: refused once its time is up.
     let short = cairn_tokens(&cluster, ALICE, &["create", "--ttl", "1s"])

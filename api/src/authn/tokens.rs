@@ -51,6 +51,16 @@ fn digest(secret: &str) -> Vec<u8> {
     Sha256::digest(secret.as_bytes()).to_vec()
 }
 
+/// The id of a Cairn token (not a secret: it names the token in lists and logs).
+pub fn id_of(token: &str) -> Option<&str> {
+    Some(token.strip_prefix(PREFIX)?.split_once('.')?.0)
+}
+
+/// The id of the bearer token an `Authorization` header carries, if it does.
+pub fn id_in_header(header: Option<&[u8]>) -> Option<String> {
+    id_of(crate::authn::bearer(header?)?).map(str::to_owned)
+}
+
 /// The principal `token` stands for at `now`, or why it stands for no one.
 pub fn verify(book: &dyn TokenBook, token: &str, now: f64) -> Result<String, &'static str> {
     let (id, secret) = token

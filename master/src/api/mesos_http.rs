@@ -55,7 +55,9 @@ pub(super) async fn scheduler(
     };
     let (kind, target) = super::audited(&call);
     let answer = if call.r#type == call::Type::Subscribe as i32 {
-        subscribe(leader, call, principal.clone()).await
+        let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+        let token = cairn_api::authn::tokens::id_in_header(authorization);
+        subscribe(leader, call, principal.clone(), token).await
     } else {
         send(leader, &headers, call, principal.clone()).await
     };
@@ -91,7 +93,12 @@ async fn send(
     }
 }
 
-async fn subscribe(leader: LeaderHandle, call: Call, principal: Option<String>) -> Response {
+async fn subscribe(
+    leader: LeaderHandle,
+    call: Call,
+    principal: Option<String>,
+    token: Option<String>,
+) -> Response {
     let info = match subscribe_info(call) {
         Ok(info) => info,
         Err(e) => return refuse(e),
@@ -101,6 +108,7 @@ async fn subscribe(leader: LeaderHandle, call: Call, principal: Option<String>) 
         .ask(|reply| Input::Subscribe {
             info: Box::new(info),
             principal,
+            token,
             events: tx,
             reply,
         })

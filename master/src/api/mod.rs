@@ -72,6 +72,7 @@ pub(crate) fn router(
         .layer(from_fn_with_state(realm(Realm::ReadWrite), authenticate));
     let tokens_http = tokens::router(tokens::TokensState {
         registry: registry.clone(),
+        leader: leader.clone(),
         audit: audit.clone(),
     })
     .layer(from_fn_with_state(realm(Realm::ReadWrite), authenticate));

@@ -92,10 +92,12 @@ impl Scheduler for SchedulerService {
         request: Request<Call>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let principal = self.principal(&request, "Subscribe")?;
+        let authorization = request.metadata().get("authorization");
+        let token = cairn_api::authn::tokens::id_in_header(authorization.map(|v| v.as_bytes()));
         let call = request.into_inner();
         let audited = super::audited(&call);
         let result = match self.admit(principal.as_deref()).await {
-            Ok(()) => self.open_stream(call, principal.clone()).await,
+            Ok(()) => self.open_stream(call, principal.clone(), token).await,
             Err(e) => Err(e),
         };
         self.audit(principal.as_deref(), audited, &result);
@@ -125,6 +127,7 @@ impl SchedulerService {
         &self,
         call: Call,
         principal: Option<String>,
+        token: Option<String>,
     ) -> Result<Response<<Self as Scheduler>::SubscribeStream>, Status> {
         if call.r#type != call::Type::Subscribe as i32 {
             return Err(CallError::NotSubscribe.into());
@@ -136,6 +139,7 @@ impl SchedulerService {
             .ask(|reply| Input::Subscribe {
                 info: Box::new(info),
                 principal,
+                token,
                 events: tx,
                 reply,
             })

@@ -30,6 +30,7 @@ const MAX_TTL: Duration = Duration::from_secs(365 * 86_400);
 #[derive(Clone)]
 pub(super) struct TokensState {
     pub(super) registry: Registry,
+    pub(super) leader: crate::leader::LeaderHandle,
     pub(super) audit: Audit,
 }
 
@@ -193,7 +194,12 @@ async fn revoke(
                     revoked_at: now_secs(),
                 };
                 match s.registry.propose(Operation::RevokeToken(revoke)).await {
-                    Ok(()) => StatusCode::OK.into_response(),
+                    Ok(()) => {
+                        // Its subscriptions end too, not only its later calls.
+                        let ended = crate::leader::Input::TokenRevoked { id: id.clone() };
+                        let _ = s.leader.inputs.send(ended).await;
+                        StatusCode::OK.into_response()
+                    }
                     Err(e) => refused(StatusCode::SERVICE_UNAVAILABLE, e),
                 }
             }

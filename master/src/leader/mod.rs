@@ -78,6 +78,8 @@ pub enum Input {
         info: Box<FrameworkInfo>,
         /// Who subscribes, when the scheduler realm authenticates (see `crate::authn`).
         principal: Option<String>,
+        /// The id of the bearer token it subscribed with, if it did.
+        token: Option<String>,
         events: EventSender,
         reply: oneshot::Sender<Result<String, CallError>>,
     },
@@ -87,6 +89,10 @@ pub enum Input {
         /// Who calls, when the scheduler realm authenticates.
         principal: Option<String>,
         reply: oneshot::Sender<Result<(), CallError>>,
+    },
+    /// A bearer token was revoked: the streams opened with it end.
+    TokenRevoked {
+        id: String,
     },
     /// A subscription's event stream was dropped: the scheduler hung up (or the
     /// leader ended the stream itself, and this changes nothing).
@@ -164,6 +170,8 @@ struct AgentEntry {
 struct FrameworkEntry {
     info: FrameworkInfo,
     stream: Option<(String, EventSender)>,
+    /// The bearer token its stream was opened with, if any.
+    token: Option<String>,
     /// When its stream went away; after `failover_timeout` it is torn down.
     disconnected_at: Option<Instant>,
 }
@@ -380,10 +388,14 @@ impl Leader {
             Input::Subscribe {
                 info,
                 principal,
+                token,
                 events,
                 reply,
             } => {
                 let result = self.subscribe(*info, principal, events).await;
+                if let Ok(stream_id) = &result {
+                    self.note_token(stream_id, token);
+                }
                 let _ = reply.send(result);
                 self.allocate();
             }
@@ -404,6 +416,7 @@ impl Leader {
                 let _ = reply.send(self.operator_call(call, principal).await);
             }
             Input::StreamClosed { stream_id } => self.stream_closed(&stream_id),
+            Input::TokenRevoked { id } => self.token_revoked(&id),
         }
         true
     }

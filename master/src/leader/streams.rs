@@ -90,6 +90,35 @@ impl Leader {
         self.disconnect_framework(framework_id);
     }
 
+    /// Records the bearer token (its id) a subscription's stream was opened with.
+    pub(super) fn note_token(&mut self, stream_id: &str, token: Option<String>) {
+        let fw = (self.frameworks.values_mut())
+            .find(|f| f.stream.as_ref().is_some_and(|(id, _)| id == stream_id));
+        if let Some(fw) = fw {
+            fw.token = token;
+        }
+    }
+
+    /// A bearer token was revoked: the streams opened with it hear an ERROR and end,
+    /// as its calls are refused from now on.
+    pub(super) fn token_revoked(&mut self, id: &str) {
+        let opened_with: Vec<String> = (self.frameworks.iter())
+            .filter(|(_, f)| f.stream.is_some() && f.token.as_deref() == Some(id))
+            .map(|(fw, _)| fw.clone())
+            .collect();
+        for framework_id in opened_with {
+            let revoked = "the bearer token this subscription was opened with was revoked";
+            self.send_event(&framework_id, super::subscribe::error_event(revoked));
+            tracing::info!(
+                framework_id,
+                token = id,
+                "{revoked}; framework disconnected"
+            );
+            self.disconnect_framework(&framework_id);
+        }
+        self.allocate();
+    }
+
     /// The framework's stream is gone: no offers for it until it subscribes again
     /// (its failover timeout runs from now), and those it holds go back.
     pub(super) fn disconnect_framework(&mut self, framework_id: &str) {

@@ -107,11 +107,13 @@ impl Leader {
             }
             old.info = info.clone();
             old.stream = Some((stream_id, events));
+            old.token = None;
             old.disconnected_at = None;
         } else {
             self.frameworks.insert(
                 framework_id.to_owned(),
                 FrameworkEntry {
+                    token: None,
                     info: info.clone(),
                     stream: Some((stream_id, events)),
                     disconnected_at: None,
@@ -183,7 +185,7 @@ pub(super) fn roles_of(info: &FrameworkInfo) -> Vec<String> {
     }
 }
 
-fn error_event(message: &str) -> Event {
+pub(super) fn error_event(message: &str) -> Event {
     Event {
         r#type: event::Type::Error as i32,
         error: Some(event::Error {

@@ -84,6 +84,7 @@ impl Cluster {
             .ask(|reply| Input::Subscribe {
                 info: Box::new(info),
                 principal: None,
+                token: None,
                 events: tx,
                 reply,
             })
