@@ -292,12 +292,13 @@ async fn a_framework_that_hangs_up_gives_its_offers_back_at_once() {
     cluster.assert_no_panics();
 }
 
-/// pymesos, an unmodified Mesos scheduler library from PyPI (installed by
-/// `scripts/setup`), runs a wasm task on Cairn.
-#[test]
-fn pymesos_runs_a_wasm_task() {
+/// Runs `tests/<library>/run_wasm.py`, a framework written with an unmodified Mesos
+/// scheduler library from PyPI (installed by `scripts/setup`), against a fresh cluster:
+/// it launches `hello.wasm` and must see it run and finish.
+fn python_framework_runs_a_wasm_task(library: &str) {
     let cluster = Cluster::start(CAIRN);
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pymesos/run_wasm.py");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("tests/{library}/run_wasm.py"));
     let mut cmd = std::process::Command::new("python3");
     cmd.arg(script)
         .arg(&cluster.master_addr)
@@ -306,7 +307,7 @@ fn pymesos_runs_a_wasm_task() {
     let stdout = text(&out.stdout);
     assert!(
         out.status.success(),
-        "pymesos failed:\n{stdout}\n{}",
+        "{library} failed:\n{stdout}\n{}",
         text(&out.stderr)
     );
     // Delivery is at least once: an update resent while its acknowledgement is still
@@ -316,28 +317,16 @@ fn pymesos_runs_a_wasm_task() {
     cluster.assert_no_panics();
 }
 
-/// mesoshttp, another unmodified Mesos scheduler library from PyPI (installed by
-/// `scripts/setup`), runs a wasm task on Cairn. It sends TaskInfo's old `slave_id`
-/// beside `agent_id`; the unknown field is ignored, as Mesos ignores it.
+#[test]
+fn pymesos_runs_a_wasm_task() {
+    python_framework_runs_a_wasm_task("pymesos");
+}
+
+/// mesoshttp sends TaskInfo's old `slave_id` beside `agent_id`; the unknown field is
+/// ignored, as Mesos ignores it.
 #[test]
 fn mesoshttp_runs_a_wasm_task() {
-    let cluster = Cluster::start(CAIRN);
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mesoshttp/run_wasm.py");
-    let mut cmd = std::process::Command::new("python3");
-    cmd.arg(script)
-        .arg(&cluster.master_addr)
-        .arg(guest("hello"));
-    let out = output_within(cmd, DEADLINE);
-    let stdout = text(&out.stdout);
-    assert!(
-        out.status.success(),
-        "mesoshttp failed:\n{stdout}\n{}",
-        text(&out.stderr)
-    );
-    let states: Vec<&str> = stdout.lines().collect();
-    assert_eq!(launch_states(&states), ["TASK_RUNNING", "TASK_FINISHED"]);
-    cluster.assert_no_panics();
+    python_framework_runs_a_wasm_task("mesoshttp");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
