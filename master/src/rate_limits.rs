@@ -103,8 +103,8 @@ impl RateLimits {
     }
 }
 
-/// One throttled principal (or the aggregate): its calls queue for `next` in
-/// arrival order (tokio's mutex is fair), and a call's time is taken only once it is
+/// One throttled principal (or the aggregate): its calls queue in arrival order
+/// (tokio's mutex is fair) for `next`, and a call's time is taken only once it is
 /// served, so one that gives up while it waits (a client's deadline) costs the
 /// others nothing.
 #[derive(Debug)]
@@ -112,22 +112,41 @@ struct Bucket {
     interval: Duration,
     capacity: Option<u64>,
     /// When the next call may be served.
-    next: tokio::sync::Mutex<Instant>,
+    next: std::sync::Mutex<Instant>,
+    /// The queue's head: the one call waiting for `next`.
+    queue: tokio::sync::Mutex<()>,
     /// Calls waiting, for the capacity check.
     waiting: AtomicU64,
 }
 
 impl Bucket {
+    /// Takes the next slot if `may(next, now)`: only then is time taken, so a caller
+    /// gone while it waited took none.
+    fn take(&self, may: impl Fn(Instant, Instant) -> bool) -> bool {
+        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if !may(*next, now) {
+            return false;
+        }
+        *next = (*next).max(now) + self.interval;
+        true
+    }
+
     fn new(qps: f64, capacity: Option<u64>) -> Self {
         Bucket {
             // `check` keeps qps at or above MIN_QPS, so this is at most a day.
             interval: Duration::from_secs_f64(1.0 / qps.max(MIN_QPS)),
             capacity,
-            next: tokio::sync::Mutex::new(Instant::now()),
+            next: std::sync::Mutex::new(Instant::now()),
+            queue: tokio::sync::Mutex::new(()),
             waiting: AtomicU64::new(0),
         }
     }
 }
+
+/// How far ahead of now urgent calls may book the bucket: a second of calls may go at
+/// once, and the calls queued behind them wait that much longer.
+const URGENT_BURST: Duration = Duration::from_secs(1);
 
 /// The slowest rate a limit may name: one call a day.
 const MIN_QPS: f64 = 1.0 / 86_400.0;
@@ -177,8 +196,11 @@ impl Limiter {
     }
 
     /// Waits for this principal's next slot; refuses the call at once when its
-    /// bucket already holds `capacity` calls back.
-    pub async fn admit(&self, principal: Option<&str>) -> Result<(), CallError> {
+    /// bucket already holds `capacity` calls back. An `urgent` call (one that gives
+    /// resources back or puts them to use: ACCEPT, DECLINE) goes before those queued,
+    /// within [`URGENT_BURST`]: holding it back would hold the resources back from
+    /// every tenant.
+    pub async fn admit(&self, principal: Option<&str>, urgent: bool) -> Result<(), CallError> {
         let (name, bucket) = match principal.and_then(|p| self.principals.get_key_value(p)) {
             Some((_, None)) => return Ok(()),
             Some((name, Some(bucket))) => (name.as_str(), bucket),
@@ -198,15 +220,20 @@ impl Limiter {
                 capacity,
             });
         }
-        let mut next = bucket.next.lock().await;
-        let now = Instant::now();
-        let slot = (*next).max(now);
-        if slot > now {
-            self.delayed.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep_until(slot).await;
+        if urgent && bucket.take(|next, now| next <= now + URGENT_BURST) {
+            return Ok(());
         }
-        // Only now, served: a caller gone while it waited took no time.
-        *next = slot + bucket.interval;
+        let _head = bucket.queue.lock().await;
+        let mut delayed = false;
+        // Urgent calls may book the slot this one waits for: it waits again.
+        while !bucket.take(|next, now| next <= now) {
+            if !delayed {
+                self.delayed.fetch_add(1, Ordering::Relaxed);
+                delayed = true;
+            }
+            let next = *bucket.next.lock().unwrap_or_else(|e| e.into_inner());
+            tokio::time::sleep_until(next).await;
+        }
         Ok(())
     }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{Caller, refuse, subscribe_info};
+use super::{Caller, refuse, subscribe_info, urgent};
 use crate::audit::{Audit, Outcome};
 use crate::error::CallError;
 use crate::leader::{Input, LeaderHandle};
@@ -44,17 +44,15 @@ pub(super) async fn scheduler(
         )
             .into_response();
     }
-    if let Err(e) = limiter.admit(principal.as_deref()).await {
-        super::slow_down(&e).await;
-        audit.record(principal.as_deref(), "-", "-", Outcome::Refused);
-        return refuse(e);
-    }
     let call: Call = match from_json(&body) {
         Ok(c) => c,
         Err(e) => return refuse(CallError::UnparsableCall(e)),
     };
     let (kind, target) = super::audited(&call);
-    let answer = if call.r#type == call::Type::Subscribe as i32 {
+    let answer = if let Err(e) = limiter.admit(principal.as_deref(), urgent(&call)).await {
+        super::slow_down(&e).await;
+        refuse(e)
+    } else if call.r#type == call::Type::Subscribe as i32 {
         let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
         let token = cairn_api::authn::tokens::id_in_header(authorization);
         subscribe(leader, call, principal.clone(), token).await

@@ -181,6 +181,13 @@ impl Drop for Hangup {
     }
 }
 
+/// Whether a call goes before its principal's queued calls (see `crate::rate_limits`):
+/// ACCEPT and DECLINE put offered resources to use or give them back.
+fn urgent(call: &Call) -> bool {
+    use cairn_api::v1::call::Type;
+    [Type::Accept as i32, Type::Decline as i32].contains(&call.r#type)
+}
+
 /// Mesos answers a refused HTTP call with its status code and a plain-text reason.
 fn refuse(e: CallError) -> Response {
     (e.http_status(), format!("{e}\n")).into_response()

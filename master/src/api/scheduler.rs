@@ -41,8 +41,8 @@ impl SchedulerService {
     }
 
     /// Holds the call to its principal's rate (see `crate::rate_limits`).
-    async fn admit(&self, principal: Option<&str>) -> Result<(), Status> {
-        if let Err(e) = self.limiter.admit(principal).await {
+    async fn admit(&self, principal: Option<&str>, call: &Call) -> Result<(), Status> {
+        if let Err(e) = self.limiter.admit(principal, super::urgent(call)).await {
             super::slow_down(&e).await;
             return Err(e.into());
         }
@@ -96,7 +96,7 @@ impl Scheduler for SchedulerService {
         let token = cairn_api::authn::tokens::id_in_header(authorization.map(|v| v.as_bytes()));
         let call = request.into_inner();
         let audited = super::audited(&call);
-        let result = match self.admit(principal.as_deref()).await {
+        let result = match self.admit(principal.as_deref(), &call).await {
             Ok(()) => self.open_stream(call, principal.clone(), token).await,
             Err(e) => Err(e),
         };
@@ -113,7 +113,7 @@ impl Scheduler for SchedulerService {
         let principal = self.principal(&request, "Send")?;
         let call = request.into_inner();
         let audited = super::audited(&call);
-        let result = match self.admit(principal.as_deref()).await {
+        let result = match self.admit(principal.as_deref(), &call).await {
             Ok(()) => self.send_call(call, stream_id, principal.clone()).await,
             Err(e) => Err(e),
         };

@@ -60,7 +60,7 @@ fn malformed_limits_are_refused_saying_why() {
 async fn admit_n(l: &Limiter, principal: Option<&str>, n: usize) -> Duration {
     let start = Instant::now();
     for _ in 0..n {
-        l.admit(principal).await.unwrap();
+        l.admit(principal, false).await.unwrap();
     }
     start.elapsed()
 }
@@ -105,12 +105,12 @@ async fn past_its_capacity_a_call_is_refused_and_counted() {
     let l = Limiter::new(
         &limits(r#"{"limits": [{"principal": "p", "qps": 1, "capacity": 2}]}"#).unwrap(),
     );
-    l.admit(Some("p")).await.unwrap();
-    let mut second = pin!(l.admit(Some("p")));
-    let mut third = pin!(l.admit(Some("p")));
+    l.admit(Some("p"), false).await.unwrap();
+    let mut second = pin!(l.admit(Some("p"), false));
+    let mut third = pin!(l.admit(Some("p"), false));
     assert!(poll!(&mut second).is_pending());
     assert!(poll!(&mut third).is_pending());
-    let refused = l.admit(Some("p")).await.unwrap_err();
+    let refused = l.admit(Some("p"), false).await.unwrap_err();
     assert!(
         matches!(refused, CallError::Throttled { capacity: 2, .. }),
         "{refused}"
@@ -118,7 +118,7 @@ async fn past_its_capacity_a_call_is_refused_and_counted() {
     assert_eq!(refused.http_status().as_u16(), 429);
     second.await.unwrap();
     // One waits now: there is room again.
-    let mut fourth = pin!(l.admit(Some("p")));
+    let mut fourth = pin!(l.admit(Some("p"), false));
     assert!(poll!(&mut fourth).is_pending());
     assert!(
         l.render().contains("result=\"refused\"} 1"),
@@ -132,30 +132,47 @@ async fn a_caller_that_gives_up_frees_its_place() {
     let l = Limiter::new(
         &limits(r#"{"limits": [{"principal": "p", "qps": 1, "capacity": 1}]}"#).unwrap(),
     );
-    l.admit(Some("p")).await.unwrap();
+    l.admit(Some("p"), false).await.unwrap();
     {
-        let mut waiting = pin!(l.admit(Some("p")));
+        let mut waiting = pin!(l.admit(Some("p"), false));
         assert!(poll!(&mut waiting).is_pending());
-        assert!(l.admit(Some("p")).await.is_err(), "the one place is taken");
+        assert!(
+            l.admit(Some("p"), false).await.is_err(),
+            "the one place is taken"
+        );
     }
     // Dropped while it waited: its place is free.
-    l.admit(Some("p")).await.unwrap();
+    l.admit(Some("p"), false).await.unwrap();
 }
 
 #[tokio::test]
 async fn callers_that_give_up_cost_the_others_no_time() {
     let l = Limiter::new(&limits(r#"{"limits": [{"principal": "p", "qps": 2}]}"#).unwrap());
-    l.admit(Some("p")).await.unwrap();
+    l.admit(Some("p"), false).await.unwrap();
     let start = Instant::now();
     for _ in 0..20 {
-        let mut gives_up = pin!(l.admit(Some("p")));
+        let mut gives_up = pin!(l.admit(Some("p"), false));
         assert!(poll!(&mut gives_up).is_pending());
     }
     // Had each taken its half second, this would wait ten.
-    l.admit(Some("p")).await.unwrap();
+    l.admit(Some("p"), false).await.unwrap();
     assert!(
         start.elapsed() < Duration::from_secs(5),
         "{:?}",
         start.elapsed()
     );
+}
+
+#[tokio::test]
+async fn accepts_and_declines_go_before_the_queue_within_a_second() {
+    let l = Limiter::new(&limits(r#"{"limits": [{"principal": "p", "qps": 1}]}"#).unwrap());
+    l.admit(Some("p"), false).await.unwrap();
+    let mut queued = pin!(l.admit(Some("p"), false));
+    assert!(poll!(&mut queued).is_pending());
+    // The next second's slot goes to the urgent call at once...
+    let mut urgent = pin!(l.admit(Some("p"), true));
+    assert!(poll!(&mut urgent).is_ready());
+    // ...and a second urgent one, past the burst, queues like the rest.
+    let mut past_burst = pin!(l.admit(Some("p"), true));
+    assert!(poll!(&mut past_burst).is_pending());
 }
