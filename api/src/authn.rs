@@ -285,7 +285,7 @@ impl Authentication {
             return match &self.tokens {
                 Some(book) if realm != Realm::Agent => {
                     let principal =
-                        tokens::verify(book.as_ref(), token, now_secs()).map_err(refuse)?;
+                        tokens::verify(book.as_ref(), token, crate::now_secs()).map_err(refuse)?;
                     // A principal taken out of --credentials takes its tokens with it.
                     if !self.credentials.secrets.contains_key(&principal) {
                         return Err(refuse(
@@ -314,12 +314,6 @@ pub fn bearer(header: &[u8]) -> Option<&str> {
     scheme
         .eq_ignore_ascii_case("bearer")
         .then_some(token.trim())
-}
-
-fn now_secs() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// `Basic base64(principal:secret)`, split at the first ':'.

@@ -15,6 +15,13 @@ pub mod tls;
 
 pub use resources::{Resources, ResourcesError};
 
+/// Seconds since the epoch, as Mesos timestamps updates (and Cairn its tokens).
+pub fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// The Mesos v1 data model and the scheduler Call/Event API.
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]

@@ -25,6 +25,7 @@ use cairn_api::internal::{
     AgentHeartbeat, AgentMessage, ExecutorEvent, RegisterAgent, RunningExecutor, TaskRecord,
     agent_message, executor_event,
 };
+use cairn_api::now_secs;
 use cairn_api::v1::{AgentId, AgentInfo, FrameworkId};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -550,11 +551,4 @@ fn update_key(update: &cairn_api::internal::StatusUpdate) -> TaskKey {
             .unwrap_or_default()
             .value,
     )
-}
-
-fn now_secs() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default()
 }

@@ -16,6 +16,7 @@ use axum::routing::{delete, get};
 use cairn_api::authn::tokens;
 use cairn_api::internal::TokenRecord;
 use cairn_api::internal::registry_operation::Operation;
+use cairn_api::now_secs;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -60,12 +61,6 @@ struct CreateToken {
 
 fn refused(status: StatusCode, why: impl std::fmt::Display) -> Response {
     (status, format!("{why}\n")).into_response()
-}
-
-fn now_secs() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The caller's principal, or the 403 saying why it may not manage tokens.

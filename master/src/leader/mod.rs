@@ -24,13 +24,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn_api::Resources;
 use cairn_api::internal::{
     AgentCharges, MasterMessage, RunningExecutor, TaskRecord, agent_message,
 };
 use cairn_api::v1::{
     AgentInfo, Call, Event, FrameworkInfo, Offer, TaskInfo, TaskState, TaskStatus, event,
 };
+use cairn_api::{Resources, now_secs};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::allocator::Allocator;
@@ -485,14 +485,6 @@ fn update_event(status: TaskStatus) -> Event {
         }),
         ..Default::default()
     }
-}
-
-/// Seconds since the epoch, as Mesos timestamps its updates.
-fn now_secs() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default()
 }
 
 impl Leader {
